@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from typing import NoReturn
 
 from .errors import ResnetlabError
 
@@ -57,6 +57,58 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import build_config
+    from .overrides import parse_assignments
+    from .train import EXIT_STOPPED, resume, train
+
+    overrides = parse_assignments(args.overrides, "--set")
+    for key, value in (("schedule.epochs", args.epochs), ("schedule.iters", args.iters),
+                       ("run.device", args.device), ("run.seed", args.seed), ("data.val_split", args.val_split)):
+        if value is not None:
+            overrides[key] = value
+    if args.resume:
+        given = [flag for flag, v in (("--data", args.data), ("--recipe", args.recipe), ("--out", args.out),
+                                      ("--set/--epochs/--iters/--seed/--val-split", overrides.keys() - {"run.device"}))
+                 if v]
+        if given:
+            raise ResnetlabError(f"--resume takes its config from the run directory; drop {', '.join(given)}")
+        run, summary = resume(args.resume, model=args.model, device=args.device)
+    else:
+        cfg = build_config(recipe=args.recipe, model=args.model, data=args.data, overrides=overrides)
+        run, summary = train(cfg, args.out)
+    if summary["status"] == "stopped":
+        return EXIT_STOPPED
+    final = summary["final"].get("test_error")
+    verdict = "diverged (fail)" if summary["diverged"] else (
+        f"test error {final:.2%}" + (" (fail: above 20%)" if summary["fail"] else "") if final is not None else "")
+    print(f"done: {summary['model']} on {summary['data']}, {verdict}, {summary['wall_time_s']:.1f} s")
+    print(f"run directory: {run.path}")
+    if run.figure.exists():
+        print(f"figure: {run.figure}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .config import config_from_dict
+    from .data import load_data
+    from .evaluation import check_fits, evaluate, load_model
+    from .train import data_options, resolve_device
+
+    model, payload, path = load_model(args.checkpoint, best=args.best)
+    if args.model is not None and args.model != model.spec.name:
+        raise ResnetlabError(f"{path}: holds {model.spec.name or 'another model'}, not {args.model}")
+    cfg = config_from_dict(payload["config"])
+    source = load_data(args.data or cfg.data.source, data_options(cfg))
+    check_fits(model.spec, source, path)
+    source.load_norm_state(payload["norm"])
+    device = resolve_device(args.device)
+    result = evaluate(model.to(device), source, args.split, args.batch_size, device)
+    print(f"{path}: {model.spec.name} on {source.name} ({args.split}, {source.eval_size(args.split)} images): "
+          f"top-1 error {result['error']:.2%}, top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Deep residual networks of He et al. (2016): build, train, study.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -72,13 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None)
     p.set_defaults(func=_cmd_info)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    p = sub.add_parser("train", help="train a model with a recipe; writes a run directory")
+    p.add_argument("--model", default=None, help="registry name (default: preact_resnet20)")
+    p.add_argument("--data", default=None, help="digits (default), synthetic[:N], cifar10:PATH, cifar100:PATH, "
+                   "folder:PATH, imagenet:PATH")
+    p.add_argument("--recipe", default=None, help="cifar, imagenet, digits, or a .toml file (default: by data)")
+    p.add_argument("--epochs", type=float, default=None, help="budget in epochs (milestones keep their fractions)")
+    p.add_argument("--iters", type=int, default=None, help="budget in iterations")
+    p.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATA-TIME)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--val-split", type=int, default=None, metavar="N",
+                   help="hold out N training images for validation; the best epoch is chosen on them (paper: 5000)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="override any config field, e.g. optim.lr=0.05 or model.shortcut=dropout")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue a run from its newest checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 test error of a run directory or checkpoint")
+    p.add_argument("checkpoint", help="run directory or checkpoint file")
+    p.add_argument("--data", default=None, help="data to evaluate on (default: the run's)")
+    p.add_argument("--model", default=None, help="fail unless the checkpoint is this registry model")
+    p.add_argument("--best", action="store_true", help="use best.pt of a run directory, not the newest")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_eval)
     return parser
-
-
-# Commands defined in their own modules add themselves here (train, eval, ...).
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,79 @@
+"""Checkpoints: tensors and plain data only, written atomically, verified by a checksum on load.
+
+File layout: the bytes of `torch.save(payload)`, then the payload's SHA-256, then a magic trailer. A write
+goes to a temporary file that is flushed, fsynced and renamed, so a crash leaves the old file or the new
+one, never half of one. Loading uses `torch.load(weights_only=True)`: no code from the file ever runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+MAGIC = b"RESNETLAB-CKPT-1"
+FORMAT = "resnetlab.checkpoint"
+_DIGEST = 32
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically; on failure (disk full, no permission) the previous file is left untouched."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "version": 1, **payload}, buf)
+    data = buf.getvalue()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.write(hashlib.sha256(data).digest())
+            f.write(MAGIC)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+
+
+def fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Read and verify a checkpoint; any problem is a one-line CheckpointError naming the file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not raw.endswith(MAGIC) or len(raw) < len(MAGIC) + _DIGEST:
+        raise CheckpointError(f"{path}: not a resnetlab checkpoint, or truncated")
+    body, digest = raw[: -len(MAGIC) - _DIGEST], raw[-len(MAGIC) - _DIGEST : -len(MAGIC)]
+    if hashlib.sha256(body).digest() != digest:
+        raise CheckpointError(f"{path}: checksum mismatch (the file is corrupt)")
+    try:
+        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except Exception as exc:  # the restricted unpickler refuses anything but tensors and plain data
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused to load ({first[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a resnetlab checkpoint")
+    return payload

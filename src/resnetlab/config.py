@@ -1,0 +1,241 @@
+"""Training configuration: defaults, then a recipe file, then command-line overrides, validated once.
+
+A recipe (`recipes/*.toml`) is data: the papers' schedules (v1 sec. 3.4 and 4.2, v2 sec. 4). The resolved
+config is written to the run directory and is all a resumed run or an evaluation needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"  # digits | synthetic[:N] | cifar10:PATH | cifar100:PATH | folder:PATH | imagenet:PATH
+    normalize: str = "pixel_mean"  # pixel_mean (v1) | channel (mean/std) | none
+    pad: int = 4  # zero padding before the random crop (0 = no crop)
+    flip: bool = True  # random horizontal flip
+    val_split: int = 0  # training images held out for validation (5000 = the paper's 45k/5k)
+    workers: int = 4  # DataLoader workers (ImageNet)
+    ten_crop: bool = False  # ImageNet 10-crop test
+    crop_size: int = 224  # ImageNet crop
+    scale: list[int] = field(default_factory=lambda: [256, 480])  # ImageNet shorter-side range
+    test_resize: int = 256  # ImageNet test resize
+    cache_dir: str | None = None  # decoded-data cache (default ~/.cache/resnetlab)
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+
+
+@dataclass
+class ScheduleConfig:
+    unit: str = "iter"  # iter | epoch: the unit of total and milestones
+    total: int = 64000
+    milestones: list[int] = field(default_factory=lambda: [32000, 48000])
+    gamma: float = 0.1  # lr factor at each milestone
+    epochs: float | None = None  # a shorter (or longer) budget in epochs; milestones keep their fractions
+    iters: int | None = None  # the same, in iterations
+
+
+@dataclass
+class WarmupConfig:
+    enabled: bool | str = "auto"  # true | false | auto (on for depth >= 110)
+    lr: float = 0.01
+    iters: int = 400  # warm-up ends after this many iterations ...
+    until_error: float = 0.8  # ... or once a batch's training error is below this, whichever comes first
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = False  # deterministic algorithms (bit-identical resume on CPU)
+    threads: int = 0  # CPU threads (0 = PyTorch's default)
+    eval_every: int = 1  # evaluate (and checkpoint) every N epochs, and after the last step
+    checkpoint_every: int = 0  # also checkpoint every N iterations (0 = at evaluations only)
+    keep_checkpoints: int = 2  # rolling checkpoints kept besides best.pt
+    channels_last: bool | str = "auto"  # memory format (auto: on for CUDA)
+    amp: str = "none"  # none | bf16 (autocast; CUDA)
+    tensorboard: bool | str = "auto"  # write TensorBoard events when tensorboard is installed
+    progress: bool | str = "auto"  # progress bar (auto: when stderr is a terminal)
+
+
+@dataclass
+class Config:
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "preact_resnet20"})
+    recipe: str = "digits"
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = ("data", "optim", "schedule", "warmup", "run")
+CHOICES = {
+    ("data", "normalize"): ("pixel_mean", "channel", "none"),
+    ("schedule", "unit"): ("iter", "epoch"),
+    ("run", "amp"): ("none", "bf16"),
+    ("warmup", "enabled"): (True, False, "auto"),
+    ("run", "channels_last"): (True, False, "auto"),
+    ("run", "tensorboard"): (True, False, "auto"),
+    ("run", "progress"): (True, False, "auto"),
+}
+NON_NEGATIVE = {("data", "pad"), ("data", "val_split"), ("data", "workers"), ("optim", "weight_decay"),
+                ("optim", "momentum"), ("run", "threads"), ("run", "checkpoint_every"), ("warmup", "iters")}
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def default_recipe(source: str) -> str:
+    """The recipe that suits a data source: digits -> digits, imagenet -> imagenet, else cifar."""
+    scheme = source.split(":", 1)[0]
+    return {"digits": "digits", "imagenet": "imagenet"}.get(scheme, "cifar")
+
+
+def read_recipe(name: str) -> dict[str, Any]:
+    """A named recipe or a path to a TOML file."""
+    path = Path(name) if name.endswith(".toml") else RECIPE_DIR / f"{name}.toml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, recipe_names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; recipes: {', '.join(recipe_names())}"
+        raise ConfigError(f"recipe {name!r}: not found{hint}")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"recipe {path}: not valid TOML ({exc})") from None
+
+
+def build_config(
+    recipe: str | None = None, model: str | None = None, data: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults <- recipe <- explicit arguments <- `section.key=value` overrides; validated."""
+    cfg = Config()
+    if data is not None:
+        cfg.data.source = data
+    if model is not None:
+        cfg.model = {"name": model}
+    cfg.recipe = recipe or default_recipe(cfg.data.source)
+    _apply(cfg, _flatten(read_recipe(cfg.recipe)), origin=f"recipe {cfg.recipe!r}")
+    _apply(cfg, overrides or {}, origin="override")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a config written to a run directory."""
+    cfg = Config()
+    if not isinstance(data, dict):
+        raise ConfigError("config: expected a mapping of sections")
+    cfg.model = dict(data.get("model", cfg.model))
+    cfg.recipe = str(data.get("recipe", cfg.recipe))
+    flat = {f"{s}.{k}": v for s in SECTIONS for k, v in (data.get(s) or {}).items()}
+    _apply(cfg, flat, origin="config")
+    validate(cfg)
+    return cfg
+
+
+def _flatten(recipe: dict[str, Any]) -> dict[str, Any]:
+    flat = {}
+    for section, values in recipe.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"recipe: [{section}] must be a table of settings")
+        flat.update({f"{section}.{k}": v for k, v in values.items()})
+    return flat
+
+
+def _apply(cfg: Config, flat: dict[str, Any], origin: str) -> None:
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        if section == "model" and name:
+            cfg.model[name] = value
+            continue
+        if section not in SECTIONS or not name:
+            close = difflib.get_close_matches(section, [*SECTIONS, "model"], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{origin} {key!r}: expected SECTION.KEY with SECTION in "
+                              f"{', '.join(SECTIONS)}, model{hint}")
+        target = getattr(cfg, section)
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+            raise ConfigError(f"{origin} {key!r}: unknown setting{hint}")
+        setattr(target, name, _coerce(f"{section}.{name}", value, str(fields[name].type)))
+
+
+def _coerce(key: str, value: Any, type_text: str) -> Any:
+    """Check a value against a field's annotation; ints are accepted where floats are expected."""
+    if value is None and "None" in type_text:
+        return None
+    if type_text.startswith("list"):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key}: expected a list of integers, got {value!r}")
+        return list(value)
+    if "bool" in type_text and isinstance(value, bool):
+        return value
+    if type_text.startswith("int") and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if type_text.startswith("float") and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if "str" in type_text and isinstance(value, str):
+        return value
+    expected = type_text.replace(" | None", " or none").replace(" | ", " or ")
+    raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    for (section, name), allowed in CHOICES.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{section}.{name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+    for section, name in NON_NEGATIVE:
+        if getattr(getattr(cfg, section), name) < 0:
+            raise ConfigError(f"{section}.{name}: must not be negative")
+    o, s, w, r = cfg.optim, cfg.schedule, cfg.warmup, cfg.run
+    if o.batch_size < 1:
+        raise ConfigError("optim.batch_size: must be at least 1")
+    if not o.lr > 0:
+        raise ConfigError("optim.lr: must be positive")
+    if s.total < 1:
+        raise ConfigError("schedule.total: must be at least 1")
+    if sorted(s.milestones) != s.milestones or any(m < 0 for m in s.milestones):
+        raise ConfigError(f"schedule.milestones: must be increasing and non-negative, got {s.milestones}")
+    if s.epochs is not None and s.iters is not None:
+        raise ConfigError("schedule.epochs and schedule.iters: give one budget, not both")
+    if (s.epochs is not None and not s.epochs > 0) or (s.iters is not None and s.iters < 1):
+        raise ConfigError("schedule budget: epochs/iters must be positive")
+    if not 0 < w.until_error <= 1 or not w.lr > 0:
+        raise ConfigError("warmup: lr must be positive and until_error in (0, 1]")
+    if r.eval_every < 1 or r.keep_checkpoints < 1:
+        raise ConfigError("run.eval_every and run.keep_checkpoints: must be at least 1")
+    if len(cfg.data.scale) != 2 or not 0 < cfg.data.scale[0] <= cfg.data.scale[1]:
+        raise ConfigError(f"data.scale: expected [low, high] with 0 < low <= high, got {cfg.data.scale}")
+    if not isinstance(cfg.model.get("name"), str):
+        raise ConfigError("model.name: a registry name is required")

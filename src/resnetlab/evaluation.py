@@ -1,0 +1,85 @@
+"""Evaluation: top-1 and top-5 error of a model on a split, and of a checkpoint rebuilt from its spec."""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .data import DataSource
+from .errors import CheckpointError
+from .net import ResNet
+from .spec import ResNetSpec
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, source: DataSource, split: str, batch_size: int, device: torch.device,
+             amp: Any = None, channels_last: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 error on a split (multi-crop batches are averaged over the crops)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    wrong1 = torch.zeros((), device=device, dtype=torch.int64)
+    wrong5 = torch.zeros_like(wrong1)
+    seen, start = 0, time.perf_counter()
+    k = min(5, source.num_classes)
+    for x, y in source.eval_batches(split, batch_size, device=device):
+        crops = x.shape[1] if x.dim() == 5 else 1
+        if crops > 1:
+            x = x.flatten(0, 1)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp or nullcontext():
+            logits = model(x).float()
+        if crops > 1:
+            logits = logits.view(-1, crops, logits.shape[-1]).softmax(-1).mean(1).log()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        top = logits.topk(k, dim=1).indices
+        wrong1 += (top[:, 0] != y).sum()
+        wrong5 += (~(top == y[:, None]).any(1)).sum()
+        seen += y.numel()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    model.train(was_training)
+    n = max(seen, 1)
+    return {"loss": loss_sum.item() / n, "error": wrong1.item() / n, "top5_error": wrong5.item() / n,
+            "images_per_s": seen / elapsed if elapsed > 0 else 0.0}
+
+
+
+
+def load_model(path: str | Path, best: bool = False) -> tuple[ResNet, dict[str, Any], Path]:
+    """Rebuild the model of a checkpoint file or a run directory (its newest checkpoint, or best.pt)."""
+    from .rundir import RunDir
+
+    path = Path(path)
+    if path.is_dir():
+        run = RunDir(path)
+        if best:
+            path, payload = run.best, load_checkpoint(run.best)
+        else:
+            path, payload, _ = run.latest_good(load_checkpoint)
+    else:
+        payload = load_checkpoint(path)
+    try:
+        spec = ResNetSpec.from_dict(payload["spec"])
+        model = ResNet(spec)
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit its spec ({str(exc).splitlines()[0][:160]})") from None
+    return model, payload, path
+
+
+def check_fits(spec: ResNetSpec, source: DataSource, where: Path) -> None:
+    if (spec.in_channels, spec.num_classes) != (source.channels, source.num_classes):
+        raise CheckpointError(
+            f"{where}: {spec.name or 'the model'} takes {spec.in_channels} channel(s) and {spec.num_classes} "
+            f"classes; data {source.name!r} has {source.channels} and {source.num_classes}")

@@ -1,0 +1,133 @@
+"""The run directory, the unit of output: config, metrics as JSON lines, checkpoints, summary, figure.
+
+    RUN/config.json        resolved config (what `--resume` and `eval` rebuild from)
+    RUN/metrics.jsonl      one line per evaluation
+    RUN/checkpoints/       step-XXXXXXXX.pt (rolling), best.pt
+    RUN/summary.json       final and best errors, the paper's "fail" verdict, divergence
+    RUN/curves.png         training error dashed, test error solid, against iterations
+    RUN/log.txt            the log lines printed during training
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import fsync_dir
+from .errors import CheckpointError, RunDirError
+
+_STEP = re.compile(r"^step-(\d{8})\.pt$")
+
+
+class RunDir:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    config = property(lambda self: self.path / "config.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    summary = property(lambda self: self.path / "summary.json")
+    figure = property(lambda self: self.path / "curves.png")
+    log = property(lambda self: self.path / "log.txt")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    best = property(lambda self: self.path / "checkpoints" / "best.pt")
+
+    # creation and locking ------------------------------------------------------------------------------
+    def create(self) -> None:
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise RunDirError(f"{self.path}: exists and is not empty (use --resume {self.path} to continue it)")
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"{self.path}: cannot create ({exc.strerror or exc})") from None
+
+    def lock(self) -> None:
+        """One writer per run directory; the OS drops the lock when the process dies, even by SIGKILL."""
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirError(f"{self.path}: in use by process {holder} (one writer per run)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # files -----------------------------------------------------------------------------------------------
+    def write_json(self, path: Path, data: Any) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.path.is_dir():
+            raise RunDirError(f"{self.path}: no such run directory")
+        try:
+            return json.loads(self.config.read_text())
+        except FileNotFoundError:
+            raise RunDirError(f"{self.path}: not a run directory (no config.json)") from None
+        except (ValueError, OSError) as exc:
+            raise RunDirError(f"{self.config}: unreadable ({exc})") from None
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        rows = []
+        if self.metrics.exists():
+            for line in self.metrics.read_text().splitlines():
+                with contextlib.suppress(ValueError):  # a line cut by a crash is dropped
+                    rows.append(json.loads(line))
+        return rows
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop rows after `step`: a resumed run recomputes them."""
+        rows = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        tmp = self.metrics.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.metrics)
+
+    # checkpoints -----------------------------------------------------------------------------------------
+    def step_checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}.pt"
+
+    def step_checkpoints(self) -> list[Path]:
+        """Rolling checkpoints, newest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [p for p in self.checkpoints.iterdir() if _STEP.match(p.name)]
+        return sorted(found, key=lambda p: p.name, reverse=True)
+
+    def prune(self, keep: int) -> None:
+        for old in self.step_checkpoints()[keep:]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+        for tmp in self.checkpoints.glob(".*.tmp-*"):  # left by a process killed mid-write
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        fsync_dir(self.checkpoints)
+
+    def latest_good(self, loader: Any) -> tuple[Path, dict[str, Any], list[str]]:
+        """The newest checkpoint that verifies; also the problems of newer ones that did not."""
+        problems = []
+        for path in self.step_checkpoints():
+            try:
+                return path, loader(path), problems
+            except CheckpointError as exc:
+                problems.append(str(exc))
+        detail = f" ({problems[0]})" if problems else ""
+        raise CheckpointError(f"{self.path}: no usable checkpoint to resume from{detail}")

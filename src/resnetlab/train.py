@@ -1,0 +1,457 @@
+"""Training with the papers' recipes: SGD with momentum and step decay, evaluation, checkpoints, resume.
+
+The loop is iteration-based (v1 sec. 4.2 counts iterations). Everything random is a function of the seed
+and the iteration (data order, augmentation, dropout), and the checkpoint holds the model, optimizer,
+schedule position and epoch accumulators, so a resumed run continues exactly where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, config_from_dict
+from .counting import count_params
+from .data import DataOptions, DataSource, derive_seed, load_data
+from .errors import CheckpointError, ConfigError, RunDirError
+from .evaluation import evaluate
+from .net import ResNet
+from .registry import get_spec
+from .rundir import RunDir
+from .schedule import Schedule, build_schedule
+from .spec import ResNetSpec
+
+FAIL_ERROR = 0.20  # the papers' "fail": test error above 20%
+EXIT_STOPPED = 3  # SIGTERM/SIGINT: checkpoint written, resume with --resume
+
+
+# ---- set-up -------------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"run.device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device: {name!r} requested but CUDA is not available here")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"run.device: {name!r} is not supported (cpu or cuda)")
+    return device
+
+
+def configure_runtime(cfg: Config, device: torch.device) -> None:
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    if cfg.run.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def data_options(cfg: Config) -> DataOptions:
+    d = cfg.data
+    return DataOptions(normalize=d.normalize, pad=d.pad, flip=d.flip, val_split=d.val_split, workers=d.workers,
+                       ten_crop=d.ten_crop, crop_size=d.crop_size, scale=(d.scale[0], d.scale[1]),
+                       test_resize=d.test_resize, cache_dir=d.cache_dir)
+
+
+def model_spec(cfg: Config, source: DataSource) -> ResNetSpec:
+    """The registry spec with the config's overrides, fitted to the data's channels and classes."""
+    overrides = {k: v for k, v in cfg.model.items() if k != "name"}
+    for key, value in (("in_channels", source.channels), ("num_classes", source.num_classes)):
+        if key in overrides and overrides[key] != value:
+            raise ConfigError(f"model.{key}: {overrides[key]} does not match the data ({source.name}: {value})")
+        overrides[key] = value
+    return get_spec(cfg.model["name"], **overrides)
+
+
+def use_channels_last(cfg: Config, device: torch.device) -> bool:
+    value = cfg.run.channels_last
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def autocast(cfg: Config, device: torch.device) -> Any:
+    if cfg.run.amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# ---- the training state ---------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """Where the run is, and the running sums of the current epoch (saved in every checkpoint)."""
+
+    step: int = 0
+    warmup_end: int | None = None  # iteration where warm-up ended early (training error below threshold)
+    loss_sum: float = 0.0
+    wrong: int = 0
+    seen: int = 0
+    train_time: float = 0.0
+    elapsed: float = 0.0  # wall time of all sessions of this run
+    best: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask the loop to finish the current step, checkpoint and exit."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """One training run in one run directory."""
+
+    def __init__(self, cfg: Config, run: RunDir, source: DataSource, spec: ResNetSpec, device: torch.device,
+                 log: Any = print) -> None:
+        self.cfg, self.run, self.source, self.spec, self.device, self.log = cfg, run, source, spec, device, log
+        torch.manual_seed(cfg.run.seed)
+        self.model = ResNet(spec).to(device)
+        self.channels_last = use_channels_last(cfg, device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                                         weight_decay=o.weight_decay, nesterov=o.nesterov and o.momentum > 0)
+        self.spe = source.steps_per_epoch(o.batch_size)
+        self.schedule: Schedule = build_schedule(cfg, self.spe, spec.depth)
+        self.amp = autocast(cfg, device)
+        self.progress = Progress()
+        self.tb: Any = None
+        self._sums: list[torch.Tensor] | None = None  # device-side loss and error sums of the epoch
+
+    # checkpoints ---------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"spec": self.spec.to_dict(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "progress": self.progress.to_dict(),
+                "norm": self.source.norm_state(), "rng": rng, "config": self.cfg.to_dict(),
+                "schedule": self.schedule.to_dict(), "version": __version__}
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        try:
+            saved = ResNetSpec.from_dict(payload["spec"])
+            if saved != self.spec:
+                raise CheckpointError(f"checkpoint is a {saved.name or 'different'} net, not this run's model")
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.progress = Progress(**payload["progress"])
+            torch.set_rng_state(payload["rng"]["cpu"])
+            if "cuda" in payload["rng"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not fit this run ({str(exc).splitlines()[0][:200]})") from None
+
+    def save(self, best: bool = False) -> None:
+        payload = self.state()
+        save_checkpoint(self.run.step_checkpoint(self.progress.step), payload)
+        if best:
+            save_checkpoint(self.run.best, payload)
+        self.run.prune(self.cfg.run.keep_checkpoints)
+
+    # the loop -------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        p, sched, cfg = self.progress, self.schedule, self.cfg
+        self._open_tensorboard()
+        session_start = time.perf_counter() - p.elapsed
+        bs, seed = cfg.optim.batch_size, cfg.run.seed
+        status, diverged_at = "finished", None
+        pending: list[torch.Tensor] = []  # finite-loss flags, checked one step late on CUDA (no stall)
+        lag = 1 if self.device.type == "cuda" else 0
+        with _StopFlag() as stop:
+            while p.step < sched.total and status == "finished":
+                epoch, start = divmod(p.step, self.spe)
+                steps = min(self.spe - start, sched.total - p.step)
+                bar = self._bar(epoch, start, steps)
+                t0 = time.perf_counter()
+                batches = self.source.train_batches(epoch, bs, seed=seed, device=self.device, start_step=start)
+                self.model.train()
+                for x, y in batches:
+                    if p.step >= sched.total:
+                        break
+                    finite = self._step(x, y, seed)
+                    pending.append(finite)
+                    if len(pending) > lag and not bool(pending.pop(0)):
+                        status, diverged_at = "diverged", p.step - lag
+                        break
+                    if bar is not None:
+                        bar.update(y.numel())
+                    if stop.signal is not None:
+                        status = "stopped"
+                        break
+                    if cfg.run.checkpoint_every and p.step % cfg.run.checkpoint_every == 0 \
+                            and p.step % self.spe != 0 and p.step < sched.total:
+                        self._sync_time(t0)
+                        t0 = time.perf_counter()
+                        p.elapsed = time.perf_counter() - session_start
+                        self.save()
+                if status == "finished" and pending and not all(bool(f) for f in pending):
+                    status, diverged_at = "diverged", p.step
+                pending.clear()
+                self._sync_time(t0)
+                if bar is not None:
+                    bar.close()
+                p.elapsed = time.perf_counter() - session_start
+                if status == "diverged":
+                    self._record_divergence(epoch, diverged_at)
+                    break
+                if status == "stopped":
+                    self.save()
+                    self.log(f"stopped by signal {stop.signal} at step {p.step}: checkpoint written, "
+                             f"continue with: resnetlab train --resume {self.run.path}")
+                    break
+                epoch_done = p.step % self.spe == 0
+                if (epoch_done and (epoch + 1) % cfg.run.eval_every == 0) or p.step >= sched.total:
+                    self._end_of_epoch(epoch)
+                    p.elapsed = time.perf_counter() - session_start
+                    self.save(best=p.best.get("step") == p.step)
+        if self.tb is not None:
+            self.tb.close()
+        summary = self.write_summary(status, diverged_at)
+        return summary
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+        p, sched = self.progress, self.schedule
+        lr = sched.lr(p.step, p.warmup_end)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(derive_seed(seed, "step", p.step))  # dropout shortcuts: a function of the step
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.amp:
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            wrong = (logits.argmax(1) != y).sum()
+            self._device_sums(loss.detach() * y.numel(), wrong)  # read back once per epoch
+        if sched.warmup and p.warmup_end is None and p.step < sched.warmup_iters:
+            if wrong.item() / y.numel() < sched.warmup_until_error:
+                p.warmup_end = p.step + 1
+        p.seen += y.numel()
+        p.step += 1
+        return torch.isfinite(loss)
+
+    def _device_sums(self, loss: torch.Tensor, wrong: torch.Tensor) -> None:
+        if self._sums is None:
+            self._sums = [torch.zeros((), device=self.device, dtype=torch.float64),
+                          torch.zeros((), device=self.device, dtype=torch.int64)]
+        self._sums[0] += loss.double()
+        self._sums[1] += wrong
+
+    def _flush_sums(self) -> None:
+        """Move the device-side epoch sums into the (checkpointed) progress record."""
+        if self._sums is not None:
+            self.progress.loss_sum += self._sums[0].item()
+            self.progress.wrong += int(self._sums[1].item())
+            self._sums = None
+
+    def _sync_time(self, t0: float) -> None:
+        self._flush_sums()  # a host sync: the elapsed time below covers finished work
+        self.progress.train_time += time.perf_counter() - t0
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        p, cfg = self.progress, self.cfg
+        bs = cfg.optim.batch_size
+        test = evaluate(self.model, self.source, "test", bs, self.device, self.amp, self.channels_last)
+        row: dict[str, Any] = {
+            "epoch": epoch + 1 if p.step % self.spe == 0 else round(p.step / self.spe, 3), "step": p.step,
+            "lr": self.schedule.lr(p.step - 1, p.warmup_end),
+            "train_loss": p.loss_sum / max(p.seen, 1), "train_error": p.wrong / max(p.seen, 1),
+            "test_loss": test["loss"], "test_error": test["error"], "test_top5_error": test["top5_error"],
+        }
+        if self.source.has_val:
+            val = evaluate(self.model, self.source, "val", bs, self.device, self.amp, self.channels_last)
+            row.update(val_loss=val["loss"], val_error=val["error"], val_top5_error=val["top5_error"])
+        row.update(images_per_s=p.seen / p.train_time if p.train_time > 0 else 0.0,
+                   eval_images_per_s=test["images_per_s"], epoch_time_s=p.train_time, wall_time_s=p.elapsed)
+        if not math.isfinite(row["train_loss"]):
+            row["train_loss"] = None
+        self.run.append_metrics(row)
+        key = "val_error" if self.source.has_val else "test_error"
+        if not p.best or row[key] <= p.best[key]:
+            p.best = {k: row[k] for k in ("epoch", "step", "test_error", "test_top5_error") + (
+                ("val_error",) if self.source.has_val else ())}
+            p.best["selected_on"] = "val" if self.source.has_val else "test"
+        self._log_row(row)
+        p.loss_sum, p.wrong, p.seen, p.train_time = 0.0, 0, 0, 0.0
+
+    def _record_divergence(self, epoch: int, step: int | None) -> None:
+        self._flush_sums()
+        self.run.append_metrics({"epoch": epoch + 1, "step": self.progress.step, "diverged": True,
+                                 "diverged_at_step": step, "lr": self.schedule.lr(max(self.progress.step - 1, 0),
+                                                                                 self.progress.warmup_end)})
+        self.log(f"loss became NaN/Inf at step {step}: run stopped and recorded as diverged (the paper's fail)")
+
+    # reporting --------------------------------------------------------------------------------------------
+    def _bar(self, epoch: int, start: int, steps: int) -> Any:
+        show = self.cfg.run.progress
+        if show is False or (show == "auto" and not sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        total_epochs = math.ceil(self.schedule.total / self.spe)
+        return tqdm(total=steps * self.cfg.optim.batch_size, unit="img", unit_scale=True, leave=False,
+                    desc=f"epoch {epoch + 1}/{total_epochs}", file=sys.stderr, dynamic_ncols=True)
+
+    def _log_row(self, row: dict[str, Any]) -> None:
+        total_epochs = math.ceil(self.schedule.total / self.spe)
+        val = f" val err {row['val_error']:.2%}" if "val_error" in row else ""
+        self.log(f"epoch {row['epoch']}/{total_epochs} step {row['step']}/{self.schedule.total} "
+                 f"lr {row['lr']:.3g} train loss {row['train_loss']:.4f} err {row['train_error']:.2%}{val} "
+                 f"test err {row['test_error']:.2%} (top-5 {row['test_top5_error']:.2%}) "
+                 f"{row['images_per_s']:.0f} img/s")
+        if self.tb is not None:
+            for key in ("train_loss", "train_error", "test_loss", "test_error", "val_error", "lr"):
+                if row.get(key) is not None:
+                    self.tb.add_scalar(key, row[key], row["step"])
+
+    def _open_tensorboard(self) -> None:
+        if self.cfg.run.tensorboard is False:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            if self.cfg.run.tensorboard is True:
+                self.log("tensorboard is not installed: no events written")
+            return
+        self.tb = SummaryWriter(str(self.run.path / "tensorboard"))
+
+    def write_summary(self, status: str, diverged_at: int | None) -> dict[str, Any]:
+        rows = [r for r in self.run.read_metrics() if "test_error" in r]
+        final = rows[-1] if rows else {}
+        p = self.progress
+        summary: dict[str, Any] = {
+            "model": self.spec.name, "data": self.cfg.data.source, "recipe": self.cfg.recipe,
+            "status": status, "diverged": status == "diverged", "diverged_at_step": diverged_at,
+            "steps": p.step, "total_steps": self.schedule.total, "epochs": round(p.step / self.spe, 3),
+            "final": {k: final.get(k) for k in ("test_error", "test_top5_error", "test_loss",
+                                                 "train_error", "train_loss", "val_error") if k in final},
+            "best": p.best,
+            "fail": status == "diverged" or (bool(final) and final["test_error"] > FAIL_ERROR),
+            "params": count_params(self.model), "wall_time_s": round(p.elapsed, 3),
+            "images_per_s": _median([r["images_per_s"] for r in rows]),
+            "device": _device_name(self.device), "torch": torch.__version__, "resnetlab": __version__,
+            "threads": torch.get_num_threads(),
+        }
+        self.run.write_json(self.run.summary, summary)
+        if rows:
+            from .plots import plot_curves
+
+            plot_curves({self.spec.name or "model": rows}, self.run.figure,
+                        title=f"{self.spec.name} on {self.source.name}")
+        return summary
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if v)
+    return values[len(values) // 2] if values else None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# ---- entry points ---------------------------------------------------------------------------------------
+def train(cfg: Config, out: str | Path | None = None, log: Any = print) -> tuple[RunDir, dict[str, Any]]:
+    """Start a new run: everything is validated and loaded before the run directory is created."""
+    device = resolve_device(cfg.run.device)
+    configure_runtime(cfg, device)
+    source = load_data(cfg.data.source, data_options(cfg))
+    spec = model_spec(cfg, source)
+    if out is None:
+        out = Path("runs") / f"{spec.name}-{source.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = RunDir(out)
+    trainer = Trainer(cfg, run, source, spec, device, log)
+    run.create()
+    run.lock()
+    try:
+        run.write_json(run.config, cfg.to_dict() | {"resolved": trainer.schedule.to_dict() | {
+            "steps_per_epoch": trainer.spe, "spec": spec.to_dict(), "device": str(device)}})
+        run.log.touch()
+        trainer.log = _tee(log, run.log)
+        trainer.log(f"{spec.name} ({count_params(trainer.model):,} parameters) on {source.name}: "
+                    f"{source.train_size} training images, {trainer.schedule.total} iterations "
+                    f"({trainer.schedule.total / trainer.spe:.1f} epochs) on {_device_name(device)}")
+        return run, trainer.fit()
+    finally:
+        run.unlock()
+
+
+def resume(path: str | Path, model: str | None = None, device: str | None = None,
+           log: Any = print) -> tuple[RunDir, dict[str, Any]]:
+    """Continue a run from its newest good checkpoint; architecture and config come from the run."""
+    run = RunDir(path)
+    cfg = config_from_dict(run.read_config())
+    if model is not None and model != cfg.model["name"]:
+        raise RunDirError(f"{run.path}: this run trains {cfg.model['name']}, not {model}")
+    if device is not None:
+        cfg.run.device = device
+    run.lock()
+    try:
+        dev = resolve_device(cfg.run.device)
+        configure_runtime(cfg, dev)
+        source = load_data(cfg.data.source, data_options(cfg))
+        spec = model_spec(cfg, source)
+        trainer = Trainer(cfg, run, source, spec, dev, _tee(log, run.log))
+        ckpt_path, payload, problems = run.latest_good(load_checkpoint)
+        for problem in problems:
+            trainer.log(f"skipping bad checkpoint: {problem}")
+        trainer.restore(payload)
+        source.load_norm_state(payload["norm"])
+        run.truncate_metrics(trainer.progress.step)
+        if trainer.progress.step >= trainer.schedule.total:
+            trainer.log(f"{run.path}: already finished at step {trainer.progress.step}")
+        else:
+            trainer.log(f"resuming {run.path} from {ckpt_path.name} (step {trainer.progress.step})")
+        return run, trainer.fit()
+    finally:
+        run.unlock()
+
+
+def _tee(log: Any, path: Path) -> Any:
+    def write(line: str) -> None:
+        log(line)
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+    return write
