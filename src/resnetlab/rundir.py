@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,28 @@ class RunDir:
     best = property(lambda self: self.path / "checkpoints" / "best.pt")
 
     # creation and locking ------------------------------------------------------------------------------
-    def create(self) -> None:
+    def check_new(self) -> None:
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise RunDirError(f"{self.path}: exists and is not empty (use --resume {self.path} to continue it)")
+
+    def create(self, config: dict[str, Any]) -> None:
+        """Create the directory with its config, locked, in one rename: it exists complete or not at all."""
+        self.check_new()
+        final = self.path
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         try:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            (tmp / "checkpoints").mkdir(parents=True)
+            self.path = tmp
+            self.lock()  # the lock is on the inode: it stays held across the rename
+            self.write_json(self.config, config)
+            os.rename(tmp, final)  # replaces an empty directory of that name, if any
+            self.path = final
+            fsync_dir(final.parent)
         except OSError as exc:
-            raise RunDirError(f"{self.path}: cannot create ({exc.strerror or exc})") from None
+            self.path = final
+            self.unlock()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RunDirError(f"{final}: cannot create ({exc.strerror or exc})") from None
 
     def lock(self) -> None:
         """One writer per run directory; the OS drops the lock when the process dies, even by SIGKILL."""

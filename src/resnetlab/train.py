@@ -401,13 +401,11 @@ def train(cfg: Config, out: str | Path | None = None, log: Any = print) -> tuple
     if out is None:
         out = Path("runs") / f"{spec.name}-{source.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = RunDir(out)
+    run.check_new()
     trainer = Trainer(cfg, run, source, spec, device, log)
-    run.create()
-    run.lock()
+    run.create(cfg.to_dict() | {"resolved": trainer.schedule.to_dict() | {
+        "steps_per_epoch": trainer.spe, "spec": spec.to_dict(), "device": str(device)}})
     try:
-        run.write_json(run.config, cfg.to_dict() | {"resolved": trainer.schedule.to_dict() | {
-            "steps_per_epoch": trainer.spe, "spec": spec.to_dict(), "device": str(device)}})
-        run.log.touch()
         trainer.log = _tee(log, run.log)
         trainer.log(f"{spec.name} ({count_params(trainer.model):,} parameters) on {source.name}: "
                     f"{source.train_size} training images, {trainer.schedule.total} iterations "
@@ -433,6 +431,10 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
         source = load_data(cfg.data.source, data_options(cfg))
         spec = model_spec(cfg, source)
         trainer = Trainer(cfg, run, source, spec, dev, _tee(log, run.log))
+        if not run.step_checkpoints():  # killed before its first checkpoint: start again
+            run.truncate_metrics(0)
+            trainer.log(f"{run.path}: no checkpoint yet, starting from the beginning")
+            return run, trainer.fit()
         ckpt_path, payload, problems = run.latest_good(load_checkpoint)
         for problem in problems:
             trainer.log(f"skipping bad checkpoint: {problem}")
