@@ -1,0 +1,275 @@
+"""Core data types: the options a run loads data with, in-memory image arrays, and the source interface.
+
+Every data source the trainer sees implements :class:`DataSource`. The helpers here (seed derivation,
+batch and rank bounds, the stratified hold-out) are shared by the in-memory and the streaming sources so
+that both replay an epoch identically for a given ``(seed, epoch, step)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from resnetlab.errors import DataError
+
+NORMALIZE_MODES = ("pixel_mean", "channel", "none")
+EVAL_SPLITS = ("test", "val")
+
+
+def one_line(exc: BaseException | str) -> str:
+    """Collapse an exception (or text) to one line, for a DataError message."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _require_int(field: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"DataOptions.{field} must be an integer, got {value!r}")
+    if value < minimum:
+        raise DataError(f"DataOptions.{field} must be >= {minimum}, got {value}")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How a data set is normalised, augmented, split and cached.
+
+    ``normalize``: ``"pixel_mean"`` subtracts the per-pixel mean image of the training split (v1 paper),
+    ``"channel"`` uses the per-channel mean/std of the training split, ``"none"`` only scales to [0, 1].
+    All modes first scale the uint8 pixels to [0, 1]. ``pad`` zero-pads (in normalised space) before a
+    random crop back to the input size; 0 disables the crop. ``val_split`` holds out that many training
+    images (stratified, fixed by ``split_seed``). The ``ten_crop``, ``workers``, ``crop_size``, ``scale``
+    and ``test_resize`` fields apply to ``imagenet:`` only. ``cache_dir`` defaults to ``$RESNETLAB_CACHE``
+    or ``~/.cache/resnetlab``.
+    """
+
+    normalize: str = "pixel_mean"
+    pad: int = 4
+    flip: bool = True
+    val_split: int = 0
+    split_seed: int = 0
+    ten_crop: bool = False
+    workers: int = 4
+    crop_size: int = 224
+    scale: tuple[int, int] = (256, 480)
+    test_resize: int = 256
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZE_MODES:
+            raise DataError(
+                f"DataOptions.normalize: unknown mode {self.normalize!r}; valid: {', '.join(NORMALIZE_MODES)}"
+            )
+        for field, minimum in (("pad", 0), ("val_split", 0), ("split_seed", 0), ("workers", 0),
+                               ("crop_size", 1), ("test_resize", 1)):
+            _require_int(field, getattr(self, field), minimum)
+        for field in ("flip", "ten_crop"):
+            if not isinstance(getattr(self, field), bool):
+                raise DataError(f"DataOptions.{field} must be true or false, got {getattr(self, field)!r}")
+        scale = self.scale
+        if not isinstance(scale, (tuple, list)) or len(scale) != 2:
+            raise DataError(f"DataOptions.scale must be a pair (lo, hi), got {scale!r}")
+        for value in scale:
+            _require_int("scale", value, 1)
+        lo, hi = int(scale[0]), int(scale[1])
+        if lo > hi:
+            raise DataError(f"DataOptions.scale must have lo <= hi, got ({lo}, {hi})")
+        if lo < self.crop_size:
+            raise DataError(f"DataOptions.scale lower bound {lo} is smaller than crop_size {self.crop_size}")
+        if self.test_resize < self.crop_size:
+            raise DataError(
+                f"DataOptions.test_resize {self.test_resize} is smaller than crop_size {self.crop_size}"
+            )
+        object.__setattr__(self, "scale", (lo, hi))
+        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
+            object.__setattr__(self, "cache_dir", str(self.cache_dir))
+
+
+@dataclass
+class ArrayDataset:
+    """Decoded images of one split: uint8 ``images`` (N, C, H, W), int64 ``labels`` (N,), class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        self.images = torch.as_tensor(self.images)
+        self.labels = torch.as_tensor(self.labels)
+        self.classes = [str(c) for c in self.classes]
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(
+                f"ArrayDataset: images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
+        if self.labels.dim() != 1 or len(self.labels) != len(self.images):
+            raise DataError(
+                f"ArrayDataset: {len(self.images)} images but labels of shape {tuple(self.labels.shape)}"
+            )
+        if self.labels.dtype.is_floating_point or self.labels.dtype == torch.bool:
+            raise DataError(f"ArrayDataset: labels must be integers, got {self.labels.dtype}")
+        self.labels = self.labels.to(torch.int64)
+        if not self.classes:
+            raise DataError("ArrayDataset: no class names")
+        if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
+            raise DataError(
+                f"ArrayDataset: labels must lie in [0, {len(self.classes) - 1}], got "
+                f"[{int(self.labels.min())}, {int(self.labels.max())}]"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray | torch.Tensor) -> ArrayDataset:
+        """The images at ``indices`` (in that order), sharing the class names."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        return ArrayDataset(self.images[idx], self.labels[idx], list(self.classes))
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device, with the current CUDA index filled in (one cache slot per GPU)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (tag strings and integers)."""
+    digest = hashlib.blake2b(repr(tuple(parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def cpu_generator(*parts: int | str) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from ``derive_seed(*parts)``."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(derive_seed(*parts))
+    return gen
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which epoch ``epoch`` of run ``seed`` visits the ``n`` training images."""
+    return torch.randperm(n, generator=cpu_generator("perm", seed, epoch))
+
+
+def check_train_args(train_size: int, batch_size: int, start_step: int, rank: int, world_size: int) -> int:
+    """Validate the arguments of ``train_batches``; returns the number of steps in an epoch."""
+    for field, value, minimum in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
+                                  ("rank", rank, 0), ("start_step", start_step, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise DataError(f"train_batches: {field} must be an integer >= {minimum}, got {value!r}")
+    if rank >= world_size:
+        raise DataError(f"train_batches: rank {rank} is not below world_size {world_size}")
+    if batch_size % world_size:
+        raise DataError(f"train_batches: batch_size {batch_size} is not divisible by world_size {world_size}")
+    steps = max(1, train_size // batch_size)
+    if start_step > steps:
+        raise DataError(f"train_batches: start_step {start_step} is past the {steps} steps of an epoch")
+    return steps
+
+
+def global_batch_bounds(step: int, batch_size: int, train_size: int) -> tuple[int, int]:
+    """Positions ``[lo, hi)`` of the epoch permutation that form global batch ``step``."""
+    lo = step * batch_size
+    return lo, min(lo + batch_size, train_size)
+
+
+def rank_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous share ``[lo, hi)`` of a global batch of ``n`` samples that ``rank`` gets."""
+    base, extra = divmod(n, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def stratified_holdout(labels: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (kept, held_out) with ``count`` held out, each class in proportion.
+
+    Class quotas use the largest-remainder rule; within a class the held-out images are drawn with a
+    generator fixed by ``seed``. Both index arrays are sorted.
+    """
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * (count / len(labels))
+    take = np.floor(quota).astype(np.int64)
+    short = count - int(take.sum())
+    order = np.lexsort((np.arange(len(classes)), -(quota - take)))
+    take[order[:short]] += 1
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for cls, k in zip(classes, take, strict=True):
+        members = np.flatnonzero(labels == cls)
+        held.append(rng.permutation(members)[:k])
+    held_idx = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    mask = np.ones(len(labels), dtype=bool)
+    mask[held_idx] = False
+    return np.flatnonzero(mask), held_idx
+
+
+class DataSource(ABC):
+    """A data set ready for training: deterministic augmented train batches and plain eval batches."""
+
+    name: str
+    num_classes: int
+    channels: int
+    image_size: int
+    train_size: int
+    classes: list[str]
+    has_val: bool
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Number of (drop-last) steps in an epoch of global batch ``batch_size``; at least 1."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"steps_per_epoch: batch_size must be an integer >= 1, got {batch_size!r}")
+        return max(1, self.train_size // batch_size)
+
+    def _check_split(self, split: str) -> None:
+        if split not in EVAL_SPLITS:
+            raise DataError(f"{self.name}: unknown split {split!r}; valid: {', '.join(EVAL_SPLITS)}")
+        if split == "val" and not self.has_val:
+            raise DataError(f"{self.name}: no 'val' split (set DataOptions.val_split > 0 to hold one out)")
+
+    @abstractmethod
+    def train_batches(self, epoch: int, batch_size: int, *, seed: int, device: torch.device | str = "cpu",
+                      start_step: int = 0, rank: int = 0,
+                      world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Augmented, normalised batches ``start_step, start_step+1, ...`` of epoch ``epoch``."""
+
+    @abstractmethod
+    def eval_batches(self, split: str, batch_size: int, *,
+                     device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised, unaugmented batches of ``split`` ("test" or "val"), in a fixed order."""
+
+    @abstractmethod
+    def eval_size(self, split: str) -> int:
+        """Number of images in ``split``."""
+
+    @abstractmethod
+    def norm_state(self) -> dict[str, torch.Tensor]:
+        """Normalisation statistics, to be stored with a checkpoint."""
+
+    @abstractmethod
+    def load_norm_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Use the normalisation statistics of a training run (from ``norm_state``)."""
+
+
+def check_norm_state(source: str, state: Any,
+                     shapes: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a ``norm_state`` dict; ``mean`` and ``std`` must each have one of ``shapes``."""
+    if not isinstance(state, dict) or "mean" not in state or "std" not in state:
+        raise DataError(f"{source}: normalisation state must be a dict with 'mean' and 'std'")
+    out, shapes = [], [tuple(s) for s in shapes]
+    for key in ("mean", "std"):
+        value = state[key]
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) not in shapes:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise DataError(f"{source}: normalisation '{key}' has shape {got}, expected one of {shapes}")
+        value = value.detach().to("cpu", torch.float32).clone()
+        if not torch.isfinite(value).all() or (key == "std" and not (value > 0).all()):
+            raise DataError(f"{source}: normalisation '{key}' has non-finite or non-positive values")
+        out.append(value)
+    return out[0], out[1]

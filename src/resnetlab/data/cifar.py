@@ -1,0 +1,169 @@
+"""Reader of the CIFAR-10 and CIFAR-100 python-version archives, as users download them.
+
+PATH may be the ``.tar.gz`` archive (read member by member, never extracted), the extracted batches
+directory (``cifar-10-batches-py`` / ``cifar-100-python``) or its parent. Each batch file is a pickled
+dict with bytes keys: ``b'data'`` is an N x 3072 uint8 array (row-major R, G, B planes of 32 x 32) and
+``b'labels'`` (CIFAR-10) or ``b'fine_labels'`` (CIFAR-100) the labels; the meta file holds the class
+names. The pickles are read with the restricted unpickler of :mod:`resnetlab.data.safe_pickle`.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resnetlab.data.base import ArrayDataset, DataOptions, one_line
+from resnetlab.data.cache import Splits, cached, file_stamp
+from resnetlab.data.safe_pickle import safe_loads
+from resnetlab.errors import DataError
+
+
+@dataclass(frozen=True)
+class CifarFormat:
+    """Member names and keys of one CIFAR variant."""
+
+    kind: str
+    dirname: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str
+    label_key: bytes
+    names_key: bytes
+    num_classes: int
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return (*self.train, *self.test, self.meta)
+
+
+FORMATS = {
+    "cifar10": CifarFormat("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                           ("test_batch",), "batches.meta", b"labels", b"label_names", 10),
+    "cifar100": CifarFormat("cifar100", "cifar-100-python", ("train",), ("test",), "meta",
+                            b"fine_labels", b"fine_label_names", 100),
+}
+
+
+def _locate(path: Path, fmt: CifarFormat) -> tuple[str, Path]:
+    """("tar", archive) or ("dir", batches directory) for a user-given PATH."""
+    if path.is_file():
+        return "tar", path
+    if path.is_dir():
+        if (path / fmt.meta).is_file():
+            return "dir", path
+        if (path / fmt.dirname / fmt.meta).is_file():
+            return "dir", path / fmt.dirname
+        raise DataError(f"{path}: not a {fmt.dirname}/ directory or its parent (no {fmt.meta} file found)")
+    raise DataError(f"{path}: no such file or directory")
+
+
+def _read_dir(batches: Path, fmt: CifarFormat) -> dict[str, tuple[str, bytes]]:
+    out = {}
+    for name in fmt.members:
+        file = batches / name
+        if not file.is_file():
+            raise DataError(f"{file}: missing (a {fmt.dirname}/ directory needs {', '.join(fmt.members)})")
+        try:
+            out[name] = (str(file), file.read_bytes())
+        except OSError as exc:
+            raise DataError(f"{file}: cannot read ({one_line(exc.strerror or exc)})") from None
+    return out
+
+
+def _member_name(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def _read_tar(archive: Path, fmt: CifarFormat) -> dict[str, tuple[str, bytes]]:
+    lookup = {}
+    for name in fmt.members:
+        lookup[f"{fmt.dirname}/{name}"] = name
+        lookup.setdefault(name, name)
+    out: dict[str, tuple[str, bytes]] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:  # sequential: no seeking back in a gzip stream
+                key = lookup.get(_member_name(member.name))
+                if key is None or not member.isfile() or key in out:
+                    continue
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    out[key] = (f"{archive}:{_member_name(member.name)}", handle.read())
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{archive}: not a readable tar archive ({one_line(exc)})") from None
+    for name in fmt.members:
+        if name not in out:
+            raise DataError(f"{archive}: member {fmt.dirname}/{name} is missing")
+    return out
+
+
+def _get(obj: dict[Any, Any], key: bytes, source: str) -> Any:
+    for candidate in (key, key.decode()):
+        if candidate in obj:
+            return obj[candidate]
+    raise DataError(f"{source}: missing key {key!r}")
+
+
+def _parse_batch(blob: bytes, source: str, fmt: CifarFormat) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one pickled batch."""
+    obj = safe_loads(blob, source)
+    if not isinstance(obj, dict):
+        raise DataError(f"{source}: expected a pickled dict, got {type(obj).__name__}")
+    data = _get(obj, b"data", source)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{source}: b'data' must be a uint8 array of shape (N, 3072), got {desc}")
+    labels = np.asarray(_get(obj, fmt.label_key, source))
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
+        raise DataError(
+            f"{source}: {fmt.label_key!r} must be {len(data)} integer labels, "
+            f"got {labels.dtype} {labels.shape}"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= fmt.num_classes):
+        raise DataError(
+            f"{source}: labels must lie in [0, {fmt.num_classes - 1}], got [{labels.min()}, {labels.max()}]"
+        )
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _parse_meta(blob: bytes, source: str, fmt: CifarFormat) -> list[str]:
+    obj = safe_loads(blob, source)
+    if not isinstance(obj, dict):
+        raise DataError(f"{source}: expected a pickled dict, got {type(obj).__name__}")
+    names = _get(obj, fmt.names_key, source)
+    if not isinstance(names, (list, tuple)) or len(names) != fmt.num_classes:
+        raise DataError(f"{source}: {fmt.names_key!r} must list {fmt.num_classes} class names")
+    try:
+        return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    except UnicodeDecodeError:
+        raise DataError(f"{source}: class names are not UTF-8") from None
+
+
+def _join(parts: list[tuple[np.ndarray, np.ndarray]], classes: list[str]) -> ArrayDataset:
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return ArrayDataset(images, labels, classes)
+
+
+def decode_cifar(mode: str, where: Path, fmt: CifarFormat) -> Splits:
+    """Read and check every member of the archive or directory ``where``."""
+    files = _read_tar(where, fmt) if mode == "tar" else _read_dir(where, fmt)
+    classes = _parse_meta(files[fmt.meta][1], files[fmt.meta][0], fmt)
+    train = [_parse_batch(files[n][1], files[n][0], fmt) for n in fmt.train]
+    test = [_parse_batch(files[n][1], files[n][0], fmt) for n in fmt.test]
+    return _join(train, classes), _join(test, classes)
+
+
+def read_cifar(kind: str, path: Path, options: DataOptions) -> Splits:
+    """The train and test splits of the ``kind`` ("cifar10"/"cifar100") data at ``path``, cached."""
+    fmt = FORMATS[kind]
+    mode, where = _locate(path, fmt)
+    stamps = [file_stamp(where)] if mode == "tar" else [file_stamp(where / n) for n in fmt.members]
+    return cached(kind, where, stamps, options, lambda: decode_cifar(mode, where, fmt))

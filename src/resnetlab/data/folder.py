@@ -1,0 +1,194 @@
+"""Reader of small image-folder data sets: ``train/<class>/*`` and ``test/<class>/*`` (or ``val/``).
+
+PATH is a directory or a ``.tar.gz``/``.tgz`` of that layout (members are read straight from the
+archive, in archive order; one top-level directory around the layout is allowed). Only JPEG and PNG files
+are read (extensions in any case); other files are ignored. Classes are the sorted names of ``train/``'s
+sub-folders; test classes must be a subset. Every image is converted to RGB: grey is replicated into
+three channels, an alpha channel is dropped (colour kept, no compositing), palette images are expanded
+through their palette. All images must have the size of the first training image (sorted order).
+Symlinked directories are not followed: a symlinked split folder is an error, a symlinked class folder
+is skipped. Decoded arrays are cached (:mod:`resnetlab.data.cache`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from resnetlab.data.base import ArrayDataset, DataOptions, one_line
+from resnetlab.data.cache import Splits, cached, file_stamp
+from resnetlab.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLIT_DIRS = ("train", "test", "val")
+
+# split -> class -> [(where, source)], where names the file in messages; source is a path or the bytes
+Layout = dict[str, dict[str, list[tuple[str, "str | bytes"]]]]
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name has a JPEG or PNG extension (any case)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def decode_image(source: str | bytes, where: str) -> np.ndarray:
+    """Decode one image file (path or bytes) to an RGB uint8 array (H, W, 3); DataError naming ``where``."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            img.load()
+            return np.asarray(to_rgb(img), dtype=np.uint8)
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise DataError(f"{where}: cannot decode image ({one_line(exc)})") from None
+
+
+def _scan_class_dir(path: str) -> list[tuple[str, str | bytes]]:
+    with os.scandir(path) as entries:
+        names = sorted(e.name for e in entries if is_image_name(e.name) and e.is_file())
+    return [(os.path.join(path, n), os.path.join(path, n)) for n in names]
+
+
+def scan_dir(root: Path) -> Layout:
+    """The layout of an image-folder directory (files listed, not read)."""
+    layout: Layout = {}
+    for split in SPLIT_DIRS:
+        split_dir = root / split
+        if split_dir.is_symlink():
+            raise DataError(f"{split_dir}: is a symbolic link; symlinked directories are not followed")
+        if not split_dir.is_dir():
+            continue
+        classes: dict[str, list[tuple[str, str | bytes]]] = {}
+        try:
+            with os.scandir(split_dir) as entries:
+                class_dirs = sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
+            for class_dir in class_dirs:
+                classes[os.path.basename(class_dir)] = _scan_class_dir(class_dir)
+        except OSError as exc:
+            raise DataError(f"{split_dir}: cannot list ({one_line(exc.strerror or exc)})") from None
+        layout[split] = classes
+    return layout
+
+
+def _member_parts(name: str) -> list[str]:
+    while name.startswith("./"):
+        name = name[2:]
+    return [p for p in name.split("/") if p]
+
+
+def scan_tar(archive: Path) -> Layout:
+    """The layout of an image-folder tarball, with every image member read into memory."""
+    found: dict[str | None, Layout] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                parts = _member_parts(member.name)
+                if parts and parts[0] in SPLIT_DIRS:
+                    prefix, rest = None, parts
+                elif len(parts) >= 2 and parts[1] in SPLIT_DIRS:
+                    prefix, rest = parts[0], parts[1:]
+                else:
+                    continue
+                if len(rest) == 2 and member.isdir():
+                    found.setdefault(prefix, {}).setdefault(rest[0], {}).setdefault(rest[1], [])
+                elif len(rest) == 3 and member.isfile() and is_image_name(rest[2]):
+                    handle = tar.extractfile(member)
+                    data = handle.read() if handle is not None else b""
+                    files = found.setdefault(prefix, {}).setdefault(rest[0], {}).setdefault(rest[1], [])
+                    files.append((f"{archive}:{'/'.join(parts)}", data))
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{archive}: not a readable tar archive ({one_line(exc)})") from None
+    if None in found:
+        layout = found[None]
+    elif len(found) == 1:
+        layout = next(iter(found.values()))
+    elif not found:
+        raise DataError(f"{archive}: no train/<class>/<image> members (nor under one top-level directory)")
+    else:
+        tops = ", ".join(sorted(str(p) for p in found))
+        raise DataError(f"{archive}: several top-level directories hold a layout ({tops}); expected one")
+    for classes in layout.values():
+        for files in classes.values():
+            files.sort(key=lambda item: item[0])
+    return layout
+
+
+def _decode_all(items: list[tuple[str, str | bytes]], ref: tuple[str, tuple[int, ...]]) -> np.ndarray:
+    ref_where, ref_shape = ref
+    out = np.empty((len(items), *ref_shape), dtype=np.uint8)
+
+    def work(i: int) -> None:
+        where, source = items[i]
+        arr = decode_image(source, where)
+        if arr.shape != ref_shape:
+            raise DataError(
+                f"{where}: image is {arr.shape[1]}x{arr.shape[0]} but the first training image {ref_where} "
+                f"is {ref_shape[1]}x{ref_shape[0]}; all images must share one size"
+            )
+        out[i] = arr
+
+    for i in range(len(items)):  # threads do not help: decoding small images is GIL-bound
+        work(i)
+    return out.transpose(0, 3, 1, 2).copy()
+
+
+def build_splits(root: str, layout: Layout) -> Splits:
+    """Check a scanned layout and decode it into train and test arrays; ``root`` prefixes messages."""
+    train = layout.get("train")
+    if not train:
+        raise DataError(f"{root[:-1]}: missing train/ with class folders (expected train/<class>/<image>)")
+    test_split = "test" if "test" in layout else "val" if "val" in layout else None
+    if test_split is None:
+        raise DataError(f"{root[:-1]}: missing test/ (or val/) with class folders")
+    classes = sorted(train)
+    test = layout[test_split]
+    for split, class_map in (("train", train), (test_split, test)):
+        for name, files in class_map.items():
+            if not files:
+                raise DataError(f"{root}{split}/{name}: class folder has no JPEG or PNG images")
+    unknown = sorted(set(test) - set(classes))
+    if unknown:
+        raise DataError(f"{root}{test_split}/{unknown[0]}: not a class of train/ ({len(unknown)} unknown)")
+    if not test:
+        raise DataError(f"{root}{test_split}: has no class folders")
+    label_of = {name: i for i, name in enumerate(classes)}
+    first_where, first_source = train[classes[0]][0]
+    ref = (first_where, decode_image(first_source, first_where).shape)
+    splits = []
+    for class_map in (train, test):
+        items = [item for name in sorted(class_map) for item in class_map[name]]
+        labels = [label_of[name] for name in sorted(class_map) for _ in class_map[name]]
+        splits.append(ArrayDataset(_decode_all(items, ref), np.asarray(labels, dtype=np.int64), classes))
+    return splits[0], splits[1]
+
+
+def read_folder(path: Path, options: DataOptions) -> Splits:
+    """The train and test splits of the image folder (directory or tarball) at ``path``, cached."""
+    if path.is_file():
+        return cached("folder", path, [file_stamp(path)], options,
+                      lambda: build_splits(f"{path}:", scan_tar(path)))
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or directory")
+    layout = scan_dir(path)
+    stamps: list[list[object]] = []
+    for classes in layout.values():
+        for files in classes.values():
+            for where, _ in files:
+                try:
+                    st = os.stat(where)
+                except OSError as exc:
+                    raise DataError(f"{where}: cannot read ({one_line(exc.strerror or exc)})") from None
+                stamps.append([os.path.relpath(where, path), st.st_size, st.st_mtime_ns])
+    return cached("folder", path, stamps, options, lambda: build_splits(f"{path}/", layout))

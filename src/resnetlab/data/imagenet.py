@@ -1,0 +1,233 @@
+"""The streaming data source for ImageNet-style folders: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*``.
+
+Images are decoded per batch by a ``torch.utils.data.DataLoader`` with ``options.workers`` workers and
+the PIL transforms of the ResNet paper written here. Train: resize the shorter side to a random size in
+``options.scale``, take a random ``crop_size`` crop, flip with p = 1/2. Test: resize the shorter side to
+``test_resize`` and take the centre crop (or the ten crops: four corners and centre, and their mirror
+images). Pixels are scaled to [0, 1] and normalised with the ImageNet channel mean and std. The random
+numbers of a sample come from ``(seed, epoch, index)`` alone, never from worker state, so an epoch
+replays identically for any number of workers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from resnetlab.data.base import (
+    DataOptions,
+    DataSource,
+    check_norm_state,
+    check_train_args,
+    derive_seed,
+    epoch_permutation,
+    global_batch_bounds,
+    one_line,
+    rank_bounds,
+    stratified_holdout,
+)
+from resnetlab.data.folder import scan_dir, to_rgb
+from resnetlab.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def open_rgb(path: str) -> Image.Image:
+    """Open and fully decode one image as RGB; DataError naming the file on failure."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except Exception as exc:  # PIL raises many types for bad files
+        raise DataError(f"{path}: cannot decode image ({one_line(exc)})") from None
+
+
+def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """Resize (bilinear) so that the shorter side is ``size``, keeping the aspect ratio."""
+    w, h = img.size
+    new = (size, max(size, round(h * size / w))) if w <= h else (max(size, round(w * size / h)), size)
+    return img if new == (w, h) else img.resize(new, Image.Resampling.BILINEAR)
+
+
+def ten_crops(img: Image.Image, size: int) -> list[Image.Image]:
+    """The four corner crops and the centre crop of side ``size``, followed by their mirror images."""
+    w, h = img.size
+    corners = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size),
+               ((w - size) // 2, (h - size) // 2)]
+    crops = [img.crop((x, y, x + size, y + size)) for x, y in corners]
+    return crops + [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
+
+
+def to_tensor(img: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """An RGB image as a normalised float32 (3, H, W) tensor."""
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    return x.sub_(mean).div_(std)
+
+
+class _Failure:
+    """A decode failure carried back from a worker as data, to be raised as one-line DataError."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _collate(items: list[object]) -> object:
+    for item in items:
+        if isinstance(item, _Failure):
+            return item
+    xs = torch.stack([item[0] for item in items])  # type: ignore[index]
+    ys = torch.tensor([item[1] for item in items], dtype=torch.int64)  # type: ignore[index]
+    return xs, ys
+
+
+class ImageFiles(Dataset):
+    """Image files with labels; an item key is ``index`` (eval) or ``(index, seed, epoch)`` (train)."""
+
+    def __init__(self, files: list[str], labels: list[int], options: DataOptions,
+                 mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.files, self.labels, self.options = files, labels, options
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _train_view(self, img: Image.Image, index: int, seed: int, epoch: int) -> torch.Tensor:
+        opts = self.options
+        rng = random.Random(derive_seed("imagenet", seed, epoch, index))
+        img = resize_shorter(img, rng.randint(*opts.scale))
+        w, h = img.size
+        left, top = rng.randint(0, w - opts.crop_size), rng.randint(0, h - opts.crop_size)
+        img = img.crop((left, top, left + opts.crop_size, top + opts.crop_size))
+        if opts.flip and rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return to_tensor(img, self.mean, self.std)
+
+    def _eval_view(self, img: Image.Image) -> torch.Tensor:
+        opts, size = self.options, self.options.crop_size
+        img = resize_shorter(img, opts.test_resize)
+        if opts.ten_crop:
+            return torch.stack([to_tensor(c, self.mean, self.std) for c in ten_crops(img, size)])
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        return to_tensor(img.crop((left, top, left + size, top + size)), self.mean, self.std)
+
+    def __getitem__(self, key: int | tuple[int, int, int]) -> object:
+        index = key[0] if isinstance(key, tuple) else key
+        try:
+            img = open_rgb(self.files[index])
+            x = self._train_view(img, *key) if isinstance(key, tuple) else self._eval_view(img)
+        except DataError as exc:
+            return _Failure(str(exc))
+        return x, self.labels[index]
+
+
+class _EpochBatches:
+    """The per-rank index keys of steps ``start..steps-1`` of one epoch, built lazily."""
+
+    def __init__(self, perm: torch.Tensor, seed: int, epoch: int, batch_size: int, rank: int,
+                 world_size: int, start: int, steps: int) -> None:
+        self.perm, self.seed, self.epoch, self.batch_size = perm, seed, epoch, batch_size
+        self.rank, self.world_size, self.start, self.steps = rank, world_size, start, steps
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for step in range(self.start, self.steps):
+            lo, hi = global_batch_bounds(step, self.batch_size, len(self.perm))
+            r_lo, r_hi = rank_bounds(hi - lo, self.rank, self.world_size)
+            yield [(int(i), self.seed, self.epoch) for i in self.perm[lo + r_lo:lo + r_hi]]
+
+
+class ImageNetSource(DataSource):
+    """ImageNet-style image folders streamed from disk; see the module docstring."""
+
+    def __init__(self, root: Path, options: DataOptions | None = None, name: str = "imagenet") -> None:
+        self.options = options = options if options is not None else DataOptions()
+        if not root.is_dir():
+            raise DataError(f"{root}: not a directory (expected train/<wnid>/ and val/<wnid>/)")
+        layout = scan_dir(root)
+        train = layout.get("train")
+        eval_split = "val" if "val" in layout else "test" if "test" in layout else None
+        if not train:
+            raise DataError(f"{root}: missing train/ with class folders")
+        if eval_split is None:
+            raise DataError(f"{root}: missing val/ with class folders")
+        self.classes = sorted(train)
+        label_of = {c: i for i, c in enumerate(self.classes)}
+        split_files: dict[str, tuple[list[str], list[int]]] = {}
+        for split, class_map in (("train", train), ("test", layout[eval_split])):
+            files, labels = [], []
+            for cls in sorted(class_map):
+                if not class_map[cls]:
+                    raise DataError(f"{root / (eval_split if split == 'test' else 'train') / cls}: no images")
+                if cls not in label_of:
+                    raise DataError(f"{root / eval_split / cls}: not a class of train/")
+                files += [where for where, _ in class_map[cls]]
+                labels += [label_of[cls]] * len(class_map[cls])
+            split_files[split] = (files, labels)
+        if options.val_split:
+            files, labels = split_files["train"]
+            if options.val_split >= len(files):
+                raise DataError(
+                    f"{root}: DataOptions.val_split={options.val_split} must be smaller than the "
+                    f"{len(files)} training images"
+                )
+            keep, held = stratified_holdout(np.asarray(labels), options.val_split, options.split_seed)
+            split_files["val"] = ([files[i] for i in held], [labels[i] for i in held])
+            split_files["train"] = ([files[i] for i in keep], [labels[i] for i in keep])
+        self.name, self.root = name, root
+        self.num_classes, self.channels, self.image_size = len(self.classes), 3, options.crop_size
+        self.train_size = len(split_files["train"][0])
+        self.has_val = "val" in split_files
+        self._files = split_files
+        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def _dataset(self, split: str) -> ImageFiles:
+        files, labels = self._files[split]
+        return ImageFiles(files, labels, self.options, self._mean, self._std)
+
+    def _stream(self, dataset: ImageFiles, batches: object,
+                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = DataLoader(dataset, batch_sampler=batches,  # type: ignore[arg-type]
+                            num_workers=self.options.workers, collate_fn=_collate,
+                            pin_memory=device.type == "cuda")
+        for batch in loader:
+            if isinstance(batch, _Failure):
+                raise DataError(batch.message)
+            x, y = batch
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def train_batches(self, epoch: int, batch_size: int, *, seed: int, device: torch.device | str = "cpu",
+                      start_step: int = 0, rank: int = 0,
+                      world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        steps = check_train_args(self.train_size, batch_size, start_step, rank, world_size)
+        perm = epoch_permutation(self.train_size, seed, epoch)
+        batches = _EpochBatches(perm, seed, epoch, batch_size, rank, world_size, start_step, steps)
+        return self._stream(self._dataset("train"), batches, torch.device(device))
+
+    def eval_batches(self, split: str, batch_size: int, *,
+                     device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.eval_size(split)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"eval_batches: batch_size must be an integer >= 1, got {batch_size!r}")
+        batches = [list(range(lo, min(lo + batch_size, n))) for lo in range(0, n, batch_size)]
+        return self._stream(self._dataset(split), batches, torch.device(device))
+
+    def eval_size(self, split: str) -> int:
+        self._check_split(split)
+        return len(self._files[split][0])
+
+    def norm_state(self) -> dict[str, torch.Tensor]:
+        return {"mean": self._mean.clone(), "std": self._std.clone()}
+
+    def load_norm_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._mean, self._std = check_norm_state(self.name, state, [(3, 1, 1)])

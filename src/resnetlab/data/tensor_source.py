@@ -1,0 +1,166 @@
+"""The in-memory data source for small data sets (digits, synthetic, CIFAR, image folders).
+
+The decoded uint8 images live in one tensor per split, copied once to each device a run asks for. A train
+batch gathers its images on the device, normalises them and augments the whole batch at once; everything
+random comes from CPU generators seeded from ``(seed, epoch)`` and ``(seed, epoch, step)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from resnetlab.data.augment import draw_params, pad_crop_flip
+from resnetlab.data.base import (
+    ArrayDataset,
+    DataOptions,
+    DataSource,
+    check_norm_state,
+    check_train_args,
+    cpu_generator,
+    epoch_permutation,
+    global_batch_bounds,
+    rank_bounds,
+    resolve_device,
+    stratified_holdout,
+)
+from resnetlab.errors import DataError
+
+_CHUNK = 4096
+
+
+def normalisation_stats(images: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (in [0, 1] pixel units) of uint8 ``images`` (N, C, H, W) for ``mode``.
+
+    ``pixel_mean``: mean image (C, H, W) and unit std; ``channel``: per-channel (C, 1, 1) mean and std;
+    ``none``: zero mean, unit std. The pixel sums are exact (float32 sums of at most 4096 bytes, added
+    in float64); the channel moments come from exact per-channel histograms of the 256 pixel values.
+    """
+    _, c, h, w = images.shape
+    ones = torch.ones(c, 1, 1)
+    if mode == "none":
+        return torch.zeros(c, 1, 1), ones
+    if mode == "pixel_mean":
+        total = torch.zeros(c, h, w, dtype=torch.float64)
+        for start in range(0, len(images), _CHUNK):
+            total += images[start:start + _CHUNK].to(torch.float32).sum(0)
+        return (total / (len(images) * 255.0)).float(), ones
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    hist = torch.stack([torch.bincount(images[:, ch].reshape(-1), minlength=256) for ch in range(c)])
+    hist = hist.double() / (len(images) * h * w)
+    mean = (hist * values).sum(1)
+    var = ((hist * values.square()).sum(1) - mean.square()).clamp_min(0.0)
+    std = var.sqrt().clamp_min(1e-6)
+    return mean.float().view(c, 1, 1), std.float().view(c, 1, 1)
+
+
+class TensorSource(DataSource):
+    """A data set held in memory as uint8 tensors; see the module docstring."""
+
+    def __init__(self, name: str, train: ArrayDataset, test: ArrayDataset,
+                 options: DataOptions | None = None) -> None:
+        options = options if options is not None else DataOptions()
+        if options.ten_crop:
+            raise DataError(f"{name}: DataOptions.ten_crop applies only to imagenet: data")
+        if len(train) == 0:
+            raise DataError(f"{name}: the training split is empty")
+        if train.images.shape[1:] != test.images.shape[1:]:
+            raise DataError(
+                f"{name}: test images have shape {tuple(test.images.shape[1:])} but training images "
+                f"{tuple(train.images.shape[1:])}"
+            )
+        if test.classes != train.classes:
+            raise DataError(f"{name}: the test split's class names differ from the training split's")
+        if train.images.shape[2] != train.images.shape[3]:
+            raise DataError(f"{name}: images must be square, got {tuple(train.images.shape[2:])}")
+        splits = {"test": test}
+        if options.val_split:
+            if options.val_split >= len(train):
+                raise DataError(
+                    f"{name}: DataOptions.val_split={options.val_split} must be smaller than the "
+                    f"{len(train)} training images"
+                )
+            keep, held = stratified_holdout(train.labels.numpy(), options.val_split, options.split_seed)
+            splits["val"] = train.subset(held)
+            train = train.subset(keep)
+        self.name = name
+        self.options = options
+        self.classes = list(train.classes)
+        self.num_classes = len(self.classes)
+        self.channels = int(train.images.shape[1])
+        self.image_size = int(train.images.shape[2])
+        self.train_size = len(train)
+        self.has_val = "val" in splits
+        self._splits = {"train": train, **splits}
+        self._mean, self._std = normalisation_stats(train.images, options.normalize)
+        self._on_device: dict[tuple[str, str], torch.Tensor] = {}
+
+    def split(self, split: str) -> ArrayDataset:
+        """The raw uint8 images of ``split`` ("train", "test" or "val")."""
+        if split != "train":
+            self._check_split(split)
+        return self._splits[split]
+
+    def _device_tensor(self, key: str, device: torch.device) -> torch.Tensor:
+        """The tensor ``key`` ("<split>.images", "<split>.labels", "mean", "std") on ``device``, cached."""
+        slot = (key, str(device))
+        if slot not in self._on_device:
+            if key in ("mean", "std"):
+                value = self._mean if key == "mean" else self._std
+            else:
+                split, field = key.split(".")
+                value = getattr(self._splits[split], field)
+            self._on_device[slot] = value.to(device)
+        return self._on_device[slot]
+
+    def _normalised(self, split: str, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        images = self._device_tensor(f"{split}.images", device)
+        x = images.index_select(0, idx.to(device)).to(torch.float32).div_(255.0)
+        return x.sub_(self._device_tensor("mean", device)).div_(self._device_tensor("std", device))
+
+    def train_batches(self, epoch: int, batch_size: int, *, seed: int, device: torch.device | str = "cpu",
+                      start_step: int = 0, rank: int = 0,
+                      world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        steps = check_train_args(self.train_size, batch_size, start_step, rank, world_size)
+        return self._train_iter(epoch, batch_size, seed, resolve_device(device), start_step, steps,
+                                rank, world_size)
+
+    def _train_iter(self, epoch: int, batch_size: int, seed: int, device: torch.device, start_step: int,
+                    steps: int, rank: int, world_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        perm = epoch_permutation(self.train_size, seed, epoch)
+        labels = self._device_tensor("train.labels", device)
+        pad, flip = self.options.pad, self.options.flip
+        for step in range(start_step, steps):
+            lo, hi = global_batch_bounds(step, batch_size, self.train_size)
+            params = draw_params(hi - lo, pad, flip, cpu_generator("augment", seed, epoch, step))
+            r_lo, r_hi = rank_bounds(hi - lo, rank, world_size)
+            idx = perm[lo + r_lo:lo + r_hi].to(device)
+            x = pad_crop_flip(self._normalised("train", idx, device), pad, params[r_lo:r_hi].to(device))
+            yield x, labels.index_select(0, idx)
+
+    def eval_batches(self, split: str, batch_size: int, *,
+                     device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._check_split(split)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"eval_batches: batch_size must be an integer >= 1, got {batch_size!r}")
+        return self._eval_iter(split, batch_size, resolve_device(device))
+
+    def _eval_iter(self, split: str, batch_size: int,
+                   device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        labels = self._device_tensor(f"{split}.labels", device)
+        for start in range(0, self.eval_size(split), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(labels)), device=device)
+            yield self._normalised(split, idx, device), labels.index_select(0, idx)
+
+    def eval_size(self, split: str) -> int:
+        self._check_split(split)
+        return len(self._splits[split])
+
+    def norm_state(self) -> dict[str, torch.Tensor]:
+        return {"mean": self._mean.clone(), "std": self._std.clone()}
+
+    def load_norm_state(self, state: dict[str, torch.Tensor]) -> None:
+        c, s = self.channels, self.image_size
+        self._mean, self._std = check_norm_state(self.name, state, [(c, 1, 1), (c, s, s)])
+        self._on_device = {k: v for k, v in self._on_device.items() if k[0] not in ("mean", "std")}
