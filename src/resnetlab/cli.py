@@ -79,6 +79,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run, summary = train(cfg, args.out)
     if summary["status"] == "stopped":
         return EXIT_STOPPED
+    if "rank" in summary:  # a worker process of a multi-process run: rank 0 reports
+        return 0
     final = summary["final"].get("test_error")
     verdict = "diverged (fail)" if summary["diverged"] else (
         f"test error {final:.2%}" + (" (fail: above 20%)" if summary["fail"] else "") if final is not None else "")

@@ -45,6 +45,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
+    accumulate: int = 1  # micro-batches per step, each normalised by BN on its own (as one DDP rank's slice)
+    linear_scaling: bool = False  # with N processes: batch_size per process and lr x N (else batch is global)
 
 
 @dataclass
@@ -78,6 +80,7 @@ class RunConfig:
     amp: str = "none"  # none | bf16 (autocast; CUDA)
     tensorboard: bool | str = "auto"  # write TensorBoard events when tensorboard is installed
     progress: bool | str = "auto"  # progress bar (auto: when stderr is a terminal)
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA/NCCL only)
 
 
 @dataclass
@@ -219,6 +222,8 @@ def validate(cfg: Config) -> None:
         if getattr(getattr(cfg, section), name) < 0:
             raise ConfigError(f"{section}.{name}: must not be negative")
     o, s, w, r = cfg.optim, cfg.schedule, cfg.warmup, cfg.run
+    if o.accumulate < 1:
+        raise ConfigError("optim.accumulate: must be at least 1")
     if o.batch_size < 1:
         raise ConfigError("optim.batch_size: must be at least 1")
     if not o.lr > 0:

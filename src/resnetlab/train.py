@@ -7,6 +7,8 @@ schedule position and epoch accumulators, so a resumed run continues exactly whe
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -19,12 +21,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, config_from_dict
 from .counting import count_params
 from .data import DataOptions, DataSource, derive_seed, load_data
+from .distributed import World, all_reduce_max, all_reduce_sum, barrier, broadcast, init_from_env, shutdown
 from .errors import CheckpointError, ConfigError, RunDirError
 from .evaluation import evaluate
 from .net import ResNet
@@ -118,10 +122,8 @@ class _StopFlag:
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: signals stay with the caller
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay with the caller
-                pass
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
@@ -136,18 +138,36 @@ class Trainer:
     """One training run in one run directory."""
 
     def __init__(self, cfg: Config, run: RunDir, source: DataSource, spec: ResNetSpec, device: torch.device,
-                 log: Any = print) -> None:
-        self.cfg, self.run, self.source, self.spec, self.device, self.log = cfg, run, source, spec, device, log
+                 log: Any = print, world: World | None = None) -> None:
+        world = world or World()
+        self.cfg, self.run, self.source, self.spec, self.device, self.world = cfg, run, source, spec, device, world
+        self.log = log if world.main else (lambda line: None)
         torch.manual_seed(cfg.run.seed)
         self.model = ResNet(spec).to(device)
         self.channels_last = use_channels_last(cfg, device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.run.sync_bn and world.active and device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.train_model: nn.Module = self.model
+        if world.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         o = cfg.optim
+        # global batch: the recipe's, split over ranks; or, with linear scaling, the recipe's per rank
+        self.batch = o.batch_size * (world.size if o.linear_scaling else 1)
+        if self.batch % (world.size * o.accumulate):
+            raise ConfigError(f"optim.batch_size: global batch {self.batch} does not split into {world.size} "
+                              f"rank(s) x {o.accumulate} micro-batch(es)")
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          weight_decay=o.weight_decay, nesterov=o.nesterov and o.momentum > 0)
-        self.spe = source.steps_per_epoch(o.batch_size)
+        self.spe = source.steps_per_epoch(self.batch)
         self.schedule: Schedule = build_schedule(cfg, self.spe, spec.depth)
+        if o.linear_scaling and world.active:  # the linear scaling rule: lr x (global batch / recipe batch)
+            self.schedule = dataclasses.replace(self.schedule, base_lr=self.schedule.base_lr * world.size,
+                                                warmup_lr=self.schedule.warmup_lr * world.size)
         self.amp = autocast(cfg, device)
         self.progress = Progress()
         self.tb: Any = None
@@ -189,7 +209,7 @@ class Trainer:
         p, sched, cfg = self.progress, self.schedule, self.cfg
         self._open_tensorboard()
         session_start = time.perf_counter() - p.elapsed
-        bs, seed = cfg.optim.batch_size, cfg.run.seed
+        bs, seed, world = self.batch, cfg.run.seed, self.world
         status, diverged_at = "finished", None
         pending: list[torch.Tensor] = []  # finite-loss flags, checked one step late on CUDA (no stall)
         lag = 1 if self.device.type == "cuda" else 0
@@ -199,18 +219,29 @@ class Trainer:
                 steps = min(self.spe - start, sched.total - p.step)
                 bar = self._bar(epoch, start, steps)
                 t0 = time.perf_counter()
-                batches = self.source.train_batches(epoch, bs, seed=seed, device=self.device, start_step=start)
-                self.model.train()
+                batches = self.source.train_batches(epoch, bs, seed=seed, device=self.device, start_step=start,
+                                                    rank=world.rank, world_size=world.size)
+                self.train_model.train()
                 for x, y in batches:
                     if p.step >= sched.total:
                         break
                     finite = self._step(x, y, seed)
-                    pending.append(finite)
-                    if len(pending) > lag and not bool(pending.pop(0)):
-                        status, diverged_at = "diverged", p.step - lag
-                        break
+                    if world.active:  # every rank must stop at the same step: agree on the flags
+                        flags = torch.stack([torch.tensor(float(stop.signal is not None), device=self.device),
+                                             (~finite).float()])
+                        stop_now, bad = all_reduce_max(flags, world).tolist()
+                        if bad:
+                            status, diverged_at = "diverged", p.step - 1
+                            break
+                        if stop_now and stop.signal is None:
+                            stop.signal = signal.SIGTERM
+                    else:
+                        pending.append(finite)
+                        if len(pending) > lag and not bool(pending.pop(0)):
+                            status, diverged_at = "diverged", p.step - lag
+                            break
                     if bar is not None:
-                        bar.update(y.numel())
+                        bar.update(y.numel() * world.size)
                     if stop.signal is not None:
                         status = "stopped"
                         break
@@ -219,7 +250,8 @@ class Trainer:
                         self._sync_time(t0)
                         t0 = time.perf_counter()
                         p.elapsed = time.perf_counter() - session_start
-                        self.save()
+                        if world.main:
+                            self.save()
                 if status == "finished" and pending and not all(bool(f) for f in pending):
                     status, diverged_at = "diverged", p.step
                 pending.clear()
@@ -228,46 +260,62 @@ class Trainer:
                     bar.close()
                 p.elapsed = time.perf_counter() - session_start
                 if status == "diverged":
-                    self._record_divergence(epoch, diverged_at)
+                    if world.main:
+                        self._record_divergence(epoch, diverged_at)
                     break
                 if status == "stopped":
-                    self.save()
+                    if world.main:
+                        self.save()
                     self.log(f"stopped by signal {stop.signal} at step {p.step}: checkpoint written, "
                              f"continue with: resnetlab train --resume {self.run.path}")
                     break
                 epoch_done = p.step % self.spe == 0
                 if (epoch_done and (epoch + 1) % cfg.run.eval_every == 0) or p.step >= sched.total:
-                    self._end_of_epoch(epoch)
-                    p.elapsed = time.perf_counter() - session_start
-                    self.save(best=p.best.get("step") == p.step)
+                    if world.main:  # rank 0 evaluates and writes; the others wait at the next collective
+                        self._end_of_epoch(epoch)
+                        p.elapsed = time.perf_counter() - session_start
+                        self.save(best=p.best.get("step") == p.step)
+                    else:
+                        p.loss_sum, p.wrong, p.seen, p.train_time = 0.0, 0, 0, 0.0
         if self.tb is not None:
             self.tb.close()
-        summary = self.write_summary(status, diverged_at)
-        return summary
+        barrier(world)
+        if not world.main:
+            return {"status": status, "diverged": status == "diverged", "rank": world.rank}
+        return self.write_summary(status, diverged_at)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
-        p, sched = self.progress, self.schedule
+        """One SGD step on this rank's slice, in `optim.accumulate` micro-batches (each with its own BN
+        statistics, exactly as each DDP rank normalises its own slice)."""
+        p, sched, world, k = self.progress, self.schedule, self.world, self.cfg.optim.accumulate
         lr = sched.lr(p.step, p.warmup_end)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(derive_seed(seed, "step", p.step))  # dropout shortcuts: a function of the step
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self.amp:
-            logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = torch.zeros((), device=self.device)
+        wrong = torch.zeros((), device=self.device, dtype=torch.int64)
+        for i, (xc, yc) in enumerate(zip(x.chunk(k), y.chunk(k), strict=True)):
+            # dropout shortcuts: a function of the step and the micro-batch's place in the global batch
+            torch.manual_seed(derive_seed(seed, "step", p.step, world.rank * k + i))
+            sync = i == k - 1 or not world.active
+            with nullcontext() if sync else self.train_model.no_sync(), self.amp:
+                logits = self.train_model(xc)
+            loss = F.cross_entropy(logits.float(), yc) * (yc.numel() / y.numel())
+            loss.backward()
+            total += loss.detach()
+            wrong += (logits.detach().argmax(1) != yc).sum()
         self.optimizer.step()
-        with torch.no_grad():
-            wrong = (logits.argmax(1) != y).sum()
-            self._device_sums(loss.detach() * y.numel(), wrong)  # read back once per epoch
-        if sched.warmup and p.warmup_end is None and p.step < sched.warmup_iters:
-            if wrong.item() / y.numel() < sched.warmup_until_error:
+        self._device_sums(total * y.numel(), wrong)  # read back once per epoch
+        in_warmup = sched.warmup and p.warmup_end is None and p.step < sched.warmup_iters
+        if in_warmup:  # v1: warm up until the training error is below 80%
+            global_wrong = all_reduce_sum(wrong.clone(), world).item()
+            if global_wrong / (y.numel() * world.size) < sched.warmup_until_error:
                 p.warmup_end = p.step + 1
-        p.seen += y.numel()
+        p.seen += y.numel() * world.size
         p.step += 1
-        return torch.isfinite(loss)
+        return torch.isfinite(total)
 
     def _device_sums(self, loss: torch.Tensor, wrong: torch.Tensor) -> None:
         if self._sums is None:
@@ -279,8 +327,9 @@ class Trainer:
     def _flush_sums(self) -> None:
         """Move the device-side epoch sums into the (checkpointed) progress record."""
         if self._sums is not None:
-            self.progress.loss_sum += self._sums[0].item()
-            self.progress.wrong += int(self._sums[1].item())
+            loss, wrong = (all_reduce_sum(t, self.world) for t in self._sums)  # over all ranks
+            self.progress.loss_sum += loss.item()
+            self.progress.wrong += int(wrong.item())
             self._sums = None
 
     def _sync_time(self, t0: float) -> None:
@@ -394,45 +443,58 @@ def _device_name(device: torch.device) -> str:
 # ---- entry points ---------------------------------------------------------------------------------------
 def train(cfg: Config, out: str | Path | None = None, log: Any = print) -> tuple[RunDir, dict[str, Any]]:
     """Start a new run: everything is validated and loaded before the run directory is created."""
-    device = resolve_device(cfg.run.device)
-    configure_runtime(cfg, device)
-    source = load_data(cfg.data.source, data_options(cfg))
-    spec = model_spec(cfg, source)
-    if out is None:
-        out = Path("runs") / f"{spec.name}-{source.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = RunDir(out)
-    run.check_new()
-    trainer = Trainer(cfg, run, source, spec, device, log)
-    run.create(cfg.to_dict() | {"resolved": trainer.schedule.to_dict() | {
-        "steps_per_epoch": trainer.spe, "spec": spec.to_dict(), "device": str(device)}})
+    world = init_from_env(cfg.run.device)
     try:
-        trainer.log = _tee(log, run.log)
-        trainer.log(f"{spec.name} ({count_params(trainer.model):,} parameters) on {source.name}: "
-                    f"{source.train_size} training images, {trainer.schedule.total} iterations "
-                    f"({trainer.schedule.total / trainer.spe:.1f} epochs) on {_device_name(device)}")
-        return run, trainer.fit()
+        device = _rank_device(resolve_device(cfg.run.device), world)
+        configure_runtime(cfg, device)
+        source = load_data(cfg.data.source, data_options(cfg))
+        spec = model_spec(cfg, source)
+        if out is None:
+            out = broadcast(Path("runs") / f"{spec.name}-{source.name}-{time.strftime('%Y%m%d-%H%M%S')}", world)
+        run = RunDir(out)
+        run.check_new()
+        trainer = Trainer(cfg, run, source, spec, device, log, world)
+        barrier(world)  # every rank has checked its input before rank 0 creates anything
+        if world.main:
+            run.create(cfg.to_dict() | {"resolved": trainer.schedule.to_dict() | {
+                "steps_per_epoch": trainer.spe, "global_batch": trainer.batch, "world_size": world.size,
+                "spec": spec.to_dict(), "device": str(device)}})
+            trainer.log = _tee(log, run.log)
+        try:
+            trainer.log(f"{spec.name} ({count_params(trainer.model):,} parameters) on {source.name}: "
+                        f"{source.train_size} training images, {trainer.schedule.total} iterations "
+                        f"({trainer.schedule.total / trainer.spe:.1f} epochs) on {_device_name(device)}"
+                        + (f" x {world.size} processes" if world.active else ""))
+            return run, trainer.fit()
+        finally:
+            run.unlock()
     finally:
-        run.unlock()
+        shutdown(world)
 
 
 def resume(path: str | Path, model: str | None = None, device: str | None = None,
            log: Any = print) -> tuple[RunDir, dict[str, Any]]:
-    """Continue a run from its newest good checkpoint; architecture and config come from the run."""
+    """Continue a run from its newest good checkpoint; architecture and config come from the run.
+
+    The step counts global batches, so a run may resume on a different number of processes."""
     run = RunDir(path)
     cfg = config_from_dict(run.read_config())
     if model is not None and model != cfg.model["name"]:
         raise RunDirError(f"{run.path}: this run trains {cfg.model['name']}, not {model}")
     if device is not None:
         cfg.run.device = device
-    run.lock()
+    world = init_from_env(cfg.run.device)
     try:
-        dev = resolve_device(cfg.run.device)
+        if world.main:
+            run.lock()
+        dev = _rank_device(resolve_device(cfg.run.device), world)
         configure_runtime(cfg, dev)
         source = load_data(cfg.data.source, data_options(cfg))
         spec = model_spec(cfg, source)
-        trainer = Trainer(cfg, run, source, spec, dev, _tee(log, run.log))
+        trainer = Trainer(cfg, run, source, spec, dev, _tee(log, run.log), world)
         if not run.step_checkpoints():  # killed before its first checkpoint: start again
-            run.truncate_metrics(0)
+            if world.main:
+                run.truncate_metrics(0)
             trainer.log(f"{run.path}: no checkpoint yet, starting from the beginning")
             return run, trainer.fit()
         ckpt_path, payload, problems = run.latest_good(load_checkpoint)
@@ -440,7 +502,9 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
             trainer.log(f"skipping bad checkpoint: {problem}")
         trainer.restore(payload)
         source.load_norm_state(payload["norm"])
-        run.truncate_metrics(trainer.progress.step)
+        barrier(world)  # all ranks have read the checkpoint before rank 0 rewrites metrics
+        if world.main:
+            run.truncate_metrics(trainer.progress.step)
         if trainer.progress.step >= trainer.schedule.total:
             trainer.log(f"{run.path}: already finished at step {trainer.progress.step}")
         else:
@@ -448,6 +512,13 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
         return run, trainer.fit()
     finally:
         run.unlock()
+        shutdown(world)
+
+
+def _rank_device(device: torch.device, world: World) -> torch.device:
+    if world.active and device.type == "cuda":
+        return torch.device("cuda", world.local_rank)
+    return device
 
 
 def _tee(log: Any, path: Path) -> Any:
