@@ -240,3 +240,15 @@ def test_checkpoint_from_another_model_or_data_is_refused(tmp_path: Path, make_c
     garbage.write_bytes(b"\x00" * 100)
     proc = cli("eval", str(garbage))
     assert proc.returncode == 2 and "not a resnetlab checkpoint" in proc.stderr
+
+
+def test_imagenet_layout_end_to_end(imagenet_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet18", "--data", f"imagenet:{imagenet_root}", "--iters", "2",
+                 "--out", str(out), "--set", "optim.batch_size=4", "--set", "data.crop_size=32",
+                 "--set", "data.scale=36,48", "--set", "data.test_resize=36", "--set", "data.workers=0",
+                 "--set", "data.ten_crop=true"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["recipe"] == "imagenet" and summary["steps"] == 2
+    spec = load_checkpoint(out / "checkpoints" / "step-00000002.pt")["spec"]
+    assert spec["stem"] == "imagenet" and spec["num_classes"] == len(list((imagenet_root / "train").iterdir()))
