@@ -34,3 +34,12 @@ def test_bad_override_is_one_line_exit_2(capsys) -> None:
     assert main(["info", "resnet20", "-o", "gate_bias=-6"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("resnetlab: error: gate_bias:") and err.count("\n") == 1
+
+
+def test_analyze_propagation_command(tmp_path, capsys) -> None:
+    out = tmp_path / "prop.png"
+    assert main(["analyze", "propagation", "--model", "resnet20", "--model", "plain20", "--data", "digits",
+                 "--batch-size", "16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "resnet20" in printed and "plain20" in printed and out.read_bytes()[:4] == b"\x89PNG"
+    assert main(["analyze", "propagation", "--model", "resnet20", "--out", str(tmp_path / "x.gif")]) == 2

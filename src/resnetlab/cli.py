@@ -111,6 +111,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze_propagation(args: argparse.Namespace) -> int:
+    from .analysis import run_propagation_cli
+
+    return run_propagation_cli(args.model or [], args.override or [], args.checkpoint, args.data,
+                               args.batch_size, args.seed, args.out, args.eval_mode)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Deep residual networks of He et al. (2016): build, train, study.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -152,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("analyze", help="analyses of a network (v2 sec. 3)")
+    asub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_Parser, required=True)
+    q = asub.add_parser("propagation", help="forward signal and gradient norm per residual unit (v2 eq. 4-7)")
+    q.add_argument("--model", action="append", metavar="NAME", help="registry model at init (repeatable)")
+    q.add_argument("--override", "-o", action="append", metavar="K=V", help="spec field for every --model")
+    q.add_argument("--checkpoint", metavar="RUN_DIR", default=None, help="add a trained model (uses its data)")
+    q.add_argument("--data", default=None, help="default: synthetic, or the checkpoint's data")
+    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default=None, help="figure path (.png/.pdf/.svg; default ./propagation.png)")
+    q.add_argument("--eval-mode", action="store_true", help="BN running statistics instead of batch statistics")
+    q.set_defaults(func=_cmd_analyze_propagation)
     return parser
 
 
