@@ -111,6 +111,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .experiments import kendall_tau, load_suite, run_suite, suite_names
+    from .overrides import parse_assignments
+
+    if args.suite == "list":
+        for name in suite_names():
+            suite = load_suite(name)
+            print(f"{name:12s} {len(suite.members):2d} members  {suite.title} ({suite.source})")
+        return 0
+    suite = load_suite(args.suite)
+    out = Path(args.out or f"experiments/{suite.name}-{args.scale}")
+    rows = run_suite(suite, out, data=args.data, seeds=args.seeds, epochs=args.epochs, iters=args.iters,
+                     scale=args.scale, device=args.device, settings=parse_assignments(args.overrides, "--set"))
+    tau, n = kendall_tau(rows)
+    done = sum(1 for r in rows if r["runs"] or r["diverged"])
+    print(f"{suite.name}: {done}/{len(rows)} members with results; ranking vs paper (Kendall tau): "
+          f"{'-' if tau is None else f'{tau:+.2f}'} over {n}")
+    print(f"results: {out / 'results.md'} (and results.csv, curves.png, errors.png)")
+    return 0
+
+
 def _cmd_analyze_propagation(args: argparse.Namespace) -> int:
     from .analysis import run_propagation_cli
 
@@ -159,6 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("experiment", help="run a paper experiment suite (or 'list' them)")
+    p.add_argument("suite", help="degradation, depth, shortcuts, activations, preact, options, a .toml, or list")
+    p.add_argument("--data", default=None, help="data source (required at paper scale; small: digits)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per member (seeds 0..K-1)")
+    p.add_argument("--epochs", type=float, default=None, help="budget per run in epochs")
+    p.add_argument("--iters", type=int, default=None, help="budget per run in iterations")
+    p.add_argument("--scale", choices=["paper", "small"], default="paper",
+                   help="small: shallower nets and a short budget on small data (checks the mechanism)")
+    p.add_argument("--out", default=None, help="suite directory (default: experiments/SUITE-SCALE)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="config override for every member")
+    p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("analyze", help="analyses of a network (v2 sec. 3)")
     asub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_Parser, required=True)

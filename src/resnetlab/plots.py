@@ -38,3 +38,39 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = 
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def plot_errors(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Final test error per member (median over seeds, bars) with the paper's value marked (x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5), dpi=110)
+    labels = [r["member"] for r in rows]
+    ys = range(len(rows))
+    ours = [r["median"] if r["median"] is not None else 0.0 for r in rows]
+    ax.barh(list(ys), ours, color="#4c72b0", alpha=0.8, label="ours (median)")
+    top = max([v for v in ours] + [r["paper"] for r in rows if isinstance(r["paper"], int | float)] + [20.0])
+    for y, r in zip(ys, rows, strict=True):
+        if isinstance(r["paper"], int | float):
+            ax.plot(r["paper"], y, "x", color="#c44e52", markersize=8)
+        elif r["paper"] == "fail":
+            ax.text(top * 1.02, y, "paper: fail", va="center", fontsize=7, color="#c44e52")
+        if r["median"] is None:
+            ax.text(0.5, y, "diverged" if r["diverged"] else "no result", va="center", fontsize=7)
+    ax.plot([], [], "x", color="#c44e52", label="paper")
+    ax.axvline(20.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.25)
+    ax.set_xlabel("test error (%)  (dotted: the papers' 20% 'fail' line)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,282 @@
+"""The papers' experiments as suites: each table or figure is a data file, run with one command.
+
+`resnetlab experiment SUITE` trains every member with the same recipe and seeds, skips members already
+finished (a rerun resumes the suite), carries on after a member fails or diverges, and writes
+`results.md` / `results.csv` with our errors beside the paper's, and the figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import build_config, default_recipe
+from .errors import ConfigError, ResnetlabError
+from .registry import get_spec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SUITE_DIR = Path(__file__).parent / "suites"
+SCALES = ("paper", "small")
+SMALL_NOTE = ("This is a small-scale run: shallower nets, a short budget and small data. It checks the "
+              "mechanism of the experiment, not the paper's numbers.")
+
+
+@dataclass(frozen=True)
+class Member:
+    label: str
+    model: str
+    override: dict[str, Any] = field(default_factory=dict)  # spec fields
+    settings: dict[str, Any] = field(default_factory=dict)  # config fields, e.g. {"optim.lr": 0.05}
+    small: dict[str, Any] = field(default_factory=dict)  # small scale: "model" and/or spec fields
+    paper: float | str | None = None  # error in percent, "fail", or not printed
+
+    def at(self, scale: str) -> tuple[str, dict[str, Any]]:
+        """(registry model, spec overrides) at a scale."""
+        if scale == "paper":
+            return self.model, dict(self.override)
+        small = dict(self.small)
+        return small.pop("model", self.model), {**self.override, **small}
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9]+", "-", self.label).strip("-").lower()
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    title: str
+    source: str
+    recipe: str
+    members: tuple[Member, ...]
+
+
+def suite_names() -> list[str]:
+    return sorted(p.stem for p in SUITE_DIR.glob("*.toml"))
+
+
+def load_suite(name: str) -> Suite:
+    """A named suite or a path to a suite TOML file; every member's spec is checked."""
+    path = Path(name) if name.endswith(".toml") else SUITE_DIR / f"{name}.toml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, suite_names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; suites: {', '.join(suite_names())}"
+        raise ConfigError(f"suite {name!r}: not found{hint}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"suite {path}: not valid TOML ({exc})") from None
+    members = []
+    for i, raw in enumerate(data.get("members", [])):
+        try:
+            member = Member(label=raw["label"], model=raw["model"], override=raw.get("override", {}),
+                            settings=raw.get("set", {}), small=raw.get("small", {}), paper=raw.get("paper"))
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"suite {path}: member {i + 1} lacks {exc}") from None
+        for scale in SCALES:
+            model, override = member.at(scale)
+            try:
+                get_spec(model, **override)
+            except ResnetlabError as exc:
+                raise ConfigError(f"suite {path.stem}, member {member.label!r} ({scale}): {exc}") from None
+        members.append(member)
+    if not members:
+        raise ConfigError(f"suite {path}: no members")
+    if len({m.slug for m in members}) != len(members):
+        raise ConfigError(f"suite {path}: member labels must be distinct")
+    return Suite(path.stem, data.get("title", path.stem), data.get("source", ""), data.get("recipe", "cifar"),
+                 tuple(members))
+
+
+def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, epochs: float | None = None,
+              iters: int | None = None, scale: str = "paper", device: str | None = None,
+              settings: dict[str, Any] | None = None, log: Any = print) -> list[dict[str, Any]]:
+    """Train every member x seed (skipping finished runs, resuming interrupted ones); write the results."""
+    from .train import resume, train
+
+    if scale not in SCALES:
+        raise ConfigError(f"--scale: {scale!r} is not one of {', '.join(SCALES)}")
+    if seeds < 1:
+        raise ConfigError("--seeds: must be at least 1")
+    if data is None:
+        if scale == "paper":
+            raise ConfigError(f"suite {suite.name}: --data is required at paper scale (e.g. cifar10:PATH)")
+        data = "digits"
+    if scale == "small" and epochs is None and iters is None:
+        epochs = 6
+    recipe = suite.recipe if scale == "paper" else default_recipe(data)
+    if scale == "small":
+        log(SMALL_NOTE)
+    out.mkdir(parents=True, exist_ok=True)
+    for member in suite.members:
+        model, override = member.at(scale)
+        for seed in range(seeds):
+            run_dir = out / member.slug / f"seed{seed}"
+            tag = f"[{suite.name}] {member.label} seed {seed}"
+            if (run_dir / "summary.json").exists() and _summary(run_dir).get("status") in ("finished", "diverged"):
+                log(f"{tag}: already done, skipped")
+                continue
+            try:
+                if (run_dir / "config.json").exists():
+                    log(f"{tag}: resuming")
+                    resume(run_dir, device=device, log=log)
+                else:
+                    overrides = {f"model.{k}": v for k, v in override.items()}
+                    overrides.update(member.settings, **(settings or {}))
+                    overrides["run.seed"] = seed
+                    if epochs is not None:
+                        overrides["schedule.epochs"] = epochs
+                    if iters is not None:
+                        overrides["schedule.iters"] = iters
+                    if device is not None:
+                        overrides["run.device"] = device
+                    log(f"{tag}: training {model} {override or ''}")
+                    train(build_config(recipe=recipe, model=model, data=data, overrides=overrides), run_dir, log=log)
+            except ResnetlabError as exc:  # the suite carries on; the member is reported as failed
+                log(f"{tag}: failed: {exc}")
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "error.txt").write_text(str(exc) + "\n")
+    rows = collect(suite, out, scale)
+    write_results(suite, out, rows, scale=scale, data=data, recipe=recipe, seeds=seeds, epochs=epochs, iters=iters)
+    return rows
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def collect(suite: Suite, out: Path, scale: str) -> list[dict[str, Any]]:
+    """One row per member: our errors over seeds (median, mean, spread), the paper's, the verdicts."""
+    rows = []
+    for member in suite.members:
+        runs = sorted((out / member.slug).glob("seed*")) if (out / member.slug).is_dir() else []
+        summaries = [s for s in (_summary(r) for r in runs) if s]
+        errors = [100 * s["final"]["test_error"] for s in summaries
+                  if s.get("status") == "finished" and s.get("final", {}).get("test_error") is not None]
+        diverged = sum(1 for s in summaries if s.get("diverged"))
+        failed = sum(1 for r in runs if (r / "error.txt").exists() and not (r / "summary.json").exists())
+        median = statistics.median(errors) if errors else None
+        model, override = member.at(scale)
+        shown = " ".join([model] + [f"{k}={v}" for k, v in override.items()])
+        rows.append({
+            "member": member.label, "model": shown, "override": override,
+            "params": summaries[0].get("params") if summaries else None,
+            "runs": len(errors), "diverged": diverged, "errors": failed, "median": median,
+            "mean": statistics.fmean(errors) if errors else None,
+            "std": statistics.stdev(errors) if len(errors) > 1 else 0.0 if errors else None,
+            "paper": member.paper,
+            "fail": (median is None and (diverged > 0)) or (median is not None and median > 20.0) or (
+                diverged > 0 and diverged >= len(errors)),
+            "paper_fail": member.paper == "fail" or (isinstance(member.paper, int | float) and member.paper > 20),
+            "wall_time_s": sum(s.get("wall_time_s", 0.0) for s in summaries),
+        })
+    _rank(rows, "median", "rank")
+    _rank(rows, "paper", "paper_rank")
+    return rows
+
+
+def _rank(rows: list[dict[str, Any]], key: str, out: str) -> None:
+    """Rank by error, best first; a fail or divergence ranks last; no number means no rank."""
+    def value(row: dict[str, Any]) -> float | None:
+        v = row[key]
+        if key == "median" and v is None and row["diverged"]:
+            return math.inf
+        if v == "fail":
+            return math.inf
+        return float(v) if isinstance(v, int | float) else None
+
+    ranked = sorted((r for r in rows if value(r) is not None), key=value)
+    for r in rows:
+        r[out] = None
+    for i, r in enumerate(ranked, start=1):
+        r[out] = i
+
+
+def kendall_tau(rows: list[dict[str, Any]]) -> tuple[float | None, int]:
+    """Agreement of our ranking with the paper's over members both rank (1 = same order)."""
+    both = [r for r in rows if r["rank"] is not None and r["paper_rank"] is not None]
+    pairs = concordant = discordant = 0
+    for i in range(len(both)):
+        for j in range(i + 1, len(both)):
+            a = (both[i]["rank"] - both[j]["rank"]) * (both[i]["paper_rank"] - both[j]["paper_rank"])
+            pairs += 1
+            concordant += a > 0
+            discordant += a < 0
+    return ((concordant - discordant) / pairs if pairs else None), len(both)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def write_results(suite: Suite, out: Path, rows: list[dict[str, Any]], **meta: Any) -> None:
+    headers = ["member", "model", "params", "runs", "median", "mean", "std", "diverged", "paper", "fail",
+               "paper_fail", "rank", "paper_rank"]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(headers)
+        for r in rows:
+            writer.writerow([r[h] if not isinstance(r[h], float) else round(r[h], 4) for h in headers])
+    tau, n = kendall_tau(rows)
+    lines = [f"# {suite.title}", "", f"Paper: {suite.source}. Scale: {meta['scale']}; data: {meta['data']}; "
+             f"recipe: {meta['recipe']}; seeds: {meta['seeds']}; budget: "
+             f"{_budget(meta)}. Errors are test errors in percent; 'fail' is the papers' verdict (above 20%).", ""]
+    if meta["scale"] == "small":
+        lines += [f"**{SMALL_NOTE}**", ""]
+    lines += ["| member | model | params | runs | median | mean ± std | diverged | paper | fail (ours / paper) "
+              "| rank (ours / paper) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        params = f"{r['params'] / 1e6:.3f}M" if r["params"] else "-"
+        spread = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}" if r["mean"] is not None else "-"
+        paper = r["paper"] if isinstance(r["paper"], str) else _fmt(r["paper"])
+        lines.append(f"| {r['member']} | {r['model']} | {params} | {r['runs']} | {_fmt(r['median'])} | {spread} "
+                     f"| {r['diverged']} | {paper} | {'yes' if r['fail'] else 'no'} / "
+                     f"{'yes' if r['paper_fail'] else 'no'} | {_fmt(r['rank'])} / {_fmt(r['paper_rank'])} |")
+    agreement = f"{tau:+.2f} over {n} members" if tau is not None else "not computable"
+    lines += ["", f"Ranking agreement with the paper (Kendall tau, 1 = same order): {agreement}.", "",
+              "![error curves](curves.png)", "", "![final errors](errors.png)", ""]
+    (out / "results.md").write_text("\n".join(lines))
+    (out / "results.json").write_text(json.dumps({"suite": suite.name, "meta": meta, "rows": rows,
+                                                  "kendall_tau": tau}, indent=2, default=str))
+    _figures(suite, out, rows)
+
+
+def _budget(meta: dict[str, Any]) -> str:
+    if meta.get("epochs") is not None:
+        return f"{meta['epochs']} epochs"
+    if meta.get("iters") is not None:
+        return f"{meta['iters']} iterations"
+    return "the recipe's"
+
+
+def _figures(suite: Suite, out: Path, rows: list[dict[str, Any]]) -> None:
+    from .plots import plot_curves, plot_errors
+    from .rundir import RunDir
+
+    curves = {}
+    for member in suite.members:
+        metrics = RunDir(out / member.slug / "seed0").read_metrics()
+        if any("test_error" in m for m in metrics):
+            curves[member.label] = metrics
+    if curves:
+        plot_curves(curves, out / "curves.png", title=f"{suite.title} (seed 0)")
+    plot_errors(rows, out / "errors.png", title=suite.title)

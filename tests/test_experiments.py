@@ -1,0 +1,114 @@
+"""Experiment suites: members as the papers list them, and a small suite run end to end on digits."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from resnetlab import count_params, create_model
+from resnetlab.cli import main
+from resnetlab.errors import ConfigError
+from resnetlab.experiments import kendall_tau, load_suite, suite_names
+
+
+def params(suite: str) -> dict[str, int]:
+    return {m.label: count_params(create_model(m.model, **m.override)) for m in load_suite(suite).members}
+
+
+def test_every_paper_table_has_a_suite() -> None:
+    assert suite_names() == ["activations", "degradation", "depth", "options", "preact", "shortcuts"]
+
+
+def test_degradation_and_depth_members() -> None:
+    deg = load_suite("degradation")
+    assert [m.model for m in deg.members] == [f"{k}{d}" for k in ("plain", "resnet") for d in (20, 32, 44, 56, 110)]
+    counts = params("degradation")
+    assert counts["plain20"] == counts["resnet20"] == 269_722  # option A shortcuts add no parameters
+    assert round(counts["resnet110"] / 1e6, 1) == 1.7
+    depth = load_suite("depth")
+    assert [m.paper for m in depth.members] == [8.75, 7.51, 7.17, 6.97, 6.43, 7.93]
+    assert round(params("depth")["resnet1202"] / 1e6, 1) == 19.4
+
+
+def test_shortcut_suite_is_v2_table_1() -> None:
+    suite = load_suite("shortcuts")
+    assert len(suite.members) == 11 and {m.model for m in suite.members} == {"resnet110"}
+    by_label = {m.label: m for m in suite.members}
+    assert by_label["exclusive gating b_g=-6"].override == {"shortcut": "exclusive_gating", "gate_bias": -6.0}
+    assert by_label["scaling 0.5 / 0.5"].paper == 12.35 and by_label["dropout shortcut 0.5"].paper == "fail"
+    counts = params("shortcuts")
+    base = counts["identity"]
+    assert counts["dropout shortcut 0.5"] == counts["scaling 0 / 1"] == base  # parameter-free shortcuts
+    assert counts["exclusive gating b_g=-6"] > base and counts["1x1 conv shortcut"] > base
+
+
+def test_activation_preact_and_option_suites() -> None:
+    units = [m.override.get("unit", "original") for m in load_suite("activations").members]
+    assert units == ["original", "bn_after_add", "relu_before_add", "relu_preact", "preact"] * 2
+    counts = params("activations")
+    assert all(round(c / 1e6, 1) == 1.7 for c in counts.values())
+    pre = params("preact")
+    assert round(pre["resnet1001"] / 1e6, 1) == round(pre["preact_resnet1001"] / 1e6, 1) == 10.3
+    opts = params("options")
+    assert opts["resnet34 A"] < opts["resnet34 B"] == 21_797_672 < opts["resnet34 C"]
+
+
+def test_small_scale_members_are_shallower() -> None:
+    for name in suite_names():
+        for member in load_suite(name).members:
+            small_model, small_override = member.at("small")
+            assert count_params(create_model(small_model, **small_override)) < count_params(
+                create_model(member.model, **member.override)), (name, member.label)
+
+
+SUITE = """
+title = "tiny"
+source = "test"
+recipe = "cifar"
+members = [
+  { label = "plain", model = "plain20", small = { depth = 8 } },
+  { label = "residual", model = "resnet20", small = { depth = 8 }, paper = 8.75 },
+  { label = "exploding", model = "resnet20", small = { depth = 8 }, set = { "optim.lr" = 1e30 }, paper = "fail" },
+]
+"""
+
+
+def test_small_suite_end_to_end_with_a_diverging_member(tmp_path: Path, capsys) -> None:
+    suite_file = tmp_path / "tiny.toml"
+    suite_file.write_text(SUITE)
+    out = tmp_path / "suite"
+    args = ["experiment", str(suite_file), "--scale", "small", "--iters", "6", "--seeds", "2", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "checks the mechanism" in printed
+    with open(out / "results.csv") as f:
+        rows = {r["member"]: r for r in csv.DictReader(f)}
+    assert rows["plain"]["runs"] == rows["residual"]["runs"] == "2"
+    assert rows["exploding"]["diverged"] == "2" and rows["exploding"]["fail"] == "True"
+    assert rows["residual"]["paper"] == "8.75" and rows["exploding"]["rank"] == "3"  # a divergence ranks last
+    report = (out / "results.md").read_text()
+    assert "small-scale run" in report and "| residual | resnet20 depth=8 |" in report
+    for fig in ("curves.png", "errors.png"):
+        assert (out / fig).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "residual" / "seed1" / "summary.json").read_text())["steps"] == 6
+    assert main(args) == 0  # a rerun resumes the suite: nothing left to train
+    assert capsys.readouterr().out.count("already done, skipped") == 6
+
+
+def test_kendall_tau_counts_agreement() -> None:
+    rows = [{"rank": 1, "paper_rank": 1}, {"rank": 2, "paper_rank": 3}, {"rank": 3, "paper_rank": 2}]
+    tau, n = kendall_tau(rows)
+    assert n == 3 and tau == pytest.approx(1 / 3)
+
+
+def test_bad_suites_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'shortcuts'"):
+        load_suite("shortcut")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('members = [{ label = "x", model = "resnet20", override = { gate_bias = -6 } }]')
+    with pytest.raises(ConfigError, match="gate_bias"):
+        load_suite(str(bad))
+    assert main(["experiment", "degradation"]) == 2  # paper scale needs --data
