@@ -134,6 +134,14 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    out = build_report(args.dirs, args.output)
+    print(f"report: {out}")
+    return 0
+
+
 def _cmd_analyze_propagation(args: argparse.Namespace) -> int:
     from .analysis import run_propagation_cli
 
@@ -196,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="config override for every member")
     p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser("report", help="one self-contained HTML page from run and suite directories")
+    p.add_argument("dirs", nargs="+", metavar="RUN_OR_SUITE_DIR")
+    p.add_argument("-o", "--output", default="report.html")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("analyze", help="analyses of a network (v2 sec. 3)")
     asub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_Parser, required=True)

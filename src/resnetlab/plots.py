@@ -23,8 +23,11 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = 
             continue
         colour = colours[i % len(colours)]
         steps = [r["step"] for r in rows]
-        ax.plot(steps, [100 * r["train_error"] for r in rows], "--", color=colour, linewidth=1.2)
-        ax.plot(steps, [100 * r["test_error"] for r in rows], "-", color=colour, linewidth=1.6, label=name)
+        marker = "o" if len(rows) < 4 else None  # a curve of one or two points still shows
+        ax.plot(steps, [100 * r["train_error"] for r in rows], "--", color=colour, linewidth=1.2, marker=marker,
+                markersize=3)
+        ax.plot(steps, [100 * r["test_error"] for r in rows], "-", color=colour, linewidth=1.6, label=name,
+                marker=marker, markersize=3)
         if paper and name in paper:
             ax.axhline(paper[name], color=colour, linestyle=":", linewidth=1)
     ax.set_xlabel("iterations")
