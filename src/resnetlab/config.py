@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,7 +207,13 @@ def _coerce(key: str, value: Any, type_text: str) -> Any:
     if type_text.startswith("int") and isinstance(value, int) and not isinstance(value, bool):
         return value
     if type_text.startswith("float") and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {str(value)[:20]}... is too large for a float") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if "str" in type_text and isinstance(value, str):
         return value
     expected = type_text.replace(" | None", " or none").replace(" | ", " or ")

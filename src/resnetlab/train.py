@@ -505,6 +505,8 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
         barrier(world)  # all ranks have read the checkpoint before rank 0 rewrites metrics
         if world.main:
             run.truncate_metrics(trainer.progress.step)
+            _repair_best(run, payload, trainer.log)
+            run.prune(cfg.run.keep_checkpoints)
         if trainer.progress.step >= trainer.schedule.total:
             trainer.log(f"{run.path}: already finished at step {trainer.progress.step}")
         else:
@@ -513,6 +515,20 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
     finally:
         run.unlock()
         shutdown(world)
+
+
+def _repair_best(run: RunDir, payload: dict[str, Any], log: Any) -> None:
+    """A kill between the step checkpoint and best.pt: the step checkpoint is the best, so copy it."""
+    best_step = payload["progress"].get("best", {}).get("step")
+    if best_step != payload["progress"]["step"]:
+        return
+    try:
+        have = load_checkpoint(run.best)["progress"]["step"] if run.best.exists() else None
+    except (CheckpointError, KeyError, TypeError):
+        have = None
+    if have != best_step:
+        save_checkpoint(run.best, payload)
+        log(f"best.pt rewritten from the step-{best_step} checkpoint (it was missing or stale)")
 
 
 def _rank_device(device: torch.device, world: World) -> torch.device:

@@ -120,7 +120,10 @@ def _parse_batch(blob: bytes, source: str, fmt: CifarFormat) -> tuple[np.ndarray
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{source}: b'data' must be a uint8 array of shape (N, 3072), got {desc}")
-    labels = np.asarray(_get(obj, fmt.label_key, source))
+    try:
+        labels = np.asarray(_get(obj, fmt.label_key, source))
+    except (ValueError, TypeError, OverflowError):  # ragged or non-numeric label lists
+        raise DataError(f"{source}: {fmt.label_key!r} is not a flat list of integer labels") from None
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
         raise DataError(
             f"{source}: {fmt.label_key!r} must be {len(data)} integer labels, "
