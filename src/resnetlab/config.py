@@ -122,17 +122,23 @@ def default_recipe(source: str) -> str:
     return {"digits": "digits", "imagenet": "imagenet"}.get(scheme, "cifar")
 
 
+def read_named_toml(name: str, directory: Path, kind: str) -> tuple[Path, dict[str, Any]]:
+    """A TOML file by name from `directory` (or a path ending in .toml); one-line ConfigError otherwise."""
+    path = Path(name) if name.endswith(".toml") else directory / f"{name}.toml"
+    if not path.is_file():
+        names = sorted(p.stem for p in directory.glob("*.toml"))
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; {kind}s: {', '.join(names)}"
+        raise ConfigError(f"{kind} {name!r}: not found{hint}")
+    try:
+        return path, tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{kind} {path}: not valid TOML ({exc})") from None
+
+
 def read_recipe(name: str) -> dict[str, Any]:
     """A named recipe or a path to a TOML file."""
-    path = Path(name) if name.endswith(".toml") else RECIPE_DIR / f"{name}.toml"
-    if not path.is_file():
-        close = difflib.get_close_matches(name, recipe_names(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; recipes: {', '.join(recipe_names())}"
-        raise ConfigError(f"recipe {name!r}: not found{hint}")
-    try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise ConfigError(f"recipe {path}: not valid TOML ({exc})") from None
+    return read_named_toml(name, RECIPE_DIR, "recipe")[1]
 
 
 def build_config(

@@ -8,7 +8,6 @@ finished (a rerun resumes the suite), carries on after a member fails or diverge
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import math
 import re
@@ -18,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import build_config, default_recipe
+from .config import build_config, default_recipe, read_named_toml
 from .errors import ConfigError, ResnetlabError
 from .registry import get_spec
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 SUITE_DIR = Path(__file__).parent / "suites"
 SCALES = ("paper", "small")
@@ -69,15 +68,7 @@ def suite_names() -> list[str]:
 
 def load_suite(name: str) -> Suite:
     """A named suite or a path to a suite TOML file; every member's spec is checked."""
-    path = Path(name) if name.endswith(".toml") else SUITE_DIR / f"{name}.toml"
-    if not path.is_file():
-        close = difflib.get_close_matches(name, suite_names(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; suites: {', '.join(suite_names())}"
-        raise ConfigError(f"suite {name!r}: not found{hint}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise ConfigError(f"suite {path}: not valid TOML ({exc})") from None
+    path, data = read_named_toml(name, SUITE_DIR, "suite")
     members = []
     for i, raw in enumerate(data.get("members", [])):
         try:

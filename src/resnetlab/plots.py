@@ -35,12 +35,7 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = 
     ax.set_title(title or "error (training dashed, test solid)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)
 
 
 def plot_errors(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -71,6 +66,13 @@ def plot_errors(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path
     ax.set_xlabel("test error (%)  (dotted: the papers' 20% 'fail' line)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write the figure atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
