@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.checkpoint import load_checkpoint
+from resnetlab.checkpoint import load_checkpoint, trained_state
 from resnetlab.errors import CheckpointError
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -37,11 +37,7 @@ def recipe(iters: int) -> list[str]:
 
 
 def final_state(run: Path, iters: int) -> dict[str, torch.Tensor]:
-    payload = load_checkpoint(run / "checkpoints" / f"step-{iters:08d}.pt")
-    state = dict(payload["model"])
-    for key, value in payload["optimizer"]["state"].items():
-        state[f"opt.{key}"] = value["momentum_buffer"]
-    return state
+    return trained_state(run / "checkpoints" / f"step-{iters:08d}.pt")
 
 
 def corrupt_checkpoints(run: Path) -> list[str]:

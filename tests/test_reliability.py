@@ -29,7 +29,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from resnetlab.checkpoint import MAGIC, load_checkpoint, save_checkpoint
+from resnetlab.checkpoint import MAGIC, load_checkpoint, save_checkpoint, trained_state
 from resnetlab.config import build_config
 from resnetlab.data import DataOptions, load_data
 from resnetlab.errors import CheckpointError, ConfigError, DataError, ResnetlabError
@@ -401,11 +401,7 @@ def temp_names(root: Path) -> list[str]:
 
 
 def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
-    payload = load_checkpoint(run / "checkpoints" / f"step-{step:08d}.pt")
-    state = dict(payload["model"])
-    for key, value in payload["optimizer"]["state"].items():
-        state[f"opt.{key}"] = value["momentum_buffer"]
-    return state
+    return trained_state(run / "checkpoints" / f"step-{step:08d}.pt")
 
 
 def run_scenarios(base: Path, names: tuple[str, ...]) -> dict[str, dict]:

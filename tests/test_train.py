@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab.checkpoint import load_checkpoint
+from resnetlab.checkpoint import load_checkpoint, trained_state
 from resnetlab.cli import main
 from resnetlab.config import build_config
 from resnetlab.schedule import build_schedule
@@ -131,8 +131,7 @@ RESUME_ARGS = ["train", "--model", "preact_resnet20", "--data", "digits", "--ite
 
 
 def final_state(run: Path) -> dict[str, torch.Tensor]:
-    payload = load_checkpoint(run / "checkpoints" / "step-00000060.pt")
-    return payload["model"] | {f"opt.{k}": v["momentum_buffer"] for k, v in payload["optimizer"]["state"].items()}
+    return trained_state(run / "checkpoints" / "step-00000060.pt")
 
 
 def kill_and_resume(run: Path, kills: int, seed: int) -> int:

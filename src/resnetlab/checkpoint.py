@@ -77,3 +77,12 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a resnetlab checkpoint")
     return payload
+
+
+def trained_state(path: Path | str) -> dict[str, Any]:
+    """A checkpoint's model tensors and SGD momentum buffers (`opt.N`), for bit-for-bit comparisons of runs."""
+    payload = load_checkpoint(path)
+    state = dict(payload["model"])
+    for key, value in payload["optimizer"]["state"].items():
+        state[f"opt.{key}"] = value["momentum_buffer"]
+    return state
