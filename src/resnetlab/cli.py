@@ -92,9 +92,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from .config import config_from_dict
     from .data import load_data
     from .evaluation import check_fits, evaluate, load_model
+    from .fast import channels_last_default
     from .train import data_options, resolve_device
 
     model, payload, path = load_model(args.checkpoint, best=args.best)
@@ -105,7 +108,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_fits(model.spec, source, path)
     source.load_norm_state(payload["norm"])
     device = resolve_device(args.device)
-    result = evaluate(model.to(device), source, args.split, args.batch_size, device)
+    cl = channels_last_default(device)
+    model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
+    result = evaluate(model, source, args.split, args.batch_size, device, channels_last=cl)
     print(f"{path}: {model.spec.name} on {source.name} ({args.split}, {source.eval_size(args.split)} images): "
           f"top-1 error {result['error']:.2%}, top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
     return 0

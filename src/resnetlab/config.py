@@ -77,7 +77,7 @@ class RunConfig:
     eval_every: int = 1  # evaluate (and checkpoint) every N epochs, and after the last step
     checkpoint_every: int = 0  # also checkpoint every N iterations (0 = at evaluations only)
     keep_checkpoints: int = 2  # rolling checkpoints kept besides best.pt
-    channels_last: bool | str = "auto"  # memory format (auto: on for CUDA)
+    channels_last: bool | str = "auto"  # memory format (auto: on for CPU and CUDA, measured faster on both)
     amp: str = "none"  # none | bf16 (autocast; CUDA)
     tensorboard: bool | str = "auto"  # write TensorBoard events when tensorboard is installed
     progress: bool | str = "auto"  # progress bar (auto: when stderr is a terminal)

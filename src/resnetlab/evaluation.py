@@ -14,6 +14,7 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .data import DataSource
 from .errors import CheckpointError
+from .fast import fold_bn
 from .net import ResNet
 from .spec import ResNetSpec
 
@@ -21,10 +22,14 @@ from .spec import ResNetSpec
 # ---- evaluation ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: nn.Module, source: DataSource, split: str, batch_size: int, device: torch.device,
-             amp: Any = None, channels_last: bool = False) -> dict[str, float]:
-    """Loss, top-1 and top-5 error on a split (multi-crop batches are averaged over the crops)."""
+             amp: Any = None, channels_last: bool = False, fold: bool = True) -> dict[str, float]:
+    """Loss, top-1 and top-5 error on a split (multi-crop batches are averaged over the crops).
+
+    `fold` evaluates a copy with BN folded into the convs before it (`fast.fold_bn`), the same function to
+    float32 rounding; `model` itself is left as it was."""
     was_training = model.training
     model.eval()
+    net = fold_bn(model) if fold else model
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     wrong1 = torch.zeros((), device=device, dtype=torch.int64)
     wrong5 = torch.zeros_like(wrong1)
@@ -37,7 +42,7 @@ def evaluate(model: nn.Module, source: DataSource, split: str, batch_size: int, 
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with amp or nullcontext():
-            logits = model(x).float()
+            logits = net(x).float()
         if crops > 1:
             logits = logits.view(-1, crops, logits.shape[-1]).softmax(-1).mean(1).log()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()

@@ -31,6 +31,7 @@ from .data import DataOptions, DataSource, derive_seed, load_data
 from .distributed import World, all_reduce_max, all_reduce_sum, barrier, broadcast, init_from_env, shutdown
 from .errors import CheckpointError, ConfigError, RunDirError
 from .evaluation import evaluate
+from .fast import channels_last_default, make_sgd
 from .net import ResNet
 from .registry import get_spec
 from .rundir import RunDir
@@ -86,7 +87,7 @@ def model_spec(cfg: Config, source: DataSource) -> ResNetSpec:
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
     value = cfg.run.channels_last
-    return device.type == "cuda" if value == "auto" else bool(value)
+    return channels_last_default(device) if value == "auto" else bool(value)
 
 
 def autocast(cfg: Config, device: torch.device) -> Any:
@@ -161,8 +162,8 @@ class Trainer:
         if self.batch % (world.size * o.accumulate):
             raise ConfigError(f"optim.batch_size: global batch {self.batch} does not split into {world.size} "
                               f"rank(s) x {o.accumulate} micro-batch(es)")
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
-                                         weight_decay=o.weight_decay, nesterov=o.nesterov and o.momentum > 0)
+        self.optimizer = make_sgd(self.model.parameters(), device, lr=o.lr, momentum=o.momentum,
+                                  weight_decay=o.weight_decay, nesterov=o.nesterov and o.momentum > 0)
         self.spe = source.steps_per_epoch(self.batch)
         self.schedule: Schedule = build_schedule(cfg, self.spe, spec.depth)
         if o.linear_scaling and world.active:  # the linear scaling rule: lr x (global batch / recipe batch)
@@ -225,7 +226,7 @@ class Trainer:
                 for x, y in batches:
                     if p.step >= sched.total:
                         break
-                    finite = self._step(x, y, seed)
+                    finite = self.train_step(x, y, seed)
                     if world.active:  # every rank must stop at the same step: agree on the flags
                         flags = torch.stack([torch.tensor(float(stop.signal is not None), device=self.device),
                                              (~finite).float()])
@@ -284,7 +285,7 @@ class Trainer:
             return {"status": status, "diverged": status == "diverged", "rank": world.rank}
         return self.write_summary(status, diverged_at)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
         """One SGD step on this rank's slice, in `optim.accumulate` micro-batches (each with its own BN
         statistics, exactly as each DDP rank normalises its own slice)."""
         p, sched, world, k = self.progress, self.schedule, self.world, self.cfg.optim.accumulate
