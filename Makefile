@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-slow lint clean
+.PHONY: setup run test test-slow lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,11 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks scripts
+
+# speed and memory against the plain eager baseline (docs/benchmarks.md); CUDA when present, else CPU
+bench: setup
+	$(BIN)/python -m benchmarks.run --out results/bench/$(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')").json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

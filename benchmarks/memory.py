@@ -1,77 +1,56 @@
-"""Peak memory of one training step with and without activation recomputation (CPU: peak RSS; CUDA: allocator).
+"""Peak memory and step time of training with and without activation recomputation.
 
-    python -m benchmarks.memory --model preact_resnet1001 --batch 32 --recompute 0 1 4
+    python -m benchmarks.memory --model preact_resnet1001 --batch 128 --recompute 0 1 4 --time-steps 3
 
-Each setting runs in a fresh process: on CPU the step's memory is the peak resident set size minus the
-resident size after the model, optimizer and batch exist; on CUDA it is `max_memory_allocated` minus the
-memory allocated before the step.
+Each setting runs in a fresh process (`benchmarks.run`'s memory probe on resnetlab's own training step): the
+step's memory is the peak during the first step over the memory before it (CPU: resident set size; CUDA:
+`max_memory_allocated`), and the step time is the median of `--time-steps` further steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
+from pathlib import Path
+
+from benchmarks.run import SHARED_CIFAR, child
 
 
-def one(model: str, batch: int, recompute: int, device: str) -> dict[str, float]:
-    import torch
-
-    from resnetlab import create_model
-
-    torch.manual_seed(0)
-    net = create_model(model, recompute=recompute).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = _rss_now()
-    start = time.perf_counter()
-    torch.nn.functional.cross_entropy(net(x), y).backward()
-    opt.step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"model": model, "batch": batch, "recompute": recompute, "device": device,
-            "step_memory_mib": (peak - before) / 2**20, "step_s": time.perf_counter() - start}
-
-
-def _rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="preact_resnet1001")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--recompute", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--recompute", type=int, nargs="+", default=[0, 1, 4],
+                        help="units per recomputed segment (0: plain backward)")
+    parser.add_argument("--time-steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(one(args.model, args.batch, args.recompute[0], args.device)))
-        return
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    data = args.data or (f"folder:{SHARED_CIFAR}" if SHARED_CIFAR.is_file() else "synthetic:512")
     rows = []
     for r in args.recompute:
-        cmd = [sys.executable, "-m", "benchmarks.memory", "--one", "--model", args.model, "--batch",
-               str(args.batch), "--recompute", str(r), "--device", args.device]
-        rows.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout))
-        print(json.dumps(rows[-1]))
-    base = rows[0]["step_memory_mib"]
+        row = child(["--device", args.device, "--data", data, "--batch", str(args.batch), "--memory-child",
+                     args.model, "ours", str(r), str(args.time_steps)])
+        if "error" in row:
+            print(f"benchmarks.memory: recompute={r}: {row['error']}", file=sys.stderr)
+            return 2
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    base = rows[0]
     for row in rows:
-        print(f"recompute={row['recompute']}: {row['step_memory_mib']:.0f} MiB "
-              f"({row['step_memory_mib'] / base:.2f}x of recompute={rows[0]['recompute']}), {row['step_s']:.1f} s")
+        cost = ""
+        if "step_s" in row and "step_s" in base:
+            cost = f", step {row['step_s']['median']:.1f} s ({row['step_s']['median'] / base['step_s']['median']:.2f}x)"
+        print(f"recompute={row['recompute']}: {row['step_memory_mib']:,.0f} MiB "
+              f"({row['step_memory_mib'] / base['step_memory_mib']:.2f}x of recompute={base['recompute']}){cost}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"command": "python -m benchmarks.memory " + " ".join(
+            sys.argv[1:] if argv is None else argv), "rows": rows}, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

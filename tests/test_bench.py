@@ -1,0 +1,73 @@
+"""The benchmark command: its baseline is the same network, and it measures and writes what it claims."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.plain import PlainCifarResNet, plain_model
+from benchmarks.run import main
+from resnetlab import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("ours, plain", [
+    (("resnet20", {}), "resnet20"),
+    (("resnet20", {"depth": 32}), "resnet32"),
+    (("preact_resnet164", {"depth": 20}), None),  # pre-activation bottleneck, 9n+2 with n=2
+])
+def test_plain_baseline_is_the_same_network(ours: tuple[str, dict], plain: str | None) -> None:
+    """Ours' weights loaded into the baseline give the same outputs, in training and in evaluation mode."""
+    torch.manual_seed(0)
+    model = create_model(ours[0], **ours[1])
+    base = plain_model(plain) if plain else PlainCifarResNet(ours[1]["depth"], preact_bottleneck=True)
+    mine, theirs = model.state_dict(), base.state_dict()
+    assert [v.shape for v in mine.values()] == [v.shape for v in theirs.values()]
+    base.load_state_dict(dict(zip(theirs, mine.values(), strict=True)))
+    x = torch.randn(6, 3, 32, 32)
+    for training in (True, False):
+        model.train(training)
+        base.train(training)
+        torch.testing.assert_close(base(x), model(x), rtol=0, atol=1e-6)
+
+
+def test_benchmark_command_measures_and_writes(tmp_path: Path) -> None:
+    out = tmp_path / "bench" / "cpu.json"
+    args = ["--models", "resnet20", "--device", "cpu", "--batch", "8", "--repeats", "2", "--warmup", "1",
+            "--block-s", "0.01", "--min-steps", "1", "--epoch-steps", "2", "--data", "synthetic:64",
+            "--memory-batch", "8", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    row = result["models"][0]
+    assert row["model"] == "resnet20" and row["batch"] == 8 and row["epoch_images"] == 16
+    for key in ("step", "step_plain", "epoch", "eval", "eval_plain"):
+        ips = row["ips"][key]
+        assert len(ips["all"]) == 2 and 0 < ips["min"] <= ips["median"] <= ips["max"]
+    assert row["step_vs_plain"] == pytest.approx(row["ips"]["step"]["median"] / row["ips"]["step_plain"]["median"])
+    assert row["macs"] == 40_551_040  # ResNet-20's forward multiply-adds (PERF.md: 40.6M)
+    assert row["matmul"]["tflops"] > 0 and row["fraction_of_matmul_rate"] > 0
+    for impl in ("ours", "plain"):
+        assert result["memory"]["resnet20"][impl]["step_memory_mib"] > 0
+    table = out.with_suffix(".md").read_text()
+    assert "| resnet20 |" in table and "ours/plain" in table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "resnet21"], "unknown model 'resnet21'"),
+    (["--models", "resnet164"], "no plain baseline"),
+    (["--device", "tpu"], "--device 'tpu'"),
+    (["--data", "folder:/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["--batch", "0"], "--batch must be >= 1"),
+])
+def test_benchmark_bad_input_is_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main([*args, "--memory", "off"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
