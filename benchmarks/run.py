@@ -7,7 +7,8 @@ Per model, in a fresh process, repeated `--repeats` times with the settings inte
 all of them see the same machine:
 
 - step: training images/s of one SGD step on a fixed synthetic batch. Ours is `Trainer.train_step`, the
-  library's own step with its fast paths (channels-last; fused SGD on CUDA; bf16 autocast with --amp bf16);
+  library's own step with its fast paths (channels-last; fused SGD on CUDA; bf16 autocast with --amp bf16;
+  torch.compile with --compile MODE, compiled during the warm-up);
   the baseline is the same network written the plain way (benchmarks/plain.py: eager, NCHW, default settings,
   zero_grad / forward / cross-entropy / backward / step).
 - epoch: training images/s of `Trainer.train_step` fed by the real data path (the data source's
@@ -60,15 +61,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_trainer(name: str, data: str, device: torch.device, amp: str, recompute: int, tmp: Path) -> Any:
+def build_trainer(name: str, data: str, device: torch.device, amp: str, recompute: int, tmp: Path,
+                  compile_mode: str = "off") -> Any:
     """A real Trainer for `name` on `data` (not started: no run directory is written)."""
     from resnetlab.config import build_config
     from resnetlab.data import load_data
     from resnetlab.rundir import RunDir
     from resnetlab.train import Trainer, configure_runtime, data_options, model_spec
 
-    overrides = {"run.device": str(device), "run.amp": amp, "run.progress": False, "run.tensorboard": False,
-                 "warmup.enabled": False}
+    overrides = {"run.device": str(device), "run.amp": amp, "run.compile": compile_mode, "run.progress": False,
+                 "run.tensorboard": False, "warmup.enabled": False}
     cfg = build_config(recipe="cifar", model=name, data=data, overrides=overrides)
     if recompute:
         cfg.model["recompute"] = recompute
@@ -174,7 +176,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        trainer = build_trainer(name, args.data, device, args.amp, 0, Path(tmp))
+        trainer = build_trainer(name, args.data, device, args.amp, 0, Path(tmp), args.compile)
         load_s = time.perf_counter() - t0
         batch = args.batch
         macs = count_macs(trainer.model, 32)
@@ -283,6 +285,7 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"Machine: {m.get('gpu') or m['cpu']} ({m['cores']} cores, {m['threads']} threads), torch "
              f"{m['torch']}, Python {m['python']}, {m['date']}; {result['args']['repeats']} repeats; "
+             f"ours with amp {result['args']['amp']}, compile {result['args'].get('compile', 'off')}; "
              "images/s as median (min-max).", "",
              "| model | batch | step, ours | step, plain | ours/plain | epoch (data path) | epoch/step | eval, ours | "
              "eval, plain | ours/plain | TFLOP/s (share of matmul rate) |",
@@ -321,6 +324,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="training data for the epoch measurement "
                         "(default: folder:../shared/data/cifar10-jpeg.tar.gz when present, else synthetic:50000)")
     parser.add_argument("--amp", default="none", choices=("none", "bf16"))
+    parser.add_argument("--compile", default="off", choices=("off", "default", "reduce-overhead", "max-autotune"),
+                        help="torch.compile our training step (run.compile); compilation is in the warm-up")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each setting first")
     parser.add_argument("--block-s", type=float, default=None, help="seconds per timed block (CPU 6, CUDA 2)")
@@ -380,7 +385,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     cfg = build_config(recipe="cifar", data=args.data)
     load_data(cfg.data.source, data_options(cfg))  # decode once into the cache; bad data fails here, in one line
-    common = ["--device", args.device, "--data", args.data, "--amp", args.amp,
+    common = ["--device", args.device, "--data", args.data, "--amp", args.amp, "--compile", args.compile,
               "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--block-s", str(args.block_s),
               "--min-steps", str(args.min_steps), "--epoch-steps", str(args.epoch_steps)]
     result: dict[str, Any] = {"command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),

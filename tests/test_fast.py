@@ -20,6 +20,7 @@ from torch import nn
 from resnetlab import create_model
 from resnetlab.config import build_config
 from resnetlab.data import load_data
+from resnetlab.errors import ConfigError
 from resnetlab.evaluation import evaluate
 from resnetlab.fast import fold_bn
 from resnetlab.rundir import RunDir
@@ -115,3 +116,38 @@ def test_trainer_fast_path_follows_the_plain_path(tmp_path: Path) -> None:
     a = evaluate(fast.model, fast.source, "test", 16, torch.device("cpu"), channels_last=True)
     b = evaluate(plain.model, plain.source, "test", 16, torch.device("cpu"), fold=False)
     assert a["error"] == b["error"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_step_follows_the_eager_step(tmp_path: Path) -> None:
+    """Three SGD steps of the torch.compile'd trainer against eager ones from the same weights (compilation
+    takes 20-40 s on the 2-core CPU, hence slow). In float64 they agree to 1e-6 (the step's loss is taken in
+    float32), which shows the generated kernels compute the same mathematics; in float32, fused and
+    reordered sums move a few pre-activations across zero (as with channels-last, see above), so float32 is
+    checked on the forward pass only: logits within 1e-5."""
+    eager = _trainer(tmp_path, "eager")
+    compiled = _trainer(tmp_path, "compiled", **{"run.compile": "default"})
+    assert compiled.train_model is not compiled.model and eager.train_model is eager.model
+    compiled.model.load_state_dict(eager.model.state_dict())
+    x32, _ = next(iter(eager.source.train_batches(0, 16, seed=0)))
+    x32 = x32.contiguous(memory_format=torch.channels_last)
+    eager.model.train(), compiled.model.train()
+    with torch.no_grad():
+        assert _rel(compiled.train_model(x32), eager.train_model(x32)) < 1e-5
+    compiled.model.load_state_dict(eager.model.state_dict())  # the same BN statistics again after that forward
+    losses: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for tag, trainer in (("eager", eager), ("compiled", compiled)):
+        trainer.model.double()
+        for step, (x, y) in zip(range(3), trainer.source.train_batches(0, 16, seed=0), strict=False):
+            before = trainer._sums[0].item() if trainer._sums else 0.0
+            trainer.train_step(x.double(), y, seed=step)
+            losses[tag].append(trainer._sums[0].item() - before)
+    flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    assert ((flat(compiled.model) - flat(eager.model)).norm() / flat(eager.model).norm()).item() < 1e-6
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-6)
+    assert len(set(losses["eager"])) == 3  # the steps moved the weights: three different losses
+
+
+def test_compile_mode_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="run.compile"):
+        _trainer(tmp_path, "bad", **{"run.compile": "fastest"})

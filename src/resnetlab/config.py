@@ -79,6 +79,7 @@ class RunConfig:
     keep_checkpoints: int = 2  # rolling checkpoints kept besides best.pt
     channels_last: bool | str = "auto"  # memory format (auto: on for CPU and CUDA, measured faster on both)
     amp: str = "none"  # none | bf16 (autocast; CUDA)
+    compile: str = "off"  # off | default | reduce-overhead | max-autotune: torch.compile of the training forward
     tensorboard: bool | str = "auto"  # write TensorBoard events when tensorboard is installed
     progress: bool | str = "auto"  # progress bar (auto: when stderr is a terminal)
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA/NCCL only)
@@ -103,6 +104,7 @@ CHOICES = {
     ("data", "normalize"): ("pixel_mean", "channel", "none"),
     ("schedule", "unit"): ("iter", "epoch"),
     ("run", "amp"): ("none", "bf16"),
+    ("run", "compile"): ("off", "default", "reduce-overhead", "max-autotune"),
     ("warmup", "enabled"): (True, False, "auto"),
     ("run", "channels_last"): (True, False, "auto"),
     ("run", "tensorboard"): (True, False, "auto"),

@@ -7,16 +7,21 @@ tests/test_fast.py checks that it computes what the plain path computes, to floa
 - batch norm folded into the convolution before it, for evaluation only (in training BN normalises with the
   batch's statistics, so it cannot be folded): conv-BN in the original units, stems and projections, and the
   BN after each conv inside a pre-activation branch;
-- the fused SGD step on CUDA (one kernel for all parameters instead of one per tensor).
+- the fused SGD step on CUDA (one kernel for all parameters instead of one per tensor);
+- `torch.compile` of the training forward, when asked (`run.compile`): generated kernels that fuse BN, ReLU
+  and the addition; its compilation costs 30-60 s on CPU, so it is off by default.
 """
 
 from __future__ import annotations
 
 import copy
+import shutil
 from typing import Any
 
 import torch
 from torch import nn
+
+from .errors import ConfigError
 
 
 def channels_last_default(device: torch.device) -> bool:
@@ -29,6 +34,21 @@ def make_sgd(params: Any, device: torch.device, **kwargs: Any) -> torch.optim.SG
     if device.type == "cuda":
         kwargs["fused"] = True
     return torch.optim.SGD(params, **kwargs)
+
+
+def compile_module(module: nn.Module, mode: str, device: torch.device) -> nn.Module:
+    """`module` compiled with torch.compile in `mode` (default, reduce-overhead, max-autotune); "off": as is.
+
+    Random operations (dropout shortcuts) fall back to PyTorch's own generator, so a compiled step draws
+    the same masks as the eager one and resumes reproduce them."""
+    if mode == "off":
+        return module
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise ConfigError("run.compile: torch.compile on CPU needs a C++ compiler (g++ or clang++) on PATH")
+    import torch._inductor.config as inductor
+
+    inductor.fallback_random = True
+    return torch.compile(module, mode=None if mode == "default" else mode)
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from .data import DataOptions, DataSource, derive_seed, load_data
 from .distributed import World, all_reduce_max, all_reduce_sum, barrier, broadcast, init_from_env, shutdown
 from .errors import CheckpointError, ConfigError, RunDirError
 from .evaluation import evaluate
-from .fast import channels_last_default, make_sgd
+from .fast import channels_last_default, compile_module, make_sgd
 from .net import ResNet
 from .registry import get_spec
 from .rundir import RunDir
@@ -156,6 +156,7 @@ class Trainer:
 
             ids = [device.index] if device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.train_model = compile_module(self.train_model, cfg.run.compile, device)  # the same parameters
         o = cfg.optim
         # global batch: the recipe's, split over ranks; or, with linear scaling, the recipe's per rank
         self.batch = o.batch_size * (world.size if o.linear_scaling else 1)
