@@ -339,16 +339,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-child", nargs=4, metavar=("MODEL", "IMPL", "RECOMPUTE", "TIME_STEPS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    from resnetlab.train import resolve_device
+
     try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise BenchError(f"--device {args.device!r}: not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError(f"--device {args.device}: CUDA is not available here")
-    if device.type not in ("cpu", "cuda"):
-        raise BenchError(f"--device {args.device}: cpu or cuda")
+        device = resolve_device(args.device)
+    except ResnetlabError as exc:
+        raise BenchError(str(exc).replace("run.device:", "--device", 1)) from None
+    args.device = str(device)
     for key in ("batch", "repeats", "min_steps"):
         if getattr(args, key) < 1:
             raise BenchError(f"--{key.replace('_', '-')} must be >= 1")
