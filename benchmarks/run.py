@@ -9,8 +9,8 @@ all of them see the same machine:
 - step: training images/s of one SGD step on a fixed synthetic batch. Ours is `Trainer.train_step`, the
   library's own step with its fast paths (channels-last; fused SGD on CUDA; bf16 autocast with --amp bf16;
   torch.compile with --compile MODE, compiled during the warm-up);
-  the baseline is the same network written the plain way (benchmarks/plain.py: eager, NCHW, default settings,
-  zero_grad / forward / cross-entropy / backward / step).
+  the baseline is the same network written the plain way (benchmarks/plain.py: eager, NCHW, default settings
+  with cuDNN autotuning off, zero_grad / forward / cross-entropy / backward / step).
 - epoch: training images/s of `Trainer.train_step` fed by the real data path (the data source's
   `train_batches`: the decoded uint8 set held on the device, index gather, normalisation, batched
   pad-crop-flip): a whole epoch with --epoch-steps 0 (the default on CUDA), else that many steps of one.
@@ -141,6 +141,14 @@ def eval_fns(trainer: Any, name: str, batch: int) -> tuple[Callable[[], None], C
     return run_ours, run_plain
 
 
+def with_cudnn_benchmark(fn: Callable[[], None], flag: bool) -> Callable[[], None]:
+    def call() -> None:
+        torch.backends.cudnn.benchmark = flag
+        fn()
+
+    return call
+
+
 def _synthetic_batch(batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
@@ -183,6 +191,10 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         ours = ours_step_fn(trainer, batch)
         plain = plain_step_fn(name, batch, device)
         eval_ours, eval_plain = eval_fns(trainer, name, batch)
+        # cuDNN autotuning is process-wide: ours as the trainer configured it, the baseline at PyTorch's default
+        tuned = torch.backends.cudnn.benchmark
+        ours, eval_ours = (with_cudnn_benchmark(f, tuned) for f in (ours, eval_ours))
+        plain, eval_plain = (with_cudnn_benchmark(f, False) for f in (plain, eval_plain))
         # warm-up (oneDNN primitives, cuDNN autotuning, the data set's copy to the device), then size the
         # blocks from one timed call of ours
         for fn in (ours, plain, eval_ours, eval_plain):
@@ -192,6 +204,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         steps = max(args.min_steps, round(args.block_s / max(timed(ours, 1, device), 1e-6)))
         eval_calls = max(args.min_steps, round(args.block_s / max(timed(eval_ours, 1, device), 1e-6)))
         epoch, epoch_images = epoch_fn(trainer, batch, steps if args.epoch_steps < 0 else args.epoch_steps)
+        epoch = with_cudnn_benchmark(epoch, tuned)
         times: dict[str, list[float]] = {k: [] for k in ("step", "step_plain", "epoch", "eval", "eval_plain")}
         for _ in range(args.repeats):
             times["step"].append(batch * steps / timed(ours, steps, device))
