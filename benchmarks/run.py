@@ -23,7 +23,10 @@ Each timed block runs the same number of steps for every setting, chosen from a 
 ours lasts about --block-s seconds (at least --min-steps). Medians and the min-max spread over the repeats
 are reported, and every ratio is a ratio of medians from the same run. The model's training work is
 6 x forward multiply-adds per image (forward 2 FLOP per MAC, backward twice the forward); it is set beside
-the matrix-multiply rate measured in the same process (fp32 on CPU, bf16 on CUDA).
+the matrix-multiply rate measured in the same process (fp32 on CPU, bf16 on CUDA). The step's memory traffic
+is counted operator by operator in one eager step of ours (each operator reading its tensor arguments and
+writing its results once: the unfused traffic, caches aside) and set beside the copy bandwidth measured in the
+same process; the step's FLOP per byte against the machine's (matmul rate / bandwidth) says which bounds it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from resnetlab.errors import ResnetlabError
 
@@ -176,6 +181,48 @@ def matmul_rate(device: torch.device) -> dict[str, Any]:
     return {"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": 2 * n**3 / statistics.median(times) / 1e12}
 
 
+def copy_bandwidth(device: torch.device) -> dict[str, Any]:
+    """The memory bandwidth measured here: a 256 MiB tensor copied (read + write), GB/s, median of 5."""
+    a = torch.empty(2**26, device=device)
+    b = torch.empty_like(a).fill_(1.0)
+    a.copy_(b)
+    reps = 3 if device.type == "cpu" else 20
+    times = [timed(lambda: a.copy_(b), reps, device) / reps for _ in range(5)]
+    return {"mib": 256, "gbps": 2 * a.numel() * a.element_size() / statistics.median(times) / 1e9}
+
+
+class OpTraffic(TorchDispatchMode):
+    """Counts the bytes every operator reads and writes, each tensor argument and result once per operator
+    (views move nothing and are skipped): the memory traffic of an unfused eager step, caches aside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes, self.ops = 0, 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            self.ops += 1
+            for group in ((args, kwargs), out):  # reads, then writes (an in-place result counts again)
+                tensors = {id(t): t for t in tree_flatten(group)[0] if isinstance(t, torch.Tensor)}
+                self.bytes += sum(t.numel() * t.element_size() for t in tensors.values())
+        return out
+
+
+def step_traffic(trainer: Any, batch: int) -> dict[str, int]:
+    """Operator traffic of one eager training step of ours (the uncompiled model, with its memory format and
+    autocast dtype)."""
+    x, y = _synthetic_batch(batch, trainer.device)
+    compiled, trainer.train_model = trainer.train_model, trainer.model
+    try:
+        with OpTraffic() as counter:
+            trainer.train_step(x, y, 0)
+            _sync(trainer.device)
+    finally:
+        trainer.train_model = compiled
+    return {"bytes": counter.bytes, "ops": counter.ops}
+
+
 # ---- one model, in its own process ---------------------------------------------------------------------
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from resnetlab.counting import count_macs
@@ -212,7 +259,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             times["epoch"].append(epoch_images / timed(epoch, 1, device))
             times["eval"].append(batch * eval_calls / timed(eval_ours, eval_calls, device))
             times["eval_plain"].append(batch * eval_calls / timed(eval_plain, eval_calls, device))
-        rate = matmul_rate(device)
+        rate, bandwidth = matmul_rate(device), copy_bandwidth(device)
+        traffic = step_traffic(trainer, batch)
     med = {k: statistics.median(v) for k, v in times.items()}
     row: dict[str, Any] = {
         "model": name, "batch": batch, "macs": macs, "steps_per_block": steps, "eval_calls_per_block": eval_calls,
@@ -223,6 +271,15 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "train_tflops": 6 * macs * med["step"] / 1e12, "matmul": rate,
     }
     row["fraction_of_matmul_rate"] = row["train_tflops"] / rate["tflops"]
+    # roofline: the step's arithmetic per byte of operator traffic against the machine's matmul rate per
+    # byte of copy bandwidth says which of the two bounds the step; the fraction of that one is reported
+    row |= {"step_traffic": traffic, "bandwidth": bandwidth,
+            "traffic_gbps": traffic["bytes"] * med["step"] / batch / 1e9}
+    row["fraction_of_bandwidth"] = row["traffic_gbps"] / bandwidth["gbps"]
+    intensity = 6 * macs * batch / traffic["bytes"]
+    balance = rate["tflops"] * 1e12 / (bandwidth["gbps"] * 1e9)
+    row["flop_per_byte"], row["machine_flop_per_byte"] = intensity, balance
+    row["bound"] = "memory" if intensity < balance else "compute"
     return row
 
 
@@ -301,18 +358,22 @@ def markdown(result: dict[str, Any]) -> str:
              f"ours with amp {result['args']['amp']}, compile {result['args'].get('compile', 'off')}; "
              "images/s as median (min-max).", "",
              "| model | batch | step, ours | step, plain | ours/plain | epoch (data path) | epoch/step | eval, ours | "
-             "eval, plain | ours/plain | TFLOP/s (share of matmul rate) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "eval, plain | ours/plain | TFLOP/s (of matmul rate) | GB/s of op traffic (of copy bandwidth) | "
+             "bound |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["models"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | - | {r['error']} |||||||||")
+            lines.append(f"| {r['model']} | - | {r['error']} |||||||||||")
             continue
         ips = r["ips"]
+        sign = "<" if r["bound"] == "memory" else ">="
         lines.append(f"| {r['model']} | {r['batch']} | {_fmt(ips['step'])} | {_fmt(ips['step_plain'])} | "
                      f"**{r['step_vs_plain']:.2f}x** | {_fmt(ips['epoch'])} | **{r['epoch_vs_step']:.0%}** | "
                      f"{_fmt(ips['eval'])} | {_fmt(ips['eval_plain'])} | {r['eval_vs_plain']:.2f}x | "
                      f"{r['train_tflops']:.2f} ({r['fraction_of_matmul_rate']:.0%} of "
-                     f"{r['matmul']['tflops']:.2f} {r['matmul']['dtype']}) |")
+                     f"{r['matmul']['tflops']:.2f} {r['matmul']['dtype']}) | "
+                     f"{r['traffic_gbps']:.1f} ({r['fraction_of_bandwidth']:.0%} of {r['bandwidth']['gbps']:.1f}) | "
+                     f"{r['bound']} ({r['flop_per_byte']:.0f} {sign} {r['machine_flop_per_byte']:.0f} FLOP/B) |")
     if result.get("memory"):
         lines += ["", "| model | batch | peak step memory, ours | plain | ours/plain |", "|---|---|---|---|---|"]
         for name, mem in result["memory"].items():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.plain import PlainCifarResNet, plain_model
-from benchmarks.run import main
+from benchmarks.run import OpTraffic, build_trainer, main, step_traffic
 from resnetlab import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,8 @@ def test_benchmark_command_measures_and_writes(tmp_path: Path) -> None:
     assert row["step_vs_plain"] == pytest.approx(row["ips"]["step"]["median"] / row["ips"]["step_plain"]["median"])
     assert row["macs"] == 40_551_040  # ResNet-20's forward multiply-adds (PERF.md: 40.6M)
     assert row["matmul"]["tflops"] > 0 and row["fraction_of_matmul_rate"] > 0
+    assert row["bandwidth"]["gbps"] > 0 and row["step_traffic"]["bytes"] > 0 and row["bound"] in ("memory", "compute")
+    assert row["flop_per_byte"] == pytest.approx(6 * row["macs"] * 8 / row["step_traffic"]["bytes"])
     for impl in ("ours", "plain"):
         assert result["memory"]["resnet20"][impl]["step_memory_mib"] > 0
     table = out.with_suffix(".md").read_text()
@@ -71,3 +73,26 @@ def test_benchmark_bad_input_is_one_line(args: list[str], message: str, capsys: 
     assert main([*args, "--memory", "off"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_op_traffic_counts_what_each_operator_reads_and_writes() -> None:
+    a, b = torch.ones(1000), torch.ones(1000)
+    with OpTraffic() as counter:
+        c = a + b  # reads 2 x 4000 bytes, writes 4000
+        c.view(10, 100)  # a view moves nothing
+        c.add_(a)  # reads c and a, writes c
+        c.sum()  # reads 4000, writes 4
+    assert counter.ops == 3 and counter.bytes == 12_000 + 12_000 + 4_004
+
+
+def test_step_traffic_is_linear_in_the_batch(tmp_path: Path) -> None:
+    """Every tensor of a step either scales with the batch (activations) or does not (weights, gradients,
+    momentum, BN statistics), so the traffic of batches 8, 16, 24 is an exact arithmetic progression; the
+    constant part is at least SGD's read of weights, gradients and momentum and write of two of them."""
+    trainer = build_trainer("resnet20", "synthetic:64", torch.device("cpu"), "none", 0, tmp_path)
+    trainer.model.train()
+    step_traffic(trainer, 8)  # the first step also creates the momentum buffers and the device-side sums
+    t8, t16, t24 = (step_traffic(trainer, b)["bytes"] for b in (8, 16, 24))
+    assert t16 - t8 == t24 - t16 > 0
+    weights = sum(p.numel() * 4 for p in trainer.model.parameters())
+    assert t8 - (t16 - t8) >= 5 * weights
