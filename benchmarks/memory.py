@@ -46,9 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recompute={row['recompute']}: {row['step_memory_mib']:,.0f} MiB "
               f"({row['step_memory_mib'] / base['step_memory_mib']:.2f}x of recompute={base['recompute']}){cost}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"command": "python -m benchmarks.memory " + " ".join(
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")  # written whole, then renamed: never half a file
+        tmp.write_text(json.dumps({"command": "python -m benchmarks.memory " + " ".join(
             sys.argv[1:] if argv is None else argv), "rows": rows}, indent=1))
+        tmp.replace(out)
     return 0
 
 

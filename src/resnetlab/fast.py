@@ -3,13 +3,13 @@
 Each one is kept because `python -m benchmarks.run` measured it faster (docs/benchmarks.md), and
 tests/test_fast.py checks that it computes what the plain path computes, to float32 rounding:
 
-- channels-last memory format, on CPU and CUDA: 1.3-1.5x training steps on the 2-core CPU;
+- channels-last memory format, on CPU and CUDA: 1.24-1.47x training steps on the 2-core CPU;
 - batch norm folded into the convolution before it, for evaluation only (in training BN normalises with the
   batch's statistics, so it cannot be folded): conv-BN in the original units, stems and projections, and the
   BN after each conv inside a pre-activation branch;
 - the fused SGD step on CUDA (one kernel for all parameters instead of one per tensor);
 - `torch.compile` of the training forward, when asked (`run.compile`): generated kernels that fuse BN, ReLU
-  and the addition; its compilation costs 30-60 s on CPU, so it is off by default.
+  and the addition; its compilation took 30-40 s on CPU, so it is off by default.
 """
 
 from __future__ import annotations
