@@ -299,15 +299,13 @@ def memory_probe(name: str, impl: str, batch: int, device_name: str, data: str, 
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
         else:
+            _reset_peak_rss()
             before = _rss_now()
         start = time.perf_counter()
         step()
         _sync(device)
         first_s = time.perf_counter() - start
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device)
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _peak_rss()
         step_times = [timed(step, 1, device) for _ in range(time_steps)]
     row = {"model": name, "impl": impl, "batch": batch, "recompute": recompute,
            "step_memory_mib": (peak - before) / 2**20, "first_step_s": first_s}
@@ -319,6 +317,24 @@ def memory_probe(name: str, impl: str, batch: int, device_name: str, data: str, 
 def _rss_now() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _reset_peak_rss() -> None:
+    """Start the peak resident size afresh (Linux: writing 5 to clear_refs), so that a transient peak while
+    the model and data were set up is not taken for the step's; where it cannot, the lifetime peak stands."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ---- the driver ------------------------------------------------------------------------------------------
@@ -356,11 +372,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"Machine: {m.get('gpu') or m['cpu']} ({m['cores']} cores, {m['threads']} threads), torch "
              f"{m['torch']}, Python {m['python']}, {m['date']}; {result['args']['repeats']} repeats; "
              f"ours with amp {result['args']['amp']}, compile {result['args'].get('compile', 'off')}; "
-             "images/s as median (min-max).", "",
-             "| model | batch | step, ours | step, plain | ours/plain | epoch (data path) | epoch/step | eval, ours | "
-             "eval, plain | ours/plain | TFLOP/s (of matmul rate) | GB/s of op traffic (of copy bandwidth) | "
-             "bound |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "images/s as median (min-max).", ""]
+    if result["models"]:
+        lines += ["| model | batch | step, ours | step, plain | ours/plain | epoch (data path) | epoch/step | "
+                  "eval, ours | eval, plain | ours/plain | TFLOP/s (of matmul rate) | "
+                  "GB/s of op traffic (of copy bandwidth) | bound |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["models"]:
         if "error" in r:
             lines.append(f"| {r['model']} | - | {r['error']} |||||||||||")
@@ -406,6 +423,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-steps", type=int, default=2)
     parser.add_argument("--epoch-steps", type=int, default=None, help="steps of the epoch timed (0: all, -1: "
                         "as many as a step block; default: all on CUDA, -1 on CPU)")
+    parser.add_argument("--speed", choices=("on", "off"), default="on", help="the speed measurements")
     parser.add_argument("--memory", choices=("on", "off"), default="on", help="the peak-memory probes")
     parser.add_argument("--memory-batch", type=int, default=None, help="batch of the memory probes")
     parser.add_argument("--out", default=None, help="write the results as JSON here and a table beside it (.md)")
@@ -420,6 +438,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     except ResnetlabError as exc:
         raise BenchError(str(exc).replace("run.device:", "--device", 1)) from None
     args.device = str(device)
+    if args.speed == args.memory == "off":
+        raise BenchError("--speed off and --memory off: nothing to measure")
     for key in ("batch", "repeats", "min_steps"):
         if getattr(args, key) < 1:
             raise BenchError(f"--{key.replace('_', '-')} must be >= 1")
@@ -463,10 +483,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "machine": machine(device), "args": vars(args) | {"model_child": None},
                               "models": [], "memory": {}}
     for name in args.models:
-        row = child([*common, "--batch", str(args.model_batch.get(name, args.batch)), "--model-child", name])
-        row.setdefault("model", name)
-        result["models"].append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "ips"}), file=sys.stderr)
+        if args.speed == "on":
+            row = child([*common, "--batch", str(args.model_batch.get(name, args.batch)), "--model-child", name])
+            row.setdefault("model", name)
+            result["models"].append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "ips"}), file=sys.stderr)
         if args.memory == "on":
             mbatch = args.memory_batch or args.batch
             mem = {"batch": mbatch}
