@@ -244,6 +244,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         plain, eval_plain = (with_cudnn_benchmark(f, False) for f in (plain, eval_plain))
         # warm-up (oneDNN primitives, cuDNN autotuning, the data set's copy to the device), then size the
         # blocks from one timed call of ours
+        first_step_s = timed(ours, 1, device)  # includes the compilation with --compile
         for fn in (ours, plain, eval_ours, eval_plain):
             for _ in range(args.warmup):
                 fn()
@@ -264,7 +265,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     med = {k: statistics.median(v) for k, v in times.items()}
     row: dict[str, Any] = {
         "model": name, "batch": batch, "macs": macs, "steps_per_block": steps, "eval_calls_per_block": eval_calls,
-        "epoch_images": epoch_images, "data_load_s": round(load_s, 2),
+        "epoch_images": epoch_images, "data_load_s": round(load_s, 2), "first_step_s": round(first_step_s, 2),
         "ips": {k: {"median": med[k], "min": min(v), "max": max(v), "all": v} for k, v in times.items()},
         "step_vs_plain": med["step"] / med["step_plain"], "epoch_vs_step": med["epoch"] / med["step"],
         "eval_vs_plain": med["eval"] / med["eval_plain"],

@@ -52,6 +52,7 @@ def test_benchmark_command_measures_and_writes(tmp_path: Path) -> None:
         ips = row["ips"][key]
         assert len(ips["all"]) == 2 and 0 < ips["min"] <= ips["median"] <= ips["max"]
     assert row["step_vs_plain"] == pytest.approx(row["ips"]["step"]["median"] / row["ips"]["step_plain"]["median"])
+    assert row["first_step_s"] > 0
     assert row["macs"] == 40_551_040  # ResNet-20's forward multiply-adds (PERF.md: 40.6M)
     assert row["matmul"]["tflops"] > 0 and row["fraction_of_matmul_rate"] > 0
     assert row["bandwidth"]["gbps"] > 0 and row["step_traffic"]["bytes"] > 0 and row["bound"] in ("memory", "compute")
