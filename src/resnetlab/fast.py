@@ -9,7 +9,7 @@ tests/test_fast.py checks that it computes what the plain path computes, to floa
   BN after each conv inside a pre-activation branch;
 - the fused SGD step on CUDA (one kernel for all parameters instead of one per tensor);
 - `torch.compile` of the training forward, when asked (`run.compile`): generated kernels that fuse BN, ReLU
-  and the addition; its compilation took 30-40 s on CPU, so it is off by default.
+  and the addition; its compilation took 24-46 s on CPU, so it is off by default.
 """
 
 from __future__ import annotations
