@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.run import SHARED_CIFAR, child
+from resnetlab.errors import ResnetlabError
+from resnetlab.rundir import write_text_atomic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     data = args.data or (f"folder:{SHARED_CIFAR}" if SHARED_CIFAR.is_file() else "synthetic:512")
+    if args.out and Path(args.out).is_dir():
+        print(f"benchmarks.memory: --out {args.out}: is a directory", file=sys.stderr)
+        return 2
     rows = []
     for r in args.recompute:
         row = child(["--device", args.device, "--data", data, "--batch", str(args.batch), "--memory-child",
@@ -46,12 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recompute={row['recompute']}: {row['step_memory_mib']:,.0f} MiB "
               f"({row['step_memory_mib'] / base['step_memory_mib']:.2f}x of recompute={base['recompute']}){cost}")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")  # written whole, then renamed: never half a file
-        tmp.write_text(json.dumps({"command": "python -m benchmarks.memory " + " ".join(
-            sys.argv[1:] if argv is None else argv), "rows": rows}, indent=1))
-        tmp.replace(out)
+        command = "python -m benchmarks.memory " + " ".join(sys.argv[1:] if argv is None else argv)
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(Path(args.out), json.dumps({"command": command, "rows": rows}, indent=1))
+        except (OSError, ResnetlabError) as exc:
+            print(f"benchmarks.memory: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -51,6 +51,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from resnetlab.errors import ResnetlabError
+from resnetlab.rundir import write_text_atomic
 
 MODELS = ("resnet20", "resnet56", "resnet110", "preact_resnet164", "preact_resnet1001")
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -75,10 +76,8 @@ def build_trainer(name: str, data: str, device: torch.device, amp: str, recomput
     from resnetlab.train import Trainer, configure_runtime, data_options, model_spec
 
     overrides = {"run.device": str(device), "run.amp": amp, "run.compile": compile_mode, "run.progress": False,
-                 "run.tensorboard": False, "warmup.enabled": False}
+                 "run.tensorboard": False, "warmup.enabled": False, "model.recompute": recompute}
     cfg = build_config(recipe="cifar", model=name, data=data, overrides=overrides)
-    if recompute:
-        cfg.model["recompute"] = recompute
     configure_runtime(cfg, device)
     source = load_data(cfg.data.source, data_options(cfg))
     spec = model_spec(cfg, source)
@@ -439,6 +438,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     except ResnetlabError as exc:
         raise BenchError(str(exc).replace("run.device:", "--device", 1)) from None
     args.device = str(device)
+    if args.out and any(Path(args.out).with_suffix(sfx).is_dir() for sfx in (".json", ".md")):
+        raise BenchError(f"--out {args.out}: a directory is in the way of the .json or .md file")
     if args.speed == args.memory == "off":
         raise BenchError("--speed off and --memory off: nothing to measure")
     for key in ("batch", "repeats", "min_steps"):
@@ -517,11 +518,14 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for path, text in ((out.with_suffix(".json"), json.dumps(result, indent=1)), (out.with_suffix(".md"), table)):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            for path, text in ((out.with_suffix(".json"), json.dumps(result, indent=1)),
+                               (out.with_suffix(".md"), table)):
+                write_text_atomic(path, text)
+        except (OSError, ResnetlabError) as exc:
+            print(f"benchmarks.run: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

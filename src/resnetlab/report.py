@@ -8,13 +8,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .errors import ResnetlabError
+from .rundir import write_text_atomic
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -127,10 +127,5 @@ def build_report(paths: list[str | Path], out: str | Path) -> Path:
             f"<p>Generated {stamp} by resnetlab {__version__}. Papers: He et al., <i>Deep Residual Learning for "
             f"Image Recognition</i> (CVPR 2016) and <i>Identity Mappings in Deep Residual Networks</i> "
             f"(ECCV 2016).</p>{''.join(sections)}</body></html>")
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_text(page)
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise ResnetlabError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    write_text_atomic(out, page)
     return out

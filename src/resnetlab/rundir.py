@@ -20,9 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import fsync_dir
-from .errors import CheckpointError, RunDirError
+from .errors import CheckpointError, ResnetlabError, RunDirError
 
 _STEP = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`text` to `path` whole or not at all (a temporary beside it, then a rename); a one-line error if not."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ResnetlabError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 class RunDir:
