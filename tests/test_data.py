@@ -285,6 +285,7 @@ def test_train_batches_determinism_tail_and_ranks():
     assert src.steps_per_epoch(100) == 1 and len(all_batches(src, epoch=0, batch_size=100, seed=0)[0][1]) == 60
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_batches_equal_cpu_batches():
     src = TensorSource("t", tagged_dataset(), tagged_dataset(10))

@@ -130,12 +130,14 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     out = Path(args.out or f"experiments/{suite.name}-{args.scale}")
     rows = run_suite(suite, out, data=args.data, seeds=args.seeds, epochs=args.epochs, iters=args.iters,
-                     scale=args.scale, device=args.device, settings=parse_assignments(args.overrides, "--set"))
+                     scale=args.scale, device=args.device, settings=parse_assignments(args.overrides, "--set"),
+                     only=args.only, results=not args.no_results)
     tau, n = kendall_tau(rows)
     done = sum(1 for r in rows if r["runs"] or r["diverged"])
     print(f"{suite.name}: {done}/{len(rows)} members with results; ranking vs paper (Kendall tau): "
           f"{'-' if tau is None else f'{tau:+.2f}'} over {n}")
-    print(f"results: {out / 'results.md'} (and results.csv, curves.png, errors.png)")
+    if not args.no_results:
+        print(f"results: {out / 'results.md'} (and results.csv, curves.png, errors.png)")
     return 0
 
 
@@ -206,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="small: shallower nets and a short budget on small data (checks the mechanism)")
     p.add_argument("--out", default=None, help="suite directory (default: experiments/SUITE-SCALE)")
     p.add_argument("--device", default=None)
+    p.add_argument("--only", nargs="+", metavar="MEMBER", default=None,
+                   help="train only these members (label or slug); the results table lists all")
+    p.add_argument("--no-results", action="store_true",
+                   help="train only; leave results.md/csv and the figures to a later run (parallel members)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="config override for every member")
     p.set_defaults(func=_cmd_experiment)

@@ -62,6 +62,25 @@ class Suite:
     members: tuple[Member, ...]
 
 
+class SuiteStopped(ResnetlabError):
+    """A member was stopped by SIGTERM/SIGINT (checkpoint written): the suite stops too."""
+
+    exit_code = 3
+
+
+def select_members(suite: Suite, only: list[str] | None) -> tuple[Member, ...]:
+    """The members named in `only` (label or slug), in suite order; all of them when `only` is empty."""
+    if not only:
+        return suite.members
+    known = {m.label: m for m in suite.members} | {m.slug: m for m in suite.members}
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise ConfigError(f"suite {suite.name}: no member {unknown[0]!r}; members (slugs): "
+                          f"{', '.join(m.slug for m in suite.members)}")
+    wanted = {known[name].slug for name in only}
+    return tuple(m for m in suite.members if m.slug in wanted)
+
+
 def suite_names() -> list[str]:
     return sorted(p.stem for p in SUITE_DIR.glob("*.toml"))
 
@@ -93,8 +112,15 @@ def load_suite(name: str) -> Suite:
 
 def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, epochs: float | None = None,
               iters: int | None = None, scale: str = "paper", device: str | None = None,
-              settings: dict[str, Any] | None = None, log: Any = print) -> list[dict[str, Any]]:
-    """Train every member x seed (skipping finished runs, resuming interrupted ones); write the results."""
+              settings: dict[str, Any] | None = None, only: list[str] | None = None, results: bool = True,
+              log: Any = print) -> list[dict[str, Any]]:
+    """Train every member x seed (skipping finished runs, resuming interrupted ones); write the results.
+
+    `only` restricts the training to members given by label or slug (the results table still lists every
+    member, with what its directory holds), so that several processes can train one suite's members side
+    by side into the same directory; those pass `results=False` and one of them writes the results at the
+    end. A member stopped by SIGTERM/SIGINT stops the suite: SuiteStopped.
+    """
     from .train import resume, train
 
     if scale not in SCALES:
@@ -108,10 +134,11 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
     if scale == "small" and epochs is None and iters is None:
         epochs = 6
     recipe = suite.recipe if scale == "paper" else default_recipe(data)
+    chosen = select_members(suite, only)
     if scale == "small":
         log(SMALL_NOTE)
     out.mkdir(parents=True, exist_ok=True)
-    for member in suite.members:
+    for member in chosen:
         model, override = member.at(scale)
         for seed in range(seeds):
             run_dir = out / member.slug / f"seed{seed}"
@@ -122,7 +149,7 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
             try:
                 if (run_dir / "config.json").exists():
                     log(f"{tag}: resuming")
-                    resume(run_dir, device=device, log=log)
+                    _, summary = resume(run_dir, device=device, log=log)
                 else:
                     overrides = {f"model.{k}": v for k, v in override.items()}
                     overrides.update(member.settings, **(settings or {}))
@@ -134,13 +161,18 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
                     if device is not None:
                         overrides["run.device"] = device
                     log(f"{tag}: training {model} {override or ''}")
-                    train(build_config(recipe=recipe, model=model, data=data, overrides=overrides), run_dir, log=log)
+                    _, summary = train(build_config(recipe=recipe, model=model, data=data, overrides=overrides),
+                                       run_dir, log=log)
             except ResnetlabError as exc:  # the suite carries on; the member is reported as failed
                 log(f"{tag}: failed: {exc}")
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "error.txt").write_text(str(exc) + "\n")
+                continue
+            if summary.get("status") == "stopped":  # a signal: the checkpoint is written, stop the suite here
+                raise SuiteStopped(f"{tag}: stopped by a signal; rerun the same command to resume")
     rows = collect(suite, out, scale)
-    write_results(suite, out, rows, scale=scale, data=data, recipe=recipe, seeds=seeds, epochs=epochs, iters=iters)
+    if results:
+        write_results(suite, out, rows, scale=scale, data=data, recipe=recipe, seeds=seeds, epochs=epochs, iters=iters)
     return rows
 
 
