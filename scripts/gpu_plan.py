@@ -404,10 +404,16 @@ def main(argv: list[str] | None = None) -> int:
         plan.record["stages"][stage] = result
         plan.save()
         plan.log(f"== {stage} done in {result['seconds']} s: {json.dumps(result, default=str)[:400]}")
-    with tarfile.open(out / "plan.tar.gz", "w:gz") as tar:
-        tar.add(work, arcname="plan")
-    shutil.copy(work / "plan.log", out / "plan.log")
+        pack_work(work, out)  # after every stage: a call cut off at its limit still returns what was done
     return 1 if failed else 0
+
+
+def pack_work(work: Path, out: Path) -> None:
+    tmp = out / "plan.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(work, arcname="plan")
+    tmp.replace(out / "plan.tar.gz")
+    shutil.copy(work / "plan.log", out / "plan.log")
 
 
 if __name__ == "__main__":
