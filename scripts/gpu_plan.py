@@ -84,6 +84,8 @@ class Plan:
             except subprocess.TimeoutExpired:
                 f.write(f"\n(timed out after {timeout} s)\n")
                 return 124
+            finally:
+                pack_work(self.out, Path(self.args.out).resolve())  # what this command wrote comes back
 
     def save(self) -> None:
         (self.out / "plan.json").write_text(json.dumps(self.record, indent=1, default=str))
@@ -117,14 +119,16 @@ class Plan:
         return info
 
     def check(self) -> dict[str, Any]:
-        code = self.sh([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rA", "-p", "no:cacheprovider",
+        select = ["-k", self.args.check_select] if self.args.check_select else []
+        code = self.sh([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rA", "-p", "no:cacheprovider", *select,
                         f"--junitxml={self.out / 'check.xml'}", "tests/"], "check.log", timeout=self.args.check_timeout)
         return {"exit": code}
 
     def bench(self) -> dict[str, Any]:
         a, dev = self.args, self.args.device
         common = ["--device", dev, "--data", a.data, "--repeats", str(a.repeats), "--epoch-steps", str(a.epoch_steps)]
-        res = {"eager": self.sh([sys.executable, "-m", "benchmarks.run", *common, "--amp", "bf16",
+        res = {"eager": self.sh([sys.executable, "-m", "benchmarks.run", *common, "--amp", "bf16", "--memory",
+                                 a.bench_memory,
                                  "--models", *a.bench_models, "--out", str(self.out / "bench-eager-bf16.json")],
                                 "bench.log", timeout=a.bench_timeout)}
         res["graphs"] = self.sh([sys.executable, "-m", "benchmarks.run", *common, "--amp", "bf16",
@@ -371,6 +375,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--conc-model", default="resnet110")
     p.add_argument("--conc-procs", type=int, nargs="+", default=[1, 2, 4, 6, 8])
     p.add_argument("--conc-seconds", type=float, default=8.0)
+    p.add_argument("--check-select", default="", help="pytest -k expression for the check stage")
+    p.add_argument("--bench-memory", choices=("on", "off"), default="on", help="memory probes of the eager bench")
     p.add_argument("--check-timeout", type=float, default=240.0)
     p.add_argument("--bench-timeout", type=float, default=300.0)
     p.add_argument("--part-mb", type=float, default=15.0)
