@@ -155,7 +155,7 @@ class Plan:
 
     def pack(self) -> dict[str, Any]:
         return pack_results(self.results_root(), self.args.results, Path(self.args.out).resolve(), self.args.part_mb,
-                            self.log)
+                            self.log, with_checkpoints=self.args.pack_checkpoints == "on")
 
     def results_root(self) -> Path:
         return ROOT / self.args.results
@@ -308,7 +308,8 @@ def write_suite_results(plan: Plan, jobs: list[Job], aliases: dict[str, str]) ->
 
 
 # ---- packing ------------------------------------------------------------------------------------------------
-def pack_results(root: Path, name: str, out: Path, part_mb: float, log: Any) -> dict[str, Any]:
+def pack_results(root: Path, name: str, out: Path, part_mb: float, log: Any,
+                 with_checkpoints: bool = True) -> dict[str, Any]:
     """root as gzip'd tar parts under out (results-N.tar.gz, members under `name`, the path as given): no
     TensorBoard events, no locks, and checkpoints only of runs that are not finished (to resume from)."""
     if not root.is_dir():
@@ -319,7 +320,7 @@ def pack_results(root: Path, name: str, out: Path, part_mb: float, log: Any) -> 
             continue
         if "checkpoints" in path.parts:
             run = path.parents[path.parts[::-1].index("checkpoints")]
-            if run_dir_state(run) == "done" or path.name == "best.pt":
+            if not with_checkpoints or run_dir_state(run) == "done" or path.name == "best.pt":
                 continue
         files.append(path)
     limit = part_mb * 2**20
@@ -380,6 +381,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check-timeout", type=float, default=240.0)
     p.add_argument("--bench-timeout", type=float, default=300.0)
     p.add_argument("--part-mb", type=float, default=15.0)
+    p.add_argument("--pack-checkpoints", choices=("on", "off"), default="on",
+                   help="off: no checkpoints even of unfinished runs (the last call of a session)")
     args = p.parse_args(argv)
     if any("=" not in kv for kv in args.set):
         p.error("--set takes KEY=VALUE")

@@ -240,3 +240,30 @@ def test_nccl_ddp_sync_bn_steps_equal_single_process_steps(tmp_path: Path) -> No
         assert ddp.progress.loss_sum == pytest.approx(single.progress.loss_sum, rel=1e-4)
     finally:
         dist.destroy_process_group()
+
+
+def test_cpu_and_gpu_agree_stage_by_stage_in_float64(tmp_path: Path) -> None:
+    """Where the CPU and GPU steps part (float64, so rounding cannot): the batch, the training-mode forward, the
+    gradients of a float64 loss, and one SGD step from the same gradients, each checked on its own."""
+    gpu = _trainer(tmp_path, "gpu")
+    cpu = _trainer(tmp_path, "cpu", device=torch.device("cpu"))
+    cpu.model.load_state_dict(gpu.model.state_dict())
+    (xg, yg), (xc, yc) = (next(iter(t.source.train_batches(0, 32, seed=0, device=d)))
+                          for t, d in ((gpu, CUDA), (cpu, torch.device("cpu"))))
+    assert torch.equal(yg.cpu(), yc), "labels"
+    assert (xg.cpu() - xc).abs().max().item() < 1e-5, "images"
+    x = xc.double()
+    gpu.model.double().train(), cpu.model.double().train()
+    lg = gpu.model(x.to(CUDA).contiguous(memory_format=torch.channels_last))
+    lc = cpu.model(x.contiguous(memory_format=torch.channels_last))
+    assert _rel(lg.cpu(), lc) < 1e-10, "training-mode forward"
+    F.cross_entropy(lg, yc.to(CUDA)).backward()
+    F.cross_entropy(lc, yc).backward()
+    for (name, p), q in zip(cpu.model.named_parameters(), gpu.model.parameters(), strict=True):
+        if p.grad.abs().max() > 1e-12:
+            assert _rel(q.grad.cpu(), p.grad) < 1e-8, f"gradient of {name}"
+    for m in (gpu, cpu):
+        for group in m.optimizer.param_groups:
+            group["lr"] = 0.1
+    gpu.optimizer.step(), cpu.optimizer.step()
+    assert _rel(_flat(gpu.model), _flat(cpu.model)) < 1e-6, "SGD step (fused on CUDA)"
