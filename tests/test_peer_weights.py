@@ -1,4 +1,5 @@
-"""Weights files from elsewhere: pytorch_resnet_cifar10's CIFAR ResNets load with identical logits.
+"""Weights files from elsewhere: pytorch_resnet_cifar10's CIFAR ResNets load with identical logits;
+`eval --weights` and its bad input.
 
 The peer net is written here from that project's documented structure (no downloaded file): BasicBlocks whose
 option-A shortcut pads planes//4 zero channels before and after the old ones, keys `conv1`, `bn1`,
@@ -7,6 +8,8 @@ option-A shortcut pads planes//4 zero channels before and after the old ones, ke
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab import convert, create_model
-from resnetlab.convert import cifar_peer_orders, load_pytorch_resnet_cifar10
+from resnetlab.cli import main
+from resnetlab.convert import cifar_peer_orders, load_pytorch_resnet_cifar10, to_torchvision
+from resnetlab.data import IMAGENET_MEAN, IMAGENET_STD, DataOptions, load_data
 
 BEST_PREC1 = 91.73
 
@@ -80,6 +85,31 @@ def save_peer(net: nn.Module, path: Path, legacy: bool = True) -> Path:
     return path
 
 
+def peer_normalise(images: torch.Tensor) -> torch.Tensor:
+    """The peer's input: ToTensor (uint8 / 255) then Normalize with ImageNet's channel mean and std."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return images.float().div(255).sub(mean).div(std)
+
+
+def peer_result(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float]:
+    with torch.no_grad():
+        logits = net(peer_normalise(images))
+    top5 = logits.topk(5, 1).indices
+    return ((logits.argmax(1) != labels).float().mean().item(), (~(top5 == labels[:, None]).any(1)).float().mean()
+            .item(), F.cross_entropy(logits, labels).item())
+
+
+def printed(text: str) -> tuple[float, float, float]:
+    m = re.search(r"top-1 error ([\d.]+)%, top-5 error ([\d.]+)%, loss ([\d.]+)", text)
+    assert m, text
+    return float(m.group(1)) / 100, float(m.group(2)) / 100, float(m.group(3))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
+
+
 # ---- the load ---------------------------------------------------------------------------------------------
 def test_channel_orders_of_resnet20_by_hand() -> None:
     orders = cifar_peer_orders(create_model("resnet20").spec)
@@ -112,3 +142,81 @@ def test_the_permutation_is_what_makes_them_equal(tmp_path: Path, monkeypatch: p
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert (unpermuted(x) - peer(x)).abs().max() > 0.1
+
+
+# ---- eval --weights -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["cifar10", "folder"])
+def test_eval_weights_gives_the_peers_own_error(kind: str, make_cifar, make_folder, tmp_path: Path,
+                                                capsys) -> None:
+    peer = peer_net(20, seed=1)
+    path = save_peer(peer, tmp_path / "resnet20-12fca82f.th")
+    if kind == "cifar10":
+        data, _ = make_cifar("cifar10", tar=True, per_batch=24)
+    else:
+        data = make_folder(classes=tuple(f"c{i}" for i in range(10)), counts=(1, 3), size=(32, 32), tar=True)
+    test = load_data(f"{kind}:{data}", DataOptions(normalize="none")).split("test")
+    expected = peer_result(peer, test.images, test.labels)
+    assert main(["eval", "--weights", str(path), "--model", "resnet20", "--data", f"{kind}:{data}"]) == 0
+    out = capsys.readouterr().out
+    error, top5, loss = printed(out)
+    assert (error, top5) == (round(expected[0], 4), round(expected[1], 4))
+    assert loss == pytest.approx(expected[2], abs=2e-4)
+    assert f"top-1 error {1 - BEST_PREC1 / 100:.2%}" in out  # the file's own record, printed beside
+    assert main(["eval", "--weights", str(path), "--data", f"{kind}:{data}"]) == 0  # the depth from the file
+    assert printed(capsys.readouterr().out) == (error, top5, loss)
+
+
+def test_eval_weights_of_a_torchvision_file(make_folder, tmp_path: Path, capsys) -> None:
+    data = make_folder(classes=("a", "b", "c"), counts=(1, 2), size=(32, 32))
+    path = tmp_path / "resnet18.pth"  # fine-tuned on the 3 classes of the data: the classes come from the file
+    torch.save(to_torchvision(create_model("resnet18", num_classes=3)), path)
+    assert main(["eval", "--weights", str(path), "--model", "resnet18", "--data", f"folder:{data}"]) == 0
+    assert "resnet18 on pets (test, 6 images)" in capsys.readouterr().out
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of files that are not what `--model resnet20` can use."""
+    root = tmp_path_factory.mktemp("bad")
+    save_peer(peer_net(56), root / "resnet56.th")
+    raw = save_peer(peer_net(20), root / "resnet20.th").read_bytes()
+    (root / "truncated.th").write_bytes(raw[: len(raw) // 2])
+    torch.save(to_torchvision(create_model("resnet18")), root / "torchvision.pth")
+    torch.save({"weights": torch.zeros(3), "step": torch.tensor(1)}, root / "random.pt")
+    (root / "notes.txt").write_text("not a torch file\n")
+    return root
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--weights", "resnet56.th", "--model", "resnet20"], "holds a pytorch_resnet_cifar10 resnet56 (9 units"),
+    (["--weights", "resnet20.th", "--model", "preact_resnet20"], "need an option-A CIFAR ResNet"),
+    (["--weights", "torchvision.pth", "--model", "resnet20"], "need an ImageNet ResNet"),
+    (["--weights", "torchvision.pth"], "names no model"),
+    (["--weights", "random.pt", "--model", "resnet20"], "not a weights layout resnetlab knows"),
+    (["--weights", "notes.txt", "--model", "resnet20"], "not a loadable weights file"),
+    (["--weights", "truncated.th", "--model", "resnet20"], "not a loadable weights file"),
+    (["--weights", "missing.th", "--model", "resnet20"], "no such weights file"),
+    (["--weights", "resnet20.th"], "names no data set; give --data"),
+    (["resnet20.th", "--weights", "resnet20.th"], "one of the two"),
+    (["--weights", "resnet20.th", "--best", "--data", "synthetic"], "--best"),
+])
+def test_eval_bad_weights_one_line_exit_2(args: list[str], needle: str, bad_files: Path, capsys) -> None:
+    args = [str(bad_files / a) if a.endswith((".th", ".pt", ".pth", ".txt")) else a for a in args]
+    assert main(["eval", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("resnetlab: error:") and needle in err, err
+
+
+def test_untrusted_weights_file_is_not_unpickled(tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.th"
+    path.write_bytes(pickle.dumps({"state_dict": {"module.conv1.weight": Exploit()}, "best_prec1": 90.0}, protocol=2))
+    assert main(["eval", "--weights", str(path), "--model", "resnet20", "--data", "synthetic"]) == 2
+    assert "not a loadable weights file" in capsys.readouterr().err
+    assert not marker.exists()
