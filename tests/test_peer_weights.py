@@ -1,5 +1,5 @@
-"""Weights files from elsewhere: pytorch_resnet_cifar10's CIFAR ResNets load with identical logits;
-`eval --weights` and its bad input.
+"""Weights files from elsewhere: pytorch_resnet_cifar10's CIFAR ResNets load exactly; `eval --weights`,
+`train --init` and their bad input.
 
 The peer net is written here from that project's documented structure (no downloaded file): BasicBlocks whose
 option-A shortcut pads planes//4 zero channels before and after the old ones, keys `conv1`, `bn1`,
@@ -8,6 +8,8 @@ option-A shortcut pads planes//4 zero channels before and after the old ones, ke
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import re
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab import convert, create_model
+from resnetlab.checkpoint import load_checkpoint
 from resnetlab.cli import main
 from resnetlab.convert import cifar_peer_orders, load_pytorch_resnet_cifar10, to_torchvision
 from resnetlab.data import IMAGENET_MEAN, IMAGENET_STD, DataOptions, load_data
@@ -174,6 +177,59 @@ def test_eval_weights_of_a_torchvision_file(make_folder, tmp_path: Path, capsys)
     assert "resnet18 on pets (test, 6 images)" in capsys.readouterr().out
 
 
+# ---- train --init ---------------------------------------------------------------------------------------------
+def init_args(data: Path, weights: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", "resnet20", "--data", f"cifar10:{data}", "--init", str(weights), "--iters", "2",
+            "--out", str(out), "--set", "optim.batch_size=16", "--set", "run.threads=1", *extra]
+
+
+def test_train_init_starts_from_the_file_and_records_it(make_cifar, tmp_path: Path, capsys) -> None:
+    data, _ = make_cifar("cifar10", tar=True, per_batch=8)
+    path = save_peer(peer_net(20, seed=2), tmp_path / "resnet20.th")
+    out = tmp_path / "run"
+    # a learning rate so small that two steps leave every weight where it started (BN statistics do move)
+    assert main(init_args(data, path, out, "--set", "optim.lr=1e-9")) == 0
+    config = json.loads((out / "config.json").read_text())
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert config["run"]["init"] == str(path.resolve())
+    assert config["resolved"]["init"]["sha256"] == sha
+    assert config["resolved"]["init"]["format"] == "pytorch_resnet_cifar10"
+    assert sha in (out / "log.txt").read_text()
+    payload = load_checkpoint(out / "checkpoints" / "step-00000002.pt")
+    loaded = load_pytorch_resnet_cifar10(create_model("resnet20"), path).state_dict()
+    fresh = create_model("resnet20").state_dict()
+    for key, value in payload["model"].items():
+        if key.endswith(("weight", "bias")):
+            torch.testing.assert_close(value, loaded[key], rtol=0, atol=1e-6)
+            assert not torch.allclose(value, fresh[key], atol=1e-3) or value.dim() == 1  # not a fresh init
+    torch.testing.assert_close(payload["norm"]["mean"], torch.tensor(IMAGENET_MEAN).view(3, 1, 1))
+    torch.testing.assert_close(payload["norm"]["std"], torch.tensor(IMAGENET_STD).view(3, 1, 1))
+    capsys.readouterr()
+    # the run's own checkpoint is a weights file too, and evaluates as the run directory does
+    assert main(["eval", str(out), "--best"]) == 0
+    by_run = capsys.readouterr().out.split(": ", 1)[1]
+    assert main(["eval", "--weights", str(out / "checkpoints" / "best.pt")]) == 0
+    assert capsys.readouterr().out.split(": ", 1)[1] == by_run
+
+
+def test_restart_before_the_first_checkpoint_reloads_the_same_file(make_cifar, tmp_path: Path) -> None:
+    data, _ = make_cifar("cifar10", tar=True, per_batch=8)
+    path = save_peer(peer_net(20, seed=3), tmp_path / "resnet20.th")
+    out = tmp_path / "run"
+    assert main(init_args(data, path, out, "--set", "run.deterministic=true")) == 0
+    final = out / "checkpoints" / "step-00000002.pt"
+    reference = load_checkpoint(final)["model"]
+    for ckpt in (out / "checkpoints").iterdir():  # as if killed before its first checkpoint
+        ckpt.unlink()
+    assert main(["train", "--resume", str(out)]) == 0
+    for key, value in load_checkpoint(final)["model"].items():
+        assert torch.equal(value, reference[key]), key
+    for ckpt in (out / "checkpoints").iterdir():
+        ckpt.unlink()
+    save_peer(peer_net(20, seed=4), path)  # another file under the recorded name
+    assert main(["train", "--resume", str(out)]) == 2
+
+
 # ---- bad input ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -206,6 +262,18 @@ def test_eval_bad_weights_one_line_exit_2(args: list[str], needle: str, bad_file
     assert main(["eval", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("resnetlab: error:") and needle in err, err
+
+
+@pytest.mark.parametrize(("name", "needle"), [("resnet56.th", "resnet56"), ("notes.txt", "not a loadable"),
+                                              ("missing.th", "no such weights file")])
+def test_train_bad_init_one_line_exit_2_and_no_run(name: str, needle: str, bad_files: Path, make_cifar,
+                                                   tmp_path: Path, capsys) -> None:
+    data, _ = make_cifar("cifar10", tar=True, per_batch=2)
+    out = tmp_path / "run"
+    assert main(init_args(data, bad_files / name, out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+    assert not out.exists() and not any(p.name.startswith(".run") for p in tmp_path.iterdir())
 
 
 def test_untrusted_weights_file_is_not_unpickled(tmp_path: Path, capsys) -> None:

@@ -69,12 +69,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = value
     if args.resume:
         given = [flag for flag, v in (("--data", args.data), ("--recipe", args.recipe), ("--out", args.out),
+                                      ("--init", args.init),
                                       ("--set/--epochs/--iters/--seed/--val-split", overrides.keys() - {"run.device"}))
                  if v]
         if given:
             raise ResnetlabError(f"--resume takes its config from the run directory; drop {', '.join(given)}")
         run, summary = resume(args.resume, model=args.model, device=args.device)
     else:
+        if args.init is not None:  # absolute, so that a resume from elsewhere finds the same file
+            overrides["run.init"] = os.path.abspath(os.path.expanduser(args.init))
         cfg = build_config(recipe=args.recipe, model=args.model, data=args.data, overrides=overrides)
         run, summary = train(cfg, args.out)
     if summary["status"] == "stopped":
@@ -203,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override any config field, e.g. optim.lr=0.05 or model.shortcut=dropout")
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue a run from its newest checkpoint")
+    p.add_argument("--init", metavar="FILE", default=None,
+                   help="start from the weights (and input normalisation) of a resnetlab checkpoint, a "
+                        "pytorch_resnet_cifar10 .th file or a torchvision-style state_dict")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="top-1/top-5 test error of a run directory, checkpoint or weights file")

@@ -29,6 +29,7 @@ from .convert import (
     load_torchvision,
     state_dict_of,
 )
+from .data import DataSource
 from .errors import CheckpointError, ResnetlabError
 from .net import ResNet
 from .registry import get_spec
@@ -49,6 +50,11 @@ class Weights:
     spec: ResNetSpec | None  # the net the file holds, where it says (not torchvision's files)
     config: dict[str, Any] | None = None  # our checkpoint's run config
     claimed_error: float | None = None  # the file's own top-1 test error, where it records one
+
+    def record(self) -> dict[str, Any]:
+        """Where a run's weights came from, for its config.json."""
+        return {"path": str(self.path), "sha256": self.sha256, "format": self.format,
+                "normalization": describe_norm(self.norm)}
 
 
 def read_weights(path: str | Path) -> Weights:
@@ -129,6 +135,35 @@ def model_for(weights: Weights, name: str | None = None) -> ResNet:
         if weights.format == TORCHVISION and spec.block == "bottleneck":
             spec = spec.replace(stride_on="3x3")
     return load_into(ResNet(spec), weights)
+
+
+def use_norm(source: DataSource, weights: Weights) -> None:
+    """Normalise the source's images as the weights were trained to see them."""
+    try:
+        source.load_norm_state(weights.norm)
+    except ResnetlabError as exc:
+        raise CheckpointError(f"{weights.path}: its input normalisation does not fit the data ({exc})") from None
+
+
+def start_from(model: ResNet, source: DataSource, path: str | Path, sha256: str | None = None) -> dict[str, Any]:
+    """A new run's initial weights and input normalisation from a weights file; the record for config.json.
+
+    `sha256`: the file must still be the one a run recorded when it started (a restart before any checkpoint)."""
+    weights = read_weights(path)
+    if sha256 is not None and weights.sha256 != sha256:
+        raise CheckpointError(f"{weights.path}: changed since the run started (SHA-256 {weights.sha256[:16]}..., "
+                              f"recorded {sha256[:16]}...)")
+    load_into(model, weights)
+    use_norm(source, weights)
+    return weights.record()
+
+
+def describe_norm(norm: dict[str, Tensor]) -> str:
+    mean, std = norm["mean"], norm["std"]
+    if mean.dim() == 3 and mean.shape[1:] == (1, 1) and std.shape[1:] == (1, 1):
+        return (f"channel mean ({', '.join(f'{v:.4g}' for v in mean.flatten().tolist())}), "
+                f"std ({', '.join(f'{v:.4g}' for v in std.flatten().tolist())})")
+    return f"per-pixel mean image {tuple(mean.shape)}" + ("" if bool((std == 1).all()) else ", per-pixel std")
 
 
 def _check_same_net(held: ResNetSpec, spec: ResNetSpec) -> None:
