@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from resnetlab import convert, create_model
@@ -24,6 +26,8 @@ from resnetlab.checkpoint import load_checkpoint
 from resnetlab.cli import main
 from resnetlab.convert import cifar_peer_orders, load_pytorch_resnet_cifar10, to_torchvision
 from resnetlab.data import IMAGENET_MEAN, IMAGENET_STD, DataOptions, load_data
+from resnetlab.errors import CheckpointError
+from resnetlab.weights import model_for, read_weights
 
 BEST_PREC1 = 91.73
 
@@ -288,3 +292,21 @@ def test_untrusted_weights_file_is_not_unpickled(tmp_path: Path, capsys) -> None
     assert main(["eval", "--weights", str(path), "--model", "resnet20", "--data", "synthetic"]) == 2
     assert "not a loadable weights file" in capsys.readouterr().err
     assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def peer_bytes(bad_files: Path) -> dict[bool, bytes]:
+    return {legacy: save_peer(peer_net(20), bad_files / f"whole-{legacy}.th", legacy).read_bytes()
+            for legacy in (True, False)}
+
+
+@settings(max_examples=40, deadline=None)
+@given(legacy=st.booleans(), data=st.data())
+def test_peer_file_truncated_anywhere_is_one_error(legacy: bool, data: st.DataObject, bad_files: Path,
+                                                   peer_bytes: dict[bool, bytes]) -> None:
+    raw = peer_bytes[legacy]
+    path = bad_files / "cut.th"
+    path.write_bytes(raw[: data.draw(st.integers(0, len(raw) - 1))])
+    with pytest.raises(CheckpointError) as info:
+        model_for(read_weights(path), "resnet20")
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
