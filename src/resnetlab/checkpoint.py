@@ -53,17 +53,31 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def read_file(path: Path, what: str = "checkpoint") -> bytes:
+    """The bytes of a checkpoint or weights file; a one-line CheckpointError naming the file if unreadable."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a {what} file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def is_checkpoint(raw: bytes) -> bool:
+    """Whether file contents end as a resnetlab checkpoint does (checked fully by `parse_checkpoint`)."""
+    return raw.endswith(MAGIC)
+
+
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Read and verify a checkpoint; any problem is a one-line CheckpointError naming the file."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return parse_checkpoint(read_file(path), path)
+
+
+def parse_checkpoint(raw: bytes, path: Path) -> dict[str, Any]:
+    """Verify and load the contents `raw` of checkpoint file `path`."""
     if not raw.endswith(MAGIC) or len(raw) < len(MAGIC) + _DIGEST:
         raise CheckpointError(f"{path}: not a resnetlab checkpoint, or truncated")
     body, digest = raw[: -len(MAGIC) - _DIGEST], raw[-len(MAGIC) - _DIGEST : -len(MAGIC)]

@@ -69,12 +69,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = value
     if args.resume:
         given = [flag for flag, v in (("--data", args.data), ("--recipe", args.recipe), ("--out", args.out),
+                                      ("--init", args.init),
                                       ("--set/--epochs/--iters/--seed/--val-split", overrides.keys() - {"run.device"}))
                  if v]
         if given:
             raise ResnetlabError(f"--resume takes its config from the run directory; drop {', '.join(given)}")
         run, summary = resume(args.resume, model=args.model, device=args.device)
     else:
+        if args.init is not None:  # absolute, so that a resume from elsewhere finds the same file
+            overrides["run.init"] = os.path.abspath(os.path.expanduser(args.init))
         cfg = build_config(recipe=args.recipe, model=args.model, data=args.data, overrides=overrides)
         run, summary = train(cfg, args.out)
     if summary["status"] == "stopped":
@@ -95,24 +98,43 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from .config import config_from_dict
-    from .data import load_data
+    from .data import DataOptions, load_data
     from .evaluation import check_fits, evaluate, load_model
     from .fast import channels_last_default
     from .train import data_options, resolve_device
 
-    model, payload, path = load_model(args.checkpoint, best=args.best)
-    if args.model is not None and args.model != model.spec.name:
-        raise ResnetlabError(f"{path}: holds {model.spec.name or 'another model'}, not {args.model}")
-    cfg = config_from_dict(payload["config"])
-    source = load_data(args.data or cfg.data.source, data_options(cfg))
+    if (args.checkpoint is None) == (args.weights is None):
+        raise ResnetlabError("give a run directory or checkpoint, or --weights FILE (one of the two)")
+    claimed = None
+    if args.weights is not None:
+        from .weights import model_for, read_weights
+
+        if args.best:
+            raise ResnetlabError("--best picks a run directory's best.pt; it does not apply to --weights")
+        weights = read_weights(args.weights)
+        model = model_for(weights, args.model)
+        path, config, norm, claimed = weights.path, weights.config, weights.norm, weights.claimed_error
+    else:
+        model, payload, path = load_model(args.checkpoint, best=args.best)
+        if args.model is not None and args.model != model.spec.name:
+            raise ResnetlabError(f"{path}: holds {model.spec.name or 'another model'}, not {args.model}")
+        config, norm = payload["config"], payload["norm"]
+    cfg = config_from_dict(config) if config is not None else None
+    data = args.data or (cfg.data.source if cfg is not None else None)
+    if data is None:
+        raise ResnetlabError(f"{path}: names no data set; give --data")
+    source = load_data(data, data_options(cfg) if cfg is not None else DataOptions(normalize="none"))
     check_fits(model.spec, source, path)
-    source.load_norm_state(payload["norm"])
+    source.load_norm_state(norm)
     device = resolve_device(args.device)
     cl = channels_last_default(device)
     model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
     result = evaluate(model, source, args.split, args.batch_size, device, channels_last=cl)
     print(f"{path}: {model.spec.name} on {source.name} ({args.split}, {source.eval_size(args.split)} images): "
           f"top-1 error {result['error']:.2%}, top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
+    if claimed is not None:
+        print(f"{path}: the file's own record (best_prec1, on the original CIFAR-10 test set): "
+              f"top-1 error {claimed:.2%}")
     return 0
 
 
@@ -186,12 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override any config field, e.g. optim.lr=0.05 or model.shortcut=dropout")
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue a run from its newest checkpoint")
+    p.add_argument("--init", metavar="FILE", default=None,
+                   help="start from the weights (and input normalisation) of a resnetlab checkpoint, a "
+                        "pytorch_resnet_cifar10 .th file or a torchvision-style state_dict")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="top-1/top-5 test error of a run directory or checkpoint")
-    p.add_argument("checkpoint", help="run directory or checkpoint file")
+    p = sub.add_parser("eval", help="top-1/top-5 test error of a run directory, checkpoint or weights file")
+    p.add_argument("checkpoint", nargs="?", default=None, help="run directory or checkpoint file")
+    p.add_argument("--weights", metavar="FILE", default=None,
+                   help="instead: a resnetlab checkpoint, pytorch_resnet_cifar10 .th or torchvision-style file")
     p.add_argument("--data", default=None, help="data to evaluate on (default: the run's)")
-    p.add_argument("--model", default=None, help="fail unless the checkpoint is this registry model")
+    p.add_argument("--model", default=None, help="fail unless the checkpoint is this registry model; the model "
+                   "to load a foreign --weights file into (default: the depth a pytorch_resnet_cifar10 file holds)")
     p.add_argument("--best", action="store_true", help="use best.pt of a run directory, not the newest")
     p.add_argument("--split", default="test", choices=["test", "val"])
     p.add_argument("--batch-size", type=int, default=256)

@@ -83,6 +83,7 @@ class RunConfig:
     tensorboard: bool | str = "auto"  # write TensorBoard events when tensorboard is installed
     progress: bool | str = "auto"  # progress bar (auto: when stderr is a terminal)
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA/NCCL only)
+    init: str | None = None  # weights file to start from (resnetlab, pytorch_resnet_cifar10 or torchvision)
 
 
 @dataclass

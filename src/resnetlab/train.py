@@ -456,17 +456,20 @@ def train(cfg: Config, out: str | Path | None = None, log: Any = print) -> tuple
         run = RunDir(out)
         run.check_new()
         trainer = Trainer(cfg, run, source, spec, device, log, world)
+        init = _start_from(trainer, cfg)
         barrier(world)  # every rank has checked its input before rank 0 creates anything
         if world.main:
             run.create(cfg.to_dict() | {"resolved": trainer.schedule.to_dict() | {
                 "steps_per_epoch": trainer.spe, "global_batch": trainer.batch, "world_size": world.size,
-                "spec": spec.to_dict(), "device": str(device)}})
+                "spec": spec.to_dict(), "device": str(device)} | init})
             trainer.log = _tee(log, run.log)
         try:
             trainer.log(f"{spec.name} ({count_params(trainer.model):,} parameters) on {source.name}: "
                         f"{source.train_size} training images, {trainer.schedule.total} iterations "
                         f"({trainer.schedule.total / trainer.spe:.1f} epochs) on {_device_name(device)}"
                         + (f" x {world.size} processes" if world.active else ""))
+            if init:
+                trainer.log("initial weights: " + ", ".join(f"{k} {v}" for k, v in init["init"].items()))
             return run, trainer.fit()
         finally:
             run.unlock()
@@ -480,7 +483,8 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
 
     The step counts global batches, so a run may resume on a different number of processes."""
     run = RunDir(path)
-    cfg = config_from_dict(run.read_config())
+    saved = run.read_config()
+    cfg = config_from_dict(saved)
     if model is not None and model != cfg.model["name"]:
         raise RunDirError(f"{run.path}: this run trains {cfg.model['name']}, not {model}")
     if device is not None:
@@ -495,6 +499,7 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
         spec = model_spec(cfg, source)
         trainer = Trainer(cfg, run, source, spec, dev, _tee(log, run.log), world)
         if not run.step_checkpoints():  # killed before its first checkpoint: start again
+            _start_from(trainer, cfg, (saved.get("resolved") or {}).get("init", {}).get("sha256"))
             if world.main:
                 run.truncate_metrics(0)
             trainer.log(f"{run.path}: no checkpoint yet, starting from the beginning")
@@ -517,6 +522,15 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
     finally:
         run.unlock()
         shutdown(world)
+
+
+def _start_from(trainer: Trainer, cfg: Config, sha256: str | None = None) -> dict[str, Any]:
+    """`run.init`: the weights file the run starts from, loaded with its input normalisation (`weights.py`)."""
+    if not cfg.run.init:
+        return {}
+    from .weights import start_from
+
+    return {"init": start_from(trainer.model, trainer.source, cfg.run.init, sha256)}
 
 
 def _repair_best(run: RunDir, payload: dict[str, Any], log: Any) -> None:
