@@ -163,6 +163,56 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrained(args: argparse.Namespace) -> object:
+    from .export import load_pretrained
+
+    if (args.source is None) == (args.weights is None):
+        raise ResnetlabError("give a run directory or checkpoint, or --weights FILE (one of the two)")
+    return load_pretrained(args.weights or args.source, model=args.model, best=args.best)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    result = export(_pretrained(args), args.format, args.output)  # type: ignore[arg-type]
+    check = (f"; outputs within {result['max_abs_diff']:.2g} of PyTorch's (bound {result['tolerance']})"
+             if "max_abs_diff" in result else "")
+    print(f"exported {args.format}: {result['path']} ({result['bytes']:,} bytes){check}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .export import image_files, load_image
+
+    if args.top_k < 1:
+        raise ResnetlabError(f"--top-k must be >= 1, got {args.top_k}")
+    images = list(args.images)
+    if args.weights is None:  # the first positional argument is the run directory or checkpoint
+        if len(images) < 2:
+            raise ResnetlabError("give a run directory or checkpoint and at least one image (or --weights FILE)")
+        args.source = images.pop(0)
+    else:
+        args.source = None
+    pre = _pretrained(args)
+    files = image_files(images)
+    rows = []  # everything is read before anything is printed: a bad file leaves no partial output
+    for start in range(0, len(files), 256):
+        chunk = files[start:start + 256]
+        x = torch.stack([load_image(f, pre) for f in chunk])  # type: ignore[arg-type]
+        for f, top in zip(chunk, pre.predict(x, args.top_k), strict=True):  # type: ignore[attr-defined]
+            rows.append({"image": str(f), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        for row in rows:
+            print(f"{row['image']}: " + ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"]))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
@@ -243,6 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="config override for every member")
     p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser("export", help="a trained net as safetensors, ONNX or a torch.export program (.pt2)")
+    p.add_argument("source", nargs="?", default=None, help="run directory or checkpoint file")
+    p.add_argument("--weights", metavar="FILE", default=None, help="a weights file instead (any format eval reads)")
+    p.add_argument("--model", default=None, help="registry model the weights are for (foreign files)")
+    p.add_argument("--best", action="store_true", help="a run directory's best.pt, not its newest checkpoint")
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx", "pt2"])
+    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="top-k classes of image files with a trained net")
+    p.add_argument("images", nargs="+", metavar="[RUN_DIR] IMAGE_OR_FOLDER",
+                   help="a run directory or checkpoint (unless --weights), then images or folders of images")
+    p.add_argument("--weights", metavar="FILE", default=None, help="a weights file (.safetensors, .pt, ...)")
+    p.add_argument("--model", default=None, help="registry model the weights are for (foreign files)")
+    p.add_argument("--best", action="store_true", help="a run directory's best.pt, not its newest checkpoint")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="JSON: one object per image")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("report", help="one self-contained HTML page from run and suite directories")
     p.add_argument("dirs", nargs="+", metavar="RUN_OR_SUITE_DIR")

@@ -183,7 +183,9 @@ class Trainer:
         return {"spec": self.spec.to_dict(), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "progress": self.progress.to_dict(),
                 "norm": self.source.norm_state(), "rng": rng, "config": self.cfg.to_dict(),
-                "schedule": self.schedule.to_dict(), "version": __version__}
+                "schedule": self.schedule.to_dict(), "version": __version__,
+                "data": {"classes": list(self.source.classes), "image_size": self.source.image_size,
+                         "channels": self.source.channels}}  # what a trained net needs to be used elsewhere
 
     def restore(self, payload: dict[str, Any]) -> None:
         try:

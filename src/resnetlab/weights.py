@@ -50,6 +50,7 @@ class Weights:
     spec: ResNetSpec | None  # the net the file holds, where it says (not torchvision's files)
     config: dict[str, Any] | None = None  # our checkpoint's run config
     claimed_error: float | None = None  # the file's own top-1 test error, where it records one
+    data: dict[str, Any] | None = None  # our checkpoint's class names, image size and channels, where it has them
 
     def record(self) -> dict[str, Any]:
         """Where a run's weights came from, for its config.json."""
@@ -62,12 +63,15 @@ def read_weights(path: str | Path) -> Weights:
     path = Path(path).expanduser()
     raw = read_file(path, "weights file")
     sha256 = hashlib.sha256(raw).hexdigest()
+    if is_safetensors(raw):
+        return _read_safetensors(raw, path, sha256)
     if is_checkpoint(raw):
         payload = parse_checkpoint(raw, path)
         try:
             spec = ResNetSpec.from_dict(payload["spec"])
+            data = payload.get("data") if isinstance(payload.get("data"), dict) else None
             return Weights(path, sha256, RESNETLAB, dict(payload["model"]), payload["norm"], spec,
-                           config=payload.get("config"))
+                           config=payload.get("config"), data=data)
         except (KeyError, TypeError, ResnetlabError) as exc:
             raise CheckpointError(f"{path}: a resnetlab checkpoint without a valid spec and weights ({exc})") from None
     obj = load_state_bytes(raw, path)
@@ -84,6 +88,41 @@ def read_weights(path: str | Path) -> Weights:
     first = f"its first key is {next(iter(state))!r}" if state else "it holds no tensors"
     raise CheckpointError(f"{path}: not a weights layout resnetlab knows (a resnetlab checkpoint, a {CIFAR_PEER} "
                           f"CIFAR ResNet or a torchvision ResNet); {first}")
+
+
+def is_safetensors(raw: bytes) -> bool:
+    """A safetensors file (whole or cut short): an 8-byte little-endian header length, then the JSON header."""
+    return raw[8:10] in (b'{"', b"{}") and 2 <= int.from_bytes(raw[:8], "little") < 100_000_000
+
+
+def _read_safetensors(raw: bytes, path: Path, sha256: str) -> Weights:
+    """A `.safetensors` file written by `resnetlab export`: spec, classes and image size in its metadata, the
+    input normalisation as two tensors. Reading it runs no code."""
+    import json
+
+    try:
+        import safetensors.torch as st
+    except ImportError:
+        raise CheckpointError(f"{path}: reading safetensors needs the safetensors package: "
+                              "pip install 'resnetlab[export]'") from None
+    try:
+        n = int.from_bytes(raw[:8], "little")
+        meta = json.loads(raw[8:8 + n]).get("__metadata__") or {}
+        tensors = st.load(raw)
+    except Exception as exc:  # the library raises its own SafetensorError, ValueError, ...
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != RESNETLAB or "resnetlab" not in meta:
+        raise CheckpointError(f"{path}: a safetensors file without resnetlab's metadata (spec, classes); only "
+                              "files written by 'resnetlab export' are read")
+    try:
+        info = json.loads(meta["resnetlab"])
+        spec = ResNetSpec.from_dict(info["spec"])
+        norm = {"mean": tensors.pop("normalization.mean"), "std": tensors.pop("normalization.std")}
+        data = {k: info[k] for k in ("classes", "image_size") if k in info}
+    except (KeyError, TypeError, ValueError, AttributeError, ResnetlabError) as exc:
+        raise CheckpointError(f"{path}: its resnetlab metadata is not valid ({str(exc).splitlines()[0][:160]})"
+                              ) from None
+    return Weights(path, sha256, RESNETLAB, tensors, norm, spec, data=data)
 
 
 def _peer_error(obj: Any) -> float | None:

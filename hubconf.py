@@ -1,0 +1,45 @@
+"""torch.hub entry points: every registry model of resnetlab, optionally with a weights file.
+
+    model = torch.hub.load("/path/to/resnetlab", "resnet110", source="local")
+    model = torch.hub.load("/path/to/resnetlab", "preact_resnet164", source="local", num_classes=100)
+    model = torch.hub.load("/path/to/resnetlab", "resnet20", source="local", weights="resnet20.safetensors")
+    torch.hub.list("/path/to/resnetlab", source="local")  # the names
+
+With `weights` (a run directory, a checkpoint, an exported .safetensors or a foreign file that `resnetlab eval
+--weights` reads) the model comes back in eval mode with those weights, and its `pretrained` attribute holds
+the input normalisation, class names and image size they were trained with. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os as _os
+import sys as _sys
+import typing as _typing
+
+dependencies = ["torch"]
+
+_sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "src"))
+
+from resnetlab.registry import create_model as _create_model  # noqa: E402
+from resnetlab.registry import list_models as _list_models  # noqa: E402
+
+
+def _entry(name: str) -> _typing.Any:
+    def build(weights: str | None = None, **overrides: _typing.Any) -> _typing.Any:
+        if weights is None:
+            return _create_model(name, **overrides)
+        from resnetlab.export import load_pretrained
+
+        if overrides:
+            raise ValueError(f"{name}: spec overrides do not apply with weights (the file holds its net)")
+        pre = load_pretrained(weights, model=name)
+        pre.model.pretrained = pre  # normalisation, classes, image size
+        return pre.model
+
+    build.__name__ = name
+    build.__doc__ = f"resnetlab's {name} (spec overrides as keywords, or weights=PATH for a trained one)."
+    return build
+
+
+for _name in _list_models():
+    globals()[_name] = _entry(_name)
