@@ -114,3 +114,28 @@ def test_memory_command_shows_recomputation_saving_memory(tmp_path: Path) -> Non
     assert 0 < segments < 0.4 * plain
     assert all(r["step_s"]["median"] > 0 for r in rows)
     assert "recompute=4" in proc.stdout
+
+
+@pytest.mark.slow
+def test_inference_benchmark_times_the_exported_paths(tmp_path: Path) -> None:
+    """The four eval settings run and are written (the frozen compile takes 15-30 s on this CPU: slow)."""
+    pytest.importorskip("onnxruntime")
+    from benchmarks.inference import main as inference_main
+
+    out = tmp_path / "infer.json"
+    assert inference_main(["--models", "resnet20", "--batch", "4", "--repeats", "1", "--block-s", "0.05",
+                           "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["models"][0]
+    assert set(row["images_per_s"]) == {"plain", "ours", "onnxruntime", "compiled"}
+    assert all(v["median"] > 0 for v in row["images_per_s"].values()) and row["compile_s"] > 0
+    assert row["vs_plain"]["plain"] == 1.0
+    assert "| resnet20 | 4 |" in out.with_suffix(".md").read_text()
+
+
+def test_inference_benchmark_bad_input_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    from benchmarks.inference import main as inference_main
+
+    assert inference_main(["--models", "resnet20", "--batch", "0"]) == 2
+    assert inference_main(["--models", "nosuchnet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("benchmarks.inference:") for line in err)
