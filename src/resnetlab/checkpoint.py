@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import io
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +55,26 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def file_kind(mode: int) -> str | None:
+    """What a non-regular file is ("a FIFO", "a directory", ...); None for a regular file."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
 def read_file(path: Path, what: str = "checkpoint") -> bytes:
-    """The bytes of a checkpoint or weights file; a one-line CheckpointError naming the file if unreadable."""
+    """The bytes of a checkpoint or weights file; a one-line CheckpointError naming the file if unreadable.
+
+    Only regular files are read: a FIFO would block forever and a device would be read until memory ran out."""
     try:
+        kind = file_kind(os.stat(path).st_mode)
+        if kind == "a directory":
+            raise IsADirectoryError
+        if kind is not None:
+            raise CheckpointError(f"{path}: is {kind}, not a {what} file")
         return path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such {what}") from None
@@ -63,6 +82,18 @@ def read_file(path: Path, what: str = "checkpoint") -> bytes:
         raise CheckpointError(f"{path}: is a directory, not a {what} file") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def safe_reason(exc: BaseException) -> str:
+    """Why torch.load refused a file, without PyTorch's advice to load it with weights_only=False: resnetlab
+    never runs a file's code, and never suggests it."""
+    text = str(exc).strip()
+    if "weights_only" in text or "Weights only load failed" in text or "Unsupported global" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return f"it holds objects other than tensors and plain data{what}; resnetlab does not unpickle code"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:200]
 
 
 def is_checkpoint(raw: bytes) -> bool:
@@ -86,8 +117,7 @@ def parse_checkpoint(raw: bytes, path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except Exception as exc:  # the restricted unpickler refuses anything but tensors and plain data
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused to load ({first[:200]})") from None
+        raise CheckpointError(f"{path}: refused to load ({safe_reason(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a resnetlab checkpoint")
     return payload

@@ -271,13 +271,15 @@ def load_image(path: Path, pre: Pretrained) -> Tensor:
     to 256/224 of it, as the test resize), centre crop, the net's channels; pixels in [0, 1], (C, S, S)."""
     from PIL import Image
 
+    from .data.folder import to_8bit
+
     s = pre.image_size
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit: scale by the real range, not clip
-                arr = np.asarray(img, dtype=np.float64) / 65535.0
-                img = Image.fromarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+            img = to_8bit(img)  # 16-bit scaled by its range, not clipped
+            if img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")
             img = img.convert("L" if pre.channels == 1 else "RGB")
             w, h = img.size
             short = s if pre.model.spec.stem == "cifar" else round(s * 256 / 224)

@@ -26,8 +26,13 @@ _STEP = re.compile(r"^step-(\d{8})\.pt$")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """`text` to `path` whole or not at all (a temporary beside it, then a rename); a one-line error if not."""
+    """`text` to `path` whole or not at all (a temporary beside it, then a rename); a one-line error if not.
+
+    An existing `path` that is not a regular file (a device such as /dev/null, a FIFO, a directory) is never
+    replaced."""
     tmp = path.with_name(f".{path.name}.tmp")
+    if path.exists() and not path.is_file():
+        raise ResnetlabError(f"{path}: exists and is not a regular file; not replaced")
     try:
         tmp.write_text(text)
         os.replace(tmp, path)

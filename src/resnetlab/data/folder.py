@@ -37,7 +37,24 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit grey scaled to 8 bits by its real range (65535 -> 255), where PIL's convert would clip it to
+    white; float images and 32-bit integers beyond 16 bits refused (no known range); other modes as they are."""
+    if img.mode in SIXTEEN_BIT or img.mode == "I":  # some Pillow versions open 16-bit PNGs as "I"
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError("32-bit integer pixels beyond 0..65535 have no known range: save as 8 or 16 bits")
+        return Image.fromarray(np.clip(np.rint(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        raise ValueError("floating-point images have no known range: save them as 8 or 16 bits")
+    return img
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
+    img = to_8bit(img)
     if img.mode == "RGB":
         return img
     if img.mode == "P" and "transparency" in img.info:
@@ -153,6 +170,9 @@ def build_splits(root: str, layout: Layout) -> Splits:
     if test_split is None:
         raise DataError(f"{root[:-1]}: missing test/ (or val/) with class folders")
     classes = sorted(train)
+    if len(classes) < 2:
+        raise DataError(f"{root}train: {len(classes)} class folder ({', '.join(classes)}); a classifier needs "
+                        "at least two (train/<class>/<image>)")
     test = layout[test_split]
     for split, class_map in (("train", train), (test_split, test)):
         for name, files in class_map.items():

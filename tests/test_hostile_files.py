@@ -1,0 +1,138 @@
+"""Hostile files, round two (issue 14, the causes that need no restructuring): special files read or replaced,
+16-bit images, one-class folders, and a refused pickle's message."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnetlab.checkpoint import MAGIC, read_file
+from resnetlab.cli import main
+from resnetlab.data import DataOptions, load_data
+from resnetlab.errors import CheckpointError, DataError, ResnetlabError
+from resnetlab.rundir import write_text_atomic
+
+
+def _fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "pipe.pt"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_fifo_or_device_is_refused_by_name_not_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A FIFO blocked forever on open; a character device was read until memory ran out."""
+    fifo = _fifo(tmp_path)
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(main(["eval", str(fifo)])), daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert result == [2], "eval of a FIFO did not return within 30 s"
+    assert "a FIFO" in capsys.readouterr().err
+    for argv in (["eval", "/dev/zero"], ["eval", "--weights", "/dev/zero", "--data", "digits"],
+                 ["train", "--init", "/dev/zero", "--iters", "1", "--out", str(tmp_path / "run")],
+                 ["predict", "--weights", "/dev/zero", str(tmp_path)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "a character device" in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(CheckpointError, match="a socket|a FIFO|a character device|a block device"):
+        read_file(Path("/dev/null"))
+
+
+def test_outputs_never_replace_a_device_or_fifo(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`report -o /dev/null` as root would have replaced the system's /dev/null with a regular file."""
+    fifo = _fifo(tmp_path)
+    with pytest.raises(ResnetlabError, match="not a regular file"):
+        write_text_atomic(fifo, "x")
+    assert fifo.is_fifo()
+    dev = Path("/dev/null")
+    before = dev.stat()
+    with pytest.raises(ResnetlabError, match="not a regular file"):
+        write_text_atomic(dev, "x")
+    assert dev.stat().st_rdev == before.st_rdev and dev.is_char_device()
+    run = tmp_path / "run"
+    assert main(["train", "--iters", "1", "--out", str(run), "--set", "run.progress=false"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), "-o", str(fifo)]) == 2
+    assert "not a regular file" in capsys.readouterr().err and fifo.is_fifo()
+    assert main(["export", str(run), "--format", "safetensors", "-o", str(fifo)]) == 2
+    assert fifo.is_fifo()
+
+
+def _folder(root: Path, classes: tuple[str, ...], image: np.ndarray, mode: str | None = None) -> Path:
+    for split in ("train", "test"):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(image, mode).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_sixteen_bit_png_is_scaled_by_its_range_not_clipped(tmp_path: Path) -> None:
+    """Mid-grey in 16 bits (32768) was read as white (255) by PIL's convert("RGB")."""
+    img = np.full((6, 6), 32768, dtype=np.uint16)
+    img[0, 0], img[0, 1] = 0, 65535
+    root = _folder(tmp_path / "grey16", ("a", "b"), img)
+    src = load_data(f"folder:{root}", DataOptions(normalize="none", pad=0, flip=False,
+                                                  cache_dir=str(tmp_path / "cache")))
+    x, _ = next(iter(src.eval_batches("test", 4)))
+    pixels = (x * 255).round()
+    assert pixels[0, :, 0, 0].tolist() == [0, 0, 0] and pixels[0, :, 0, 1].tolist() == [255, 255, 255]
+    assert pixels[0, :, 3, 3].tolist() == [128, 128, 128]
+
+
+def test_float_and_32_bit_images_are_refused() -> None:
+    from resnetlab.data.folder import decode_image, to_8bit
+
+    with pytest.raises(ValueError, match="no known range"):
+        to_8bit(Image.fromarray(np.full((6, 6), 0.5, dtype=np.float32), "F"))
+    with pytest.raises(ValueError, match="no known range"):
+        to_8bit(Image.fromarray(np.full((6, 6), 70000, dtype=np.int32), "I"))
+    assert np.asarray(to_8bit(Image.fromarray(np.full((2, 2), 65535, dtype=np.int32), "I"))).tolist() == [[255] * 2] * 2
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((6, 6), 0.5, dtype=np.float32), "F").save(buf, format="TIFF")
+    with pytest.raises(DataError, match="no known range"):
+        decode_image(buf.getvalue(), "x.tif")
+
+
+def test_a_one_class_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """It trained and reported 0.00% error."""
+    root = _folder(tmp_path / "one", ("only",), np.zeros((6, 6, 3), dtype=np.uint8))
+    assert main(["train", "--data", f"folder:{root}", "--iters", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "at least two" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+class _Code:
+    def __reduce__(self) -> tuple:
+        return (print, ("this would run",))
+
+
+def test_refused_pickle_never_suggests_the_unsafe_load(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """PyTorch's refusal ends with advice to re-run with weights_only=False; ours must not pass that on."""
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"format": "x", "code": _Code()}, buf)
+    body = buf.getvalue()
+    path = tmp_path / "evil.pt"
+    path.write_bytes(body + hashlib.sha256(body).digest() + MAGIC)  # a valid frame around a hostile pickle
+    assert main(["eval", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "refused to load" in err and "weights_only" not in err and "this would run" not in err
+    legacy = tmp_path / "evil.th"
+    legacy.write_bytes(pickle.dumps({"state_dict": _Code()}))
+    assert main(["eval", "--weights", str(legacy), "--data", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "weights_only" not in err and "this would run" not in err
