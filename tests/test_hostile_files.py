@@ -136,3 +136,35 @@ def test_refused_pickle_never_suggests_the_unsafe_load(tmp_path: Path, capsys: p
     assert main(["eval", "--weights", str(legacy), "--data", "digits"]) == 2
     err = capsys.readouterr().err
     assert "weights_only" not in err and "this would run" not in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["info", "resnet20", "-o", "units=5"], "units: expected a list"),
+    (["info", "resnet20", "-o", "widths=16"], "widths: expected a list"),
+    (["info", "resnet20", "-o", "strides=true"], "strides: expected a list"),
+    (["info", "resnet20", "-o", "depth=200000"], "depth: 200000 is beyond"),
+    (["info", "plain20", "-o", "widths=[16,32,100000]"], "widths: (16, 32, 100000) go beyond"),
+    (["info", "resnet20", "-o", "num_classes=100000000"], "num_classes: 100000000 is beyond"),
+    (["info", "resnet20", "-o", "shortcut=scaling", "-o", "shortcut_scale=nan"], "shortcut_scale: expected a finite"),
+    (["info", "resnet20", "-o", "shortcut=exclusive_gating", "-o", "gate_bias=-inf"], "gate_bias: expected a finite"),
+    (["info", "resnet20", "--input-size", "-3"], "--input-size: -3 is not a side"),
+    (["info", "resnet20", "--input-size", "0"], "--input-size: 0 is not a side"),
+    (["models", "--input-size", "100000"], "--input-size: 100000 is not a side"),
+])
+def test_spec_values_that_would_crash_or_allocate_get_one_line(argv: list[str], needle: str,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """A number for a list field was a traceback; NaN/inf in spec floats were accepted; an absurd depth or
+    width was built until the process was killed; a negative or zero --input-size crashed or meant 32."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_depth_beyond_the_bound_is_refused_before_anything_is_built() -> None:
+    from resnetlab.spec import MAX_DEPTH, SpecError
+    from resnetlab.registry import create_model
+
+    with pytest.raises(SpecError, match="beyond the largest"):
+        create_model("plain20", depth=6 * MAX_DEPTH + 2)
+    assert sum(p.numel() for p in create_model("resnet20", depth=8).parameters()) > 0

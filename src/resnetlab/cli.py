@@ -22,8 +22,15 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _check_input_size(size: int | None) -> None:
+    if size is not None and not 8 <= size <= 4096:
+        raise ResnetlabError(f"--input-size: {size} is not a side in 8..4096 pixels")
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from .describe import format_table, zoo_rows
+
+    _check_input_size(args.input_size)
 
     rows = zoo_rows(args.filter, args.input_size)
     if not rows:
@@ -42,6 +49,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .overrides import parse_assignments
     from .registry import create_model
 
+    _check_input_size(args.input_size)
     model = create_model(args.name, **parse_assignments(args.override, "--override"))
     spec = model.spec
     size = args.input_size or spec.input_size

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ STRIDE_ON = ("1x1", "3x3")  # bottleneck stride: "1x1" = paper (MSRA), "3x3" = t
 
 GATING = ("exclusive_gating", "shortcut_gating")
 PREACT_UNITS = ("relu_preact", "preact")
+MAX_DEPTH = 10_000  # layers; the papers' deepest is 1,202
+MAX_WIDTH = 16_384  # channels of a stage's base width; the papers' widest is 512 (2,048 after expansion)
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,10 @@ class ResNetSpec:
                 raise SpecError(f"depth: {self.depth} is not {rule} as a CIFAR {self.block} net needs")
             self._set("units", (n, n, n))
         else:
+            if not isinstance(self.units, list | tuple):
+                raise SpecError(f"units: expected a list of positive integers per stage, got {self.units!r}")
             units = tuple(self.units)
-            if not units or not all(isinstance(u, int) and u >= 1 for u in units):
+            if not units or not all(isinstance(u, int) and not isinstance(u, bool) and u >= 1 for u in units):
                 raise SpecError(f"units: expected positive integers per stage, got {self.units!r}")
             self._set("units", units)
             expected = sum(units) * per_unit + 2
@@ -94,18 +99,35 @@ class ResNetSpec:
         widths = self.widths if self.widths is not None else _extend(default_widths, stages)
         strides = self.strides if self.strides is not None else (1,) + (2,) * (stages - 1)
         for fname, value in (("widths", widths), ("strides", strides)):
+            if not isinstance(value, list | tuple):
+                raise SpecError(f"{fname}: expected a list of {stages} positive integers, got {value!r}")
             value = tuple(value)
-            if len(value) != stages or not all(isinstance(v, int) and v >= 1 for v in value):
+            if len(value) != stages or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                               for v in value):
                 raise SpecError(f"{fname}: expected {stages} positive integers (one per stage), got {value!r}")
             self._set(fname, value)
         if self.stem_width is None:
             self._set("stem_width", 16 if self.stem == "cifar" else 64)
         _check_int("stem_width", self.stem_width, 1)
+        self._check_size()
         self._check_shortcut_fields()
         if self.residual and self.option == "A" and self.shortcut != "conv1x1":
             chans = (self.stem_width, *self.out_widths)
             if any(b < a for a, b in zip(chans, chans[1:], strict=False)):
                 raise SpecError(f"option: 'A' pads channels with zeros and cannot narrow {chans} (use 'B')")
+
+    def _check_size(self) -> None:
+        """Bounds on what would allocate: a net of absurd depth or width was built until the process was killed.
+        The bounds are far beyond both papers (1,202 layers, 2,048 channels) and below what fits in memory."""
+        for fname, value, limit in (("depth", self.depth, MAX_DEPTH), ("num_classes", self.num_classes, 1_000_000),
+                                    ("in_channels", self.in_channels, 1024), ("expansion", self.expansion, 64),
+                                    ("stem_width", self.stem_width, MAX_WIDTH)):
+            if value > limit:
+                raise SpecError(f"{fname}: {value} is beyond the largest resnetlab builds ({limit})")
+        if max(self.widths) > MAX_WIDTH:
+            raise SpecError(f"widths: {self.widths} go beyond the largest resnetlab builds ({MAX_WIDTH} per stage)")
+        if max(self.strides) > 64:
+            raise SpecError(f"strides: {self.strides} go beyond 64")
 
     def _check_shortcut_fields(self) -> None:
         if not self.residual and self.shortcut != "identity":
@@ -117,16 +139,16 @@ class ResNetSpec:
                 raise SpecError(f"{fname}: only used by shortcut='scaling', not {self.shortcut!r}")
             if scaling:
                 value = 1.0 if value is None else value
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise SpecError(f"{fname}: expected a number, got {value!r}")
+                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                    raise SpecError(f"{fname}: expected a finite number, got {value!r}")
                 self._set(fname, float(value))
         gating = self.shortcut in GATING
         if self.gate_bias is not None and not gating:
             raise SpecError(f"gate_bias: only used by gating shortcuts {GATING}, not {self.shortcut!r}")
         if gating:
             bias = 0.0 if self.gate_bias is None else self.gate_bias
-            if isinstance(bias, bool) or not isinstance(bias, int | float):
-                raise SpecError(f"gate_bias: expected a number, got {bias!r}")
+            if isinstance(bias, bool) or not isinstance(bias, int | float) or not math.isfinite(bias):
+                raise SpecError(f"gate_bias: expected a finite number, got {bias!r}")
             self._set("gate_bias", float(bias))
         if self.dropout is not None and self.shortcut != "dropout":
             raise SpecError(f"dropout: only used by shortcut='dropout', not {self.shortcut!r}")
