@@ -11,7 +11,8 @@ import pytest
 from resnetlab import count_params, create_model
 from resnetlab.cli import main
 from resnetlab.errors import ConfigError
-from resnetlab.experiments import kendall_tau, load_suite, suite_names
+from resnetlab.experiments import at_scale, kendall_tau, load_suite, suite_names
+from resnetlab.registry import get_spec
 
 
 def params(suite: str) -> dict[str, int]:
@@ -62,6 +63,66 @@ def test_small_scale_members_are_shallower() -> None:
             small_model, small_override = member.at("small")
             assert count_params(create_model(small_model, **small_override)) < count_params(
                 create_model(member.model, **member.override)), (name, member.label)
+
+
+def test_cpu_scale_resolves_members_and_depths() -> None:
+    deg = at_scale(load_suite("degradation"), "cpu")
+    assert [(m.label, *m.at("cpu")) for m in deg.members] == [
+        ("plain20", "plain20", {}), ("plain56", "plain56", {}), ("resnet20", "resnet20", {}),
+        ("resnet56", "resnet56", {})]  # the paper's own nets: 20 and 56 layers
+    act = at_scale(load_suite("activations"), "cpu")
+    assert [(m.label, get_spec(*m.at("cpu")[:1], **m.at("cpu")[1]).unit) for m in act.members] == [
+        ("110 (a) original", "original"), ("110 (b) BN after add", "bn_after_add"),
+        ("110 (e) full pre-act", "preact")]
+    assert {get_spec(m.at("cpu")[0], **m.at("cpu")[1]).depth for m in act.members} == {56}
+    full = load_suite("degradation")
+    assert len(full.members) == 10 and len(at_scale(full, "paper").members) == 10  # only cpu scale leaves out
+    with pytest.raises(ConfigError, match="not run at cpu scale"):
+        next(m for m in full.members if m.label == "plain110").at("cpu")
+    # a member without a cpu table runs its small-scale net, with the paper member's overrides
+    gate = next(m for m in load_suite("shortcuts").members if m.label == "exclusive gating b_g=-6")
+    assert gate.at("cpu") == gate.at("small") == (
+        "resnet110", {"shortcut": "exclusive_gating", "gate_bias": -6.0, "depth": 20})
+    for name in suite_names():  # every suite runs at cpu scale with nets no deeper than the paper's
+        for member in at_scale(load_suite(name), "cpu").members:
+            model, override = member.at("cpu")
+            assert get_spec(model, **override).depth <= get_spec(member.model, **member.override).depth or (
+                name == "options"), (name, member.label)  # options: ResNet-20 for ImageNet's ResNet-34
+
+
+def test_cpu_scale_needs_data_and_valid_tables(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "suite"
+    assert main(["experiment", "degradation", "--scale", "cpu", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--data is required at cpu scale" in err and err.count("\n") == 1 and not out.exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('members = [{ label = "x", model = "resnet20", cpu = 3 }]')
+    with pytest.raises(ConfigError, match="cpu must be a table or false"):
+        load_suite(str(bad))
+    bad.write_text('members = [{ label = "x", model = "resnet20", cpu = { depth = 9 } }]')  # not 6n+2
+    with pytest.raises(ConfigError, match=r"member 'x' \(cpu\)"):
+        load_suite(str(bad))
+    bad.write_text('members = [{ label = "x", model = "resnet20", cpu = false }]')
+    with pytest.raises(ConfigError, match="no member runs at cpu scale"):
+        at_scale(load_suite(str(bad)), "cpu")
+
+
+def test_cpu_scale_run_states_its_scale(tmp_path: Path, capsys) -> None:
+    suite_file = tmp_path / "tiny.toml"
+    suite_file.write_text('''title = "tiny"
+members = [
+  { label = "kept", model = "resnet20", cpu = { depth = 8 } },
+  { label = "left out", model = "resnet20", cpu = false },
+]
+''')
+    out = tmp_path / "suite"
+    assert main(["experiment", str(suite_file), "--scale", "cpu", "--data", "synthetic:16", "--iters", "2",
+                 "--out", str(out)]) == 0
+    assert "CPU-scale run" in capsys.readouterr().out
+    report = (out / "results.md").read_text()
+    assert "Scale: cpu" in report and "CPU-scale run" in report and "| kept | resnet20 depth=8 |" in report
+    assert "left out" not in report and not (out / "left-out").exists()
+    assert json.loads((out / "kept" / "seed0" / "config.json").read_text())["schedule"]["iters"] == 2
 
 
 SUITE = """

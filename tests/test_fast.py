@@ -10,6 +10,7 @@ checked on the parameters after one SGD step (1e-4, norm-relative), and on the e
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from resnetlab.config import build_config
 from resnetlab.data import load_data
 from resnetlab.errors import ConfigError
 from resnetlab.evaluation import evaluate
-from resnetlab.fast import fold_bn
+from resnetlab.fast import COMPILE_GAIN, EAGER_MACS_PER_S, choose_compile, fold_bn, has_cxx_compiler
 from resnetlab.rundir import RunDir
 from resnetlab.train import Trainer, data_options, model_spec
 
@@ -94,7 +95,8 @@ def test_channels_last_is_the_same_mathematics(name: str, overrides: dict) -> No
 
 def _trainer(tmp_path: Path, tag: str, **overrides: object) -> Trainer:
     cfg = build_config(model="resnet20", data="synthetic:64", recipe="cifar",
-                       overrides={"run.progress": False, "run.tensorboard": False, **overrides})
+                       overrides={"run.progress": False, "run.tensorboard": False, "run.compile": "off",
+                                  **overrides})
     source = load_data(cfg.data.source, data_options(cfg))
     return Trainer(cfg, RunDir(tmp_path / tag), source, model_spec(cfg, source), torch.device("cpu"),
                    log=lambda *_: None)
@@ -151,3 +153,49 @@ def test_compiled_step_follows_the_eager_step(tmp_path: Path) -> None:
 def test_compile_mode_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="run.compile"):
         _trainer(tmp_path, "bad", **{"run.compile": "fastest"})
+
+
+CPU, CUDA_DEVICE = torch.device("cpu"), torch.device("cuda")
+
+
+def test_compile_auto_decides_by_the_measured_cost_model() -> None:
+    """`run.compile=auto`: compile on CPU when the eager time x (1 - 1/1.10) exceeds the compile time."""
+    macs = 40_600_000  # resnet20 on 32x32
+    paper = 64_000 * 128  # the paper's CIFAR run: hours eager, so compiling pays
+    assert choose_compile("auto", CPU, "basic", 20, paper, macs).mode == "default"
+    assert choose_compile("auto", CPU, "basic", 20, 100 * 128, macs).mode == "off"  # 100 steps: 16 s eager
+    # the threshold: saved time equal to the 24.5 s compile stays eager, a little more compiles
+    even = 24.5 / (1 - 1 / COMPILE_GAIN) * EAGER_MACS_PER_S / macs
+    assert choose_compile("auto", CPU, "basic", 20, int(even * 0.99), macs).mode == "off"
+    assert choose_compile("auto", CPU, "basic", 20, int(even * 1.01), macs).mode == "default"
+    # deeper nets compile longer: resnet1202 is charged 45.5 s x 1202 / 110 = 497 s
+    deep = choose_compile("auto", CPU, "basic", 1202, 3000 * 128, 2_830_000_000)
+    assert deep.mode == "default" and "about 497 s to compile" in deep.reason
+    assert choose_compile("auto", CPU, "basic", 1202, 300 * 128, 2_830_000_000).mode == "off"
+    # never on CUDA (not measured there), never for bottleneck nets (measured slower), nor without g++
+    for choice in (choose_compile("auto", CUDA_DEVICE, "basic", 20, paper, macs),
+                   choose_compile("auto", CPU, "bottleneck", 164, paper, macs),
+                   choose_compile("auto", CPU, "basic", 20, paper, macs, have_compiler=False)):
+        assert choice.mode == "off" and "eager" in choice.reason
+    assert choose_compile("reduce-overhead", CUDA_DEVICE, "basic", 20, 0, 0).mode == "reduce-overhead"
+    assert choose_compile("off", CPU, "basic", 20, paper, macs).mode == "off"
+
+
+def test_compile_auto_in_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main job (digits, defaults) stays eager; the paper's 64k-iteration CIFAR run is compiled (lazily:
+    nothing is compiled here) with the on-disk cache under the resnetlab cache directory."""
+    main_cfg = build_config(overrides={"run.progress": False, "run.tensorboard": False})
+    assert main_cfg.run.compile == "auto"
+    source = load_data(main_cfg.data.source, data_options(main_cfg))
+    main_job = Trainer(main_cfg, RunDir(tmp_path / "main"), source, model_spec(main_cfg, source), CPU,
+                       log=lambda *_: None)
+    assert main_job.compile.mode == "off" and main_job.train_model is main_job.model
+    assert "eager" in main_job.compile.reason
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset")  # restored after the test ...
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")  # ... and absent during it
+    long = _trainer(tmp_path, "long", **{"run.compile": "auto", "data.cache_dir": str(tmp_path / "cache")})
+    if not has_cxx_compiler():
+        assert long.compile.mode == "off"
+        return
+    assert long.compile.mode == "default" and long.train_model is not long.model
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "inductor")

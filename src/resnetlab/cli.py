@@ -286,12 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("experiment", help="run a paper experiment suite (or 'list' them)")
     p.add_argument("suite", help="degradation, depth, shortcuts, activations, preact, options, a .toml, or list")
-    p.add_argument("--data", default=None, help="data source (required at paper scale; small: digits)")
+    p.add_argument("--data", default=None, help="data source (required at paper and cpu scale; small: digits)")
     p.add_argument("--seeds", type=int, default=1, help="runs per member (seeds 0..K-1)")
     p.add_argument("--epochs", type=float, default=None, help="budget per run in epochs")
     p.add_argument("--iters", type=int, default=None, help="budget per run in iterations")
-    p.add_argument("--scale", choices=["paper", "small"], default="paper",
-                   help="small: shallower nets and a short budget on small data (checks the mechanism)")
+    p.add_argument("--scale", choices=["paper", "cpu", "small"], default="paper",
+                   help="cpu: CIFAR-10 with shallower nets and 2 epochs (one 2-core CPU); small: shallower nets "
+                        "and a short budget on digits (checks the mechanism)")
     p.add_argument("--out", default=None, help="suite directory (default: experiments/SUITE-SCALE)")
     p.add_argument("--device", default=None)
     p.add_argument("--only", nargs="+", metavar="MEMBER", default=None,

@@ -79,7 +79,9 @@ class RunConfig:
     keep_checkpoints: int = 2  # rolling checkpoints kept besides best.pt
     channels_last: bool | str = "auto"  # memory format (auto: on for CPU and CUDA, measured faster on both)
     amp: str = "none"  # none | bf16 (autocast; CUDA)
-    compile: str = "off"  # off | default | reduce-overhead | max-autotune: torch.compile of the training forward
+    # torch.compile of the training forward: off | default | reduce-overhead | max-autotune | auto (compile on
+    # CPU when the measured gain repays the compile time, fast.choose_compile; eager on CUDA)
+    compile: str = "auto"
     tensorboard: bool | str = "auto"  # write TensorBoard events when tensorboard is installed
     progress: bool | str = "auto"  # progress bar (auto: when stderr is a terminal)
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA/NCCL only)
@@ -105,7 +107,7 @@ CHOICES = {
     ("data", "normalize"): ("pixel_mean", "channel", "none"),
     ("schedule", "unit"): ("iter", "epoch"),
     ("run", "amp"): ("none", "bf16"),
-    ("run", "compile"): ("off", "default", "reduce-overhead", "max-autotune"),
+    ("run", "compile"): ("auto", "off", "default", "reduce-overhead", "max-autotune"),
     ("warmup", "enabled"): (True, False, "auto"),
     ("run", "channels_last"): (True, False, "auto"),
     ("run", "tensorboard"): (True, False, "auto"),

@@ -12,8 +12,7 @@ import json
 import math
 import re
 import statistics
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,15 @@ from .config import build_config, default_recipe, read_named_toml
 from .errors import ConfigError, ResnetlabError
 from .registry import get_spec
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
-
 SUITE_DIR = Path(__file__).parent / "suites"
-SCALES = ("paper", "small")
+SCALES = ("paper", "cpu", "small")
 SMALL_NOTE = ("This is a small-scale run: shallower nets, a short budget and small data. It checks the "
               "mechanism of the experiment, not the paper's numbers.")
+# cpu scale: real images (CIFAR-10) on one 2-core CPU. The default budget was calibrated on that machine
+# (docs/experiments.md): 2 epochs per run, the paper's schedule compressed (lr / 10 at 50% and 75%).
+CPU_EPOCHS = 2.0
+CPU_NOTE = ("This is a CPU-scale run: the papers' data (CIFAR-10) but shallower nets and a budget of a few "
+            "epochs in place of 164, on one 2-core CPU. It tests the papers' orderings, not their numbers.")
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,21 @@ class Member:
     settings: dict[str, Any] = field(default_factory=dict)  # config fields, e.g. {"optim.lr": 0.05}
     small: dict[str, Any] = field(default_factory=dict)  # small scale: "model" and/or spec fields
     paper: float | str | None = None  # error in percent, "fail", or not printed
+    # cpu scale: a table like `small`; true (absent) = the small table's nets, which are CPU-sized;
+    # false = the member is left out at cpu scale (the budget does not allow every member)
+    cpu: dict[str, Any] | bool = True
 
     def at(self, scale: str) -> tuple[str, dict[str, Any]]:
         """(registry model, spec overrides) at a scale."""
         if scale == "paper":
             return self.model, dict(self.override)
-        small = dict(self.small)
-        return small.pop("model", self.model), {**self.override, **small}
+        if scale == "cpu" and self.cpu is False:
+            raise ConfigError(f"member {self.label!r} is not run at cpu scale (cpu = false)")
+        table = dict(self.cpu if scale == "cpu" and isinstance(self.cpu, dict) else self.small)
+        return table.pop("model", self.model), {**self.override, **table}
+
+    def runs_at(self, scale: str) -> bool:
+        return not (scale == "cpu" and self.cpu is False)
 
     @property
     def slug(self) -> str:
@@ -81,6 +88,14 @@ def select_members(suite: Suite, only: list[str] | None) -> tuple[Member, ...]:
     return tuple(m for m in suite.members if m.slug in wanted)
 
 
+def at_scale(suite: Suite, scale: str) -> Suite:
+    """The suite as it runs at `scale`: at cpu scale, without the members marked `cpu = false`."""
+    members = tuple(m for m in suite.members if m.runs_at(scale))
+    if not members:
+        raise ConfigError(f"suite {suite.name}: no member runs at {scale} scale")
+    return replace(suite, members=members)
+
+
 def suite_names() -> list[str]:
     return sorted(p.stem for p in SUITE_DIR.glob("*.toml"))
 
@@ -92,10 +107,15 @@ def load_suite(name: str) -> Suite:
     for i, raw in enumerate(data.get("members", [])):
         try:
             member = Member(label=raw["label"], model=raw["model"], override=raw.get("override", {}),
-                            settings=raw.get("set", {}), small=raw.get("small", {}), paper=raw.get("paper"))
+                            settings=raw.get("set", {}), small=raw.get("small", {}), paper=raw.get("paper"),
+                            cpu=raw.get("cpu", True))
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"suite {path}: member {i + 1} lacks {exc}") from None
+        if not isinstance(member.cpu, dict | bool):
+            raise ConfigError(f"suite {path.stem}, member {member.label!r}: cpu must be a table or false")
         for scale in SCALES:
+            if not member.runs_at(scale):
+                continue
             model, override = member.at(scale)
             try:
                 get_spec(model, **override)
@@ -130,13 +150,21 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
     if data is None:
         if scale == "paper":
             raise ConfigError(f"suite {suite.name}: --data is required at paper scale (e.g. cifar10:PATH)")
+        if scale == "cpu":
+            raise ConfigError(f"suite {suite.name}: --data is required at cpu scale (e.g. cifar10:PATH or "
+                              "folder:PATH/cifar10-jpeg.tar.gz)")
         data = "digits"
     if scale == "small" and epochs is None and iters is None:
         epochs = 6
+    if scale == "cpu" and epochs is None and iters is None:
+        epochs = CPU_EPOCHS
+    suite = at_scale(suite, scale)
     recipe = suite.recipe if scale == "paper" else default_recipe(data)
     chosen = select_members(suite, only)
     if scale == "small":
         log(SMALL_NOTE)
+    if scale == "cpu":
+        log(CPU_NOTE)
     out.mkdir(parents=True, exist_ok=True)
     for member in chosen:
         model, override = member.at(scale)
@@ -263,8 +291,8 @@ def write_results(suite: Suite, out: Path, rows: list[dict[str, Any]], **meta: A
     lines = [f"# {suite.title}", "", f"Paper: {suite.source}. Scale: {meta['scale']}; data: {meta['data']}; "
              f"recipe: {meta['recipe']}; seeds: {meta['seeds']}; budget: "
              f"{_budget(meta)}. Errors are test errors in percent; 'fail' is the papers' verdict (above 20%).", ""]
-    if meta["scale"] == "small":
-        lines += [f"**{SMALL_NOTE}**", ""]
+    if meta["scale"] in ("small", "cpu"):
+        lines += [f"**{SMALL_NOTE if meta['scale'] == 'small' else CPU_NOTE}**", ""]
     lines += ["| member | model | params | runs | median | mean ± std | diverged | paper | fail (ours / paper) "
               "| rank (ours / paper) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

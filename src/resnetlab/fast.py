@@ -8,14 +8,19 @@ tests/test_fast.py checks that it computes what the plain path computes, to floa
   batch's statistics, so it cannot be folded): conv-BN in the original units, stems and projections, and the
   BN after each conv inside a pre-activation branch;
 - the fused SGD step on CUDA (one kernel for all parameters instead of one per tensor);
-- `torch.compile` of the training forward, when asked (`run.compile`): generated kernels that fuse BN, ReLU
-  and the addition; its compilation took 24-46 s on CPU, so it is off by default.
+- `torch.compile` of the training forward (`run.compile`): generated kernels that fuse BN, ReLU and the
+  addition. Its compilation took 24-46 s on CPU, so `auto` (the default) compiles on CPU only when the run
+  is long enough for the measured gain to repay it (`choose_compile`), with PyTorch's on-disk cache under the
+  resnetlab cache directory so that a second run compiles from the cache; on CUDA `auto` stays eager.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +41,68 @@ def make_sgd(params: Any, device: torch.device, **kwargs: Any) -> torch.optim.SG
     return torch.optim.SGD(params, **kwargs)
 
 
+# The cost model of `run.compile = "auto"`, from the CPU measurements in docs/benchmarks.md ("torch.compile",
+# 2026-11-22, 2 threads). Each figure is the one that argues against compiling, so auto compiles only where
+# the measured gain surely repays the compilation.
+COMPILE_GAIN = 1.10  # compiled over eager training step: 1.10-1.19x on resnet20/56/110 (basic blocks)
+COMPILE_S = 24.5  # cold compilation, resnet20 and resnet56 (24.5 s, 24.4 s) ...
+COMPILE_S_110 = 45.5  # ... and resnet110; deeper nets extrapolated linearly in depth from it
+# eager training speed as forward multiply-adds per second: resnet20 647 img/s x 40.6M = 26.3G, resnet56
+# 257 x 125.5M = 32.3G, resnet110 128.5 x 252.9M = 32.5G (eager ours/plain x plain img/s); the fastest,
+# so the estimate of the eager run's time is the shortest
+EAGER_MACS_PER_S = 32.5e9
+
+
+@dataclass(frozen=True)
+class CompileChoice:
+    """The torch.compile mode a run uses ("off" = eager) and why, for the log."""
+
+    mode: str
+    reason: str
+
+
+def choose_compile(setting: str, device: torch.device, block: str, depth: int, images: int,
+                   macs_per_image: int, have_compiler: bool = True) -> CompileChoice:
+    """`run.compile`: a named mode as given; "auto": compile on CPU only where it pays.
+
+    With eager time T = images x multiply-adds / EAGER_MACS_PER_S, compiling saves T (1 - 1/COMPILE_GAIN);
+    it is chosen when that exceeds the compile time (24.5 s, or 45.5 s x depth / 110 for deeper nets).
+    Only basic-block nets were measured faster (the bottleneck preact_resnet164 ran at 0.90x); on CUDA auto
+    is off (no measurement there yet)."""
+    if setting != "auto":
+        return CompileChoice(setting, f"run.compile={setting}")
+    if device.type != "cpu":
+        return CompileChoice("off", f"run.compile=auto: eager on {device.type} (auto compiles on CPU only)")
+    if block != "basic":
+        return CompileChoice("off", f"run.compile=auto: eager, compiling slowed the measured {block} net (0.90x)")
+    if not have_compiler:
+        return CompileChoice("off", "run.compile=auto: eager, no C++ compiler on PATH")
+    eager = images * macs_per_image / EAGER_MACS_PER_S
+    saved = eager * (1 - 1 / COMPILE_GAIN)
+    cost = max(COMPILE_S, COMPILE_S_110 * depth / 110)
+    verdict = "compiled" if saved > cost else "eager"
+    return CompileChoice("default" if saved > cost else "off",
+                         f"run.compile=auto: {verdict}; eager run expected {eager:.0f} s, compiling at "
+                         f"{COMPILE_GAIN}x would save {saved:.0f} s against about {cost:.0f} s to compile")
+
+
+def has_cxx_compiler() -> bool:
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+def use_compile_cache(cache_root: Path) -> Path:
+    """PyTorch's on-disk compile caches (FX graphs, AOT autograd) under `cache_root`/inductor, unless
+    TORCHINDUCTOR_CACHE_DIR is already set: a second run of the same net loads the compiled code."""
+    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root / "inductor")))
+    import torch._functorch.config as functorch
+    import torch._inductor.config as inductor
+
+    inductor.fx_graph_cache = True
+    if hasattr(functorch, "enable_autograd_cache"):
+        functorch.enable_autograd_cache = True
+    return path
+
+
 def compile_module(module: nn.Module, mode: str, device: torch.device) -> nn.Module:
     """`module` compiled with torch.compile in `mode` (default, reduce-overhead, max-autotune); "off": as is.
 
@@ -43,7 +110,7 @@ def compile_module(module: nn.Module, mode: str, device: torch.device) -> nn.Mod
     the same masks as the eager one and resumes reproduce them."""
     if mode == "off":
         return module
-    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+    if device.type == "cpu" and not has_cxx_compiler():
         raise ConfigError("run.compile: torch.compile on CPU needs a C++ compiler (g++ or clang++) on PATH")
     import torch._inductor.config as inductor
 

@@ -26,12 +26,20 @@ from torch import nn
 from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, config_from_dict
-from .counting import count_params
-from .data import DataOptions, DataSource, derive_seed, load_data
+from .counting import count_macs, count_params
+from .data import DataOptions, DataSource, cache_dir, derive_seed, load_data
 from .distributed import World, all_reduce_max, all_reduce_sum, barrier, broadcast, init_from_env, shutdown
 from .errors import CheckpointError, ConfigError, RunDirError
 from .evaluation import evaluate
-from .fast import channels_last_default, compile_module, make_sgd
+from .fast import (
+    CompileChoice,
+    channels_last_default,
+    choose_compile,
+    compile_module,
+    has_cxx_compiler,
+    make_sgd,
+    use_compile_cache,
+)
 from .net import ResNet
 from .registry import get_spec
 from .rundir import RunDir
@@ -156,7 +164,6 @@ class Trainer:
 
             ids = [device.index] if device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
-        self.train_model = compile_module(self.train_model, cfg.run.compile, device)  # the same parameters
         o = cfg.optim
         # global batch: the recipe's, split over ranks; or, with linear scaling, the recipe's per rank
         self.batch = o.batch_size * (world.size if o.linear_scaling else 1)
@@ -170,10 +177,25 @@ class Trainer:
         if o.linear_scaling and world.active:  # the linear scaling rule: lr x (global batch / recipe batch)
             self.schedule = dataclasses.replace(self.schedule, base_lr=self.schedule.base_lr * world.size,
                                                 warmup_lr=self.schedule.warmup_lr * world.size)
+        self.compile = self._choose_compile()
+        self.train_model = compile_module(self.train_model, self.compile.mode, device)  # the same parameters
         self.amp = autocast(cfg, device)
         self.progress = Progress()
         self.tb: Any = None
         self._sums: list[torch.Tensor] | None = None  # device-side loss and error sums of the epoch
+
+    def _choose_compile(self) -> CompileChoice:
+        """`run.compile` resolved ("auto": by the cost model of fast.choose_compile); the compile cache on."""
+        setting, device = self.cfg.run.compile, self.device
+        macs, images = 0, 0
+        if setting == "auto" and device.type == "cpu" and self.spec.block == "basic":
+            macs = count_macs(self.model, self.source.image_size, self.source.channels)
+            images = self.schedule.total * self.batch // self.world.size  # this process's share
+        choice = choose_compile(setting, device, self.spec.block, self.spec.depth, images, macs,
+                                has_cxx_compiler())
+        if choice.mode != "off":
+            use_compile_cache(cache_dir(data_options(self.cfg)))
+        return choice
 
     # checkpoints ---------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -463,13 +485,14 @@ def train(cfg: Config, out: str | Path | None = None, log: Any = print) -> tuple
         if world.main:
             run.create(cfg.to_dict() | {"resolved": trainer.schedule.to_dict() | {
                 "steps_per_epoch": trainer.spe, "global_batch": trainer.batch, "world_size": world.size,
-                "spec": spec.to_dict(), "device": str(device)} | init})
+                "spec": spec.to_dict(), "device": str(device), "compile": trainer.compile.mode} | init})
             trainer.log = _tee(log, run.log)
         try:
             trainer.log(f"{spec.name} ({count_params(trainer.model):,} parameters) on {source.name}: "
                         f"{source.train_size} training images, {trainer.schedule.total} iterations "
                         f"({trainer.schedule.total / trainer.spe:.1f} epochs) on {_device_name(device)}"
                         + (f" x {world.size} processes" if world.active else ""))
+            trainer.log(trainer.compile.reason)
             if init:
                 trainer.log("initial weights: " + ", ".join(f"{k} {v}" for k, v in init["init"].items()))
             return run, trainer.fit()
@@ -500,6 +523,7 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
         source = load_data(cfg.data.source, data_options(cfg))
         spec = model_spec(cfg, source)
         trainer = Trainer(cfg, run, source, spec, dev, _tee(log, run.log), world)
+        trainer.log(trainer.compile.reason)
         if not run.step_checkpoints():  # killed before its first checkpoint: start again
             _start_from(trainer, cfg, (saved.get("resolved") or {}).get("init", {}).get("sha256"))
             if world.main:
