@@ -19,6 +19,7 @@ from typing import Any
 from .config import build_config, default_recipe, read_named_toml
 from .errors import ConfigError, ResnetlabError
 from .registry import get_spec
+from .rundir import write_text_atomic
 
 SUITE_DIR = Path(__file__).parent / "suites"
 SCALES = ("paper", "cpu", "small")
@@ -73,6 +74,71 @@ class SuiteStopped(ResnetlabError):
     """A member was stopped by SIGTERM/SIGINT (checkpoint written): the suite stops too."""
 
     exit_code = 3
+
+
+class SuiteFailed(ResnetlabError):
+    """Some member runs failed (the others ran, and results were written): the suite exits non-zero, naming
+    them; the next call of the same command retries them."""
+
+    exit_code = 1
+
+
+class SuiteDir:
+    """A suite's output directory: which suite it holds, and who is writing into it.
+
+    `suite.json` names the suite, scale, data, recipe and budget on the first call; a later call with another
+    of these is refused, so two suites never write into each other's members or results. A lock (flock on
+    `.suite.lock`, dropped by the OS when the process dies) is held for the call: exclusive for a normal
+    call, shared for the `--no-results` calls that train disjoint members side by side (scripts/gpu_plan.py)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def claim(self, identity: dict[str, Any], shared: bool) -> None:
+        import fcntl
+        import os
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {self.path}: cannot create ({exc.strerror or exc})") from None
+        if not self.path.is_dir():
+            raise ConfigError(f"--out {self.path}: is not a directory")
+        fd = os.open(self.path / ".suite.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(f"--out {self.path}: another resnetlab experiment is writing into it; wait for it "
+                              "or give another --out") from None
+        self._fd = fd
+        try:
+            held = self.path / "suite.json"
+            if held.exists():
+                try:
+                    before = json.loads(held.read_text())
+                except (OSError, ValueError) as exc:
+                    raise ConfigError(f"{held}: unreadable ({exc}); remove it to reuse this --out") from None
+                if not isinstance(before, dict):
+                    raise ConfigError(f"{held}: expected a JSON object, got {type(before).__name__}")
+                differ = [k for k in identity if k in before and before[k] != identity[k]]
+                if differ:
+                    k = differ[0]
+                    raise ConfigError(f"--out {self.path} holds {before.get('suite')!r} with {k} "
+                                      f"{before[k]!r}, not {identity[k]!r}: give another --out")
+            else:
+                write_text_atomic(held, json.dumps(identity, indent=2) + "\n")
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import os
+
+            os.close(self._fd)
+            self._fd = None
 
 
 def select_members(suite: Suite, only: list[str] | None) -> tuple[Member, ...]:
@@ -141,8 +207,6 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
     by side into the same directory; those pass `results=False` and one of them writes the results at the
     end. A member stopped by SIGTERM/SIGINT stops the suite: SuiteStopped.
     """
-    from .train import resume, train
-
     if scale not in SCALES:
         raise ConfigError(f"--scale: {scale!r} is not one of {', '.join(SCALES)}")
     if seeds < 1:
@@ -165,7 +229,35 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
         log(SMALL_NOTE)
     if scale == "cpu":
         log(CPU_NOTE)
-    out.mkdir(parents=True, exist_ok=True)
+    identity = {"suite": suite.name, "scale": scale, "data": data, "recipe": recipe, "epochs": epochs,
+                "iters": iters}
+    suite_dir = SuiteDir(out)
+    suite_dir.claim(identity, shared=not results)
+    try:
+        failed = _run_members(suite, chosen, out, scale, data, recipe, seeds, epochs, iters, device, settings, log)
+        rows = collect(suite, out, scale)
+        if results:
+            write_results(suite, out, rows, scale=scale, data=data, recipe=recipe, seeds=seeds, epochs=epochs,
+                          iters=iters)
+    finally:
+        suite_dir.release()
+    if failed:
+        names = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
+        raise SuiteFailed(f"suite {suite.name}: {len(failed)} member run(s) failed: {names}. Fix the input and "
+                          "run the same command again: finished members are kept, failed ones retried")
+    return rows
+
+
+def _run_members(suite: Suite, chosen: tuple[Member, ...], out: Path, scale: str, data: str, recipe: str,
+                 seeds: int, epochs: float | None, iters: int | None, device: str | None,
+                 settings: dict[str, Any] | None, log: Any) -> list[str]:
+    """Train or resume each chosen member and seed; the failed ones as "label seed N (reason)"."""
+    import shutil
+
+    from .errors import RunDirError
+    from .train import resume, train
+
+    failed: list[str] = []
     for member in chosen:
         model, override = member.at(scale)
         for seed in range(seeds):
@@ -174,6 +266,12 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
             if (run_dir / "summary.json").exists() and _summary(run_dir).get("status") in ("finished", "diverged"):
                 log(f"{tag}: already done, skipped")
                 continue
+            if (run_dir / "error.txt").exists():  # failed on an earlier call: retry it
+                if _has_checkpoint(run_dir):
+                    (run_dir / "error.txt").unlink()
+                else:  # nothing trained worth keeping: start it again, from this call's input
+                    log(f"{tag}: failed before, retrying from the start")
+                    shutil.rmtree(run_dir)
             try:
                 if (run_dir / "config.json").exists():
                     log(f"{tag}: resuming")
@@ -191,17 +289,24 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
                     log(f"{tag}: training {model} {override or ''}")
                     _, summary = train(build_config(recipe=recipe, model=model, data=data, overrides=overrides),
                                        run_dir, log=log)
+            except RunDirError as exc:  # e.g. in use by another process: not this member's fault, no error.txt
+                log(f"{tag}: failed: {exc}")
+                failed.append(f"{member.label} seed {seed} ({exc})")
+                continue
             except ResnetlabError as exc:  # the suite carries on; the member is reported as failed
                 log(f"{tag}: failed: {exc}")
+                failed.append(f"{member.label} seed {seed} ({exc})")
                 run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "error.txt").write_text(str(exc) + "\n")
+                write_text_atomic(run_dir / "error.txt", str(exc) + "\n")
                 continue
             if summary.get("status") == "stopped":  # a signal: the checkpoint is written, stop the suite here
                 raise SuiteStopped(f"{tag}: stopped by a signal; rerun the same command to resume")
-    rows = collect(suite, out, scale)
-    if results:
-        write_results(suite, out, rows, scale=scale, data=data, recipe=recipe, seeds=seeds, epochs=epochs, iters=iters)
-    return rows
+    return failed
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    ckpts = run_dir / "checkpoints"
+    return ckpts.is_dir() and any(p.suffix == ".pt" for p in ckpts.iterdir())
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:

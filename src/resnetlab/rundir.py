@@ -56,12 +56,37 @@ class RunDir:
 
     # creation and locking ------------------------------------------------------------------------------
     def check_new(self) -> None:
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())) \
+                and not self.died_before_checkpoint():
             raise RunDirError(f"{self.path}: exists and is not empty (use --resume {self.path} to continue it)")
 
+    def died_before_checkpoint(self) -> bool:
+        """A run that crashed or was killed before its first checkpoint (config and log, no checkpoint, no
+        summary, no process holding it): nothing in it is worth keeping, so a new run may take its place."""
+        p = self.path
+        if not (p.is_dir() and self.config.is_file()) or self.summary.exists() or self.step_checkpoints() \
+                or self.best.exists():
+            return False
+        try:
+            fd = os.open(p / ".lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
+            return True
+        except OSError:
+            return False  # a process is running it
+        finally:
+            os.close(fd)
+
     def create(self, config: dict[str, Any]) -> None:
-        """Create the directory with its config, locked, in one rename: it exists complete or not at all."""
+        """Create the directory with its config, locked, in one rename: it exists complete or not at all.
+        A run that died before its first checkpoint is replaced (`died_before_checkpoint`)."""
         self.check_new()
+        if self.path.exists() and self.died_before_checkpoint():
+            shutil.rmtree(self.path, ignore_errors=True)
         final = self.path
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         try:

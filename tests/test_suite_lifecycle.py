@@ -1,0 +1,110 @@
+"""Suite and run life cycle (issue 14, part 3): failed members make the suite exit non-zero and are retried on
+the next call; a suite's --out holds one suite and one writer; a run that died before its first checkpoint
+can be started again in place."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from resnetlab.cli import main
+from resnetlab.experiments import SuiteDir
+
+TINY = """title = "tiny"
+members = [
+  { label = "a", model = "resnet20", small = { depth = 8 } },
+  { label = "b", model = "plain20", small = { depth = 8 } },
+]
+"""
+
+
+def _suite(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _run(suite: Path, out: Path, *extra: str) -> int:
+    return main(["experiment", str(suite), "--scale", "small", "--data", "synthetic:16", "--iters", "2",
+                 "--out", str(out), *extra])
+
+
+def test_failed_members_exit_non_zero_and_are_retried(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A bad --set failed every member and exited 0; the members' error.txt then made every retry fail."""
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    assert _run(suite, out, "--set", "optim.lr=nan") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2 member run(s) failed: a seed 0 (" in err and "b seed 0" in err
+    assert (out / "a" / "seed0" / "error.txt").exists() and (out / "results.md").exists()
+    assert _run(suite, out) == 0  # the input fixed: both members retried from the start, and finished
+    for member in ("a", "b"):
+        summary = json.loads((out / member / "seed0" / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["steps"] == 2
+        assert not (out / member / "seed0" / "error.txt").exists()
+    assert "failed before, retrying from the start" in capsys.readouterr().out
+
+
+def test_an_out_holds_one_suite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two suites on one --out wrote into each other's members and results."""
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    assert _run(suite, out, "--only", "a") == 0
+    assert json.loads((out / "suite.json").read_text())["suite"] == "tiny"
+    other = tmp_path / "other.toml"
+    other.write_text(TINY.replace('"tiny"', '"other"'))
+    capsys.readouterr()
+    assert _run(other, out) == 2
+    assert "holds 'tiny' with suite 'tiny', not 'other'" in capsys.readouterr().err
+    assert _run(suite, out, "--iters", "3") == 2  # the same suite at another budget mixes budgets: refused
+    assert "with iters 2, not 3" in capsys.readouterr().err
+    assert not (out / "b").exists()
+
+
+def test_one_writer_per_suite_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    holder = SuiteDir(out)
+    holder.claim({"suite": "tiny", "scale": "small", "data": "synthetic:16", "recipe": "cifar", "epochs": None,
+                  "iters": 2}, shared=False)
+    try:
+        assert _run(suite, out) == 2
+        assert "another resnetlab experiment is writing into it" in capsys.readouterr().err
+        assert not (out / "a").exists()
+    finally:
+        holder.release()
+    # calls that only train (--no-results, side by side on disjoint members) share the directory
+    first = SuiteDir(out)
+    first.claim({"suite": "tiny"}, shared=True)
+    try:
+        assert _run(suite, out, "--only", "b", "--no-results") == 0
+    finally:
+        first.release()
+    assert _run(suite, out) == 0
+
+
+def test_a_run_that_died_before_its_first_checkpoint_restarts_in_place(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """A crash in the first step left config, log and lock but no checkpoint: a new train to that --out
+    was refused. It now takes its place; a run with a checkpoint, or one a process holds, is still refused."""
+    run = tmp_path / "run"
+    base = ["train", "--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:16", "--out", str(run)]
+    assert main(base + ["--iters", "2"]) == 0
+    (run / "summary.json").unlink()
+    for ckpt in (run / "checkpoints").iterdir():
+        ckpt.unlink()
+    assert main(base + ["--iters", "3"]) == 0  # replaced, not refused
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    capsys.readouterr()
+    assert main(base + ["--iters", "2"]) == 2  # a finished run with checkpoints: refused as before
+    assert "exists and is not empty" in capsys.readouterr().err
+    for p in [run / "summary.json", *(run / "checkpoints").iterdir()]:
+        p.unlink()
+    fd = os.open(run / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a process still running it
+    try:
+        assert main(base + ["--iters", "2"]) == 2
+        assert "exists and is not empty" in capsys.readouterr().err
+    finally:
+        os.close(fd)
