@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.run import BenchError, _sync, _synthetic_batch, build_trainer, machine
+from resnetlab.atomic import write_text_atomic
 from resnetlab.errors import ResnetlabError
-from resnetlab.rundir import write_text_atomic
 
 
 def worker(args: argparse.Namespace) -> None:

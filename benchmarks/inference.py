@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from benchmarks.run import BenchError, machine
+from resnetlab.atomic import write_text_atomic
 from resnetlab.errors import ResnetlabError
-from resnetlab.rundir import write_text_atomic
 
 
 def settings(name: str, batch: int, ort_threads: int, tmp: Path) -> tuple[dict[str, Callable[[], Any]], float]:

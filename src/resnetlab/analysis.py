@@ -26,7 +26,6 @@ parameter gradients, BN running statistics and the train/eval mode are left as t
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .atomic import replace_with
 from .errors import ConfigError, ResnetlabError
 from .net import ResNet
 
@@ -197,12 +197,9 @@ def plot_propagation(results: dict[str, list[Row]], path: Path | str, title: str
     ax_b.legend(fontsize=8)
     fig.suptitle(title or "signal propagation at one batch (v2 eq. 4-7)", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{fmt}")
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        replace_with(path, fig.savefig)  # the temporary keeps the suffix: savefig picks the format by it
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ResnetlabError(f"{path}: cannot write figure ({exc.strerror or exc})") from None
     finally:
         plt.close(fig)

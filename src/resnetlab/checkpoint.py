@@ -7,7 +7,6 @@ one, never half of one. Loading uses `torch.load(weights_only=True)`: no code fr
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .atomic import replace_with
 from .errors import CheckpointError
 
 MAGIC = b"RESNETLAB-CKPT-1"
@@ -30,29 +30,17 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "version": 1, **payload}, buf)
     data = buf.getvalue()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
+
+    def fill(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # `open` of this module: tests stop a process in the middle of this write
             f.write(data)
             f.write(hashlib.sha256(data).digest())
             f.write(MAGIC)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+
+    try:
+        replace_with(path, fill)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-
-
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def file_kind(mode: int) -> str | None:

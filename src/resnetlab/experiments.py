@@ -8,6 +8,7 @@ finished (a rerun resumes the suite), carries on after a member fails or diverge
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -16,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text_atomic
 from .config import build_config, default_recipe, read_named_toml
 from .errors import ConfigError, ResnetlabError
 from .registry import get_spec
-from .rundir import write_text_atomic
 
 SUITE_DIR = Path(__file__).parent / "suites"
 SCALES = ("paper", "cpu", "small")
@@ -387,11 +388,12 @@ def _fmt(value: Any, digits: int = 2) -> str:
 def write_results(suite: Suite, out: Path, rows: list[dict[str, Any]], **meta: Any) -> None:
     headers = ["member", "model", "params", "runs", "median", "mean", "std", "diverged", "paper", "fail",
                "paper_fail", "rank", "paper_rank"]
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(headers)
-        for r in rows:
-            writer.writerow([r[h] if not isinstance(r[h], float) else round(r[h], 4) for h in headers])
+    table = io.StringIO()
+    writer = csv.writer(table)  # rows end in \r\n, as the csv module writes them
+    writer.writerow(headers)
+    for r in rows:
+        writer.writerow([r[h] if not isinstance(r[h], float) else round(r[h], 4) for h in headers])
+    write_text_atomic(out / "results.csv", table.getvalue())
     tau, n = kendall_tau(rows)
     lines = [f"# {suite.title}", "", f"Paper: {suite.source}. Scale: {meta['scale']}; data: {meta['data']}; "
              f"recipe: {meta['recipe']}; seeds: {meta['seeds']}; budget: "
@@ -410,9 +412,9 @@ def write_results(suite: Suite, out: Path, rows: list[dict[str, Any]], **meta: A
     agreement = f"{tau:+.2f} over {n} members" if tau is not None else "not computable"
     lines += ["", f"Ranking agreement with the paper (Kendall tau, 1 = same order): {agreement}.", "",
               "![error curves](curves.png)", "", "![final errors](errors.png)", ""]
-    (out / "results.md").write_text("\n".join(lines))
-    (out / "results.json").write_text(json.dumps({"suite": suite.name, "meta": meta, "rows": rows,
-                                                  "kendall_tau": tau}, indent=2, default=str))
+    write_text_atomic(out / "results.md", "\n".join(lines))
+    write_text_atomic(out / "results.json", json.dumps({"suite": suite.name, "meta": meta, "rows": rows,
+                                                        "kendall_tau": tau}, indent=2, default=str))
     _figures(suite, out, rows)
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from . import __version__
+from .atomic import replace_with
 from .errors import CheckpointError, ConfigError, DataError, ResnetlabError
 from .net import ResNet
 from .weights import RESNETLAB
@@ -134,18 +135,23 @@ def export(pre: Pretrained, fmt: str, out: str | Path) -> dict[str, Any]:
     if not out.parent.is_dir():
         raise ConfigError(f"{out.parent}: no such directory")
     writer = {"safetensors": _write_safetensors, "onnx": _write_onnx, "pt2": _write_pt2}[fmt]
-    # written in a fresh folder beside `out` (the exporters may write side files there), then renamed into place
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp_dir:
-        tmp = Path(tmp_dir) / out.name
-        try:
+    report: dict[str, Any] = {}
+
+    def fill(tmp: Path) -> None:
+        # written in a fresh folder beside `out` (the exporters may write side files there), then moved to `tmp`
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp_dir:
+            work = Path(tmp_dir) / out.name
             with _quiet():
-                report = writer(pre, tmp)
-        except ResnetlabError:
-            raise
-        except Exception as exc:  # an exporter's own failure: one line, no half-written file
-            raise ConfigError(f"export to {fmt} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-                              ) from None
-        tmp.replace(out)
+                report.update(writer(pre, work))
+            work.replace(tmp)
+
+    try:
+        replace_with(out, fill)
+    except ResnetlabError:
+        raise
+    except Exception as exc:  # an exporter's own failure: one line, no half-written file
+        raise ConfigError(f"export to {fmt} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+                          ) from None
     return {"format": fmt, "path": str(out), "bytes": out.stat().st_size, **report}
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from .atomic import replace_with
 
 
 def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = "",
@@ -74,8 +75,8 @@ def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        replace_with(path, fig.savefig)  # the temporary keeps the suffix: savefig picks the format by it
+    finally:
+        plt.close(fig)
     return path

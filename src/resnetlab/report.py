@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .atomic import write_text_atomic
 from .errors import ResnetlabError
-from .rundir import write_text_atomic
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }

@@ -19,26 +19,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import fsync_dir
-from .errors import CheckpointError, ResnetlabError, RunDirError
+from .atomic import fsync_dir, replace_with, write_text_atomic
+from .errors import CheckpointError, RunDirError
+
+__all__ = ["RunDir", "write_text_atomic"]  # write_text_atomic lived here; it is imported from here still
 
 _STEP = re.compile(r"^step-(\d{8})\.pt$")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """`text` to `path` whole or not at all (a temporary beside it, then a rename); a one-line error if not.
-
-    An existing `path` that is not a regular file (a device such as /dev/null, a FIFO, a directory) is never
-    replaced."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.exists() and not path.is_file():
-        raise ResnetlabError(f"{path}: exists and is not a regular file; not replaced")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ResnetlabError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 class RunDir:
@@ -123,9 +109,9 @@ class RunDir:
 
     # files -----------------------------------------------------------------------------------------------
     def write_json(self, path: Path, data: Any) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
+        """`data` as indented JSON, atomically; an OSError as it comes (`create` words it)."""
+        text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+        replace_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def read_config(self) -> dict[str, Any]:
         if not self.path.is_dir():
@@ -154,9 +140,8 @@ class RunDir:
     def truncate_metrics(self, step: int) -> None:
         """Drop rows after `step`: a resumed run recomputes them."""
         rows = [r for r in self.read_metrics() if r.get("step", 0) <= step]
-        tmp = self.metrics.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, self.metrics)
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        replace_with(self.metrics, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     # checkpoints -----------------------------------------------------------------------------------------
     def step_checkpoint(self, step: int) -> Path:

@@ -3,26 +3,25 @@
 An entry holds the uint8 train and test arrays of one source, saved with ``torch.save`` and read back
 with ``torch.load(weights_only=True)`` (plain tensors and strings only). Its key hashes the format
 version, the reader, the absolute path and the size and mtime of every input file, so a changed input
-misses the cache. Entries are written atomically (temporary file + ``os.replace``); an unreadable or
+misses the cache. Entries are written atomically (:mod:`resnetlab.atomic`); an unreadable or
 malformed entry is ignored and rebuilt, and a cache directory that cannot be written only costs a warning.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
+from resnetlab.atomic import replace_with
 from resnetlab.data.base import ArrayDataset, DataOptions, one_line
-from resnetlab.errors import DataError
+from resnetlab.errors import DataError, ResnetlabError
 
 CACHE_VERSION = 1
 log = logging.getLogger(__name__)
@@ -81,22 +80,11 @@ def load_entry(file: Path) -> Splits | None:
 
 def save_entry(file: Path, splits: Splits) -> None:
     """Write ``splits`` to ``file`` atomically; failure to write is a warning, not an error."""
-    tmp_name: str | None = None
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=file.name + ".", suffix=".tmp", dir=file.parent)
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(_pack(splits), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, file)
-        tmp_name = None
-    except OSError as exc:
+        replace_with(file, lambda tmp: torch.save(_pack(splits), tmp))
+    except (OSError, ResnetlabError) as exc:
         warnings.warn(f"cannot write data cache {file}: {one_line(exc)}", stacklevel=3)
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
 
 
 def cached(reader: str, path: Path, stamps: Iterable[list[object]], options: DataOptions,
