@@ -1,8 +1,9 @@
 """Core data types: the options a run loads data with, in-memory image arrays, and the source interface.
 
 Every data source the trainer sees implements :class:`DataSource`. The helpers here (seed derivation,
-batch and rank bounds, the stratified hold-out) are shared by the in-memory and the streaming sources so
-that both replay an epoch identically for a given ``(seed, epoch, step)``.
+argument checks, batch and rank bounds, the stratified hold-out of ``val_split``) are shared by the
+in-memory and the streaming sources so that both check alike and replay an epoch identically for a given
+``(seed, epoch, step)``.
 """
 
 from __future__ import annotations
@@ -157,12 +158,17 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=cpu_generator("perm", seed, epoch))
 
 
+def check_count(caller: str, field: str, value: Any, minimum: int = 1) -> None:
+    """A DataError naming ``caller`` unless ``value`` is an integer (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DataError(f"{caller}: {field} must be an integer >= {minimum}, got {value!r}")
+
+
 def check_train_args(train_size: int, batch_size: int, start_step: int, rank: int, world_size: int) -> int:
     """Validate the arguments of ``train_batches``; returns the number of steps in an epoch."""
     for field, value, minimum in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
                                   ("rank", rank, 0), ("start_step", start_step, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise DataError(f"train_batches: {field} must be an integer >= {minimum}, got {value!r}")
+        check_count("train_batches", field, value, minimum)
     if rank >= world_size:
         raise DataError(f"train_batches: rank {rank} is not below world_size {world_size}")
     if batch_size % world_size:
@@ -184,6 +190,17 @@ def rank_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     base, extra = divmod(n, world_size)
     lo = rank * base + min(rank, extra)
     return lo, lo + base + (1 if rank < extra else 0)
+
+
+def hold_out(where: str, labels: np.ndarray, options: DataOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out) of the training images for ``options.val_split`` (:func:`stratified_holdout`
+    with ``options.split_seed``); a DataError naming ``where`` unless some training images are kept."""
+    if options.val_split >= len(labels):
+        raise DataError(
+            f"{where}: DataOptions.val_split={options.val_split} must be smaller than the "
+            f"{len(labels)} training images"
+        )
+    return stratified_holdout(labels, options.val_split, options.split_seed)
 
 
 def stratified_holdout(labels: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,9 +240,14 @@ class DataSource(ABC):
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Number of (drop-last) steps in an epoch of global batch ``batch_size``; at least 1."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"steps_per_epoch: batch_size must be an integer >= 1, got {batch_size!r}")
+        check_count("steps_per_epoch", "batch_size", batch_size)
         return max(1, self.train_size // batch_size)
+
+    def _check_eval_args(self, split: str, batch_size: int) -> int:
+        """Validate the arguments of ``eval_batches``; returns the number of images in ``split``."""
+        size = self.eval_size(split)
+        check_count("eval_batches", "batch_size", batch_size)
+        return size
 
     def _check_split(self, split: str) -> None:
         if split not in EVAL_SPLITS:

@@ -1,75 +1,36 @@
-"""Reader of small image-folder data sets: ``train/<class>/*`` and ``test/<class>/*`` (or ``val/``).
+"""Reader of small image-folder data sets: ``train/<class>/*`` and ``val/<class>/*`` or ``test/<class>/*``.
 
 PATH is a directory or a ``.tar.gz``/``.tgz`` of that layout (members are read straight from the
-archive, in archive order; one top-level directory around the layout is allowed). Only JPEG and PNG files
-are read (extensions in any case); other files are ignored. Classes are the sorted names of ``train/``'s
-sub-folders; test classes must be a subset. Every image is converted to RGB: grey is replicated into
-three channels, an alpha channel is dropped (colour kept, no compositing), palette images are expanded
-through their palette. All images must have the size of the first training image (sorted order).
-Symlinked directories are not followed: a symlinked split folder is an error, a symlinked class folder
-is skipped. Decoded arrays are cached (:mod:`resnetlab.data.cache`).
+archive, in archive order; one top-level directory around the layout is allowed). The evaluation split is
+whichever of ``val/`` and ``test/`` is there; both, or neither, is an error (the rule of the ImageNet reader
+too: :func:`resnetlab.data.images.eval_dir`). Only JPEG and PNG files are read (extensions in any case);
+other files are ignored. Classes are the sorted names of ``train/``'s sub-folders; test classes must be a
+subset. Every image is decoded as :mod:`resnetlab.data.images` says (16-bit scaled by its range, RGB). All
+images must have the size of the first training image (sorted order). Symlinked directories are not
+followed: a symlinked split folder is an error, a symlinked class folder is skipped. Decoded arrays are
+cached (:mod:`resnetlab.data.cache`).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from resnetlab.data.base import ArrayDataset, DataOptions, one_line
 from resnetlab.data.cache import Splits, cached, file_stamp
+from resnetlab.data.images import SPLIT_DIRS, decode_image, eval_dir, is_image_name, to_8bit
 from resnetlab.errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-SPLIT_DIRS = ("train", "test", "val")
+# decode_image is looked up here (tests replace it to prove a cache hit decodes nothing); to_8bit is
+# imported from here by older code
+__all__ = ["Layout", "build_splits", "decode_image", "read_folder", "scan_dir", "scan_tar", "to_8bit"]
 
 # split -> class -> [(where, source)], where names the file in messages; source is a path or the bytes
 Layout = dict[str, dict[str, list[tuple[str, "str | bytes"]]]]
-
-
-def is_image_name(name: str) -> bool:
-    """Whether a file name has a JPEG or PNG extension (any case)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
-
-
-SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
-
-
-def to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit grey scaled to 8 bits by its real range (65535 -> 255), where PIL's convert would clip it to
-    white; float images and 32-bit integers beyond 16 bits refused (no known range); other modes as they are."""
-    if img.mode in SIXTEEN_BIT or img.mode == "I":  # some Pillow versions open 16-bit PNGs as "I"
-        arr = np.asarray(img, dtype=np.float64)
-        if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise ValueError("32-bit integer pixels beyond 0..65535 have no known range: save as 8 or 16 bits")
-        return Image.fromarray(np.clip(np.rint(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8), "L")
-    if img.mode == "F":
-        raise ValueError("floating-point images have no known range: save them as 8 or 16 bits")
-    return img
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    img = to_8bit(img)
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")
-
-
-def decode_image(source: str | bytes, where: str) -> np.ndarray:
-    """Decode one image file (path or bytes) to an RGB uint8 array (H, W, 3); DataError naming ``where``."""
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            img.load()
-            return np.asarray(to_rgb(img), dtype=np.uint8)
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise DataError(f"{where}: cannot decode image ({one_line(exc)})") from None
 
 
 def _scan_class_dir(path: str) -> list[tuple[str, str | bytes]]:
@@ -166,9 +127,7 @@ def build_splits(root: str, layout: Layout) -> Splits:
     train = layout.get("train")
     if not train:
         raise DataError(f"{root[:-1]}: missing train/ with class folders (expected train/<class>/<image>)")
-    test_split = "test" if "test" in layout else "val" if "val" in layout else None
-    if test_split is None:
-        raise DataError(f"{root[:-1]}: missing test/ (or val/) with class folders")
+    test_split = eval_dir(layout, root[:-1])
     classes = sorted(train)
     if len(classes) < 2:
         raise DataError(f"{root}train: {len(classes)} class folder ({', '.join(classes)}); a classifier needs "

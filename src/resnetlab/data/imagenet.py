@@ -1,5 +1,9 @@
 """The streaming data source for ImageNet-style folders: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*``.
 
+The evaluation split is whichever of ``val/`` and ``test/`` is there; both, or neither, is an error (the
+rule of the folder reader too: :func:`resnetlab.data.images.eval_dir`). Images are decoded as
+:mod:`resnetlab.data.images` says (16-bit scaled by its range, RGB).
+
 Images are decoded per batch by a ``torch.utils.data.DataLoader`` with ``options.workers`` workers and
 the PIL transforms of the ResNet paper written here. Train: resize the shorter side to a random size in
 ``options.scale``, take a random ``crop_size`` crop, flip with p = 1/2. Test: resize the shorter side to
@@ -28,25 +32,15 @@ from resnetlab.data.base import (
     derive_seed,
     epoch_permutation,
     global_batch_bounds,
-    one_line,
+    hold_out,
     rank_bounds,
-    stratified_holdout,
 )
-from resnetlab.data.folder import scan_dir, to_rgb
+from resnetlab.data.folder import scan_dir
+from resnetlab.data.images import eval_dir, open_rgb
 from resnetlab.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def open_rgb(path: str) -> Image.Image:
-    """Open and fully decode one image as RGB; DataError naming the file on failure."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
-    except Exception as exc:  # PIL raises many types for bad files
-        raise DataError(f"{path}: cannot decode image ({one_line(exc)})") from None
 
 
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:
@@ -155,11 +149,9 @@ class ImageNetSource(DataSource):
             raise DataError(f"{root}: not a directory (expected train/<wnid>/ and val/<wnid>/)")
         layout = scan_dir(root)
         train = layout.get("train")
-        eval_split = "val" if "val" in layout else "test" if "test" in layout else None
         if not train:
             raise DataError(f"{root}: missing train/ with class folders")
-        if eval_split is None:
-            raise DataError(f"{root}: missing val/ with class folders")
+        eval_split = eval_dir(layout, str(root))
         self.classes = sorted(train)
         label_of = {c: i for i, c in enumerate(self.classes)}
         split_files: dict[str, tuple[list[str], list[int]]] = {}
@@ -175,12 +167,7 @@ class ImageNetSource(DataSource):
             split_files[split] = (files, labels)
         if options.val_split:
             files, labels = split_files["train"]
-            if options.val_split >= len(files):
-                raise DataError(
-                    f"{root}: DataOptions.val_split={options.val_split} must be smaller than the "
-                    f"{len(files)} training images"
-                )
-            keep, held = stratified_holdout(np.asarray(labels), options.val_split, options.split_seed)
+            keep, held = hold_out(str(root), np.asarray(labels), options)
             split_files["val"] = ([files[i] for i in held], [labels[i] for i in held])
             split_files["train"] = ([files[i] for i in keep], [labels[i] for i in keep])
         self.name, self.root = name, root
@@ -216,9 +203,7 @@ class ImageNetSource(DataSource):
 
     def eval_batches(self, split: str, batch_size: int, *,
                      device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.eval_size(split)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"eval_batches: batch_size must be an integer >= 1, got {batch_size!r}")
+        n = self._check_eval_args(split, batch_size)
         batches = [list(range(lo, min(lo + batch_size, n))) for lo in range(0, n, batch_size)]
         return self._stream(self._dataset(split), batches, torch.device(device))
 

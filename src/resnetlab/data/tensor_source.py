@@ -21,9 +21,9 @@ from resnetlab.data.base import (
     cpu_generator,
     epoch_permutation,
     global_batch_bounds,
+    hold_out,
     rank_bounds,
     resolve_device,
-    stratified_holdout,
 )
 from resnetlab.errors import DataError
 
@@ -76,12 +76,7 @@ class TensorSource(DataSource):
             raise DataError(f"{name}: images must be square, got {tuple(train.images.shape[2:])}")
         splits = {"test": test}
         if options.val_split:
-            if options.val_split >= len(train):
-                raise DataError(
-                    f"{name}: DataOptions.val_split={options.val_split} must be smaller than the "
-                    f"{len(train)} training images"
-                )
-            keep, held = stratified_holdout(train.labels.numpy(), options.val_split, options.split_seed)
+            keep, held = hold_out(name, train.labels.numpy(), options)
             splits["val"] = train.subset(held)
             train = train.subset(keep)
         self.name = name
@@ -141,9 +136,7 @@ class TensorSource(DataSource):
 
     def eval_batches(self, split: str, batch_size: int, *,
                      device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._check_split(split)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"eval_batches: batch_size must be an integer >= 1, got {batch_size!r}")
+        self._check_eval_args(split, batch_size)
         return self._eval_iter(split, batch_size, resolve_device(device))
 
     def _eval_iter(self, split: str, batch_size: int,
