@@ -26,13 +26,12 @@ class ModelRow:
     source: str
 
 
-def zoo_rows(pattern: str = "", input_size: int | None = None, in_channels: int | None = None) -> list[ModelRow]:
+def zoo_rows(pattern: str = "", input_size: int | None = None) -> list[ModelRow]:
     """One row per registry model, with parameters and multiply-adds measured on the built model."""
     rows = []
     for name in list_models(pattern):
         spec = get_entry(name).spec
-        overrides = {} if in_channels is None else {"in_channels": in_channels}
-        model = create_model(name, **overrides)
+        model = create_model(name)
         size = input_size or spec.input_size
         rows.append(ModelRow(name, spec.depth, spec.block, spec.unit, count_params(model),
                              count_macs(model, size), size, get_entry(name).source))

@@ -54,7 +54,6 @@ class ResNet(nn.Module):
         head["flatten"] = nn.Flatten()
         head["fc"] = nn.Linear(cin, spec.num_classes)
         self.head = nn.Sequential(head)
-        self.num_features = cin
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

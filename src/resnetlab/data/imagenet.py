@@ -170,7 +170,7 @@ class ImageNetSource(DataSource):
             keep, held = hold_out(str(root), np.asarray(labels), options)
             split_files["val"] = ([files[i] for i in held], [labels[i] for i in held])
             split_files["train"] = ([files[i] for i in keep], [labels[i] for i in keep])
-        self.name, self.root = name, root
+        self.name = name
         self.num_classes, self.channels, self.image_size = len(self.classes), 3, options.crop_size
         self.train_size = len(split_files["train"][0])
         self.has_val = "val" in split_files

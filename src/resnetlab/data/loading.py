@@ -14,7 +14,6 @@ from resnetlab.data.tensor_source import TensorSource
 from resnetlab.errors import DataError
 
 SCHEMES = ("digits", "synthetic", "cifar10", "cifar100", "folder", "imagenet")
-PATH_SCHEMES = ("cifar10", "cifar100", "folder", "imagenet")
 SPEC_FORMS = "digits, synthetic, synthetic:N, cifar10:PATH, cifar100:PATH, folder:PATH, imagenet:PATH"
 
 
