@@ -11,6 +11,7 @@ In pre-activation units (v2 fig. 4 d, e) the branch starts with its activation; 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -135,8 +136,37 @@ def _conv_plan(spec: ResNetSpec, cin: int, width: int, stride: int) -> list[tupl
     return [(cin, width, 1, s1), (width, width, 3, s3), (width, width * spec.expansion, 1, 1)]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where BN and ReLU sit in one unit kind, relative to each weight layer and to the addition.
+
+    before: ahead of every conv (pre-activation; the first conv's goes to `Unit.preact`, shared with a
+    weighted shortcut); after: behind every conv but the last; last: behind the last conv; post: behind the
+    addition. Layers are named `bn{i}`/`relu{i}` after conv `i` (`bn`/`relu` behind the addition).
+    """
+
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    last: tuple[str, ...]
+    post: tuple[str, ...]
+
+
+# v2 fig. 4 / table 2, (a)-(e)
+FIG4: dict[str, Placement] = {
+    "original": Placement(before=(), after=("bn", "relu"), last=("bn",), post=("relu",)),
+    "bn_after_add": Placement(before=(), after=("bn", "relu"), last=(), post=("bn", "relu")),
+    "relu_before_add": Placement(before=(), after=("bn", "relu"), last=("bn", "relu"), post=()),
+    "relu_preact": Placement(before=("relu",), after=("bn",), last=("bn",), post=()),
+    "preact": Placement(before=("bn", "relu"), after=(), last=(), post=()),
+}
+
+
+def _layer(kind: str, channels: int, inplace: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if kind == "bn" else nn.ReLU(inplace=inplace)
+
+
 class Unit(nn.Module):
-    """One residual unit: `x_next = post(h(x) + F(preact(x)))`, layer order set by `spec.unit`.
+    """One residual unit: `x_next = post(h(x) + F(preact(x)))`, layer order from `FIG4[spec.unit]`.
 
     original (a):        conv-BN-ReLU-conv-BN, add, ReLU
     bn_after_add (b):    conv-BN-ReLU-conv, add, BN, ReLU
@@ -151,32 +181,21 @@ class Unit(nn.Module):
         super().__init__()
         plan = _conv_plan(spec, cin, width, stride)
         cout = plan[-1][1]
-        kind, last = spec.unit, len(plan)
+        place = FIG4[spec.unit]
         pre: OrderedDict[str, nn.Module] = OrderedDict()
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         for i, (ci, co, k, s) in enumerate(plan, start=1):
-            # The first layer's pre-activation goes to `pre`, shared with a weighted shortcut.
             target = pre if i == 1 else layers
-            if kind == "preact":
-                target[f"bn{i}"] = nn.BatchNorm2d(ci)
-                target[f"relu{i}"] = nn.ReLU(inplace=i > 1)
-            elif kind == "relu_preact":
-                target[f"relu{i}"] = nn.ReLU(inplace=i > 1)
+            for kind in place.before:  # the first ReLU reads x, which the shortcut still needs: not in place
+                target[f"{kind}{i}"] = _layer(kind, ci, inplace=i > 1)
             layers[f"conv{i}"] = conv(ci, co, k, s)
-            if kind in ("original", "relu_before_add", "relu_preact") or (kind == "bn_after_add" and i < last):
-                layers[f"bn{i}"] = nn.BatchNorm2d(co)
-            if kind == "relu_before_add" or (kind in ("original", "bn_after_add") and i < last):
-                layers[f"relu{i}"] = nn.ReLU(inplace=True)
+            for kind in place.last if i == len(plan) else place.after:
+                layers[f"{kind}{i}"] = _layer(kind, co, inplace=True)
         # The first unit of a pre-activation net takes its activation from the stem (v2 sec. 4.1).
         self.preact = nn.Identity() if first or not pre else nn.Sequential(pre)
         self.branch = nn.Sequential(layers)
         self.shortcut = make_shortcut(spec, cin, cout, stride) if spec.residual else None
-        post: OrderedDict[str, nn.Module] = OrderedDict()
-        if kind == "bn_after_add":
-            post["bn"] = nn.BatchNorm2d(cout)
-        if kind in ("original", "bn_after_add"):
-            post["relu"] = nn.ReLU(inplace=True)
-        self.post = nn.Sequential(post)
+        self.post = nn.Sequential(OrderedDict((kind, _layer(kind, cout, inplace=True)) for kind in place.post))
         self.out_channels = cout
 
     def forward(self, x: Tensor) -> Tensor:

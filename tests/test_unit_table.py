@@ -1,0 +1,151 @@
+"""The v2 fig. 4 table in units.py builds the same modules, in the same order and with the same names (the
+keys of every checkpoint), as the combined conditionals it replaced; recorded from that code."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from resnetlab.spec import UNITS, ResNetSpec
+from resnetlab.units import FIG4, Unit
+
+# (unit, block, first unit of the net) -> (preact, branch, post); conv{in}-{out}/{kernel}s{stride}, "!" inplace
+BUILT_BEFORE = {
+    ("original", "basic", False): (
+        "",
+        "conv1:conv8-4/3s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1 bn2:bn4",
+        "relu:relu!",
+    ),
+    ("original", "basic", True): (
+        "",
+        "conv1:conv8-4/3s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1 bn2:bn4",
+        "relu:relu!",
+    ),
+    ("original", "bottleneck", False): (
+        "",
+        "conv1:conv8-4/1s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1 bn2:bn4 relu2:relu! "
+        "conv3:conv4-16/1s1 bn3:bn16",
+        "relu:relu!",
+    ),
+    ("original", "bottleneck", True): (
+        "",
+        "conv1:conv8-4/1s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1 bn2:bn4 relu2:relu! "
+        "conv3:conv4-16/1s1 bn3:bn16",
+        "relu:relu!",
+    ),
+    ("bn_after_add", "basic", False): (
+        "",
+        "conv1:conv8-4/3s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1",
+        "bn:bn4 relu:relu!",
+    ),
+    ("bn_after_add", "basic", True): (
+        "",
+        "conv1:conv8-4/3s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1",
+        "bn:bn4 relu:relu!",
+    ),
+    ("bn_after_add", "bottleneck", False): (
+        "",
+        "conv1:conv8-4/1s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1 bn2:bn4 relu2:relu! "
+        "conv3:conv4-16/1s1",
+        "bn:bn16 relu:relu!",
+    ),
+    ("bn_after_add", "bottleneck", True): (
+        "",
+        "conv1:conv8-4/1s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1 bn2:bn4 relu2:relu! "
+        "conv3:conv4-16/1s1",
+        "bn:bn16 relu:relu!",
+    ),
+    ("relu_before_add", "basic", False): (
+        "",
+        "conv1:conv8-4/3s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1 bn2:bn4 relu2:relu!",
+        "",
+    ),
+    ("relu_before_add", "basic", True): (
+        "",
+        "conv1:conv8-4/3s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1 bn2:bn4 relu2:relu!",
+        "",
+    ),
+    ("relu_before_add", "bottleneck", False): (
+        "",
+        "conv1:conv8-4/1s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1 bn2:bn4 relu2:relu! "
+        "conv3:conv4-16/1s1 bn3:bn16 relu3:relu!",
+        "",
+    ),
+    ("relu_before_add", "bottleneck", True): (
+        "",
+        "conv1:conv8-4/1s2 bn1:bn4 relu1:relu! conv2:conv4-4/3s1 bn2:bn4 relu2:relu! "
+        "conv3:conv4-16/1s1 bn3:bn16 relu3:relu!",
+        "",
+    ),
+    ("relu_preact", "basic", False): (
+        "relu1:relu",
+        "conv1:conv8-4/3s2 bn1:bn4 relu2:relu! conv2:conv4-4/3s1 bn2:bn4",
+        "",
+    ),
+    ("relu_preact", "basic", True): (
+        "",
+        "conv1:conv8-4/3s2 bn1:bn4 relu2:relu! conv2:conv4-4/3s1 bn2:bn4",
+        "",
+    ),
+    ("relu_preact", "bottleneck", False): (
+        "relu1:relu",
+        "conv1:conv8-4/1s2 bn1:bn4 relu2:relu! conv2:conv4-4/3s1 bn2:bn4 relu3:relu! "
+        "conv3:conv4-16/1s1 bn3:bn16",
+        "",
+    ),
+    ("relu_preact", "bottleneck", True): (
+        "",
+        "conv1:conv8-4/1s2 bn1:bn4 relu2:relu! conv2:conv4-4/3s1 bn2:bn4 relu3:relu! "
+        "conv3:conv4-16/1s1 bn3:bn16",
+        "",
+    ),
+    ("preact", "basic", False): (
+        "bn1:bn8 relu1:relu",
+        "conv1:conv8-4/3s2 bn2:bn4 relu2:relu! conv2:conv4-4/3s1",
+        "",
+    ),
+    ("preact", "basic", True): (
+        "",
+        "conv1:conv8-4/3s2 bn2:bn4 relu2:relu! conv2:conv4-4/3s1",
+        "",
+    ),
+    ("preact", "bottleneck", False): (
+        "bn1:bn8 relu1:relu",
+        "conv1:conv8-4/1s2 bn2:bn4 relu2:relu! conv2:conv4-4/3s1 bn3:bn4 relu3:relu! "
+        "conv3:conv4-16/1s1",
+        "",
+    ),
+    ("preact", "bottleneck", True): (
+        "",
+        "conv1:conv8-4/1s2 bn2:bn4 relu2:relu! conv2:conv4-4/3s1 bn3:bn4 relu3:relu! "
+        "conv3:conv4-16/1s1",
+        "",
+    ),
+}
+
+
+def _describe(seq: nn.Module) -> str:
+    out = []
+    for name, m in seq.named_children():
+        if isinstance(m, nn.Conv2d):
+            out.append(f"{name}:conv{m.in_channels}-{m.out_channels}/{m.kernel_size[0]}s{m.stride[0]}")
+        elif isinstance(m, nn.BatchNorm2d):
+            out.append(f"{name}:bn{m.num_features}")
+        elif isinstance(m, nn.ReLU):
+            out.append(f"{name}:relu" + ("!" if m.inplace else ""))
+        else:
+            out.append(f"{name}:{type(m).__name__}")
+    return " ".join(out)
+
+
+@pytest.mark.parametrize("key", sorted(BUILT_BEFORE))
+def test_each_unit_kind_builds_what_it_built_before(key: tuple[str, str, bool]) -> None:
+    unit, block, first = key
+    spec = ResNetSpec(depth=20 if block == "basic" else 29, block=block, unit=unit)
+    u = Unit(spec, 8, 4, 2, first=first)
+    pre = "" if isinstance(u.preact, nn.Identity) else _describe(u.preact)
+    assert (pre, _describe(u.branch), _describe(u.post)) == BUILT_BEFORE[key]
+
+
+def test_the_table_has_every_unit_of_the_spec() -> None:
+    assert tuple(FIG4) == UNITS
