@@ -77,8 +77,7 @@ def unit_rows(model: ResNet, input_size: int | None = None) -> list[dict[str, ob
     for h in handles:
         h.remove()
     rows, k = [], 0
-    assert spec.units is not None
-    for s, n in enumerate(spec.units):
+    for s, n in enumerate(spec.stage_units):
         for i in range(n):
             unit = units[k]
             (_, cin, hin, _), (_, cout, hout, _) = shapes[k]

@@ -161,6 +161,50 @@ class ResNetSpec:
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
 
+    # resolved fields -----------------------------------------------------------------------------------
+    # `units`, `widths`, `strides` and `stem_width` take None for "the paper's default" and are always filled
+    # by __post_init__, as are the shortcut parameters of the shortcut kind in use; these read them typed.
+    def _filled(self, name: str) -> Any:
+        value = getattr(self, name)
+        if value is None:
+            raise SpecError(f"{name}: not used by shortcut {self.shortcut!r}")
+        return value
+
+    @property
+    def stage_units(self) -> tuple[int, ...]:
+        """Units per stage (`units`, resolved)."""
+        return self._filled("units")
+
+    @property
+    def stage_widths(self) -> tuple[int, ...]:
+        """Base width per stage (`widths`, resolved)."""
+        return self._filled("widths")
+
+    @property
+    def stage_strides(self) -> tuple[int, ...]:
+        """Stride of each stage's first unit (`strides`, resolved)."""
+        return self._filled("strides")
+
+    @property
+    def stem_channels(self) -> int:
+        """Output channels of the stem (`stem_width`, resolved)."""
+        return self._filled("stem_width")
+
+    @property
+    def scaling(self) -> tuple[float, float]:
+        """(lambda_s, lambda_f) of shortcut 'scaling'."""
+        return self._filled("shortcut_scale"), self._filled("branch_scale")
+
+    @property
+    def gate_init(self) -> float:
+        """The gate's initial bias b_g of a gating shortcut."""
+        return self._filled("gate_bias")
+
+    @property
+    def drop_rate(self) -> float:
+        """The drop rate of shortcut 'dropout'."""
+        return self._filled("dropout")
+
     # derived facts -------------------------------------------------------------------------------------
     @property
     def layers_per_unit(self) -> int:
@@ -173,9 +217,8 @@ class ResNetSpec:
     @property
     def out_widths(self) -> tuple[int, ...]:
         """Output channels of each stage (base width x expansion for bottlenecks)."""
-        assert self.widths is not None
         mult = self.expansion if self.block == "bottleneck" else 1
-        return tuple(w * mult for w in self.widths)
+        return tuple(w * mult for w in self.stage_widths)
 
     @property
     def input_size(self) -> int:

@@ -117,14 +117,11 @@ def make_shortcut(spec: ResNetSpec, cin: int, cout: int, stride: int) -> Shortcu
     else:
         match = nn.Identity()
     if spec.shortcut == "scaling":
-        assert spec.shortcut_scale is not None and spec.branch_scale is not None
-        return ScalingShortcut(match, spec.shortcut_scale, spec.branch_scale)
+        return ScalingShortcut(match, *spec.scaling)
     if spec.shortcut in ("exclusive_gating", "shortcut_gating"):
-        assert spec.gate_bias is not None
-        return GatedShortcut(match, cin, cout, stride, spec.gate_bias, spec.shortcut == "exclusive_gating")
+        return GatedShortcut(match, cin, cout, stride, spec.gate_init, spec.shortcut == "exclusive_gating")
     if spec.shortcut == "dropout":
-        assert spec.dropout is not None
-        return DropoutShortcut(match, spec.dropout)
+        return DropoutShortcut(match, spec.drop_rate)
     return Shortcut(match)
 
 
