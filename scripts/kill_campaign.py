@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.atomic import write_text_atomic
 from resnetlab.checkpoint import load_checkpoint, trained_state
 from resnetlab.errors import CheckpointError
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"{total_kills} kills over {len(runs)} runs: {result['runs_identical']} identical, "
           f"{len(problems)} corrupt checkpoints, {result['total_time_s']} s -> {out}")
     ok = result["runs_identical"] == len(runs) and not problems
