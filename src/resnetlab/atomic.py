@@ -31,22 +31,18 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in directory ``path`` durable; best effort (some file systems refuse)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in directory ``path`` durable; best effort (some file systems refuse)."""
+    with contextlib.suppress(OSError):
+        _fsync(path)
 
 
 def replace_with(path: Path, fill: Callable[[Path], None]) -> None:
@@ -59,7 +55,7 @@ def replace_with(path: Path, fill: Callable[[Path], None]) -> None:
     tmp = temp_path(path)
     try:
         fill(tmp)
-        _fsync_file(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
