@@ -71,17 +71,14 @@ def build_trainer(name: str, data: str, device: torch.device, amp: str, recomput
                   compile_mode: str = "off") -> Any:
     """A real Trainer for `name` on `data` (not started: no run directory is written)."""
     from resnetlab.config import build_config
-    from resnetlab.data import load_data
     from resnetlab.rundir import RunDir
-    from resnetlab.train import Trainer, configure_runtime, data_options, model_spec
+    from resnetlab.runtime import prepare
+    from resnetlab.train import Trainer
 
     overrides = {"run.device": str(device), "run.amp": amp, "run.compile": compile_mode, "run.progress": False,
                  "run.tensorboard": False, "warmup.enabled": False, "model.recompute": recompute}
     cfg = build_config(recipe="cifar", model=name, data=data, overrides=overrides)
-    configure_runtime(cfg, device)
-    source = load_data(cfg.data.source, data_options(cfg))
-    spec = model_spec(cfg, source)
-    return Trainer(cfg, RunDir(tmp / "unused"), source, spec, device, log=lambda *_: None)
+    return Trainer.from_setup(prepare(cfg), RunDir(tmp / "unused"), log=lambda *_: None)
 
 
 def plain_step_fn(name: str, batch: int, device: torch.device) -> Callable[[], None]:
@@ -431,7 +428,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-child", nargs=4, metavar=("MODEL", "IMPL", "RECOMPUTE", "TIME_STEPS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from resnetlab.train import resolve_device
+    from resnetlab.runtime import resolve_device
 
     try:
         device = resolve_device(args.device)
@@ -473,7 +470,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from resnetlab.config import build_config
     from resnetlab.data import load_data
-    from resnetlab.train import data_options
+    from resnetlab.runtime import data_options
 
     device = torch.device(args.device)
     cfg = build_config(recipe="cifar", data=args.data)

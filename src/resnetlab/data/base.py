@@ -130,14 +130,6 @@ class ArrayDataset:
         return ArrayDataset(self.images[idx], self.labels[idx], list(self.classes))
 
 
-def resolve_device(device: torch.device | str) -> torch.device:
-    """``device`` as a torch.device, with the current CUDA index filled in (one cache slot per GPU)."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed that is a pure function of ``parts`` (tag strings and integers)."""
     digest = hashlib.blake2b(repr(tuple(parts)).encode(), digest_size=8).digest()

@@ -22,10 +22,10 @@ from resnetlab.data.base import (
     epoch_permutation,
     global_batch_bounds,
     rank_bounds,
-    resolve_device,
     stratified_holdout,
 )
 from resnetlab.errors import DataError
+from resnetlab.runtime import device_slot
 
 _CHUNK = 4096
 
@@ -123,7 +123,7 @@ class TensorSource(DataSource):
                       start_step: int = 0, rank: int = 0,
                       world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         steps = check_train_args(self.train_size, batch_size, start_step, rank, world_size)
-        return self._train_iter(epoch, batch_size, seed, resolve_device(device), start_step, steps,
+        return self._train_iter(epoch, batch_size, seed, device_slot(device), start_step, steps,
                                 rank, world_size)
 
     def _train_iter(self, epoch: int, batch_size: int, seed: int, device: torch.device, start_step: int,
@@ -144,7 +144,7 @@ class TensorSource(DataSource):
         self._check_split(split)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"eval_batches: batch_size must be an integer >= 1, got {batch_size!r}")
-        return self._eval_iter(split, batch_size, resolve_device(device))
+        return self._eval_iter(split, batch_size, device_slot(device))
 
     def _eval_iter(self, split: str, batch_size: int,
                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
