@@ -13,9 +13,9 @@ from resnetlab.config import build_config
 from resnetlab.distributed import World
 from resnetlab.errors import ConfigError
 from resnetlab.monitor import DivergenceMonitor, StopFlag, StopReason
+from resnetlab.progress import Progress
 from resnetlab.records import DivergenceRow, MetricsRow, Summary, best_of, evaluation_rows, row_from_dict
 from resnetlab.schedule import build_schedule
-from resnetlab.train import Progress
 
 FINITE, NAN = torch.tensor(True), torch.tensor(False)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from .evaluation import evaluate
 from .fast import CompileChoice, choose_compile, compile_module, has_cxx_compiler, make_sgd, use_compile_cache
 from .monitor import DivergenceMonitor, StopFlag, StopReason
 from .net import ResNet
+from .progress import Progress
 from .records import DivergenceRow, MetricsRow, Summary, WorkerResult, best_of
 from .reporting import Log, Reporter, quiet, started, tee
 from .rundir import RunDir
@@ -41,41 +41,6 @@ from .schedule import Schedule, build_schedule
 from .spec import ResNetSpec
 
 EXIT_STOPPED = 3  # SIGTERM/SIGINT: checkpoint written, resume with --resume
-
-
-# ---- the training state ---------------------------------------------------------------------------------
-@dataclass
-class Progress:
-    """Where the run is, and the running sums of the current epoch (saved in every checkpoint)."""
-
-    step: int = 0
-    warmup_end: int | None = None  # iteration where warm-up ended early (training error below threshold)
-    loss_sum: float = 0.0
-    wrong: int = 0
-    seen: int = 0
-    train_time: float = 0.0
-    elapsed: float = 0.0  # wall time of all sessions of this run
-    best: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def start_session(self) -> None:
-        """A session (the first, or a resumed one) continues the wall time of the sessions before it."""
-        self._session_start = time.perf_counter() - self.elapsed
-
-    def tick(self) -> None:
-        """Bring `elapsed` up to now."""
-        self.elapsed = time.perf_counter() - self._session_start
-
-    def reset_epoch(self) -> None:
-        """An evaluation has reported the epoch's sums: the next epoch starts from zero."""
-        self.loss_sum, self.wrong, self.seen, self.train_time = 0.0, 0, 0, 0.0
-
-    def epoch_label(self, steps_per_epoch: int) -> int | float:
-        """The epoch of a metrics row: whole at an epoch's end, a fraction at a run's partial last epoch."""
-        done, rest = divmod(self.step, steps_per_epoch)
-        return done if rest == 0 else round(self.step / steps_per_epoch, 3)
 
 
 class Trainer:
@@ -193,8 +158,9 @@ class Trainer:
             while p.step < self.schedule.total and reason is StopReason.RUNNING:
                 epoch = p.step // self.spe
                 reason, diverged_at = self._epoch(epoch, monitor, stop)
-                if reason is StopReason.DIVERGED and world.main:
-                    self._record_divergence(epoch, diverged_at)
+                if reason is StopReason.DIVERGED:
+                    if world.main:
+                        self._record_divergence(epoch, diverged_at)
                 elif reason is StopReason.STOPPED:
                     if world.main:
                         self.save()
