@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import BenchError, _sync, _synthetic_batch, build_trainer, machine
+from benchmarks.common import BenchError, build_trainer, machine, sync, synthetic_batch
 from resnetlab.errors import ResnetlabError
 from resnetlab.rundir import write_text_atomic
 
@@ -34,11 +34,11 @@ def worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(args.model, args.data, device, args.amp, 0, Path(tmp), args.compile)
-        x, y = _synthetic_batch(args.batch, device)
+        x, y = synthetic_batch(args.batch, device)
         trainer.model.train()
         for _ in range(args.warmup):
             trainer.train_step(x, y, 0)
-        _sync(device)
+        sync(device)
         print("ready", flush=True)
         sys.stdin.readline()
         steps, t0 = 0, time.perf_counter()
@@ -46,7 +46,7 @@ def worker(args: argparse.Namespace) -> None:
             for _ in range(10):
                 trainer.train_step(x, y, 0)
             steps += 10
-            _sync(device)
+            sync(device)
         seconds = time.perf_counter() - t0
     print(json.dumps({"images": steps * args.batch, "seconds": seconds}), flush=True)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.run import BenchError, machine
+from benchmarks.common import BenchError, machine
 from resnetlab.errors import ResnetlabError
 from resnetlab.rundir import write_text_atomic
 

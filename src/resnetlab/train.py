@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ class Trainer:
         self.spe = source.steps_per_epoch(self.batch)
         self.schedule: Schedule = build_schedule(cfg, self.spe, spec.depth, world.size)
         self.compile = self._choose_compile()
+        self._eager_model = self.train_model
         self.train_model = compile_module(self.train_model, self.compile.mode, device)  # the same parameters
         self.amp = autocast(cfg, device)
         self.progress = Progress()
@@ -93,6 +95,16 @@ class Trainer:
     @log.setter
     def log(self, log: Log) -> None:
         self.reporter.log = log
+
+    @contextmanager
+    def eager(self) -> Iterator[None]:
+        """Steps taken inside run the uncompiled module (the same parameters and wrapping): what a benchmark
+        counts operator by operator, which a compiled graph would fuse out of sight."""
+        compiled, self.train_model = self.train_model, self._eager_model
+        try:
+            yield
+        finally:
+            self.train_model = compiled
 
     def _choose_compile(self) -> CompileChoice:
         """`run.compile` resolved ("auto": by the cost model of fast.choose_compile); the compile cache on."""
