@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import BenchError, _sync, _synthetic_batch, build_trainer, machine
+from benchmarks.common import BenchError, build_trainer, machine, sync, synthetic_batch
 from resnetlab.atomic import write_text_atomic
 from resnetlab.errors import ResnetlabError
 
@@ -34,11 +34,11 @@ def worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(args.model, args.data, device, args.amp, 0, Path(tmp), args.compile)
-        x, y = _synthetic_batch(args.batch, device)
+        x, y = synthetic_batch(args.batch, device)
         trainer.model.train()
         for _ in range(args.warmup):
             trainer.train_step(x, y, 0)
-        _sync(device)
+        sync(device)
         print("ready", flush=True)
         sys.stdin.readline()
         steps, t0 = 0, time.perf_counter()
@@ -46,7 +46,7 @@ def worker(args: argparse.Namespace) -> None:
             for _ in range(10):
                 trainer.train_step(x, y, 0)
             steps += 10
-            _sync(device)
+            sync(device)
         seconds = time.perf_counter() - t0
     print(json.dumps({"images": steps * args.batch, "seconds": seconds}), flush=True)
 
@@ -99,7 +99,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     from resnetlab.registry import get_spec
-    from resnetlab.train import resolve_device
+    from resnetlab.runtime import resolve_device
 
     try:
         args.device = str(resolve_device(args.device))

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.run import BenchError, machine
+from benchmarks.common import BenchError, machine
 from resnetlab.atomic import write_text_atomic
 from resnetlab.errors import ResnetlabError
 

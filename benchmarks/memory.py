@@ -2,9 +2,10 @@
 
     python -m benchmarks.memory --model preact_resnet1001 --batch 128 --recompute 0 1 4 --time-steps 3
 
-Each setting runs in a fresh process (`benchmarks.run`'s memory probe on resnetlab's own training step): the
-step's memory is the peak during the first step over the memory before it (CPU: resident set size; CUDA:
-`max_memory_allocated`), and the step time is the median of `--time-steps` further steps.
+Each setting runs in a fresh process (`benchmarks.child memory`: the probe of `benchmarks.measure` on
+resnetlab's own training step): the step's memory is the peak during the first step over the memory before
+it (CPU: resident set size; CUDA: `max_memory_allocated`), and the step time is the median of `--time-steps`
+further steps.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.run import SHARED_CIFAR, child
+from benchmarks.common import SHARED_CIFAR, child
 from resnetlab.atomic import write_text_atomic
 from resnetlab.errors import ResnetlabError
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = []
     for r in args.recompute:
-        row = child(["--device", args.device, "--data", data, "--batch", str(args.batch), "--memory-child",
+        row = child(["--device", args.device, "--data", data, "--batch", str(args.batch), "memory",
                      args.model, "ours", str(r), str(args.time_steps)])
         if "error" in row:
             print(f"benchmarks.memory: recompute={r}: {row['error']}", file=sys.stderr)

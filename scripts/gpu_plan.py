@@ -110,7 +110,7 @@ class Plan:
             self.sh(["nvidia-smi"], "setup.log")
         from resnetlab.config import build_config
         from resnetlab.data import load_data
-        from resnetlab.train import data_options
+        from resnetlab.runtime import data_options
 
         t = time.perf_counter()
         source = load_data(self.args.data, data_options(build_config(data=self.args.data)))

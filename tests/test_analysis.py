@@ -24,8 +24,8 @@ from resnetlab.data import load_data
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, SpecError
 from resnetlab.net import ResNet
 from resnetlab.registry import UnknownModelError, create_model
+from resnetlab.runtime import data_options
 from resnetlab.spec import ResNetSpec
-from resnetlab.train import data_options
 
 UNITS = 9  # residual units of the single-stage nets below
 

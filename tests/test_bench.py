@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.common import build_trainer
 from benchmarks.plain import PlainCifarResNet, plain_model
-from benchmarks.run import OpTraffic, build_trainer, main, step_traffic
+from benchmarks.roofline import OpTraffic, step_traffic
+from benchmarks.run import main
 from resnetlab import create_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,7 +27,8 @@ from resnetlab.distributed import World
 from resnetlab.evaluation import evaluate
 from resnetlab.fast import fold_bn, make_sgd
 from resnetlab.rundir import RunDir
-from resnetlab.train import Trainer, configure_runtime, data_options, model_spec
+from resnetlab.runtime import configure_runtime, data_options, model_spec
+from resnetlab.train import Trainer
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -25,7 +25,8 @@ from resnetlab.errors import ConfigError
 from resnetlab.evaluation import evaluate
 from resnetlab.fast import COMPILE_GAIN, EAGER_MACS_PER_S, choose_compile, fold_bn, has_cxx_compiler
 from resnetlab.rundir import RunDir
-from resnetlab.train import Trainer, data_options, model_spec
+from resnetlab.runtime import data_options, model_spec
+from resnetlab.train import Trainer
 
 
 def _random_bn_stats(model: nn.Module, seed: int = 0) -> None:

@@ -162,8 +162,8 @@ def test_spec_values_that_would_crash_or_allocate_get_one_line(argv: list[str], 
 
 
 def test_depth_beyond_the_bound_is_refused_before_anything_is_built() -> None:
-    from resnetlab.spec import MAX_DEPTH, SpecError
     from resnetlab.registry import create_model
+    from resnetlab.spec import MAX_DEPTH, SpecError
 
     with pytest.raises(SpecError, match="beyond the largest"):
         create_model("plain20", depth=6 * MAX_DEPTH + 2)

@@ -216,11 +216,11 @@ def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str
     it brings its data set and normalisation, which `data` may replace. The batch is the first
     `batch_size` images of the test split, normalised as training normalises them.
     """
-    from .config import build_config, config_from_dict
+    from .config import build_config
     from .data import load_data
     from .overrides import parse_assignments
     from .registry import create_model
-    from .train import data_options
+    from .runtime import data_options, evaluation_source
 
     if not models and checkpoint is None:
         raise ConfigError("give at least one --model NAME or a --checkpoint RUN_DIR")
@@ -241,13 +241,10 @@ def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str
 
     named: dict[str, ResNet] = {}
     if checkpoint is not None:
-        from .evaluation import check_fits, load_model
+        from .evaluation import load_model
 
         trained, payload, where = load_model(checkpoint)
-        cfg = config_from_dict(payload["config"])
-        source = load_data(data or cfg.data.source, data_options(cfg))
-        check_fits(trained.spec, source, where)
-        source.load_norm_state(payload["norm"])
+        source = evaluation_source(trained.spec, payload["config"], payload["norm"], data, where)
         named[f"{trained.spec.name or 'model'} (trained: {where.name})"] = trained
     else:
         data = data or "synthetic"

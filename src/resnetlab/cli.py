@@ -68,6 +68,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import build_config
     from .overrides import parse_assignments
+    from .records import WorkerResult
     from .train import EXIT_STOPPED, resume, train
 
     overrides = parse_assignments(args.overrides, "--set")
@@ -88,14 +89,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides["run.init"] = os.path.abspath(os.path.expanduser(args.init))
         cfg = build_config(recipe=args.recipe, model=args.model, data=args.data, overrides=overrides)
         run, summary = train(cfg, args.out)
-    if summary["status"] == "stopped":
+    if summary.status == "stopped":
         return EXIT_STOPPED
-    if "rank" in summary:  # a worker process of a multi-process run: rank 0 reports
+    if isinstance(summary, WorkerResult):  # a worker process of a multi-process run: rank 0 reports
         return 0
-    final = summary["final"].get("test_error")
-    verdict = "diverged (fail)" if summary["diverged"] else (
-        f"test error {final:.2%}" + (" (fail: above 20%)" if summary["fail"] else "") if final is not None else "")
-    print(f"done: {summary['model']} on {summary['data']}, {verdict}, {summary['wall_time_s']:.1f} s")
+    final = summary.final.get("test_error")
+    verdict = "diverged (fail)" if summary.diverged else (
+        f"test error {final:.2%}" + (" (fail: above 20%)" if summary.fail else "") if final is not None else "")
+    print(f"done: {summary.model} on {summary.data}, {verdict}, {summary.wall_time_s:.1f} s")
     print(f"run directory: {run.path}")
     if run.figure.exists():
         print(f"figure: {run.figure}")
@@ -105,11 +106,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from .config import config_from_dict
-    from .data import DataOptions, load_data
-    from .evaluation import check_fits, evaluate, load_model
+    from .evaluation import evaluate, load_model
     from .fast import channels_last_default
-    from .train import data_options, resolve_device
+    from .runtime import evaluation_source, resolve_device
 
     if (args.checkpoint is None) == (args.weights is None):
         raise ResnetlabError("give a run directory or checkpoint, or --weights FILE (one of the two)")
@@ -127,13 +126,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.model is not None and args.model != model.spec.name:
             raise ResnetlabError(f"{path}: holds {model.spec.name or 'another model'}, not {args.model}")
         config, norm = payload["config"], payload["norm"]
-    cfg = config_from_dict(config) if config is not None else None
-    data = args.data or (cfg.data.source if cfg is not None else None)
-    if data is None:
-        raise ResnetlabError(f"{path}: names no data set; give --data")
-    source = load_data(data, data_options(cfg) if cfg is not None else DataOptions(normalize="none"))
-    check_fits(model.spec, source, path)
-    source.load_norm_state(norm)
+    source = evaluation_source(model.spec, config, norm, args.data, path)
     device = resolve_device(args.device)
     cl = channels_last_default(device)
     model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)

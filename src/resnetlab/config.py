@@ -12,9 +12,12 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError, ResnetlabError
+
+if TYPE_CHECKING:
+    from .data import DataOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,6 +29,9 @@ RECIPE_DIR = Path(__file__).parent / "recipes"
 
 @dataclass
 class DataConfig:
+    """The data set and its loading options: the TOML section of `data.DataOptions`, whose validation is the
+    only one these settings get (`options()`), plus the data set itself (`source`)."""
+
     source: str = "digits"  # digits | synthetic[:N] | cifar10:PATH | cifar100:PATH | folder:PATH | imagenet:PATH
     normalize: str = "pixel_mean"  # pixel_mean (v1) | channel (mean/std) | none
     pad: int = 4  # zero padding before the random crop (0 = no crop)
@@ -37,6 +43,16 @@ class DataConfig:
     scale: list[int] = field(default_factory=lambda: [256, 480])  # ImageNet shorter-side range
     test_resize: int = 256  # ImageNet test resize
     cache_dir: str | None = None  # decoded-data cache (default ~/.cache/resnetlab)
+
+    def options(self) -> DataOptions:
+        """These settings as the data loaders' options; a bad value is a one-line ConfigError `data.FIELD`."""
+        from .data import DataOptions
+
+        shared = {f.name for f in dataclasses.fields(DataOptions)} & {f.name for f in dataclasses.fields(self)}
+        try:
+            return DataOptions(**{name: getattr(self, name) for name in shared})
+        except DataError as exc:
+            raise ConfigError(str(exc).replace("DataOptions.", "data.", 1)) from None
 
 
 @dataclass
@@ -104,7 +120,6 @@ class Config:
 
 SECTIONS = ("data", "optim", "schedule", "warmup", "run")
 CHOICES = {
-    ("data", "normalize"): ("pixel_mean", "channel", "none"),
     ("schedule", "unit"): ("iter", "epoch"),
     ("run", "amp"): ("none", "bf16"),
     ("run", "compile"): ("auto", "off", "default", "reduce-overhead", "max-autotune"),
@@ -258,7 +273,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError("warmup: lr must be positive and until_error in (0, 1]")
     if r.eval_every < 1 or r.keep_checkpoints < 1:
         raise ConfigError("run.eval_every and run.keep_checkpoints: must be at least 1")
-    if len(cfg.data.scale) != 2 or not 0 < cfg.data.scale[0] <= cfg.data.scale[1]:
-        raise ConfigError(f"data.scale: expected [low, high] with 0 < low <= high, got {cfg.data.scale}")
+    cfg.data.options()
     if not isinstance(cfg.model.get("name"), str):
         raise ConfigError("model.name: a registry name is required")
+    model_check(cfg.model)
+
+
+def model_check(model: dict[str, Any]) -> None:
+    """Build the model section's spec, so that a bad `model.KEY` fails when the config is built, not when
+    the run starts. The data fits `in_channels` and `num_classes` later (`runtime.model_spec`)."""
+    from .registry import get_spec
+
+    try:
+        get_spec(model["name"], **{k: v for k, v in model.items() if k != "name"})
+    except ResnetlabError as exc:  # a bad field (SpecError) or an unknown name: the spec's own message
+        raise ConfigError(str(exc)) from None
+    except (TypeError, ValueError, OverflowError) as exc:  # a value the spec's checks did not anticipate
+        raise ConfigError(f"model: {' '.join(str(exc).split())[:200]}") from None

@@ -20,6 +20,7 @@ from typing import Any
 from .atomic import write_text_atomic
 from .config import build_config, default_recipe, read_named_toml
 from .errors import ConfigError, ResnetlabError
+from .records import Summary, evaluation_rows
 from .registry import get_spec
 
 SUITE_DIR = Path(__file__).parent / "suites"
@@ -264,7 +265,8 @@ def _run_members(suite: Suite, chosen: tuple[Member, ...], out: Path, scale: str
         for seed in range(seeds):
             run_dir = out / member.slug / f"seed{seed}"
             tag = f"[{suite.name}] {member.label} seed {seed}"
-            if (run_dir / "summary.json").exists() and _summary(run_dir).get("status") in ("finished", "diverged"):
+            done = _summary(run_dir)
+            if done is not None and done.status in ("finished", "diverged"):
                 log(f"{tag}: already done, skipped")
                 continue
             if (run_dir / "error.txt").exists():  # failed on an earlier call: retry it
@@ -300,7 +302,7 @@ def _run_members(suite: Suite, chosen: tuple[Member, ...], out: Path, scale: str
                 run_dir.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(run_dir / "error.txt", str(exc) + "\n")
                 continue
-            if summary.get("status") == "stopped":  # a signal: the checkpoint is written, stop the suite here
+            if summary.status == "stopped":  # a signal: the checkpoint is written, stop the suite here
                 raise SuiteStopped(f"{tag}: stopped by a signal; rerun the same command to resume")
     return failed
 
@@ -310,11 +312,13 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return ckpts.is_dir() and any(p.suffix == ".pt" for p in ckpts.iterdir())
 
 
-def _summary(run_dir: Path) -> dict[str, Any]:
+def _summary(run_dir: Path) -> Summary | None:
+    """The run's summary.json, or None where there is none (not finished, or unreadable)."""
     try:
-        return json.loads((run_dir / "summary.json").read_text())
+        data = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        return {}
+        return None
+    return Summary.from_dict(data) if isinstance(data, dict) and data else None
 
 
 def collect(suite: Suite, out: Path, scale: str) -> list[dict[str, Any]]:
@@ -322,17 +326,17 @@ def collect(suite: Suite, out: Path, scale: str) -> list[dict[str, Any]]:
     rows = []
     for member in suite.members:
         runs = sorted((out / member.slug).glob("seed*")) if (out / member.slug).is_dir() else []
-        summaries = [s for s in (_summary(r) for r in runs) if s]
-        errors = [100 * s["final"]["test_error"] for s in summaries
-                  if s.get("status") == "finished" and s.get("final", {}).get("test_error") is not None]
-        diverged = sum(1 for s in summaries if s.get("diverged"))
+        summaries = [s for s in (_summary(r) for r in runs) if s is not None]
+        errors = [100 * s.final["test_error"] for s in summaries
+                  if s.status == "finished" and s.final.get("test_error") is not None]
+        diverged = sum(1 for s in summaries if s.diverged)
         failed = sum(1 for r in runs if (r / "error.txt").exists() and not (r / "summary.json").exists())
         median = statistics.median(errors) if errors else None
         model, override = member.at(scale)
         shown = " ".join([model] + [f"{k}={v}" for k, v in override.items()])
         rows.append({
             "member": member.label, "model": shown, "override": override,
-            "params": summaries[0].get("params") if summaries else None,
+            "params": summaries[0].params if summaries else None,
             "runs": len(errors), "diverged": diverged, "errors": failed, "median": median,
             "mean": statistics.fmean(errors) if errors else None,
             "std": statistics.stdev(errors) if len(errors) > 1 else 0.0 if errors else None,
@@ -340,7 +344,7 @@ def collect(suite: Suite, out: Path, scale: str) -> list[dict[str, Any]]:
             "fail": (median is None and (diverged > 0)) or (median is not None and median > 20.0) or (
                 diverged > 0 and diverged >= len(errors)),
             "paper_fail": member.paper == "fail" or (isinstance(member.paper, int | float) and member.paper > 20),
-            "wall_time_s": sum(s.get("wall_time_s", 0.0) for s in summaries),
+            "wall_time_s": sum(s.wall_time_s or 0.0 for s in summaries),
         })
     _rank(rows, "median", "rank")
     _rank(rows, "paper", "paper_rank")
@@ -432,8 +436,8 @@ def _figures(suite: Suite, out: Path, rows: list[dict[str, Any]]) -> None:
 
     curves = {}
     for member in suite.members:
-        metrics = RunDir(out / member.slug / "seed0").read_metrics()
-        if any("test_error" in m for m in metrics):
+        metrics = evaluation_rows(RunDir(out / member.slug / "seed0").read_metrics())
+        if metrics:
             curves[member.label] = metrics
     if curves:
         plot_curves(curves, out / "curves.png", title=f"{suite.title} (seed 0)")

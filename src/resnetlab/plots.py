@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import replace_with
+from .records import MetricsRow
 
 
-def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = "",
+def plot_curves(runs: dict[str, list[MetricsRow]], path: Path, title: str = "",
                 paper: dict[str, float] | None = None) -> Path:
     """One line colour per run: training error dashed, test error solid; paper errors as dotted levels."""
     import matplotlib
@@ -19,15 +20,15 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, rows) in enumerate(runs.items()):
-        rows = [r for r in rows if r.get("test_error") is not None]
+        rows = [r for r in rows if r.test_error is not None]
         if not rows:
             continue
         colour = colours[i % len(colours)]
-        steps = [r["step"] for r in rows]
+        steps = [r.step for r in rows]
         marker = "o" if len(rows) < 4 else None  # a curve of one or two points still shows
-        ax.plot(steps, [100 * r["train_error"] for r in rows], "--", color=colour, linewidth=1.2, marker=marker,
+        ax.plot(steps, [100 * r.train_error for r in rows], "--", color=colour, linewidth=1.2, marker=marker,
                 markersize=3)
-        ax.plot(steps, [100 * r["test_error"] for r in rows], "-", color=colour, linewidth=1.6, label=name,
+        ax.plot(steps, [100 * r.test_error for r in rows], "-", color=colour, linewidth=1.6, label=name,
                 marker=marker, markersize=3)
         if paper and name in paper:
             ax.axhline(paper[name], color=colour, linestyle=":", linewidth=1)

@@ -15,6 +15,7 @@ from typing import Any
 from . import __version__
 from .atomic import write_text_atomic
 from .errors import ResnetlabError
+from .records import Summary
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -55,21 +56,21 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _run_section(path: Path) -> str:
-    summary = _read_json(path / "summary.json")
+    summary = Summary.from_dict(_read_json(path / "summary.json"))
     config = _read_json(path / "config.json")
-    final, best = summary.get("final", {}), summary.get("best", {})
+    final, best = summary.final or {}, summary.best or {}
     meta = [
-        ["model", summary.get("model")], ["data", summary.get("data")], ["recipe", summary.get("recipe")],
-        ["status", summary.get("status")], ["steps", f"{summary.get('steps')} / {summary.get('total_steps')}"],
+        ["model", summary.model], ["data", summary.data], ["recipe", summary.recipe],
+        ["status", summary.status], ["steps", f"{summary.steps} / {summary.total_steps}"],
         ["final test error (%)", _pct(final.get("test_error"))], ["final top-5 error (%)",
                                                                   _pct(final.get("test_top5_error"))],
         ["best test error (%)", f"{_pct(best.get('test_error'))} (epoch {best.get('epoch')}, "
                                 f"selected on {best.get('selected_on')})"],
-        ["paper's verdict", "fail (above 20%)" if summary.get("fail") else "no fail"],
-        ["parameters", f"{summary.get('params', 0):,}"], ["device", summary.get("device")],
-        ["images/s (median epoch)", f"{summary.get('images_per_s') or 0:.0f}"],
-        ["wall time", f"{summary.get('wall_time_s', 0):.1f} s"],
-        ["code", f"resnetlab {summary.get('resnetlab')}, torch {summary.get('torch')}"],
+        ["paper's verdict", "fail (above 20%)" if summary.fail else "no fail"],
+        ["parameters", f"{summary.params or 0:,}"], ["device", summary.device],
+        ["images/s (median epoch)", f"{summary.images_per_s or 0:.0f}"],
+        ["wall time", f"{summary.wall_time_s or 0:.1f} s"],
+        ["code", f"resnetlab {summary.resnetlab}, torch {summary.torch}"],
         ["optimizer", json.dumps(config.get("optim", {}))],
     ]
     parts = [f"<h2>Run: {html.escape(path.name)}</h2>", '<table class="meta">' + "".join(

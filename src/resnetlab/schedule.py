@@ -36,8 +36,12 @@ class Schedule:
                 "warmup_iters": self.warmup_iters, "warmup_until_error": self.warmup_until_error}
 
 
-def build_schedule(cfg: Config, steps_per_epoch: int, depth: int) -> Schedule:
-    """Resolve the recipe's schedule (in iterations or epochs) and budget into iterations."""
+def build_schedule(cfg: Config, steps_per_epoch: int, depth: int, world_size: int = 1) -> Schedule:
+    """Resolve the recipe's schedule (in iterations or epochs) and budget into iterations.
+
+    With `optim.linear_scaling` on `world_size` processes each process takes the recipe's batch, so the
+    global batch is `world_size` times the recipe's, and the learning rates (base and warm-up) scale with it:
+    the linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch SGD", sec. 2.1)."""
     s = cfg.schedule
     unit = steps_per_epoch if s.unit == "epoch" else 1
     total = s.total * unit
@@ -52,5 +56,9 @@ def build_schedule(cfg: Config, steps_per_epoch: int, depth: int) -> Schedule:
         total = budget
     enabled = cfg.warmup.enabled
     warmup = depth >= 110 if enabled == "auto" else bool(enabled)
-    return Schedule(cfg.optim.lr, total, tuple(milestones), s.gamma, warmup, cfg.warmup.lr,
+    scale = world_size if cfg.optim.linear_scaling and world_size > 1 else 1
+    base_lr, warmup_lr = cfg.optim.lr, cfg.warmup.lr
+    if scale > 1:
+        base_lr, warmup_lr = base_lr * scale, warmup_lr * scale
+    return Schedule(base_lr, total, tuple(milestones), s.gamma, warmup, warmup_lr,
                     cfg.warmup.iters, cfg.warmup.until_error)

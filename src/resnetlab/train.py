@@ -3,19 +3,18 @@
 The loop is iteration-based (v1 sec. 4.2 counts iterations). Everything random is a function of the seed
 and the iteration (data order, augmentation, dropout), and the checkpoint holds the model, optimizer,
 schedule position and epoch accumulators, so a resumed run continues exactly where the killed one stopped.
+
+The trainer owns the model, the optimizer, the step and the epoch; it leaves the device and data set-up
+to `runtime`, the stop decisions to `monitor`, the outputs to `reporting` and the records' shapes to
+`records`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
-import os
-import signal
-import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,130 +26,31 @@ from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, config_from_dict
 from .counting import count_macs, count_params
-from .data import DataOptions, DataSource, cache_dir, derive_seed, load_data
-from .distributed import World, all_reduce_max, all_reduce_sum, barrier, broadcast, init_from_env, shutdown
+from .data import DataSource, cache_dir, derive_seed
+from .distributed import World, all_reduce_sum, barrier, broadcast, init_from_env, shutdown
 from .errors import CheckpointError, ConfigError, RunDirError
 from .evaluation import evaluate
-from .fast import (
-    CompileChoice,
-    channels_last_default,
-    choose_compile,
-    compile_module,
-    has_cxx_compiler,
-    make_sgd,
-    use_compile_cache,
-)
+from .fast import CompileChoice, choose_compile, compile_module, has_cxx_compiler, make_sgd, use_compile_cache
+from .monitor import DivergenceMonitor, StopFlag, StopReason
 from .net import ResNet
-from .registry import get_spec
+from .progress import Progress
+from .records import DivergenceRow, MetricsRow, Summary, WorkerResult, best_of
+from .reporting import Log, Reporter, quiet, started, tee
 from .rundir import RunDir
+from .runtime import Setup, autocast, data_options, prepare, use_channels_last
 from .schedule import Schedule, build_schedule
 from .spec import ResNetSpec
 
-FAIL_ERROR = 0.20  # the papers' "fail": test error above 20%
 EXIT_STOPPED = 3  # SIGTERM/SIGINT: checkpoint written, resume with --resume
-
-
-# ---- set-up -------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"run.device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device: {name!r} requested but CUDA is not available here")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"run.device: {name!r} is not supported (cpu or cuda)")
-    return device
-
-
-def configure_runtime(cfg: Config, device: torch.device) -> None:
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    if cfg.run.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-def data_options(cfg: Config) -> DataOptions:
-    d = cfg.data
-    return DataOptions(normalize=d.normalize, pad=d.pad, flip=d.flip, val_split=d.val_split, workers=d.workers,
-                       ten_crop=d.ten_crop, crop_size=d.crop_size, scale=(d.scale[0], d.scale[1]),
-                       test_resize=d.test_resize, cache_dir=d.cache_dir)
-
-
-def model_spec(cfg: Config, source: DataSource) -> ResNetSpec:
-    """The registry spec with the config's overrides, fitted to the data's channels and classes."""
-    overrides = {k: v for k, v in cfg.model.items() if k != "name"}
-    for key, value in (("in_channels", source.channels), ("num_classes", source.num_classes)):
-        if key in overrides and overrides[key] != value:
-            raise ConfigError(f"model.{key}: {overrides[key]} does not match the data ({source.name}: {value})")
-        overrides[key] = value
-    return get_spec(cfg.model["name"], **overrides)
-
-
-def use_channels_last(cfg: Config, device: torch.device) -> bool:
-    value = cfg.run.channels_last
-    return channels_last_default(device) if value == "auto" else bool(value)
-
-
-def autocast(cfg: Config, device: torch.device) -> Any:
-    if cfg.run.amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-# ---- the training state ---------------------------------------------------------------------------------
-@dataclass
-class Progress:
-    """Where the run is, and the running sums of the current epoch (saved in every checkpoint)."""
-
-    step: int = 0
-    warmup_end: int | None = None  # iteration where warm-up ended early (training error below threshold)
-    loss_sum: float = 0.0
-    wrong: int = 0
-    seen: int = 0
-    train_time: float = 0.0
-    elapsed: float = 0.0  # wall time of all sessions of this run
-    best: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to finish the current step, checkpoint and exit."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread: signals stay with the caller
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.signal = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 class Trainer:
     """One training run in one run directory."""
 
     def __init__(self, cfg: Config, run: RunDir, source: DataSource, spec: ResNetSpec, device: torch.device,
-                 log: Any = print, world: World | None = None) -> None:
+                 log: Log = print, world: World | None = None) -> None:
         world = world or World()
         self.cfg, self.run, self.source, self.spec, self.device, self.world = cfg, run, source, spec, device, world
-        self.log = log if world.main else (lambda line: None)
         torch.manual_seed(cfg.run.seed)
         self.model = ResNet(spec).to(device)
         self.channels_last = use_channels_last(cfg, device)
@@ -173,16 +73,38 @@ class Trainer:
         self.optimizer = make_sgd(self.model.parameters(), device, lr=o.lr, momentum=o.momentum,
                                   weight_decay=o.weight_decay, nesterov=o.nesterov and o.momentum > 0)
         self.spe = source.steps_per_epoch(self.batch)
-        self.schedule: Schedule = build_schedule(cfg, self.spe, spec.depth)
-        if o.linear_scaling and world.active:  # the linear scaling rule: lr x (global batch / recipe batch)
-            self.schedule = dataclasses.replace(self.schedule, base_lr=self.schedule.base_lr * world.size,
-                                                warmup_lr=self.schedule.warmup_lr * world.size)
+        self.schedule: Schedule = build_schedule(cfg, self.spe, spec.depth, world.size)
         self.compile = self._choose_compile()
+        self._eager_model = self.train_model
         self.train_model = compile_module(self.train_model, self.compile.mode, device)  # the same parameters
         self.amp = autocast(cfg, device)
         self.progress = Progress()
-        self.tb: Any = None
+        self.reporter = Reporter(run, log if world.main else quiet, tensorboard=cfg.run.tensorboard,
+                                 progress=cfg.run.progress, total_steps=self.schedule.total,
+                                 steps_per_epoch=self.spe, batch=self.batch)
         self._sums: list[torch.Tensor] | None = None  # device-side loss and error sums of the epoch
+
+    @classmethod
+    def from_setup(cls, setup: Setup, run: RunDir, log: Log = print) -> Trainer:
+        return cls(setup.cfg, run, setup.source, setup.spec, setup.device, log, setup.world)
+
+    @property
+    def log(self) -> Log:
+        return self.reporter.log
+
+    @log.setter
+    def log(self, log: Log) -> None:
+        self.reporter.log = log
+
+    @contextmanager
+    def eager(self) -> Iterator[None]:
+        """Steps taken inside run the uncompiled module (the same parameters and wrapping): what a benchmark
+        counts operator by operator, which a compiled graph would fuse out of sight."""
+        compiled, self.train_model = self.train_model, self._eager_model
+        try:
+            yield
+        finally:
+            self.train_model = compiled
 
     def _choose_compile(self) -> CompileChoice:
         """`run.compile` resolved ("auto": by the cost model of fast.choose_compile); the compile cache on."""
@@ -196,6 +118,12 @@ class Trainer:
         if choice.mode != "off":
             use_compile_cache(cache_dir(data_options(self.cfg)))
         return choice
+
+    def resolved(self) -> dict[str, Any]:
+        """What the config resolved to on this run, written beside it in config.json."""
+        return self.schedule.to_dict() | {
+            "steps_per_epoch": self.spe, "global_batch": self.batch, "world_size": self.world.size,
+            "spec": self.spec.to_dict(), "device": str(self.device), "compile": self.compile.mode}
 
     # checkpoints ---------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -231,84 +159,80 @@ class Trainer:
         self.run.prune(self.cfg.run.keep_checkpoints)
 
     # the loop -------------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
-        p, sched, cfg = self.progress, self.schedule, self.cfg
-        self._open_tensorboard()
-        session_start = time.perf_counter() - p.elapsed
-        bs, seed, world = self.batch, cfg.run.seed, self.world
-        status, diverged_at = "finished", None
-        pending: list[torch.Tensor] = []  # finite-loss flags, checked one step late on CUDA (no stall)
-        lag = 1 if self.device.type == "cuda" else 0
-        with _StopFlag() as stop:
-            while p.step < sched.total and status == "finished":
-                epoch, start = divmod(p.step, self.spe)
-                steps = min(self.spe - start, sched.total - p.step)
-                bar = self._bar(epoch, start, steps)
-                t0 = time.perf_counter()
-                batches = self.source.train_batches(epoch, bs, seed=seed, device=self.device, start_step=start,
-                                                    rank=world.rank, world_size=world.size)
-                self.train_model.train()
-                for x, y in batches:
-                    if p.step >= sched.total:
-                        break
-                    finite = self.train_step(x, y, seed)
-                    if world.active:  # every rank must stop at the same step: agree on the flags
-                        flags = torch.stack([torch.tensor(float(stop.signal is not None), device=self.device),
-                                             (~finite).float()])
-                        stop_now, bad = all_reduce_max(flags, world).tolist()
-                        if bad:
-                            status, diverged_at = "diverged", p.step - 1
-                            break
-                        if stop_now and stop.signal is None:
-                            stop.signal = signal.SIGTERM
-                    else:
-                        pending.append(finite)
-                        if len(pending) > lag and not bool(pending.pop(0)):
-                            status, diverged_at = "diverged", p.step - lag
-                            break
-                    if bar is not None:
-                        bar.update(y.numel() * world.size)
-                    if stop.signal is not None:
-                        status = "stopped"
-                        break
-                    if cfg.run.checkpoint_every and p.step % cfg.run.checkpoint_every == 0 \
-                            and p.step % self.spe != 0 and p.step < sched.total:
-                        self._sync_time(t0)
-                        t0 = time.perf_counter()
-                        p.elapsed = time.perf_counter() - session_start
-                        if world.main:
-                            self.save()
-                if status == "finished" and pending and not all(bool(f) for f in pending):
-                    status, diverged_at = "diverged", p.step
-                pending.clear()
-                self._sync_time(t0)
-                if bar is not None:
-                    bar.close()
-                p.elapsed = time.perf_counter() - session_start
-                if status == "diverged":
+    def fit(self) -> Summary | WorkerResult:
+        """Epochs until the schedule ends, a signal stops the run or the loss diverges."""
+        p, world = self.progress, self.world
+        self.reporter.open()
+        p.start_session()
+        monitor = DivergenceMonitor.for_device(self.device, world)
+        reason, diverged_at = StopReason.RUNNING, None
+        with StopFlag() as stop:
+            while p.step < self.schedule.total and reason is StopReason.RUNNING:
+                epoch = p.step // self.spe
+                reason, diverged_at = self._epoch(epoch, monitor, stop)
+                if reason is StopReason.DIVERGED:
                     if world.main:
                         self._record_divergence(epoch, diverged_at)
-                    break
-                if status == "stopped":
+                elif reason is StopReason.STOPPED:
                     if world.main:
                         self.save()
-                    self.log(f"stopped by signal {stop.signal} at step {p.step}: checkpoint written, "
-                             f"continue with: resnetlab train --resume {self.run.path}")
-                    break
-                epoch_done = p.step % self.spe == 0
-                if (epoch_done and (epoch + 1) % cfg.run.eval_every == 0) or p.step >= sched.total:
-                    if world.main:  # rank 0 evaluates and writes; the others wait at the next collective
-                        self._end_of_epoch(epoch)
-                        p.elapsed = time.perf_counter() - session_start
-                        self.save(best=p.best.get("step") == p.step)
-                    else:
-                        p.loss_sum, p.wrong, p.seen, p.train_time = 0.0, 0, 0, 0.0
-        if self.tb is not None:
-            self.tb.close()
+                    self.reporter.stopped(stop.signal, p.step)
+                elif self._evaluation_due(epoch):
+                    self._evaluate(epoch)
+        self.reporter.close()
         barrier(world)
         if not world.main:
-            return {"status": status, "diverged": status == "diverged", "rank": world.rank}
-        return self.write_summary(status, diverged_at)
+            return WorkerResult(reason.status, reason is StopReason.DIVERGED, world.rank)
+        return self.write_summary(reason.status, diverged_at)
+
+    def _epoch(self, epoch: int, monitor: DivergenceMonitor,
+               stop: StopFlag) -> tuple[StopReason, int | None]:
+        """The rest of epoch `epoch` (from the step the run is at); why it ended early, if it did."""
+        p, world, total = self.progress, self.world, self.schedule.total
+        start = p.step - epoch * self.spe
+        bar = self.reporter.bar(epoch, min(self.spe - start, total - p.step))
+        t0 = time.perf_counter()
+        batches = self.source.train_batches(epoch, self.batch, seed=self.cfg.run.seed, device=self.device,
+                                            start_step=start, rank=world.rank, world_size=world.size)
+        self.train_model.train()
+        reason, diverged_at = StopReason.RUNNING, None
+        for x, y in batches:
+            if p.step >= total:
+                break
+            finite = self.train_step(x, y, self.cfg.run.seed)
+            diverged_at = monitor.after_step(finite, p.step, stop)
+            if diverged_at is not None:
+                reason = StopReason.DIVERGED
+                break
+            if bar is not None:
+                bar.update(y.numel() * world.size)
+            if stop.signal is not None:
+                reason = StopReason.STOPPED
+                break
+            if self._mid_epoch_checkpoint_due():
+                self._sync_time(t0)
+                t0 = time.perf_counter()
+                p.tick()
+                if world.main:
+                    self.save()
+        late = monitor.drain()
+        if reason is StopReason.RUNNING and late is not None:
+            reason, diverged_at = StopReason.DIVERGED, late
+        self._sync_time(t0)
+        if bar is not None:
+            bar.close()
+        p.tick()
+        return reason, diverged_at
+
+    def _mid_epoch_checkpoint_due(self) -> bool:
+        """`run.checkpoint_every` steps, except where an epoch's end or the run's end checkpoints anyway."""
+        every, step = self.cfg.run.checkpoint_every, self.progress.step
+        return bool(every) and step % every == 0 and step % self.spe != 0 and step < self.schedule.total
+
+    def _evaluation_due(self, epoch: int) -> bool:
+        step = self.progress.step
+        epoch_done = step % self.spe == 0
+        return (epoch_done and (epoch + 1) % self.cfg.run.eval_every == 0) or step >= self.schedule.total
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
         """One SGD step on this rank's slice, in `optim.accumulate` micro-batches (each with its own BN
@@ -362,136 +286,72 @@ class Trainer:
         self._flush_sums()  # a host sync: the elapsed time below covers finished work
         self.progress.train_time += time.perf_counter() - t0
 
-    def _end_of_epoch(self, epoch: int) -> None:
-        p, cfg = self.progress, self.cfg
-        bs = cfg.optim.batch_size
+    # evaluation and the records ------------------------------------------------------------------------
+    def _evaluate(self, epoch: int) -> None:
+        """Rank 0 evaluates, writes the row and checkpoints; the others wait at the next collective."""
+        p = self.progress
+        if not self.world.main:
+            p.reset_epoch()
+            return
+        row = self._metrics_row()
+        self.run.append_metrics(row.to_dict())
+        selected = row.val_error if row.has_val else row.test_error
+        if not p.best or selected <= p.best["val_error" if row.has_val else "test_error"]:
+            p.best = best_of(row)
+        self.reporter.evaluation(row)
+        p.reset_epoch()
+        p.tick()
+        self.save(best=p.best.get("step") == p.step)
+
+    def _metrics_row(self) -> MetricsRow:
+        p, bs = self.progress, self.cfg.optim.batch_size
         test = evaluate(self.model, self.source, "test", bs, self.device, self.amp, self.channels_last)
-        row: dict[str, Any] = {
-            "epoch": epoch + 1 if p.step % self.spe == 0 else round(p.step / self.spe, 3), "step": p.step,
-            "lr": self.schedule.lr(p.step - 1, p.warmup_end),
-            "train_loss": p.loss_sum / max(p.seen, 1), "train_error": p.wrong / max(p.seen, 1),
-            "test_loss": test["loss"], "test_error": test["error"], "test_top5_error": test["top5_error"],
-        }
-        if self.source.has_val:
-            val = evaluate(self.model, self.source, "val", bs, self.device, self.amp, self.channels_last)
-            row.update(val_loss=val["loss"], val_error=val["error"], val_top5_error=val["top5_error"])
-        row.update(images_per_s=p.seen / p.train_time if p.train_time > 0 else 0.0,
-                   eval_images_per_s=test["images_per_s"], epoch_time_s=p.train_time, wall_time_s=p.elapsed)
-        if not math.isfinite(row["train_loss"]):
-            row["train_loss"] = None
-        self.run.append_metrics(row)
-        key = "val_error" if self.source.has_val else "test_error"
-        if not p.best or row[key] <= p.best[key]:
-            p.best = {k: row[k] for k in ("epoch", "step", "test_error", "test_top5_error") + (
-                ("val_error",) if self.source.has_val else ())}
-            p.best["selected_on"] = "val" if self.source.has_val else "test"
-        self._log_row(row)
-        p.loss_sum, p.wrong, p.seen, p.train_time = 0.0, 0, 0, 0.0
+        val = (evaluate(self.model, self.source, "val", bs, self.device, self.amp, self.channels_last)
+               if self.source.has_val else None)
+        train_loss = p.loss_sum / max(p.seen, 1)
+        return MetricsRow(
+            epoch=p.epoch_label(self.spe), step=p.step, lr=self.schedule.lr(p.step - 1, p.warmup_end),
+            train_loss=train_loss if math.isfinite(train_loss) else None, train_error=p.wrong / max(p.seen, 1),
+            test_loss=test["loss"], test_error=test["error"], test_top5_error=test["top5_error"],
+            val_loss=val and val["loss"], val_error=val and val["error"], val_top5_error=val and val["top5_error"],
+            images_per_s=p.seen / p.train_time if p.train_time > 0 else 0.0,
+            eval_images_per_s=test["images_per_s"], epoch_time_s=p.train_time, wall_time_s=p.elapsed)
 
     def _record_divergence(self, epoch: int, step: int | None) -> None:
         self._flush_sums()
-        self.run.append_metrics({"epoch": epoch + 1, "step": self.progress.step, "diverged": True,
-                                 "diverged_at_step": step, "lr": self.schedule.lr(max(self.progress.step - 1, 0),
-                                                                                 self.progress.warmup_end)})
-        self.log(f"loss became NaN/Inf at step {step}: run stopped and recorded as diverged (the paper's fail)")
-
-    # reporting --------------------------------------------------------------------------------------------
-    def _bar(self, epoch: int, start: int, steps: int) -> Any:
-        show = self.cfg.run.progress
-        if show is False or (show == "auto" and not sys.stderr.isatty()):
-            return None
-        from tqdm import tqdm
-
-        total_epochs = math.ceil(self.schedule.total / self.spe)
-        return tqdm(total=steps * self.cfg.optim.batch_size, unit="img", unit_scale=True, leave=False,
-                    desc=f"epoch {epoch + 1}/{total_epochs}", file=sys.stderr, dynamic_ncols=True)
-
-    def _log_row(self, row: dict[str, Any]) -> None:
-        total_epochs = math.ceil(self.schedule.total / self.spe)
-        val = f" val err {row['val_error']:.2%}" if "val_error" in row else ""
-        self.log(f"epoch {row['epoch']}/{total_epochs} step {row['step']}/{self.schedule.total} "
-                 f"lr {row['lr']:.3g} train loss {row['train_loss']:.4f} err {row['train_error']:.2%}{val} "
-                 f"test err {row['test_error']:.2%} (top-5 {row['test_top5_error']:.2%}) "
-                 f"{row['images_per_s']:.0f} img/s")
-        if self.tb is not None:
-            for key in ("train_loss", "train_error", "test_loss", "test_error", "val_error", "lr"):
-                if row.get(key) is not None:
-                    self.tb.add_scalar(key, row[key], row["step"])
-
-    def _open_tensorboard(self) -> None:
-        if self.cfg.run.tensorboard is False:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            if self.cfg.run.tensorboard is True:
-                self.log("tensorboard is not installed: no events written")
-            return
-        self.tb = SummaryWriter(str(self.run.path / "tensorboard"))
-
-    def write_summary(self, status: str, diverged_at: int | None) -> dict[str, Any]:
-        rows = [r for r in self.run.read_metrics() if "test_error" in r]
-        final = rows[-1] if rows else {}
         p = self.progress
-        summary: dict[str, Any] = {
-            "model": self.spec.name, "data": self.cfg.data.source, "recipe": self.cfg.recipe,
-            "status": status, "diverged": status == "diverged", "diverged_at_step": diverged_at,
-            "steps": p.step, "total_steps": self.schedule.total, "epochs": round(p.step / self.spe, 3),
-            "final": {k: final.get(k) for k in ("test_error", "test_top5_error", "test_loss",
-                                                 "train_error", "train_loss", "val_error") if k in final},
-            "best": p.best,
-            "fail": status == "diverged" or (bool(final) and final["test_error"] > FAIL_ERROR),
-            "params": count_params(self.model), "wall_time_s": round(p.elapsed, 3),
-            "images_per_s": _median([r["images_per_s"] for r in rows]),
-            "device": _device_name(self.device), "torch": torch.__version__, "resnetlab": __version__,
-            "threads": torch.get_num_threads(),
-        }
-        self.run.write_json(self.run.summary, summary)
-        if rows:
-            from .plots import plot_curves
+        row = DivergenceRow(epoch=epoch + 1, step=p.step, diverged_at_step=step,
+                            lr=self.schedule.lr(max(p.step - 1, 0), p.warmup_end))
+        self.run.append_metrics(row.to_dict())
+        self.reporter.divergence(row)
 
-            plot_curves({self.spec.name or "model": rows}, self.run.figure,
-                        title=f"{self.spec.name} on {self.source.name}")
-        return summary
-
-
-def _median(values: list[float]) -> float | None:
-    values = sorted(v for v in values if v)
-    return values[len(values) // 2] if values else None
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    def write_summary(self, status: str, diverged_at: int | None) -> Summary:
+        return self.reporter.summary(status=status, diverged_at=diverged_at, progress=self.progress,
+                                     model=self.spec.name, data=self.cfg.data.source, recipe=self.cfg.recipe,
+                                     params=count_params(self.model), device=self.device,
+                                     title=f"{self.spec.name} on {self.source.name}")
 
 
 # ---- entry points ---------------------------------------------------------------------------------------
-def train(cfg: Config, out: str | Path | None = None, log: Any = print) -> tuple[RunDir, dict[str, Any]]:
+def train(cfg: Config, out: str | Path | None = None, log: Log = print) -> tuple[RunDir, Summary | WorkerResult]:
     """Start a new run: everything is validated and loaded before the run directory is created."""
     world = init_from_env(cfg.run.device)
     try:
-        device = _rank_device(resolve_device(cfg.run.device), world)
-        configure_runtime(cfg, device)
-        source = load_data(cfg.data.source, data_options(cfg))
-        spec = model_spec(cfg, source)
+        setup = prepare(cfg, world)
         if out is None:
-            out = broadcast(Path("runs") / f"{spec.name}-{source.name}-{time.strftime('%Y%m%d-%H%M%S')}", world)
+            out = broadcast(Path("runs") / f"{setup.spec.name}-{setup.source.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                            world)
         run = RunDir(out)
         run.check_new()
-        trainer = Trainer(cfg, run, source, spec, device, log, world)
+        trainer = Trainer.from_setup(setup, run, log)
         init = _start_from(trainer, cfg)
         barrier(world)  # every rank has checked its input before rank 0 creates anything
         if world.main:
-            run.create(cfg.to_dict() | {"resolved": trainer.schedule.to_dict() | {
-                "steps_per_epoch": trainer.spe, "global_batch": trainer.batch, "world_size": world.size,
-                "spec": spec.to_dict(), "device": str(device), "compile": trainer.compile.mode} | init})
-            trainer.log = _tee(log, run.log)
+            run.create(cfg.to_dict() | {"resolved": trainer.resolved() | init})
+            trainer.log = tee(log, run.log)
         try:
-            trainer.log(f"{spec.name} ({count_params(trainer.model):,} parameters) on {source.name}: "
-                        f"{source.train_size} training images, {trainer.schedule.total} iterations "
-                        f"({trainer.schedule.total / trainer.spe:.1f} epochs) on {_device_name(device)}"
-                        + (f" x {world.size} processes" if world.active else ""))
+            started(trainer.reporter, name=setup.spec.name, params=count_params(trainer.model), source=setup.source,
+                    total=trainer.schedule.total, spe=trainer.spe, device=setup.device, processes=world.size)
             trainer.log(trainer.compile.reason)
             if init:
                 trainer.log("initial weights: " + ", ".join(f"{k} {v}" for k, v in init["init"].items()))
@@ -503,8 +363,9 @@ def train(cfg: Config, out: str | Path | None = None, log: Any = print) -> tuple
 
 
 def resume(path: str | Path, model: str | None = None, device: str | None = None,
-           log: Any = print) -> tuple[RunDir, dict[str, Any]]:
-    """Continue a run from its newest good checkpoint; architecture and config come from the run.
+           log: Log = print) -> tuple[RunDir, Summary | WorkerResult]:
+    """Continue a run from its newest good checkpoint; architecture and config come from the run (read,
+    never changed: `device` only says where this session runs).
 
     The step counts global batches, so a run may resume on a different number of processes."""
     run = RunDir(path)
@@ -512,17 +373,11 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
     cfg = config_from_dict(saved)
     if model is not None and model != cfg.model["name"]:
         raise RunDirError(f"{run.path}: this run trains {cfg.model['name']}, not {model}")
-    if device is not None:
-        cfg.run.device = device
-    world = init_from_env(cfg.run.device)
+    world = init_from_env(device or cfg.run.device)
     try:
         if world.main:
             run.lock()
-        dev = _rank_device(resolve_device(cfg.run.device), world)
-        configure_runtime(cfg, dev)
-        source = load_data(cfg.data.source, data_options(cfg))
-        spec = model_spec(cfg, source)
-        trainer = Trainer(cfg, run, source, spec, dev, _tee(log, run.log), world)
+        trainer = Trainer.from_setup(prepare(cfg, world, device), run, tee(log, run.log))
         trainer.log(trainer.compile.reason)
         if not run.step_checkpoints():  # killed before its first checkpoint: start again
             _start_from(trainer, cfg, (saved.get("resolved") or {}).get("init", {}).get("sha256"))
@@ -534,7 +389,7 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
         for problem in problems:
             trainer.log(f"skipping bad checkpoint: {problem}")
         trainer.restore(payload)
-        source.load_norm_state(payload["norm"])
+        trainer.source.load_norm_state(payload["norm"])
         barrier(world)  # all ranks have read the checkpoint before rank 0 rewrites metrics
         if world.main:
             run.truncate_metrics(trainer.progress.step)
@@ -559,7 +414,7 @@ def _start_from(trainer: Trainer, cfg: Config, sha256: str | None = None) -> dic
     return {"init": start_from(trainer.model, trainer.source, cfg.run.init, sha256)}
 
 
-def _repair_best(run: RunDir, payload: dict[str, Any], log: Any) -> None:
+def _repair_best(run: RunDir, payload: dict[str, Any], log: Log) -> None:
     """A kill between the step checkpoint and best.pt: the step checkpoint is the best, so copy it."""
     best_step = payload["progress"].get("best", {}).get("step")
     if best_step != payload["progress"]["step"]:
@@ -571,18 +426,3 @@ def _repair_best(run: RunDir, payload: dict[str, Any], log: Any) -> None:
     if have != best_step:
         save_checkpoint(run.best, payload)
         log(f"best.pt rewritten from the step-{best_step} checkpoint (it was missing or stale)")
-
-
-def _rank_device(device: torch.device, world: World) -> torch.device:
-    if world.active and device.type == "cuda":
-        return torch.device("cuda", world.local_rank)
-    return device
-
-
-def _tee(log: Any, path: Path) -> Any:
-    def write(line: str) -> None:
-        log(line)
-        with open(path, "a") as f:
-            f.write(line + "\n")
-
-    return write

@@ -62,10 +62,10 @@ class DataOptions:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        """The one validation of the data options; a config's data section is checked here too (config.py
+        reports these errors as ``data.FIELD: ...``)."""
         if self.normalize not in NORMALIZE_MODES:
-            raise DataError(
-                f"DataOptions.normalize: unknown mode {self.normalize!r}; valid: {', '.join(NORMALIZE_MODES)}"
-            )
+            raise DataError(f"DataOptions.normalize: {self.normalize!r} is not one of {', '.join(NORMALIZE_MODES)}")
         for field, minimum in (("pad", 0), ("val_split", 0), ("split_seed", 0), ("workers", 0),
                                ("crop_size", 1), ("test_resize", 1)):
             _require_int(field, getattr(self, field), minimum)
@@ -73,13 +73,12 @@ class DataOptions:
             if not isinstance(getattr(self, field), bool):
                 raise DataError(f"DataOptions.{field} must be true or false, got {getattr(self, field)!r}")
         scale = self.scale
-        if not isinstance(scale, (tuple, list)) or len(scale) != 2:
-            raise DataError(f"DataOptions.scale must be a pair (lo, hi), got {scale!r}")
-        for value in scale:
-            _require_int("scale", value, 1)
+        if (not isinstance(scale, (tuple, list)) or len(scale) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in scale)
+                or not 0 < scale[0] <= scale[1]):
+            shown = list(scale) if isinstance(scale, (tuple, list)) else scale
+            raise DataError(f"DataOptions.scale: expected [low, high] with 0 < low <= high, got {shown}")
         lo, hi = int(scale[0]), int(scale[1])
-        if lo > hi:
-            raise DataError(f"DataOptions.scale must have lo <= hi, got ({lo}, {hi})")
         if lo < self.crop_size:
             raise DataError(f"DataOptions.scale lower bound {lo} is smaller than crop_size {self.crop_size}")
         if self.test_resize < self.crop_size:
@@ -130,14 +129,6 @@ class ArrayDataset:
         """The images at ``indices`` (in that order), sharing the class names."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
         return ArrayDataset(self.images[idx], self.labels[idx], list(self.classes))
-
-
-def resolve_device(device: torch.device | str) -> torch.device:
-    """``device`` as a torch.device, with the current CUDA index filled in (one cache slot per GPU)."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
 
 
 def derive_seed(*parts: int | str) -> int:

@@ -23,9 +23,9 @@ from resnetlab.data.base import (
     global_batch_bounds,
     hold_out,
     rank_bounds,
-    resolve_device,
 )
 from resnetlab.errors import DataError
+from resnetlab.runtime import device_slot
 
 _CHUNK = 4096
 
@@ -118,7 +118,7 @@ class TensorSource(DataSource):
                       start_step: int = 0, rank: int = 0,
                       world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         steps = check_train_args(self.train_size, batch_size, start_step, rank, world_size)
-        return self._train_iter(epoch, batch_size, seed, resolve_device(device), start_step, steps,
+        return self._train_iter(epoch, batch_size, seed, device_slot(device), start_step, steps,
                                 rank, world_size)
 
     def _train_iter(self, epoch: int, batch_size: int, seed: int, device: torch.device, start_step: int,
@@ -137,7 +137,7 @@ class TensorSource(DataSource):
     def eval_batches(self, split: str, batch_size: int, *,
                      device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._check_eval_args(split, batch_size)
-        return self._eval_iter(split, batch_size, resolve_device(device))
+        return self._eval_iter(split, batch_size, device_slot(device))
 
     def _eval_iter(self, split: str, batch_size: int,
                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

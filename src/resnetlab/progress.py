@@ -1,0 +1,45 @@
+"""Where a run is: the step, the warm-up's end, the sums of the current epoch, the best evaluation, wall time.
+
+All of it is saved in every checkpoint (`to_dict`), so a resumed run continues the epoch's sums and the
+run's wall time where the killed one stopped; this is the one place they are reset and advanced.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class Progress:
+    """Where the run is, and the running sums of the current epoch (saved in every checkpoint)."""
+
+    step: int = 0
+    warmup_end: int | None = None  # iteration where warm-up ended early (training error below threshold)
+    loss_sum: float = 0.0
+    wrong: int = 0
+    seen: int = 0
+    train_time: float = 0.0
+    elapsed: float = 0.0  # wall time of all sessions of this run
+    best: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def start_session(self) -> None:
+        """A session (the first, or a resumed one) continues the wall time of the sessions before it."""
+        self._session_start = time.perf_counter() - self.elapsed
+
+    def tick(self) -> None:
+        """Bring `elapsed` up to now."""
+        self.elapsed = time.perf_counter() - self._session_start
+
+    def reset_epoch(self) -> None:
+        """An evaluation has reported the epoch's sums: the next epoch starts from zero."""
+        self.loss_sum, self.wrong, self.seen, self.train_time = 0.0, 0, 0, 0.0
+
+    def epoch_label(self, steps_per_epoch: int) -> int | float:
+        """The epoch of a metrics row: whole at an epoch's end, a fraction at a run's partial last epoch."""
+        done, rest = divmod(self.step, steps_per_epoch)
+        return done if rest == 0 else round(self.step / steps_per_epoch, 3)

@@ -1,0 +1,145 @@
+"""What a run writes and everything else reads: a metrics row per evaluation and the run's summary.
+
+The trainer writes these records; the figures (plots.py), suites (experiments.py), the HTML report
+(report.py) and the command line read them back through the same types. On disk they are the JSON of
+`to_dict()` (metrics.jsonl, one row a line, and summary.json), whose keys and key order are those of
+earlier versions, so old run directories still read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FAIL_ERROR = 0.20  # the papers' "fail": test error above 20%
+FINAL_KEYS = ("test_error", "test_top5_error", "test_loss", "train_error", "train_loss", "val_error")
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass(kw_only=True)
+class MetricsRow:
+    """One evaluation: the epoch's training sums, the test (and held-out) errors, the throughput.
+
+    `epoch` is a whole number at an epoch's end and a fraction (3 decimals) at a run's last, partial one.
+    The val_* fields exist only when the run holds out a validation split (`data.val_split`)."""
+
+    epoch: int | float
+    step: int
+    lr: float
+    train_loss: float | None  # None: not finite
+    train_error: float
+    test_loss: float
+    test_error: float
+    test_top5_error: float
+    val_loss: float | None = None
+    val_error: float | None = None
+    val_top5_error: float | None = None
+    images_per_s: float = 0.0
+    eval_images_per_s: float = 0.0
+    epoch_time_s: float = 0.0
+    wall_time_s: float = 0.0
+
+    @property
+    def has_val(self) -> bool:
+        return self.val_error is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if not self.has_val:
+            for key in ("val_loss", "val_error", "val_top5_error"):
+                del out[key]
+        return out
+
+    def final(self) -> dict[str, Any]:
+        """The errors summary.json reports as "final"."""
+        return {k: getattr(self, k) for k in FINAL_KEYS if k != "val_error" or self.has_val}
+
+
+@dataclass(kw_only=True)
+class DivergenceRow:
+    """The row that ends a diverged run: where it was and at which step the loss stopped being finite."""
+
+    epoch: int
+    step: int
+    diverged: bool = True
+    diverged_at_step: int | None
+    lr: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def row_from_dict(data: dict[str, Any]) -> MetricsRow | DivergenceRow | None:
+    """A line of metrics.jsonl as its record; None for a line that is neither (skipped by readers)."""
+    try:
+        if data.get("diverged"):
+            return DivergenceRow(**_known(DivergenceRow, data))
+        if "test_error" in data:
+            return MetricsRow(**_known(MetricsRow, data))
+    except TypeError:  # a required key is missing
+        return None
+    return None
+
+
+def evaluation_rows(rows: list[dict[str, Any]]) -> list[MetricsRow]:
+    """The evaluation rows of a run's metrics, typed, in order."""
+    out = [row_from_dict(r) for r in rows if isinstance(r, dict)]
+    return [r for r in out if isinstance(r, MetricsRow)]
+
+
+def best_of(row: MetricsRow) -> dict[str, Any]:
+    """The record of the best evaluation so far (kept in the checkpointed progress as plain data):
+    selected on the held-out split when there is one, else on the test set."""
+    best = {"epoch": row.epoch, "step": row.step, "test_error": row.test_error,
+            "test_top5_error": row.test_top5_error}
+    if row.has_val:
+        best["val_error"] = row.val_error
+    best["selected_on"] = "val" if row.has_val else "test"
+    return best
+
+
+@dataclass(kw_only=True)
+class Summary:
+    """summary.json: the run's outcome (final and best errors, the paper's "fail" verdict, divergence)."""
+
+    model: str | None = None
+    data: str | None = None
+    recipe: str | None = None
+    status: str | None = None  # finished | stopped | diverged
+    diverged: bool = False
+    diverged_at_step: int | None = None
+    steps: int | None = None
+    total_steps: int | None = None
+    epochs: float | None = None
+    final: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)
+    fail: bool = False
+    params: int | None = None
+    wall_time_s: float | None = None
+    images_per_s: float | None = None
+    device: str | None = None
+    torch: str | None = None
+    resnetlab: str | None = None
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Summary:
+        """A summary.json as written by this or an earlier version (missing keys read as unknown)."""
+        return cls(**_known(cls, data)) if isinstance(data, dict) else cls()
+
+
+@dataclass
+class WorkerResult:
+    """What a non-zero rank of a multi-process run returns: rank 0 writes and reports the summary."""
+
+    status: str
+    diverged: bool
+    rank: int
