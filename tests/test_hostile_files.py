@@ -168,3 +168,50 @@ def test_depth_beyond_the_bound_is_refused_before_anything_is_built() -> None:
     with pytest.raises(SpecError, match="beyond the largest"):
         create_model("plain20", depth=6 * MAX_DEPTH + 2)
     assert sum(p.numel() for p in create_model("resnet20", depth=8).parameters()) > 0
+
+
+def _tarball(tmp_path: Path) -> Path:
+    import tarfile
+
+    root = _folder(tmp_path / "img", ("a", "b"), np.zeros((6, 6, 3), dtype=np.uint8))
+    archive = tmp_path / "img.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="img")
+    return archive
+
+
+@pytest.mark.parametrize("bound, value, needle", [
+    ("MAX_MEMBER_BYTES", 40, "decompressed, beyond the"),
+    ("MAX_TOTAL_BYTES", 100, "decompress to more than"),
+    ("MAX_MEMBERS", 5, "more than 5 members"),
+])
+def test_archives_are_read_within_bounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture, bound: str, value: int,
+                                         needle: str) -> None:
+    """A 1 MB .tar.gz holding a 1 GiB member took over 1 GB of memory: members are checked by their stated
+    size before reading, and the archive by its members' total and count (bounds lowered here to fit a test)."""
+    import resnetlab.data.archives as archives
+
+    archive = _tarball(tmp_path)
+    assert list(load_data(f"folder:{archive}", DataOptions(cache_dir=str(tmp_path / "c0"))).classes) == ["a", "b"]
+    monkeypatch.setattr(archives, bound, value)
+    assert main(["train", "--data", f"folder:{archive}", "--iters", "1", "--set", f"data.cache_dir={tmp_path}/c1",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_cifar_batch_that_is_not_a_regular_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A FIFO named like a CIFAR batch file blocked the reader forever."""
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    for name in ("batches.meta", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        (batches / name).write_bytes(b"x")
+    os.mkfifo(batches / "data_batch_1")
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(main(["train", "--data", f"cifar10:{batches}", "--iters", "1",
+                                                            "--out", str(tmp_path / "run")])), daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert result == [2], "a FIFO in a CIFAR folder did not return within 30 s"
+    assert "data_batch_1: not a regular file" in capsys.readouterr().err

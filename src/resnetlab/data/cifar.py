@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from resnetlab.data.archives import members, read_member, read_regular_file
 from resnetlab.data.base import ArrayDataset, DataOptions, one_line
 from resnetlab.data.cache import Splits, cached, file_stamp
 from resnetlab.data.safe_pickle import safe_loads
@@ -66,10 +67,10 @@ def _read_dir(batches: Path, fmt: CifarFormat) -> dict[str, tuple[str, bytes]]:
     out = {}
     for name in fmt.members:
         file = batches / name
-        if not file.is_file():
+        if not file.exists():
             raise DataError(f"{file}: missing (a {fmt.dirname}/ directory needs {', '.join(fmt.members)})")
         try:
-            out[name] = (str(file), file.read_bytes())
+            out[name] = (str(file), read_regular_file(file))
         except OSError as exc:
             raise DataError(f"{file}: cannot read ({one_line(exc.strerror or exc)})") from None
     return out
@@ -89,13 +90,11 @@ def _read_tar(archive: Path, fmt: CifarFormat) -> dict[str, tuple[str, bytes]]:
     out: dict[str, tuple[str, bytes]] = {}
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for member in tar:  # sequential: no seeking back in a gzip stream
+            for member in members(tar, archive):  # sequential: no seeking back in a gzip stream
                 key = lookup.get(_member_name(member.name))
                 if key is None or not member.isfile() or key in out:
                     continue
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    out[key] = (f"{archive}:{_member_name(member.name)}", handle.read())
+                out[key] = (f"{archive}:{_member_name(member.name)}", read_member(tar, member, archive))
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{archive}: not a readable tar archive ({one_line(exc)})") from None
     for name in fmt.members:

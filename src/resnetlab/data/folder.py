@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resnetlab.data.archives import members, read_member
 from resnetlab.data.base import ArrayDataset, DataOptions, one_line
 from resnetlab.data.cache import Splits, cached, file_stamp
 from resnetlab.data.images import SPLIT_DIRS, decode_image, eval_dir, is_image_name, to_8bit
@@ -71,7 +72,7 @@ def scan_tar(archive: Path) -> Layout:
     found: dict[str | None, Layout] = {}
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
+            for member in members(tar, archive):
                 parts = _member_parts(member.name)
                 if parts and parts[0] in SPLIT_DIRS:
                     prefix, rest = None, parts
@@ -82,8 +83,7 @@ def scan_tar(archive: Path) -> Layout:
                 if len(rest) == 2 and member.isdir():
                     found.setdefault(prefix, {}).setdefault(rest[0], {}).setdefault(rest[1], [])
                 elif len(rest) == 3 and member.isfile() and is_image_name(rest[2]):
-                    handle = tar.extractfile(member)
-                    data = handle.read() if handle is not None else b""
+                    data = read_member(tar, member, archive)
                     files = found.setdefault(prefix, {}).setdefault(rest[0], {}).setdefault(rest[1], [])
                     files.append((f"{archive}:{'/'.join(parts)}", data))
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
