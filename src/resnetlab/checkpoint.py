@@ -118,3 +118,19 @@ def trained_state(path: Path | str) -> dict[str, Any]:
     for key, value in payload["optimizer"]["state"].items():
         state[f"opt.{key}"] = value["momentum_buffer"]
     return state
+
+
+def load_state(model: torch.nn.Module, state: Any) -> None:
+    """`model.load_state_dict(state)`, refusing tensors whose dtype is not the model's: PyTorch would cast an
+    int8, bool or float16 file into the float32 model without a word (issue 14), changing what was trained."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"its weights are not a mapping of names to tensors ({type(state).__name__})")
+    ours = model.state_dict()
+    for key, value in state.items():
+        target = ours.get(key)
+        if target is not None and isinstance(value, torch.Tensor) and value.dtype != target.dtype:
+            raise CheckpointError(f"tensor {key} is {str(value.dtype).removeprefix('torch.')}, the model's is "
+                                  f"{str(target.dtype).removeprefix('torch.')}; weights are not converted silently")
+    model.load_state_dict(state)
+

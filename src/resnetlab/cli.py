@@ -121,12 +121,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         weights = read_weights(args.weights)
         model = model_for(weights, args.model)
         path, config, norm, claimed = weights.path, weights.config, weights.norm, weights.claimed_error
+        classes = (weights.data or {}).get("classes")
     else:
         model, payload, path = load_model(args.checkpoint, best=args.best)
         if args.model is not None and args.model != model.spec.name:
             raise ResnetlabError(f"{path}: holds {model.spec.name or 'another model'}, not {args.model}")
         config, norm = payload["config"], payload["norm"]
-    source = evaluation_source(model.spec, config, norm, args.data, path)
+        classes = (payload.get("data") or {}).get("classes") if isinstance(payload.get("data"), dict) else None
+    source = evaluation_source(model.spec, config, norm, args.data, path, classes)
     device = resolve_device(args.device)
     cl = channels_last_default(device)
     model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
@@ -169,7 +171,10 @@ def _pretrained(args: argparse.Namespace) -> object:
 
     if (args.source is None) == (args.weights is None):
         raise ResnetlabError("give a run directory or checkpoint, or --weights FILE (one of the two)")
-    return load_pretrained(args.weights or args.source, model=args.model, best=args.best)
+    path = args.weights if args.weights is not None else args.source
+    if not path:
+        raise ResnetlabError("an empty path was given for the run directory, checkpoint or --weights FILE")
+    return load_pretrained(path, model=args.model, best=args.best)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -352,3 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
         return 0
+    except OSError as exc:  # a path the OS refuses where no reader words it (name too long, a loop...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"{PROG}: error: {str(where)[:300]}{exc.strerror or exc}\n")
+        return 2

@@ -178,16 +178,33 @@ def build_config(
     return cfg
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a config written to a run directory."""
-    cfg = Config()
+def config_from_dict(data: Any, where: str | None = None) -> Config:
+    """Rebuild a config written to a run directory (or a checkpoint); `where` names that file in errors.
+
+    A document of another shape (not an object, a model that is not an object with a registry name, a
+    section that is not an object of settings) is a one-line ConfigError naming the file and the field."""
+    label = where or "config"
     if not isinstance(data, dict):
-        raise ConfigError("config: expected a mapping of sections")
-    cfg.model = dict(data.get("model", cfg.model))
-    cfg.recipe = str(data.get("recipe", cfg.recipe))
+        raise ConfigError(f"{label}: expected a JSON object of sections, got {type(data).__name__}")
+    cfg = Config()
+    model = data.get("model", cfg.model)
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise ConfigError(f"{label}: field 'model': expected an object with a registry 'name', got "
+                          f"{str(model)[:60]}")
+    recipe = data.get("recipe", cfg.recipe)
+    if not isinstance(recipe, str):
+        raise ConfigError(f"{label}: field 'recipe': expected a name, got {str(recipe)[:60]}")
+    for section in SECTIONS:
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise ConfigError(f"{label}: field {section!r}: expected an object of settings, got "
+                              f"{str(data[section])[:60]}")
+    cfg.model, cfg.recipe = dict(model), recipe
     flat = {f"{s}.{k}": v for s in SECTIONS for k, v in (data.get(s) or {}).items()}
-    _apply(cfg, flat, origin="config")
-    validate(cfg)
+    try:
+        _apply(cfg, flat, origin="config")
+        validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
     return cfg
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import read_file
+from .checkpoint import load_state, read_file
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .errors import CheckpointError
 from .net import ResNet
@@ -108,7 +108,7 @@ def _load_complete(model: ResNet, renamed: dict[str, Tensor], optional: str = ""
     missing = sorted(k for k in set(ours) - set(renamed) if not (optional and k.endswith(optional)))
     if missing:
         raise CheckpointError(f"state_dict lacks {len(missing)} tensors of the model, e.g. {missing[0]}")
-    model.load_state_dict({**ours, **renamed})  # absent optional buffers keep the model's values
+    load_state(model, {**ours, **renamed})  # absent optional buffers keep the model's values
     return model
 
 

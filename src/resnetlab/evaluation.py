@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_state
 from .data import DataSource
 from .errors import CheckpointError
 from .fast import fold_bn
@@ -77,7 +77,9 @@ def load_model(path: str | Path, best: bool = False) -> tuple[ResNet, dict[str, 
     try:
         spec = ResNetSpec.from_dict(payload["spec"])
         model = ResNet(spec)
-        model.load_state_dict(payload["model"])
+        load_state(model, payload["model"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit its spec ({str(exc).splitlines()[0][:160]})") from None
     return model, payload, path

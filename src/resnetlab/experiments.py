@@ -313,12 +313,13 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 def _summary(run_dir: Path) -> Summary | None:
-    """The run's summary.json, or None where there is none (not finished, or unreadable)."""
+    """The run's summary.json, or None where there is none (not finished, or unreadable); one of another
+    shape is a one-line error naming it (`records.Summary.checked`)."""
     try:
         data = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    return Summary.from_dict(data) if isinstance(data, dict) and data else None
+    return Summary.checked(data, str(run_dir / "summary.json")) if data != {} else None
 
 
 def collect(suite: Suite, out: Path, scale: str) -> list[dict[str, Any]]:

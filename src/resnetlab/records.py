@@ -9,8 +9,12 @@ earlier versions, so old run directories still read.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from .errors import ResnetlabError
 
 FAIL_ERROR = 0.20  # the papers' "fail": test error above 20%
 FINAL_KEYS = ("test_error", "test_top5_error", "test_loss", "train_error", "train_loss", "val_error")
@@ -76,11 +80,16 @@ class DivergenceRow:
 
 def row_from_dict(data: dict[str, Any]) -> MetricsRow | DivergenceRow | None:
     """A line of metrics.jsonl as its record; None for a line that is neither (skipped by readers)."""
+    if not isinstance(data, dict):
+        return None
     try:
         if data.get("diverged"):
             return DivergenceRow(**_known(DivergenceRow, data))
         if "test_error" in data:
-            return MetricsRow(**_known(MetricsRow, data))
+            row = _known(MetricsRow, data)
+            if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in row.values()):
+                return None  # a field of another type: skipped like a line cut by a crash
+            return MetricsRow(**row)
     except TypeError:  # a required key is missing
         return None
     return None
@@ -134,6 +143,44 @@ class Summary:
     def from_dict(cls, data: dict[str, Any]) -> Summary:
         """A summary.json as written by this or an earlier version (missing keys read as unknown)."""
         return cls(**_known(cls, data)) if isinstance(data, dict) else cls()
+
+    @classmethod
+    def checked(cls, data: Any, where: str) -> Summary:
+        """`from_dict` of a document read back from disk, checked for shape first: a document that is not an
+        object, or a known field of another type, is a one-line error naming `where` and the field."""
+        if not isinstance(data, dict):
+            raise ResnetlabError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        for name, kinds in _SUMMARY_TYPES.items():
+            value = data.get(name)
+            if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool)
+                                                                        and bool not in kinds)):
+                raise ResnetlabError(f"{where}: field {name!r}: expected {_KIND_NAMES[kinds]}, got "
+                                     f"{type(value).__name__}")
+        for name in ("final", "best"):
+            for key, value in (data.get(name) or {}).items():
+                if value is not None and not isinstance(value, int | float | str):
+                    raise ResnetlabError(f"{where}: field '{name}.{key}': expected a number, got "
+                                         f"{type(value).__name__}")
+        return cls.from_dict(data)
+
+
+_NUMBER = (int, float)
+_SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "data": (str,), "recipe": (str,), "status": (str,), "diverged": (bool,),
+    "diverged_at_step": (int,), "steps": (int,), "total_steps": (int,), "epochs": _NUMBER, "final": (dict,),
+    "best": (dict,), "fail": (bool,), "params": (int,), "wall_time_s": _NUMBER, "images_per_s": _NUMBER,
+    "device": (str,), "torch": (str,), "resnetlab": (str,), "threads": (int,)}
+_KIND_NAMES = {(str,): "a string", (bool,): "true or false", (int,): "an integer", _NUMBER: "a number",
+               (dict,): "an object"}
+
+
+def read_summary(path: Path) -> Summary:
+    """A run's summary.json, checked for shape (`Summary.checked`); unreadable or not JSON: one line."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ResnetlabError(f"{path}: unreadable ({str(exc).splitlines()[0][:120]})") from None
+    return Summary.checked(data, str(path))
 
 
 @dataclass

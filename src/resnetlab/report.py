@@ -15,7 +15,7 @@ from typing import Any
 from . import __version__
 from .atomic import write_text_atomic
 from .errors import ResnetlabError
-from .records import Summary
+from .records import read_summary
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -56,8 +56,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _run_section(path: Path) -> str:
-    summary = Summary.from_dict(_read_json(path / "summary.json"))
+    summary = read_summary(path / "summary.json")
     config = _read_json(path / "config.json")
+    if not isinstance(config, dict) or not isinstance(config.get("optim", {}), dict):
+        raise ResnetlabError(f"{path / 'config.json'}: expected a JSON object with an 'optim' object")
     final, best = summary.final or {}, summary.best or {}
     meta = [
         ["model", summary.model], ["data", summary.data], ["recipe", summary.recipe],
@@ -86,7 +88,16 @@ def _pct(value: Any) -> str:
 
 def _suite_section(path: Path) -> str:
     data = _read_json(path / "results.json")
+    where = path / "results.json"
+    if not isinstance(data, dict):
+        raise ResnetlabError(f"{where}: expected a JSON object, got {type(data).__name__}")
     meta, rows = data.get("meta", {}), data.get("rows", [])
+    if not isinstance(meta, dict):
+        raise ResnetlabError(f"{where}: field 'meta': expected an object, got {type(meta).__name__}")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ResnetlabError(f"{where}: field 'rows': expected a list of objects")
+    if data.get("kendall_tau") is not None and not isinstance(data["kendall_tau"], int | float):
+        raise ResnetlabError(f"{where}: field 'kendall_tau': expected a number")
     headers = ["member", "model", "runs", "median", "mean", "std", "diverged", "paper", "fail (ours)",
                "fail (paper)", "rank", "paper rank"]
     table = [[r.get("member"), r.get("model"), r.get("runs"), r.get("median"), r.get("mean"), r.get("std"),

@@ -134,7 +134,9 @@ class RunDir:
         if self.metrics.exists():
             for line in self.metrics.read_text().splitlines():
                 with contextlib.suppress(ValueError):  # a line cut by a crash is dropped
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
+                    if isinstance(row, dict):  # and a line of another shape
+                        rows.append(row)
         return rows
 
     def truncate_metrics(self, step: int) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from .config import Config, config_from_dict
 from .distributed import World
-from .errors import ConfigError, ResnetlabError
+from .errors import CheckpointError, ConfigError, ResnetlabError
 from .fast import channels_last_default
 from .registry import get_spec
 from .spec import ResNetSpec
@@ -129,17 +129,22 @@ def prepare(cfg: Config, world: World | None = None, device: str | None = None) 
 
 
 def evaluation_source(spec: ResNetSpec, config: dict[str, Any] | None, norm: Any, data: str | None,
-                      where: Path) -> DataSource:
+                      where: Path, classes: Any = None) -> DataSource:
     """The data a trained net is evaluated on: `data` or the run's own, loaded with the run's options (plain
-    options without a config), checked against the net, normalised with the run's statistics."""
+    options without a config), checked against the net, normalised with the run's statistics. Where the
+    net's class names are known (`classes`, kept in its checkpoint), other data must have the same ones."""
     from .data import DataOptions, load_data
     from .evaluation import check_fits
 
-    cfg = config_from_dict(config) if config is not None else None
+    cfg = config_from_dict(config, where=f"{where} (its config)") if config is not None else None
     data = data or (cfg.data.source if cfg is not None else None)
     if data is None:
         raise ResnetlabError(f"{where}: names no data set; give --data")
     source = load_data(data, data_options(cfg) if cfg is not None else DataOptions(normalize="none"))
     check_fits(spec, source, where)
+    if data is not None and isinstance(classes, list) and list(source.classes) != [str(c) for c in classes]:
+        ours, theirs = ", ".join(map(str, classes[:4])), ", ".join(map(str, list(source.classes)[:4]))
+        raise CheckpointError(f"{where}: trained on classes {ours}, ...; data {source.name!r} has {theirs}, ...: "
+                              "its errors would not mean anything")
     source.load_norm_state(norm)
     return source

@@ -244,6 +244,8 @@ class ResNetSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResNetSpec:
+        if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+            raise SpecError(f"spec: expected an object of spec fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

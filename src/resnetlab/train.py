@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_state, save_checkpoint
 from .config import Config, config_from_dict
 from .counting import count_macs, count_params
 from .data import DataSource, cache_dir, derive_seed
@@ -142,7 +142,7 @@ class Trainer:
             saved = ResNetSpec.from_dict(payload["spec"])
             if saved != self.spec:
                 raise CheckpointError(f"checkpoint is a {saved.name or 'different'} net, not this run's model")
-            self.model.load_state_dict(payload["model"])
+            load_state(self.model, payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
             self.progress = Progress(**payload["progress"])
             torch.set_rng_state(payload["rng"]["cpu"])
@@ -370,7 +370,7 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
     The step counts global batches, so a run may resume on a different number of processes."""
     run = RunDir(path)
     saved = run.read_config()
-    cfg = config_from_dict(saved)
+    cfg = config_from_dict(saved, where=str(run.config))
     if model is not None and model != cfg.model["name"]:
         raise RunDirError(f"{run.path}: this run trains {cfg.model['name']}, not {model}")
     world = init_from_env(device or cfg.run.device)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from .checkpoint import is_checkpoint, parse_checkpoint, read_file
+from .checkpoint import is_checkpoint, load_state, parse_checkpoint, read_file
 from .convert import (
     CIFAR_PEER,
     TORCHVISION,
@@ -70,8 +71,11 @@ def read_weights(path: str | Path) -> Weights:
         try:
             spec = ResNetSpec.from_dict(payload["spec"])
             data = payload.get("data") if isinstance(payload.get("data"), dict) else None
-            return Weights(path, sha256, RESNETLAB, dict(payload["model"]), payload["norm"], spec,
-                           config=payload.get("config"), data=data)
+            config = payload.get("config")
+            if config is not None and not isinstance(config, dict):
+                raise CheckpointError(f"field 'config' is a {type(config).__name__}, not an object")
+            return Weights(path, sha256, RESNETLAB, dict(payload["model"]), _checked_norm(payload["norm"]), spec,
+                           config=config, data=data)
         except (KeyError, TypeError, ResnetlabError) as exc:
             raise CheckpointError(f"{path}: a resnetlab checkpoint without a valid spec and weights ({exc})") from None
     obj = load_state_bytes(raw, path)
@@ -122,7 +126,23 @@ def _read_safetensors(raw: bytes, path: Path, sha256: str) -> Weights:
     except (KeyError, TypeError, ValueError, AttributeError, ResnetlabError) as exc:
         raise CheckpointError(f"{path}: its resnetlab metadata is not valid ({str(exc).splitlines()[0][:160]})"
                               ) from None
+    try:
+        norm = _checked_norm(norm)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     return Weights(path, sha256, RESNETLAB, tensors, norm, spec, data=data)
+
+
+def _checked_norm(norm: Any) -> dict[str, Tensor]:
+    """The input normalisation of a file: 'mean' and 'std' tensors, finite, std above zero (its shape is
+    checked against the data when it is used)."""
+    if not isinstance(norm, dict) or not all(isinstance(norm.get(k), Tensor) for k in ("mean", "std")):
+        raise CheckpointError("field 'norm': expected 'mean' and 'std' tensors")
+    mean, std = norm["mean"], norm["std"]
+    if not (mean.is_floating_point() and std.is_floating_point() and mean.numel() and std.numel()
+            and torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise CheckpointError("field 'norm': 'mean' and 'std' must be finite floats, 'std' above zero")
+    return {"mean": mean, "std": std}
 
 
 def _peer_error(obj: Any) -> float | None:
@@ -141,7 +161,7 @@ def load_into(model: ResNet, weights: Weights) -> ResNet:
         if weights.format == RESNETLAB:
             assert weights.spec is not None
             _check_same_net(weights.spec, model.spec)
-            model.load_state_dict(weights.state)
+            load_state(model, weights.state)
         elif weights.format == CIFAR_PEER:
             load_pytorch_resnet_cifar10(model, weights.state)
         else:
