@@ -43,7 +43,7 @@ def test_the_judge_catches_what_it_should(tmp_path: Path, monkeypatch: pytest.Mo
     assert bad.problem is None and bad.rc == 2  # argparse: "invalid int value", one line
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / ".x.json.tmp-1").write_text("half")
-    left = run_case(Case("args", ["models", "resnet20"]), tmp_path / "c")
+    left = run_case(Case("args", ["models", "--filter", "resnet20"]), tmp_path / "c")
     assert left.rc == 0 and left.problem == "half-written output left: .x.json.tmp-1"
     import resnetlab.cli
 
