@@ -215,3 +215,24 @@ def test_a_cifar_batch_that_is_not_a_regular_file_is_refused(tmp_path: Path, cap
     t.join(timeout=30)
     assert result == [2], "a FIFO in a CIFAR folder did not return within 30 s"
     assert "data_batch_1: not a regular file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("schedule.gamma=-0.1", "schedule.gamma: the lr factor at each milestone must be positive"),
+    ("optim.batch_size=100000000", "optim.batch_size: 100000000 is beyond the largest"),
+    ("run.threads=5000", "run.threads: 5000 is beyond"),
+    ("run.seed=-1", "run.seed: must not be negative"),
+    ("run.seed=99999999999999999999", "run.seed: 99999999999999999999 is beyond"),
+    ("data.workers=1000", "data.workers: 1000 is beyond"),
+    ("schedule.milestones=[1,10000000000]", "schedule.milestones: 10000000000 is beyond"),
+])
+def test_settings_that_would_run_away_are_refused_before_work(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              setting: str, needle: str) -> None:
+    """A negative gamma trained with a negative learning rate; numbers that reach torch, numpy or the OS
+    unchecked (threads, seeds, batch sizes) crashed or allocated without end."""
+    assert main(["train", "--iters", "1", "--set", setting, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert main(["experiment", "degradation", "--scale", "small", "--seeds", "100000", "--out",
+                 str(tmp_path / "suite")]) == 2
+    assert "--seeds: 100000 is not in 1..1000" in capsys.readouterr().err

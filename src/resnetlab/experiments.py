@@ -206,8 +206,8 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
     """
     if scale not in SCALES:
         raise ConfigError(f"--scale: {scale!r} is not one of {', '.join(SCALES)}")
-    if seeds < 1:
-        raise ConfigError("--seeds: must be at least 1")
+    if not 1 <= seeds <= 1000:
+        raise ConfigError(f"--seeds: {seeds} is not in 1..1000")
     if data is None:
         if scale == "paper":
             raise ConfigError(f"suite {suite.name}: --data is required at paper scale (e.g. cifar10:PATH)")
