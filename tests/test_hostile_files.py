@@ -218,11 +218,11 @@ def test_a_cifar_batch_that_is_not_a_regular_file_is_refused(tmp_path: Path, cap
 
 
 @pytest.mark.parametrize("setting, needle", [
-    ("schedule.gamma=-0.1", "schedule.gamma: the lr factor at each milestone must be positive"),
+    ("schedule.gamma=-0.1", "schedule.gamma: the lr factor at each milestone must not be negative"),
     ("optim.batch_size=100000000", "optim.batch_size: 100000000 is beyond the largest"),
     ("run.threads=5000", "run.threads: 5000 is beyond"),
     ("run.seed=-1", "run.seed: must not be negative"),
-    ("run.seed=99999999999999999999", "run.seed: 99999999999999999999 is beyond"),
+    ("run.seed=99999999999999999999999", "run.seed: 99999999999999999999999 is beyond"),
     ("data.workers=1000", "data.workers: 1000 is beyond"),
     ("schedule.milestones=[1,10000000000]", "schedule.milestones: 10000000000 is beyond"),
 ])

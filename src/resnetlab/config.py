@@ -134,7 +134,7 @@ NON_NEGATIVE = {("data", "pad"), ("data", "val_split"), ("data", "workers"), ("o
 # or an attack (issue 14), refused before any work starts
 AT_MOST = {("optim", "batch_size"): 2**20, ("optim", "accumulate"): 2**12, ("schedule", "total"): 10**9,
            ("schedule", "iters"): 10**9, ("schedule", "epochs"): 10**6, ("warmup", "iters"): 10**9,
-           ("run", "threads"): 1024, ("run", "seed"): 2**63 - 1, ("run", "eval_every"): 10**6,
+           ("run", "threads"): 1024, ("run", "seed"): 2**64 - 1, ("run", "eval_every"): 10**6,
            ("run", "checkpoint_every"): 10**9, ("run", "keep_checkpoints"): 10**6, ("data", "workers"): 256,
            ("data", "pad"): 1024, ("data", "val_split"): 10**8, ("data", "crop_size"): 4096,
            ("data", "test_resize"): 8192}
@@ -288,8 +288,8 @@ def validate(cfg: Config) -> None:
     if milestones := [m for m in cfg.schedule.milestones if m > 10**9]:
         raise ConfigError(f"schedule.milestones: {milestones[0]} is beyond the largest resnetlab accepts (10**9)")
     o, s, w, r = cfg.optim, cfg.schedule, cfg.warmup, cfg.run
-    if not s.gamma > 0:  # a negative factor trained with a negative learning rate
-        raise ConfigError(f"schedule.gamma: the lr factor at each milestone must be positive, got {s.gamma}")
+    if not s.gamma >= 0:  # a negative factor trained with a negative learning rate
+        raise ConfigError(f"schedule.gamma: the lr factor at each milestone must not be negative, got {s.gamma}")
     if o.accumulate < 1:
         raise ConfigError("optim.accumulate: must be at least 1")
     if o.batch_size < 1:
