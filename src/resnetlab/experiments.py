@@ -252,6 +252,7 @@ def _run_members(suite: Suite, chosen: tuple[Member, ...], out: Path, scale: str
     import shutil
 
     from .errors import RunDirError
+    from .rundir import RunDir
     from .train import resume, train
 
     failed: list[str] = []
@@ -265,7 +266,7 @@ def _run_members(suite: Suite, chosen: tuple[Member, ...], out: Path, scale: str
                 log(f"{tag}: already done, skipped")
                 continue
             if (run_dir / "error.txt").exists():  # failed on an earlier call: retry it
-                if _has_checkpoint(run_dir):
+                if RunDir(run_dir).has_checkpoint():
                     (run_dir / "error.txt").unlink()
                 else:  # nothing trained worth keeping: start it again, from this call's input
                     log(f"{tag}: failed before, retrying from the start")
@@ -300,8 +301,3 @@ def _run_members(suite: Suite, chosen: tuple[Member, ...], out: Path, scale: str
             if summary.status == "stopped":  # a signal: the checkpoint is written, stop the suite here
                 raise SuiteStopped(f"{tag}: stopped by a signal; rerun the same command to resume")
     return failed
-
-
-def _has_checkpoint(run_dir: Path) -> bool:
-    ckpts = run_dir / "checkpoints"
-    return ckpts.is_dir() and any(p.suffix == ".pt" for p in ckpts.iterdir())

@@ -46,12 +46,15 @@ class RunDir:
                 and not self.died_before_checkpoint():
             raise RunDirError(f"{self.path}: exists and is not empty (use --resume {self.path} to continue it)")
 
+    def has_checkpoint(self) -> bool:
+        """A rolling or best checkpoint exists: the run has trained something worth resuming."""
+        return bool(self.step_checkpoints()) or self.best.exists()
+
     def died_before_checkpoint(self) -> bool:
         """A run that crashed or was killed before its first checkpoint (config and log, no checkpoint, no
         summary, no process holding it): nothing in it is worth keeping, so a new run may take its place."""
         p = self.path
-        if not (p.is_dir() and self.config.is_file()) or self.summary.exists() or self.step_checkpoints() \
-                or self.best.exists():
+        if not (p.is_dir() and self.config.is_file()) or self.summary.exists() or self.has_checkpoint():
             return False
         try:
             fd = os.open(p / ".lock", os.O_RDONLY)
