@@ -100,7 +100,7 @@ def test_cpu_scale_needs_data_and_valid_tables(tmp_path: Path, capsys) -> None:
     with pytest.raises(ConfigError, match="cpu must be a table or false"):
         load_suite(str(bad))
     bad.write_text('members = [{ label = "x", model = "resnet20", cpu = { depth = 9 } }]')  # not 6n+2
-    with pytest.raises(ConfigError, match=r"member 'x' \(cpu\)"):
+    with pytest.raises(ConfigError, match=r"member 1 \('x'\) \(cpu scale\)"):
         load_suite(str(bad))
     bad.write_text('members = [{ label = "x", model = "resnet20", cpu = false }]')
     with pytest.raises(ConfigError, match="no member runs at cpu scale"):

@@ -129,3 +129,26 @@ def test_paths_the_os_refuses_get_one_line(tmp_path: Path, capsys: pytest.Captur
     assert main(["export", "--weights", "", "--model", "resnet20", "--format", "safetensors", "-o",
                  str(tmp_path / "w.safetensors")]) == 2
     assert "an empty path was given" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("model", [[["a", "b", True]], "weights", {"stem.conv.weight": [1.0]}, {5: torch.zeros(1)}])
+def test_a_checkpoint_whose_weights_are_not_a_tensor_map_is_named(run: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture, model: object) -> None:
+    """Found by the fuzz campaign: a list of triples as the weights was a ValueError traceback in `predict
+    --weights` (dict() of it); every reader of a weights file now names the field."""
+    from resnetlab.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(run / "checkpoints" / "best.pt")
+    payload["model"] = model
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(bad, payload)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(images / "a.png")
+    for argv in (["predict", "--weights", str(bad), str(images)],
+                 ["export", "--weights", str(bad), "--format", "safetensors", "-o", str(tmp_path / "w.st")],
+                 ["eval", str(bad)]):
+        assert main(argv) == 2, argv
+        line = _one_line(capsys)
+        assert "not a mapping of names to tensors" in line or "weights are not a mapping" in line, line
+    assert not (tmp_path / "w.st").exists()

@@ -108,3 +108,35 @@ def test_a_run_that_died_before_its_first_checkpoint_restarts_in_place(tmp_path:
         assert "exists and is not empty" in capsys.readouterr().err
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("members = 5", "members must be a non-empty array of tables, got int 5"),
+    ("members = []", "members must be a non-empty array of tables"),
+    ("members = [5]", "member 1: expected a table, got int 5"),
+    ('members = [{ label = 5, model = "resnet20" }]', "member 1: label must be a non-empty string, got int 5"),
+    ('members = [{ label = "a", model = [] }]', "member 1: model must be a non-empty string, got list"),
+    ('members = [{ label = "a", model = "resnet20", set = "x" }]', "member 1 ('a'): set must be a table"),
+    ('members = [{ label = "a", model = "resnet20", set = { "optim.lr" = "x" } }]', "optim.lr: expected float"),
+    ('members = [{ label = "a", model = "resnet20", set = { "optim.lrr" = 0.1 } }]', "did you mean optim.lr"),
+    ('members = [{ label = "a", model = "resnet20", override = 1e400 }]', "override must be a table, got float"),
+    ('members = [{ label = "a", model = "resnet20", small = [5] }]', "small must be a table, got list"),
+    ('members = [{ label = "a", model = "resnet20", small = { model = 5 } }]', "small.model must be a registry"),
+    ('members = [{ label = "a", model = "resnet20", paper = nan }]', "paper must be an error in percent"),
+    ('members = [{ label = "a", model = "resnet20", paper = true }]', "paper must be an error in percent"),
+    ('members = [{ label = "a", model = "resnet20", lable = "b" }]', "unknown key 'lable' (did you mean 'label'?)"),
+    ('members = [{ label = "!!", model = "resnet20" }]', "label needs a letter or digit"),
+    ('title = 5\nmembers = [{ label = "a", model = "resnet20" }]', "title must be a string, got int 5"),
+    ('recipe = "nope"\nmembers = [{ label = "a", model = "resnet20" }]', "recipe 'nope': not found"),
+    ('titel = "x"\nmembers = [{ label = "a", model = "resnet20" }]', "unknown key 'titel' (did you mean 'title'?)"),
+])
+def test_a_suite_file_of_another_shape_is_named_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                  text: str, message: str) -> None:
+    """Wrong types in a suite TOML were tracebacks (`members = 5`, `label = 5`, `set = "x"`; issue 14 and the
+    fuzz campaign): now one line naming the file and the field, exit 2, and no suite directory."""
+    suite, out = tmp_path / "s.toml", tmp_path / "out"
+    suite.write_text(text + "\n")
+    assert _run(suite, out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"resnetlab: error: suite {suite}") and message in err, err
+    assert not out.exists()

@@ -216,6 +216,16 @@ def config_from_dict(data: Any, where: str | None = None) -> Config:
     return cfg
 
 
+def check_settings(flat: dict[str, Any], origin: str) -> None:
+    """`SECTION.KEY = value` entries (a suite member's `set`): known settings, each of its field's type. The
+    cross-field sense is checked when a run's whole config is built. Errors begin with `origin`."""
+    try:
+        _apply(Config(), flat, origin)
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith(origin) else f"{origin} {text}") from None
+
+
 def _flatten(recipe: dict[str, Any]) -> dict[str, Any]:
     flat = {}
     for section, values in recipe.items():

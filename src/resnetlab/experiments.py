@@ -7,6 +7,7 @@ finished (a rerun resumes the suite), carries on after a member fails or diverge
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text_atomic
-from .config import build_config, default_recipe, read_named_toml
+from .config import build_config, check_settings, default_recipe, read_named_toml, read_recipe
 from .errors import ConfigError, ResnetlabError
 from .registry import get_spec
 from .suite_results import CPU_NOTE, SMALL_NOTE, _summary, collect, kendall_tau, write_results
@@ -163,34 +164,85 @@ def suite_names() -> list[str]:
     return sorted(p.stem for p in SUITE_DIR.glob("*.toml"))
 
 
+SUITE_KEYS = ("title", "source", "recipe", "members")
+MEMBER_KEYS = ("label", "model", "override", "set", "small", "cpu", "paper")
+
+
 def load_suite(name: str) -> Suite:
-    """A named suite or a path to a suite TOML file; every member's spec is checked."""
+    """A named suite or a path to a suite TOML file, checked for shape before anything runs: known keys of
+    the right types, distinct labels, every member's spec at every scale it runs at, and its `set` entries
+    (known settings of the right types). Any problem is one ConfigError naming the file and the field."""
     path, data = read_named_toml(name, SUITE_DIR, "suite")
-    members = []
-    for i, raw in enumerate(data.get("members", [])):
-        try:
-            member = Member(label=raw["label"], model=raw["model"], override=raw.get("override", {}),
-                            settings=raw.get("set", {}), small=raw.get("small", {}), paper=raw.get("paper"),
-                            cpu=raw.get("cpu", True))
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"suite {path}: member {i + 1} lacks {exc}") from None
-        if not isinstance(member.cpu, dict | bool):
-            raise ConfigError(f"suite {path.stem}, member {member.label!r}: cpu must be a table or false")
-        for scale in SCALES:
-            if not member.runs_at(scale):
-                continue
-            model, override = member.at(scale)
-            try:
-                get_spec(model, **override)
-            except ResnetlabError as exc:
-                raise ConfigError(f"suite {path.stem}, member {member.label!r} ({scale}): {exc}") from None
-        members.append(member)
-    if not members:
-        raise ConfigError(f"suite {path}: no members")
+    where = f"suite {path}"
+    _known_keys(data, SUITE_KEYS, where)
+    for key in ("title", "source", "recipe"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"{where}: {key} must be a string, got {_shown(data[key])}")
+    recipe = data.get("recipe", "cifar")
+    try:
+        read_recipe(recipe)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    raw_members = data.get("members")
+    if not isinstance(raw_members, list) or not raw_members:
+        raise ConfigError(f"{where}: members must be a non-empty array of tables, got {_shown(raw_members)}")
+    members = [_read_member(raw, f"{where}, member {i + 1}") for i, raw in enumerate(raw_members)]
     if len({m.slug for m in members}) != len(members):
-        raise ConfigError(f"suite {path}: member labels must be distinct")
-    return Suite(path.stem, data.get("title", path.stem), data.get("source", ""), data.get("recipe", "cifar"),
-                 tuple(members))
+        raise ConfigError(f"{where}: member labels must be distinct")
+    return Suite(path.stem, data.get("title", path.stem), data.get("source", ""), recipe, tuple(members))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _known_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = [k for k in table if k not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(known)}"
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{hint}")
+
+
+def _read_member(raw: Any, where: str) -> Member:
+    """One `[[members]]` table of a suite file, type-checked field by field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {_shown(raw)}")
+    _known_keys(raw, MEMBER_KEYS, where)
+    for key in ("label", "model"):
+        if not isinstance(raw.get(key), str) or not raw[key].strip():
+            raise ConfigError(f"{where}: {key} must be a non-empty string, got {_shown(raw.get(key))}")
+    where = f"{where} ({raw['label']!r})"
+    for key in ("override", "set", "small"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise ConfigError(f"{where}: {key} must be a table, got {_shown(raw[key])}")
+    cpu = raw.get("cpu", True)
+    if not (isinstance(cpu, dict) or cpu is True or cpu is False):
+        raise ConfigError(f"{where}: cpu must be a table or false, got {_shown(cpu)}")
+    paper = raw.get("paper")
+    if paper is not None and not (isinstance(paper, str) or (isinstance(paper, int | float)
+                                                             and not isinstance(paper, bool)
+                                                             and 0 <= paper <= 100)):
+        raise ConfigError(f"{where}: paper must be an error in percent (0..100) or a note, got {_shown(paper)}")
+    for table in ("small", "cpu"):
+        model = raw.get(table, {}).get("model") if isinstance(raw.get(table), dict) else None
+        if model is not None and not isinstance(model, str):
+            raise ConfigError(f"{where}: {table}.model must be a registry name, got {_shown(model)}")
+    member = Member(label=raw["label"], model=raw["model"], override=dict(raw.get("override", {})),
+                    settings=dict(raw.get("set", {})), small=dict(raw.get("small", {})), paper=paper, cpu=cpu)
+    if not member.slug:
+        raise ConfigError(f"{where}: label needs a letter or digit (it names the member's directory)")
+    check_settings(member.settings, origin=f"{where}: set")  # cross-field sense is checked per run
+    for scale in SCALES:
+        if not member.runs_at(scale):
+            continue
+        model, override = member.at(scale)
+        try:
+            get_spec(model, **override)
+        except ResnetlabError as exc:
+            raise ConfigError(f"{where} ({scale} scale): {exc}") from None
+    return member
 
 
 def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, epochs: float | None = None,

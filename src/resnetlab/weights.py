@@ -74,7 +74,12 @@ def read_weights(path: str | Path) -> Weights:
             config = payload.get("config")
             if config is not None and not isinstance(config, dict):
                 raise CheckpointError(f"field 'config' is a {type(config).__name__}, not an object")
-            return Weights(path, sha256, RESNETLAB, dict(payload["model"]), _checked_norm(payload["norm"]), spec,
+            state = payload["model"]
+            if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in state.items()):
+                raise CheckpointError(f"field 'model' is a {type(state).__name__}, not a mapping of names to "
+                                      "tensors")
+            return Weights(path, sha256, RESNETLAB, dict(state), _checked_norm(payload["norm"]), spec,
                            config=config, data=data)
         except (KeyError, TypeError, ResnetlabError) as exc:
             raise CheckpointError(f"{path}: a resnetlab checkpoint without a valid spec and weights ({exc})") from None
