@@ -11,7 +11,11 @@ end the way every bad input should:
 Families: `args` (argument lists of every command, with hostile numbers and paths), `set` (`train --set
 KEY=VALUE` over every config field), `config` (a run's config.json replaced by another JSON document),
 `summary` (a run's summary.json and metrics.jsonl replaced), `checkpoint` (a torch-saved payload of
-generated shape given to eval, predict, export and train --init) and `suite` (a generated suite TOML).
+generated shape given to eval, predict, export and train --init), `suite` (a generated suite TOML),
+`images` (image folders and tarballs holding hostile image files: odd modes, truncated files, decompression
+bombs, other formats under a PNG/JPEG name; trained on, evaluated on, predicted) and `weights` (safetensors
+files with a damaged header, metadata or tensor entry, and state_dicts in the CIFAR peer's or torchvision's
+layout with keys missing, reshaped or of another dtype, some in PyTorch's legacy serialization).
 
     python scripts/fuzz.py --cases 5000 --out results/fuzz/campaign.json   # the campaign, by family
     pytest tests/test_fuzz.py                                               # a few hundred cases in CI
@@ -44,7 +48,7 @@ from hypothesis import strategies as st
 
 TIME_BOUND_S = 120.0  # a case that takes longer is a finding (a hang or an unbounded allocation)
 TINY = ["--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8", "--iters", "1"]
-FAMILIES = ("args", "set", "config", "summary", "checkpoint", "suite")
+FAMILIES = ("args", "set", "config", "summary", "checkpoint", "suite", "images", "weights")
 
 # -- values ----------------------------------------------------------------------------------------------
 NUMBERS = ["0", "-1", "-3", "1", "2", "7", "1e9", "1e400", "-1e400", "nan", "inf", "-inf", "", "1.5", "-0.5",
@@ -229,9 +233,242 @@ def suite_cases() -> st.SearchStrategy[Case]:
                                     {"s.toml": t}), text)
 
 
+# -- hostile images ---------------------------------------------------------------------------------------
+IMAGE_KINDS = ["rgb", "rgb_1x1", "rgb_tall", "grey", "grey_alpha", "bilevel", "palette", "palette_transparent",
+               "rgba", "cmyk_jpeg", "grey16", "int32", "float_tiff_as_png", "truncated_png", "truncated_jpeg",
+               "garbage", "empty", "text", "gif_animated", "webp_as_png", "bmp_as_jpg", "bomb_png",
+               "huge_header_png", "zero_width_png", "png_bad_crc", "jpeg_header_only"]
+
+
+def _png_chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    import struct
+    import zlib
+
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) if crc is None else crc))
+
+
+def _crafted_png(width: int, height: int, rows: bytes, bad_crc: bool = False) -> bytes:
+    """A PNG written by hand: its header may claim any size (a decompression bomb, a zero width)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(rows),
+                                                                        1 if bad_crc else None)
+            + _png_chunk(b"IEND", b""))
+
+
+def image_bytes(kind: str, seed: int) -> bytes:
+    """The bytes of one hostile (or merely unusual) image file of `kind`."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+
+    def save(img: Image.Image, fmt: str, **kw: Any) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    png = save(Image.fromarray(rgb), "PNG")
+    jpeg = save(Image.fromarray(rgb), "JPEG")
+    makers: dict[str, Callable[[], bytes]] = {
+        "rgb": lambda: png,
+        "rgb_1x1": lambda: save(Image.fromarray(rgb[:1, :1]), "PNG"),
+        "rgb_tall": lambda: save(Image.fromarray(rng.integers(0, 256, (300, 1, 3), dtype=np.uint8)), "PNG"),
+        "grey": lambda: save(Image.fromarray(rgb[..., 0], "L"), "PNG"),
+        "grey_alpha": lambda: save(Image.fromarray(rgb[..., :2].copy(), "LA"), "PNG"),
+        "bilevel": lambda: save(Image.fromarray(rgb[..., 0]).convert("1"), "PNG"),
+        "palette": lambda: save(Image.fromarray(rgb).convert("P"), "PNG"),
+        "palette_transparent": lambda: save(Image.fromarray(rgb).convert("P"), "PNG", transparency=0),
+        "rgba": lambda: save(Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA"), "PNG"),
+        "cmyk_jpeg": lambda: save(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+        "grey16": lambda: save(Image.fromarray(rng.integers(0, 65536, (8, 8), dtype=np.uint16)), "PNG"),
+        "int32": lambda: save(Image.fromarray(rng.integers(-2**31, 2**31 - 1, (8, 8), dtype=np.int32), "I"),
+                              "TIFF"),
+        "float_tiff_as_png": lambda: save(Image.fromarray(rng.random((8, 8), dtype=np.float32), "F"), "TIFF"),
+        "truncated_png": lambda: png[: int(rng.integers(1, len(png)))],
+        "truncated_jpeg": lambda: jpeg[: int(rng.integers(1, len(jpeg)))],
+        "garbage": lambda: rng.integers(0, 256, int(rng.integers(1, 600)), dtype=np.uint8).tobytes(),
+        "empty": lambda: b"",
+        "text": lambda: b"this is not an image\n",
+        "gif_animated": lambda: save(Image.fromarray(rgb), "GIF", save_all=True,
+                                     append_images=[Image.fromarray(255 - rgb)]),
+        "webp_as_png": lambda: save(Image.fromarray(rgb), "WEBP"),
+        "bmp_as_jpg": lambda: save(Image.fromarray(rgb), "BMP"),
+        # 200,000 x 200,000 pixels claimed by a 100-byte file: PIL's bomb check must stop it before decoding
+        "bomb_png": lambda: _crafted_png(200_000, 200_000, b"\x00" * 64),
+        # 10,000 x 10,000 (below PIL's error threshold): a 300 MB decode from a file of a few hundred bytes
+        "huge_header_png": lambda: _crafted_png(10_000, 10_000, b"\x00" * 64),
+        "zero_width_png": lambda: _crafted_png(0, 8, b""),
+        "png_bad_crc": lambda: _crafted_png(8, 8, b"\x00" * (8 * 25), bad_crc=True),
+        "jpeg_header_only": lambda: jpeg[:20],
+    }
+    return makers[kind]()
+
+
+def _image_tree(kinds: list[str], seed: int, where: str) -> dict[str, bytes]:
+    """An image-folder data set (train/ and test/, two classes) of good 8x8 images, with the hostile
+    `kinds` placed at `where` ("train", "test" or "both") under their (sometimes misleading) names."""
+    files: dict[str, bytes] = {}
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            for j in range(2):
+                files[f"data/{split}/{cls}/{j}.png"] = image_bytes("rgb", seed + j + (cls == "dog") * 7)
+    for i, kind in enumerate(kinds):
+        split = where if where != "both" else ("train", "test")[i % 2]
+        suffix = ".jpg" if "jpeg" in kind or kind == "bmp_as_jpg" else ".png"
+        files[f"data/{split}/{('cat', 'dog')[i % 2]}/bad{i}{suffix}"] = image_bytes(kind, seed + i)
+    return files
+
+
+def image_cases() -> st.SearchStrategy[Case]:
+    """Image folders and tarballs holding hostile image files (modes, truncation, bombs, other formats under a
+    JPEG/PNG name), trained on, evaluated on and predicted: each file is decoded as RGB or named in one line."""
+    tiny = ["--model", "resnet20", "--set", "model.depth=8", "--iters", "1"]
+    kinds = st.lists(st.sampled_from(IMAGE_KINDS), min_size=1, max_size=3)
+    commands = {
+        "train": ["train", *tiny, "--data", "folder:{root}/data", "--out", "{root}/run2"],
+        "train_tar": ["train", *tiny, "--data", "folder:{root}/data.tar.gz", "--out", "{root}/run2"],
+        "eval": ["eval", "{root}/run", "--data", "folder:{root}/data"],
+        "predict_folder": ["predict", "{root}/run", "{root}/data/train", "{root}/data/test"],
+        "predict_files": ["predict", "{root}/run", "--top-k", "2"]}
+
+    def build(k: list[str], seed: int, where: str, command: str) -> Case:
+        argv = list(commands[command])
+        if command == "predict_files":  # each hostile file by name
+            argv += ["{root}/" + name for name in _image_tree(k, seed, where) if "/bad" in name]
+        return Case("images", argv, {"__images__": (k, seed, where)})
+
+    return st.builds(build, kinds, st.integers(0, 2**16), st.sampled_from(["train", "test", "both"]),
+                     st.sampled_from(sorted(commands)))
+
+
+# -- hostile weights files (safetensors, the CIFAR peer's layout, torchvision's) -------------------------
+def weights_cases() -> st.SearchStrategy[Case]:
+    """Weights files in the other formats resnetlab reads, damaged: a safetensors file written by `resnetlab
+    export` with its header, metadata or a tensor changed, or cut; state_dicts in the CIFAR peer's or
+    torchvision's layout with keys missing, extra, reshaped or of another dtype."""
+    header_edit = st.one_of(
+        st.builds(lambda k, v: ("meta", k, v), st.sampled_from(["format", "resnetlab", "nope"]),
+                  st.sampled_from(["", "resnetlab", "{}", "[]", "5", '{"spec": 5}', '{"spec": {"depth": -1}}',
+                                   '{"spec": {"depth": 1e400}}', "{bad json", '{"classes": 5}'])),
+        st.builds(lambda k, v: ("tensor", k, v), st.sampled_from(["dtype", "shape", "data_offsets", "whole"]),
+                  st.sampled_from(["F16", "I8", "BOOL", "X", "", [], [-1], [2**40], [0, 2**40], [5, 1], None,
+                                   5, "F64"])),
+        st.builds(lambda n: ("cut", n, None), st.integers(1, 4000)),
+        st.builds(lambda n: ("length", n, None), st.sampled_from([0, 1, 2**40, 2**63, 99_999_999])),
+        st.builds(lambda n: ("drop", n, None), st.sampled_from(["normalization.mean", "normalization.std",
+                                                                "fc.weight", "stem.conv.weight"])))
+    state_edit = st.tuples(st.sampled_from(["peer", "peer_legacy", "torchvision"]),
+                           st.sampled_from(["none", "drop", "extra", "reshape", "int8", "float16", "empty",
+                                            "deep", "wide_linear", "prec_str", "prec_tensor", "no_prefix"]))
+    cmd = st.sampled_from([
+        ["eval", "--weights", "{root}/w.{ext}", "--data", "synthetic:8", "--model", "resnet20"],
+        ["eval", "--weights", "{root}/w.{ext}", "--data", "synthetic:8"],
+        ["train", *TINY[:2], "--data", "synthetic:8", "--iters", "1", "--init", "{root}/w.{ext}", "--out",
+         "{root}/run2"],
+        ["predict", "--weights", "{root}/w.{ext}", "{root}/img.png"],
+        ["export", "--weights", "{root}/w.{ext}", "--format", "safetensors", "-o", "{root}/again.safetensors"]])
+    safetensors = st.builds(lambda e, c: Case("weights", [a.replace("{ext}", "safetensors") for a in c],
+                                              {"__weights__": ("safetensors", e)}), header_edit, cmd)
+    state = st.builds(lambda e, c: Case("weights", [a.replace("{ext}", "th") for a in c],
+                                        {"__weights__": ("state", e)}), state_edit, cmd)
+    return safetensors | state
+
+
+def _exported(root: Path) -> bytes:
+    """The template run's weights as `resnetlab export` writes them (made once per process)."""
+    if "safetensors" not in _TEMPLATE:
+        from resnetlab.cli import main
+
+        out = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-template-")) / "w.safetensors"
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert main(["export", str(_template_run()), "--format", "safetensors", "-o", str(out)]) == 0
+        _TEMPLATE["safetensors"] = out
+    return _TEMPLATE["safetensors"].read_bytes()
+
+
+def damaged_safetensors(edit: tuple[str, Any, Any]) -> bytes:
+    raw = _exported(Path())
+    n = int.from_bytes(raw[:8], "little")
+    header, body = json.loads(raw[8:8 + n]), raw[8 + n:]
+    what, key, value = edit
+    if what == "cut":
+        return raw[: min(key, len(raw) - 1)]
+    if what == "length":
+        return key.to_bytes(8, "little") + raw[8:]
+    if what == "meta":
+        header.setdefault("__metadata__", {})[key] = value
+    elif what == "drop":
+        header.pop(key, None)
+    else:  # one tensor entry's field
+        name = next(k for k in header if k != "__metadata__")
+        if key == "whole":
+            header[name] = value
+        else:
+            header[name][key] = value
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + body
+
+
+def damaged_state(edit: tuple[str, str]) -> tuple[Any, bool]:
+    """A state_dict file in the CIFAR peer's or torchvision's key layout, changed by `edit`; (object, legacy)."""
+    import torch
+
+    layout, change = edit
+    if layout == "torchvision":
+        state = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64),
+                 "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
+    else:  # the peer's option-A ResNet-20 layout
+        state = {"module.conv1.weight": torch.zeros(16, 3, 3, 3), "module.bn1.weight": torch.ones(16),
+                 "module.bn1.bias": torch.zeros(16), "module.bn1.running_mean": torch.zeros(16),
+                 "module.bn1.running_var": torch.ones(16)}
+        for stage, width in enumerate((16, 32, 64), start=1):
+            for i in range(3):
+                cin = width // 2 if stage > 1 and i == 0 else width
+                for conv, c in (("conv1", cin), ("conv2", width)):
+                    state[f"module.layer{stage}.{i}.{conv}.weight"] = torch.zeros(width, c, 3, 3)
+                    bn = conv.replace("conv", "bn")
+                    state[f"module.layer{stage}.{i}.{bn}.weight"] = torch.ones(width)
+                    state[f"module.layer{stage}.{i}.{bn}.bias"] = torch.zeros(width)
+                    state[f"module.layer{stage}.{i}.{bn}.running_mean"] = torch.zeros(width)
+                    state[f"module.layer{stage}.{i}.{bn}.running_var"] = torch.ones(width)
+        state["module.linear.weight"] = torch.zeros(10, 64)
+        state["module.linear.bias"] = torch.zeros(10)
+    first = next(iter(state))
+    if change == "drop":
+        state.pop(first)
+    elif change == "extra":
+        state["module.layer9.0.conv1.weight"] = torch.zeros(1)
+    elif change == "reshape":
+        state[first] = torch.zeros(3, 3)
+    elif change in ("int8", "float16"):
+        state[first] = state[first].to(getattr(torch, change))
+    elif change == "empty":
+        state = {}
+    elif change == "deep" and layout != "torchvision":
+        state["module.layer1.99999.conv1.weight"] = torch.zeros(16, 16, 3, 3)
+    elif change == "wide_linear":
+        key = "fc.weight" if layout == "torchvision" else "module.linear.weight"
+        state[key] = torch.zeros(0, 64)
+    elif change == "no_prefix":
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    obj: Any = {"state_dict": state, "best_prec1": 91.7}
+    if change == "prec_str":
+        obj["best_prec1"] = "high"
+    elif change == "prec_tensor":
+        obj["best_prec1"] = torch.tensor(91.7)
+    if layout == "torchvision":
+        obj = state
+    return obj, layout == "peer_legacy"
+
+
 STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "args": args_cases, "set": set_cases, "config": config_cases, "summary": summary_cases,
-    "checkpoint": checkpoint_cases, "suite": suite_cases}
+    "checkpoint": checkpoint_cases, "suite": suite_cases, "images": image_cases, "weights": weights_cases}
 
 
 def _patched_config(key: str, value: Any) -> dict[str, Any]:
@@ -252,6 +489,22 @@ def _template_run() -> Path:
             assert main(["train", *TINY, "--out", str(where)]) == 0
         _TEMPLATE["run"] = where
     return _TEMPLATE["run"]
+
+
+def _template_folder_run() -> Path:
+    """A finished tiny run trained on a good two-class image folder (cat, dog), for eval/predict cases."""
+    if "folder_run" not in _TEMPLATE:
+        from resnetlab.cli import main
+
+        where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-template-"))
+        for name, data in _image_tree([], 0, "train").items():
+            (where / name).parent.mkdir(parents=True, exist_ok=True)
+            (where / name).write_bytes(data)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert main(["train", "--model", "resnet20", "--set", "model.depth=8", "--iters", "1", "--data",
+                         f"folder:{where / 'data'}", "--out", str(where / "run")]) == 0
+        _TEMPLATE["folder_run"] = where / "run"
+    return _TEMPLATE["folder_run"]
 
 
 def _tensor(kind: str) -> Any:
@@ -280,6 +533,26 @@ def _write(root: Path, case: Case) -> None:
         shutil.copytree(_template_run(), root / "run", ignore=shutil.ignore_patterns(".lock"))
     for rel, value in case.files.items():
         path = root / rel
+        if rel == "__images__":  # an image folder (and its tarball) with hostile files; a run to evaluate with
+            import tarfile
+
+            shutil.rmtree(root / "run", ignore_errors=True)
+            shutil.copytree(_template_folder_run(), root / "run", ignore=shutil.ignore_patterns(".lock"))
+            for name, data in _image_tree(*value).items():
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / name).write_bytes(data)
+            with tarfile.open(root / "data.tar.gz", "w:gz") as tar:
+                tar.add(root / "data", arcname="data")
+            continue
+        if rel == "__weights__":
+            (root / "img.png").write_bytes(image_bytes("rgb", 0))
+            kind, edit = value
+            if kind == "safetensors":
+                (root / "w.safetensors").write_bytes(damaged_safetensors(edit))
+            else:
+                obj, legacy = damaged_state(edit)
+                torch.save(obj, root / "w.th", **({"_use_new_zipfile_serialization": False} if legacy else {}))
+            continue
         if isinstance(value, tuple) and value[0] == "torch":
             from resnetlab.checkpoint import load_checkpoint, save_checkpoint
 

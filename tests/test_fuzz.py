@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 
 from scripts.fuzz import STRATEGIES, Case, Outcome, run_case
 
-CASES = {"args": 50, "set": 30, "config": 30, "summary": 30, "checkpoint": 30, "suite": 30}
+CASES = {"args": 50, "set": 30, "config": 30, "summary": 30, "checkpoint": 30, "suite": 30, "images": 30,
+         "weights": 30}
 
 
 def _judge(case: Case) -> Outcome:

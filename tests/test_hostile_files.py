@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,47 @@ def test_settings_that_would_run_away_are_refused_before_work(tmp_path: Path, ca
     assert main(["experiment", "degradation", "--scale", "small", "--seeds", "100000", "--out",
                  str(tmp_path / "suite")]) == 2
     assert "--seeds: 100000 is not in 1..1000" in capsys.readouterr().err
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` RGB pixels, with a few zero bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [8500, 12_000, 200_000])  # below PIL's warning (89 Mpx), between, beyond its error
+def test_an_image_claiming_too_many_pixels_is_refused_from_its_header(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                      side: int) -> None:
+    """Found by the fuzzer's image family: a 420 KB PNG of 12,000 x 12,000 pixels was decoded (1.6 GB, a
+    DecompressionBombWarning on stderr) before its size was compared with the data set's. Now every reader
+    (folder, tarball, ImageNet layout, predict) refuses more than MAX_PIXELS from the header, in one line."""
+    from resnetlab.data.images import MAX_PIXELS, decode_image
+
+    root = _folder(tmp_path / "data", ("a", "b"), np.zeros((6, 6, 3), dtype=np.uint8))
+    (root / "train" / "a" / "bomb.png").write_bytes(_png_claiming(side, side))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning must not reach the user
+        assert main(["train", "--data", f"folder:{root}", "--iters", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "bomb.png: cannot decode image" in err, err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DataError, match=f"{side}x{side}" if side * side <= 89_478_485 else "exceeds limit"):
+        decode_image(_png_claiming(side, side), "x.png")
+    assert 8192 * 8192 == MAX_PIXELS
+
+
+def test_an_image_of_another_size_is_refused_before_it_is_decoded(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The size check reads the header: a 4,000 x 4,000 PNG with almost no data is named for its size, not
+    decoded first (which would have failed as a truncated file after allocating 48 MB)."""
+    root = _folder(tmp_path / "data", ("a", "b"), np.zeros((6, 6, 3), dtype=np.uint8))
+    (root / "test" / "b" / "big.png").write_bytes(_png_claiming(4000, 4000))
+    assert main(["train", "--data", f"folder:{root}", "--iters", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "big.png: image is 4000x4000 but the first training image" in err and "truncated" not in err, err

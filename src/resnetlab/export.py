@@ -277,12 +277,11 @@ def load_image(path: Path, pre: Pretrained) -> Tensor:
     to 256/224 of it, as the test resize), centre crop, the net's channels; pixels in [0, 1], (C, S, S)."""
     from PIL import Image
 
-    from .data.images import to_mode
+    from .data.images import opened, to_mode
 
     s = pre.image_size
     try:
-        with Image.open(path) as img:
-            img.load()
+        with opened(path) as img:
             img = to_mode(img, "L" if pre.channels == 1 else "RGB")  # 16-bit scaled by its range, not clipped
             w, h = img.size
             short = s if pre.model.spec.stem == "cifar" else round(s * 256 / 224)

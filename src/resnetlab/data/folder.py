@@ -109,13 +109,15 @@ def _decode_all(items: list[tuple[str, str | bytes]], ref: tuple[str, tuple[int,
 
     def work(i: int) -> None:
         where, source = items[i]
-        arr = decode_image(source, where)
-        if arr.shape != ref_shape:
-            raise DataError(
-                f"{where}: image is {arr.shape[1]}x{arr.shape[0]} but the first training image {ref_where} "
-                f"is {ref_shape[1]}x{ref_shape[0]}; all images must share one size"
-            )
-        out[i] = arr
+
+        def same_size(size: tuple[int, int]) -> None:  # from the header, before decoding
+            if size != (ref_shape[1], ref_shape[0]):
+                raise DataError(
+                    f"{where}: image is {size[0]}x{size[1]} but the first training image {ref_where} "
+                    f"is {ref_shape[1]}x{ref_shape[0]}; all images must share one size"
+                )
+
+        out[i] = decode_image(source, where, same_size)
 
     for i in range(len(items)):  # threads do not help: decoding small images is GIL-bound
         work(i)

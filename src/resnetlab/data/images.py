@@ -13,9 +13,11 @@ of them silently ignored, since which one a user meant is a guess (see :func:`ev
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-from collections.abc import Container
+import warnings
+from collections.abc import Callable, Container, Iterator
 
 import numpy as np
 from PIL import Image
@@ -63,20 +65,49 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return to_mode(img, "RGB")
 
 
-def open_rgb(source: str | bytes, where: str | None = None) -> Image.Image:
-    """Open and fully decode one image file (a path or its bytes) as RGB; a DataError naming ``where``
-    (default: the path) if it cannot be decoded."""
-    try:
+# The most pixels resnetlab decodes from one image file: 64 Mi (8192 x 8192), above any photograph of the
+# papers' data sets (ImageNet's largest are a few megapixels). A file that claims more is refused from its
+# header, before decoding: a 400 KB PNG can claim 12,000 x 12,000 pixels and take 1.6 GB to decode.
+MAX_PIXELS = 8192 * 8192
+
+
+@contextlib.contextmanager
+def opened(source: str | bytes | os.PathLike[str], check: Callable[[tuple[int, int]], None] | None = None
+           ) -> Iterator[Image.Image]:
+    """An image file opened and fully decoded, once its header's size has been checked: at most MAX_PIXELS
+    (PIL's own decompression-bomb warning becomes that error, never a warning on stderr), then `check(size)`
+    (e.g. the size every image of a data set must share). Raises what PIL raises, or ValueError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ValueError(f"its header claims {w}x{h} pixels, beyond the {MAX_PIXELS:,} resnetlab "
+                                 "decodes from one image (a decompression bomb?)")
+            if check is not None:
+                check(img.size)
             img.load()
+            yield img
+
+
+def open_rgb(source: str | bytes, where: str | None = None,
+             check: Callable[[tuple[int, int]], None] | None = None) -> Image.Image:
+    """Open and fully decode one image file (a path or its bytes) as RGB; a DataError naming ``where``
+    (default: the path) if it cannot be decoded. `check(size)` runs before decoding (see :func:`opened`);
+    a DataError it raises passes through as it is."""
+    try:
+        with opened(source, check) as img:
             return to_rgb(img)
+    except DataError:
+        raise
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         raise DataError(f"{where or source}: cannot decode image ({one_line(exc)})") from None
 
 
-def decode_image(source: str | bytes, where: str) -> np.ndarray:
+def decode_image(source: str | bytes, where: str,
+                 check: Callable[[tuple[int, int]], None] | None = None) -> np.ndarray:
     """Decode one image file (path or bytes) to an RGB uint8 array (H, W, 3); DataError naming ``where``."""
-    return np.asarray(open_rgb(source, where), dtype=np.uint8)
+    return np.asarray(open_rgb(source, where, check), dtype=np.uint8)
 
 
 def eval_dir(found: Container[str], root: str) -> str:
