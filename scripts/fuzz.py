@@ -37,6 +37,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -612,11 +613,15 @@ def run_case(case: Case, root: Path) -> Outcome:
     cwd = os.getcwd()
     try:
         os.chdir(root)  # a relative default output (runs/, ./propagation.png) lands in the case's directory
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # every warning the user would see, even under pytest's recorder
             try:
                 rc = main(argv)
             except SystemExit as exc:  # argparse's one-line usage error
                 rc = exc.code if isinstance(exc.code, int) else 2
+            for w in caught:
+                print(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}", file=err)
     except _Timeout:
         problem = f"timeout: still running after {TIME_BOUND_S:.0f} s"
     except BaseException as exc:  # noqa: BLE001 - anything escaping main is the finding
@@ -628,9 +633,14 @@ def run_case(case: Case, root: Path) -> Outcome:
     seconds = time.perf_counter() - start
     text = err.getvalue()
     lines = [ln for ln in text.splitlines() if ln.startswith("resnetlab") or "Traceback" in ln]
+    warned = [ln for ln in text.splitlines() if re.match(r"\S+:\d+: \w+Warning: ", ln)]  # Python's format
     if problem is None:
         if "Traceback" in text:
             problem = "traceback on stderr"
+        elif warned:  # a library's warning reaching the user (PIL's decompression-bomb warning, torch's)
+            problem = "warning on stderr: " + re.sub(r"^.*?(\w+Warning: )", r"\1", warned[0])[:120]
+        elif rc not in (0, 1) and len([ln for ln in text.splitlines() if ln.strip()]) > 1:
+            problem = "more than one line on stderr"
         elif rc not in (0, 1, 2):
             problem = f"exit {rc}"
         elif rc == 1 and "member run(s) failed" not in text:

@@ -5,6 +5,7 @@ docs/reliability.md."""
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -53,3 +54,19 @@ def test_the_judge_catches_what_it_should(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(resnetlab.cli, "main", crash)
     assert run_case(Case("args", ["models"]), tmp_path / "d").problem == "exception: ValueError: boom"
+
+    def warns(argv: list[str]) -> int:
+        import warnings
+
+        warnings.warn("Image size (144000000 pixels) exceeds limit", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(resnetlab.cli, "main", warns)
+    assert run_case(Case("args", ["models"]), tmp_path / "e").problem.startswith("warning on stderr: UserWarning")
+
+    def two_lines(argv: list[str]) -> int:
+        print("resnetlab: error: one\nand another line", file=sys.stderr)
+        return 2
+
+    monkeypatch.setattr(resnetlab.cli, "main", two_lines)
+    assert run_case(Case("args", ["models"]), tmp_path / "f").problem == "more than one line on stderr"

@@ -79,7 +79,12 @@ def opened(source: str | bytes | os.PathLike[str], check: Callable[[tuple[int, i
     (e.g. the size every image of a data set must share). Raises what PIL raises, or ValueError."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        try:
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:  # PIL's own check
+            raise ValueError(f"its header claims too many pixels, beyond the {MAX_PIXELS:,} resnetlab decodes "
+                             f"from one image ({str(exc).split(',')[0]})") from None
+        with img:
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ValueError(f"its header claims {w}x{h} pixels, beyond the {MAX_PIXELS:,} resnetlab "
