@@ -365,7 +365,8 @@ def weights_cases() -> st.SearchStrategy[Case]:
                                                                 "fc.weight", "stem.conv.weight"])))
     state_edit = st.tuples(st.sampled_from(["peer", "peer_legacy", "torchvision"]),
                            st.sampled_from(["none", "drop", "extra", "reshape", "int8", "float16", "empty",
-                                            "deep", "wide_linear", "prec_str", "prec_tensor", "no_prefix"]))
+                                            "deep", "wide_linear", "prec_str", "prec_tensor", "no_prefix"]),
+                           st.sampled_from([2, 4, 5]))  # the pickle protocol
     cmd = st.sampled_from([
         ["eval", "--weights", "{root}/w.{ext}", "--data", "synthetic:8", "--model", "resnet20"],
         ["eval", "--weights", "{root}/w.{ext}", "--data", "synthetic:8"],
@@ -415,11 +416,11 @@ def damaged_safetensors(edit: tuple[str, Any, Any]) -> bytes:
     return len(text).to_bytes(8, "little") + text + body
 
 
-def damaged_state(edit: tuple[str, str]) -> tuple[Any, bool]:
+def damaged_state(edit: tuple[str, str, int]) -> tuple[Any, bool]:
     """A state_dict file in the CIFAR peer's or torchvision's key layout, changed by `edit`; (object, legacy)."""
     import torch
 
-    layout, change = edit
+    layout, change = edit[:2]
     if layout == "torchvision":
         state = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64),
                  "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
@@ -552,7 +553,8 @@ def _write(root: Path, case: Case) -> None:
                 (root / "w.safetensors").write_bytes(damaged_safetensors(edit))
             else:
                 obj, legacy = damaged_state(edit)
-                torch.save(obj, root / "w.th", **({"_use_new_zipfile_serialization": False} if legacy else {}))
+                torch.save(obj, root / "w.th", pickle_protocol=edit[2],
+                           **({"_use_new_zipfile_serialization": False} if legacy else {}))
             continue
         if isinstance(value, tuple) and value[0] == "torch":
             from resnetlab.checkpoint import load_checkpoint, save_checkpoint

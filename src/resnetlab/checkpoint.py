@@ -12,6 +12,7 @@ import io
 import os
 import re
 import stat
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +77,24 @@ def safe_reason(exc: BaseException) -> str:
     """Why torch.load refused a file, without PyTorch's advice to load it with weights_only=False: resnetlab
     never runs a file's code, and never suggests it."""
     text = str(exc).strip()
+    if "Unsupported operand 149" in text:  # FRAME: pickles of protocol 4 and 5 frame their data
+        return ("it was pickled with protocol 4 or later, which PyTorch's weights-only loader cannot read; "
+                "save it again with torch.save's default protocol")
     if "weights_only" in text or "Weights only load failed" in text or "Unsupported global" in text:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
         what = f" ({found.group(1)})" if found else ""
         return f"it holds objects other than tensors and plain data{what}; resnetlab does not unpickle code"
     first = text.splitlines()[0] if text else type(exc).__name__
     return first[:200]
+
+
+def torch_load(source: Any) -> Any:
+    """`torch.load(source, weights_only=True)` on the CPU: tensors and plain data only, no code runs. PyTorch's
+    warning about a pickle protocol other than its default (protocol 3 reads; 4 and 5 are refused, see
+    `safe_reason`) is not passed on to the user: the caller names the file and what is wrong with it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(source, map_location="cpu", weights_only=True)
 
 
 def is_checkpoint(raw: bytes) -> bool:
@@ -103,7 +116,7 @@ def parse_checkpoint(raw: bytes, path: Path) -> dict[str, Any]:
     if hashlib.sha256(body).digest() != digest:
         raise CheckpointError(f"{path}: checksum mismatch (the file is corrupt)")
     try:
-        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+        payload = torch_load(io.BytesIO(body))
     except Exception as exc:  # the restricted unpickler refuses anything but tensors and plain data
         raise CheckpointError(f"{path}: refused to load ({safe_reason(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import load_state, read_file
+from .checkpoint import load_state, read_file, safe_reason, torch_load
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .errors import CheckpointError
 from .net import ResNet
@@ -65,9 +65,9 @@ def read_state_file(path: str | Path) -> Any:
 def load_state_bytes(raw: bytes, path: Path) -> Any:
     """The object in the contents `raw` of a `torch.save` file, loaded without running code."""
     try:
-        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        return torch_load(io.BytesIO(raw))
     except Exception as exc:  # unpickling refused, a truncated or corrupt file, not a torch file at all
-        raise CheckpointError(f"{path}: not a loadable weights file ({type(exc).__name__})") from None
+        raise CheckpointError(f"{path}: not a loadable weights file ({safe_reason(exc)})") from None
 
 
 def state_dict_of(obj: Any, where: str) -> dict[str, Tensor]:

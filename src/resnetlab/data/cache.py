@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from resnetlab.atomic import replace_with
+from resnetlab.checkpoint import torch_load
 from resnetlab.data.base import ArrayDataset, DataOptions, one_line
 from resnetlab.errors import DataError, ResnetlabError
 
@@ -72,7 +73,7 @@ def load_entry(file: Path) -> Splits | None:
     if not file.is_file():
         return None
     try:
-        return _unpack(torch.load(file, map_location="cpu", weights_only=True))
+        return _unpack(torch_load(file))
     except Exception as exc:  # any corruption means: rebuild
         log.info("ignoring corrupt data cache %s: %s", file, one_line(exc))
         return None
