@@ -15,7 +15,9 @@ generated shape given to eval, predict, export and train --init), `suite` (a gen
 `images` (image folders and tarballs holding hostile image files: odd modes, truncated files, decompression
 bombs, other formats under a PNG/JPEG name; trained on, evaluated on, predicted) and `weights` (safetensors
 files with a damaged header, metadata or tensor entry, and state_dicts in the CIFAR peer's or torchvision's
-layout with keys missing, reshaped or of another dtype, some in PyTorch's legacy serialization).
+layout with keys missing, reshaped or of another dtype, some in PyTorch's legacy serialization and other
+pickle protocols), `cifar` (a CIFAR-10 archive in the original python layout with one member replaced by a
+batch of other dtypes, shapes or labels, another pickle protocol, junk, a pickle that calls code, or none).
 
     python scripts/fuzz.py --cases 5000 --out results/fuzz/campaign.json   # the campaign, by family
     pytest tests/test_fuzz.py                                               # a few hundred cases in CI
@@ -49,7 +51,7 @@ from hypothesis import strategies as st
 
 TIME_BOUND_S = 120.0  # a case that takes longer is a finding (a hang or an unbounded allocation)
 TINY = ["--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8", "--iters", "1"]
-FAMILIES = ("args", "set", "config", "summary", "checkpoint", "suite", "images", "weights")
+FAMILIES = ("args", "set", "config", "summary", "checkpoint", "suite", "images", "weights", "cifar")
 
 # -- values ----------------------------------------------------------------------------------------------
 NUMBERS = ["0", "-1", "-3", "1", "2", "7", "1e9", "1e400", "-1e400", "nan", "inf", "-inf", "", "1.5", "-0.5",
@@ -347,6 +349,72 @@ def image_cases() -> st.SearchStrategy[Case]:
                      st.sampled_from(sorted(commands)))
 
 
+# -- hostile CIFAR archives -------------------------------------------------------------------------------
+CIFAR10_MEMBERS = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+
+
+def cifar_cases() -> st.SearchStrategy[Case]:
+    """A CIFAR-10 archive in the original python layout (`cifar10:PATH`) with one member replaced: a batch
+    dict with generated data and labels (other dtypes, shapes, label ranges, missing keys), a pickle of
+    another protocol or of another object, or junk bytes; as a tarball or an extracted directory."""
+    data = st.sampled_from(["uint8", "int64", "float32", "rows_3071", "three_d", "empty", "list", "none",
+                            "bytes", "one_row"])
+    labels = st.one_of(st.lists(st.integers(-3, 12) | st.sampled_from([2**70, True, 1.5, "x", None]),
+                                max_size=4), st.sampled_from([5, "x", None, [[1, 2], [3]]]))
+    batch = st.fixed_dictionaries({}, optional={"data": data, "labels": labels,
+                                                "labels_key": st.sampled_from([b"labels", "labels", b"fine",
+                                                                               5])})
+    meta = st.sampled_from(["ten", "nine", "ints", "not_utf8", "str_key", "list"])
+    replaced = st.one_of(
+        st.builds(lambda m, b, proto: ("batch", m, b, proto), st.sampled_from(CIFAR10_MEMBERS[:-1]), batch,
+                  st.integers(0, 5)),
+        st.builds(lambda m, proto: ("meta", m, proto), meta, st.integers(0, 5)),
+        st.builds(lambda m, junk: ("junk", m, junk), st.sampled_from(CIFAR10_MEMBERS),
+                  st.sampled_from([b"", b"\x80\x05junk", b"cos\nsystem\n(S'true'\ntR.", b"\x80\x02]q\x00."])),
+        st.builds(lambda m: ("missing", m), st.sampled_from(CIFAR10_MEMBERS)))
+    cmd = st.sampled_from([["train", *TINY[:4], "--iters", "1", "--data", "cifar10:{root}/cifar-10-python.tar.gz",
+                            "--out", "{root}/run2"],
+                           ["train", *TINY[:4], "--iters", "1", "--data", "cifar10:{root}/cifar-10-batches-py",
+                            "--out", "{root}/run2"]])
+    return st.builds(lambda r, c: Case("cifar", c, {"__cifar__": r}), replaced, cmd)
+
+
+def cifar_member(rep: tuple[Any, ...], name: str, rng: Any) -> bytes | None:
+    """The bytes of CIFAR-10 member `name`: a good one (3 images), or the replacement `rep` describes."""
+    import pickle
+
+    import numpy as np
+
+    good_batch = {b"batch_label": b"b", b"labels": [0, 1, 2], b"data": rng.integers(0, 256, (3, 3072),
+                                                                                    dtype=np.uint8)}
+    good_meta = {b"label_names": [f"c{i}".encode() for i in range(10)]}
+    if rep[0] == "missing" and rep[1] == name:
+        return None
+    if rep[0] == "junk" and rep[1] == name:
+        return rep[2]
+    if rep[0] == "batch" and rep[1] == name:
+        _, _, spec, proto = rep
+        arrays = {"uint8": rng.integers(0, 256, (3, 3072), dtype=np.uint8),
+                  "int64": np.zeros((3, 3072), dtype=np.int64), "float32": np.zeros((3, 3072), np.float32),
+                  "rows_3071": np.zeros((3, 3071), np.uint8), "three_d": np.zeros((3, 3, 1024), np.uint8),
+                  "empty": np.zeros((0, 3072), np.uint8), "list": [[0] * 3072] * 3, "none": None,
+                  "bytes": b"\0" * 9216, "one_row": np.zeros((1, 3072), np.uint8)}
+        blob: dict[Any, Any] = {b"batch_label": b"b"}
+        if "data" in spec:
+            blob[b"data"] = arrays[spec["data"]]
+        if "labels" in spec:
+            blob[spec.get("labels_key", b"labels")] = spec["labels"]
+        return pickle.dumps(blob, protocol=proto)
+    if rep[0] == "meta" and name == "batches.meta":
+        _, kind, proto = rep
+        names = {"ten": [f"c{i}".encode() for i in range(10)], "nine": [b"c"] * 9, "ints": list(range(10)),
+                 "not_utf8": [b"\xff\xfe"] * 10, "list": None, "str_key": None}[kind]
+        obj: Any = ({"label_names": [f"c{i}" for i in range(10)]} if kind == "str_key" else
+                    [b"c"] * 10 if kind == "list" else {b"label_names": names})
+        return pickle.dumps(obj, protocol=proto)
+    return pickle.dumps(good_meta if name == "batches.meta" else good_batch, protocol=2)
+
+
 # -- hostile weights files (safetensors, the CIFAR peer's layout, torchvision's) -------------------------
 def weights_cases() -> st.SearchStrategy[Case]:
     """Weights files in the other formats resnetlab reads, damaged: a safetensors file written by `resnetlab
@@ -470,7 +538,8 @@ def damaged_state(edit: tuple[str, str, int]) -> tuple[Any, bool]:
 
 STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "args": args_cases, "set": set_cases, "config": config_cases, "summary": summary_cases,
-    "checkpoint": checkpoint_cases, "suite": suite_cases, "images": image_cases, "weights": weights_cases}
+    "checkpoint": checkpoint_cases, "suite": suite_cases, "images": image_cases, "weights": weights_cases,
+    "cifar": cifar_cases}
 
 
 def _patched_config(key: str, value: Any) -> dict[str, Any]:
@@ -545,6 +614,21 @@ def _write(root: Path, case: Case) -> None:
                 (root / name).write_bytes(data)
             with tarfile.open(root / "data.tar.gz", "w:gz") as tar:
                 tar.add(root / "data", arcname="data")
+            continue
+        if rel == "__cifar__":  # the original CIFAR-10 python layout, extracted and as a tarball
+            import tarfile
+
+            import numpy as np
+
+            rng = np.random.default_rng(0)
+            folder = root / "cifar-10-batches-py"
+            folder.mkdir()
+            for name in CIFAR10_MEMBERS:
+                data = cifar_member(value, name, rng)
+                if data is not None:
+                    (folder / name).write_bytes(data)
+            with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+                tar.add(folder, arcname="cifar-10-batches-py")
             continue
         if rel == "__weights__":
             (root / "img.png").write_bytes(image_bytes("rgb", 0))
