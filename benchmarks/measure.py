@@ -2,7 +2,8 @@
 
 - step: training images/s of one SGD step on a fixed synthetic batch. Ours is `Trainer.train_step`, the
   library's own step with its fast paths (channels-last; fused SGD on CUDA; bf16 autocast with --amp bf16;
-  torch.compile with --compile MODE, compiled during the warm-up); the baseline is the same network written
+  torch.compile with --compile MODE, compiled during the warm-up, and then our eager step is timed in the
+  same blocks too, for compiled/eager from one run); the baseline is the same network written
   the plain way (benchmarks/plain.py: eager, NCHW, default settings with cuDNN autotuning off, zero_grad /
   forward / cross-entropy / backward / step).
 - epoch: training images/s of `Trainer.train_step` fed by the real data path (the data source's
@@ -57,6 +58,18 @@ def ours_step_fn(trainer: Any, batch: int) -> Callable[[], None]:
     x, y = synthetic_batch(batch, trainer.device)
     trainer.model.train()
     return lambda: trainer.train_step(x, y, 0)
+
+
+def ours_eager_step_fn(trainer: Any, batch: int) -> Callable[[], None]:
+    """Our step with the uncompiled module (same parameters, optimizer and fast paths): with --compile, the
+    eager step is timed in the same blocks as the compiled one, so compiled/eager is a ratio from one run."""
+    x, y = synthetic_batch(batch, trainer.device)
+
+    def step() -> None:
+        with trainer.eager():
+            trainer.train_step(x, y, 0)
+
+    return step
 
 
 def epoch_fn(trainer: Any, batch: int, steps: int) -> tuple[Callable[[], None], int]:
@@ -121,12 +134,14 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         eval_ours, eval_plain = eval_fns(trainer, name, batch)
         # cuDNN autotuning is process-wide: ours as the trainer configured it, the baseline at PyTorch's default
         tuned = torch.backends.cudnn.benchmark
+        compiled = args.compile != "off"
+        eager = with_cudnn_benchmark(ours_eager_step_fn(trainer, batch), tuned) if compiled else None
         ours, eval_ours = (with_cudnn_benchmark(f, tuned) for f in (ours, eval_ours))
         plain, eval_plain = (with_cudnn_benchmark(f, False) for f in (plain, eval_plain))
         # warm-up (oneDNN primitives, cuDNN autotuning, the data set's copy to the device), then size the
         # blocks from one timed call of ours
         first_step_s = timed(ours, 1, device)  # includes the compilation with --compile
-        for fn in (ours, plain, eval_ours, eval_plain):
+        for fn in (ours, plain, eval_ours, eval_plain, *([eager] if eager else [])):
             for _ in range(args.warmup):
                 fn()
         next(iter(trainer.source.train_batches(0, batch, seed=0, device=device)))
@@ -134,10 +149,13 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         eval_calls = max(args.min_steps, round(args.block_s / max(timed(eval_ours, 1, device), 1e-6)))
         epoch, epoch_images = epoch_fn(trainer, batch, steps if args.epoch_steps < 0 else args.epoch_steps)
         epoch = with_cudnn_benchmark(epoch, tuned)
-        times: dict[str, list[float]] = {k: [] for k in ("step", "step_plain", "epoch", "eval", "eval_plain")}
+        times: dict[str, list[float]] = {k: [] for k in ("step", "step_plain", "epoch", "eval", "eval_plain",
+                                                         *(["step_eager"] if eager else []))}
         for _ in range(args.repeats):
             times["step"].append(batch * steps / timed(ours, steps, device))
             times["step_plain"].append(batch * steps / timed(plain, steps, device))
+            if eager:
+                times["step_eager"].append(batch * steps / timed(eager, steps, device))
             times["epoch"].append(epoch_images / timed(epoch, 1, device))
             times["eval"].append(batch * eval_calls / timed(eval_ours, eval_calls, device))
             times["eval_plain"].append(batch * eval_calls / timed(eval_plain, eval_calls, device))
@@ -151,6 +169,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "step_vs_plain": med["step"] / med["step_plain"], "epoch_vs_step": med["epoch"] / med["step"],
         "eval_vs_plain": med["eval"] / med["eval_plain"],
     }
+    if eager:
+        row |= {"compiled_vs_eager": med["step"] / med["step_eager"],
+                "eager_vs_plain": med["step_eager"] / med["step_plain"]}
     row |= roofline(macs, batch, med["step"], rate, bandwidth, traffic)
     return row
 

@@ -53,6 +53,16 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{r['matmul']['tflops']:.2f} {r['matmul']['dtype']}) | "
                      f"{r['traffic_gbps']:.1f} ({r['fraction_of_bandwidth']:.0%} of {r['bandwidth']['gbps']:.1f}) | "
                      f"{r['bound']} ({r['flop_per_byte']:.0f} {sign} {r['machine_flop_per_byte']:.0f} FLOP/B) |")
+    compiled = [r for r in result["models"] if "compiled_vs_eager" in r]
+    if compiled:
+        lines += ["", "Compiled against eager, timed in the same blocks (the first step holds the compilation):",
+                  "", "| model | first step | step, ours compiled | step, ours eager | step, plain | "
+                  "compiled/eager | compiled/plain | eager/plain |", "|---|---|---|---|---|---|---|---|"]
+        for r in compiled:
+            ips = r["ips"]
+            lines.append(f"| {r['model']} | {r['first_step_s']:.1f} s | {_fmt(ips['step'])} | "
+                         f"{_fmt(ips['step_eager'])} | {_fmt(ips['step_plain'])} | **{r['compiled_vs_eager']:.2f}x** | "
+                         f"{r['step_vs_plain']:.2f}x | {r['eager_vs_plain']:.2f}x |")
     if result.get("memory"):
         lines += ["", "| model | batch | peak step memory, ours | plain | ours/plain |", "|---|---|---|---|---|"]
         for name, mem in result["memory"].items():

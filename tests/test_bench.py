@@ -65,6 +65,24 @@ def test_benchmark_command_measures_and_writes(tmp_path: Path) -> None:
     assert "| resnet20 |" in table and "ours/plain" in table
 
 
+@pytest.mark.slow
+def test_compiled_benchmark_times_the_eager_step_in_the_same_run(tmp_path: Path) -> None:
+    """With --compile, our eager step is timed in the same blocks as the compiled one (run.compile=auto's
+    gain comes from this ratio); compiling takes 25-60 s here, hence slow."""
+    out = tmp_path / "c.json"
+    args = ["--models", "resnet20", "--device", "cpu", "--batch", "8", "--repeats", "2", "--warmup", "1",
+            "--block-s", "0.01", "--min-steps", "1", "--epoch-steps", "2", "--data", "synthetic:64",
+            "--memory", "off", "--compile", "default", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(out.read_text())["models"][0]
+    assert len(row["ips"]["step_eager"]["all"]) == 2
+    assert row["compiled_vs_eager"] == pytest.approx(row["ips"]["step"]["median"] / row["ips"]["step_eager"]["median"])
+    assert row["eager_vs_plain"] == pytest.approx(row["ips"]["step_eager"]["median"] / row["ips"]["step_plain"]["median"])
+    assert "compiled/eager" in out.with_suffix(".md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--models", "resnet21"], "unknown model 'resnet21'"),
     (["--models", "resnet164"], "no plain baseline"),
