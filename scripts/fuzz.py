@@ -49,6 +49,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+# the categories Python's default warning filters hide from a user (outside __main__): not findings
+HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 TIME_BOUND_S = 120.0  # a case that takes longer is a finding (a hang or an unbounded allocation)
 TINY = ["--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8", "--iters", "1"]
 FAMILIES = ("args", "set", "config", "summary", "checkpoint", "suite", "images", "weights", "cifar")
@@ -706,8 +708,9 @@ def run_case(case: Case, root: Path) -> Outcome:
                 rc = main(argv)
             except SystemExit as exc:  # argparse's one-line usage error
                 rc = exc.code if isinstance(exc.code, int) else 2
-            for w in caught:
-                print(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}", file=err)
+            for w in caught:  # as Python shows them: deprecation, import and resource warnings are hidden
+                if not issubclass(w.category, HIDDEN_WARNINGS):
+                    print(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}", file=err)
     except _Timeout:
         problem = f"timeout: still running after {TIME_BOUND_S:.0f} s"
     except BaseException as exc:  # noqa: BLE001 - anything escaping main is the finding

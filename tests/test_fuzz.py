@@ -64,6 +64,15 @@ def test_the_judge_catches_what_it_should(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(resnetlab.cli, "main", warns)
     assert run_case(Case("args", ["models"]), tmp_path / "e").problem.startswith("warning on stderr: UserWarning")
 
+    def deprecated(argv: list[str]) -> int:  # hidden by Python's default filters: the user never sees it
+        import warnings
+
+        warnings.warn("`torch.jit.script_method` is deprecated", DeprecationWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(resnetlab.cli, "main", deprecated)
+    assert run_case(Case("args", ["models"]), tmp_path / "g").problem is None
+
     def two_lines(argv: list[str]) -> int:
         print("resnetlab: error: one\nand another line", file=sys.stderr)
         return 2
