@@ -110,6 +110,57 @@ def test_a_run_that_died_before_its_first_checkpoint_restarts_in_place(tmp_path:
         os.close(fd)
 
 
+@pytest.mark.parametrize("out", [".", "./", "..", "HERE", "", " "])
+def test_out_naming_the_current_directory_or_nothing_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture, out: str) -> None:
+    """`--out .` and `--out ''` were tracebacks ('has an empty name'); an empty suite --out silently meant the
+    default. A run directory is created whole by one rename, so it cannot be the directory the user stands in."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    out = str(here) if out == "HERE" else out
+    argv = ["train", "--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:16", "--iters", "1"]
+    try:
+        rc = main([*argv, "--out", out])
+    except SystemExit as exc:  # argparse's one-line error
+        rc = exc.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert ("an empty path" in err) if not out.strip() else ("cannot become a run directory" in err)
+    assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+    if not out.strip():
+        with pytest.raises(SystemExit) as exc:
+            main(["experiment", str(_suite(tmp_path)), "--scale", "small", "--data", "synthetic:16", "--out", out])
+        assert exc.value.code == 2 and "argument --out: an empty path" in capsys.readouterr().err
+        assert not (here / "experiments").exists()
+
+
+def test_results_are_replaced_whole_or_left_as_they_were(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """results.md / .csv / .json go through the one atomic writer: a disk that fills while the table is
+    written leaves the previous table, no temporary file, and one line."""
+    import resnetlab.atomic
+
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    assert _run(suite, out) == 0
+    before = {name: (out / name).read_bytes() for name in ("results.md", "results.csv", "results.json")}
+    real = resnetlab.atomic._fsync
+
+    def disk_full(path: Path) -> None:
+        if ".results.md.tmp-" in Path(path).name:
+            raise OSError(28, "No space left on device")
+        real(path)
+
+    monkeypatch.setattr(resnetlab.atomic, "_fsync", disk_full)
+    (out / "a" / "seed0" / "summary.json").unlink()  # so the second call has something to train and tabulate
+    capsys.readouterr()
+    assert _run(suite, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "results.md: cannot write (No space left on device)" in err
+    assert (out / "results.md").read_bytes() == before["results.md"]
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("members = 5", "members must be a non-empty array of tables, got int 5"),
     ("members = []", "members must be a non-empty array of tables"),

@@ -22,6 +22,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _path(text: str) -> str:
+    """A path argument: an empty one is an error, not the current directory or a default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
 def _check_input_size(size: int | None) -> None:
     if size is not None and not 8 <= size <= 4096:
         raise ResnetlabError(f"--input-size: {size} is not a side in 8..4096 pixels")
@@ -256,22 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help="cifar, imagenet, digits, or a .toml file (default: by data)")
     p.add_argument("--epochs", type=float, default=None, help="budget in epochs (milestones keep their fractions)")
     p.add_argument("--iters", type=int, default=None, help="budget in iterations")
-    p.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATA-TIME)")
+    p.add_argument("--out", type=_path, default=None, help="run directory (default: runs/MODEL-DATA-TIME)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--val-split", type=int, default=None, metavar="N",
                    help="hold out N training images for validation; the best epoch is chosen on them (paper: 5000)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override any config field, e.g. optim.lr=0.05 or model.shortcut=dropout")
-    p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue a run from its newest checkpoint")
-    p.add_argument("--init", metavar="FILE", default=None,
+    p.add_argument("--resume", metavar="RUN_DIR", type=_path, default=None, help="continue a run from its newest checkpoint")
+    p.add_argument("--init", metavar="FILE", type=_path, default=None,
                    help="start from the weights (and input normalisation) of a resnetlab checkpoint, a "
                         "pytorch_resnet_cifar10 .th file or a torchvision-style state_dict")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="top-1/top-5 test error of a run directory, checkpoint or weights file")
-    p.add_argument("checkpoint", nargs="?", default=None, help="run directory or checkpoint file")
-    p.add_argument("--weights", metavar="FILE", default=None,
+    p.add_argument("checkpoint", nargs="?", type=_path, default=None, help="run directory or checkpoint file")
+    p.add_argument("--weights", metavar="FILE", type=_path, default=None,
                    help="instead: a resnetlab checkpoint, pytorch_resnet_cifar10 .th or torchvision-style file")
     p.add_argument("--data", default=None, help="data to evaluate on (default: the run's)")
     p.add_argument("--model", default=None, help="fail unless the checkpoint is this registry model; the model "
@@ -291,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=["paper", "cpu", "small"], default="paper",
                    help="cpu: CIFAR-10 with shallower nets and 2 epochs (one 2-core CPU); small: shallower nets "
                         "and a short budget on digits (checks the mechanism)")
-    p.add_argument("--out", default=None, help="suite directory (default: experiments/SUITE-SCALE)")
+    p.add_argument("--out", type=_path, default=None, help="suite directory (default: experiments/SUITE-SCALE)")
     p.add_argument("--device", default=None)
     p.add_argument("--only", nargs="+", metavar="MEMBER", default=None,
                    help="train only these members (label or slug); the results table lists all")
@@ -302,18 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("export", help="a trained net as safetensors, ONNX or a torch.export program (.pt2)")
-    p.add_argument("source", nargs="?", default=None, help="run directory or checkpoint file")
-    p.add_argument("--weights", metavar="FILE", default=None, help="a weights file instead (any format eval reads)")
+    p.add_argument("source", nargs="?", type=_path, default=None, help="run directory or checkpoint file")
+    p.add_argument("--weights", metavar="FILE", type=_path, default=None, help="a weights file instead (any format eval reads)")
     p.add_argument("--model", default=None, help="registry model the weights are for (foreign files)")
     p.add_argument("--best", action="store_true", help="a run directory's best.pt, not its newest checkpoint")
     p.add_argument("--format", required=True, choices=["safetensors", "onnx", "pt2"])
-    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("-o", "--output", type=_path, required=True, help="file to write")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="top-k classes of image files with a trained net")
     p.add_argument("images", nargs="+", metavar="[RUN_DIR] IMAGE_OR_FOLDER",
                    help="a run directory or checkpoint (unless --weights), then images or folders of images")
-    p.add_argument("--weights", metavar="FILE", default=None, help="a weights file (.safetensors, .pt, ...)")
+    p.add_argument("--weights", metavar="FILE", type=_path, default=None, help="a weights file (.safetensors, .pt, ...)")
     p.add_argument("--model", default=None, help="registry model the weights are for (foreign files)")
     p.add_argument("--best", action="store_true", help="a run directory's best.pt, not its newest checkpoint")
     p.add_argument("--top-k", type=int, default=5)
@@ -321,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("report", help="one self-contained HTML page from run and suite directories")
-    p.add_argument("dirs", nargs="+", metavar="RUN_OR_SUITE_DIR")
-    p.add_argument("-o", "--output", default="report.html")
+    p.add_argument("dirs", nargs="+", type=_path, metavar="RUN_OR_SUITE_DIR")
+    p.add_argument("-o", "--output", type=_path, default="report.html")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("analyze", help="analyses of a network (v2 sec. 3)")
@@ -330,11 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = asub.add_parser("propagation", help="forward signal and gradient norm per residual unit (v2 eq. 4-7)")
     q.add_argument("--model", action="append", metavar="NAME", help="registry model at init (repeatable)")
     q.add_argument("--override", "-o", action="append", metavar="K=V", help="spec field for every --model")
-    q.add_argument("--checkpoint", metavar="RUN_DIR", default=None, help="add a trained model (uses its data)")
+    q.add_argument("--checkpoint", metavar="RUN_DIR", type=_path, default=None, help="add a trained model (uses its data)")
     q.add_argument("--data", default=None, help="default: synthetic, or the checkpoint's data")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", default=None, help="figure path (.png/.pdf/.svg; default ./propagation.png)")
+    q.add_argument("--out", type=_path, default=None, help="figure path (.png/.pdf/.svg; default ./propagation.png)")
     q.add_argument("--eval-mode", action="store_true", help="BN running statistics instead of batch statistics")
     q.set_defaults(func=_cmd_analyze_propagation)
     return parser

@@ -42,6 +42,14 @@ class RunDir:
 
     # creation and locking ------------------------------------------------------------------------------
     def check_new(self) -> None:
+        try:
+            here = Path.cwd()
+            inside = self.path.resolve() in (here, *here.parents)
+        except OSError:  # the current directory was removed: nothing of it can be replaced
+            inside = False
+        if self.path.name in ("", ".", "..") or inside:
+            raise RunDirError(f"{self.path}: the current directory or one above it cannot become a run directory "
+                              "(a run directory is created whole, by one rename); give a new path, e.g. runs/NAME")
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())) \
                 and not self.died_before_checkpoint():
             raise RunDirError(f"{self.path}: exists and is not empty (use --resume {self.path} to continue it)")
