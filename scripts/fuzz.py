@@ -202,14 +202,15 @@ def summary_cases() -> st.SearchStrategy[Case]:
 def checkpoint_cases() -> st.SearchStrategy[Case]:
     """A torch-saved payload of generated shape, given wherever a checkpoint or weights file is read."""
     tensor_like = st.sampled_from(["float32", "int8", "bool", "float16", "float64", "empty", "nan", "scalar"])
+    fields = st.sampled_from(["spec", "model", "config", "norm", "data", "progress", "optimizer", "rng", "schedule"])
     payload = st.one_of(
         JSON_VALUES,
+        fields.map(lambda field_: {"__patch__": field_, "value": {"__delete__": True}}),
         st.dictionaries(st.sampled_from(["spec", "model", "config", "norm", "progress", "data", "state_dict",
                                          "best_prec1", "optimizer", "rng", "version"]),
                         JSON_VALUES | tensor_like.map(lambda t: {"__tensor__": t}), max_size=6),
         st.builds(lambda field_, value: {"__patch__": field_, "value": value},
-                  st.sampled_from(["spec", "model", "config", "norm", "data", "progress"]),
-                  JSON_VALUES | tensor_like.map(lambda t: {"__tensor__": t})))
+                  fields, JSON_VALUES | tensor_like.map(lambda t: {"__tensor__": t})))
     cmd = st.sampled_from([["eval", "{root}/ckpt.pt"], ["eval", "--weights", "{root}/ckpt.pt", "--data",
                                                          "synthetic:8", "--model", "resnet20"],
                            ["predict", "--weights", "{root}/ckpt.pt", "{root}/dir"],
@@ -648,7 +649,10 @@ def _write(root: Path, case: Case) -> None:
             payload = value[1]
             if isinstance(payload, dict) and "__patch__" in payload:  # a real checkpoint with one field changed
                 base = load_checkpoint(_template_run() / "checkpoints" / "best.pt")
-                base[payload["__patch__"]] = _materialise(payload["value"])
+                if payload["value"] == {"__delete__": True}:  # a real checkpoint without that field
+                    del base[payload["__patch__"]]
+                else:
+                    base[payload["__patch__"]] = _materialise(payload["value"])
                 payload = base
             if isinstance(payload, dict):  # in resnetlab's checksummed frame, so the reader gets to the content
                 save_checkpoint(path, _materialise(payload))

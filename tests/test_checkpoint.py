@@ -20,7 +20,8 @@ from resnetlab.errors import CheckpointError
 
 
 def payload() -> dict:
-    return {"model": {"w": torch.arange(6.0).view(2, 3)}, "step": 7, "note": "plain data"}
+    return {"model": {"w": torch.arange(6.0).view(2, 3)}, "spec": {}, "norm": {}, "config": {}, "step": 7,
+            "note": "plain data"}
 
 
 def test_round_trip(tmp_path: Path) -> None:

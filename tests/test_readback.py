@@ -126,9 +126,10 @@ def test_eval_on_data_with_other_classes_is_refused(tmp_path: Path, capsys: pyte
 def test_paths_the_os_refuses_get_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["eval", str(tmp_path / ("a" * 300))]) == 2
     assert "File name too long" in _one_line(capsys)
-    assert main(["export", "--weights", "", "--model", "resnet20", "--format", "safetensors", "-o",
-                 str(tmp_path / "w.safetensors")]) == 2
-    assert "an empty path was given" in _one_line(capsys)
+    with pytest.raises(SystemExit) as exc:  # argparse's one-line error
+        main(["export", "--weights", "", "--model", "resnet20", "--format", "safetensors", "-o",
+              str(tmp_path / "w.safetensors")])
+    assert exc.value.code == 2 and "argument --weights: an empty path" in _one_line(capsys)
 
 
 @pytest.mark.parametrize("model", [[["a", "b", True]], "weights", {"stem.conv.weight": [1.0]}, {5: torch.zeros(1)}])
@@ -152,3 +153,36 @@ def test_a_checkpoint_whose_weights_are_not_a_tensor_map_is_named(run: Path, tmp
         line = _one_line(capsys)
         assert "not a mapping of names to tensors" in line or "weights are not a mapping" in line, line
     assert not (tmp_path / "w.st").exists()
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("config", None, "without its 'config' field"),
+    ("norm", None, "without its 'norm' field"),
+    ("spec", None, "without its 'spec' field"),
+    ("model", None, "without its 'model' field"),
+    ("config", [1, 2], "field 'config' is list, not a mapping"),
+    ("norm", "x", "field 'norm' is str, not a mapping"),
+])
+def test_a_checkpoint_payload_without_a_field_is_named(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       field: str, value: object, needle: str) -> None:
+    """A checkpoint without 'config' or 'norm' (valid frame and checksum) was a KeyError traceback in `eval`
+    and `train --resume`; every reader now names the field in one line."""
+    from resnetlab.checkpoint import load_checkpoint, save_checkpoint
+
+    copy = _copy(run, tmp_path)
+    (copy / "summary.json").unlink()
+    for ckpt in (copy / "checkpoints").iterdir():
+        payload = load_checkpoint(ckpt)
+        if value is None:
+            del payload[field]
+        else:
+            payload[field] = value
+        save_checkpoint(ckpt, payload)
+    best = copy / "checkpoints" / "best.pt"
+    for argv in (["eval", str(best)], ["eval", str(copy)],
+                 ["export", "--weights", str(best), "--format", "safetensors", "-o", str(tmp_path / "w.st")],
+                 ["analyze", "propagation", "--checkpoint", str(copy), "--out", str(tmp_path / "p.png")],
+                 ["train", "--resume", str(copy)]):
+        assert main(argv) == 2, argv
+        assert needle in _one_line(capsys), argv
+    assert not (tmp_path / "w.st").exists() and not (tmp_path / "p.png").exists()

@@ -259,7 +259,8 @@ def test_ragged_cifar_labels_are_a_data_error(tmp_path: Path) -> None:
 def real_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("ckpt") / "real.pt"
     torch.manual_seed(0)
-    save_checkpoint(path, {"model": {"w": torch.randn(64, 3, 3, 3)}, "progress": {"step": 7}})
+    save_checkpoint(path, {"model": {"w": torch.randn(64, 3, 3, 3)}, "spec": {}, "norm": {}, "config": {},
+                           "progress": {"step": 7}})
     assert load_checkpoint(path)["progress"]["step"] == 7
     return path.read_bytes()
 

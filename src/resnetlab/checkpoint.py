@@ -97,6 +97,10 @@ def torch_load(source: Any) -> Any:
         return torch.load(source, map_location="cpu", weights_only=True)
 
 
+# fields of every checkpoint the trainer writes that readers index without further checks
+REQUIRED_TABLES = ("spec", "norm", "config")
+
+
 def is_checkpoint(raw: bytes) -> bool:
     """Whether file contents end as a resnetlab checkpoint does (checked fully by `parse_checkpoint`)."""
     return raw.endswith(MAGIC)
@@ -121,6 +125,11 @@ def parse_checkpoint(raw: bytes, path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: refused to load ({safe_reason(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a resnetlab checkpoint")
+    for field in ("model", *REQUIRED_TABLES):  # what every reader uses
+        if field not in payload:
+            raise CheckpointError(f"{path}: a resnetlab checkpoint without its '{field}' field")
+        if field != "model" and not isinstance(payload[field], dict):  # the weights are checked where loaded
+            raise CheckpointError(f"{path}: field '{field}' is {type(payload[field]).__name__}, not a mapping")
     return payload
 
 

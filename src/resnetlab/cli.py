@@ -178,9 +178,7 @@ def _pretrained(args: argparse.Namespace) -> object:
 
     if (args.source is None) == (args.weights is None):
         raise ResnetlabError("give a run directory or checkpoint, or --weights FILE (one of the two)")
-    path = args.weights if args.weights is not None else args.source
-    if not path:
-        raise ResnetlabError("an empty path was given for the run directory, checkpoint or --weights FILE")
+    path = args.weights if args.weights is not None else args.source  # never empty: see _path
     return load_pretrained(path, model=args.model, best=args.best)
 
 
@@ -270,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold out N training images for validation; the best epoch is chosen on them (paper: 5000)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override any config field, e.g. optim.lr=0.05 or model.shortcut=dropout")
-    p.add_argument("--resume", metavar="RUN_DIR", type=_path, default=None, help="continue a run from its newest checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", type=_path, default=None,
+                   help="continue a run from its newest checkpoint")
     p.add_argument("--init", metavar="FILE", type=_path, default=None,
                    help="start from the weights (and input normalisation) of a resnetlab checkpoint, a "
                         "pytorch_resnet_cifar10 .th file or a torchvision-style state_dict")
@@ -310,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="a trained net as safetensors, ONNX or a torch.export program (.pt2)")
     p.add_argument("source", nargs="?", type=_path, default=None, help="run directory or checkpoint file")
-    p.add_argument("--weights", metavar="FILE", type=_path, default=None, help="a weights file instead (any format eval reads)")
+    p.add_argument("--weights", metavar="FILE", type=_path, default=None,
+                   help="a weights file instead (any format eval reads)")
     p.add_argument("--model", default=None, help="registry model the weights are for (foreign files)")
     p.add_argument("--best", action="store_true", help="a run directory's best.pt, not its newest checkpoint")
     p.add_argument("--format", required=True, choices=["safetensors", "onnx", "pt2"])
@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k classes of image files with a trained net")
     p.add_argument("images", nargs="+", metavar="[RUN_DIR] IMAGE_OR_FOLDER",
                    help="a run directory or checkpoint (unless --weights), then images or folders of images")
-    p.add_argument("--weights", metavar="FILE", type=_path, default=None, help="a weights file (.safetensors, .pt, ...)")
+    p.add_argument("--weights", metavar="FILE", type=_path, default=None,
+                   help="a weights file (.safetensors, .pt, ...)")
     p.add_argument("--model", default=None, help="registry model the weights are for (foreign files)")
     p.add_argument("--best", action="store_true", help="a run directory's best.pt, not its newest checkpoint")
     p.add_argument("--top-k", type=int, default=5)
@@ -337,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = asub.add_parser("propagation", help="forward signal and gradient norm per residual unit (v2 eq. 4-7)")
     q.add_argument("--model", action="append", metavar="NAME", help="registry model at init (repeatable)")
     q.add_argument("--override", "-o", action="append", metavar="K=V", help="spec field for every --model")
-    q.add_argument("--checkpoint", metavar="RUN_DIR", type=_path, default=None, help="add a trained model (uses its data)")
+    q.add_argument("--checkpoint", metavar="RUN_DIR", type=_path, default=None,
+                   help="add a trained model (uses its data)")
     q.add_argument("--data", default=None, help="default: synthetic, or the checkpoint's data")
     q.add_argument("--batch-size", type=int, default=64)
     q.add_argument("--seed", type=int, default=0)
