@@ -271,10 +271,11 @@ def test_an_image_claiming_too_many_pixels_is_refused_from_its_header(tmp_path: 
     with pytest.raises(DataError, match=f"{side}x{side} pixels" if side * side <= 89_478_485 else
                        f"too many pixels, beyond the 67,108,864 .*Image size \\({side * side} pixels\\) exceeds limit"):
         decode_image(_png_claiming(side, side), "x.png")
-    assert 8192 * 8192 == MAX_PIXELS
+    assert MAX_PIXELS == 8192 * 8192
 
 
-def test_an_image_of_another_size_is_refused_before_it_is_decoded(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_image_of_another_size_is_refused_before_it_is_decoded(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
     """The size check reads the header: a 4,000 x 4,000 PNG with almost no data is named for its size, not
     decoded first (which would have failed as a truncated file after allocating 48 MB)."""
     root = _folder(tmp_path / "data", ("a", "b"), np.zeros((6, 6, 3), dtype=np.uint8))
