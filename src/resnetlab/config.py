@@ -96,7 +96,7 @@ class RunConfig:
     channels_last: bool | str = "auto"  # memory format (auto: on for CPU and CUDA, measured faster on both)
     amp: str = "none"  # none | bf16 (autocast; CUDA)
     # torch.compile of the training forward: off | default | reduce-overhead | max-autotune | auto (compile on
-    # CPU when the measured gain repays the compile time, fast.choose_compile; eager on CUDA)
+    # CPU when the lowest measured gain repays the compile time, fast.choose_compile; eager on CUDA)
     compile: str = "auto"
     tensorboard: bool | str = "auto"  # write TensorBoard events when tensorboard is installed
     progress: bool | str = "auto"  # progress bar (auto: when stderr is a terminal)

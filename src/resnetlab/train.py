@@ -30,7 +30,16 @@ from .data import DataSource, cache_dir, derive_seed
 from .distributed import World, all_reduce_sum, barrier, broadcast, init_from_env, shutdown
 from .errors import CheckpointError, ConfigError, RunDirError
 from .evaluation import evaluate
-from .fast import CompileChoice, choose_compile, compile_module, has_cxx_compiler, make_sgd, use_compile_cache
+from .fast import (
+    COMPILE_GAIN,
+    MIN_GAIN,
+    CompileChoice,
+    choose_compile,
+    compile_module,
+    has_cxx_compiler,
+    make_sgd,
+    use_compile_cache,
+)
 from .monitor import DivergenceMonitor, StopFlag, StopReason
 from .net import ResNet
 from .progress import Progress
@@ -110,7 +119,7 @@ class Trainer:
         """`run.compile` resolved ("auto": by the cost model of fast.choose_compile); the compile cache on."""
         setting, device = self.cfg.run.compile, self.device
         macs, images = 0, 0
-        if setting == "auto" and device.type == "cpu" and self.spec.block == "basic":
+        if setting == "auto" and device.type == "cpu" and COMPILE_GAIN.get(self.spec.block, 1.0) >= MIN_GAIN:
             macs = count_macs(self.model, self.source.image_size, self.source.channels)
             images = self.schedule.total * self.batch // self.world.size  # this process's share
         choice = choose_compile(setting, device, self.spec.block, self.spec.depth, images, macs,
