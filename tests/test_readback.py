@@ -130,6 +130,10 @@ def test_paths_the_os_refuses_get_one_line(tmp_path: Path, capsys: pytest.Captur
         main(["export", "--weights", "", "--model", "resnet20", "--format", "safetensors", "-o",
               str(tmp_path / "w.safetensors")])
     assert exc.value.code == 2 and "argument --weights: an empty path" in _one_line(capsys)
+    with pytest.raises(SystemExit) as exc:  # an empty recipe was the default recipe
+        main(["train", *TINY, "--recipe", "", "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2 and "argument --recipe: an empty name" in _one_line(capsys)
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("model", [[["a", "b", True]], "weights", {"stem.conv.weight": [1.0]}, {5: torch.zeros(1)}])

@@ -29,6 +29,13 @@ def _path(text: str) -> str:
     return text
 
 
+def _name(text: str) -> str:
+    """A name or file argument (--recipe): an empty one is an error, not the default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name")
+    return text
+
+
 def _check_input_size(size: int | None) -> None:
     if size is not None and not 8 <= size <= 4096:
         raise ResnetlabError(f"--input-size: {size} is not a side in 8..4096 pixels")
@@ -258,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="registry name (default: preact_resnet20)")
     p.add_argument("--data", default=None, help="digits (default), synthetic[:N], cifar10:PATH, cifar100:PATH, "
                    "folder:PATH, imagenet:PATH")
-    p.add_argument("--recipe", default=None, help="cifar, imagenet, digits, or a .toml file (default: by data)")
+    p.add_argument("--recipe", type=_name, default=None,
+                   help="cifar, imagenet, digits, or a .toml file (default: by data)")
     p.add_argument("--epochs", type=float, default=None, help="budget in epochs (milestones keep their fractions)")
     p.add_argument("--iters", type=int, default=None, help="budget in iterations")
     p.add_argument("--out", type=_path, default=None, help="run directory (default: runs/MODEL-DATA-TIME)")
