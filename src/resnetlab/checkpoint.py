@@ -125,10 +125,11 @@ def parse_checkpoint(raw: bytes, path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: refused to load ({safe_reason(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a resnetlab checkpoint")
-    for field in ("model", *REQUIRED_TABLES):  # what every reader uses
-        if field not in payload:
-            raise CheckpointError(f"{path}: a resnetlab checkpoint without its '{field}' field")
-        if field != "model" and not isinstance(payload[field], dict):  # the weights are checked where loaded
+    missing = [field for field in ("model", *REQUIRED_TABLES) if field not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: a resnetlab checkpoint without its '{missing[0]}' field")
+    for field in REQUIRED_TABLES:  # the weights ('model') are checked where they are loaded
+        if not isinstance(payload[field], dict):
             raise CheckpointError(f"{path}: field '{field}' is {type(payload[field]).__name__}, not a mapping")
     return payload
 
@@ -142,11 +143,16 @@ def trained_state(path: Path | str) -> dict[str, Any]:
     return state
 
 
+def is_tensor_map(state: Any) -> bool:
+    """Whether `state` is what a state_dict is: a mapping of names to tensors."""
+    return isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                           for k, v in state.items())
+
+
 def load_state(model: torch.nn.Module, state: Any) -> None:
     """`model.load_state_dict(state)`, refusing tensors whose dtype is not the model's: PyTorch would cast an
     int8, bool or float16 file into the float32 model without a word (issue 14), changing what was trained."""
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
+    if not is_tensor_map(state):
         raise CheckpointError(f"its weights are not a mapping of names to tensors ({type(state).__name__})")
     ours = model.state_dict()
     for key, value in state.items():

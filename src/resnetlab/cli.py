@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .errors import ResnetlabError
@@ -22,18 +22,18 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _path(text: str) -> str:
-    """A path argument: an empty one is an error, not the current directory or a default."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path")
-    return text
+def _nonempty(what: str) -> Callable[[str], str]:
+    """An argparse type for a path or name argument: an empty one is an error ("an empty path"), not the
+    current directory or a default."""
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"an empty {what}")
+        return text
+
+    return parse
 
 
-def _name(text: str) -> str:
-    """A name or file argument (--recipe): an empty one is an error, not the default."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty name")
-    return text
+_path, _name = _nonempty("path"), _nonempty("name")
 
 
 def _check_input_size(size: int | None) -> None:

@@ -47,7 +47,7 @@ class RunDir:
             inside = self.path.resolve() in (here, *here.parents)
         except OSError:  # the current directory was removed: nothing of it can be replaced
             inside = False
-        if self.path.name in ("", ".", "..") or inside:
+        if self.path.name in ("", "..") or inside:  # "" is ".", "./"; both also when the cwd is gone
             raise RunDirError(f"{self.path}: the current directory or one above it cannot become a run directory "
                               "(a run directory is created whole, by one rename); give a new path, e.g. runs/NAME")
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())) \

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import is_checkpoint, load_state, parse_checkpoint, read_file
+from .checkpoint import is_checkpoint, is_tensor_map, load_state, parse_checkpoint, read_file
 from .convert import (
     CIFAR_PEER,
     TORCHVISION,
@@ -71,12 +71,9 @@ def read_weights(path: str | Path) -> Weights:
         try:
             spec = ResNetSpec.from_dict(payload["spec"])
             data = payload.get("data") if isinstance(payload.get("data"), dict) else None
-            config = payload.get("config")
-            if config is not None and not isinstance(config, dict):
-                raise CheckpointError(f"field 'config' is a {type(config).__name__}, not an object")
+            config = payload["config"]  # a mapping: parse_checkpoint checks it
             state = payload["model"]
-            if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                      for k, v in state.items()):
+            if not is_tensor_map(state):
                 raise CheckpointError(f"field 'model' is a {type(state).__name__}, not a mapping of names to "
                                       "tensors")
             return Weights(path, sha256, RESNETLAB, dict(state), _checked_norm(payload["norm"]), spec,
