@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from resnetlab.cli import main
-from resnetlab.evaluation import load_model
-from resnetlab.export import ATOL, RTOL, export, load_image, load_pretrained
+from resnetlab.errors import CheckpointError
+from resnetlab.export import ATOL, RTOL, Pretrained, export, load_image, load_pretrained
+from resnetlab.weights import model_for, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,8 @@ def _logits(pre, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-de
 def test_a_run_comes_back_ready_with_its_classes(trained: Path) -> None:
     pre = load_pretrained(trained)
     assert pre.classes == ["cat", "dog"] and pre.image_size == 8 and not pre.model.training
-    model, payload, _ = load_model(trained)
+    weights = resolve(trained)
+    model, payload = model_for(weights), weights.payload
     assert payload["data"] == {"classes": ["cat", "dog"], "image_size": 8, "channels": 3}
     x = torch.rand(2, 3, 8, 8)
     norm = payload["norm"]
@@ -127,7 +129,7 @@ def test_foreign_safetensors_is_refused_in_one_line(tmp_path: Path, capsys: pyte
     assert "without resnetlab's metadata" in capsys.readouterr().err
     path.write_bytes(path.read_bytes()[:40])  # truncated
     assert main(["eval", "--weights", str(path), "--data", "digits"]) == 2
-    assert "not a readable safetensors file" in capsys.readouterr().err
+    assert "a safetensors file cut short" in capsys.readouterr().err
 
 
 def test_torch_hub_builds_registry_models_and_loads_weights(trained: Path, tmp_path: Path) -> None:
@@ -137,9 +139,14 @@ def test_torch_hub_builds_registry_models_and_loads_weights(trained: Path, tmp_p
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in create_model("resnet56").parameters())
     assert torch.hub.load(str(ROOT), "preact_resnet164", source="local", num_classes=100).spec.num_classes == 100
     file = tmp_path / "n.safetensors"
-    export(load_pretrained(trained), "safetensors", file)
-    net = torch.hub.load(str(ROOT), "resnet20", source="local", weights=str(file))
-    assert not net.training and net.pretrained.classes == ["cat", "dog"]
+    export(load_pretrained(trained), "safetensors", file)  # an 8-layer net: not the registry's resnet20
+    with pytest.raises(CheckpointError, match="not the registry's resnet20: it holds resnet20 with depth=8"):
+        torch.hub.load(str(ROOT), "resnet20", source="local", weights=str(file))
+    real = tmp_path / "r20.safetensors"
+    export(Pretrained(create_model("resnet20", num_classes=2).eval(), torch.zeros(3, 1, 1), torch.ones(3, 1, 1),
+                      ["cat", "dog"], 32, "test"), "safetensors", real)
+    net = torch.hub.load(str(ROOT), "resnet20", source="local", weights=str(real))
+    assert not net.training and net.pretrained.classes == ["cat", "dog"] and net.spec.depth == 20
     hub = torch.hub._import_module("hubconf", str(ROOT / "hubconf.py"))
     listed = [n for n in dir(hub) if callable(getattr(hub, n)) and not n.startswith("_")]  # what hub.list lists
     assert "resnet110" in listed and "preact_resnet1001" in listed and all("resnet" in n or "plain" in n

@@ -223,8 +223,9 @@ def test_restart_before_the_first_checkpoint_reloads_the_same_file(make_cifar, t
     assert main(init_args(data, path, out, "--set", "run.deterministic=true")) == 0
     final = out / "checkpoints" / "step-00000002.pt"
     reference = load_checkpoint(final)["model"]
-    for ckpt in (out / "checkpoints").iterdir():  # as if killed before its first checkpoint
+    for ckpt in (out / "checkpoints").iterdir():  # as if killed before its first checkpoint (and its summary)
         ckpt.unlink()
+    (out / "summary.json").unlink()
     assert main(["train", "--resume", str(out)]) == 0
     for key, value in load_checkpoint(final)["model"].items():
         assert torch.equal(value, reference[key]), key
@@ -254,7 +255,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["--weights", "torchvision.pth", "--model", "resnet20"], "need an ImageNet ResNet"),
     (["--weights", "torchvision.pth"], "names no model"),
     (["--weights", "random.pt", "--model", "resnet20"], "not a weights layout resnetlab knows"),
-    (["--weights", "notes.txt", "--model", "resnet20"], "not a loadable weights file"),
+    (["--weights", "notes.txt", "--model", "resnet20"], "a text file, not a weights file"),
     (["--weights", "truncated.th", "--model", "resnet20"], "not a loadable weights file"),
     (["--weights", "missing.th", "--model", "resnet20"], "no such weights file"),
     (["--weights", "resnet20.th"], "names no data set; give --data"),
@@ -268,7 +269,7 @@ def test_eval_bad_weights_one_line_exit_2(args: list[str], needle: str, bad_file
     assert err.count("\n") == 1 and err.startswith("resnetlab: error:") and needle in err, err
 
 
-@pytest.mark.parametrize(("name", "needle"), [("resnet56.th", "resnet56"), ("notes.txt", "not a loadable"),
+@pytest.mark.parametrize(("name", "needle"), [("resnet56.th", "resnet56"), ("notes.txt", "not a weights file"),
                                               ("missing.th", "no such weights file")])
 def test_train_bad_init_one_line_exit_2_and_no_run(name: str, needle: str, bad_files: Path, make_cifar,
                                                    tmp_path: Path, capsys) -> None:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .atomic import replace_with
+from .atomic import check_output, replace_with
 from .errors import ConfigError, ResnetlabError
 from .net import ResNet
 
@@ -238,13 +238,17 @@ def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str
     figure = Path(out) if out else Path("propagation.png")
     if figure.suffix.lower() not in FIGURE_FORMATS:
         raise ConfigError(f"--out {figure}: figure must end with {', '.join(FIGURE_FORMATS)}")
+    if figure.parent.is_dir():  # a missing folder is created below; in one, the figure replaces no run's file
+        check_output(figure, [checkpoint] if checkpoint else [])
 
     named: dict[str, ResNet] = {}
     if checkpoint is not None:
-        from .evaluation import load_model
+        from .weights import model_for, note_skipped, resolve
 
-        trained, payload, where = load_model(checkpoint)
-        source = evaluation_source(trained.spec, payload["config"], payload["norm"], data, where)
+        weights = resolve(checkpoint)
+        trained, where = model_for(weights), weights.path
+        source = evaluation_source(trained.spec, weights.config, weights.norm, data, where,
+                                   (weights.data or {}).get("classes"))
         named[f"{trained.spec.name or 'model'} (trained: {where.name})"] = trained
     else:
         data = data or "synthetic"
@@ -273,4 +277,6 @@ def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str
         raise ResnetlabError(f"{figure.parent}: cannot create the figure's directory ({exc.strerror or exc})") from None
     plot_propagation(results, figure, title=f"{', '.join(named)} on {source.name} (batch {len(y)}, {mode})")
     print(f"figure: {figure}")
+    if checkpoint is not None:
+        note_skipped(weights.skipped, weights.path)
     return 0

@@ -54,16 +54,27 @@ def file_kind(mode: int) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file"
 
 
+# The largest checkpoint or weights file read: the papers' largest net (ResNet-200, 64.7M parameters) with its
+# SGD momentum is about 0.52 GB. A larger file is refused from its size, before memory is spent on it (a sparse
+# file can claim gigabytes in a few bytes of disk).
+MAX_FILE_BYTES = 1 << 30
+
+
 def read_file(path: Path, what: str = "checkpoint") -> bytes:
     """The bytes of a checkpoint or weights file; a one-line CheckpointError naming the file if unreadable.
 
-    Only regular files are read: a FIFO would block forever and a device would be read until memory ran out."""
+    Only regular files are read: a FIFO would block forever and a device would be read until memory ran out;
+    and only up to MAX_FILE_BYTES."""
     try:
-        kind = file_kind(os.stat(path).st_mode)
+        info = os.stat(path)
+        kind = file_kind(info.st_mode)
         if kind == "a directory":
             raise IsADirectoryError
         if kind is not None:
             raise CheckpointError(f"{path}: is {kind}, not a {what} file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise CheckpointError(f"{path}: {info.st_size / 2**30:.1f} GiB, beyond the {MAX_FILE_BYTES >> 30} GiB "
+                                  f"resnetlab reads as a {what} (the papers' largest net needs about 0.5 GB)")
         return path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such {what}") from None

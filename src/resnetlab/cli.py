@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .errors import ResnetlabError
 
@@ -120,29 +120,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from .evaluation import evaluate, load_model
+    from .evaluation import evaluate
     from .fast import channels_last_default
     from .runtime import evaluation_source, resolve_device
+    from .weights import model_for, note_skipped, resolve
 
     if (args.checkpoint is None) == (args.weights is None):
         raise ResnetlabError("give a run directory or checkpoint, or --weights FILE (one of the two)")
-    claimed = None
-    if args.weights is not None:
-        from .weights import model_for, read_weights
-
-        if args.best:
-            raise ResnetlabError("--best picks a run directory's best.pt; it does not apply to --weights")
-        weights = read_weights(args.weights)
-        model = model_for(weights, args.model)
-        path, config, norm, claimed = weights.path, weights.config, weights.norm, weights.claimed_error
-        classes = (weights.data or {}).get("classes")
-    else:
-        model, payload, path = load_model(args.checkpoint, best=args.best)
-        if args.model is not None and args.model != model.spec.name:
-            raise ResnetlabError(f"{path}: holds {model.spec.name or 'another model'}, not {args.model}")
-        config, norm = payload["config"], payload["norm"]
-        classes = (payload.get("data") or {}).get("classes") if isinstance(payload.get("data"), dict) else None
-    source = evaluation_source(model.spec, config, norm, args.data, path, classes)
+    if args.best and args.weights is not None:
+        raise ResnetlabError("--best picks a run directory's best.pt; it does not apply to --weights")
+    weights = resolve(args.checkpoint or args.weights, best=args.best)  # the same net export and predict see
+    model = model_for(weights, args.model)
+    path, claimed = weights.path, weights.claimed_error
+    source = evaluation_source(model.spec, weights.config, weights.norm, args.data, path,
+                               (weights.data or {}).get("classes"))
     device = resolve_device(args.device)
     cl = channels_last_default(device)
     model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
@@ -152,6 +143,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if claimed is not None:
         print(f"{path}: the file's own record (best_prec1, on the original CIFAR-10 test set): "
               f"top-1 error {claimed:.2%}")
+    note_skipped(weights.skipped, weights.path)
     return 0
 
 
@@ -180,7 +172,16 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pretrained(args: argparse.Namespace) -> object:
+def _printable(text: str) -> str:
+    """`text` with control and formatting characters escaped (\\n, \\x1b, ...), so a file or class name
+    cannot forge or hide a line of output."""
+    import unicodedata
+
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
+                   for ch in text)
+
+
+def _pretrained(args: argparse.Namespace) -> Any:
     from .export import load_pretrained
 
     if (args.source is None) == (args.weights is None):
@@ -191,11 +192,14 @@ def _pretrained(args: argparse.Namespace) -> object:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export
+    from .weights import note_skipped
 
-    result = export(_pretrained(args), args.format, args.output)  # type: ignore[arg-type]
+    pre = _pretrained(args)
+    result = export(pre, args.format, args.output)
     check = (f"; outputs within {result['max_abs_diff']:.2g} of PyTorch's (bound {result['tolerance']})"
              if "max_abs_diff" in result else "")
-    print(f"exported {args.format}: {result['path']} ({result['bytes']:,} bytes){check}")
+    print(f"exported {args.format}: {_printable(result['path'])} ({result['bytes']:,} bytes){check}")
+    note_skipped(pre.skipped, pre.source)
     return 0
 
 
@@ -205,6 +209,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from .export import image_files, load_image
+    from .weights import note_skipped
 
     if args.top_k < 1:
         raise ResnetlabError(f"--top-k must be >= 1, got {args.top_k}")
@@ -220,14 +225,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     rows = []  # everything is read before anything is printed: a bad file leaves no partial output
     for start in range(0, len(files), 256):
         chunk = files[start:start + 256]
-        x = torch.stack([load_image(f, pre) for f in chunk])  # type: ignore[arg-type]
-        for f, top in zip(chunk, pre.predict(x, args.top_k), strict=True):  # type: ignore[attr-defined]
+        x = torch.stack([load_image(f, pre) for f in chunk])
+        for f, top in zip(chunk, pre.predict(x, args.top_k), strict=True):
             rows.append({"image": str(f), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]})
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(rows, indent=1, allow_nan=False))
     else:
         for row in rows:
-            print(f"{row['image']}: " + ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"]))
+            print(f"{_printable(row['image'])}: " + ", ".join(f"{_printable(t['class'])} {t['probability']:.1%}"
+                                                              for t in row["top"]))
+    note_skipped(pre.skipped, pre.source)
     return 0
 
 
@@ -244,6 +251,15 @@ def _cmd_analyze_propagation(args: argparse.Namespace) -> int:
 
     return run_propagation_cli(args.model or [], args.override or [], args.checkpoint, args.data,
                                args.batch_size, args.seed, args.out, args.eval_mode)
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from .data.fetch import fetch, read_record
+
+    path = fetch(args.name, args.dir)
+    record = read_record(path) or {}
+    print(f"{args.name}: {path} (MD5 {record.get('md5')}, SHA-256 {record.get('sha256')})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model with a recipe; writes a run directory")
     p.add_argument("--model", default=None, help="registry name (default: preact_resnet20)")
-    p.add_argument("--data", default=None, help="digits (default), synthetic[:N], cifar10:PATH, cifar100:PATH, "
-                   "folder:PATH, imagenet:PATH")
+    p.add_argument("--data", default=None, help="digits (default), synthetic[:N], cifar10[:PATH], cifar100[:PATH] "
+                   "(no PATH: downloaded once into the data cache), folder:PATH, imagenet:PATH")
     p.add_argument("--recipe", type=_name, default=None,
                    help="cifar, imagenet, digits, or a .toml file (default: by data)")
     p.add_argument("--epochs", type=float, default=None, help="budget in epochs (milestones keep their fractions)")
@@ -354,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=_path, default=None, help="figure path (.png/.pdf/.svg; default ./propagation.png)")
     q.add_argument("--eval-mode", action="store_true", help="BN running statistics instead of batch statistics")
     q.set_defaults(func=_cmd_analyze_propagation)
+
+    p = sub.add_parser("data", help="data sets: fetch CIFAR-10/100 (what --data cifar10 with no path uses)")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    q = dsub.add_parser("fetch", help="download and verify the python-version archive (kept cached)")
+    q.add_argument("name", choices=["cifar10", "cifar100"])
+    q.add_argument("--dir", type=_path, default=None, help="download into this folder (default: the data cache, "
+                   "$RESNETLAB_CACHE/downloads or ~/.cache/resnetlab/downloads)")
+    q.set_defaults(func=_cmd_data_fetch)
     return parser
 
 

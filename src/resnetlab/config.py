@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, DataError, ResnetlabError
+from .jsondoc import MAX_NESTING, check_nesting
 
 if TYPE_CHECKING:
     from .data import DataOptions
@@ -159,7 +160,9 @@ def read_named_toml(name: str, directory: Path, kind: str) -> tuple[Path, dict[s
         hint = f"; did you mean {close[0]!r}?" if close else f"; {kind}s: {', '.join(names)}"
         raise ConfigError(f"{kind} {name!r}: not found{hint}")
     try:
-        return path, tomllib.loads(path.read_text())
+        return path, check_nesting(tomllib.loads(path.read_text()), f"{kind} {path}")
+    except RecursionError:
+        raise ConfigError(f"{kind} {path}: nests deeper than {MAX_NESTING} levels") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
         raise ConfigError(f"{kind} {path}: not valid TOML ({exc})") from None
 
@@ -173,14 +176,15 @@ def build_config(
     recipe: str | None = None, model: str | None = None, data: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Config:
-    """Defaults <- recipe <- explicit arguments <- `section.key=value` overrides; validated."""
+    """Defaults <- recipe <- explicit arguments <- `section.key=value` overrides; validated. The command line
+    beats a recipe: `--data`/`--model` win over a recipe file's `data.source`/`model.name`."""
     cfg = Config()
+    cfg.recipe = recipe or default_recipe(data if data is not None else cfg.data.source)
+    _apply(cfg, _flatten(read_recipe(cfg.recipe)), origin=f"recipe {cfg.recipe!r}")
     if data is not None:
         cfg.data.source = data
     if model is not None:
-        cfg.model = {"name": model}
-    cfg.recipe = recipe or default_recipe(cfg.data.source)
-    _apply(cfg, _flatten(read_recipe(cfg.recipe)), origin=f"recipe {cfg.recipe!r}")
+        cfg.model["name"] = model
     _apply(cfg, overrides or {}, origin="override")
     validate(cfg)
     return cfg
@@ -316,6 +320,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("schedule budget: epochs/iters must be positive")
     if not 0 < w.until_error <= 1 or not w.lr > 0:
         raise ConfigError("warmup: lr must be positive and until_error in (0, 1]")
+    if r.init is not None and not r.init.strip():
+        raise ConfigError("run.init: an empty path (leave it unset to train from the papers' initialisation)")
     if r.eval_every < 1 or r.keep_checkpoints < 1:
         raise ConfigError("run.eval_every and run.keep_checkpoints: must be at least 1")
     cfg.data.options()

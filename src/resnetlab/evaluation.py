@@ -1,4 +1,4 @@
-"""Evaluation: top-1 and top-5 error of a model on a split, and of a checkpoint rebuilt from its spec."""
+"""Evaluation: top-1 and top-5 error of a model on a split (what a path means: `weights.resolve`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint, load_state
 from .data import DataSource
 from .errors import CheckpointError
 from .fast import fold_bn
-from .net import ResNet
 from .spec import ResNetSpec
 
 
@@ -59,30 +57,6 @@ def evaluate(model: nn.Module, source: DataSource, split: str, batch_size: int, 
             "images_per_s": seen / elapsed if elapsed > 0 else 0.0}
 
 
-
-
-def load_model(path: str | Path, best: bool = False) -> tuple[ResNet, dict[str, Any], Path]:
-    """Rebuild the model of a checkpoint file or a run directory (its newest checkpoint, or best.pt)."""
-    from .rundir import RunDir
-
-    path = Path(path)
-    if path.is_dir():
-        run = RunDir(path)
-        if best:
-            path, payload = run.best, load_checkpoint(run.best)
-        else:
-            path, payload, _ = run.latest_good(load_checkpoint)
-    else:
-        payload = load_checkpoint(path)
-    try:
-        spec = ResNetSpec.from_dict(payload["spec"])
-        model = ResNet(spec)
-        load_state(model, payload["model"])
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: weights do not fit its spec ({str(exc).splitlines()[0][:160]})") from None
-    return model, payload, path
 
 
 def check_fits(spec: ResNetSpec, source: DataSource, where: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from .atomic import write_text_atomic
 from .config import build_config, check_settings, default_recipe, read_named_toml, read_recipe
 from .errors import ConfigError, ResnetlabError
+from .jsondoc import parse_json
 from .registry import get_spec
 from .suite_results import CPU_NOTE, SMALL_NOTE, _summary, collect, kendall_tau, write_results
 
@@ -115,7 +116,7 @@ class SuiteDir:
             held = self.path / "suite.json"
             if held.exists():
                 try:
-                    before = json.loads(held.read_text())
+                    before = parse_json(held.read_bytes(), str(held))
                 except (OSError, ValueError) as exc:
                     raise ConfigError(f"{held}: unreadable ({exc}); remove it to reuse this --out") from None
                 if not isinstance(before, dict):

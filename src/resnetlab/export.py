@@ -16,6 +16,7 @@ or not at all.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import tempfile
 from collections.abc import Iterator
@@ -28,8 +29,8 @@ import torch
 from torch import Tensor
 
 from . import __version__
-from .atomic import replace_with
-from .errors import CheckpointError, ConfigError, DataError, ResnetlabError
+from .atomic import check_output, replace_with
+from .errors import ConfigError, DataError, ResnetlabError
 from .net import ResNet
 from .weights import RESNETLAB
 
@@ -48,7 +49,8 @@ class Pretrained:
     std: Tensor
     classes: list[str]
     image_size: int
-    source: str  # where it came from
+    source: str  # the file it came from (a run directory's newest good checkpoint, see `weights.resolve`)
+    skipped: tuple[str, ...] = ()  # newer checkpoints of that run directory that did not verify
 
     @property
     def channels(self) -> int:
@@ -64,8 +66,12 @@ class Pretrained:
 
     @torch.no_grad()
     def predict(self, x: Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
-        """Top-k (class name, probability) of each image of `x` (pixels in [0, 1])."""
-        probs = torch.softmax(self.model(self.normalise(x)).float(), dim=1)
+        """Top-k (class name, probability) of each image of `x` (pixels in [0, 1]); a DataError if the net's
+        outputs are not finite (overflowing logits), rather than NaN probabilities."""
+        logits = self.model(self.normalise(x)).float()
+        if not bool(torch.isfinite(logits).all()):
+            raise DataError(f"{self.source}: the net's outputs are not finite (NaN or Inf) on these images")
+        probs = torch.softmax(logits, dim=1)
         k = min(top_k, probs.shape[1])
         p, idx = probs.topk(k, dim=1)
         return [[(self.classes[j], float(v)) for v, j in zip(pv.tolist(), iv.tolist(), strict=True)]
@@ -74,33 +80,22 @@ class Pretrained:
 
 # ---- loading ----------------------------------------------------------------------------------------------
 def load_pretrained(path: str | Path, model: str | None = None, best: bool = False) -> Pretrained:
-    """A ready model from a run directory (its newest checkpoint, or best.pt), a checkpoint or weights file."""
-    from .rundir import RunDir
-    from .weights import model_for, read_weights
+    """A ready model from a run directory (its newest good checkpoint, or best.pt), a checkpoint or weights
+    file: what `weights.resolve` says the path means, as `eval` sees it."""
+    from .weights import model_for, resolve
 
-    path = Path(path).expanduser()
-    if path.is_dir():
-        run = RunDir(path)
-        if best:
-            path = run.best
-        else:
-            ckpts = run.step_checkpoints()
-            if not ckpts:
-                raise CheckpointError(f"{path}: no checkpoint in this run directory")
-            path = ckpts[-1]
-    elif best:
-        raise ConfigError("--best picks a run directory's best.pt; it does not apply to a file")
-    weights = read_weights(path)
+    weights = resolve(path, best)
     net = model_for(weights, model).eval()
     data = weights.data or {}
     classes = _classes(data.get("classes"), net.spec.num_classes, weights.format)
     size = _image_size(data.get("image_size"), weights.norm, net)
-    return Pretrained(net, weights.norm["mean"].float(), weights.norm["std"].float(), classes, size, str(path))
+    return Pretrained(net, weights.norm["mean"].float(), weights.norm["std"].float(), classes, size,
+                      str(weights.path), weights.skipped)
 
 
 def _classes(names: Any, k: int, fmt: str) -> list[str]:
-    if isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names):
-        return names
+    if names is not None:  # checked when the file was read (`weights.check_class_names`)
+        return list(names)
     if fmt == "pytorch_resnet_cifar10" and k == 10:
         return list(CIFAR10_CLASSES)
     return [str(i) for i in range(k)]  # a file that names no classes: their indices
@@ -129,11 +124,7 @@ def export(pre: Pretrained, fmt: str, out: str | Path) -> dict[str, Any]:
     """Write `pre` as `fmt` to `out` (atomically); returns what was written and, for graphs, the check."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_file():
-        raise ConfigError(f"{out}: exists and is not a regular file")
-    if not out.parent.is_dir():
-        raise ConfigError(f"{out.parent}: no such directory")
+    out = check_output(out, [Path(pre.source)])
     writer = {"safetensors": _write_safetensors, "onnx": _write_onnx, "pt2": _write_pt2}[fmt]
     report: dict[str, Any] = {}
 
@@ -241,8 +232,12 @@ def _write_pt2(pre: Pretrained, path: Path) -> dict[str, Any]:
     x = _check_batch(pre)
     program = torch.export.export(graph, (x,),
                                   dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=65536)}})
-    torch.export.save(program, str(path), extra_files={"resnetlab.json": json.dumps(pre.metadata())})
-    loaded = torch.export.load(str(path)).module()
+    # saved in memory, then written by Python: torch's own file writer aborts the process on a full disk
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files={"resnetlab.json": json.dumps(pre.metadata())})
+    path.write_bytes(buf.getvalue())
+    buf.seek(0)
+    loaded = torch.export.load(buf).module()
     with torch.no_grad():
         want = pre.model(pre.normalise(x))
         diff = max(_within(loaded(xb).numpy(), wb, "pt2") for xb, wb in ((x, want), (x[:1], want[:1])))
@@ -277,7 +272,7 @@ def load_image(path: Path, pre: Pretrained) -> Tensor:
     to 256/224 of it, as the test resize), centre crop, the net's channels; pixels in [0, 1], (C, S, S)."""
     from PIL import Image
 
-    from .data.images import opened, to_mode
+    from .data.images import opened, shorter_side_to, to_mode
 
     s = pre.image_size
     try:
@@ -285,8 +280,7 @@ def load_image(path: Path, pre: Pretrained) -> Tensor:
             img = to_mode(img, "L" if pre.channels == 1 else "RGB")  # 16-bit scaled by its range, not clipped
             w, h = img.size
             short = s if pre.model.spec.stem == "cifar" else round(s * 256 / 224)
-            scale = short / min(w, h)
-            img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)
+            img = img.resize(shorter_side_to(w, h, short), Image.BILINEAR)
             w, h = img.size
             left, top = (w - s) // 2, (h - s) // 2
             img = img.crop((left, top, left + s, top + s))

@@ -9,12 +9,12 @@ earlier versions, so old run directories still read.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ResnetlabError
+from .jsondoc import parse_json
 
 FAIL_ERROR = 0.20  # the papers' "fail": test error above 20%
 FINAL_KEYS = ("test_error", "test_top5_error", "test_loss", "train_error", "train_loss", "val_error")
@@ -177,8 +177,8 @@ _KIND_NAMES = {(str,): "a string", (bool,): "true or false", (int,): "an integer
 def read_summary(path: Path) -> Summary:
     """A run's summary.json, checked for shape (`Summary.checked`); unreadable or not JSON: one line."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        data = parse_json(path.read_bytes(), str(path))
+    except OSError as exc:
         raise ResnetlabError(f"{path}: unreadable ({str(exc).splitlines()[0][:120]})") from None
     return Summary.checked(data, str(path))
 

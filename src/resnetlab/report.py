@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .atomic import write_text_atomic
+from .atomic import check_output, write_text_atomic
 from .errors import ResnetlabError
+from .jsondoc import parse_json
 from .records import read_summary
 
 _STYLE = """
@@ -50,9 +51,9 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ResnetlabError(f"{path}: unreadable ({exc})") from None
+        return parse_json(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise ResnetlabError(f"{path}: unreadable ({exc.strerror or exc})") from None
 
 
 def _run_section(path: Path) -> str:
@@ -123,6 +124,7 @@ def build_report(paths: list[str | Path], out: str | Path) -> Path:
     """Write the page; each path is a run directory (summary.json) or a suite directory (results.json)."""
     if not paths:
         raise ResnetlabError("report: give at least one run or suite directory")
+    out = check_output(out, paths)  # before any work: never a file of a run or suite, never an input
     sections = []
     for raw in paths:
         path = Path(raw)
@@ -132,7 +134,6 @@ def build_report(paths: list[str | Path], out: str | Path) -> Path:
             sections.append(_run_section(path))
         else:
             raise ResnetlabError(f"{path}: not a run directory (summary.json) or suite directory (results.json)")
-    out = Path(out)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>resnetlab report</title>"
             f"<style>{_STYLE}</style></head><body><h1>resnetlab report</h1>"

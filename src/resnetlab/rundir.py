@@ -21,6 +21,7 @@ from typing import Any
 
 from .atomic import fsync_dir, replace_with, write_text_atomic
 from .errors import CheckpointError, RunDirError
+from .jsondoc import JSONDocError, parse_json
 
 __all__ = ["RunDir", "write_text_atomic"]  # write_text_atomic lived here; it is imported from here still
 
@@ -128,11 +129,13 @@ class RunDir:
         if not self.path.is_dir():
             raise RunDirError(f"{self.path}: no such run directory")
         try:
-            return json.loads(self.config.read_text())
+            return parse_json(self.config.read_bytes(), str(self.config))
         except FileNotFoundError:
             raise RunDirError(f"{self.path}: not a run directory (no config.json)") from None
-        except (ValueError, OSError) as exc:
-            raise RunDirError(f"{self.config}: unreadable ({exc})") from None
+        except OSError as exc:
+            raise RunDirError(f"{self.config}: unreadable ({exc.strerror or exc})") from None
+        except JSONDocError as exc:
+            raise RunDirError(str(exc)) from None
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.metrics, "a") as f:
@@ -144,8 +147,8 @@ class RunDir:
         rows = []
         if self.metrics.exists():
             for line in self.metrics.read_text().splitlines():
-                with contextlib.suppress(ValueError):  # a line cut by a crash is dropped
-                    row = json.loads(line)
+                with contextlib.suppress(ValueError):  # a line cut by a crash (or too deep) is dropped
+                    row = parse_json(line, "metrics.jsonl")
                     if isinstance(row, dict):  # and a line of another shape
                         rows.append(row)
         return rows
@@ -185,4 +188,4 @@ class RunDir:
             except CheckpointError as exc:
                 problems.append(str(exc))
         detail = f" ({problems[0]})" if problems else ""
-        raise CheckpointError(f"{self.path}: no usable checkpoint to resume from{detail}")
+        raise CheckpointError(f"{self.path}: no checkpoint of this run verifies{detail}")

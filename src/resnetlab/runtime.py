@@ -125,7 +125,25 @@ def prepare(cfg: Config, world: World | None = None, device: str | None = None) 
     dev = rank_device(resolve_device(device or cfg.run.device), world)
     configure_runtime(cfg, dev)
     source = load_data(cfg.data.source, data_options(cfg))
+    if cfg.data.pad > source.image_size:  # a crop could miss the image; the padded batch grows with pad squared
+        raise ConfigError(f"data.pad: {cfg.data.pad} is more than the images' side ({source.image_size} pixels "
+                          f"of {source.name}); the papers pad 4 on 32")
     return Setup(cfg, world, dev, source, model_spec(cfg, source))
+
+
+def check_trainable(spec: ResNetSpec, batch: int, size: int) -> None:
+    """A training step of `batch` images of side `size` runs through the net: batch norm in training mode needs
+    more than one value per channel, which a batch of one image fails where a stage's maps are 1x1. Checked on
+    the meta device (no memory, no compute) before a run starts."""
+    from .net import ResNet
+
+    try:
+        with torch.device("meta"):
+            ResNet(spec).train()(torch.empty(batch, spec.in_channels, size, size))
+    except (ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ConfigError(f"optim.batch_size: a step of {batch} image(s) of {size}x{size} cannot train "
+                          f"{spec.name or 'this net'} ({first}); use a larger batch") from None
 
 
 def evaluation_source(spec: ResNetSpec, config: dict[str, Any] | None, norm: Any, data: str | None,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import write_text_atomic
+from .jsondoc import parse_json
 from .records import Summary, evaluation_rows
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def _summary(run_dir: Path) -> Summary | None:
     """The run's summary.json, or None where there is none (not finished, or unreadable); one of another
     shape is a one-line error naming it (`records.Summary.checked`)."""
     try:
-        data = json.loads((run_dir / "summary.json").read_text())
+        data = parse_json((run_dir / "summary.json").read_bytes(), str(run_dir / "summary.json"))
     except (OSError, ValueError):
         return None
     return Summary.checked(data, str(run_dir / "summary.json")) if data != {} else None

@@ -46,9 +46,10 @@ from .progress import Progress
 from .records import DivergenceRow, MetricsRow, Summary, WorkerResult, best_of
 from .reporting import Log, Reporter, quiet, started, tee
 from .rundir import RunDir
-from .runtime import Setup, autocast, data_options, prepare, use_channels_last
+from .runtime import Setup, autocast, check_trainable, data_options, prepare, use_channels_last
 from .schedule import Schedule, build_schedule
 from .spec import ResNetSpec
+from .weights import resolve, start_from
 
 EXIT_STOPPED = 3  # SIGTERM/SIGINT: checkpoint written, resume with --resume
 
@@ -79,6 +80,8 @@ class Trainer:
         if self.batch % (world.size * o.accumulate):
             raise ConfigError(f"optim.batch_size: global batch {self.batch} does not split into {world.size} "
                               f"rank(s) x {o.accumulate} micro-batch(es)")
+        micro = min(self.batch, source.train_size) // (world.size * o.accumulate)
+        check_trainable(spec, max(micro, 1), source.image_size)
         self.optimizer = make_sgd(self.model.parameters(), device, lr=o.lr, momentum=o.momentum,
                                   weight_decay=o.weight_decay, nesterov=o.nesterov and o.momentum > 0)
         self.spe = source.steps_per_epoch(self.batch)
@@ -382,20 +385,23 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
     cfg = config_from_dict(saved, where=str(run.config))
     if model is not None and model != cfg.model["name"]:
         raise RunDirError(f"{run.path}: this run trains {cfg.model['name']}, not {model}")
+    fresh = _check_resumable(run)
     world = init_from_env(device or cfg.run.device)
     try:
         if world.main:
             run.lock()
         trainer = Trainer.from_setup(prepare(cfg, world, device), run, tee(log, run.log))
         trainer.log(trainer.compile.reason)
-        if not run.step_checkpoints():  # killed before its first checkpoint: start again
+        if fresh:  # killed before its first checkpoint: start again
             _start_from(trainer, cfg, (saved.get("resolved") or {}).get("init", {}).get("sha256"))
             if world.main:
                 run.truncate_metrics(0)
             trainer.log(f"{run.path}: no checkpoint yet, starting from the beginning")
             return run, trainer.fit()
-        ckpt_path, payload, problems = run.latest_good(load_checkpoint)
-        for problem in problems:
+        weights = resolve(run.path)  # what the run directory means to every command: its newest good checkpoint
+        ckpt_path, payload = weights.path, weights.payload
+        assert payload is not None  # a run directory's checkpoints are ours: read_weights keeps their payload
+        for problem in weights.skipped:
             trainer.log(f"skipping bad checkpoint: {problem}")
         trainer.restore(payload)
         trainer.source.load_norm_state(payload["norm"])
@@ -414,12 +420,28 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
         shutdown(world)
 
 
+def _check_resumable(run: RunDir) -> bool:
+    """Whether `run` may be resumed, checked before anything is built: True when it died before its first
+    checkpoint (it starts again from the beginning). A run whose checkpoints are gone after it ended, or whose
+    checkpoints/ folder is gone, is refused: resuming would train it again from scratch and replace its
+    summary and metrics (or train the whole budget and only then fail to write)."""
+    if not run.checkpoints.is_dir():
+        raise RunDirError(f"{run.path}: its checkpoints/ folder is gone: nothing to resume from, nowhere to write")
+    if run.step_checkpoints():
+        return False
+    if run.summary.exists():
+        raise RunDirError(f"{run.path}: ended (it has a summary.json) but its checkpoints are gone: nothing to "
+                          "resume from; start a new run (--init can take its weights from a checkpoint)")
+    if run.best.exists():
+        raise RunDirError(f"{run.path}: its step checkpoints are gone (only best.pt is left): nothing to resume "
+                          "from; evaluate it with --best, or start a new run")
+    return True
+
+
 def _start_from(trainer: Trainer, cfg: Config, sha256: str | None = None) -> dict[str, Any]:
     """`run.init`: the weights file the run starts from, loaded with its input normalisation (`weights.py`)."""
-    if not cfg.run.init:
+    if cfg.run.init is None:
         return {}
-    from .weights import start_from
-
     return {"init": start_from(trainer.model, trainer.source, cfg.run.init, sha256)}
 
 

@@ -1,4 +1,5 @@
-"""Weights files of every format resnetlab reads, told apart by their content and read without running code.
+"""Weights files of every format resnetlab reads, told apart by their content and read without running code,
+and the one answer to "what does this path mean" (`resolve`) that every command asks.
 
 - `resnetlab`: our checkpoint (`checkpoint.py`): spec, weights, and the input normalisation of its run;
 - `pytorch_resnet_cifar10`: an option-A CIFAR ResNet-20..1202 of that project (`convert.py`);
@@ -6,11 +7,19 @@
 The two foreign formats were trained on pixels in [0, 1] normalised with ImageNet's channel mean and std, so
 that is the normalisation they carry here: evaluating them computes what their own code computes. The file's
 SHA-256 names exactly which weights a run started from.
+
+`resolve(path, best)`: a run directory means its newest checkpoint that verifies (or `best.pt` with `best`),
+a checkpoint itself, a weights file its format. `eval`, `train --resume`, `train --init`, `export`, `predict`,
+`analyze --checkpoint`, `torch.hub` and `load_pretrained` all call it, so a path means one net everywhere.
+Everything a file says about itself (spec, normalisation, class names, image size) is checked against its
+tensors and against itself when it is read (`_check_resnetlab`), before anything is built from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +40,11 @@ from .convert import (
     state_dict_of,
 )
 from .data import DataSource
-from .errors import CheckpointError, ResnetlabError
+from .errors import CheckpointError, ConfigError, ResnetlabError
+from .jsondoc import JSONDocError, check_nesting, parse_json
 from .net import ResNet
 from .registry import get_spec
+from .rundir import RunDir
 from .spec import ResNetSpec
 
 RESNETLAB = "resnetlab"
@@ -52,6 +63,8 @@ class Weights:
     config: dict[str, Any] | None = None  # our checkpoint's run config
     claimed_error: float | None = None  # the file's own top-1 test error, where it records one
     data: dict[str, Any] | None = None  # our checkpoint's class names, image size and channels, where it has them
+    payload: dict[str, Any] | None = None  # the whole checkpoint (optimizer, progress, ...), for resuming
+    skipped: tuple[str, ...] = ()  # newer checkpoints of a run directory that did not verify, and why
 
     def record(self) -> dict[str, Any]:
         """Where a run's weights came from, for its config.json."""
@@ -59,27 +72,55 @@ class Weights:
                 "normalization": describe_norm(self.norm)}
 
 
+def resolve(path: str | Path, best: bool = False) -> Weights:
+    """The weights a path means, the same for every command: a run directory's newest checkpoint that verifies
+    (newer ones that do not are listed in `skipped`), or its `best.pt` with `best`; a file, its own contents.
+    Any problem is a one-line CheckpointError naming the path."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        if best:
+            raise ConfigError("--best picks a run directory's best.pt; it does not apply to a file")
+        return read_weights(path)
+    run = RunDir(path)
+    if not (run.config.is_file() or run.checkpoints.is_dir()):
+        raise CheckpointError(f"{path}: a folder, not a run directory (no config.json or checkpoints/)")
+    if best:
+        if not run.best.is_file():
+            raise CheckpointError(f"{path}: no checkpoints/best.pt in this run directory")
+        return read_weights(run.best)
+    if not run.step_checkpoints():
+        hint = " (it has a best.pt: use --best)" if run.best.is_file() else ""
+        raise CheckpointError(f"{path}: no checkpoint in this run directory{hint}")
+    _, weights, problems = run.latest_good(read_weights)
+    return dataclasses.replace(weights, skipped=tuple(problems))
+
+
 def read_weights(path: str | Path) -> Weights:
     """Read and identify a weights file; any problem is a one-line CheckpointError naming the file."""
     path = Path(path).expanduser()
     raw = read_file(path, "weights file")
     sha256 = hashlib.sha256(raw).hexdigest()
-    if is_safetensors(raw):
-        return _read_safetensors(raw, path, sha256)
-    if is_checkpoint(raw):
+    kind = sniff(raw)
+    if kind == "safetensors":
+        return _checked(_read_safetensors(raw, path, sha256))
+    if kind == "checkpoint":
         payload = parse_checkpoint(raw, path)
         try:
             spec = ResNetSpec.from_dict(payload["spec"])
             data = payload.get("data") if isinstance(payload.get("data"), dict) else None
-            config = payload["config"]  # a mapping: parse_checkpoint checks it
+            config = check_nesting(payload["config"], "field 'config'")  # a mapping: parse_checkpoint checks it
             state = payload["model"]
             if not is_tensor_map(state):
                 raise CheckpointError(f"field 'model' is a {type(state).__name__}, not a mapping of names to "
                                       "tensors")
-            return Weights(path, sha256, RESNETLAB, dict(state), _checked_norm(payload["norm"]), spec,
-                           config=config, data=data)
+            weights = Weights(path, sha256, RESNETLAB, dict(state), _checked_norm(payload["norm"]), spec,
+                              config=config, data=data, payload=payload)
         except (KeyError, TypeError, ResnetlabError) as exc:
             raise CheckpointError(f"{path}: a resnetlab checkpoint without a valid spec and weights ({exc})") from None
+        return _checked(weights)
+    if kind != "torch":
+        raise CheckpointError(f"{path}: {kind}, not a weights file (resnetlab reads its own checkpoints, exported "
+                              ".safetensors and torch.save state_dicts)")
     obj = load_state_bytes(raw, path)
     state = state_dict_of(obj, str(path))
     keys = {k.removeprefix("module.") for k in state}
@@ -96,6 +137,37 @@ def read_weights(path: str | Path) -> Weights:
                           f"CIFAR ResNet or a torchvision ResNet); {first}")
 
 
+# what else a file given as weights may be, by its first bytes (checked after our own formats)
+_OTHER_KINDS = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"), (b"\x7fELF", "an executable"),
+                (b"ustar", "a tar archive"))
+
+
+def sniff(raw: bytes) -> str:
+    """What the contents of a file are: "checkpoint" (ours), "safetensors", "torch" (a `torch.save` zip or
+    legacy pickle), or words for anything else ("a PNG image", "an ONNX model", "an empty file", ...)."""
+    if is_checkpoint(raw):
+        return "checkpoint"
+    if is_safetensors(raw):
+        return "safetensors"
+    if raw.startswith(b"PK\x03\x04") or (raw[:1] == b"\x80" and raw[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "torch"
+    if not raw:
+        return "an empty file"
+    for magic, what in _OTHER_KINDS:
+        if raw.startswith(magic) or (magic == b"ustar" and raw[257:262] == magic):
+            return what
+    if raw[:1] == b"\x08" and raw[2:3] == b"\x12" and b"onnx" in raw[:4096].lower():  # ir_version, producer
+        return "an ONNX model (export's output, not its input)"
+    if len(raw) < 16:
+        return f"a file of {len(raw)} bytes (too short for any weights format: truncated?)"
+    try:
+        raw[:256].decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "a file of unknown format"
+
+
 def is_safetensors(raw: bytes) -> bool:
     """A safetensors file (whole or cut short): an 8-byte little-endian header length, then the JSON header."""
     return raw[8:10] in (b'{"', b"{}") and 2 <= int.from_bytes(raw[:8], "little") < 100_000_000
@@ -104,35 +176,114 @@ def is_safetensors(raw: bytes) -> bool:
 def _read_safetensors(raw: bytes, path: Path, sha256: str) -> Weights:
     """A `.safetensors` file written by `resnetlab export`: spec, classes and image size in its metadata, the
     input normalisation as two tensors. Reading it runs no code."""
-    import json
-
     try:
         import safetensors.torch as st
     except ImportError:
         raise CheckpointError(f"{path}: reading safetensors needs the safetensors package: "
                               "pip install 'resnetlab[export]'") from None
+    n = int.from_bytes(raw[:8], "little")
+    if 8 + n > len(raw):
+        raise CheckpointError(f"{path}: a safetensors file cut short (its header claims {n:,} bytes, the file has "
+                              f"{len(raw) - 8:,} after the length)")
     try:
-        n = int.from_bytes(raw[:8], "little")
-        meta = json.loads(raw[8:8 + n]).get("__metadata__") or {}
+        header = parse_json(raw[8:8 + n], "header")
+        meta = (header.get("__metadata__") if isinstance(header, dict) else None) or {}
         tensors = st.load(raw)
+    except JSONDocError as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     except Exception as exc:  # the library raises its own SafetensorError, ValueError, ...
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
     if not isinstance(meta, dict) or meta.get("format") != RESNETLAB or "resnetlab" not in meta:
         raise CheckpointError(f"{path}: a safetensors file without resnetlab's metadata (spec, classes); only "
                               "files written by 'resnetlab export' are read")
     try:
-        info = json.loads(meta["resnetlab"])
+        info = parse_json(meta["resnetlab"], "metadata 'resnetlab'")
         spec = ResNetSpec.from_dict(info["spec"])
         norm = {"mean": tensors.pop("normalization.mean"), "std": tensors.pop("normalization.std")}
         data = {k: info[k] for k in ("classes", "image_size") if k in info}
     except (KeyError, TypeError, ValueError, AttributeError, ResnetlabError) as exc:
         raise CheckpointError(f"{path}: its resnetlab metadata is not valid ({str(exc).splitlines()[0][:160]})"
                               ) from None
+    if not isinstance(data.get("classes", []), list):
+        raise CheckpointError(f"{path}: its metadata's 'classes' is {type(data['classes']).__name__}, not a list")
     try:
         norm = _checked_norm(norm)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return Weights(path, sha256, RESNETLAB, tensors, norm, spec, data=data)
+
+
+MIN_SIDE, MAX_SIDE = 8, 4096  # the image sizes a net is used at (as --input-size): digits are 8x8
+
+
+def _checked(weights: Weights) -> Weights:
+    """A resnetlab file's claims checked against its tensors and against each other before any are believed:
+    tensors (names, shapes) against the spec, the normalisation's shape against the spec's channels and the
+    image size, class names against the classifier; and the spec's net must run at that image size."""
+    try:
+        _check_resnetlab(weights)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{weights.path}: {exc}") from None
+    return weights
+
+
+def _check_resnetlab(weights: Weights) -> None:
+    spec = weights.spec
+    assert spec is not None
+    with torch.device("meta"):  # no memory spent: the shapes a net of this spec has
+        net = ResNet(spec)
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.state.items()}
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or extra:
+        what = f"lacks {missing[0]}" if missing else f"has {extra[0]}, which it does not have"
+        raise CheckpointError(f"its tensors do not fit its own spec ({spec.name or 'the net'} {what})")
+    for key, shape in want.items():
+        if have[key] != shape:
+            raise CheckpointError(f"its tensors do not fit its own spec ({key}: {have[key]}, the spec's net has "
+                                  f"{shape})")
+    mean, std = weights.norm["mean"], weights.norm["std"]
+    sides = {int(t.shape[1]) for t in (mean, std) if t.dim() == 3} - {1}  # per-pixel statistics' side
+    if any(t.dim() != 3 or t.shape[0] != spec.in_channels or t.shape[1] != t.shape[2] for t in (mean, std)) \
+            or len(sides) > 1:
+        raise CheckpointError(f"its normalisation (mean {tuple(mean.shape)}, std {tuple(std.shape)}) does not fit "
+                              f"a {spec.in_channels}-channel net: expected ({spec.in_channels}, 1, 1) per channel "
+                              f"or ({spec.in_channels}, S, S) per pixel, of one side S")
+    pixel_side = sides.pop() if sides else None
+    data = weights.data or {}
+    size = data.get("image_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or not MIN_SIDE <= size <= MAX_SIDE:
+            raise CheckpointError(f"its image_size {str(size)[:40]!r} is not a side in {MIN_SIDE}..{MAX_SIDE} "
+                                  "pixels")
+        if pixel_side is not None and pixel_side != size:
+            raise CheckpointError(f"its image_size is {size} but its per-pixel normalisation is {pixel_side}x"
+                                  f"{pixel_side}")
+    channels = data.get("channels")
+    if channels is not None and channels != spec.in_channels:
+        raise CheckpointError(f"its data has {str(channels)[:20]} channel(s), its net takes {spec.in_channels}")
+    if data.get("classes") is not None:
+        check_class_names(data["classes"], spec.num_classes)
+    side = size or pixel_side or spec.input_size
+    try:
+        with torch.device("meta"), torch.no_grad():
+            net.eval()(torch.empty(2, spec.in_channels, side, side))
+    except RuntimeError as exc:
+        raise CheckpointError(f"its net cannot take {side}x{side} images ({str(exc).splitlines()[0][:120]})"
+                              ) from None
+
+
+def check_class_names(names: Any, k: int) -> None:
+    """Class names as a trained net's file may hold them: `k` strings (one per classifier row), each
+    printable (no control or formatting characters, which could forge or hide lines of output)."""
+    if not isinstance(names, list) or len(names) != k:
+        size = f"{len(names)} names" if isinstance(names, list) else type(names).__name__
+        raise CheckpointError(f"its class names ({size}) do not match its classifier's {k} classes")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(f"its class name {str(name)[:40]!r} is not a non-empty string")
+        if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for ch in name):
+            raise CheckpointError(f"its class name {name[:40]!r} holds control or formatting characters")
 
 
 def _checked_norm(norm: Any) -> dict[str, Tensor]:
@@ -158,7 +309,13 @@ def _peer_error(obj: Any) -> float | None:
 
 
 def load_into(model: ResNet, weights: Weights) -> ResNet:
-    """Copy the weights into `model`, which must be the net they were trained as (checked)."""
+    """Copy the weights into `model`, which must be the net they were trained as (checked). Weights holding
+    NaN or Inf (a diverged net) are refused: nothing computed with them would mean anything."""
+    bad = next((k for k, v in weights.state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())),
+               None)
+    if bad is not None:
+        raise CheckpointError(f"{weights.path}: tensor {bad} holds NaN or Inf (a diverged net); its outputs "
+                              "would mean nothing")
     try:
         if weights.format == RESNETLAB:
             assert weights.spec is not None
@@ -185,11 +342,14 @@ def model_for(weights: Weights, name: str | None = None) -> ResNet:
         if weights.spec is None:
             raise CheckpointError(f"{weights.path}: a {weights.format} file names no model; give a model name")
         spec = weights.spec
-    elif weights.format == RESNETLAB:
+    elif weights.format == RESNETLAB:  # the registry net `name`, compared field by field, not by name
         assert weights.spec is not None
-        if name != weights.spec.name:
-            raise CheckpointError(f"{weights.path}: holds {weights.spec.name or 'another model'}, not {name}")
-        spec = weights.spec
+        held = weights.spec
+        try:
+            _check_same_net(held, get_spec(name, num_classes=held.num_classes, in_channels=held.in_channels))
+        except CheckpointError as exc:
+            raise CheckpointError(f"{weights.path}: not the registry's {name}: it {exc}") from None
+        spec = held
     else:  # the classes are the file's (its classifier's rows)
         fc = next(v for k, v in weights.state.items() if k.removeprefix("module.") in ("fc.weight", "linear.weight"))
         spec = get_spec(name, num_classes=int(fc.shape[0]))
@@ -210,7 +370,7 @@ def start_from(model: ResNet, source: DataSource, path: str | Path, sha256: str 
     """A new run's initial weights and input normalisation from a weights file; the record for config.json.
 
     `sha256`: the file must still be the one a run recorded when it started (a restart before any checkpoint)."""
-    weights = read_weights(path)
+    weights = resolve(path)
     if sha256 is not None and weights.sha256 != sha256:
         raise CheckpointError(f"{weights.path}: changed since the run started (SHA-256 {weights.sha256[:16]}..., "
                               f"recorded {sha256[:16]}...)")
@@ -227,11 +387,23 @@ def describe_norm(norm: dict[str, Tensor]) -> str:
     return f"per-pixel mean image {tuple(mean.shape)}" + ("" if bool((std == 1).all()) else ", per-pixel std")
 
 
+# spec fields that do not change what a trained net computes: its name, how memory is saved, how it was initialised
+_NOT_THE_FUNCTION = ("name", "recompute", "zero_init_residual", "gate_bias")
+
+
 def _check_same_net(held: ResNetSpec, spec: ResNetSpec) -> None:
     """Specs must agree in every field but the name and the settings that do not change the function."""
-    ignore = {"recompute": 0, "zero_init_residual": False}
-    a, b = held.replace(**ignore).to_dict(), spec.replace(**ignore).to_dict()
+    a, b = held.to_dict(), spec.to_dict()
     for field in a:
-        if field != "name" and a[field] != b[field]:
+        if field not in _NOT_THE_FUNCTION and a[field] != b[field]:
             raise CheckpointError(f"holds {held.name or 'a net'} with {field}={a[field]!r}, but "
                                   f"{spec.name or 'the model'} has {field}={b[field]!r}")
+
+
+def note_skipped(skipped: tuple[str, ...], used: str | Path) -> None:
+    """Say on stderr which newer checkpoints of a run directory did not verify, so using an older one is
+    never silent (commands call it once their work has succeeded)."""
+    import sys
+
+    for problem in skipped:
+        sys.stderr.write(f"note: skipped {problem}; used {Path(used).name}\n")

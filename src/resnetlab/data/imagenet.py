@@ -36,7 +36,7 @@ from resnetlab.data.base import (
     rank_bounds,
 )
 from resnetlab.data.folder import scan_dir
-from resnetlab.data.images import eval_dir, open_rgb
+from resnetlab.data.images import eval_dir, open_rgb, shorter_side_to
 from resnetlab.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,7 +46,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     """Resize (bilinear) so that the shorter side is ``size``, keeping the aspect ratio."""
     w, h = img.size
-    new = (size, max(size, round(h * size / w))) if w <= h else (max(size, round(w * size / h)), size)
+    new = shorter_side_to(w, h, size)  # ValueError for an image too elongated to resize
     return img if new == (w, h) else img.resize(new, Image.Resampling.BILINEAR)
 
 
@@ -119,6 +119,8 @@ class ImageFiles(Dataset):
             x = self._train_view(img, *key) if isinstance(key, tuple) else self._eval_view(img)
         except DataError as exc:
             return _Failure(str(exc))
+        except ValueError as exc:  # shorter_side_to: an image too elongated to resize
+            return _Failure(f"{self.files[index]}: {exc}")
         return x, self.labels[index]
 
 

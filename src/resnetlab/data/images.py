@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import warnings
+import zlib
 from collections.abc import Callable, Container, Iterator
 
 import numpy as np
@@ -69,6 +71,83 @@ def to_rgb(img: Image.Image) -> Image.Image:
 # papers' data sets (ImageNet's largest are a few megapixels). A file that claims more is refused from its
 # header, before decoding: a 400 KB PNG can claim 12,000 x 12,000 pixels and take 1.6 GB to decode.
 MAX_PIXELS = 8192 * 8192
+MAX_FILE_BYTES = 512 << 20  # one image file, as one archive member (archives.py)
+
+
+def shorter_side_to(w: int, h: int, size: int) -> tuple[int, int]:
+    """The size of a `w` x `h` image whose shorter side is resized to `size` (aspect ratio kept). An image so
+    elongated that the result would hold more than MAX_PIXELS is refused (ValueError): a 1 x 100,000 image
+    resized to a shorter side of 256 would take 25.6 Gi pixels."""
+    if min(w, h) < 1:
+        raise ValueError(f"an image of {w}x{h} pixels has nothing to resize")
+    new = (size, max(size, round(h * size / w))) if w <= h else (max(size, round(w * size / h)), size)
+    if new[0] * new[1] > MAX_PIXELS:
+        raise ValueError(f"{w}x{h} pixels is too elongated: with its shorter side resized to {size} it would "
+                         f"be {new[0]}x{new[1]}, beyond the {MAX_PIXELS:,} pixels resnetlab decodes")
+    return new
+
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ARITHMETIC_SOF = tuple(bytes([0xFF, m]) for m in (0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
+def _png_short_by(raw: bytes) -> str | None:
+    """Whether a PNG's pixel data (its IDAT stream) ends before every row its header claims is there: PIL
+    fills the missing rows with zeros without a word. None when complete (or not a PNG we can measure)."""
+    if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(raw):
+        length, kind = int.from_bytes(raw[pos:pos + 4], "big"), raw[pos + 4:pos + 8]
+        body = raw[pos + 8:pos + 8 + length]
+        if kind == b"IHDR" and len(body) >= 13:
+            header = body
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        return None
+    w, h = int.from_bytes(header[0:4], "big"), int.from_bytes(header[4:8], "big")
+    depth, colour, interlace = header[8], header[9], header[12]
+    bits = _PNG_CHANNELS.get(colour, 1) * depth
+    passes = _ADAM7 if interlace == 1 else ((0, 0, 1, 1),)
+    want = 0
+    for x0, y0, dx, dy in passes:
+        pw, ph = -(-(w - x0) // dx) if w > x0 else 0, -(-(h - y0) // dy) if h > y0 else 0
+        if pw and ph:
+            want += ph * (1 + -(-pw * bits // 8))
+    inflate, have = zlib.decompressobj(), 0
+    try:
+        for part in idat:  # counted a megabyte at a time: never more than that in memory
+            data = inflate.decompress(part, 1 << 20)
+            have += len(data)
+            while inflate.unconsumed_tail and have < want:
+                have += len(inflate.decompress(inflate.unconsumed_tail, 1 << 20))
+            if have >= want:
+                return None
+    except zlib.error:
+        return None  # PIL reports a damaged stream itself
+    return f"its pixel data ends early ({have:,} of the {want:,} bytes its {w}x{h} header needs): truncated"
+
+
+def _jpeg_short_by(raw_size: int, img: Image.Image, head: bytes) -> str | None:
+    """Whether a JPEG is too small to code every block its frame claims: Huffman coding spends at least one
+    bit on each 8x8 block of each component (the DC code), so a file under that cannot hold its image (libjpeg
+    fills the missing blocks with grey without a word). Arithmetic-coded files are not measured."""
+    layers = getattr(img, "layer", None)
+    if img.format != "JPEG" or not layers or any(m in head for m in _ARITHMETIC_SOF):
+        return None
+    w, h = img.size
+    hmax, vmax = max(lay[1] for lay in layers), max(lay[2] for lay in layers)
+    blocks = sum(math.ceil(math.ceil(w * lay[1] / hmax) / 8) * math.ceil(math.ceil(h * lay[2] / vmax) / 8)
+                 for lay in layers)
+    if raw_size * 8 < blocks:
+        return (f"{raw_size:,} bytes cannot code the {blocks:,} blocks of its {w}x{h} frame (at least one bit "
+                "each): its data ends early")
+    return None
 
 
 @contextlib.contextmanager
@@ -76,7 +155,14 @@ def opened(source: str | bytes | os.PathLike[str], check: Callable[[tuple[int, i
            ) -> Iterator[Image.Image]:
     """An image file opened and fully decoded, once its header's size has been checked: at most MAX_PIXELS
     (PIL's own decompression-bomb warning becomes that error, never a warning on stderr), then `check(size)`
-    (e.g. the size every image of a data set must share). Raises what PIL raises, or ValueError."""
+    (e.g. the size every image of a data set must share). A file whose pixel data ends before its header's
+    frame does (a truncated PNG or JPEG that PIL would fill in silently) is refused. Raises what PIL raises,
+    or ValueError."""
+    if not isinstance(source, bytes):
+        if os.stat(source).st_size > MAX_FILE_BYTES:
+            raise ValueError(f"the file is beyond the {MAX_FILE_BYTES >> 20} MiB resnetlab reads as one image")
+        with open(source, "rb") as f:
+            source = f.read()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -92,6 +178,9 @@ def opened(source: str | bytes | os.PathLike[str], check: Callable[[tuple[int, i
             if check is not None:
                 check(img.size)
             img.load()
+            short = _png_short_by(source) if img.format == "PNG" else _jpeg_short_by(len(source), img, source[:65536])
+            if short:
+                raise ValueError(short)
             yield img
 
 
