@@ -94,17 +94,17 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     checkpoints/; its folder must exist and its name (and the temporary name beside it) fit the file system.
     Returns the path; a one-line ResnetlabError otherwise."""
     out = Path(out).expanduser()
-    refuse_special(out)
     parent = out.parent
-    if not parent.is_dir():
-        raise ResnetlabError(f"{out}: no such directory {parent}")
     try:
-        limit = os.pathconf(parent, "PC_NAME_MAX")
+        limit = os.pathconf(parent if parent.is_dir() else ".", "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
     if len(os.fsencode(temp_path(out).name)) > limit:
         raise ResnetlabError(f"{out}: the file name is too long ({len(os.fsencode(out.name))} bytes; this file "
                              f"system takes {limit}, and resnetlab writes beside it under a longer temporary name)")
+    if not parent.is_dir():
+        raise ResnetlabError(f"{out}: no such directory {parent}")
+    refuse_special(out)
     target = out.resolve()
     for given in inputs:
         given = Path(given).expanduser()
