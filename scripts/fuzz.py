@@ -53,7 +53,8 @@ from hypothesis import strategies as st
 HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 TIME_BOUND_S = 120.0  # a case that takes longer is a finding (a hang or an unbounded allocation)
 TINY = ["--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8", "--iters", "1"]
-FAMILIES = ("args", "set", "config", "summary", "checkpoint", "suite", "images", "weights", "cifar")
+FAMILIES = ("args", "set", "config", "summary", "checkpoint", "suite", "images", "weights", "cifar",
+            "export", "predict", "hub", "safetensors", "rundir", "env")  # the last six: scripts/fuzz_surfaces.py
 
 # -- values ----------------------------------------------------------------------------------------------
 NUMBERS = ["0", "-1", "-3", "1", "2", "7", "1e9", "1e400", "-1e400", "nan", "inf", "-inf", "", "1.5", "-0.5",
@@ -95,6 +96,9 @@ class Case:
     family: str
     argv: list[str]
     files: dict[str, Any] = field(default_factory=dict)  # relative path -> JSON value, bytes or torch payload
+    env: dict[str, str | None] = field(default_factory=dict)  # set around the command ({root} filled; None: unset)
+    writable: tuple[str, ...] | None = None  # paths (relative) it may change; None: its -o/--out/--resume targets
+    invalid: str = ""  # why the input must be refused, where it must: exit 0 on it is a finding
 
     def render(self, root: Path) -> list[str]:
         """The argument list with {NAME} placeholders replaced by paths under `root`."""
@@ -542,7 +546,14 @@ def damaged_state(edit: tuple[str, str, int]) -> tuple[Any, bool]:
 STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "args": args_cases, "set": set_cases, "config": config_cases, "summary": summary_cases,
     "checkpoint": checkpoint_cases, "suite": suite_cases, "images": image_cases, "weights": weights_cases,
-    "cifar": cifar_cases}
+    "cifar": cifar_cases, **{name: (lambda name=name: _surfaces().STRATEGIES[name]()) for name in FAMILIES[9:]}}
+
+
+def _surfaces() -> Any:
+    """scripts/fuzz_surfaces.py: the newer families and the judge's checks of inputs, stdout and answers."""
+    import scripts.fuzz_surfaces as surfaces
+
+    return surfaces
 
 
 def _patched_config(key: str, value: Any) -> dict[str, Any]:
@@ -607,6 +618,9 @@ def _write(root: Path, case: Case) -> None:
         shutil.copytree(_template_run(), root / "run", ignore=shutil.ignore_patterns(".lock"))
     for rel, value in case.files.items():
         path = root / rel
+        if rel.startswith("__surface__"):  # a set-up step of the newer families
+            _surfaces().setup(root, value)
+            continue
         if rel == "__images__":  # an image folder (and its tarball) with hostile files; a run to evaluate with
             import tarfile
 
@@ -691,11 +705,16 @@ class Outcome:
 
 def run_case(case: Case, root: Path) -> Outcome:
     """Run `case` in the empty directory `root` and judge how it ended."""
-    from resnetlab.cli import main
-
+    surfaces = _surfaces()
     root.mkdir(parents=True, exist_ok=True)
-    _write(root, case)
-    argv = case.render(root)
+    try:
+        _write(root, case)
+        argv = case.render(root)
+        ran = surfaces.before(case, argv, root)  # the inputs' hashes, the answer where it is known
+    except BaseException:
+        surfaces.release()
+        raise
+    main = surfaces.runner(argv)
     out, err = io.StringIO(), io.StringIO()
     rc: int | None = None
     problem = None
@@ -705,7 +724,7 @@ def run_case(case: Case, root: Path) -> Outcome:
     cwd = os.getcwd()
     try:
         os.chdir(root)  # a relative default output (runs/, ./propagation.png) lands in the case's directory
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), surfaces.environment(case, root), \
                 warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # every warning the user would see, even under pytest's recorder
             try:
@@ -723,6 +742,7 @@ def run_case(case: Case, root: Path) -> Outcome:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         os.chdir(cwd)
+        surfaces.release()
     seconds = time.perf_counter() - start
     text = err.getvalue()
     lines = [ln for ln in text.splitlines() if ln.startswith("resnetlab") or "Traceback" in ln]
@@ -741,9 +761,12 @@ def run_case(case: Case, root: Path) -> Outcome:
         elif rc != 0 and len(lines) != 1:
             problem = f"{len(lines)} error lines, not one"
     if problem is None:
-        leftovers = [str(p.relative_to(root)) for p in root.rglob(".*tmp*") if p.is_file()]
+        leftovers = [rel for p in root.rglob(".*tmp*") if p.is_file() and (rel := str(p.relative_to(root)))
+                     not in ran.files]  # a temporary file the case made (a killed trainer's) is an input
         if leftovers:
             problem = f"half-written output left: {leftovers[0]}"
+    if problem is None:
+        problem = surfaces.after(case, argv, root, rc, out.getvalue(), text, ran)
     return Outcome(argv, rc, text.strip().splitlines()[-1][:200] if text.strip() else "", seconds, problem)
 
 
@@ -815,5 +838,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if result["findings"] else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # as the module scripts.fuzz, the one scripts/fuzz_surfaces.py imports
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from scripts.fuzz import main as _main
+
+    sys.exit(_main())

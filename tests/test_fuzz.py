@@ -1,7 +1,8 @@
-"""The hostile-input fuzzer in CI (issue 14): a few hundred generated cases through `resnetlab.cli.main`, each
-ending with exit 0 or one line of error, within the time bound, without half-written output.
-`scripts/fuzz.py` holds the generators and the judge; its campaign (thousands of cases) is in
-docs/reliability.md."""
+"""The hostile-input fuzzer in CI (issues 14 and 22): a few hundred generated cases through `resnetlab.cli.main`
+(and hubconf's entry points), each ending with exit 0 or one line of error, within the time bound, without
+half-written output, with its inputs unchanged, clean stdout, and the right weights where they are known.
+`scripts/fuzz.py` and `scripts/fuzz_surfaces.py` hold the generators and the judge; its campaign (thousands of
+cases) is in docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from scripts.fuzz import STRATEGIES, Case, Outcome, run_case
 
 CASES = {"args": 50, "set": 30, "config": 30, "summary": 30, "checkpoint": 30, "suite": 30, "images": 30, "cifar": 20,
-         "weights": 30}
+         "weights": 30,
+         # issue 22's surfaces (scripts/fuzz_surfaces.py)
+         "export": 30, "predict": 30, "hub": 25, "safetensors": 30, "rundir": 30, "env": 15}
 
 
 def _judge(case: Case) -> Outcome:
@@ -43,11 +46,20 @@ def test_the_judge_catches_what_it_should(tmp_path: Path, monkeypatch: pytest.Mo
     (tmp_path / "b").mkdir()
     bad = run_case(Case("args", ["info", "resnet20", "-o", "depth=20", "--input-size", "{missing}"]), tmp_path / "b")
     assert bad.problem is None and bad.rc == 2  # argparse: "invalid int value", one line
-    (tmp_path / "c").mkdir()
-    (tmp_path / "c" / ".x.json.tmp-1").write_text("half")
+    import resnetlab.cli
+
+    def half(argv: list[str]) -> int:  # runs in the case's directory
+        Path(".x.json.tmp-1").write_text("half")
+        return 0
+
+    monkeypatch.setattr(resnetlab.cli, "main", half)
     left = run_case(Case("args", ["models", "--filter", "resnet20"]), tmp_path / "c")
     assert left.rc == 0 and left.problem == "half-written output left: .x.json.tmp-1"
-    import resnetlab.cli
+    # a temporary file the case itself made (a killed trainer's, in the rundir family) is an input, not output
+    made = run_case(Case("args", ["models"], {".y.json.tmp-2": b"half"}), tmp_path / "c2")
+    assert made.problem == "half-written output left: .x.json.tmp-1" and (tmp_path / "c2" / ".y.json.tmp-2").exists()
+    monkeypatch.setattr(resnetlab.cli, "main", lambda argv: 0)
+    assert run_case(Case("args", ["models"], {".y.json.tmp-2": b"half"}), tmp_path / "c3").problem is None
 
     def crash(argv: list[str]) -> int:
         raise ValueError("boom")
@@ -79,3 +91,68 @@ def test_the_judge_catches_what_it_should(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(resnetlab.cli, "main", two_lines)
     assert run_case(Case("args", ["models"]), tmp_path / "f").problem == "more than one line on stderr"
+
+
+def test_the_judge_catches_lost_inputs_and_bad_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks of issue 22: a replaced or removed input, control characters and NaN on stdout, JSON that is
+    not strict, an invalid input accepted; a declared output may change; the environment comes back."""
+    import os
+
+    import resnetlab.cli
+
+    def overwrite(argv: list[str]) -> int:
+        Path(argv[1]).write_text("replaced")
+        return 0
+
+    monkeypatch.setattr(resnetlab.cli, "main", overwrite)
+    files = {"a.json": {"x": 1}}
+    assert run_case(Case("args", ["x", "{root}/a.json"], files, writable=()), tmp_path / "a").problem \
+        == "input replaced: a.json"
+    assert run_case(Case("args", ["x", "{root}/a.json"], files, writable=("a.json",)), tmp_path / "b").problem is None
+    # the older families declare nothing: their -o/--out/--resume targets are their outputs
+    assert run_case(Case("args", ["x", "{root}/a.json", "-o", "{root}/a.json"], files), tmp_path / "c").problem is None
+
+    def printing(text: str) -> object:
+        def main(argv: list[str]) -> int:
+            print(text)
+            return 0
+
+        return main
+
+    for text, problem in (("a.png: cat 50.0%", None), ("\x1b[31mred.png: cat 50.0%", "control character '\\x1b'"),
+                          ("a.png: cat nan%", "non-finite number"), ("a.png: cat\rdog", "control character '\\r'"),
+                          ('[{"top": NaN}]', "non-finite number")):
+        monkeypatch.setattr(resnetlab.cli, "main", printing(text))
+        got = run_case(Case("args", ["x"]), tmp_path / f"p{len(text)}").problem
+        assert (got is None) if problem is None else (got or "").startswith(problem), (text, got)
+    monkeypatch.setattr(resnetlab.cli, "main", printing("[{\"top\": 1}"))
+    assert "not strict JSON" in run_case(Case("args", ["predict", "--json"]), tmp_path / "j").problem
+    monkeypatch.setattr(resnetlab.cli, "main", printing("ok"))
+    assert run_case(Case("args", ["x"], invalid="a PNG missing rows"), tmp_path / "i").problem \
+        == "accepted invalid input (a PNG missing rows)"
+
+    seen = {}
+
+    def env(argv: list[str]) -> int:
+        seen.update(cache=os.environ.get("RESNETLAB_CACHE"), home=os.environ.get("HOME"))
+        return 0
+
+    monkeypatch.setattr(resnetlab.cli, "main", env)
+    monkeypatch.setenv("HOME", "/somewhere")
+    run_case(Case("env", ["x"], env={"RESNETLAB_CACHE": "{root}/c", "HOME": None}), tmp_path / "e")
+    assert seen == {"cache": str(tmp_path / "e" / "c"), "home": None}
+    assert os.environ["HOME"] == "/somewhere" and "RESNETLAB_CACHE" not in os.environ
+
+
+def test_hub_cases_are_judged_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hubconf's entry points: a resnetlab error is one line; another exception type is a finding."""
+    ok = run_case(Case("hub", ["hub", "resnet20", "depth=-1"]), tmp_path / "a")
+    assert ok.problem is None and ok.rc == 2 and ok.err.startswith("resnetlab: error: depth")
+    assert run_case(Case("hub", ["hub", "resnet20", "depth=8"]), tmp_path / "b").rc == 0
+    import hubconf
+
+    def crash(**kwargs: object) -> None:
+        raise KeyError("spec")
+
+    monkeypatch.setattr(hubconf, "resnet20", crash)
+    assert run_case(Case("hub", ["hub", "resnet20"]), tmp_path / "c").problem == "exception: KeyError: 'spec'"
