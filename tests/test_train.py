@@ -229,7 +229,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_run(tmp_path: Path, args: li
 def test_checkpoint_from_another_model_or_data_is_refused(tmp_path: Path, make_cifar) -> None:
     out = tmp_path / "run"
     assert cli("train", "--iters", "2", "--out", str(out)).returncode == 0
-    for args, needle in ((["--model", "resnet56"], "not resnet56"),
+    for args, needle in ((["--model", "resnet56"], "not the registry's resnet56"),
                          (["--data", "synthetic"], "channel(s)")):
         proc = cli("eval", str(out), *args)
         assert proc.returncode == 2 and needle in proc.stderr and proc.stderr.count("\n") == 1
