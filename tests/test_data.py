@@ -56,7 +56,7 @@ def test_parse_data_spec(spec, expected):
 
 
 @pytest.mark.parametrize("spec, needle", [
-    ("mnist", "cifar10:PATH"), ("cifar10", "needs a path"), ("synthetic:x", "synthetic:N"),
+    ("mnist", "cifar10:PATH"), ("cifar10:", "needs a path"), ("synthetic:x", "synthetic:N"),
     ("digits:3", "no argument"), ("", "valid"),
 ])
 def test_bad_spec(spec, needle):

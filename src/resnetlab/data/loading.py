@@ -14,7 +14,9 @@ from resnetlab.data.tensor_source import TensorSource
 from resnetlab.errors import DataError
 
 SCHEMES = ("digits", "synthetic", "cifar10", "cifar100", "folder", "imagenet")
-SPEC_FORMS = "digits, synthetic, synthetic:N, cifar10:PATH, cifar100:PATH, folder:PATH, imagenet:PATH"
+SPEC_FORMS = ("digits, synthetic, synthetic:N, cifar10, cifar10:PATH, cifar100, cifar100:PATH, folder:PATH, "
+              "imagenet:PATH")
+FETCHED = ("cifar10", "cifar100")  # with no path: downloaded on first use (data/fetch.py)
 
 
 class DataSpec(NamedTuple):
@@ -41,8 +43,11 @@ def parse_data_spec(spec: str) -> DataSpec:
         if not arg.isdigit() or int(arg) < 4:
             raise DataError(f"data set {spec!r}: synthetic:N needs an integer N >= 4 (training images)")
         return DataSpec(scheme, str(int(arg)))
+    if not sep and scheme in FETCHED:
+        return DataSpec(scheme, None)
     if not arg:
-        raise DataError(f"data set {spec!r}: {scheme} needs a path, as in {scheme}:PATH")
+        hint = f", or {scheme} alone to download it" if scheme in FETCHED else ""
+        raise DataError(f"data set {spec!r}: {scheme} needs a path, as in {scheme}:PATH{hint}")
     return DataSpec(scheme, arg)
 
 
@@ -58,8 +63,10 @@ def load_data(spec: str, options: DataOptions | None = None) -> DataSource:
     """Load the data set named by ``spec`` (see :func:`parse_data_spec`) with ``options``.
 
     ``digits``, ``synthetic[:N]``, ``cifar10:PATH``, ``cifar100:PATH`` and ``folder:PATH`` give an
-    in-memory :class:`TensorSource`; ``imagenet:PATH`` a streaming :class:`ImageNetSource`. Every problem
-    with the data or the options is a one-line :class:`DataError`.
+    in-memory :class:`TensorSource`; ``imagenet:PATH`` a streaming :class:`ImageNetSource`. ``cifar10`` and
+    ``cifar100`` with no path use the archive in the data cache, downloaded on first use
+    (:func:`resnetlab.data.fetch.fetch`). Every problem with the data or the options is a one-line
+    :class:`DataError`.
     """
     options = options if options is not None else DataOptions()
     if not isinstance(options, DataOptions):
@@ -72,6 +79,10 @@ def load_data(spec: str, options: DataOptions | None = None) -> DataSource:
         if scheme == "synthetic":
             count = int(parsed.arg) if parsed.arg else SYNTHETIC_DEFAULT
             return TensorSource("synthetic", *read_synthetic(count), options)
+        if parsed.arg is None and scheme in FETCHED:
+            from resnetlab.data.fetch import fetch
+
+            return TensorSource(scheme, *read_cifar(scheme, fetch(scheme, options=options), options), options)
         path = Path(parsed.arg or "").expanduser()
         if not path.exists():
             raise DataError(f"{path}: no such file or directory (data set {spec!r})")

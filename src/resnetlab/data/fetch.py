@@ -1,0 +1,425 @@
+"""The CIFAR python-version archives fetched on first use: ``--data cifar10`` (or ``cifar100``) with no path.
+
+One table, :data:`REMOTES`, holds each archive's URL, file name and published MD5. :func:`fetch` returns the
+path of a verified archive in ``CACHE/downloads/`` (``cache.cache_dir``: ``data.cache_dir``,
+``$RESNETLAB_CACHE`` or ``~/.cache/resnetlab``) or in a directory of the caller's:
+
+- a copy already there is used without touching the network: its size and the SHA-256 recorded when it was
+  downloaded (``NAME.json`` beside it) are checked; a copy without that record is checked against the
+  published MD5 and recorded; a copy that fails either check is removed and downloaded again;
+- otherwise the archive is downloaded into ``NAME.part`` (a progress bar on a terminal; a socket timeout on
+  the connect and on every read, so a stalled server is an error, not a hang), resumed with an HTTP Range
+  request when an earlier attempt left a part; its MD5 is checked against the table, its SHA-256 recorded,
+  and only then is it renamed to ``NAME``.
+
+Every failure (offline, a proxy's error, an HTTP error such as 404, a stall, a download cut short, a
+checksum mismatch, a full disk) is one :class:`DataError` line that says what happened and how to pass a
+local copy instead. Nothing but a verified archive ever lies at ``NAME``: a part cut short or stalled is kept
+to be resumed by the next call; a part with wrong bytes, or one that filled the disk, is removed. One
+process downloads at a time (a lock beside the file); the others wait and then use its copy. HTTP is the
+standard library's ``urllib``, which honours the ``http_proxy``/``https_proxy``/``no_proxy`` variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resnetlab.atomic import fsync_dir, replace_with
+from resnetlab.data.base import DataOptions, one_line
+from resnetlab.data.cache import cache_dir
+from resnetlab.errors import DataError, ResnetlabError
+
+Log = Callable[[str], None]
+
+DEFAULT_TIMEOUT = 30.0  # seconds without a byte (connect, or any read) before a download is called stalled
+CHUNK = 1 << 20
+MAX_BYTES = 1 << 30  # far above either archive (about 163 MiB): a server sending more is not serving CIFAR
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where one archive is published and the checksum its publisher gives for it."""
+
+    kind: str  # the data set name, as in --data KIND
+    url: str
+    filename: str
+    md5: str
+
+
+REMOTES: dict[str, Remote] = {
+    "cifar10": Remote("cifar10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                      "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
+    "cifar100": Remote("cifar100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                       "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
+}
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def download_dir(options: DataOptions | None = None) -> Path:
+    """Where fetched archives are kept: ``downloads/`` in the data cache."""
+    return cache_dir(options or DataOptions()) / "downloads"
+
+
+def fetch(kind: str, directory: str | Path | None = None, *, options: DataOptions | None = None,
+          timeout: float = DEFAULT_TIMEOUT, log: Log = _stderr, progress: bool | str = "auto",
+          remote: Remote | None = None) -> Path:
+    """The path of the verified ``kind`` archive in ``directory`` (default: :func:`download_dir`),
+    downloaded first unless a good copy is there. ``remote`` replaces the table's entry (tests, mirrors)."""
+    if remote is None:
+        if kind not in REMOTES:
+            raise DataError(f"{kind!r}: resnetlab downloads {', '.join(REMOTES)} only")
+        remote = REMOTES[kind]
+    folder = Path(directory).expanduser() if directory is not None else download_dir(options)
+    final = folder / remote.filename
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(remote, f"cannot create {folder} ({one_line(exc.strerror or exc)})") from None
+    with _locked(folder / f".{remote.filename}.lock", log):
+        if _good_copy(final, remote, log):
+            return final
+        _download(remote, final, timeout, log, progress)
+    return final
+
+
+# ---- a copy already there ---------------------------------------------------------------------------------
+def record_path(final: Path) -> Path:
+    """The record beside a fetched archive: URL, published MD5, SHA-256 and size as downloaded."""
+    return final.with_name(final.name + ".json")
+
+
+def _hashes(path: Path) -> tuple[str, str]:
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            md5.update(block)
+            sha.update(block)
+    return md5.hexdigest(), sha.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _read_record(final: Path) -> dict[str, object] | None:
+    try:
+        record = json.loads(record_path(final).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("sha256"), str) and isinstance(record.get("bytes"), int)
+    return record if ok else None
+
+
+def _good_copy(final: Path, remote: Remote, log: Log) -> bool:
+    """Whether ``final`` holds the archive (checked as the module docstring says); a bad copy is removed."""
+    if not final.exists():
+        return False
+    if not final.is_file():
+        raise _fail(remote, f"{final} exists and is not a regular file; remove it")
+    record = _read_record(final)
+    try:
+        if record is not None and record.get("md5") == remote.md5:
+            if final.stat().st_size == record["bytes"] and _sha256(final) == record["sha256"]:
+                return True
+            problem = "does not match the SHA-256 recorded when it was downloaded"
+        else:
+            md5, sha = _hashes(final)
+            if md5 == remote.md5:  # placed by hand, or a record lost: the archive is good, record it if we can
+                with contextlib.suppress(OSError, ResnetlabError):
+                    _write_record(final, remote, sha, final.stat().st_size)
+                return True
+            problem = f"has MD5 {md5}, not the published {remote.md5}"
+    except OSError as exc:
+        raise _fail(remote, f"cannot read {final} ({one_line(exc.strerror or exc)})") from None
+    log(f"{final} {problem}: removed, downloading it again")
+    _remove(record_path(final))
+    _remove(final)
+    return False
+
+
+def _write_record(final: Path, remote: Remote, sha256: str, size: int) -> None:
+    record = {"url": remote.url, "md5": remote.md5, "sha256": sha256, "bytes": size,
+              "downloaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    text = json.dumps(record, indent=1) + "\n"
+    replace_with(record_path(final), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_record(final: Path) -> dict[str, object] | None:
+    """The record of a fetched archive (None when there is none)."""
+    return _read_record(final)
+
+
+# ---- the download --------------------------------------------------------------------------------------
+class _CutShort(Exception):
+    """The body ended (or the connection dropped) before the length the server announced."""
+
+
+class _Restart(Exception):
+    """The part on disk cannot be continued: start it again from the first byte."""
+
+
+def _download(remote: Remote, final: Path, timeout: float, log: Log, progress: bool | str) -> None:
+    part = final.with_name(final.name + ".part")
+    if part.exists() and not part.is_file():
+        raise _fail(remote, f"{part} exists and is not a regular file; remove it")
+    for _attempt in range(2):
+        try:
+            size, resumed = _transfer(remote, part, timeout, log, progress)
+        except _Restart:
+            _remove(part)
+            continue
+        try:
+            md5, sha = _hashes(part)
+        except OSError as exc:
+            _remove(part)
+            raise _fail(remote, f"cannot read back {part} ({_strerror(exc)})") from None
+        if md5 == remote.md5:
+            break
+        _remove(part)
+        if not resumed:
+            raise _fail(remote, f"the downloaded file's MD5 is {md5}, not the published {remote.md5} (corrupt, or "
+                                "not the official archive); it was removed")
+        log(f"{remote.kind}: the resumed download does not match the published MD5; downloading it from the start")
+    else:
+        raise _fail(remote, f"{_host(remote.url)} answered the resumed download inconsistently; the part was removed")
+    try:
+        _remove(record_path(final))
+        os.replace(part, final)
+        fsync_dir(final.parent)
+    except OSError as exc:
+        raise _fail(remote, f"cannot place {final} ({_strerror(exc)})") from None
+    try:
+        _write_record(final, remote, sha, size)
+    except (OSError, ResnetlabError) as exc:  # the archive is in place and good: its next use checks the MD5
+        log(f"{remote.kind}: {final} ({_mib(size)}), MD5 {md5} as published; its SHA-256 {sha} could not be "
+            f"recorded ({_strerror(exc)})")
+        return
+    log(f"{remote.kind}: {final} ({_mib(size)}), MD5 {md5} as published, SHA-256 {sha} recorded")
+
+
+def _transfer(remote: Remote, part: Path, timeout: float, log: Log, progress: bool | str) -> tuple[int, bool]:
+    """Download into ``part``, continuing it if it holds bytes already: the part's final size, and whether
+    bytes of an earlier attempt are in it."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(remote.url, headers={"User-Agent": "resnetlab"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        # a fresh opener: its ProxyHandler reads the *_proxy variables now (urlopen's global one kept the first)
+        response = urllib.request.build_opener().open(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 416 and have:  # the part already holds every byte: verify it as it is
+            return have, True
+        raise _fail(remote, f"HTTP {exc.code} {exc.reason} from {remote.url}{_via(remote.url)}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        raise _fail(remote, _network_problem(exc, remote, timeout)) from None
+    with response:
+        total, start = _extent(response, have)
+        if start != have:  # a whole body (Range ignored) or another range: write it from its first byte
+            if start != 0:
+                raise _Restart
+            _remove(part)
+            have = 0
+        if total is not None and total > MAX_BYTES:
+            raise _fail(remote, f"{remote.url} announces {_mib(total)}, more than any CIFAR archive; not downloaded")
+        if have:
+            log(f"{remote.kind}: resuming {part} at {_mib(have)}" + (f" of {_mib(total)}" if total else ""))
+        else:
+            log(f"{remote.kind}: downloading {remote.url}" + (f" ({_mib(total)})" if total else "")
+                + f" to {part.parent}")
+        received = _receive(response, part, have, total, remote, timeout, progress)
+    if total is not None and received < total:
+        raise _fail(remote, f"the download was cut short at {_mib(received)} of {_mib(total)}; run the same "
+                            f"command again to resume it ({part} is kept)")
+    return received, have > 0
+
+
+def _extent(response: http.client.HTTPResponse, have: int) -> tuple[int | None, int]:
+    """(the archive's whole size if known, the offset of the body's first byte) of a 200 or 206 answer."""
+    length = response.headers.get("Content-Length")
+    body = int(length) if length and length.strip().isdigit() else None
+    if response.status != 206:
+        return body, 0
+    content_range = response.headers.get("Content-Range", "")
+    try:  # bytes START-END/TOTAL
+        span, _, whole = content_range.removeprefix("bytes ").partition("/")
+        start = int(span.partition("-")[0])
+        total = int(whole) if whole.strip() != "*" else (start + body if body is not None else None)
+    except ValueError:
+        raise _Restart from None
+    return total, start
+
+
+def _receive(response: Any, part: Path, have: int, total: int | None, remote: Remote,
+             timeout: float, progress: bool | str) -> int:
+    """Append the body to ``part``; the part's size when the body ends."""
+    received = have
+    read = getattr(response, "read1", response.read)  # what has arrived: a stall loses none of it
+    bar = _bar(progress, total, have, remote.filename)
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        raise _fail(remote, _write_problem(exc, part)) from None
+    try:
+        while True:
+            try:
+                block = read(CHUNK)
+            except TimeoutError:
+                raise _fail(remote, f"{_host(remote.url)} sent nothing for {timeout:g} s (stalled) at "
+                                    f"{_mib(received)}{_via(remote.url)}; run the same command again to resume "
+                                    f"({part} is kept)") from None
+            except (http.client.IncompleteRead, ConnectionError, http.client.HTTPException, OSError) as exc:
+                if isinstance(exc, http.client.IncompleteRead) and exc.partial:
+                    _write_all(fd, exc.partial)
+                    received += len(exc.partial)
+                if total is None:
+                    raise _fail(remote, f"the connection to {_host(remote.url)} broke at {_mib(received)} "
+                                        f"({one_line(exc)}); run the same command again to resume it") from None
+                break  # cut short: said below, with the sizes
+            if not block:
+                break
+            if received + len(block) > MAX_BYTES:
+                _remove(part)
+                raise _fail(remote, f"{remote.url} sent more than {_mib(MAX_BYTES)}, more than any CIFAR "
+                                    "archive; the download was removed")
+            _write_all(fd, block)
+            received += len(block)
+            if bar is not None:
+                bar.update(len(block))
+        os.fsync(fd)
+    except OSError as exc:  # writing: a full disk, an I/O error
+        os.close(fd)
+        fd = -1
+        _remove(part)
+        raise _fail(remote, _write_problem(exc, part)) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if bar is not None:
+            bar.close()
+    return received
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (the seam the full-disk tests replace)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _bar(progress: bool | str, total: int | None, have: int, name: str) -> Any:
+    if progress is False or (progress == "auto" and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+                file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+# ---- words --------------------------------------------------------------------------------------------------
+def _fail(remote: Remote, what: str) -> DataError:
+    """One line: what happened, then how to do without the download."""
+    return DataError(f"{remote.kind}: {what}. To use a copy of your own, download {remote.url} (MD5 {remote.md5}) "
+                     f"and pass --data {remote.kind}:PATH")
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc or url
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy urllib sends ``url`` through, if any (from the *_proxy environment variables)."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme)
+    if not proxy:
+        return None
+    with contextlib.suppress(Exception):
+        if urllib.request.proxy_bypass(parts.hostname or ""):
+            return None
+    return proxy
+
+
+def _via(url: str) -> str:
+    proxy = _proxy_for(url)
+    return f" (through the proxy {_host(proxy)} of ${urllib.parse.urlsplit(url).scheme}_proxy)" if proxy else ""
+
+
+def _network_problem(exc: BaseException, remote: Remote, timeout: float) -> str:
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    host, via = _host(remote.url), _via(remote.url)
+    if isinstance(reason, TimeoutError):
+        return f"{host} did not answer within {timeout:g} s{via}"
+    if isinstance(reason, socket.gaierror):
+        return f"cannot resolve {host}{via} (offline? {one_line(reason.strerror or reason)})"
+    if isinstance(reason, ConnectionRefusedError):
+        return f"connection refused by {_host(_proxy_for(remote.url) or remote.url)}{via} (offline, or no server there)"
+    if isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return f"no route to {host}{via} (offline?)"
+    text = one_line(getattr(reason, "strerror", None) or reason)
+    if "Tunnel connection failed" in text:  # https through a proxy that refused the CONNECT
+        return f"the proxy refused the connection to {host}{via}: {text}"
+    return f"cannot download {remote.url}{via} ({text})"
+
+
+def _strerror(exc: BaseException) -> str:
+    return one_line(getattr(exc, "strerror", None) or exc)
+
+
+def _write_problem(exc: OSError, part: Path) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"the disk is full writing {part} (the partial download was removed); free space, or set "
+                "RESNETLAB_CACHE (resnetlab data fetch: --dir) to a disk with room")
+    return f"cannot write {part} ({_strerror(exc)}); set RESNETLAB_CACHE (resnetlab data fetch: --dir) elsewhere"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+@contextlib.contextmanager
+def _locked(path: Path, log: Log) -> Iterator[None]:
+    """One process downloads at a time into a folder's file; a second waits for the first (then finds its copy)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only cache with the archive in it: reading needs no lock
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log(f"waiting for another resnetlab process downloading into {path.parent}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,321 @@
+"""`--data cifar10` with no path: the archive fetched into the data cache (src/resnetlab/data/fetch.py).
+
+Every test serves a GENERATED archive in the real CIFAR python layout (conftest's make_cifar) from a server on
+127.0.0.1, with the table pointed at it; the real host is never contacted. The server counts its requests, so
+"no network" is asserted as "no request reached it".
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from resnetlab.cli import main
+from resnetlab.data import DataOptions, load_data
+from resnetlab.data import fetch as fetch_mod
+from resnetlab.data.fetch import REMOTES, Remote, fetch, read_record
+from resnetlab.errors import DataError
+
+NAME = "cifar-10-python.tar.gz"
+
+
+class Server:
+    """A loopback HTTP server of one file. `modes` is consumed one per request (the last repeats):
+    good (Range honoured), norange (whole file always), stall (half, then silence), cut (half of the announced
+    length, then close), wrong (one byte changed), 404, 502."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload, self.modes, self.requests = payload, ["good"], []
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+                server.requests.append({"path": self.path, "range": self.headers.get("Range")})
+                mode = server.modes.pop(0) if len(server.modes) > 1 else server.modes[0]
+                body, status, extra = server.payload, 200, {}
+                if mode in ("404", "502"):
+                    self.send_error(int(mode))
+                    return
+                if mode == "wrong":
+                    body = body[:100] + bytes([body[100] ^ 0xFF]) + body[101:]
+                rng = self.headers.get("Range")
+                if rng and mode not in ("norange",):
+                    start = int(rng.removeprefix("bytes=").rstrip("-"))
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    status, extra = 206, {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"}
+                    body = body[start:]
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in extra.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if mode in ("stall", "cut"):
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    if mode == "stall":
+                        server.release.wait(10)
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str = NAME) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy",
+                "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def archive(make_cifar) -> bytes:
+    path, _ = make_cifar("cifar10", tar=True, per_batch=4)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def served(archive: bytes, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Server]:
+    """The generated archive on a loopback server, the table's cifar10 entry pointed at it, the cache in tmp."""
+    server = Server(archive)
+    md5 = hashlib.md5(archive).hexdigest()
+    monkeypatch.setitem(REMOTES, "cifar10", Remote("cifar10", server.url(), NAME, md5))
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
+    yield server
+    server.close()
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def get(**kw: object) -> Path:
+    kw.setdefault("log", quiet)
+    kw.setdefault("progress", False)
+    return fetch("cifar10", **kw)  # type: ignore[arg-type]
+
+
+def one_line(exc: pytest.ExceptionInfo[DataError]) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and "--data cifar10:PATH" in text, text  # and how to do without the download
+    return text
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def test_download_verifies_records_and_the_second_call_stays_offline(served: Server, archive: bytes,
+                                                                    tmp_path: Path) -> None:
+    lines: list[str] = []
+    path = get(log=lines.append)
+    assert path == tmp_path / "cache" / "downloads" / NAME and path.read_bytes() == archive
+    record = read_record(path)
+    assert record is not None and record["sha256"] == hashlib.sha256(archive).hexdigest()
+    assert record["md5"] == hashlib.md5(archive).hexdigest() and record["bytes"] == len(archive)
+    assert leftovers(path.parent) == [NAME, NAME + ".json"]  # no .part
+    assert any("SHA-256" in line for line in lines)
+    assert len(served.requests) == 1
+    served.modes = ["404"]  # were the network touched, this would fail
+    assert get() == path
+    assert len(served.requests) == 1
+
+
+def test_load_data_and_train_with_no_path(served: Server, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    source = load_data("cifar10", DataOptions(cache_dir=str(tmp_path / "cache")))
+    assert (source.name, source.train_size, source.num_classes) == ("cifar10", 20, 10)
+    assert len(served.requests) == 1
+    out = tmp_path / "run"
+    code = main(["train", "--model", "resnet20", "--set", "model.depth=8", "--data", "cifar10", "--iters", "2",
+                 "--out", str(out), "--set", "run.progress=false"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["data"]["source"] == "cifar10"
+    assert len(served.requests) == 1  # the cached copy
+
+
+def test_fetch_command(served: Server, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "fetch", "cifar10", "--dir", str(tmp_path / "mine")]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "mine" / NAME) in out and "SHA-256" in out
+    assert (tmp_path / "mine" / NAME).is_file()
+    assert main(["data", "fetch", "cifar10", "--dir", str(tmp_path / "mine")]) == 0
+    assert len(served.requests) == 1
+    with pytest.raises(SystemExit) as exc:  # argparse: one line, exit 2
+        main(["data", "fetch", "mnist"])
+    assert exc.value.code == 2
+
+
+def test_resume_a_partial_download_with_range(served: Server, archive: bytes, tmp_path: Path) -> None:
+    folder = tmp_path / "cache" / "downloads"
+    folder.mkdir(parents=True)
+    (folder / (NAME + ".part")).write_bytes(archive[:1000])
+    path = get()
+    assert path.read_bytes() == archive
+    assert served.requests == [{"path": f"/{NAME}", "range": "bytes=1000-"}]
+
+
+def test_cut_short_keeps_the_part_and_the_next_call_resumes(served: Server, archive: bytes,
+                                                            tmp_path: Path) -> None:
+    served.modes = ["cut", "good"]
+    with pytest.raises(DataError) as exc:
+        get()
+    assert "cut short" in one_line(exc) and "resume" in str(exc.value)
+    folder = tmp_path / "cache" / "downloads"
+    assert leftovers(folder) == [NAME + ".part"]  # nothing at the final name
+    assert (folder / (NAME + ".part")).read_bytes() == archive[: len(archive) // 2]
+    assert get().read_bytes() == archive
+    assert served.requests[1]["range"] == f"bytes={len(archive) // 2}-"
+
+
+def test_a_stalled_server_times_out_in_one_line(served: Server, tmp_path: Path) -> None:
+    served.modes = ["stall"]
+    with pytest.raises(DataError) as exc:
+        get(timeout=0.5)
+    assert "stalled" in one_line(exc) and "0.5 s" in str(exc.value)
+    assert not (tmp_path / "cache" / "downloads" / NAME).exists()
+
+
+def test_wrong_bytes_are_an_md5_mismatch_and_leave_nothing(served: Server, archive: bytes, tmp_path: Path) -> None:
+    served.modes = ["wrong"]
+    with pytest.raises(DataError) as exc:
+        get()
+    text = one_line(exc)
+    assert "MD5" in text and hashlib.md5(archive).hexdigest() in text and "removed" in text
+    assert leftovers(tmp_path / "cache" / "downloads") == []
+
+
+def test_a_resumed_part_that_turns_out_corrupt_is_downloaded_again(served: Server, archive: bytes,
+                                                                   tmp_path: Path) -> None:
+    folder = tmp_path / "cache" / "downloads"
+    folder.mkdir(parents=True)
+    (folder / (NAME + ".part")).write_bytes(b"\0" * 1000)  # not the archive's first bytes
+    assert get().read_bytes() == archive
+    assert [r["range"] for r in served.requests] == ["bytes=1000-", None]
+
+
+def test_a_server_that_ignores_range_restarts_the_part(served: Server, archive: bytes, tmp_path: Path) -> None:
+    served.modes = ["norange"]
+    folder = tmp_path / "cache" / "downloads"
+    folder.mkdir(parents=True)
+    (folder / (NAME + ".part")).write_bytes(archive[:1000])
+    assert get().read_bytes() == archive
+
+
+def test_http_404(served: Server, tmp_path: Path) -> None:
+    served.modes = ["404"]
+    with pytest.raises(DataError) as exc:
+        get()
+    assert "HTTP 404" in one_line(exc) and served.url() in str(exc.value)
+    assert leftovers(tmp_path / "cache" / "downloads") == []
+
+
+def test_connection_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    remote = Remote("cifar10", f"http://127.0.0.1:{port}/{NAME}", NAME, "0" * 32)
+    with pytest.raises(DataError) as exc:
+        get(remote=remote, directory=tmp_path / "d")
+    assert "connection refused" in one_line(exc)
+    assert leftovers(tmp_path / "d") == []
+
+
+def test_offline_name_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def offline(*_args: object, **_kw: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    with pytest.raises(DataError) as exc:
+        get(directory=tmp_path / "d")  # the real table: never reached, resolution fails first
+    assert "cannot resolve www.cs.toronto.edu" in one_line(exc) and "offline" in str(exc.value)
+
+
+def test_a_proxy_error_names_the_proxy(served: Server, archive: bytes, monkeypatch: pytest.MonkeyPatch,
+                                       tmp_path: Path) -> None:
+    proxy = Server(archive)
+    proxy.modes = ["502"]
+    try:
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.port}")
+        with pytest.raises(DataError) as exc:
+            get()
+        text = one_line(exc)
+        assert "HTTP 502" in text and f"proxy 127.0.0.1:{proxy.port}" in text and "$http_proxy" in text
+        assert proxy.requests and not served.requests  # it went to the proxy, as urllib does
+    finally:
+        proxy.close()
+
+
+def test_a_full_disk_removes_the_part(served: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def full(_fd: int, _data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fetch_mod, "_write_all", full)
+    with pytest.raises(DataError) as exc:
+        get()
+    assert "disk is full" in one_line(exc) and "RESNETLAB_CACHE" in str(exc.value)
+    assert leftovers(tmp_path / "cache" / "downloads") == []
+
+
+def test_a_cached_copy_that_changed_is_fetched_again(served: Server, archive: bytes) -> None:
+    path = get()
+    path.write_bytes(archive[:-1] + b"x")  # same size, other bytes: the recorded SHA-256 tells
+    lines: list[str] = []
+    assert get(log=lines.append).read_bytes() == archive
+    assert len(served.requests) == 2 and any("SHA-256" in line and "removed" in line for line in lines)
+
+
+def test_a_copy_placed_by_hand_is_checked_against_the_md5(served: Server, archive: bytes, tmp_path: Path) -> None:
+    folder = tmp_path / "cache" / "downloads"
+    folder.mkdir(parents=True)
+    (folder / NAME).write_bytes(archive)
+    assert get().read_bytes() == archive
+    assert not served.requests and read_record(folder / NAME) is not None
+
+
+def test_an_explicit_path_never_fetches(served: Server, make_cifar, tmp_path: Path) -> None:
+    path, _ = make_cifar("cifar10", tar=False)
+    source = load_data(f"cifar10:{path}", DataOptions(cache_dir=str(tmp_path / "cache")))
+    assert source.train_size == 15 and not served.requests
+
+
+@pytest.mark.parametrize("spec, needle", [("cifar10:", "cifar10 alone to download"),
+                                          ("cifar100:", "cifar100 alone"), ("folder:", "needs a path")])
+def test_an_empty_path_is_still_an_error(spec: str, needle: str) -> None:
+    with pytest.raises(DataError, match=needle):
+        load_data(spec)
+
+
+def test_unknown_kind(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="downloads cifar10, cifar100 only"):
+        fetch("mnist", tmp_path)
+
+
