@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, DataError, ResnetlabError
 from .jsondoc import MAX_NESTING, check_nesting
+from .tracking import check_settings as check_tracking
+from .tracking import require_installed
 
 if TYPE_CHECKING:
     from .data import DataOptions
@@ -103,6 +105,8 @@ class RunConfig:
     progress: bool | str = "auto"  # progress bar (auto: when stderr is a terminal)
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA/NCCL only)
     init: str | None = None  # weights file to start from (resnetlab, pytorch_resnet_cifar10 or torchvision)
+    tracker: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow, wandb (tracking.py)
+    tracker_tags: list[str] = field(default_factory=list)  # KEY=VALUE tags of the tracker runs (a suite adds its own)
 
 
 @dataclass
@@ -187,6 +191,7 @@ def build_config(
         cfg.model["name"] = model
     _apply(cfg, overrides or {}, origin="override")
     validate(cfg)
+    require_installed(cfg.run)  # a new run's trackers (not a config read back for evaluation)
     return cfg
 
 
@@ -263,6 +268,11 @@ def _coerce(key: str, value: Any, type_text: str) -> Any:
     """Check a value against a field's annotation; ints are accepted where floats are expected."""
     if value is None and "None" in type_text:
         return None
+    if type_text == "list[str]":  # names: one name alone is a list of one; none is an empty list
+        value = [] if value is None else [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return list(value)
     if type_text.startswith("list"):
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{key}: expected a list of integers, got {value!r}")
@@ -325,6 +335,7 @@ def validate(cfg: Config) -> None:
     if r.eval_every < 1 or r.keep_checkpoints < 1:
         raise ConfigError("run.eval_every and run.keep_checkpoints: must be at least 1")
     cfg.data.options()
+    check_tracking(cfg.run)
     if not isinstance(cfg.model.get("name"), str):
         raise ConfigError("model.name: a registry name is required")
     model_check(cfg.model)

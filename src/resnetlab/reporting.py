@@ -1,4 +1,5 @@
-"""What a run tells the person watching it: log lines, the progress bar, TensorBoard, the summary, the figure.
+"""What a run tells the person watching it: log lines, the progress bar, the summary, the figure, and the
+experiment trackers (TensorBoard, MLflow, W&B: `tracking.py`), each fed from here.
 
 Only rank 0 of a multi-process run reports; the others get a silent log. Nothing here changes the
 training: a run with every output turned off trains exactly the same net.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from . import __version__
 from .records import FAIL_ERROR, DivergenceRow, MetricsRow, Summary, evaluation_rows
 from .rundir import RunDir
 from .runtime import device_name
+from .tracking import Trackers
 
 Log = Callable[[str], None]
 
@@ -37,15 +39,27 @@ def quiet(_line: str) -> None:
 
 
 class Reporter:
-    """The outputs of one run: `total_steps` and `steps_per_epoch` fix the "epoch E/N step S/T" labels."""
+    """The outputs of one run: `total_steps` and `steps_per_epoch` fix the "epoch E/N step S/T" labels.
+
+    `trackers`: the run's `run.tracker` (None: this process reports to none, TensorBoard included); a name
+    that is unknown or not installed is a ConfigError here, before the run starts."""
 
     def __init__(self, run: RunDir, log: Log, *, tensorboard: bool | str, progress: bool | str,
-                 total_steps: int, steps_per_epoch: int, batch: int) -> None:
-        self.run, self.log = run, log
+                 total_steps: int, steps_per_epoch: int, batch: int, trackers: Sequence[str] | None = ()) -> None:
+        self._log = log
+        self.run = run
         self.tensorboard, self.progress = tensorboard, progress
         self.total_steps, self.spe, self.batch = total_steps, steps_per_epoch, batch
         self.total_epochs = math.ceil(total_steps / steps_per_epoch)
-        self.tb: Any = None
+        self.trackers = Trackers(trackers, tensorboard, log)
+
+    @property
+    def log(self) -> Log:
+        return self._log
+
+    @log.setter
+    def log(self, log: Log) -> None:  # the trainer tees it into the run's log.txt once the directory exists
+        self._log = self.trackers.log = log
 
     # progress bar --------------------------------------------------------------------------------------
     def bar(self, epoch: int, steps: int) -> Any:
@@ -57,22 +71,13 @@ class Reporter:
         return tqdm(total=steps * self.batch, unit="img", unit_scale=True, leave=False,
                     desc=f"epoch {epoch + 1}/{self.total_epochs}", file=sys.stderr, dynamic_ncols=True)
 
-    # log lines and TensorBoard ----------------------------------------------------------------------------
+    # log lines and trackers ------------------------------------------------------------------------------
     def open(self) -> None:
-        if self.tensorboard is False:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            if self.tensorboard is True:
-                self.log("tensorboard is not installed: no events written")
-            return
-        self.tb = SummaryWriter(str(self.run.path / "tensorboard"))
+        """Start the trackers on the run directory (its config.json is their parameters)."""
+        self.trackers.start(self.run.path)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+        """The loop has ended; the trackers end with the summary (`summary`), or at exit after a crash."""
 
     def evaluation(self, row: MetricsRow) -> None:
         val = f" val err {row.val_error:.2%}" if row.has_val else ""
@@ -80,15 +85,12 @@ class Reporter:
                  f"lr {row.lr:.3g} train loss {row.train_loss:.4f} err {row.train_error:.2%}{val} "
                  f"test err {row.test_error:.2%} (top-5 {row.test_top5_error:.2%}) "
                  f"{row.images_per_s:.0f} img/s")
-        if self.tb is not None:
-            for key in ("train_loss", "train_error", "test_loss", "test_error", "val_error", "lr"):
-                value = getattr(row, key)
-                if value is not None:
-                    self.tb.add_scalar(key, value, row.step)
+        self.trackers.metrics(row.to_dict())
 
     def divergence(self, row: DivergenceRow) -> None:
         self.log(f"loss became NaN/Inf at step {row.diverged_at_step}: run stopped and recorded as diverged "
                  "(the paper's fail)")
+        self.trackers.metrics(row.to_dict())
 
     def stopped(self, signum: int | None, step: int) -> None:
         self.log(f"stopped by signal {signum} at step {step}: checkpoint written, "
@@ -115,6 +117,7 @@ class Reporter:
             from .plots import plot_curves
 
             plot_curves({model or "model": rows}, self.run.figure, title=title)
+        self.trackers.end(summary.to_dict(), self.run.path, [self.run.figure, self.run.summary], status)
         return summary
 
 

@@ -6,6 +6,7 @@
     RUN/summary.json       final and best errors, the paper's "fail" verdict, divergence
     RUN/curves.png         training error dashed, test error solid, against iterations
     RUN/log.txt            the log lines printed during training
+    RUN/trackers.json      the tracker runs it reports to (run.tracker), continued by a resume
 """
 
 from __future__ import annotations

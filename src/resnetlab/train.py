@@ -93,7 +93,8 @@ class Trainer:
         self.progress = Progress()
         self.reporter = Reporter(run, log if world.main else quiet, tensorboard=cfg.run.tensorboard,
                                  progress=cfg.run.progress, total_steps=self.schedule.total,
-                                 steps_per_epoch=self.spe, batch=self.batch)
+                                 steps_per_epoch=self.spe, batch=self.batch,
+                                 trackers=cfg.run.tracker if world.main else None)
         self._sums: list[torch.Tensor] | None = None  # device-side loss and error sums of the epoch
 
     @classmethod
