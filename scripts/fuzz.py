@@ -18,6 +18,9 @@ files with a damaged header, metadata or tensor entry, and state_dicts in the CI
 layout with keys missing, reshaped or of another dtype, some in PyTorch's legacy serialization and other
 pickle protocols), `cifar` (a CIFAR-10 archive in the original python layout with one member replaced by a
 batch of other dtypes, shapes or labels, another pickle protocol, junk, a pickle that calls code, or none).
+Six more reach issue 22's surfaces (`export`, `predict`, `hub`, `safetensors`, `rundir`, `env`), with the judge's
+checks of silent wrong answers and lost data (inputs unchanged, clean stdout, the right weights): both in
+scripts/fuzz_surfaces.py.
 
     python scripts/fuzz.py --cases 5000 --out results/fuzz/campaign.json   # the campaign, by family
     pytest tests/test_fuzz.py                                               # a few hundred cases in CI
@@ -766,7 +769,10 @@ def run_case(case: Case, root: Path) -> Outcome:
         if leftovers:
             problem = f"half-written output left: {leftovers[0]}"
     if problem is None:
-        problem = surfaces.after(case, argv, root, rc, out.getvalue(), text, ran)
+        try:
+            problem = surfaces.after(case, argv, root, rc, out.getvalue(), text, ran)
+        except Exception as exc:  # noqa: BLE001 - the judge's own failure, named so it is not taken for the product's
+            problem = f"judge failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
     return Outcome(argv, rc, text.strip().splitlines()[-1][:200] if text.strip() else "", seconds, problem)
 
 

@@ -20,7 +20,8 @@ Families (each a hypothesis strategy of `Case`):
 
 Judge checks (`before` / `after`, for every family): inputs are unchanged afterwards (size and SHA-256 of every
 file the case made, unless the case declares it writable); stdout of a successful command holds no NaN or Inf
-as a number, no control character, and --json output is strict JSON of the documented shape; an export leaves
+as a number, no control character (nor stderr: an error naming a hostile file name must not carry its escape
+sequences to the terminal), and --json output is strict JSON of the documented shape; an export leaves
 its output whole on success and none on failure; and where the answer is known, it is the right one: export,
 predict, eval and hub use the weights of the run's newest checkpoint that verifies (or best.pt with --best).
 A case may also declare its input invalid (`Case.invalid`): exit 0 on it is a silent wrong answer.
@@ -48,7 +49,6 @@ from hypothesis import strategies as st
 from scripts.fuzz import TINY, Case, _crafted_png, _png_chunk, _template_folder_run, damaged_state
 
 REPO = Path(__file__).resolve().parent.parent
-SURFACE_FAMILIES = ("export", "predict", "hub", "safetensors", "rundir", "env")
 STEPS = [f"step-{i:08d}.pt" for i in (1, 2, 3)]  # the checkpoints of the `multi` template, oldest first
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -58,11 +58,13 @@ def _setups(*steps: tuple[Any, ...]) -> dict[str, Any]:
     return {f"__surface__{i}": s for i, s in enumerate(steps)}
 
 
-def _quiet_main(argv: list[str]) -> int:
+def _quiet_main(argv: list[str]) -> tuple[int, str]:
+    """`resnetlab.cli.main(argv)` without output; (exit code, stderr)."""
     from resnetlab.cli import main
 
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return main(argv)
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        return main(argv), err.getvalue()
 
 
 # -- templates, made once per process ------------------------------------------------------------------
@@ -91,8 +93,8 @@ def tiny_run(out: Path, data: str, epochs: int = 3, keep: int = 3, depth: int = 
     """A ResNet-`depth` trained for `epochs` one-step epochs, keeping `keep` step checkpoints (and best.pt)."""
     argv = ["train", "--model", "resnet20", "--set", f"model.depth={depth}", "--data", data, "--epochs",
             str(epochs), "--set", f"run.keep_checkpoints={keep}", "--out", str(out)]
-    rc = _quiet_main(argv)
-    assert rc == 0, f"the template run failed: {argv}"
+    rc, err = _quiet_main(argv)
+    assert rc == 0, f"the template run failed: {argv}: {err.strip()[-300:]}"
     return out
 
 
