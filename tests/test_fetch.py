@@ -30,7 +30,7 @@ NAME = "cifar-10-python.tar.gz"
 class Server:
     """A loopback HTTP server of one file. `modes` is consumed one per request (the last repeats):
     good (Range honoured), norange (whole file always), stall (half, then silence), cut (half of the announced
-    length, then close), wrong (one byte changed), 404, 502."""
+    length, then close), wrong (one byte changed), huge (announces 2 GiB), 404, 502."""
 
     def __init__(self, payload: bytes) -> None:
         self.payload, self.modes, self.requests = payload, ["good"], []
@@ -47,6 +47,12 @@ class Server:
                 body, status, extra = server.payload, 200, {}
                 if mode in ("404", "502"):
                     self.send_error(int(mode))
+                    return
+                if mode == "huge":  # announces 2 GiB
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(2 << 30))
+                    self.end_headers()
+                    self.close_connection = True
                     return
                 if mode == "wrong":
                     body = body[:100] + bytes([body[100] ^ 0xFF]) + body[101:]
@@ -312,6 +318,27 @@ def test_an_explicit_path_never_fetches(served: Server, make_cifar, tmp_path: Pa
 def test_an_empty_path_is_still_an_error(spec: str, needle: str) -> None:
     with pytest.raises(DataError, match=needle):
         load_data(spec)
+
+
+def test_a_server_announcing_gigabytes_is_refused(served: Server, tmp_path: Path) -> None:
+    served.modes = ["huge"]
+    with pytest.raises(DataError) as exc:
+        get()
+    assert "more than any CIFAR archive" in one_line(exc)
+    assert leftovers(tmp_path / "cache" / "downloads") == []
+
+
+@pytest.mark.parametrize("where", ["dir_is_a_file", "archive_is_a_dir", "part_is_a_dir"])
+def test_odd_things_in_the_way_are_one_line(where: str, served: Server, tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    if where == "dir_is_a_file":
+        folder.write_text("x")
+    else:
+        (folder / (NAME if where == "archive_is_a_dir" else NAME + ".part")).mkdir(parents=True)
+    with pytest.raises(DataError) as exc:
+        get(directory=folder)
+    assert ("cannot create" if where == "dir_is_a_file" else "not a regular file") in one_line(exc)
+    assert not served.requests
 
 
 def test_unknown_kind(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import struct
 import sys
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,22 @@ def test_an_unreachable_mlflow_server_is_one_warning(tmp_path: Path, monkeypatch
     assert not (out / tracking.STATE_FILE).exists()
 
 
+@pytest.mark.parametrize("var, value, name", [("MLFLOW_TRACKING_URI", "nope://nowhere", "mlflow"),
+                                             ("WANDB_MODE", "sometimes", "wandb")])
+def test_a_tracker_that_cannot_start_is_one_warning(var: str, value: str, name: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    request: pytest.FixtureRequest) -> None:
+    pytest.importorskip(name)
+    if name == "wandb":
+        request.getfixturevalue("wandb_fresh")
+    monkeypatch.setenv(var, value)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    assert train(out, "--set", f"run.tracker={name}") == 0
+    assert len(warnings_in(out, name)) == 1 and "(start:" in warnings_in(out, name)[0]
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+
+
 def test_a_suite_tags_its_members(mlflow_store: Any, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "suite"
     assert main(["experiment", "degradation", "--scale", "small", "--data", "synthetic:8", "--iters", "1",
@@ -199,8 +216,16 @@ def test_a_suite_tags_its_members(mlflow_store: Any, tmp_path: Path, capsys: pyt
 
 # ---- W&B, offline ------------------------------------------------------------------------------------------------
 @pytest.fixture
-def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("wandb")
+def wandb_fresh() -> Iterator[None]:
+    """W&B's process-wide settings (read at its first init) reset before and after: each test its own."""
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
+@pytest.fixture
+def wandb_offline(wandb_fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_CONSOLE", "off")
