@@ -79,18 +79,20 @@ def test_the_old_name_in_rundir_is_the_same_function() -> None:
     assert rundir.write_text_atomic is write_text_atomic
 
 
-def test_the_data_cache_warns_and_leaves_nothing_when_it_cannot_write(tmp_path: Path) -> None:
+def test_the_data_cache_notes_and_leaves_nothing_when_it_cannot_write(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     from resnetlab.data.cache import save_entry
     from resnetlab.data.readers import read_synthetic
 
     splits = read_synthetic(8)
     blocked = tmp_path / "file"
     blocked.write_text("a file where the cache folder should be")
-    with pytest.warns(UserWarning, match="cannot write data cache"):
-        save_entry(blocked / "entry.pt", splits)
+    save_entry(blocked / "entry.pt", splits)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write the data cache" in err and f"{blocked} is a file" in err
     taken = tmp_path / "entry.pt"
     taken.mkdir()
-    with pytest.warns(UserWarning, match="not a regular file"):
-        save_entry(taken, splits)
+    save_entry(taken, splits)
+    assert "not a regular file" in capsys.readouterr().err
     save_entry(tmp_path / "good.pt", splits)
     assert (tmp_path / "good.pt").is_file() and _litter(tmp_path) == []

@@ -152,18 +152,31 @@ def _one_row_png(w: int = 32, h: int = 32) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
-def _jpeg_claiming(side: int) -> bytes:
+def _jpeg_claiming(side: int, progressive: bool = False) -> bytes:
+    """A 16x16 JPEG whose frame header claims `side` x `side` pixels."""
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, "JPEG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+        buf, "JPEG", progressive=progressive)
     raw = bytearray(buf.getvalue())
-    at = raw.find(b"\xff\xc0")
+    at = raw.find(b"\xff\xc2" if progressive else b"\xff\xc0")
     raw[at + 5:at + 9] = struct.pack(">HH", side, side)
     return bytes(raw)
 
 
+def _jpeg_cut_and_ended(side: int = 64) -> bytes:
+    """A JPEG cut half-way through its data, with an end-of-image marker put back."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "JPEG")
+    raw = buf.getvalue()
+    return raw[: len(raw) * 2 // 3] + b"\xff\xd9"
+
+
 @pytest.mark.parametrize(("name", "data", "needle"), [
     ("rows.png", _one_row_png(), "its pixel data ends early"),
-    ("frame.jpg", _jpeg_claiming(4000), "cannot code the 375,000 blocks of its 4000x4000 frame"),
+    ("frame.jpg", _jpeg_claiming(4000), "its data ends before the last row of its 4000x4000 frame"),
+    ("frame48.jpg", _jpeg_claiming(48), "its data ends before the last row of its 48x48 frame"),
+    ("cut.jpg", _jpeg_cut_and_ended(), "its data ends before the last row of its 64x64 frame"),
+    ("progressive.jpg", _jpeg_claiming(4000, progressive=True), "cannot code the 375,000 blocks"),
 ])
 def test_images_cut_short_are_not_classified(made: dict[str, Path], tmp_path: Path, name: str, data: bytes,
                                              needle: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,7 +18,7 @@ PROG = "resnetlab"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2, as every other bad input
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.stderr.write(f"{self.prog}: error: {_printable(message)} (see --help)\n")
         raise SystemExit(2)
 
 
@@ -390,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ResnetlabError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        sys.stderr.write(f"{PROG}: error: {_printable(str(exc))}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
@@ -400,5 +400,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:  # a path the OS refuses where no reader words it (name too long, a loop...)
         where = f"{exc.filename}: " if exc.filename else ""
-        sys.stderr.write(f"{PROG}: error: {str(where)[:300]}{exc.strerror or exc}\n")
+        sys.stderr.write(f"{PROG}: error: {_printable(str(where)[:300])}{exc.strerror or exc}\n")
         return 2

@@ -4,7 +4,8 @@ An entry holds the uint8 train and test arrays of one source, saved with ``torch
 with ``torch.load(weights_only=True)`` (plain tensors and strings only). Its key hashes the format
 version, the reader, the absolute path and the size and mtime of every input file, so a changed input
 misses the cache. Entries are written atomically (:mod:`resnetlab.atomic`); an unreadable or
-malformed entry is ignored and rebuilt, and a cache directory that cannot be written only costs a warning.
+malformed entry is ignored and rebuilt, and a cache directory that cannot be written only costs a one-line note
+on stderr (the run goes on without the cache).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-import warnings
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -80,12 +81,16 @@ def load_entry(file: Path) -> Splits | None:
 
 
 def save_entry(file: Path, splits: Splits) -> None:
-    """Write ``splits`` to ``file`` atomically; failure to write is a warning, not an error."""
+    """Write ``splits`` to ``file`` atomically; failure to write is a one-line note on stderr, not an error."""
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         replace_with(file, lambda tmp: torch.save(_pack(splits), tmp))
     except (OSError, ResnetlabError) as exc:
-        warnings.warn(f"cannot write data cache {file}: {one_line(exc)}", stacklevel=3)
+        blocking = next((p for p in (file.parent, *file.parent.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocking} is a file, not a folder" if blocking else (
+            exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc))
+        sys.stderr.write(f"note: cannot write the data cache {file} ({why}); going on without it "
+                         "(RESNETLAB_CACHE or data.cache_dir moves it)\n")
 
 
 def cached(reader: str, path: Path, stamps: Iterable[list[object]], options: DataOptions,

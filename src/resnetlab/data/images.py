@@ -150,6 +150,30 @@ def _jpeg_short_by(raw_size: int, img: Image.Image, head: bytes) -> str | None:
     return None
 
 
+def _jpeg_ends_early(raw: bytes, img: Image.Image) -> str | None:
+    """Whether a JPEG's data ends before the last row of its frame. libjpeg takes an early end-of-image marker
+    as the end of the data and fills the missing rows with grey, warning only to itself. For a one-scan
+    (baseline) file the end marker is replaced by a few zero bytes and the file decoded again, at 1/8 scale
+    (every coefficient is still read): a complete file finishes its rows, one that ends early runs out of data
+    and PIL says it is truncated. Files of several scans (progressive) are measured by `_jpeg_short_by`."""
+    if img.format != "JPEG":
+        return None
+    if raw.count(b"\xff\xda") != 1:  # start-of-scan markers; 0xFF in scan data is always followed by 0x00
+        return _jpeg_short_by(len(raw), img, raw[:65536])
+    end = raw.rfind(b"\xff\xd9")
+    try:
+        probe = Image.open(io.BytesIO(raw[:end] + bytes(64)))
+        probe.draft(probe.mode, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+        probe.load()
+    except OSError as exc:
+        if "truncated" in str(exc):
+            w, h = img.size
+            return f"its data ends before the last row of its {w}x{h} frame (a cut or damaged JPEG)"
+    except Exception:  # noqa: BLE001 - the probe is a second opinion; the real decode already succeeded
+        return None
+    return None
+
+
 @contextlib.contextmanager
 def opened(source: str | bytes | os.PathLike[str], check: Callable[[tuple[int, int]], None] | None = None
            ) -> Iterator[Image.Image]:
@@ -178,7 +202,7 @@ def opened(source: str | bytes | os.PathLike[str], check: Callable[[tuple[int, i
             if check is not None:
                 check(img.size)
             img.load()
-            short = _png_short_by(source) if img.format == "PNG" else _jpeg_short_by(len(source), img, source[:65536])
+            short = _png_short_by(source) if img.format == "PNG" else _jpeg_ends_early(source, img)
             if short:
                 raise ValueError(short)
             yield img
