@@ -71,7 +71,7 @@ def read_file(path: Path, what: str = "checkpoint") -> bytes:
         if kind == "a directory":
             raise IsADirectoryError
         if kind is not None:
-            raise CheckpointError(f"{path}: is {kind}, not a {what} file")
+            raise CheckpointError(f"{path}: is {kind}, not a {_noun(what)}")
         if info.st_size > MAX_FILE_BYTES:
             raise CheckpointError(f"{path}: {info.st_size / 2**30:.1f} GiB, beyond the {MAX_FILE_BYTES >> 30} GiB "
                                   f"resnetlab reads as a {what} (the papers' largest net needs about 0.5 GB)")
@@ -79,9 +79,13 @@ def read_file(path: Path, what: str = "checkpoint") -> bytes:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such {what}") from None
     except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, not a {what} file") from None
+        raise CheckpointError(f"{path}: is a directory, not a {_noun(what)}") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _noun(what: str) -> str:
+    return what if what.endswith(" file") else f"{what} file"
 
 
 def safe_reason(exc: BaseException) -> str:

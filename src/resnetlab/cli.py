@@ -28,7 +28,7 @@ def _nonempty(what: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if not text.strip():
             raise argparse.ArgumentTypeError(f"an empty {what}")
-        return text
+        return os.path.expanduser(text) if what == "path" else text  # `--out ~/run` is a run in the home
 
     return parse
 

@@ -190,7 +190,9 @@ def opened(source: str | bytes | os.PathLike[str], check: Callable[[tuple[int, i
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            img = Image.open(io.BytesIO(source))
+        except Image.UnidentifiedImageError:
+            raise ValueError("not an image of a format resnetlab reads (PNG, JPEG, ...)") from None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:  # PIL's own check
             raise ValueError(f"its header claims too many pixels, beyond the {MAX_PIXELS:,} resnetlab decodes "
                              f"from one image ({str(exc).split(',')[0]})") from None
