@@ -88,6 +88,7 @@ def _rewrite(src: Path, dst: Path, edit: Any = None, tensors: Any = None) -> Pat
     (lambda m: m.update(classes=[0, 1]), "is not a non-empty string"),
     (lambda m: m.update(classes=["cat", "dog\nresnetlab: all good"]), "control or formatting characters"),
     (lambda m: m.update(classes=["cat", "\x1b[31mdog"]), "control or formatting characters"),
+    (lambda m: m.update(classes=["cat", "cat"]), "'cat' names two classifier rows"),
     (lambda m: m.update(classes="cat,dog"), "'classes' is str, not a list"),
     (lambda m: m["spec"].update(widths=[16384, 16384, 16384]), "do not fit its own spec"),
     (lambda m: m["spec"].update(depth=14), "depth: 14 does not match units"),

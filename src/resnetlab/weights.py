@@ -274,7 +274,7 @@ def _check_resnetlab(weights: Weights) -> None:
 
 
 def check_class_names(names: Any, k: int) -> None:
-    """Class names as a trained net's file may hold them: `k` strings (one per classifier row), each
+    """Class names as a trained net's file may hold them: `k` distinct strings (one per classifier row), each
     printable (no control or formatting characters, which could forge or hide lines of output)."""
     if not isinstance(names, list) or len(names) != k:
         size = f"{len(names)} names" if isinstance(names, list) else type(names).__name__
@@ -284,6 +284,9 @@ def check_class_names(names: Any, k: int) -> None:
             raise CheckpointError(f"its class name {str(name)[:40]!r} is not a non-empty string")
         if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for ch in name):
             raise CheckpointError(f"its class name {name[:40]!r} holds control or formatting characters")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise CheckpointError(f"its class name {twice[:40]!r} names two classifier rows")
 
 
 def _checked_norm(norm: Any) -> dict[str, Tensor]:
