@@ -9,6 +9,7 @@ import errno
 import hashlib
 import io
 import json
+import os
 import shutil
 import struct
 import zlib
@@ -341,3 +342,35 @@ def test_a_file_of_another_kind_is_named_for_what_it_is(made: dict[str, Path], t
     out = _fails(["predict", str(path), str(made["image"])], needle, capsys)
     assert out == ""
     _fails(["eval", "--weights", str(path), "--model", "resnet20", "--data", "digits"], needle, capsys)
+
+
+def test_names_scripts_need_are_kept_and_hiding_ones_refused(made: dict[str, Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A joiner that Persian or Devanagari names need is a class name; a bidi override, which reorders what a
+    terminal shows, is not; an undecodable file name is printed escaped, not a UnicodeEncodeError."""
+    from resnetlab.data.base import printable
+
+    assert printable("\u0645\u06cc\u200c\u0631\u0648\u062f") == "\u0645\u06cc\u200c\u0631\u0648\u062f"  # ZWNJ
+    assert printable("a\u202eb\nc") == "a\\u202eb\\nc"
+    ok = _rewrite(made["st"], tmp_path / "ok.safetensors", lambda m: m.update(classes=["cat", "क्\u200dष"]))
+    assert main(["predict", "--weights", str(ok), str(made["image"])]) == 0
+    bad = _rewrite(made["st"], tmp_path / "bad.safetensors", lambda m: m.update(classes=["cat", "dog\u202e"]))
+    _fails(["predict", "--weights", str(bad), str(made["image"])], "control or formatting characters", capsys)
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/\xff.png"))
+    shutil.copy(made["image"], odd)
+    capsys.readouterr()
+    assert main(["predict", str(made["run"]), str(odd)]) == 0
+    assert "\\udcff.png" in capsys.readouterr().out
+
+
+def test_a_class_folder_with_control_characters_is_refused_before_training(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]
+                                                                          ) -> None:
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog\x1b[2K"):
+        for split in ("train", "test"):
+            folder = tmp_path / "d" / split / cls
+            folder.mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / "a.png")
+    _fails(["train", *TINY, "--data", f"folder:{tmp_path / 'd'}", "--iters", "1", "--out", str(tmp_path / "r")],
+           "holds control characters; rename it", capsys)

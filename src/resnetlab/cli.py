@@ -173,12 +173,11 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _printable(text: str) -> str:
-    """`text` with control and formatting characters escaped (\\n, \\x1b, ...), so a file or class name
-    cannot forge or hide a line of output."""
-    import unicodedata
+    """`text` with control characters, lone surrogates and bidi overrides escaped (\\n, \\x1b, \\u202e), so a
+    file or class name cannot forge or hide a line of output (`data.base.printable`)."""
+    from .data.base import printable
 
-    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
-                   for ch in text)
+    return printable(text)
 
 
 def _pretrained(args: argparse.Namespace) -> Any:

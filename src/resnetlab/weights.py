@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from .convert import (
     state_dict_of,
 )
 from .data import DataSource
+from .data.base import printable, unsafe_char
 from .errors import CheckpointError, ConfigError, ResnetlabError
 from .jsondoc import JSONDocError, check_nesting, parse_json
 from .net import ResNet
@@ -282,8 +282,8 @@ def check_class_names(names: Any, k: int) -> None:
     for name in names:
         if not isinstance(name, str) or not name:
             raise CheckpointError(f"its class name {str(name)[:40]!r} is not a non-empty string")
-        if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for ch in name):
-            raise CheckpointError(f"its class name {name[:40]!r} holds control or formatting characters")
+        if any(unsafe_char(ch) for ch in name):
+            raise CheckpointError(f"its class name {printable(name[:40])!r} holds control or formatting characters")
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
         raise CheckpointError(f"its class name {twice[:40]!r} names two classifier rows")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from resnetlab.data.archives import members, read_member
-from resnetlab.data.base import ArrayDataset, DataOptions, one_line
+from resnetlab.data.base import ArrayDataset, DataOptions, one_line, printable, unsafe_char
 from resnetlab.data.cache import Splits, cached, file_stamp
 from resnetlab.data.images import SPLIT_DIRS, decode_image, eval_dir, is_image_name, to_8bit
 from resnetlab.errors import DataError
@@ -131,6 +131,9 @@ def build_splits(root: str, layout: Layout) -> Splits:
         raise DataError(f"{root[:-1]}: missing train/ with class folders (expected train/<class>/<image>)")
     test_split = eval_dir(layout, root[:-1])
     classes = sorted(train)
+    odd = next((name for name in classes if any(unsafe_char(ch) for ch in name)), None)
+    if odd is not None:  # it would be stored with the trained net and printed by predict
+        raise DataError(f"{root}train: class folder {printable(odd)!r} holds control characters; rename it")
     if len(classes) < 2:
         raise DataError(f"{root}train: {len(classes)} class folder ({', '.join(classes)}); a classifier needs "
                         "at least two (train/<class>/<image>)")
