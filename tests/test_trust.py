@@ -374,3 +374,12 @@ def test_a_class_folder_with_control_characters_is_refused_before_training(tmp_p
             Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / "a.png")
     _fails(["train", *TINY, "--data", f"folder:{tmp_path / 'd'}", "--iters", "1", "--out", str(tmp_path / "r")],
            "holds control characters; rename it", capsys)
+
+
+def test_predict_takes_images_after_its_options(made: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", str(made["run"]), "--best", str(made["image"]), "--top-k", "1"]) == 0
+    assert capsys.readouterr().out.startswith(str(made["image"]))
+    with pytest.raises(SystemExit) as stop:  # argparse's exit, as for any other bad argument
+        main(["predict", str(made["run"]), str(made["image"]), "--bogus"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "unrecognized arguments: --bogus" in err
