@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,export,mlflow,wandb]"
+	$(BIN)/python -m pip install -q -e ".[dev,export,mlflow,wandb,slurm]"
 	touch $@
 
 run: setup

@@ -78,6 +78,22 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def create_text_atomic(path: Path, text: str) -> bool:
+    """``text`` to ``path`` whole, unless ``path`` exists: whether it was written. Of several processes that
+    create one file at once, exactly one writes it (a hard link, which fails where the name exists)."""
+    path = Path(path)
+    tmp = temp_path(path)
+    write_text_atomic(tmp, text)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def _held_by(path: Path) -> tuple[str, Path] | None:
     """The run or suite directory `path` lies in, if any: ("run", dir) or ("suite", dir)."""
     for folder in path.parents:
