@@ -12,10 +12,13 @@ Stages, run in the order given:
                measured copy bandwidth and bf16 rate), eager bf16 for the five models and reduce-overhead
                (CUDA graphs) for resnet110; the recomputation sweep of preact_resnet1001 at batch 128
   concurrency  total training throughput of 1..N trainings sharing the device (benchmarks.concurrent)
-  train        the reproduction runs (GROUPS below, in order of value) as parallel processes, each a
-               `resnetlab experiment SUITE --only MEMBER`; runs already finished are skipped, interrupted
-               ones resume; at --deadline seconds the running ones get SIGTERM (checkpoint, exit 3) so the
-               next call resumes them; then each suite's results table is written
+  train        the reproduction runs (GROUPS below, in order of value): each suite in turn as one
+               `resnetlab experiment SUITE --only MEMBERS --jobs PARALLEL` (its members side by side on the
+               device); runs already finished are skipped, interrupted ones resume, and a member that trains
+               what another suite's member trained links to that run (the product's index of trainings,
+               results/<data>/.trainings); at --deadline seconds the running suite gets SIGTERM (its jobs
+               checkpoint, exit 3) so the next call resumes them; then each suite's results table is
+               written from what has finished (`--collect`)
   pack         results/<data>/ as .tar.gz parts of at most --part-mb under --out: configs, metrics,
                summaries, figures, logs; checkpoints only of runs not finished (to resume next call)
 
@@ -27,7 +30,6 @@ files). A stage that fails is recorded and the next stage still runs, so one bro
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -36,7 +38,6 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = "folder:.data/cifar10-jpeg.tar.gz"
 
 # The runs of issue 16, in its order of value: (suite, members by slug). A member whose training is the same as
-# an earlier one's (same model, spec and settings) is trained once and copied (see `aliases`).
+# another's (activations' 110 (a) is degradation's resnet110) is trained once: `resnetlab experiment` links it.
 GROUPS: dict[int, list[tuple[str, list[str]]]] = {
     1: [("degradation", ["resnet110", "resnet56", "plain56", "resnet20", "plain20"])],
     2: [("activations", ["110-a-original", "110-e-full-pre-act", "110-b-bn-after-add", "110-c-relu-before-add",
@@ -150,8 +151,7 @@ class Plan:
                                 "concurrency.log", timeout=a.bench_timeout)}
 
     def train(self) -> dict[str, Any]:
-        jobs, aliases = plan_jobs(self.args.groups, self.args.only)
-        return run_jobs(self, jobs, aliases)
+        return train_suites(self, plan_suites(self.args.groups, self.args.only))
 
     def pack(self) -> dict[str, Any]:
         return pack_results(self.results_root(), self.args.results, Path(self.args.out).resolve(), self.args.part_mb,
@@ -161,32 +161,12 @@ class Plan:
         return ROOT / self.args.results
 
 
-# ---- the training jobs ---------------------------------------------------------------------------------------
-@dataclass
-class Job:
-    suite: str
-    member: str  # slug
-    seeds: int
-
-    @property
-    def tag(self) -> str:
-        return f"{self.suite}/{self.member}"
-
-
-def training_key(suite: str, slug: str) -> tuple[str, str, str]:
-    """What a member trains: registry model, spec overrides, config settings (equal keys train the same)."""
+# ---- the training -----------------------------------------------------------------------------------------
+def plan_suites(groups: list[int], only: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """The suites of `groups` in order, each with its members by slug (only the SUITE/MEMBER tags in `only`)."""
     from resnetlab.experiments import load_suite
 
-    member = next(m for m in load_suite(suite).members if m.slug == slug)
-    return member.model, json.dumps(member.override, sort_keys=True), json.dumps(member.settings, sort_keys=True)
-
-
-def plan_jobs(groups: list[int], only: list[str] | None = None) -> tuple[list[Job], dict[str, str]]:
-    """The jobs of `groups` in order (only the SUITE/MEMBER tags in `only`, if given), and
-    {alias tag: tag of the job that trains it}."""
-    from resnetlab.experiments import load_suite
-
-    jobs, aliases, seen = [], {}, {}
+    plan: dict[str, list[str]] = {}
     for g in groups:
         if g not in GROUPS:
             raise SystemExit(f"gpu_plan: group {g} does not exist (groups: {', '.join(map(str, GROUPS))})")
@@ -195,16 +175,9 @@ def plan_jobs(groups: list[int], only: list[str] | None = None) -> tuple[list[Jo
             for slug in slugs:
                 if slug not in known:
                     raise SystemExit(f"gpu_plan: suite {suite} has no member {slug!r}")
-                if only and f"{suite}/{slug}" not in only:
-                    continue
-                job = Job(suite, slug, 1)
-                key = training_key(suite, slug)
-                if key in seen:
-                    aliases[job.tag] = seen[key]
-                else:
-                    seen[key] = job.tag
-                    jobs.append(job)
-    return jobs, aliases
+                if not only or f"{suite}/{slug}" in only:
+                    plan.setdefault(suite, []).append(slug)
+    return list(plan.items())
 
 
 def run_dir_state(path: Path) -> str:
@@ -218,105 +191,74 @@ def run_dir_state(path: Path) -> str:
     return "partial" if (path / "config.json").exists() else "new"
 
 
-def run_jobs(plan: Plan, jobs: list[Job], aliases: dict[str, str]) -> dict[str, Any]:
-    """Up to --parallel jobs at a time; SIGTERM to those still running at --deadline (they checkpoint)."""
+def experiment_command(a: argparse.Namespace, suite: str, root: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "resnetlab", "experiment", suite, "--data", a.data, "--seeds", "1",
+           "--out", str(root / suite), "--device", a.device]
+    cmd += ["--epochs", str(a.epochs)] if a.iters is None else ["--iters", str(a.iters)]
+    for key, value in {**RUN_SETTINGS, **dict(kv.split("=", 1) for kv in a.set)}.items():
+        cmd += ["--set", f"{key}={value}"]
+    return cmd
+
+
+def train_suites(plan: Plan, suites: list[tuple[str, list[str]]]) -> dict[str, Any]:
+    """Each suite in turn, --parallel jobs at once; at --deadline the running suite is stopped (its jobs
+    checkpoint) and no later one starts; then every suite's results from what has finished."""
     a, root = plan.args, plan.results_root()
     deadline = plan.t0 + a.deadline
-    pending = list(jobs)
-    running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
     report: dict[str, Any] = {}
-    stopping = False
-    while pending or running:
-        now = time.time()
-        if not stopping and now >= deadline and running:
-            plan.log(f"deadline: SIGTERM to {', '.join(running)}")
-            for proc, _, _ in running.values():
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-            stopping, grace_end = True, now + a.grace
-        if stopping and now >= grace_end:
-            for tag, (proc, _, _) in running.items():
-                plan.log(f"{tag}: no exit {a.grace:.0f} s after SIGTERM, killed")
-                proc.kill()
-        for tag, (proc, logf, started) in list(running.items()):
-            if proc.poll() is not None:
-                logf.close()
-                report[tag] = {"exit": proc.returncode, "seconds": round(time.time() - started, 1)}
-                plan.log(f"{tag}: exit {proc.returncode} after {time.time() - started:.0f} s")
-                del running[tag]
-        while pending and len(running) < a.parallel and not stopping and time.time() < deadline - a.min_start:
-            job = pending.pop(0)
-            suite_dir = root / job.suite
-            if all(run_dir_state(suite_dir / job.member / f"seed{s}") == "done" for s in range(job.seeds)):
-                report[job.tag] = {"exit": 0, "skipped": "already done"}
-                continue
-            cmd = [sys.executable, "-m", "resnetlab", "experiment", job.suite, "--only", job.member, "--no-results",
-                   "--data", a.data, "--seeds", str(job.seeds), "--out", str(suite_dir), "--device", a.device,
-                   *budget_args(a)]
-            for key, value in {**RUN_SETTINGS, **dict(kv.split("=", 1) for kv in a.set)}.items():
-                cmd += ["--set", f"{key}={value}"]
-            plan.log("start " + job.tag + ": " + " ".join(cmd[2:]))
-            (plan.out / "train-logs").mkdir(exist_ok=True)
-            logf = open(plan.out / "train-logs" / f"{job.suite}--{job.member}.log", "a")  # noqa: SIM115
-            running[job.tag] = (subprocess.Popen(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT), logf,
-                                time.time())
-        if pending and (stopping or time.time() >= deadline - a.min_start) and not running:
-            for job in pending:
-                report[job.tag] = {"exit": None, "skipped": "no time left in this call"}
-            pending.clear()
-        time.sleep(0.5)
-    for alias, source in aliases.items():
-        report[alias] = copy_alias(root, source, alias, plan.log)
-    report["results"] = write_suite_results(plan, jobs, aliases)
+    for suite, slugs in suites:
+        if time.time() >= deadline - a.min_start:
+            report[suite] = {"exit": None, "skipped": "no time left in this call"}
+            continue
+        started = time.time()
+        cmd = experiment_command(a, suite, root) + ["--only", *slugs, "--jobs", str(a.parallel)]
+        code = run_until(plan, cmd, f"train-{suite}.log", deadline, a.grace)
+        report[suite] = {"exit": code, "seconds": round(time.time() - started, 1)}
+    for suite, slugs in suites:
+        if (root / suite / "suite.json").exists():
+            report[suite]["collect"] = plan.sh(experiment_command(a, suite, root) + ["--collect"], f"train-{suite}.log")
+        for slug in slugs:
+            run = root / suite / slug / "seed0"
+            link = f" (linked to {os.readlink(run)})" if run.is_symlink() else ""
+            report[f"{suite}/{slug}"] = run_dir_state(run) + link
     return report
 
 
-def budget_args(a: argparse.Namespace) -> list[str]:
-    return ["--epochs", str(a.epochs)] if a.iters is None else ["--iters", str(a.iters)]
-
-
-def copy_alias(root: Path, source: str, alias: str, log: Any) -> dict[str, Any]:
-    """A member that trains exactly what another member trained gets a copy of its finished runs."""
-    copied = []
-    for src in sorted((root / source).glob("seed*")):
-        dst = root / alias / src.name
-        if run_dir_state(src) != "done" or dst.exists():
-            continue
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "*.lock"))
-        (dst / "copied_from.txt").write_text(f"the same training as {source}/{src.name} (copied, not retrained)\n")
-        copied.append(src.name)
-    log(f"{alias}: copied {copied or 'nothing'} from {source}")
-    return {"copied_from": source, "seeds": copied}
-
-
-def write_suite_results(plan: Plan, jobs: list[Job], aliases: dict[str, str]) -> dict[str, Any]:
-    from resnetlab.experiments import collect, load_suite, write_results
-
-    out = {}
-    for name in dict.fromkeys([j.suite for j in jobs] + [t.split("/")[0] for t in aliases]):
-        suite, suite_dir = load_suite(name), plan.results_root() / name
-        if not suite_dir.is_dir():
-            continue
-        seeds = max([j.seeds for j in jobs if j.suite == name] or [1])
-        rows = collect(suite, suite_dir, "paper")
-        write_results(suite, suite_dir, rows, scale="paper", data=plan.args.data, recipe=suite.recipe,
-                      seeds=seeds, epochs=plan.args.epochs if plan.args.iters is None else None,
-                      iters=plan.args.iters)
-        out[name] = {r["member"]: r["median"] for r in rows if r["runs"]}
-        plan.log(f"{name}: results written ({len(out[name])} members with results)")
-    return out
+def run_until(plan: Plan, cmd: list[str], log_name: str, deadline: float, grace: float) -> int:
+    """`cmd` with its output to --work/LOG_NAME; SIGTERM at `deadline`, SIGKILL `grace` seconds later."""
+    plan.log("$ " + " ".join(cmd[2:]))
+    with open(plan.out / log_name, "a") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            plan.log(f"deadline: SIGTERM to {cmd[4]} (its jobs checkpoint)")
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                plan.log(f"{cmd[4]}: no exit {grace:.0f} s after SIGTERM, killed")
+                proc.kill()
+                proc.wait()
+    plan.log(f"{cmd[4]}: exit {proc.returncode}")
+    pack_work(plan.out, Path(plan.args.out).resolve())
+    return proc.returncode
 
 
 # ---- packing ------------------------------------------------------------------------------------------------
 def pack_results(root: Path, name: str, out: Path, part_mb: float, log: Any,
                  with_checkpoints: bool = True) -> dict[str, Any]:
     """root as gzip'd tar parts under out (results-N.tar.gz, members under `name`, the path as given): no
-    TensorBoard events, no locks, and checkpoints only of runs that are not finished (to resume from)."""
+    TensorBoard events, no locks or claims, checkpoints only of runs that are not finished (to resume from);
+    a member linked to another suite's run is packed as the link."""
     if not root.is_dir():
         return {"parts": []}
     files: list[Path] = []
     for path in sorted(root.rglob("*")):
-        if not path.is_file() or "tensorboard" in path.parts or path.name == ".lock":
+        if path.is_symlink():
+            files.append(path)
+            continue
+        if not path.is_file() or "tensorboard" in path.parts or path.suffix in (".lock", ".claim"):
             continue
         if "checkpoints" in path.parts:
             run = path.parents[path.parts[::-1].index("checkpoints")]
@@ -327,7 +269,7 @@ def pack_results(root: Path, name: str, out: Path, part_mb: float, log: Any,
     parts: list[list[Path]] = [[]]
     size = 0.0
     for f in files:
-        n = f.stat().st_size
+        n = f.lstat().st_size
         if parts[-1] and size + n > limit:
             parts.append([])
             size = 0.0
@@ -361,10 +303,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", default=None, metavar="SUITE/MEMBER", help="only these runs of the groups")
     p.add_argument("--epochs", type=float, default=40.0, help="budget per run (milestones at 1/2 and 3/4)")
     p.add_argument("--iters", type=int, default=None, help="budget per run in iterations (instead of --epochs)")
-    p.add_argument("--parallel", type=int, default=6, help="trainings at once on the device")
+    p.add_argument("--parallel", type=int, default=6, help="trainings at once on the device (--jobs)")
     p.add_argument("--deadline", type=float, default=480.0, help="seconds after the plan started: SIGTERM")
     p.add_argument("--grace", type=float, default=45.0, help="seconds a stopped run has to checkpoint")
-    p.add_argument("--min-start", type=float, default=60.0, help="start no job later than this before the deadline")
+    p.add_argument("--min-start", type=float, default=60.0, help="start no suite later than this before the deadline")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more settings for each run")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epoch-steps", type=int, default=100)

@@ -35,20 +35,28 @@ def _members(out: Path) -> dict[str, tarfile.TarInfo]:
     return members
 
 
-def test_jobs_train_each_distinct_run_once() -> None:
-    """The same training in two suites (ResNet-110 original units) is one job and one copy."""
-    jobs, aliases = gpu_plan.plan_jobs([1, 2, 3])
-    tags = [j.tag for j in jobs]
-    assert tags[0] == "degradation/resnet110" and "activations/110-a-original" not in tags
-    assert aliases == {"activations/110-a-original": "degradation/resnet110",
-                       "shortcuts/identity": "degradation/resnet110"}
-    assert "activations/110-e-full-pre-act" in tags and "shortcuts/dropout-shortcut-0-5" in tags
-    assert len(tags) == len(set(tags)) == 5 + 4 + 5
+def test_the_plan_trains_each_distinct_run_once(tmp_path: Path) -> None:
+    """The same training in three suites (ResNet-110 original units) has one key in the product's index of
+    trainings, so it is trained once and linked from the other two (the plan no longer de-duplicates)."""
+    from resnetlab.experiments import load_suite
+    from resnetlab.suite_work import SuiteWork
+
+    suites = gpu_plan.plan_suites([1, 2, 3])
+    assert [name for name, _ in suites] == ["degradation", "activations", "shortcuts"]
+    keys: dict[str, str] = {}
+    for name, slugs in suites:
+        work = SuiteWork(load_suite(name), tmp_path / name, "paper", "synthetic:128", "cifar", 40.0, None,
+                         gpu_plan.RUN_SETTINGS, None, print)
+        keys |= {f"{name}/{m.slug}": work.key(m, 0) for m in load_suite(name).members if m.slug in slugs}
+    same = {tag for tag, key in keys.items() if key == keys["degradation/resnet110"]}
+    assert same == {"degradation/resnet110", "activations/110-a-original", "shortcuts/identity"}
+    assert len(set(keys.values())) == 5 + 4 + 5
+    assert gpu_plan.plan_suites([1, 2], ["activations/110-a-original"]) == [("activations", ["110-a-original"])]
     with pytest.raises(SystemExit, match="group 9"):
-        gpu_plan.plan_jobs([9])
+        gpu_plan.plan_suites([9])
 
 
-def test_rehearsal_trains_copies_writes_results_and_packs(tmp_path: Path) -> None:
+def test_rehearsal_trains_links_writes_results_and_packs(tmp_path: Path) -> None:
     proc = _plan(tmp_path, "a", "setup", "train", "pack", "--groups", "1", "2", "--only", "degradation/resnet110",
                  "degradation/plain20", "activations/110-a-original", "--iters", "3")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -58,25 +66,29 @@ def test_rehearsal_trains_copies_writes_results_and_packs(tmp_path: Path) -> Non
     assert set(record["stages"]) == {"setup", "train", "pack"}
     assert all("error" not in stage for stage in record["stages"].values())
     train = record["stages"]["train"]
-    assert train["degradation/resnet110"]["exit"] == 0 and train["degradation/plain20"]["exit"] == 0
-    assert train["activations/110-a-original"]["copied_from"] == "degradation/resnet110"
+    assert train["degradation"]["exit"] == 0 and train["activations"]["exit"] == 0
+    assert train["degradation/resnet110"] == train["degradation/plain20"] == "done"
+    assert train["activations/110-a-original"] == "done (linked to ../../degradation/resnet110/seed0)"
     results = tmp_path / "results"
     for run in ("degradation/resnet110/seed0", "degradation/plain20/seed0", "activations/110-a-original/seed0"):
         summary = json.loads((results / run / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == 3
-    assert (results / "activations/110-a-original/seed0/copied_from.txt").exists()
+    assert (results / "activations/110-a-original/seed0").is_symlink()  # trained once, not copied
     assert "| resnet110 |" in (results / "degradation/results.md").read_text()
+    assert "| 110 (a) original | resnet110 | 0.075M | 1 |" in (results / "activations/results.md").read_text()
     names = _members(out)
     run = str(results).lstrip("/")
     for f in ("config.json", "metrics.jsonl", "summary.json", "curves.png", "log.txt"):
         assert f"{run}/degradation/resnet110/seed0/{f}" in names, f
     assert f"{run}/degradation/results.md" in names
+    assert names[f"{run}/activations/110-a-original/seed0"].issym()  # packed as the link it is
     assert not [n for n in names if "checkpoints" in n]  # finished runs leave their checkpoints behind
     # a second call finds everything done and trains nothing
     again = _plan(tmp_path, "b", "train", "--groups", "1", "--only", "degradation/resnet110", "--iters", "3")
     assert again.returncode == 0, again.stderr[-2000:]
     record = json.loads((tmp_path / "b" / "work" / "plan.json").read_text())
-    assert record["stages"]["train"]["degradation/resnet110"] == {"exit": 0, "skipped": "already done"}
+    assert record["stages"]["train"]["degradation"]["exit"] == 0
+    assert "[degradation] all 1 runs are done" in (tmp_path / "b" / "work" / "train-degradation.log").read_text()
 
 
 @pytest.mark.slow
@@ -95,10 +107,11 @@ def test_rehearsal_deadline_stops_runs_and_the_next_call_resumes_them(tmp_path: 
     assert step > 0
     assert any(n.endswith(f"checkpoints/{ckpts[0].name}") for n in _members(tmp_path / "a" / "out"))
     record = json.loads((tmp_path / "a" / "work" / "plan.json").read_text())
-    assert record["stages"]["train"]["degradation/resnet20"]["exit"] == 3  # stopped by the signal, checkpointed
+    assert record["stages"]["train"]["degradation"]["exit"] == 3  # stopped by the signal, checkpointed
     second = _plan(tmp_path, "b", "train", *budget)
     assert second.returncode == 0
-    log = (tmp_path / "b" / "work" / "train-logs" / "degradation--resnet20.log").read_text()
-    assert f"from step-{step}.pt" in log or f"(step {step})" in log
+    log = (tmp_path / "b" / "work" / "train-degradation.log").read_text()
+    assert "[degradation] resnet20 seed 0: resuming on job 1" in log
+    assert f"(step {step})" in (run / "log.txt").read_text()
     later = int(sorted((run / "checkpoints").glob("step-*.pt"))[-1].stem.split("-")[1])
     assert later > step

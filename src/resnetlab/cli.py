@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .errors import ResnetlabError
+from .suite_jobs import add_arguments as add_suite_arguments
 
 PROG = "resnetlab"
 
@@ -160,15 +161,19 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         return 0
     suite = load_suite(args.suite)
     out = Path(args.out or f"experiments/{suite.name}-{args.scale}")
-    rows = run_suite(suite, out, data=args.data, seeds=args.seeds, epochs=args.epochs, iters=args.iters,
-                     scale=args.scale, device=args.device, settings=parse_assignments(args.overrides, "--set"),
-                     only=args.only, results=not args.no_results)
+    kwargs = dict(data=args.data, seeds=args.seeds, epochs=args.epochs, iters=args.iters, scale=args.scale,
+                  device=args.device, settings=parse_assignments(args.overrides, "--set"), only=args.only,
+                  results=not args.no_results, jobs=args.jobs, devices=args.devices, trainings=args.trainings,
+                  train=not args.collect)
+    if args.launcher != "here":  # Slurm (or submitit's local executor): workers in submitted tasks
+        from .slurm import launch
+
+        return launch(suite, out, kwargs, args)
+    rows = run_suite(suite, out, **kwargs)  # says where the results are, or that the last worker writes them
     tau, n = kendall_tau(rows)
     done = sum(1 for r in rows if r["runs"] or r["diverged"])
     print(f"{suite.name}: {done}/{len(rows)} members with results; ranking vs paper (Kendall tau): "
           f"{'-' if tau is None else f'{tau:+.2f}'} over {n}")
-    if not args.no_results:
-        print(f"results: {out / 'results.md'} (and results.csv, curves.png, errors.png)")
     return 0
 
 
@@ -328,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train only; leave results.md/csv and the figures to a later run (parallel members)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="config override for every member")
+    add_suite_arguments(p)  # --jobs, --devices, --collect, --trainings, --launcher and Slurm's options
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("export", help="a trained net as safetensors, ONNX or a torch.export program (.pt2)")

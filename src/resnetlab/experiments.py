@@ -2,7 +2,8 @@
 
 `resnetlab experiment SUITE` trains every member with the same recipe and seeds, skips members already
 finished (a rerun resumes the suite), carries on after a member fails or diverges, and writes
-`results.md` / `results.csv` with our errors beside the paper's, and the figures.
+`results.md` / `results.csv` with our errors beside the paper's, and the figures. Any number of such calls
+may work on one suite at once, `--jobs N` starts N of them, and Slurm K: `suite_work.py` says how they share.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_text_atomic
+from .atomic import create_text_atomic, write_text_atomic
 from .config import build_config, check_settings, default_recipe, read_named_toml, read_recipe
 from .errors import ConfigError, ResnetlabError
 from .jsondoc import parse_json
 from .registry import get_spec
+from .suite_jobs import run_jobs
 from .suite_results import CPU_NOTE, SMALL_NOTE, _summary, collect, kendall_tau, write_results
+from .suite_work import SuiteWork, write_when_last
 
 __all__ = ["CPU_NOTE", "SMALL_NOTE", "Member", "Suite", "SuiteDir", "SuiteFailed", "SuiteStopped", "at_scale",
            "collect", "kendall_tau", "load_suite", "run_suite", "select_members", "suite_names", "write_results"]
@@ -87,8 +90,11 @@ class SuiteDir:
 
     `suite.json` names the suite, scale, data, recipe and budget on the first call; a later call with another
     of these is refused, so two suites never write into each other's members or results. A lock (flock on
-    `.suite.lock`, dropped by the OS when the process dies) is held for the call: exclusive for a normal
-    call, shared for the `--no-results` calls that train disjoint members side by side (scripts/gpu_plan.py)."""
+    `.suite.lock`, dropped by the OS when the process dies) is held shared by every worker for its call
+    (`suite_work.py`: a per-training claim keeps two workers off one member); a worker that is done takes it
+    exclusively for an instant, to learn whether it is the last (`last`), and so writes the results."""
+
+    WAIT_S = 2.0  # how long a worker waits for an exclusive holder (another worker asking `last`)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -104,13 +110,20 @@ class SuiteDir:
             raise ConfigError(f"--out {self.path}: cannot create ({exc.strerror or exc})") from None
         if not self.path.is_dir():
             raise ConfigError(f"--out {self.path}: is not a directory")
+        import time
+
         fd = os.open(self.path / ".suite.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise ConfigError(f"--out {self.path}: another resnetlab experiment is writing into it; wait for it "
-                              "or give another --out") from None
+        waited_until = time.monotonic() + self.WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > waited_until:
+                    os.close(fd)
+                    raise ConfigError(f"--out {self.path}: another resnetlab experiment is writing into it "
+                                      "alone; wait for it or give another --out") from None
+                time.sleep(0.05)
         self._fd = fd
         try:
             held = self.path / "suite.json"
@@ -126,11 +139,25 @@ class SuiteDir:
                     k = differ[0]
                     raise ConfigError(f"--out {self.path} holds {before.get('suite')!r} with {k} "
                                       f"{before[k]!r}, not {identity[k]!r}: give another --out")
-            else:
-                write_text_atomic(held, json.dumps(identity, indent=2) + "\n")
+            elif not create_text_atomic(held, json.dumps(identity, indent=2) + "\n"):
+                self.release()  # another worker wrote it first: compare with theirs
+                self.claim(identity, shared)
         except BaseException:
             self.release()
             raise
+
+    def last(self) -> bool:
+        """Whether no other worker holds the directory now (this one then writes the results); the lock is
+        given up either way."""
+        import fcntl
+
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
+            return True
+        except (OSError, TypeError):
+            return False
+        finally:
+            self.release()
 
     def release(self) -> None:
         if self._fd is not None:
@@ -249,13 +276,17 @@ def _read_member(raw: Any, where: str) -> Member:
 def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, epochs: float | None = None,
               iters: int | None = None, scale: str = "paper", device: str | None = None,
               settings: dict[str, Any] | None = None, only: list[str] | None = None, results: bool = True,
-              log: Any = print) -> list[dict[str, Any]]:
+              log: Any = print, jobs: int = 1, devices: list[str] | None = None, trainings: str | None = None,
+              train: bool = True) -> list[dict[str, Any]]:
     """Train every member x seed (skipping finished runs, resuming interrupted ones); write the results.
 
-    `only` restricts the training to members given by label or slug (the results table still lists every
-    member, with what its directory holds), so that several processes can train one suite's members side
-    by side into the same directory; those pass `results=False` and one of them writes the results at the
-    end. A member stopped by SIGTERM/SIGINT stops the suite: SuiteStopped.
+    Any number of calls may work on one `out` at once, here or on machines sharing it (`suite_work.py`):
+    each trains what no other is training, and the last to finish writes the results (never one called
+    with `results=False`). `jobs` trains that many at once, each in a process of its own, on `devices`
+    (`suite_jobs.py`); `train=False` trains nothing and writes the results of what has finished. `only`
+    restricts the training to members given by label or slug (the results table still lists every member);
+    `trainings` is the index of trainings shared with other suites (default: beside `out`). A member
+    stopped by SIGTERM/SIGINT stops the suite: SuiteStopped.
     """
     if scale not in SCALES:
         raise ConfigError(f"--scale: {scale!r} is not one of {', '.join(SCALES)}")
@@ -281,15 +312,24 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
         log(CPU_NOTE)
     identity = {"suite": suite.name, "scale": scale, "data": data, "recipe": recipe, "epochs": epochs,
                 "iters": iters}
+    work = SuiteWork(suite, out, scale, data, recipe, epochs, iters, settings, trainings, log)
     suite_dir = SuiteDir(out)
-    suite_dir.claim(identity, shared=not results)
+    suite_dir.claim(identity, shared=True)
     try:
-        failed = _run_members(suite, chosen, out, scale, data, recipe, seeds, epochs, iters, device, settings, log)
+        if not train:
+            failed = work.link_trained(chosen, seeds)
+        elif jobs > 1 or devices:
+            failed = run_jobs(work, chosen, seeds, jobs, devices, device, only)
+        else:
+            failed = _run_members(suite, chosen, out, scale, data, recipe, seeds, epochs, iters, device, settings,
+                                  log, work)
         rows = collect(suite, out, scale)
         if results:
-            write_results(suite, out, rows, scale=scale, data=data, recipe=recipe, seeds=seeds, epochs=epochs,
-                          iters=iters)
+            write_when_last(suite_dir, out, lambda: write_results(suite, out, rows, scale=scale, data=data,
+                                                                  recipe=recipe, seeds=seeds, epochs=epochs,
+                                                                  iters=iters), log, now=not train)
     finally:
+        work.close()
         suite_dir.release()
     if failed:
         names = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
@@ -300,19 +340,20 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
 
 def _run_members(suite: Suite, chosen: tuple[Member, ...], out: Path, scale: str, data: str, recipe: str,
                  seeds: int, epochs: float | None, iters: int | None, device: str | None,
-                 settings: dict[str, Any] | None, log: Any) -> list[str]:
-    """Train or resume each chosen member and seed; the failed ones as "label seed N (reason)"."""
+                 settings: dict[str, Any] | None, log: Any, work: SuiteWork) -> list[str]:
+    """Train or resume each chosen member and seed this worker claims (`work`, longest first; a training
+    another suite made is linked, not repeated); the failed ones as "label seed N (reason)"."""
     import shutil
 
     from .errors import RunDirError
     from .rundir import RunDir
+    from .tracking import with_suite_tags
     from .train import resume, train
 
     failed: list[str] = []
-    for member in chosen:
+    for member, claimed in work.members(chosen, seeds):
         model, override = member.at(scale)
-        for seed in range(seeds):
-            run_dir = out / member.slug / f"seed{seed}"
+        for seed, run_dir in claimed:
             tag = f"[{suite.name}] {member.label} seed {seed}"
             done = _summary(run_dir)
             if done is not None and done.status in ("finished", "diverged"):
@@ -332,6 +373,8 @@ def _run_members(suite: Suite, chosen: tuple[Member, ...], out: Path, scale: str
                     overrides = {f"model.{k}": v for k, v in override.items()}
                     overrides.update(member.settings, **(settings or {}))
                     overrides["run.seed"] = seed
+                    overrides["run.tracker_tags"] = with_suite_tags(overrides.get("run.tracker_tags"), suite.name,
+                                                                    member.label, seed, scale)
                     if epochs is not None:
                         overrides["schedule.epochs"] = epochs
                     if iters is not None:
