@@ -238,7 +238,7 @@ def test_checkpoint_from_another_model_or_data_is_refused(tmp_path: Path, make_c
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00" * 100)
     proc = cli("eval", str(garbage))
-    assert proc.returncode == 2 and "not a resnetlab checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "a file of unknown format, not a weights file" in proc.stderr
 
 
 def test_imagenet_layout_end_to_end(imagenet_root: Path, tmp_path: Path) -> None:

@@ -162,10 +162,10 @@ def sniff(raw: bytes) -> str:
     if len(raw) < 16:
         return f"a file of {len(raw)} bytes (too short for any weights format: truncated?)"
     try:
-        raw[:256].decode("utf-8")
-        return "a text file"
+        head = raw[:256].decode("utf-8")
     except UnicodeDecodeError:
         return "a file of unknown format"
+    return "a text file" if all(ch.isprintable() or ch in "\n\r\t" for ch in head) else "a file of unknown format"
 
 
 def is_safetensors(raw: bytes) -> bool:
