@@ -20,7 +20,9 @@ pickle protocols), `cifar` (a CIFAR-10 archive in the original python layout wit
 batch of other dtypes, shapes or labels, another pickle protocol, junk, a pickle that calls code, or none).
 Six more reach issue 22's surfaces (`export`, `predict`, `hub`, `safetensors`, `rundir`, `env`), with the judge's
 checks of silent wrong answers and lost data (inputs unchanged, clean stdout, the right weights): both in
-scripts/fuzz_surfaces.py.
+scripts/fuzz_surfaces.py. Two more reach issue 25's services, the CIFAR download against a loopback server of
+generated behaviour (`fetch`) and the experiment trackers (`tracker`), with their own checks: in
+scripts/fuzz_services.py.
 
     python scripts/fuzz.py --cases 5000 --out results/fuzz/campaign.json   # the campaign, by family
     pytest tests/test_fuzz.py                                               # a few hundred cases in CI
@@ -57,7 +59,8 @@ HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
 TIME_BOUND_S = 120.0  # a case that takes longer is a finding (a hang or an unbounded allocation)
 TINY = ["--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8", "--iters", "1"]
 FAMILIES = ("args", "set", "config", "summary", "checkpoint", "suite", "images", "weights", "cifar",
-            "export", "predict", "hub", "safetensors", "rundir", "env")  # the last six: scripts/fuzz_surfaces.py
+            "export", "predict", "hub", "safetensors", "rundir", "env",  # these six: scripts/fuzz_surfaces.py
+            "fetch", "tracker")  # issue 25's services: scripts/fuzz_services.py
 
 # -- values ----------------------------------------------------------------------------------------------
 NUMBERS = ["0", "-1", "-3", "1", "2", "7", "1e9", "1e400", "-1e400", "nan", "inf", "-inf", "", "1.5", "-0.5",
@@ -549,7 +552,8 @@ def damaged_state(edit: tuple[str, str, int]) -> tuple[Any, bool]:
 STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "args": args_cases, "set": set_cases, "config": config_cases, "summary": summary_cases,
     "checkpoint": checkpoint_cases, "suite": suite_cases, "images": image_cases, "weights": weights_cases,
-    "cifar": cifar_cases, **{name: (lambda name=name: _surfaces().STRATEGIES[name]()) for name in FAMILIES[9:]}}
+    "cifar": cifar_cases, **{name: (lambda name=name: _surfaces().STRATEGIES[name]()) for name in FAMILIES[9:15]},
+    **{name: (lambda name=name: _services().STRATEGIES[name]()) for name in FAMILIES[15:]}}
 
 
 def _surfaces() -> Any:
@@ -557,6 +561,13 @@ def _surfaces() -> Any:
     import scripts.fuzz_surfaces as surfaces
 
     return surfaces
+
+
+def _services() -> Any:
+    """scripts/fuzz_services.py: the fetch and tracker families (issue 25), their set-up and checks."""
+    import scripts.fuzz_services as services
+
+    return services
 
 
 def _patched_config(key: str, value: Any) -> dict[str, Any]:
@@ -623,6 +634,9 @@ def _write(root: Path, case: Case) -> None:
         path = root / rel
         if rel.startswith("__surface__"):  # a set-up step of the newer families
             _surfaces().setup(root, value)
+            continue
+        if rel.startswith("__service__"):  # a set-up step of the fetch and tracker families
+            _services().setup(root, value)
             continue
         if rel == "__images__":  # an image folder (and its tarball) with hostile files; a run to evaluate with
             import tarfile
@@ -728,7 +742,7 @@ def run_case(case: Case, root: Path) -> Outcome:
     try:
         os.chdir(root)  # a relative default output (runs/, ./propagation.png) lands in the case's directory
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), surfaces.environment(case, root), \
-                warnings.catch_warnings(record=True) as caught:
+                _services().around(case, root), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # every warning the user would see, even under pytest's recorder
             try:
                 rc = main(argv)
@@ -770,7 +784,8 @@ def run_case(case: Case, root: Path) -> Outcome:
             problem = f"half-written output left: {leftovers[0]}"
     if problem is None:
         try:
-            problem = surfaces.after(case, argv, root, rc, out.getvalue(), text, ran)
+            problem = (surfaces.after(case, argv, root, rc, out.getvalue(), text, ran)
+                       or _services().after(case, argv, root, rc, out.getvalue(), text))
         except Exception as exc:  # noqa: BLE001 - the judge's own failure, named so it is not taken for the product's
             problem = f"judge failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
     return Outcome(argv, rc, text.strip().splitlines()[-1][:200] if text.strip() else "", seconds, problem)
