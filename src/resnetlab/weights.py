@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -406,7 +407,5 @@ def _check_same_net(held: ResNetSpec, spec: ResNetSpec) -> None:
 def note_skipped(skipped: tuple[str, ...], used: str | Path) -> None:
     """Say on stderr which newer checkpoints of a run directory did not verify, so using an older one is
     never silent (commands call it once their work has succeeded)."""
-    import sys
-
     for problem in skipped:
         sys.stderr.write(f"note: skipped {problem}; used {Path(used).name}\n")
