@@ -20,15 +20,15 @@ dependencies = ["torch"]
 
 _sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "src"))
 
-from resnetlab.registry import create_model as _create_model  # noqa: E402
-from resnetlab.registry import list_models as _list_models  # noqa: E402
+from resnetlab.networks.registry import create_model as _create_model  # noqa: E402
+from resnetlab.networks.registry import list_models as _list_models  # noqa: E402
 
 
 def _entry(name: str) -> _typing.Any:
     def build(weights: str | None = None, **overrides: _typing.Any) -> _typing.Any:
         if weights is None:
             return _create_model(name, **overrides)
-        from resnetlab.export import load_pretrained
+        from resnetlab.weights.export import load_pretrained
 
         if overrides:
             raise ValueError(f"{name}: spec overrides do not apply with weights (the file holds its net)")

@@ -47,10 +47,10 @@ def synthetic_batch(batch: int, device: torch.device) -> tuple[torch.Tensor, tor
 def build_trainer(name: str, data: str, device: torch.device, amp: str, recompute: int, tmp: Path,
                   compile_mode: str = "off") -> Any:
     """A real Trainer for `name` on `data` (not started: no run directory is written)."""
-    from resnetlab.config import build_config
-    from resnetlab.rundir import RunDir
-    from resnetlab.runtime import prepare
-    from resnetlab.train import Trainer
+    from resnetlab.runs.directory import RunDir
+    from resnetlab.settings.config import build_config
+    from resnetlab.training.setup import prepare
+    from resnetlab.training.trainer import Trainer
 
     overrides = {"run.device": str(device), "run.amp": amp, "run.compile": compile_mode, "run.progress": False,
                  "run.tensorboard": False, "warmup.enabled": False, "model.recompute": recompute}

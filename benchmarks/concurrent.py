@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BenchError, build_trainer, machine, sync, synthetic_batch
-from resnetlab.atomic import write_text_atomic
 from resnetlab.errors import ResnetlabError
+from resnetlab.files.atomic import write_text_atomic
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -98,8 +98,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from resnetlab.registry import get_spec
-    from resnetlab.runtime import resolve_device
+    from resnetlab.networks.registry import get_spec
+    from resnetlab.training.setup import resolve_device
 
     try:
         args.device = str(resolve_device(args.device))

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import BenchError, machine
-from resnetlab.atomic import write_text_atomic
 from resnetlab.errors import ResnetlabError
+from resnetlab.files.atomic import write_text_atomic
 
 
 def settings(name: str, batch: int, ort_threads: int, tmp: Path) -> tuple[dict[str, Callable[[], Any]], float]:
@@ -41,8 +41,8 @@ def settings(name: str, batch: int, ort_threads: int, tmp: Path) -> tuple[dict[s
 
     from benchmarks.plain import plain_model
     from resnetlab import create_model
-    from resnetlab.export import Pretrained, export
-    from resnetlab.fast import fold_bn
+    from resnetlab.training.fast import fold_bn
+    from resnetlab.weights.export import Pretrained, export
 
     torch.manual_seed(0)
     net = create_model(name).eval()
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         from benchmarks.plain import plain_model
-        from resnetlab.registry import get_spec
+        from resnetlab.networks.registry import get_spec
 
         if args.batch < 1 or args.repeats < 1 or args.block_s <= 0:
             raise BenchError("--batch and --repeats must be >= 1, --block-s > 0")

@@ -91,7 +91,7 @@ def epoch_fn(trainer: Any, batch: int, steps: int) -> tuple[Callable[[], None], 
 
 def eval_fns(trainer: Any, name: str, batch: int) -> tuple[Callable[[], None], Callable[[], None]]:
     from benchmarks.plain import plain_model
-    from resnetlab.fast import fold_bn
+    from resnetlab.training.fast import fold_bn
 
     device = trainer.device
     x, _ = synthetic_batch(batch, device)
@@ -119,7 +119,7 @@ def with_cudnn_benchmark(fn: Callable[[], None], flag: bool) -> Callable[[], Non
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from resnetlab.counting import count_macs
+    from resnetlab.networks.counting import count_macs
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import SHARED_CIFAR, child
-from resnetlab.atomic import write_text_atomic
 from resnetlab.errors import ResnetlabError
+from resnetlab.files.atomic import write_text_atomic
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,7 +103,7 @@ class PlainCifarResNet(nn.Module):
 def plain_model(name: str) -> PlainCifarResNet:
     """The baseline of a registry model: a CIFAR ResNet with original basic units and option A (resnetN), or
     with full pre-activation bottleneck units and option B (preact_resnet164, preact_resnet1001)."""
-    from resnetlab.registry import get_spec
+    from resnetlab.networks.registry import get_spec
 
     spec = get_spec(name)
     common = spec.stem == "cifar" and spec.residual and spec.shortcut == "identity" and spec.units is not None \

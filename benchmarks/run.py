@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import MODELS, SHARED_CIFAR, BenchError, child, machine
-from resnetlab.atomic import write_text_atomic
 from resnetlab.errors import ResnetlabError
+from resnetlab.files.atomic import write_text_atomic
 
 
 def _fmt(d: dict[str, float]) -> str:
@@ -100,7 +100,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-batch", type=int, default=None, help="batch of the memory probes")
     parser.add_argument("--out", default=None, help="write the results as JSON here and a table beside it (.md)")
     args = parser.parse_args(argv)
-    from resnetlab.runtime import resolve_device
+    from resnetlab.training.setup import resolve_device
 
     try:
         device = resolve_device(args.device)
@@ -122,7 +122,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         batches[name] = int(value)
     args.model_batch = batches
     from benchmarks.plain import plain_model
-    from resnetlab.registry import get_spec
+    from resnetlab.networks.registry import get_spec
 
     for name in args.models:
         get_spec(name)  # unknown names: one line, with a suggestion
@@ -140,9 +140,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from resnetlab.config import build_config
     from resnetlab.data import load_data
-    from resnetlab.runtime import data_options
+    from resnetlab.settings.config import build_config
+    from resnetlab.training.setup import data_options
 
     device = torch.device(args.device)
     cfg = build_config(recipe="cifar", data=args.data)

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BenchError, machine
-from resnetlab.atomic import write_text_atomic
 from resnetlab.errors import ResnetlabError
+from resnetlab.files.atomic import write_text_atomic
 
 
 def _env() -> dict[str, str]:
@@ -58,8 +58,8 @@ def step_rows(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 def decode_once(data: str) -> float:
     """Decode the data set into the cache (what the first training would otherwise do); its seconds."""
-    code = ("from resnetlab.config import build_config; from resnetlab.data import load_data; "
-            "from resnetlab.runtime import data_options; "
+    code = ("from resnetlab.settings.config import build_config; from resnetlab.data import load_data; "
+            "from resnetlab.training.setup import data_options; "
             f"load_data({data!r}, data_options(build_config(data={data!r})))")
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=_env())

@@ -170,7 +170,7 @@ def args_cases() -> st.SearchStrategy[Case]:
 def config_fields() -> list[str]:
     import dataclasses
 
-    from resnetlab.config import Config
+    from resnetlab.settings.config import Config
 
     cfg = Config()
     keys = [f"model.{k}" for k in ("depth", "shortcut", "unit", "widths", "num_classes", "nope")]
@@ -675,7 +675,7 @@ def _write(root: Path, case: Case) -> None:
                            **({"_use_new_zipfile_serialization": False} if legacy else {}))
             continue
         if isinstance(value, tuple) and value[0] == "torch":
-            from resnetlab.checkpoint import load_checkpoint, save_checkpoint
+            from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
 
             payload = value[1]
             if isinstance(payload, dict) and "__patch__" in payload:  # a real checkpoint with one field changed

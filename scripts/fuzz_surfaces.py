@@ -114,8 +114,8 @@ def safetensors_of(ckpt: Path) -> bytes:
     fuzzer's inputs do not depend on the exporter under test."""
     import safetensors.torch as stt
 
-    from resnetlab import __version__
-    from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.version import __version__
+    from resnetlab.weights.checkpoint import load_checkpoint
 
     payload = load_checkpoint(ckpt)
     tensors = {k: v.contiguous().clone() for k, v in payload["model"].items()}
@@ -860,8 +860,8 @@ def _derived_writable(argv: list[str], root: Path) -> tuple[str, ...]:
 
 def newest_good(run: Path) -> Path | None:
     """The newest step checkpoint of `run` that verifies and holds weights: what a run directory means."""
-    from resnetlab.checkpoint import is_tensor_map, load_checkpoint
     from resnetlab.errors import ResnetlabError
+    from resnetlab.weights.checkpoint import is_tensor_map, load_checkpoint
 
     folder = run / "checkpoints"
     if not folder.is_dir():
@@ -916,7 +916,7 @@ def _expected_weights(source: str | None, best: bool) -> Path | None:
 
 def _state_of(path: Path) -> dict[str, Any] | None:
     """The weights a checkpoint or exported .safetensors holds (None: another kind of file)."""
-    from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.weights.checkpoint import load_checkpoint
 
     raw = path.read_bytes()
     try:
@@ -1107,7 +1107,7 @@ def _predict_oracle(rows: list[dict[str, Any]], ckpt: Path) -> str | None:
     """The top class and probability each image gets from `ckpt`'s weights (the library's own preprocessing)."""
     import torch
 
-    from resnetlab.export import load_image, load_pretrained
+    from resnetlab.weights.export import load_image, load_pretrained
 
     pre = load_pretrained(ckpt)
     for row in rows:

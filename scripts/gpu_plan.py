@@ -109,9 +109,9 @@ class Plan:
                      "multiprocessors": props.multi_processor_count}
         if shutil.which("nvidia-smi"):
             self.sh(["nvidia-smi"], "setup.log")
-        from resnetlab.config import build_config
         from resnetlab.data import load_data
-        from resnetlab.runtime import data_options
+        from resnetlab.settings.config import build_config
+        from resnetlab.training.setup import data_options
 
         t = time.perf_counter()
         source = load_data(self.args.data, data_options(build_config(data=self.args.data)))
@@ -164,7 +164,7 @@ class Plan:
 # ---- the training -----------------------------------------------------------------------------------------
 def plan_suites(groups: list[int], only: list[str] | None = None) -> list[tuple[str, list[str]]]:
     """The suites of `groups` in order, each with its members by slug (only the SUITE/MEMBER tags in `only`)."""
-    from resnetlab.experiments import load_suite
+    from resnetlab.experiments.suite import load_suite
 
     plan: dict[str, list[str]] = {}
     for g in groups:

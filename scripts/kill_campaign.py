@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.atomic import write_text_atomic
-from resnetlab.checkpoint import load_checkpoint, trained_state
 from resnetlab.errors import CheckpointError
+from resnetlab.files.atomic import write_text_atomic
+from resnetlab.weights.checkpoint import load_checkpoint, trained_state
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

@@ -1,4 +1,4 @@
-"""Signal/gradient propagation (`resnetlab.analysis`): v2 eq. 4-7 checked on real networks, one batch each."""
+"""Signal/gradient propagation (`experiments.propagation`): v2 eq. 4-7 checked on real networks, one batch each."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnetlab.analysis import (
+from resnetlab.data import load_data
+from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, SpecError
+from resnetlab.experiments.propagation import (
     compare,
     format_propagation,
     plot_propagation,
@@ -18,14 +20,12 @@ from resnetlab.analysis import (
     run_propagation_cli,
     summarize,
 )
-from resnetlab.checkpoint import save_checkpoint
-from resnetlab.config import build_config
-from resnetlab.data import load_data
-from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, SpecError
-from resnetlab.net import ResNet
-from resnetlab.registry import UnknownModelError, create_model
-from resnetlab.runtime import data_options
-from resnetlab.spec import ResNetSpec
+from resnetlab.networks.net import ResNet
+from resnetlab.networks.registry import UnknownModelError, create_model
+from resnetlab.networks.spec import ResNetSpec
+from resnetlab.settings.config import build_config
+from resnetlab.training.setup import data_options
+from resnetlab.weights.checkpoint import save_checkpoint
 
 UNITS = 9  # residual units of the single-stage nets below
 

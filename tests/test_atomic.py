@@ -1,4 +1,4 @@
-"""The one atomic writer (`resnetlab.atomic`): whole files or nothing, never a device or FIFO replaced."""
+"""The one atomic writer (`resnetlab.files.atomic`): whole files or nothing, never a device or FIFO replaced."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from resnetlab.atomic import replace_with, temp_path, write_bytes_atomic, write_text_atomic
 from resnetlab.errors import ResnetlabError
+from resnetlab.files.atomic import replace_with, temp_path, write_bytes_atomic, write_text_atomic
 
 
 def _litter(folder: Path) -> list[str]:
@@ -74,7 +74,7 @@ def test_a_fifo_a_device_or_a_directory_is_never_replaced(tmp_path: Path) -> Non
 
 
 def test_the_old_name_in_rundir_is_the_same_function() -> None:
-    from resnetlab import rundir
+    from resnetlab.runs import directory as rundir
 
     assert rundir.write_text_atomic is write_text_atomic
 

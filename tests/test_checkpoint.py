@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab import checkpoint as ckpt_mod
-from resnetlab.checkpoint import MAGIC, load_checkpoint, save_checkpoint
 from resnetlab.cli import main
 from resnetlab.errors import CheckpointError
+from resnetlab.weights import checkpoint as ckpt_mod
+from resnetlab.weights.checkpoint import MAGIC, load_checkpoint, save_checkpoint
 
 
 def payload() -> dict:
@@ -56,7 +56,7 @@ def test_crafted_pickle_with_valid_checksum_does_not_run(tmp_path: Path) -> None
             return (os.system, (f"touch {marker}",))
 
     body = io.BytesIO()
-    torch.save({"format": "resnetlab.checkpoint", "evil": Exploit()}, body, _use_new_zipfile_serialization=True)
+    torch.save({"format": "resnetlab.weights.checkpoint", "evil": Exploit()}, body, _use_new_zipfile_serialization=True)
     data = body.getvalue()
     path = tmp_path / "evil.pt"
     path.write_bytes(data + hashlib.sha256(data).digest() + MAGIC)

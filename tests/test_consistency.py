@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab.checkpoint import load_checkpoint
 from resnetlab.cli import main
+from resnetlab.weights.checkpoint import load_checkpoint
 from scripts.fuzz_surfaces import REPO, damage_run, image_folder, newest_good, tiny_run
 
 CLASSES = ("ant", "bee", "cat")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from resnetlab import create_model
-from resnetlab.convert import load_torchvision, to_torchvision
 from resnetlab.errors import CheckpointError
+from resnetlab.weights.peers import load_torchvision, to_torchvision
 
 
 def torchvision_keys(layers: list[int], bottleneck: bool) -> dict[str, tuple[int, ...]]:

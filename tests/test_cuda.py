@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab import create_model
-from resnetlab.config import build_config
 from resnetlab.data import load_data
-from resnetlab.distributed import World
-from resnetlab.evaluation import evaluate
-from resnetlab.fast import fold_bn, make_sgd
-from resnetlab.rundir import RunDir
-from resnetlab.runtime import configure_runtime, data_options, model_spec
-from resnetlab.train import Trainer
+from resnetlab.runs.directory import RunDir
+from resnetlab.settings.config import build_config
+from resnetlab.training.distributed import World
+from resnetlab.training.evaluation import evaluate
+from resnetlab.training.fast import fold_bn, make_sgd
+from resnetlab.training.setup import configure_runtime, data_options, model_spec
+from resnetlab.training.trainer import Trainer
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.checkpoint import load_checkpoint
+from resnetlab.weights.checkpoint import load_checkpoint
 
 ARGS = ["train", "--iters", "44", "--set", "run.deterministic=true", "--set", "run.threads=1",
         "--set", "run.checkpoint_every=11", "--set", "run.keep_checkpoints=4"]

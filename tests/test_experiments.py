@@ -11,8 +11,8 @@ import pytest
 from resnetlab import count_params, create_model
 from resnetlab.cli import main
 from resnetlab.errors import ConfigError
-from resnetlab.experiments import at_scale, kendall_tau, load_suite, suite_names
-from resnetlab.registry import get_spec
+from resnetlab.experiments.suite import at_scale, kendall_tau, load_suite, suite_names
+from resnetlab.networks.registry import get_spec
 
 
 def params(suite: str) -> dict[str, int]:

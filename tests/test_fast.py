@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import resnetlab.fast
+import resnetlab.training.fast
 from resnetlab import create_model
-from resnetlab.config import build_config
 from resnetlab.data import load_data
 from resnetlab.errors import ConfigError
-from resnetlab.evaluation import evaluate
-from resnetlab.fast import (
+from resnetlab.runs.directory import RunDir
+from resnetlab.settings.config import build_config
+from resnetlab.training.evaluation import evaluate
+from resnetlab.training.fast import (
     COMPILE_GAIN,
     COMPILE_S,
     EAGER_MACS_PER_S,
@@ -33,9 +34,8 @@ from resnetlab.fast import (
     fold_bn,
     has_cxx_compiler,
 )
-from resnetlab.rundir import RunDir
-from resnetlab.runtime import data_options, model_spec
-from resnetlab.train import Trainer
+from resnetlab.training.setup import data_options, model_spec
+from resnetlab.training.trainer import Trainer
 
 
 def _random_bn_stats(model: nn.Module, seed: int = 0) -> None:
@@ -213,7 +213,7 @@ def test_compile_auto_in_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyP
     long = _trainer(tmp_path, "long", **{"run.compile": "auto", "data.cache_dir": str(tmp_path / "cache")})
     assert long.compile.mode == "off" and "no sure gain" in long.compile.reason  # the measured gains
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
-    monkeypatch.setitem(resnetlab.fast.COMPILE_GAIN, "basic", 1.15)  # a CPU where compiling pays
+    monkeypatch.setitem(resnetlab.training.fast.COMPILE_GAIN, "basic", 1.15)  # a CPU where compiling pays
     long = _trainer(tmp_path, "long2", **{"run.compile": "auto", "data.cache_dir": str(tmp_path / "cache")})
     if not has_cxx_compiler():
         assert long.compile.mode == "off"

@@ -38,8 +38,8 @@ def _members(out: Path) -> dict[str, tarfile.TarInfo]:
 def test_the_plan_trains_each_distinct_run_once(tmp_path: Path) -> None:
     """The same training in three suites (ResNet-110 original units) has one key in the product's index of
     trainings, so it is trained once and linked from the other two (the plan no longer de-duplicates)."""
-    from resnetlab.experiments import load_suite
-    from resnetlab.suite_work import SuiteWork
+    from resnetlab.experiments.suite import load_suite
+    from resnetlab.experiments.work import SuiteWork
 
     suites = gpu_plan.plan_suites([1, 2, 3])
     assert [name for name, _ in suites] == ["degradation", "activations", "shortcuts"]

@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab.checkpoint import MAGIC, read_file
 from resnetlab.cli import main
 from resnetlab.data import DataOptions, load_data
 from resnetlab.errors import CheckpointError, DataError, ResnetlabError
-from resnetlab.rundir import write_text_atomic
+from resnetlab.runs.directory import write_text_atomic
+from resnetlab.weights.checkpoint import MAGIC, read_file
 
 
 def _fifo(tmp_path: Path) -> Path:
@@ -163,8 +163,8 @@ def test_spec_values_that_would_crash_or_allocate_get_one_line(argv: list[str], 
 
 
 def test_depth_beyond_the_bound_is_refused_before_anything_is_built() -> None:
-    from resnetlab.registry import create_model
-    from resnetlab.spec import MAX_DEPTH, SpecError
+    from resnetlab.networks.registry import create_model
+    from resnetlab.networks.spec import MAX_DEPTH, SpecError
 
     with pytest.raises(SpecError, match="beyond the largest"):
         create_model("plain20", depth=6 * MAX_DEPTH + 2)

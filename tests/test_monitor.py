@@ -9,13 +9,13 @@ import signal
 import pytest
 import torch
 
-from resnetlab.config import build_config
-from resnetlab.distributed import World
 from resnetlab.errors import ConfigError
-from resnetlab.monitor import DivergenceMonitor, StopFlag, StopReason
-from resnetlab.progress import Progress
-from resnetlab.records import DivergenceRow, MetricsRow, Summary, best_of, evaluation_rows, row_from_dict
-from resnetlab.schedule import build_schedule
+from resnetlab.runs.records import DivergenceRow, MetricsRow, Summary, best_of, evaluation_rows, row_from_dict
+from resnetlab.settings.config import build_config
+from resnetlab.training.distributed import World
+from resnetlab.training.monitor import DivergenceMonitor, StopFlag, StopReason
+from resnetlab.training.progress import Progress
+from resnetlab.training.schedule import build_schedule
 
 FINITE, NAN = torch.tensor(True), torch.tensor(False)
 

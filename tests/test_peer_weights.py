@@ -21,13 +21,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from resnetlab import convert, create_model
-from resnetlab.checkpoint import load_checkpoint
+from resnetlab import create_model
 from resnetlab.cli import main
-from resnetlab.convert import cifar_peer_orders, load_pytorch_resnet_cifar10, to_torchvision
 from resnetlab.data import IMAGENET_MEAN, IMAGENET_STD, DataOptions, load_data
 from resnetlab.errors import CheckpointError
-from resnetlab.weights import model_for, read_weights
+from resnetlab.weights import peers as convert
+from resnetlab.weights.checkpoint import load_checkpoint
+from resnetlab.weights.formats import model_for, read_weights
+from resnetlab.weights.peers import cifar_peer_orders, load_pytorch_resnet_cifar10, to_torchvision
 
 BEST_PREC1 = 91.73
 

@@ -79,7 +79,7 @@ def test_report_names_suite_results_of_another_shape(tmp_path: Path, capsys: pyt
 
 
 def test_metrics_rows_of_another_shape_are_skipped(run: Path, tmp_path: Path) -> None:
-    from resnetlab.records import evaluation_rows, row_from_dict
+    from resnetlab.runs.records import evaluation_rows, row_from_dict
 
     good = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert row_from_dict(good) is not None
@@ -91,7 +91,7 @@ def test_metrics_rows_of_another_shape_are_skipped(run: Path, tmp_path: Path) ->
 def test_checkpoint_tensors_of_another_dtype_are_refused(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                         dtype: torch.dtype) -> None:
     """They were cast into the float32 net without a word."""
-    from resnetlab.checkpoint import load_checkpoint, save_checkpoint
+    from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(run / "checkpoints" / "best.pt")
     key = next(k for k, v in payload["model"].items() if v.is_floating_point())
@@ -141,7 +141,7 @@ def test_a_checkpoint_whose_weights_are_not_a_tensor_map_is_named(run: Path, tmp
                                                                   capsys: pytest.CaptureFixture, model: object) -> None:
     """Found by the fuzz campaign: a list of triples as the weights was a ValueError traceback in `predict
     --weights` (dict() of it); every reader of a weights file now names the field."""
-    from resnetlab.checkpoint import load_checkpoint, save_checkpoint
+    from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(run / "checkpoints" / "best.pt")
     payload["model"] = model
@@ -171,7 +171,7 @@ def test_a_checkpoint_payload_without_a_field_is_named(run: Path, tmp_path: Path
                                                        field: str, value: object, needle: str) -> None:
     """A checkpoint without 'config' or 'norm' (valid frame and checksum) was a KeyError traceback in `eval`
     and `train --resume`; every reader now names the field in one line."""
-    from resnetlab.checkpoint import load_checkpoint, save_checkpoint
+    from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
 
     copy = _copy(run, tmp_path)
     (copy / "summary.json").unlink()

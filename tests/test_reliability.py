@@ -29,11 +29,11 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from resnetlab.checkpoint import MAGIC, load_checkpoint, save_checkpoint, trained_state
-from resnetlab.config import build_config
 from resnetlab.data import DataOptions, load_data
 from resnetlab.errors import CheckpointError, ConfigError, DataError, ResnetlabError
-from resnetlab.overrides import parse_assignments, parse_value
+from resnetlab.settings.config import build_config
+from resnetlab.settings.overrides import parse_assignments, parse_value
+from resnetlab.weights.checkpoint import MAGIC, load_checkpoint, save_checkpoint, trained_state
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -316,8 +316,8 @@ def test_checkpoint_body_truncated_or_patched_with_a_valid_checksum(scratch: Pat
 # ---- kills at chosen moments ----------------------------------------------------------------------------
 WRAPPER = r'''
 import os, signal, sys
-import resnetlab.checkpoint as ckpt
-import resnetlab.train as train
+import resnetlab.weights.checkpoint as ckpt
+import resnetlab.training.trainer as train
 from resnetlab.cli import main
 
 mode, nth, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]

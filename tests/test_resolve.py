@@ -20,12 +20,12 @@ import pytest
 import torch
 from PIL import Image
 
-import resnetlab.evaluation
-import resnetlab.train
-from resnetlab.checkpoint import load_checkpoint
+import resnetlab.training.evaluation
+import resnetlab.training.trainer
 from resnetlab.cli import main
-from resnetlab.export import load_pretrained
-from resnetlab.rundir import RunDir
+from resnetlab.runs.directory import RunDir
+from resnetlab.weights.checkpoint import load_checkpoint
+from resnetlab.weights.export import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 # resnet20 as the registry builds it (the hub entry point checks the net), on 32x32 synthetic images: 4 steps an
@@ -101,13 +101,13 @@ def test_eval_and_analyze_evaluate_the_newest_good_checkpoint(runs: dict[str, An
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     run, good = runs[kind]
     seen: list[dict[str, torch.Tensor]] = []
-    real = resnetlab.evaluation.evaluate
+    real = resnetlab.training.evaluation.evaluate
 
     def spy(model: torch.nn.Module, *args: Any, **kwargs: Any) -> dict[str, float]:
         seen.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(resnetlab.evaluation, "evaluate", spy)
+    monkeypatch.setattr(resnetlab.training.evaluation, "evaluate", spy)
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     assert len(seen) == 1 and _same(seen[0], _state(good))
     monkeypatch.chdir(tmp_path)
@@ -153,13 +153,13 @@ def test_resume_continues_from_the_newest_good_checkpoint(runs: dict[str, Any], 
     (run / "config.json").write_text(json.dumps(cfg))
     (run / "summary.json").unlink()
     restored: list[dict[str, Any]] = []
-    real = resnetlab.train.Trainer.restore
+    real = resnetlab.training.trainer.Trainer.restore
 
     def spy(self: Any, payload: dict[str, Any]) -> None:
         restored.append(payload)
         real(self, payload)
 
-    monkeypatch.setattr(resnetlab.train.Trainer, "restore", spy)
+    monkeypatch.setattr(resnetlab.training.trainer.Trainer, "restore", spy)
     assert main(["train", "--resume", str(run)]) == 0
     assert len(restored) == 1 and restored[0]["progress"]["step"] == 8
     assert _same(restored[0]["model"], _state(runs["corrupt"][1]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from resnetlab.errors import SpecError
-from resnetlab.spec import ResNetSpec
+from resnetlab.networks.spec import ResNetSpec
 
 
 def test_defaults_are_read_resolved() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from resnetlab.cli import main
-from resnetlab.suite_jobs import plan_slots
-from resnetlab.trainings import identity, training_key
+from resnetlab.experiments.jobs import plan_slots
+from resnetlab.experiments.trainings import identity, training_key
 
 TINY = """title = "tiny"
 members = [
@@ -84,7 +84,7 @@ def test_jobs_give_each_member_the_result_it_has_alone(tmp_path: Path, capsys: p
 
 
 def test_slots_split_the_cores_and_take_the_gpus_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
-    import resnetlab.suite_jobs as jobs
+    import resnetlab.experiments.jobs as jobs
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)))
     monkeypatch.setattr(jobs, "_cuda_count", lambda: 0)
@@ -202,7 +202,7 @@ members = [
 
 
 def test_a_training_is_known_by_what_determines_it() -> None:
-    from resnetlab.config import build_config
+    from resnetlab.settings.config import build_config
 
     def key(**overrides) -> str:
         return training_key(build_config(model="resnet20", data="digits", overrides=overrides).to_dict())
@@ -219,8 +219,8 @@ def test_a_training_is_known_by_what_determines_it() -> None:
 
 def test_activations_unit_a_is_degradations_resnet56_at_cpu_scale(tmp_path: Path) -> None:
     """The issue's example: one training in two suites (the same spec reached from two registry names)."""
-    from resnetlab.experiments import at_scale, load_suite
-    from resnetlab.suite_work import SuiteWork
+    from resnetlab.experiments.suite import at_scale, load_suite
+    from resnetlab.experiments.work import SuiteWork
 
     def keys(name: str) -> dict[str, str]:
         suite = at_scale(load_suite(name), "cpu")

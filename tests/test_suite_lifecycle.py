@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from resnetlab.cli import main
-from resnetlab.experiments import SuiteDir
+from resnetlab.experiments.suite import SuiteDir
 
 TINY = """title = "tiny"
 members = [
@@ -139,19 +139,19 @@ def test_results_are_replaced_whole_or_left_as_they_were(tmp_path: Path, monkeyp
                                                          capsys: pytest.CaptureFixture) -> None:
     """results.md / .csv / .json go through the one atomic writer: a disk that fills while the table is
     written leaves the previous table, no temporary file, and one line."""
-    import resnetlab.atomic
+    import resnetlab.files.atomic
 
     suite, out = _suite(tmp_path), tmp_path / "out"
     assert _run(suite, out) == 0
     before = {name: (out / name).read_bytes() for name in ("results.md", "results.csv", "results.json")}
-    real = resnetlab.atomic._fsync
+    real = resnetlab.files.atomic._fsync
 
     def disk_full(path: Path) -> None:
         if ".results.md.tmp-" in Path(path).name:
             raise OSError(28, "No space left on device")
         real(path)
 
-    monkeypatch.setattr(resnetlab.atomic, "_fsync", disk_full)
+    monkeypatch.setattr(resnetlab.files.atomic, "_fsync", disk_full)
     (out / "a" / "seed0" / "summary.json").unlink()  # so the second call has something to train and tabulate
     capsys.readouterr()
     assert _run(suite, out) == 2

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import torch
 
-from resnetlab import tracking
-from resnetlab.checkpoint import load_checkpoint
 from resnetlab.cli import main
-from resnetlab.config import build_config
 from resnetlab.errors import ConfigError
-from resnetlab.train import Trainer
+from resnetlab.settings.config import build_config
+from resnetlab.training import trackers as tracking
+from resnetlab.training.trainer import Trainer
+from resnetlab.weights.checkpoint import load_checkpoint
 
 TINY = ["train", "--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8", "--set",
         "run.progress=false", "--set", "run.deterministic=true", "--set", "run.threads=1"]
@@ -439,7 +439,7 @@ def test_none_and_a_single_name_are_lists() -> None:
 
 def test_a_config_read_back_is_not_asked_for_packages(monkeypatch: pytest.MonkeyPatch) -> None:
     """eval of a run trained with a tracker, on a machine without it: the config still reads."""
-    from resnetlab.config import config_from_dict
+    from resnetlab.settings.config import config_from_dict
 
     saved = build_config(overrides={"run.tracker": []}).to_dict()
     saved["run"]["tracker"] = ["mlflow"]

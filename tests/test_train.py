@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab.checkpoint import load_checkpoint, trained_state
 from resnetlab.cli import main
-from resnetlab.config import build_config
-from resnetlab.schedule import build_schedule
+from resnetlab.settings.config import build_config
+from resnetlab.training.schedule import build_schedule
+from resnetlab.weights.checkpoint import load_checkpoint, trained_state
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.cli import main
+from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = ["--model", "resnet20", "--set", "model.depth=8", "--set", "optim.batch_size=4", "--set",
         "run.progress=false", "--set", "run.tensorboard=false"]
@@ -218,7 +218,7 @@ def test_elongated_images_are_refused_before_resizing(tmp_path: Path) -> None:
     from resnetlab import create_model
     from resnetlab.data.images import shorter_side_to
     from resnetlab.errors import DataError
-    from resnetlab.export import Pretrained, load_image
+    from resnetlab.weights.export import Pretrained, load_image
 
     Image.fromarray(np.zeros((1, 500_000, 3), np.uint8)).save(tmp_path / "line.png")
     pre = Pretrained(create_model("resnet20").eval(), torch.zeros(3, 1, 1), torch.ones(3, 1, 1),
@@ -284,7 +284,7 @@ def test_resume_refuses_a_run_whose_checkpoints_are_gone(made: dict[str, Path], 
 
 # ---- the command line beats a recipe; an empty init is not "no init" ------------------------------------------
 def test_the_command_line_beats_a_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from resnetlab.config import build_config
+    from resnetlab.settings.config import build_config
 
     recipe = tmp_path / "mine.toml"
     recipe.write_text('[data]\nsource = "synthetic:16"\n[model]\nname = "resnet56"\n[schedule]\nepochs = 1\n')

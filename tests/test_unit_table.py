@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from resnetlab.spec import UNITS, ResNetSpec
-from resnetlab.units import FIG4, Unit
+from resnetlab.networks.spec import UNITS, ResNetSpec
+from resnetlab.networks.units import FIG4, Unit
 
 # (unit, block) -> (preact, branch, post) of a unit that is not the net's first (the first has no preact: its
 # activation comes from the stem); conv{in}-{out}/{kernel}s{stride}, "!" marks an in-place ReLU

@@ -1,12 +1,14 @@
 """resnetlab: the deep residual networks of He et al. (CVPR 2016, ECCV 2016) to build, train and study."""
 
-from .counting import count_macs, count_params
-from .errors import ResnetlabError
-from .net import ResNet
-from .registry import create_model, get_spec, list_models
-from .spec import ResNetSpec
+from resnetlab.errors import ResnetlabError
+from resnetlab.networks.counting import count_macs, count_params
+from resnetlab.networks.net import ResNet
+from resnetlab.networks.registry import create_model, get_spec, list_models
+from resnetlab.networks.spec import ResNetSpec
+from resnetlab.version import __version__
 
 __all__ = [
+    "__version__",
     "ResNet",
     "ResNetSpec",
     "ResnetlabError",
@@ -16,4 +18,3 @@ __all__ = [
     "get_spec",
     "list_models",
 ]
-__version__ = "0.1.0"

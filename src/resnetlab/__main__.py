@@ -1,5 +1,5 @@
 """`python -m resnetlab ...` is the same as the `resnetlab` command."""
 
-from .cli import main
+from resnetlab.cli import main
 
 raise SystemExit(main())

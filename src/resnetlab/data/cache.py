@@ -3,7 +3,7 @@
 An entry holds the uint8 train and test arrays of one source, saved with ``torch.save`` and read back
 with ``torch.load(weights_only=True)`` (plain tensors and strings only). Its key hashes the format
 version, the reader, the absolute path and the size and mtime of every input file, so a changed input
-misses the cache. Entries are written atomically (:mod:`resnetlab.atomic`); an unreadable or
+misses the cache. Entries are written atomically (:mod:`resnetlab.files.atomic`); an unreadable or
 malformed entry is ignored and rebuilt, and a cache directory that cannot be written only costs a one-line note
 on stderr (the run goes on without the cache).
 """
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.atomic import replace_with
-from resnetlab.checkpoint import torch_load
 from resnetlab.data.base import ArrayDataset, DataOptions, one_line
 from resnetlab.errors import DataError, ResnetlabError
+from resnetlab.files.atomic import replace_with
+from resnetlab.weights.checkpoint import torch_load
 
 CACHE_VERSION = 1
 log = logging.getLogger(__name__)

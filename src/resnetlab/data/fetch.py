@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnetlab.atomic import fsync_dir, replace_with
 from resnetlab.data.base import DataOptions, one_line
 from resnetlab.data.cache import cache_dir
 from resnetlab.errors import DataError, ResnetlabError
+from resnetlab.files.atomic import fsync_dir, replace_with
 
 Log = Callable[[str], None]
 

@@ -25,7 +25,7 @@ from resnetlab.data.base import (
     rank_bounds,
 )
 from resnetlab.errors import DataError
-from resnetlab.runtime import device_slot
+from resnetlab.training.setup import device_slot
 
 _CHUNK = 4096
 

@@ -1,0 +1,356 @@
+"""`resnetlab experiment SUITE --jobs N`: up to N members (or seeds) training at once on one machine, each in
+a process of its own.
+
+The jobs are workers of the suite (`suite_work.py`) started by this process, which holds the suite too and
+writes the results when they are done. On CPU the machine's cores are split between the jobs (each gets
+cores // N threads, so N jobs never ask for more cores than there are); on GPUs each job gets one device
+of `--devices` in turn (`--jobs 8 --devices cuda:0 cuda:1` puts four on each), seen by the job as its only
+GPU. A job's member trains exactly as alone: the same config, seed and code in a fresh process (CPU
+threads are not in the config: a deterministic run is bit-identical at the same thread count).
+
+This process logs which member starts and ends on which job, keeps a live line of the suite's progress on
+a terminal (a line a minute otherwise), and stops every job cleanly on Ctrl-C or SIGTERM: each checkpoints
+and exits, and the same command resumes them. A job that dies otherwise (killed, out of memory) is
+replaced; the new one takes its member over from the checkpoint. Each job's output is in
+`OUT/workers/HOST-PID-jobK.log`; `python -m resnetlab.experiments.jobs SPEC` is the job's own entry point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.experiments.work import DONE, outcome, suite_to_dict
+
+if TYPE_CHECKING:
+    from resnetlab.experiments.suite import Member
+    from resnetlab.experiments.work import SuiteWork
+
+__all__ = ["Slot", "add_arguments", "main", "plan_slots", "run_jobs", "worker_command"]
+
+STATUS_EVERY_S = 60.0  # the progress line's period when the output is not a terminal
+RESTARTS = 3  # jobs that die other than by a signal of ours are replaced this many times per slot
+
+
+@dataclass
+class Slot:
+    """Where one job runs: a device (cpu, or one GPU by its number here) and its CPU threads."""
+
+    index: int
+    gpu: str | None
+    threads: int
+    restarts: int = 0
+
+    @property
+    def where(self) -> str:
+        return f"{f'GPU {self.gpu}' if self.gpu is not None else 'cpu'}, {self.threads} " \
+               f"thread{'s' if self.threads > 1 else ''}"
+
+
+def plan_slots(jobs: int, devices: list[str] | None, device: str | None) -> list[Slot]:
+    """`jobs` slots over `devices` (cpu, cuda, cuda:K, K, all; default: `device`, else every GPU, else the
+    CPU), with the machine's cores split between them."""
+    if not 1 <= jobs <= 1024:
+        raise ConfigError(f"--jobs: {jobs} is not in 1..1024")
+    gpus = _gpus(devices or [device or "auto"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // jobs)
+    return [Slot(k + 1, gpus[k % len(gpus)], threads) for k in range(jobs)]
+
+
+def _gpus(names: list[str]) -> list[str | None]:
+    """Each device name as a GPU number as this machine numbers them (CUDA_VISIBLE_DEVICES), or None (CPU)."""
+    wanted: list[str | None] = []
+    visible: list[str] | None = None
+    for name in names:
+        text = name.strip().lower()
+        if text == "cpu" or (text == "auto" and _cuda_count() == 0):
+            wanted.append(None)
+            continue
+        if visible is None:
+            env = os.environ.get("CUDA_VISIBLE_DEVICES")
+            visible = [v.strip() for v in env.split(",") if v.strip()] if env is not None else \
+                [str(k) for k in range(_cuda_count())]
+            visible = visible[:_cuda_count()]
+        if text in ("auto", "all", "cuda"):
+            indices = list(range(len(visible)))
+        else:
+            number = text.removeprefix("cuda:")
+            if not number.isdigit():
+                raise ConfigError(f"--devices: {name!r} is not a device (cpu, cuda, cuda:K, K or all)")
+            indices = [int(number)]
+        if not visible or any(k >= len(visible) for k in indices):
+            raise ConfigError(f"--devices: {name!r}: this machine has {len(visible)} GPU(s)")
+        wanted += [visible[k] for k in indices]
+    return wanted
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_command(spec: dict[str, Any]) -> list[str]:
+    """The command of one worker process of a suite (`spec`: the suite and `run_suite`'s arguments)."""
+    return [sys.executable, "-m", "resnetlab.experiments.jobs", json.dumps(spec, default=str)]
+
+
+def run_jobs(work: SuiteWork, chosen: tuple[Member, ...], seeds: int, jobs: int, devices: list[str] | None,
+             device: str | None, only: list[str] | None) -> list[str]:
+    """Train the chosen members' seeds in up to `jobs` worker processes; the failed ones, as
+    "label seed N (reason)". SuiteStopped when a signal stopped them (checkpoints written)."""
+    from resnetlab.experiments.suite import SuiteStopped
+
+    tasks = work.tasks(chosen, seeds)
+    left = [t for t in tasks if outcome(t.own)["status"] not in DONE]
+    slots = plan_slots(min(jobs, len(left)) if left else 1, devices, device)
+    if not left:
+        work.log(f"[{work.suite.name}] all {len(tasks)} runs are done")
+        return []
+    spec = {"suite": suite_to_dict(work.suite), "out": str(work.out),
+            "kwargs": {"data": work.data, "seeds": seeds, "epochs": work.epochs, "iters": work.iters,
+                       "scale": work.scale, "settings": work.settings, "only": only, "results": False,
+                       "trainings": str(work.index.root)}}
+    pool = Pool(work, tasks, slots, spec, device)
+    with _signals(pool.stop):
+        pool.run()
+    if pool.stopping or pool.stopped_jobs:
+        raise SuiteStopped(f"[{work.suite.name}] stopped by a signal: the jobs wrote their checkpoints; rerun "
+                           "the same command to resume")
+    if pool.broken and not pool.trained:
+        raise ResnetlabError(f"[{work.suite.name}] the jobs failed to start: {pool.broken[-1]}")
+    return pool.failed
+
+
+@contextlib.contextmanager
+def _signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM call `stop` while the jobs run (only where this is the main thread)."""
+    old: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):
+            old[sig] = signal.signal(sig, lambda *_: stop())
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class Job:
+    slot: Slot
+    proc: subprocess.Popen
+    log_path: Path
+    events: Path
+    log_file: IO[str]
+    offset: int = 0
+    task: tuple[str, float] | None = None  # what it trains now, since when
+
+
+@dataclass
+class Pool:
+    """The running jobs of one suite, their events, the live line and the stop."""
+
+    work: SuiteWork
+    tasks: list
+    slots: list[Slot]
+    spec: dict[str, Any]
+    device: str | None  # the call's --device; a job's is the same, or the one GPU it sees
+    base: Path = Path()  # OUT/workers/HOST-PID: the jobs' logs and events are named from it
+    jobs: list[Job] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+    stopping: bool = False
+    stopped_jobs: int = 0
+    trained: int = 0
+    t0: float = field(default_factory=time.time)
+    shown: float = 0.0
+
+    def run(self) -> None:
+        base = f"{socket.gethostname()}-{os.getpid()}"
+        self.base = self.work.out / "workers" / base
+        self.base.parent.mkdir(parents=True, exist_ok=True)
+        cores = self.slots[0].threads * len(self.slots)
+        self.log(f"[{self.work.suite.name}] {len(self.slots)} jobs, {cores} CPU threads in all; logs "
+                 f"{self.base}-job*.log")
+        for slot in self.slots:
+            self.start(slot)
+        while self.jobs:
+            time.sleep(0.25)
+            for job in list(self.jobs):
+                self.read_events(job)
+                if job.proc.poll() is not None:
+                    self.ended(job)
+            self.live()
+        self.live(final=True)
+
+    def start(self, slot: Slot) -> None:
+        name = f"{self.base}-job{slot.index}" + (f".{slot.restarts}" if slot.restarts else "")
+        env = {**os.environ, "RESNETLAB_WORKER": f"job {slot.index}", "RESNETLAB_EVENTS": f"{name}.jsonl",
+               "OMP_NUM_THREADS": str(slot.threads), "MKL_NUM_THREADS": str(slot.threads),
+               "PYTHONUNBUFFERED": "1"}
+        # the job sees its GPU as its only one, or none: `auto` (no --device) then means that device, and
+        # the members' configs say what they say in one process
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu or ""
+        given = None if self.device in (None, "auto") else "cpu" if slot.gpu is None else "cuda"
+        spec = {**self.spec, "kwargs": {**self.spec["kwargs"], "device": given}}
+        log_file = open(f"{name}.log", "a")  # noqa: SIM115 - closed when the job ends
+        proc = subprocess.Popen(worker_command(spec), stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        self.jobs.append(Job(slot, proc, Path(f"{name}.log"), Path(f"{name}.jsonl"), log_file))
+
+    def read_events(self, job: Job) -> None:
+        try:
+            with open(job.events) as f:
+                f.seek(job.offset)
+                text = f.read()
+        except OSError:
+            return
+        lines = text.split("\n")
+        job.offset += len(text) - len(lines[-1])  # a line still being written is read next time
+        for line in lines[:-1]:
+            with contextlib.suppress(ValueError):
+                self.event(job, json.loads(line))
+
+    def event(self, job: Job, row: dict[str, Any]) -> None:
+        tag, where = f"[{self.work.suite.name}] {row.get('member')} seed {row.get('seed')}", \
+            f"job {job.slot.index} ({job.slot.where})"
+        if row.get("event") == "start" and row.get("mode") in ("train", "resume"):
+            job.task = (f"{row.get('slug')} s{row.get('seed')}", time.time())
+            self.log(f"{tag}: {'training' if row['mode'] == 'train' else 'resuming'} on {where}")
+        elif row.get("event") == "end" and job.task is not None:
+            job.task = None
+            status, seconds = row.get("status"), row.get("seconds", 0.0)
+            error = row.get("test_error")
+            result = f", test error {100 * error:.2f}%" if isinstance(error, int | float) else ""
+            self.log(f"{tag}: {status} on {where}{result} ({_clock(seconds)})")
+            self.trained += status in DONE
+            if status == "failed":
+                self.failed.append(f"{row.get('member')} seed {row.get('seed')} ({row.get('error')})")
+
+    def ended(self, job: Job) -> None:
+        self.jobs.remove(job)
+        job.log_file.close()
+        code, slot = job.proc.returncode, job.slot
+        if code in (0, 1):  # done; or done with failed members (reported by their events)
+            return
+        if code in (3, 130) or self.stopping:
+            self.stopped_jobs += code in (3, 130)
+            return
+        last = _last_line(job.log_path)
+        if code == 2:  # a config or input error: the same for every job, not retried
+            self.broken.append(last)
+            self.failed.append(f"job {slot.index} ({last})")
+            self.log(f"job {slot.index} failed: {last}")
+            return
+        if slot.restarts < RESTARTS:
+            slot.restarts += 1
+            self.log(f"job {slot.index} ended with {_exit(code)}; a new job takes its place (and its member, "
+                     f"from the checkpoint)")
+            self.start(slot)
+        else:
+            self.broken.append(last)
+            self.failed.append(f"job {slot.index} ({last})")
+            self.log(f"job {slot.index} ended with {_exit(code)} {RESTARTS + 1} times; not replaced ({last})")
+
+    def stop(self) -> None:
+        """A first signal asks every job to checkpoint and exit; a second one kills them."""
+        kill = self.stopping
+        self.stopping = True
+        self.log(f"[{self.work.suite.name}] {'killing' if kill else 'stopping'} the jobs "
+                 f"({'now' if kill else 'each checkpoints first; again to kill'})")
+        for job in self.jobs:
+            with contextlib.suppress(ProcessLookupError):
+                job.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+
+    def live(self, final: bool = False) -> None:
+        """The suite's progress: on a terminal a line redrawn in place, otherwise a line a minute."""
+        now = time.time()
+        tty = sys.stderr.isatty()
+        if not final and now - self.shown < (1.0 if tty else STATUS_EVERY_S):
+            return
+        self.shown = now
+        states = [outcome(t.own)["status"] for t in self.tasks]
+        done, failed = sum(s in DONE for s in states), sum(s == "failed" for s in states)
+        busy = [f"{j.task[0]} on job {j.slot.index} {_clock(now - j.task[1])}" for j in self.jobs if j.task]
+        line = (f"[{self.work.suite.name}] {done}/{len(states)} done, {len(busy)} training"
+                f"{' (' + ', '.join(busy) + ')' if busy else ''}, {len(states) - done - failed - len(busy)} "
+                f"waiting{f', {failed} failed' if failed else ''}; {_clock(now - self.t0)}")
+        if tty:
+            sys.stderr.write("\r\x1b[K" + ("" if final else line[:200]))
+            sys.stderr.flush()
+        if final or not tty:
+            self.work.log(line)
+
+    def log(self, line: str) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\x1b[K")
+        self.work.log(line)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _exit(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+
+def _last_line(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        return lines[-1][:300] if lines else "no output"
+    return "no output"
+
+
+def add_arguments(p: Any) -> None:
+    """The `experiment` command's options for many processes and machines (this module and `slurm.py`)."""
+    from resnetlab.experiments.slurm import add_arguments as add_launcher_arguments
+
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train up to N members (or seeds) at once, each in its own process (CPU: the cores "
+                        "split between them; GPUs: one device each, in turn, of --devices)")
+    p.add_argument("--devices", nargs="+", default=None, metavar="DEV",
+                   help="devices of the jobs: cuda:0 cuda:1 ..., all (every GPU), or cpu (default: --device, "
+                        "else every GPU, else the CPU)")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: write the results of whatever has finished (others may be training)")
+    p.add_argument("--trainings", default=None, metavar="DIR",
+                   help="index of trainings shared by suites, so an identical member is trained once "
+                        "(default: .trainings beside --out)")
+    add_launcher_arguments(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One worker process: `python -m resnetlab.experiments.jobs SPEC` (JSON: suite, out, run_suite's kwargs)."""
+    from resnetlab.experiments.suite import run_suite
+    from resnetlab.experiments.work import suite_from_dict
+
+    preempt = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    if os.environ.get("SUBMITIT_EXECUTOR") and hasattr(signal, f"SIG{preempt}"):
+        signal.signal(getattr(signal, f"SIG{preempt}"), signal.SIG_IGN)  # Slurm's warning is for the task
+    spec = json.loads((argv or sys.argv[1:])[0])  # threads: OMP_NUM_THREADS, read by torch as it loads
+    try:
+        run_suite(suite_from_dict(spec["suite"]), Path(spec["out"]), **spec["kwargs"])
+    except ResnetlabError as exc:
+        print(f"resnetlab: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Signal and gradient propagation through the residual units of a network (v2 sec. 3, eq. 4-7).
+
+With identity shortcuts and an identity after-addition step, any deeper unit L is the shallower unit l plus
+a sum of residual functions (v2 eq. 4), and the gradient of the loss E reaches every shallower unit directly:
+
+    x_L = x_l + sum_{i=l}^{L-1} F(x_i, W_i)                                          (v2 eq. 4)
+    dE/dx_l = dE/dx_L * (1 + d/dx_l sum_{i=l}^{L-1} F(x_i, W_i))                     (v2 eq. 5)
+
+With a constant scaling lambda_i on each shortcut (v2 eq. 6-7) the direct term becomes a product,
+
+    x_L = (prod_{i=l}^{L-1} lambda_i) x_l + sum_i F^(x_i, W_i)                       (v2 eq. 6)
+    dE/dx_l = dE/dx_L * (prod_{i=l}^{L-1} lambda_i + d/dx_l sum_i F^(x_i, W_i))      (v2 eq. 7)
+
+which vanishes (lambda < 1) or explodes (lambda > 1) exponentially with depth.
+
+`propagation` measures both sides of these equations on a real network and one batch: at the input x_l of
+every residual unit l = 1..L (in `ResNet.units()` order) and at the last unit's output, the forward signal
+(its std, and its per-sample L2 norm averaged over the batch) and the norm of the backward gradient dE/dx_l,
+with E the mean cross-entropy of the batch. Values are read from the model's own forward and backward pass
+(forward hooks capture the unit inputs; `torch.autograd.grad` differentiates E with respect to them), so
+parameter gradients, BN running statistics and the train/eval mode are left as they were.
+`compare`, `format_propagation` and `plot_propagation` put several models side by side, and
+`run_propagation_cli` is the body of `resnetlab analyze propagation`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.files.atomic import check_output, replace_with
+from resnetlab.networks.net import ResNet
+
+Row = dict[str, Any]
+FIGURE_FORMATS = (".png", ".pdf", ".svg")
+
+
+# ---- measurement ---------------------------------------------------------------------------------------
+@contextmanager
+def _preserved(model: nn.Module) -> Iterator[None]:
+    """Restore every buffer (BN running statistics, batch counts) and the train/eval mode of each module."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, saved in buffers:
+                buf.copy_(saved)
+        for module, training in modes:
+            module.training = training
+
+
+def _stage_of_units(model: ResNet) -> list[int]:
+    """The 1-based stage number of each unit, in `model.units()` order."""
+    return [s for s, stage in enumerate(model.stages, start=1) for _ in stage]
+
+
+def propagation(model: ResNet, x: Tensor, y: Tensor, *, eval_mode: bool = False) -> list[Row]:
+    """Forward signal and loss gradient at each unit input x_1..x_L and at the last unit's output.
+
+    Returns one row per measured tensor, in depth order: rows 1..L are the inputs of units 1..L, row L+1 is
+    the output of unit L (the net's features before the head). Each row holds `index` (1..L+1), `stage`,
+    `std` (of the whole batch tensor), `norm` (L2 norm per sample, averaged over the batch) and `grad_norm`
+    (the L2 norm of dE/dx_l over the whole batch, E = mean cross-entropy of the batch).
+
+    By default BN uses batch statistics, as at a training step (`eval_mode=True`: running statistics and no
+    dropout). The model's parameters, their `.grad`, its buffers and its mode are unchanged afterwards and
+    no hook is left behind.
+    """
+    units = list(model.units())
+    if not units:
+        raise ResnetlabError("propagation: the model has no residual units")
+    stages = _stage_of_units(model)
+    last = len(units) - 1
+    captured: dict[int, Tensor] = {}
+
+    def capture(k: int) -> Any:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            # setdefault: a unit run again by activation recomputation (spec.recompute) keeps the first tensor
+            captured.setdefault(k, inputs[0])
+            if k == last:
+                captured.setdefault(k + 1, output)
+        return hook
+
+    device = next(model.parameters()).device
+    handles = []
+    with _preserved(model):
+        try:
+            handles = [unit.register_forward_hook(capture(k)) for k, unit in enumerate(units)]
+            model.train(not eval_mode)
+            with torch.enable_grad():
+                # A leaf that requires grad, so the unit inputs are in the graph even with frozen weights.
+                inp = x.detach().to(device).requires_grad_(True)
+                logits = model(inp)
+                loss = F.cross_entropy(logits.float(), y.to(device))
+                tensors = [captured[k] for k in range(len(units) + 1)]
+                grads = torch.autograd.grad(loss, tensors)
+        finally:
+            for handle in handles:
+                handle.remove()
+    rows = []
+    with torch.no_grad():
+        for k, (t, g) in enumerate(zip(tensors, grads, strict=True)):
+            t = t.detach().float()
+            rows.append({
+                "index": k + 1,
+                "stage": stages[min(k, last)],
+                "std": t.std().item(),
+                "norm": t.flatten(1).norm(dim=1).mean().item(),
+                "grad_norm": g.float().norm().item(),
+            })
+    return rows
+
+
+def compare(models: dict[str, ResNet], x: Tensor, y: Tensor, *, eval_mode: bool = False) -> dict[str, list[Row]]:
+    """`propagation` of each named model on the same batch."""
+    return {name: propagation(model, x, y, eval_mode=eval_mode) for name, model in models.items()}
+
+
+def summarize(rows: list[Row]) -> dict[str, float]:
+    """Depth ratios of one model's rows: first unit input x_1 against the last unit's output x_L.
+
+    `grad_ratio` = ||dE/dx_1|| / ||dE/dx_L|| (1 for v2 eq. 5 with zero branches, lambda^units for eq. 7),
+    `std_ratio` = std(x_L) / std(x_1), `grad_spread` = max / min of ||dE/dx_l|| over all rows.
+    """
+    first, final = rows[0], rows[-1]
+    grads = [r["grad_norm"] for r in rows]
+    return {
+        "units": len(rows) - 1,
+        "std_first": first["std"],
+        "std_last": final["std"],
+        "std_ratio": _ratio(final["std"], first["std"]),
+        "grad_first": first["grad_norm"],
+        "grad_last": final["grad_norm"],
+        "grad_ratio": _ratio(first["grad_norm"], final["grad_norm"]),
+        "grad_spread": _ratio(max(grads), min(grads)),
+    }
+
+
+def _ratio(a: float, b: float) -> float:
+    if b == 0:
+        return math.inf if a else math.nan
+    return a / b
+
+
+# ---- presentation --------------------------------------------------------------------------------------
+SUMMARY_HEADERS = ["model", "units", "std x_1", "std x_L", "std x_L/x_1",
+                   "|dE/dx_1|", "|dE/dx_L|", "grad x_1/x_L", "grad max/min"]
+
+
+def format_propagation(results: dict[str, list[Row]]) -> str:
+    """One line per model: forward std and gradient norm at x_1 and x_L, their ratios, the gradient spread."""
+    from resnetlab.networks.describe import format_table
+
+    table = []
+    for name, rows in results.items():
+        s = summarize(rows)
+        table.append([name, s["units"], *(f"{s[k]:.3g}" for k in (
+            "std_first", "std_last", "std_ratio", "grad_first", "grad_last", "grad_ratio", "grad_spread"))])
+    return format_table(table, SUMMARY_HEADERS)
+
+
+def plot_propagation(results: dict[str, list[Row]], path: Path | str, title: str = "") -> Path:
+    """Two log-scale panels against depth: forward std of x_l, and ||dE/dx_l||; one colour per model.
+
+    The x axis is the row index l (1..L: unit inputs; L+1: the last unit's output). Written atomically.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fmt = path.suffix.lower()
+    if fmt not in FIGURE_FORMATS:
+        raise ConfigError(f"{path}: figure must end with {', '.join(FIGURE_FORMATS)}")
+    fig, (ax_f, ax_b) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    for name, rows in results.items():
+        index = [r["index"] for r in rows]
+        (line,) = ax_f.plot(index, [r["std"] for r in rows], linewidth=1.4, label=name)
+        ax_b.plot(index, [r["grad_norm"] for r in rows], linewidth=1.4, color=line.get_color(), label=name)
+    ax_f.set_ylabel("std of x_l (forward signal)")
+    ax_b.set_ylabel("||dE/dx_l|| (backward gradient)")
+    for ax in (ax_f, ax_b):
+        ax.set_yscale("log")
+        ax.set_xlabel("l: input of unit l (last point: output of the last unit)")
+        ax.grid(alpha=0.3, which="both")
+    ax_b.legend(fontsize=8)
+    fig.suptitle(title or "signal propagation at one batch (v2 eq. 4-7)", fontsize=10)
+    fig.tight_layout()
+    try:
+        replace_with(path, fig.savefig)  # the temporary keeps the suffix: savefig picks the format by it
+    except OSError as exc:
+        raise ResnetlabError(f"{path}: cannot write figure ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+# ---- command line --------------------------------------------------------------------------------------
+def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str | None, data: str | None,
+                        batch_size: int, seed: int, out: str | None, eval_mode: bool) -> int:
+    """`resnetlab analyze propagation`: table on stdout, figure at `out` (default ./propagation.png).
+
+    Registry models (`models`, each with `overrides` applied) are built at their paper init under `seed`,
+    fitted to the data's channels and classes. A `checkpoint` (run directory or file) adds its trained model;
+    it brings its data set and normalisation, which `data` may replace. The batch is the first
+    `batch_size` images of the test split, normalised as training normalises them.
+    """
+    from resnetlab.data import load_data
+    from resnetlab.networks.registry import create_model
+    from resnetlab.settings.config import build_config
+    from resnetlab.settings.overrides import parse_assignments
+    from resnetlab.training.setup import data_options, evaluation_source
+
+    if not models and checkpoint is None:
+        raise ConfigError("give at least one --model NAME or a --checkpoint RUN_DIR")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
+    repeated = sorted({m for m in models if models.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"--model {repeated[0]} given twice")
+    spec_overrides = parse_assignments(overrides, "--override")
+    if spec_overrides and not models:
+        raise ConfigError("--override applies to --model networks; a checkpoint keeps its own spec")
+    for key in ("in_channels", "num_classes"):
+        if key in spec_overrides:
+            raise ConfigError(f"--override {key}: set from the data, not by hand")
+    figure = Path(out) if out else Path("propagation.png")
+    if figure.suffix.lower() not in FIGURE_FORMATS:
+        raise ConfigError(f"--out {figure}: figure must end with {', '.join(FIGURE_FORMATS)}")
+    if figure.parent.is_dir():  # a missing folder is created below; in one, the figure replaces no run's file
+        check_output(figure, [checkpoint] if checkpoint else [])
+
+    named: dict[str, ResNet] = {}
+    if checkpoint is not None:
+        from resnetlab.weights.formats import model_for, note_skipped, resolve
+
+        weights = resolve(checkpoint)
+        trained, where = model_for(weights), weights.path
+        source = evaluation_source(trained.spec, weights.config, weights.norm, data, where,
+                                   (weights.data or {}).get("classes"))
+        named[f"{trained.spec.name or 'model'} (trained: {where.name})"] = trained
+    else:
+        data = data or "synthetic"
+        source = load_data(data, data_options(build_config(data=data)))
+    for name in models:
+        torch.manual_seed(seed)
+        named[name] = create_model(name, in_channels=source.channels, num_classes=source.num_classes,
+                                   **spec_overrides)
+
+    x, y = next(iter(source.eval_batches("test", batch_size)))
+    results: dict[str, list[Row]] = {}
+    for name, model in named.items():
+        torch.manual_seed(seed)  # the same dropout draws for every model, run to run
+        try:
+            results[name] = propagation(model, x, y, eval_mode=eval_mode)
+        except (RuntimeError, ValueError) as exc:  # e.g. an ImageNet stem pools an 8x8 input to nothing
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ResnetlabError(f"{name}: cannot run on {source.name} input {tuple(x.shape)} ({first})") from None
+
+    mode = "eval mode (running BN statistics)" if eval_mode else "train mode (batch BN statistics)"
+    print(f"signal propagation on one {source.name} test batch of {len(y)}, {mode}, seed {seed}:")
+    print(format_propagation(results))
+    try:
+        figure.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResnetlabError(f"{figure.parent}: cannot create the figure's directory ({exc.strerror or exc})") from None
+    plot_propagation(results, figure, title=f"{', '.join(named)} on {source.name} (batch {len(y)}, {mode})")
+    print(f"figure: {figure}")
+    if checkpoint is not None:
+        note_skipped(weights.skipped, weights.path)
+    return 0

@@ -1,0 +1,221 @@
+"""A suite on a cluster: `resnetlab experiment SUITE --launcher slurm --workers K ...` submits a Slurm job
+array of K tasks through submitit, each task one worker of the suite (`suite_work.py`) on the `--out` the
+cluster shares.
+
+Each task runs the worker in a child process (`python -m resnetlab.experiments.jobs`, with `--jobs N` as many
+jobs as asked, e.g. one per GPU of its node). Slurm warns a task 120 s before its time limit or, where the
+cluster signals it, before a preemption (`--signal=USR2@120`); submitit then calls `SuiteTask.checkpoint`,
+which stops the worker (each training writes its checkpoint), and requeues the task, which resumes its
+members when it starts again. Tasks are submitted with `--requeue`, so a preempted or failed node's task
+comes back as well; any member it held is taken over by the next worker that passes.
+
+`--dry-run` prints the sbatch script submitit would submit (no cluster needed); `--launcher
+submitit-local` runs the same tasks with submitit's local executor, on this machine. submitit is an
+optional dependency: `pip install 'resnetlab[slurm]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resnetlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from resnetlab.experiments.suite import Suite
+
+__all__ = ["SuiteTask", "add_arguments", "launch", "sbatch_script", "slurm_parameters"]
+
+SIGNAL_DELAY_S = 120  # Slurm's warning before the time limit; the worker must checkpoint within it
+STOP_GRACE_S = 100.0  # how long a task waits for its worker to checkpoint and exit
+
+
+class SuiteTask:
+    """One Slurm task: a worker of the suite, stopped with its checkpoints and requeued on Slurm's warning."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.spec, self._proc = state["spec"], None
+
+    def __call__(self) -> str:
+        from resnetlab.experiments.jobs import worker_command
+
+        task = os.environ.get("SLURM_ARRAY_TASK_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "?"
+        env = {**os.environ, "RESNETLAB_WORKER": f"slurm task {task}", "PYTHONUNBUFFERED": "1"}
+        self._proc = subprocess.Popen(worker_command(self.spec), env=env)
+        code = self._proc.wait()
+        if code not in (0, 1, 3):
+            raise RuntimeError(f"the suite's worker ended with exit code {code} (its output is above)")
+        return {0: "done", 1: "done; some members failed (see results.md)", 3: "stopped by a signal"}[code]
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Slurm's warning (time limit or preemption): stop the worker, whose trainings checkpoint, and
+        come back as a new task with the same suite."""
+        from submitit.helpers import DelayedSubmission
+
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            _wait_pid(proc.pid, STOP_GRACE_S)
+        return DelayedSubmission(SuiteTask(self.spec))
+
+
+def _wait_pid(pid: int, timeout: float) -> None:
+    """Wait for the worker to exit. Not `Popen.wait`: this runs in a signal handler that interrupted
+    `__call__`'s own `wait`, which holds the Popen's lock; waitpid reaps it all the same."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] != 0:
+                return
+        except ChildProcessError:  # already reaped
+            return
+        time.sleep(0.1)
+
+
+def _minutes(text: str) -> int:
+    """Slurm's time formats (MINUTES, MINUTES:SECONDS, H:MM:SS, D-H[:MM[:SS]]) in whole minutes."""
+    days, _, rest = text.strip().rpartition("-")
+    parts = rest.split(":")
+    if not (days == "" or days.isdigit()) or not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
+        raise ConfigError(f"--time: {text!r} is not MINUTES, H:MM:SS or D-H:MM:SS")
+    nums = [int(p) for p in parts]
+    if days:
+        hours, minutes, seconds = (nums + [0, 0])[:3]
+    elif len(nums) == 1:
+        hours, minutes, seconds = 0, nums[0], 0
+    elif len(nums) == 2:
+        hours, minutes, seconds = 0, nums[0], nums[1]
+    else:
+        hours, minutes, seconds = nums
+    return max(1, int(days or 0) * 1440 + hours * 60 + minutes + (seconds + 59) // 60)
+
+
+def slurm_parameters(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
+    """The sbatch options of each task, as submitit's SlurmExecutor takes them."""
+    extra: dict[str, Any] = {"requeue": True}
+    for item in args.sbatch or []:
+        key, sep, value = item.partition("=")
+        if not key.strip():
+            raise ConfigError(f"--sbatch {item!r}: expected KEY=VALUE or KEY")
+        extra[key.strip().lstrip("-")] = value if sep else True
+    params: dict[str, Any] = {"job_name": f"resnetlab-{suite.name}", "time": _minutes(args.time), "nodes": 1,
+                              "ntasks_per_node": 1, "signal_delay_s": SIGNAL_DELAY_S,
+                              "additional_parameters": extra}
+    for key, value in (("partition", args.partition), ("gpus_per_node", args.gpus_per_worker),
+                       ("cpus_per_task", args.cpus_per_worker), ("account", args.account), ("qos", args.qos),
+                       ("constraint", args.constraint), ("setup", args.setup)):
+        if value:
+            params[key] = value
+    if args.mem_gb:
+        params["mem"] = f"{args.mem_gb}GB"
+    return params
+
+
+def sbatch_script(params: dict[str, Any], folder: Path, workers: int) -> str:
+    """The script submitit's SlurmExecutor writes for an array of `workers` tasks with these options."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, map_count=workers, **params)
+
+
+def _executor(args: argparse.Namespace, folder: Path, params: dict[str, Any]) -> Any:
+    import submitit
+
+    if args.launcher == "slurm":
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.requeues)
+        executor.update_parameters(**params)
+        return executor
+    executor = submitit.LocalExecutor(folder=folder, max_num_timeout=args.requeues)
+    executor.update_parameters(timeout_min=params["time"], gpus_per_node=params.get("gpus_per_node", 0),
+                               signal_delay_s=min(SIGNAL_DELAY_S, args.local_signal_delay))
+    return executor
+
+
+def launch(suite: Suite, out: Path, kwargs: dict[str, Any], args: argparse.Namespace) -> int:
+    """Submit the suite's workers (or print their sbatch with `--dry-run`); wait for them with `--wait`."""
+    from resnetlab.experiments.suite import run_suite
+    from resnetlab.experiments.work import suite_to_dict
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers: {args.workers} is not >= 1")
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise ConfigError("--launcher: needs submitit (pip install 'resnetlab[slurm]')") from None
+    folder = Path(os.path.abspath(out)) / "submitit" / "%j"
+    params = slurm_parameters(args, suite)
+    if args.dry_run:
+        print(sbatch_script(params, folder, args.workers))
+        return 0
+    run_suite(suite, out, **{**kwargs, "train": False, "results": False})  # checks it all, claims --out
+    spec = {"suite": suite_to_dict(suite), "out": os.path.abspath(out),
+            "kwargs": {**kwargs, "trainings": os.path.abspath(kwargs["trainings"]) if kwargs.get("trainings")
+                       else None}}
+    executor = _executor(args, folder, params)
+    with executor.batch():
+        jobs = [executor.submit(SuiteTask(spec)) for _ in range(args.workers)]
+    print(f"[{suite.name}] submitted {args.workers} worker(s) on {out}: job(s) {', '.join(j.job_id for j in jobs)}; "
+          f"their output: {folder.parent}")
+    if not args.wait:
+        print(f"the last of them writes {out / 'results.md'}; `--collect` writes it from what has finished")
+        return 0
+    return _wait(jobs, out)
+
+
+def _wait(jobs: list[Any], out: Path) -> int:
+    failed = 0
+    for job in jobs:
+        while not job.done():
+            time.sleep(2.0)
+        try:
+            print(f"job {job.job_id}: {job.result()}")
+        except Exception as exc:  # submitit re-raises the task's error, whatever its type
+            failed += 1
+            print(f"job {job.job_id}: failed: {str(exc).strip().splitlines()[-1][:300] if str(exc) else exc}")
+    if (out / "results.md").exists():
+        print(f"results: {out / 'results.md'}")
+    return 1 if failed else 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("many machines (Slurm, through submitit)")
+    g.add_argument("--launcher", choices=["here", "slurm", "submitit-local"], default="here",
+                   help="here (default): this process is a worker; slurm: submit --workers tasks, each a "
+                        "worker; submitit-local: the same tasks on this machine (submitit's local executor)")
+    g.add_argument("--workers", type=int, default=1, metavar="K", help="Slurm tasks (a job array), each a worker")
+    g.add_argument("--partition", default=None)
+    g.add_argument("--time", default="240", help="each task's time limit: MINUTES or H:MM:SS (default 240); "
+                   "a task that reaches it checkpoints and is requeued")
+    g.add_argument("--gpus-per-worker", type=int, default=None, metavar="G",
+                   help="GPUs of each task (give --jobs G to train one member on each)")
+    g.add_argument("--cpus-per-worker", type=int, default=None, metavar="C")
+    g.add_argument("--mem-gb", type=int, default=None, metavar="GB")
+    g.add_argument("--account", default=None)
+    g.add_argument("--qos", default=None)
+    g.add_argument("--constraint", default=None)
+    g.add_argument("--setup", action="append", default=None, metavar="CMD",
+                   help="a shell line run before each task (e.g. 'module load cuda'); repeatable")
+    g.add_argument("--sbatch", action="append", default=None, metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. --sbatch mail-type=END; repeatable")
+    g.add_argument("--requeues", type=int, default=10, metavar="R",
+                   help="how many times a task may be requeued after its time limit (default 10)")
+    g.add_argument("--local-signal-delay", type=int, default=SIGNAL_DELAY_S, help=argparse.SUPPRESS)
+    g.add_argument("--dry-run", action="store_true", help="print the sbatch script and submit nothing")
+    g.add_argument("--wait", action="store_true", help="wait for the tasks to end, then report")

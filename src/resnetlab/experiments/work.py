@@ -1,0 +1,282 @@
+"""A suite's work shared by any number of workers: which member and seed a worker trains next, where that
+training lives, and which worker writes the results.
+
+Every `resnetlab experiment SUITE --out DIR` process is a worker: on one machine or on many sharing the
+filesystem, started by hand, by `--jobs N` (`suite_jobs.py`) or by Slurm (`slurm.py`). A worker takes the
+members' seeds longest first (multiply-adds of the net; the same budget for all) and trains each one whose
+training it can claim (`trainings.TrainingIndex`): one that is finished or claimed by another worker is
+not trained again. A claim dies with its holder, so a killed worker's member is taken over by the next
+worker that passes and resumed from its checkpoint. A member whose training was made for another suite
+(or another call) gets a link to that run directory.
+
+Workers hold the suite directory's lock shared (`experiments.SuiteDir`); the one that finds no other holder
+when it is done is the last and writes the results (`write_when_last`), as `--collect` does at any time.
+Each worker records what it trains where in `OUT/workers/*.jsonl` (one JSON line per start and end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resnetlab.errors import ResnetlabError
+from resnetlab.experiments.results import _summary
+from resnetlab.experiments.trainings import Claim, TrainingIndex, default_index, link, training_key
+
+if TYPE_CHECKING:
+    from resnetlab.experiments.suite import Member, Suite, SuiteDir
+
+__all__ = ["SuiteWork", "Task", "outcome", "suite_from_dict", "suite_to_dict", "write_when_last"]
+
+DONE = ("finished", "diverged")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One member and seed of a suite: the training it makes (`key`) and its directory in the suite (`own`)."""
+
+    member: Member
+    seed: int
+    key: str
+    own: Path
+    cost: int
+
+    @property
+    def id(self) -> tuple[str, int]:
+        return self.member.slug, self.seed
+
+
+def outcome(run: Path) -> dict[str, Any]:
+    """How a run directory stands: finished or diverged (with its test error), failed (with the reason),
+    stopped, or unfinished."""
+    try:
+        summary = _summary(run)
+    except ResnetlabError:
+        summary = None
+    if summary is not None and summary.status in DONE:
+        return {"status": summary.status, "test_error": summary.final.get("test_error")}
+    with contextlib.suppress(OSError):
+        return {"status": "failed", "error": (run / "error.txt").read_text(errors="replace").strip()[:300]}
+    return {"status": summary.status if summary is not None else "unfinished"}
+
+
+class SuiteWork:
+    """One worker's view of a suite at one scale and budget: its tasks and the claims it holds."""
+
+    def __init__(self, suite: Suite, out: Path, scale: str, data: str, recipe: str, epochs: float | None,
+                 iters: int | None, settings: dict[str, Any] | None, trainings: Path | str | None,
+                 log: Callable[[str], Any]) -> None:
+        self.suite, self.out, self.scale, self.data, self.recipe = suite, Path(out), scale, data, recipe
+        self.epochs, self.iters, self.settings, self.log = epochs, iters, dict(settings or {}), log
+        self.index = TrainingIndex(Path(trainings) if trainings else default_index(self.out))
+        self.name = os.environ.get("RESNETLAB_WORKER") or f"{socket.gethostname()} pid {os.getpid()}"
+        self.events = Path(os.environ.get("RESNETLAB_EVENTS")
+                           or self.out / "workers" / f"{socket.gethostname()}-{os.getpid()}.jsonl")
+        self.taken: set[tuple[str, int]] = set()  # tasks this worker claimed (trained, resumed or found done)
+        self.held: dict[tuple[str, int], str] = {}  # tasks other workers held when this one passed
+        self._claim: Claim | None = None
+        self._costs: dict[str, int] = {}
+
+    # ---- the tasks, longest first ----------------------------------------------------------------------
+    def tasks(self, chosen: tuple[Member, ...], seeds: int) -> list[Task]:
+        order = {m.slug: i for i, m in enumerate(chosen)}
+        tasks = [Task(m, s, self.key(m, s), self.out / m.slug / f"seed{s}", self._cost(m))
+                 for m in chosen for s in range(seeds)]
+        return sorted(tasks, key=lambda t: (-t.cost, t.seed, order[t.member.slug]))
+
+    def key(self, member: Member, seed: int) -> str:
+        """The training this member and seed make (`trainings.training_key` of the config `experiments`
+        builds for it); a config that does not build gets a key of its own directory, so the member still
+        has one worker and fails in the training with the config's own message."""
+        from resnetlab.settings.config import build_config
+
+        model, override = member.at(self.scale)
+        overrides = {f"model.{k}": v for k, v in override.items()}
+        overrides.update(member.settings, **self.settings)
+        overrides["run.seed"] = seed
+        if self.epochs is not None:
+            overrides["schedule.epochs"] = self.epochs
+        if self.iters is not None:
+            overrides["schedule.iters"] = self.iters
+        try:
+            cfg = build_config(recipe=self.recipe, model=model, data=self.data, overrides=overrides)
+        except ResnetlabError:
+            where = f"{os.path.abspath(self.out)}/{member.slug}/seed{seed}"
+            return "dir-" + hashlib.sha256(where.encode()).hexdigest()[:20]
+        return training_key(cfg.to_dict())
+
+    def _cost(self, member: Member) -> int:
+        """Multiply-adds per image of the member's net: the order in which workers take members."""
+        from resnetlab.networks.counting import count_macs
+        from resnetlab.networks.registry import create_model
+
+        model, override = member.at(self.scale)
+        name = json.dumps([model, override], sort_keys=True, default=str)
+        if name not in self._costs:
+            try:
+                net = create_model(model, **override)
+                self._costs[name] = count_macs(net, net.spec.input_size)
+            except (ResnetlabError, RuntimeError):  # a bad member fails in its training, not here
+                self._costs[name] = 0
+        return self._costs[name]
+
+    # ---- claiming ------------------------------------------------------------------------------------
+    def members(self, chosen: tuple[Member, ...], seeds: int) -> Iterator[tuple[Member, Iterator[tuple[int, Path]]]]:
+        """(member, the seeds of it this worker claims, each with the run directory it trains in), longest
+        first. After a pass that trained something, the tasks other workers held are tried again: a holder
+        that died in the meantime has left its member to take over."""
+        left = self.tasks(chosen, seeds)
+        while left:
+            before = len(left)
+            for _, group in itertools.groupby(left, key=lambda t: t.member.slug):
+                tasks = list(group)
+                yield tasks[0].member, self._claimed(tasks)
+            left = [t for t in left if t.id not in self.taken]
+            if len(left) == before:
+                return
+
+    def _claimed(self, tasks: list[Task]) -> Iterator[tuple[int, Path]]:
+        for task in tasks:
+            claim = self.index.claim(task.key, self.name)
+            if claim is None:
+                self._held(task)
+                continue
+            self.held.pop(task.id, None)
+            self.taken.add(task.id)
+            self._claim = claim
+            started = time.time()
+            try:
+                home, mode = self._home(task)
+                self._event("start", task, mode=mode, run=str(home))
+                try:
+                    yield task.seed, home
+                except GeneratorExit:  # a signal (the run says "stopped") or an error ended the worker here
+                    status = "stopped" if outcome(home)["status"] == "stopped" else "interrupted"
+                    self._event("end", task, status=status, seconds=round(time.time() - started, 1))
+                    raise
+                self._event("end", task, seconds=round(time.time() - started, 1), **outcome(home))
+            finally:
+                claim.release()
+                self._claim = None
+
+    def _held(self, task: Task) -> None:
+        """Another worker holds `task`: say so once, and link a training made for another suite, so that
+        this suite's results find it once it is done."""
+        if task.id in self.held:
+            return
+        self.held[task.id] = self.index.holder(task.key) or "another worker"
+        home = self.index.home(task.key)
+        if home is not None and not (task.own.exists() or task.own.is_symlink()):
+            link(task.own, home)
+        self.log(f"{self.tag(task)}: held by {self.held[task.id]}; left to it")
+
+    def _home(self, task: Task) -> tuple[Path, str]:
+        """With the claim held: the run directory where this task's training lives, and what the body will
+        do there (train, resume, done). The suite's own directory unless the index has the training
+        elsewhere, which `own` then links to; a new training is recorded before it starts."""
+        own, found = task.own, None if task.key.startswith("dir-") else self.index.home(task.key)
+        if task.key.startswith("dir-"):
+            return own, _mode(own)
+        if own.is_symlink():
+            target = Path(os.path.realpath(own))
+            if found is not None and os.path.realpath(found) != str(target):
+                link(own, found)
+            elif found is None and target.is_dir():
+                found = target
+                self._record(task, target)
+            elif found is None:
+                own.unlink()  # a link to a run that is gone, and no record: train here
+        elif own.exists():
+            if found is None and _key_of(own) in (task.key, None):
+                self._record(task, own)
+            return own, _mode(own)
+        elif found is not None:
+            link(own, found)
+            self.log(f"{self.tag(task)}: the same training as {found} (linked, not trained again)")
+        if found is not None:
+            return found, _mode(found)
+        self._record(task, own)
+        return own, "train"
+
+    def _record(self, task: Task, run: Path) -> None:
+        self.index.record(task.key, run, {"suite": self.suite.name, "member": task.member.label,
+                                          "seed": task.seed})
+
+    def link_trained(self, chosen: tuple[Member, ...], seeds: int) -> list[str]:
+        """`--collect`: link the members whose training another suite has finished; nothing is trained."""
+        for task in self.tasks(chosen, seeds):
+            home = None if task.key.startswith("dir-") else self.index.home(task.key)
+            if home is not None and not (task.own.exists() or task.own.is_symlink()) and \
+                    outcome(home)["status"] in DONE:
+                link(task.own, home)
+                self.log(f"{self.tag(task)}: the same training as {home} (linked)")
+        return []
+
+    def tag(self, task: Task) -> str:
+        return f"[{self.suite.name}] {task.member.label} seed {task.seed}"
+
+    def _event(self, event: str, task: Task, **fields: Any) -> None:
+        row = {"t": round(time.time(), 3), "worker": self.name, "event": event, "member": task.member.label,
+               "slug": task.member.slug, "seed": task.seed, **fields}
+        with contextlib.suppress(OSError):  # a record of who trained what where: never stops a training
+            self.events.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.events, "a") as f:
+                f.write(json.dumps(row, default=str) + "\n")
+
+    def close(self) -> None:
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+
+
+def _mode(run: Path) -> str:
+    if outcome(run)["status"] in DONE:
+        return "done"
+    return "resume" if (run / "config.json").exists() else "train"
+
+
+def _key_of(run: Path) -> str | None:
+    try:
+        return training_key(json.loads((run / "config.json").read_text()))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_when_last(suite_dir: SuiteDir, out: Path, write: Callable[[], None], log: Callable[[str], Any],
+                    now: bool = False) -> bool:
+    """Write the results if this worker is the last one on the suite (or `now`, for `--collect`); the
+    writers of one suite take turns (`.results.lock`). Whether they were written."""
+    if not now and not suite_dir.last():
+        log(f"results: left to the last worker on {out} (others are still training)")
+        return False
+    fd = os.open(Path(out) / ".results.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        write()
+    finally:
+        os.close(fd)
+    log(f"results: {Path(out) / 'results.md'} (and results.csv, curves.png, errors.png)")
+    return True
+
+
+def suite_to_dict(suite: Suite) -> dict[str, Any]:
+    """A suite as plain data, for a worker in another process or on another machine."""
+    return dataclasses.asdict(suite)
+
+
+def suite_from_dict(data: dict[str, Any]) -> Suite:
+    from resnetlab.experiments.suite import Member, Suite
+
+    members = tuple(Member(**m) for m in data["members"])
+    return Suite(data["name"], data["title"], data["source"], data["recipe"], members)

@@ -1,0 +1,83 @@
+"""Paper-style figures (v1 fig. 6): error against iterations, training dashed, test solid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from resnetlab.files.atomic import replace_with
+from resnetlab.runs.records import MetricsRow
+
+
+def plot_curves(runs: dict[str, list[MetricsRow]], path: Path, title: str = "",
+                paper: dict[str, float] | None = None) -> Path:
+    """One line colour per run: training error dashed, test error solid; paper errors as dotted levels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, rows) in enumerate(runs.items()):
+        rows = [r for r in rows if r.test_error is not None]
+        if not rows:
+            continue
+        colour = colours[i % len(colours)]
+        steps = [r.step for r in rows]
+        marker = "o" if len(rows) < 4 else None  # a curve of one or two points still shows
+        ax.plot(steps, [100 * r.train_error for r in rows], "--", color=colour, linewidth=1.2, marker=marker,
+                markersize=3)
+        ax.plot(steps, [100 * r.test_error for r in rows], "-", color=colour, linewidth=1.6, label=name,
+                marker=marker, markersize=3)
+        if paper and name in paper:
+            ax.axhline(paper[name], color=colour, linestyle=":", linewidth=1)
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("error (%)")
+    ax.set_title(title or "error (training dashed, test solid)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_errors(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Final test error per member (median over seeds, bars) with the paper's value marked (x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5), dpi=110)
+    labels = [r["member"] for r in rows]
+    ys = range(len(rows))
+    ours = [r["median"] if r["median"] is not None else 0.0 for r in rows]
+    ax.barh(list(ys), ours, color="#4c72b0", alpha=0.8, label="ours (median)")
+    top = max([v for v in ours] + [r["paper"] for r in rows if isinstance(r["paper"], int | float)] + [20.0])
+    for y, r in zip(ys, rows, strict=True):
+        if isinstance(r["paper"], int | float):
+            ax.plot(r["paper"], y, "x", color="#c44e52", markersize=8)
+        elif r["paper"] == "fail":
+            ax.text(top * 1.02, y, "paper: fail", va="center", fontsize=7, color="#c44e52")
+        if r["median"] is None:
+            ax.text(0.5, y, "diverged" if r["diverged"] else "no result", va="center", fontsize=7)
+    ax.plot([], [], "x", color="#c44e52", label="paper")
+    ax.axvline(20.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.25)
+    ax.set_xlabel("test error (%)  (dotted: the papers' 20% 'fail' line)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write the figure atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    try:
+        replace_with(path, fig.savefig)  # the temporary keeps the suffix: savefig picks the format by it
+    finally:
+        plt.close(fig)
+    return path

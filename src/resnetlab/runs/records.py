@@ -1,0 +1,192 @@
+"""What a run writes and everything else reads: a metrics row per evaluation and the run's summary.
+
+The trainer writes these records; the figures (plots.py), suites (experiments.py), the HTML report
+(report.py) and the command line read them back through the same types. On disk they are the JSON of
+`to_dict()` (metrics.jsonl, one row a line, and summary.json), whose keys and key order are those of
+earlier versions, so old run directories still read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resnetlab.errors import ResnetlabError
+from resnetlab.files.jsondoc import parse_json
+
+FAIL_ERROR = 0.20  # the papers' "fail": test error above 20%
+FINAL_KEYS = ("test_error", "test_top5_error", "test_loss", "train_error", "train_loss", "val_error")
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass(kw_only=True)
+class MetricsRow:
+    """One evaluation: the epoch's training sums, the test (and held-out) errors, the throughput.
+
+    `epoch` is a whole number at an epoch's end and a fraction (3 decimals) at a run's last, partial one.
+    The val_* fields exist only when the run holds out a validation split (`data.val_split`)."""
+
+    epoch: int | float
+    step: int
+    lr: float
+    train_loss: float | None  # None: not finite
+    train_error: float
+    test_loss: float
+    test_error: float
+    test_top5_error: float
+    val_loss: float | None = None
+    val_error: float | None = None
+    val_top5_error: float | None = None
+    images_per_s: float = 0.0
+    eval_images_per_s: float = 0.0
+    epoch_time_s: float = 0.0
+    wall_time_s: float = 0.0
+
+    @property
+    def has_val(self) -> bool:
+        return self.val_error is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if not self.has_val:
+            for key in ("val_loss", "val_error", "val_top5_error"):
+                del out[key]
+        return out
+
+    def final(self) -> dict[str, Any]:
+        """The errors summary.json reports as "final"."""
+        return {k: getattr(self, k) for k in FINAL_KEYS if k != "val_error" or self.has_val}
+
+
+@dataclass(kw_only=True)
+class DivergenceRow:
+    """The row that ends a diverged run: where it was and at which step the loss stopped being finite."""
+
+    epoch: int
+    step: int
+    diverged: bool = True
+    diverged_at_step: int | None
+    lr: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def row_from_dict(data: dict[str, Any]) -> MetricsRow | DivergenceRow | None:
+    """A line of metrics.jsonl as its record; None for a line that is neither (skipped by readers)."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        if data.get("diverged"):
+            return DivergenceRow(**_known(DivergenceRow, data))
+        if "test_error" in data:
+            row = _known(MetricsRow, data)
+            if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in row.values()):
+                return None  # a field of another type: skipped like a line cut by a crash
+            return MetricsRow(**row)
+    except TypeError:  # a required key is missing
+        return None
+    return None
+
+
+def evaluation_rows(rows: list[dict[str, Any]]) -> list[MetricsRow]:
+    """The evaluation rows of a run's metrics, typed, in order."""
+    out = [row_from_dict(r) for r in rows if isinstance(r, dict)]
+    return [r for r in out if isinstance(r, MetricsRow)]
+
+
+def best_of(row: MetricsRow) -> dict[str, Any]:
+    """The record of the best evaluation so far (kept in the checkpointed progress as plain data):
+    selected on the held-out split when there is one, else on the test set."""
+    best = {"epoch": row.epoch, "step": row.step, "test_error": row.test_error,
+            "test_top5_error": row.test_top5_error}
+    if row.has_val:
+        best["val_error"] = row.val_error
+    best["selected_on"] = "val" if row.has_val else "test"
+    return best
+
+
+@dataclass(kw_only=True)
+class Summary:
+    """summary.json: the run's outcome (final and best errors, the paper's "fail" verdict, divergence)."""
+
+    model: str | None = None
+    data: str | None = None
+    recipe: str | None = None
+    status: str | None = None  # finished | stopped | diverged
+    diverged: bool = False
+    diverged_at_step: int | None = None
+    steps: int | None = None
+    total_steps: int | None = None
+    epochs: float | None = None
+    final: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)
+    fail: bool = False
+    params: int | None = None
+    wall_time_s: float | None = None
+    images_per_s: float | None = None
+    device: str | None = None
+    torch: str | None = None
+    resnetlab: str | None = None
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Summary:
+        """A summary.json as written by this or an earlier version (missing keys read as unknown)."""
+        return cls(**_known(cls, data)) if isinstance(data, dict) else cls()
+
+    @classmethod
+    def checked(cls, data: Any, where: str) -> Summary:
+        """`from_dict` of a document read back from disk, checked for shape first: a document that is not an
+        object, or a known field of another type, is a one-line error naming `where` and the field."""
+        if not isinstance(data, dict):
+            raise ResnetlabError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        for name, kinds in _SUMMARY_TYPES.items():
+            value = data.get(name)
+            if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool)
+                                                                        and bool not in kinds)):
+                raise ResnetlabError(f"{where}: field {name!r}: expected {_KIND_NAMES[kinds]}, got "
+                                     f"{type(value).__name__}")
+        for name in ("final", "best"):
+            for key, value in (data.get(name) or {}).items():
+                if value is not None and not isinstance(value, int | float | str):
+                    raise ResnetlabError(f"{where}: field '{name}.{key}': expected a number, got "
+                                         f"{type(value).__name__}")
+        return cls.from_dict(data)
+
+
+_NUMBER = (int, float)
+_SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "data": (str,), "recipe": (str,), "status": (str,), "diverged": (bool,),
+    "diverged_at_step": (int,), "steps": (int,), "total_steps": (int,), "epochs": _NUMBER, "final": (dict,),
+    "best": (dict,), "fail": (bool,), "params": (int,), "wall_time_s": _NUMBER, "images_per_s": _NUMBER,
+    "device": (str,), "torch": (str,), "resnetlab": (str,), "threads": (int,)}
+_KIND_NAMES = {(str,): "a string", (bool,): "true or false", (int,): "an integer", _NUMBER: "a number",
+               (dict,): "an object"}
+
+
+def read_summary(path: Path) -> Summary:
+    """A run's summary.json, checked for shape (`Summary.checked`); unreadable or not JSON: one line."""
+    try:
+        data = parse_json(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise ResnetlabError(f"{path}: unreadable ({str(exc).splitlines()[0][:120]})") from None
+    return Summary.checked(data, str(path))
+
+
+@dataclass
+class WorkerResult:
+    """What a non-zero rank of a multi-process run returns: rank 0 writes and reports the summary."""
+
+    status: str
+    diverged: bool
+    rank: int

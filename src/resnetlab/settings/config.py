@@ -1,0 +1,354 @@
+"""Training configuration: defaults, then a recipe file, then command-line overrides, validated once.
+
+A recipe (`recipes/*.toml`) is data: the papers' schedules (v1 sec. 3.4 and 4.2, v2 sec. 4). The resolved
+config is written to the run directory and is all a resumed run or an evaluation needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resnetlab.errors import ConfigError, DataError, ResnetlabError
+from resnetlab.files.jsondoc import MAX_NESTING, check_nesting
+from resnetlab.training.trackers import check_settings as check_tracking
+from resnetlab.training.trackers import require_installed
+
+if TYPE_CHECKING:
+    from resnetlab.data import DataOptions
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class DataConfig:
+    """The data set and its loading options: the TOML section of `data.DataOptions`, whose validation is the
+    only one these settings get (`options()`), plus the data set itself (`source`)."""
+
+    source: str = "digits"  # digits | synthetic[:N] | cifar10:PATH | cifar100:PATH | folder:PATH | imagenet:PATH
+    normalize: str = "pixel_mean"  # pixel_mean (v1) | channel (mean/std) | none
+    pad: int = 4  # zero padding before the random crop (0 = no crop)
+    flip: bool = True  # random horizontal flip
+    val_split: int = 0  # training images held out for validation (5000 = the paper's 45k/5k)
+    workers: int = 4  # DataLoader workers (ImageNet)
+    ten_crop: bool = False  # ImageNet 10-crop test
+    crop_size: int = 224  # ImageNet crop
+    scale: list[int] = field(default_factory=lambda: [256, 480])  # ImageNet shorter-side range
+    test_resize: int = 256  # ImageNet test resize
+    cache_dir: str | None = None  # decoded-data cache (default ~/.cache/resnetlab)
+
+    def options(self) -> DataOptions:
+        """These settings as the data loaders' options; a bad value is a one-line ConfigError `data.FIELD`."""
+        from resnetlab.data import DataOptions
+
+        shared = {f.name for f in dataclasses.fields(DataOptions)} & {f.name for f in dataclasses.fields(self)}
+        try:
+            return DataOptions(**{name: getattr(self, name) for name in shared})
+        except DataError as exc:
+            raise ConfigError(str(exc).replace("DataOptions.", "data.", 1)) from None
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    accumulate: int = 1  # micro-batches per step, each normalised by BN on its own (as one DDP rank's slice)
+    linear_scaling: bool = False  # with N processes: batch_size per process and lr x N (else batch is global)
+
+
+@dataclass
+class ScheduleConfig:
+    unit: str = "iter"  # iter | epoch: the unit of total and milestones
+    total: int = 64000
+    milestones: list[int] = field(default_factory=lambda: [32000, 48000])
+    gamma: float = 0.1  # lr factor at each milestone
+    epochs: float | None = None  # a shorter (or longer) budget in epochs; milestones keep their fractions
+    iters: int | None = None  # the same, in iterations
+
+
+@dataclass
+class WarmupConfig:
+    enabled: bool | str = "auto"  # true | false | auto (on for depth >= 110)
+    lr: float = 0.01
+    iters: int = 400  # warm-up ends after this many iterations ...
+    until_error: float = 0.8  # ... or once a batch's training error is below this, whichever comes first
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = False  # deterministic algorithms (bit-identical resume on CPU)
+    threads: int = 0  # CPU threads (0 = PyTorch's default)
+    eval_every: int = 1  # evaluate (and checkpoint) every N epochs, and after the last step
+    checkpoint_every: int = 0  # also checkpoint every N iterations (0 = at evaluations only)
+    keep_checkpoints: int = 2  # rolling checkpoints kept besides best.pt
+    channels_last: bool | str = "auto"  # memory format (auto: on for CPU and CUDA, measured faster on both)
+    amp: str = "none"  # none | bf16 (autocast; CUDA)
+    # torch.compile of the training forward: off | default | reduce-overhead | max-autotune | auto (compile on
+    # CPU when the lowest measured gain repays the compile time, fast.choose_compile; eager on CUDA)
+    compile: str = "auto"
+    tensorboard: bool | str = "auto"  # write TensorBoard events when tensorboard is installed
+    progress: bool | str = "auto"  # progress bar (auto: when stderr is a terminal)
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA/NCCL only)
+    init: str | None = None  # weights file to start from (resnetlab, pytorch_resnet_cifar10 or torchvision)
+    tracker: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow, wandb (tracking.py)
+    tracker_tags: list[str] = field(default_factory=list)  # KEY=VALUE tags of the tracker runs (a suite adds its own)
+
+
+@dataclass
+class Config:
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "preact_resnet20"})
+    recipe: str = "digits"
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = ("data", "optim", "schedule", "warmup", "run")
+CHOICES = {
+    ("schedule", "unit"): ("iter", "epoch"),
+    ("run", "amp"): ("none", "bf16"),
+    ("run", "compile"): ("auto", "off", "default", "reduce-overhead", "max-autotune"),
+    ("warmup", "enabled"): (True, False, "auto"),
+    ("run", "channels_last"): (True, False, "auto"),
+    ("run", "tensorboard"): (True, False, "auto"),
+    ("run", "progress"): (True, False, "auto"),
+}
+NON_NEGATIVE = {("data", "pad"), ("data", "val_split"), ("data", "workers"), ("optim", "weight_decay"),
+                ("optim", "momentum"), ("run", "threads"), ("run", "checkpoint_every"), ("warmup", "iters")}
+# bounds on what would allocate or run without end, far above any real run: a value beyond one is a typo
+# or an attack (issue 14), refused before any work starts
+AT_MOST = {("optim", "batch_size"): 2**20, ("optim", "accumulate"): 2**12, ("schedule", "total"): 10**9,
+           ("schedule", "iters"): 10**9, ("schedule", "epochs"): 10**6, ("warmup", "iters"): 10**9,
+           ("run", "threads"): 1024, ("run", "seed"): 2**64 - 1, ("run", "eval_every"): 10**6,
+           ("run", "checkpoint_every"): 10**9, ("run", "keep_checkpoints"): 10**6, ("data", "workers"): 256,
+           ("data", "pad"): 1024, ("data", "val_split"): 10**8, ("data", "crop_size"): 4096,
+           ("data", "test_resize"): 8192}
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def default_recipe(source: str) -> str:
+    """The recipe that suits a data source: digits -> digits, imagenet -> imagenet, else cifar."""
+    scheme = source.split(":", 1)[0]
+    return {"digits": "digits", "imagenet": "imagenet"}.get(scheme, "cifar")
+
+
+def read_named_toml(name: str, directory: Path, kind: str) -> tuple[Path, dict[str, Any]]:
+    """A TOML file by name from `directory` (or a path ending in .toml); one-line ConfigError otherwise."""
+    path = Path(name) if name.endswith(".toml") else directory / f"{name}.toml"
+    if not path.is_file():
+        names = sorted(p.stem for p in directory.glob("*.toml"))
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; {kind}s: {', '.join(names)}"
+        raise ConfigError(f"{kind} {name!r}: not found{hint}")
+    try:
+        return path, check_nesting(tomllib.loads(path.read_text()), f"{kind} {path}")
+    except RecursionError:
+        raise ConfigError(f"{kind} {path}: nests deeper than {MAX_NESTING} levels") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"{kind} {path}: not valid TOML ({exc})") from None
+
+
+def read_recipe(name: str) -> dict[str, Any]:
+    """A named recipe or a path to a TOML file."""
+    return read_named_toml(name, RECIPE_DIR, "recipe")[1]
+
+
+def build_config(
+    recipe: str | None = None, model: str | None = None, data: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults <- recipe <- explicit arguments <- `section.key=value` overrides; validated. The command line
+    beats a recipe: `--data`/`--model` win over a recipe file's `data.source`/`model.name`."""
+    cfg = Config()
+    cfg.recipe = recipe or default_recipe(data if data is not None else cfg.data.source)
+    _apply(cfg, _flatten(read_recipe(cfg.recipe)), origin=f"recipe {cfg.recipe!r}")
+    if data is not None:
+        cfg.data.source = data
+    if model is not None:
+        cfg.model["name"] = model
+    _apply(cfg, overrides or {}, origin="override")
+    validate(cfg)
+    require_installed(cfg.run)  # a new run's trackers (not a config read back for evaluation)
+    return cfg
+
+
+def config_from_dict(data: Any, where: str | None = None) -> Config:
+    """Rebuild a config written to a run directory (or a checkpoint); `where` names that file in errors.
+
+    A document of another shape (not an object, a model that is not an object with a registry name, a
+    section that is not an object of settings) is a one-line ConfigError naming the file and the field."""
+    label = where or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a JSON object of sections, got {type(data).__name__}")
+    cfg = Config()
+    model = data.get("model", cfg.model)
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise ConfigError(f"{label}: field 'model': expected an object with a registry 'name', got "
+                          f"{str(model)[:60]}")
+    recipe = data.get("recipe", cfg.recipe)
+    if not isinstance(recipe, str):
+        raise ConfigError(f"{label}: field 'recipe': expected a name, got {str(recipe)[:60]}")
+    for section in SECTIONS:
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise ConfigError(f"{label}: field {section!r}: expected an object of settings, got "
+                              f"{str(data[section])[:60]}")
+    cfg.model, cfg.recipe = dict(model), recipe
+    flat = {f"{s}.{k}": v for s in SECTIONS for k, v in (data.get(s) or {}).items()}
+    try:
+        _apply(cfg, flat, origin="config")
+        validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+    return cfg
+
+
+def check_settings(flat: dict[str, Any], origin: str) -> None:
+    """`SECTION.KEY = value` entries (a suite member's `set`): known settings, each of its field's type. The
+    cross-field sense is checked when a run's whole config is built. Errors begin with `origin`."""
+    try:
+        _apply(Config(), flat, origin)
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith(origin) else f"{origin} {text}") from None
+
+
+def _flatten(recipe: dict[str, Any]) -> dict[str, Any]:
+    flat = {}
+    for section, values in recipe.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"recipe: [{section}] must be a table of settings")
+        flat.update({f"{section}.{k}": v for k, v in values.items()})
+    return flat
+
+
+def _apply(cfg: Config, flat: dict[str, Any], origin: str) -> None:
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        if section == "model" and name:
+            cfg.model[name] = value
+            continue
+        if section not in SECTIONS or not name:
+            close = difflib.get_close_matches(section, [*SECTIONS, "model"], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{origin} {key!r}: expected SECTION.KEY with SECTION in "
+                              f"{', '.join(SECTIONS)}, model{hint}")
+        target = getattr(cfg, section)
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+            raise ConfigError(f"{origin} {key!r}: unknown setting{hint}")
+        setattr(target, name, _coerce(f"{section}.{name}", value, str(fields[name].type)))
+
+
+def _coerce(key: str, value: Any, type_text: str) -> Any:
+    """Check a value against a field's annotation; ints are accepted where floats are expected."""
+    if value is None and "None" in type_text:
+        return None
+    if type_text == "list[str]":  # names: one name alone is a list of one; none is an empty list
+        value = [] if value is None else [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return list(value)
+    if type_text.startswith("list"):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key}: expected a list of integers, got {value!r}")
+        return list(value)
+    if "bool" in type_text and isinstance(value, bool):
+        return value
+    if type_text.startswith("int") and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if type_text.startswith("float") and isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {str(value)[:20]}... is too large for a float") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
+    if "str" in type_text and isinstance(value, str):
+        return value
+    expected = type_text.replace(" | None", " or none").replace(" | ", " or ")
+    raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    for (section, name), allowed in CHOICES.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{section}.{name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+    for section, name in NON_NEGATIVE:
+        if getattr(getattr(cfg, section), name) < 0:
+            raise ConfigError(f"{section}.{name}: must not be negative")
+    for (section, name), limit in AT_MOST.items():
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and value > limit:
+            raise ConfigError(f"{section}.{name}: {value} is beyond the largest resnetlab accepts ({limit:,})")
+    if cfg.run.seed < 0:
+        raise ConfigError("run.seed: must not be negative")
+    if milestones := [m for m in cfg.schedule.milestones if m > 10**9]:
+        raise ConfigError(f"schedule.milestones: {milestones[0]} is beyond the largest resnetlab accepts (10**9)")
+    o, s, w, r = cfg.optim, cfg.schedule, cfg.warmup, cfg.run
+    if not s.gamma >= 0:  # a negative factor trained with a negative learning rate
+        raise ConfigError(f"schedule.gamma: the lr factor at each milestone must not be negative, got {s.gamma}")
+    if o.accumulate < 1:
+        raise ConfigError("optim.accumulate: must be at least 1")
+    if o.batch_size < 1:
+        raise ConfigError("optim.batch_size: must be at least 1")
+    if not o.lr > 0:
+        raise ConfigError("optim.lr: must be positive")
+    if s.total < 1:
+        raise ConfigError("schedule.total: must be at least 1")
+    if sorted(s.milestones) != s.milestones or any(m < 0 for m in s.milestones):
+        raise ConfigError(f"schedule.milestones: must be increasing and non-negative, got {s.milestones}")
+    if s.epochs is not None and s.iters is not None:
+        raise ConfigError("schedule.epochs and schedule.iters: give one budget, not both")
+    if (s.epochs is not None and not s.epochs > 0) or (s.iters is not None and s.iters < 1):
+        raise ConfigError("schedule budget: epochs/iters must be positive")
+    if not 0 < w.until_error <= 1 or not w.lr > 0:
+        raise ConfigError("warmup: lr must be positive and until_error in (0, 1]")
+    if r.init is not None and not r.init.strip():
+        raise ConfigError("run.init: an empty path (leave it unset to train from the papers' initialisation)")
+    if r.eval_every < 1 or r.keep_checkpoints < 1:
+        raise ConfigError("run.eval_every and run.keep_checkpoints: must be at least 1")
+    cfg.data.options()
+    check_tracking(cfg.run)
+    if not isinstance(cfg.model.get("name"), str):
+        raise ConfigError("model.name: a registry name is required")
+    model_check(cfg.model)
+
+
+def model_check(model: dict[str, Any]) -> None:
+    """Build the model section's spec, so that a bad `model.KEY` fails when the config is built, not when
+    the run starts. The data fits `in_channels` and `num_classes` later (`runtime.model_spec`)."""
+    from resnetlab.networks.registry import get_spec
+
+    try:
+        get_spec(model["name"], **{k: v for k, v in model.items() if k != "name"})
+    except ResnetlabError as exc:  # a bad field (SpecError) or an unknown name: the spec's own message
+        raise ConfigError(str(exc)) from None
+    except (TypeError, ValueError, OverflowError) as exc:  # a value the spec's checks did not anticipate
+        raise ConfigError(f"model: {' '.join(str(exc).split())[:200]}") from None

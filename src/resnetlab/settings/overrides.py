@@ -1,0 +1,36 @@
+"""Parsing `key=value` overrides from the command line into plain values, one rule for every command."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from resnetlab.errors import ConfigError
+
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
+def parse_value(text: str) -> Any:
+    """`0.1` -> 0.1, `-6` -> -6, `true` -> True, `none` -> None, `[3,4,6,3]` or `3,4,6,3` -> list, else a string."""
+    raw = text.strip()
+    if raw.lower() in _WORDS:
+        return _WORDS[raw.lower()]
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        pass
+    if "," in raw:
+        return [parse_value(part) for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def parse_assignments(items: list[str] | None, what: str = "override") -> dict[str, Any]:
+    """Parse `["a.b=1", "c=x"]` into `{"a.b": 1, "c": "x"}`; a malformed item is a one-line ConfigError."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
+        out[key] = parse_value(value)
+    return out

@@ -1,0 +1,66 @@
+"""Evaluation: top-1 and top-5 error of a model on a split (what a path means: `weights.resolve`)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetlab.data import DataSource
+from resnetlab.errors import CheckpointError
+from resnetlab.networks.spec import ResNetSpec
+from resnetlab.training.fast import fold_bn
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, source: DataSource, split: str, batch_size: int, device: torch.device,
+             amp: Any = None, channels_last: bool = False, fold: bool = True) -> dict[str, float]:
+    """Loss, top-1 and top-5 error on a split (multi-crop batches are averaged over the crops).
+
+    `fold` evaluates a copy with BN folded into the convs before it (`fast.fold_bn`), the same function to
+    float32 rounding; `model` itself is left as it was."""
+    was_training = model.training
+    model.eval()
+    net = fold_bn(model) if fold else model
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    wrong1 = torch.zeros((), device=device, dtype=torch.int64)
+    wrong5 = torch.zeros_like(wrong1)
+    seen, start = 0, time.perf_counter()
+    k = min(5, source.num_classes)
+    for x, y in source.eval_batches(split, batch_size, device=device):
+        crops = x.shape[1] if x.dim() == 5 else 1
+        if crops > 1:
+            x = x.flatten(0, 1)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp or nullcontext():
+            logits = net(x).float()
+        if crops > 1:
+            logits = logits.view(-1, crops, logits.shape[-1]).softmax(-1).mean(1).log()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        top = logits.topk(k, dim=1).indices
+        wrong1 += (top[:, 0] != y).sum()
+        wrong5 += (~(top == y[:, None]).any(1)).sum()
+        seen += y.numel()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    model.train(was_training)
+    n = max(seen, 1)
+    return {"loss": loss_sum.item() / n, "error": wrong1.item() / n, "top5_error": wrong5.item() / n,
+            "images_per_s": seen / elapsed if elapsed > 0 else 0.0}
+
+
+
+
+def check_fits(spec: ResNetSpec, source: DataSource, where: Path) -> None:
+    if (spec.in_channels, spec.num_classes) != (source.channels, source.num_classes):
+        raise CheckpointError(
+            f"{where}: {spec.name or 'the model'} takes {spec.in_channels} channel(s) and {spec.num_classes} "
+            f"classes; data {source.name!r} has {source.channels} and {source.num_classes}")

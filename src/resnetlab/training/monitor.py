@@ -1,0 +1,106 @@
+"""Why the training loop stops: the schedule's end, a signal, or a loss that is no longer finite.
+
+Divergence is the papers' "fail" taken to its end (v1 sec. 4.2: ResNet-110 without warm-up "fails to
+start converging" at lr 0.1): the run is recorded as diverged rather than crashing. Checking the loss
+for NaN/Inf costs a host-device synchronisation, so on CUDA the flag of a step is read one step later,
+when the GPU has long finished it; on the CPU there is nothing to hide and the lag is 0. In a
+multi-process run every rank must stop at the same step, so the ranks agree on the flags (and on a
+signal received by any of them) with one all-reduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from resnetlab.training.distributed import World, all_reduce_max
+
+
+class StopReason(enum.Enum):
+    """The loop's state; the value of a final reason is summary.json's "status"."""
+
+    RUNNING = "running"
+    FINISHED = "finished"  # the schedule's last step is done
+    STOPPED = "stopped"  # SIGTERM/SIGINT: checkpoint written, resume with --resume
+    DIVERGED = "diverged"  # the loss became NaN/Inf
+
+    @property
+    def status(self) -> str:
+        """What summary.json records: a loop that ended while running ran to the end of its schedule."""
+        return StopReason.FINISHED.value if self is StopReason.RUNNING else self.value
+
+
+class StopFlag:
+    """SIGTERM/SIGINT ask the loop to finish the current step, checkpoint and exit."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: signals stay with the caller
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+Reduce = Callable[[torch.Tensor, World], torch.Tensor]
+
+
+class DivergenceMonitor:
+    """Finds the first step whose loss was not finite, `lag` steps late (1 on CUDA, 0 on the CPU).
+
+    `after_step` takes the finite flag of the step just taken and `step`, the number of steps done
+    including it; it returns the step number of a divergence once it is known, else None. A divergence
+    is always reported as that number (the k-th step, counting from 1), whichever path finds it.
+    """
+
+    def __init__(self, lag: int, world: World, reduce: Reduce = all_reduce_max) -> None:
+        self.world, self.reduce = world, reduce
+        self.lag = 0 if world.active else lag  # the all-reduce synchronises anyway
+        self._pending: list[tuple[int, torch.Tensor]] = []
+
+    @classmethod
+    def for_device(cls, device: torch.device, world: World) -> DivergenceMonitor:
+        return cls(1 if device.type == "cuda" else 0, world)
+
+    def after_step(self, finite: torch.Tensor, step: int, stop: StopFlag) -> int | None:
+        if self.world.active:
+            return self._agree(finite, step, stop)
+        self._pending.append((step, finite))
+        if len(self._pending) > self.lag:
+            at, flag = self._pending.pop(0)
+            if not bool(flag):
+                return at
+        return None
+
+    def _agree(self, finite: torch.Tensor, step: int, stop: StopFlag) -> int | None:
+        """All ranks stop together: at a divergence on any rank, or at a signal received by any rank."""
+        flags = torch.stack([torch.tensor(float(stop.signal is not None), device=finite.device),
+                             (~finite).float()])
+        stop_now, bad = self.reduce(flags, self.world).tolist()
+        if bad:
+            return step
+        if stop_now and stop.signal is None:
+            stop.signal = signal.SIGTERM
+        return None
+
+    def drain(self) -> int | None:
+        """The end of an epoch: check the flags not read yet (the last `lag` steps) and forget them."""
+        pending, self._pending = self._pending, []
+        for at, flag in pending:
+            if not bool(flag):
+                return at
+        return None

@@ -1,0 +1,135 @@
+"""What a run tells the person watching it: log lines, the progress bar, the summary, the figure, and the
+experiment trackers (TensorBoard, MLflow, W&B: `tracking.py`), each fed from here.
+
+Only rank 0 of a multi-process run reports; the others get a silent log. Nothing here changes the
+training: a run with every output turned off trains exactly the same net.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnetlab.runs.directory import RunDir
+from resnetlab.runs.records import FAIL_ERROR, DivergenceRow, MetricsRow, Summary, evaluation_rows
+from resnetlab.training.setup import device_name
+from resnetlab.training.trackers import Trackers
+from resnetlab.version import __version__
+
+Log = Callable[[str], None]
+
+
+def tee(log: Log, path: Path) -> Log:
+    """Every line to `log` and appended to the run's log file."""
+    def write(line: str) -> None:
+        log(line)
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+    return write
+
+
+def quiet(_line: str) -> None:
+    """The log of a rank other than 0."""
+
+
+class Reporter:
+    """The outputs of one run: `total_steps` and `steps_per_epoch` fix the "epoch E/N step S/T" labels.
+
+    `trackers`: the run's `run.tracker` (None: this process reports to none, TensorBoard included); a name
+    that is unknown or not installed is a ConfigError here, before the run starts."""
+
+    def __init__(self, run: RunDir, log: Log, *, tensorboard: bool | str, progress: bool | str,
+                 total_steps: int, steps_per_epoch: int, batch: int, trackers: Sequence[str] | None = ()) -> None:
+        self._log = log
+        self.run = run
+        self.tensorboard, self.progress = tensorboard, progress
+        self.total_steps, self.spe, self.batch = total_steps, steps_per_epoch, batch
+        self.total_epochs = math.ceil(total_steps / steps_per_epoch)
+        self.trackers = Trackers(trackers, tensorboard, log)
+
+    @property
+    def log(self) -> Log:
+        return self._log
+
+    @log.setter
+    def log(self, log: Log) -> None:  # the trainer tees it into the run's log.txt once the directory exists
+        self._log = self.trackers.log = log
+
+    # progress bar --------------------------------------------------------------------------------------
+    def bar(self, epoch: int, steps: int) -> Any:
+        """A bar over the images of this epoch's remaining `steps` global batches (or None: no terminal)."""
+        if self.progress is False or (self.progress == "auto" and not sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=steps * self.batch, unit="img", unit_scale=True, leave=False,
+                    desc=f"epoch {epoch + 1}/{self.total_epochs}", file=sys.stderr, dynamic_ncols=True)
+
+    # log lines and trackers ------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Start the trackers on the run directory (its config.json is their parameters)."""
+        self.trackers.start(self.run.path)
+
+    def close(self) -> None:
+        """The loop has ended; the trackers end with the summary (`summary`), or at exit after a crash."""
+
+    def evaluation(self, row: MetricsRow) -> None:
+        val = f" val err {row.val_error:.2%}" if row.has_val else ""
+        self.log(f"epoch {row.epoch}/{self.total_epochs} step {row.step}/{self.total_steps} "
+                 f"lr {row.lr:.3g} train loss {row.train_loss:.4f} err {row.train_error:.2%}{val} "
+                 f"test err {row.test_error:.2%} (top-5 {row.test_top5_error:.2%}) "
+                 f"{row.images_per_s:.0f} img/s")
+        self.trackers.metrics(row.to_dict())
+
+    def divergence(self, row: DivergenceRow) -> None:
+        self.log(f"loss became NaN/Inf at step {row.diverged_at_step}: run stopped and recorded as diverged "
+                 "(the paper's fail)")
+        self.trackers.metrics(row.to_dict())
+
+    def stopped(self, signum: int | None, step: int) -> None:
+        self.log(f"stopped by signal {signum} at step {step}: checkpoint written, "
+                 f"continue with: resnetlab train --resume {self.run.path}")
+
+    # the end of a run ---------------------------------------------------------------------------------------
+    def summary(self, *, status: str, diverged_at: int | None, progress: Any, model: str | None, data: str,
+                recipe: str, params: int, device: torch.device, title: str) -> Summary:
+        """summary.json from the run's metrics and progress, and the figure of its error curves."""
+        rows = evaluation_rows(self.run.read_metrics())
+        final = rows[-1] if rows else None
+        p = progress
+        summary = Summary(
+            model=model, data=data, recipe=recipe, status=status, diverged=status == "diverged",
+            diverged_at_step=diverged_at, steps=p.step, total_steps=self.total_steps,
+            epochs=round(p.step / self.spe, 3), final=final.final() if final else {}, best=p.best,
+            fail=status == "diverged" or (final is not None and final.test_error > FAIL_ERROR),
+            params=params, wall_time_s=round(p.elapsed, 3), images_per_s=_median([r.images_per_s for r in rows]),
+            device=device_name(device), torch=torch.__version__, resnetlab=__version__,
+            threads=torch.get_num_threads(),
+        )
+        self.run.write_json(self.run.summary, summary.to_dict())
+        if rows:
+            from resnetlab.runs.plots import plot_curves
+
+            plot_curves({model or "model": rows}, self.run.figure, title=title)
+        self.trackers.end(summary.to_dict(), self.run.path, [self.run.figure, self.run.summary], status)
+        return summary
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if v)
+    return values[len(values) // 2] if values else None
+
+
+def started(reporter: Reporter, *, name: str | None, params: int, source: Any, total: int, spe: int,
+            device: torch.device, processes: int) -> None:
+    """The run's first line: the net, the data, the budget and the hardware."""
+    reporter.log(f"{name} ({params:,} parameters) on {source.name}: {source.train_size} training images, "
+                 f"{total} iterations ({total / spe:.1f} epochs) on {device_name(device)}"
+                 + (f" x {processes} processes" if processes > 1 else ""))
+

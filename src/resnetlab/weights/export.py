@@ -1,0 +1,292 @@
+"""Trained networks out of the project and back in.
+
+- `load_pretrained(path)`: a ready model from a run directory, a checkpoint, a `.safetensors` file written by
+  `export`, or a foreign weights file (`weights.py`), with what using it needs: input normalisation, class
+  names and image size (`Pretrained`).
+- `export(pre, fmt, out)`: `safetensors` (weights; spec, class names and image size in the metadata; the
+  normalisation as two tensors), `onnx` (the eval graph with BN folded, dynamic batch, checked in onnxruntime
+  against PyTorch on export) or `pt2` (a `torch.export` program, loadable with `torch.export.load` without
+  this package, checked the same way).
+
+The exporters' libraries are the `export` extra (`pip install resnetlab[export]`); without them the command
+says in one line what to install. Every output is written to a temporary name and renamed: it exists whole
+or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from resnetlab.errors import ConfigError, DataError, ResnetlabError
+from resnetlab.files.atomic import check_output, replace_with
+from resnetlab.networks.net import ResNet
+from resnetlab.version import __version__
+from resnetlab.weights.formats import RESNETLAB
+
+FORMATS = ("safetensors", "onnx", "pt2")
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# stated tolerance of the exported graphs: max |logit difference| <= ATOL + RTOL * max |logit|
+ATOL, RTOL = 1e-4, 1e-4
+
+
+@dataclass
+class Pretrained:
+    """A trained net and what it takes to use it."""
+
+    model: ResNet  # in eval mode, float32, on the CPU
+    mean: Tensor  # (C, 1, 1) channel or (C, S, S) per-pixel; on pixels scaled to [0, 1]
+    std: Tensor
+    classes: list[str]
+    image_size: int
+    source: str  # the file it came from (a run directory's newest good checkpoint, see `weights.resolve`)
+    skipped: tuple[str, ...] = ()  # newer checkpoints of that run directory that did not verify
+
+    @property
+    def channels(self) -> int:
+        return self.model.spec.in_channels
+
+    def metadata(self) -> dict[str, Any]:
+        return {"spec": self.model.spec.to_dict(), "classes": self.classes, "image_size": self.image_size,
+                "resnetlab": __version__}
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """Pixels in [0, 1], (N, C, S, S), as the net was trained to see them."""
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k (class name, probability) of each image of `x` (pixels in [0, 1]); a DataError if the net's
+        outputs are not finite (overflowing logits), rather than NaN probabilities."""
+        logits = self.model(self.normalise(x)).float()
+        if not bool(torch.isfinite(logits).all()):
+            raise DataError(f"{self.source}: the net's outputs are not finite (NaN or Inf) on these images")
+        probs = torch.softmax(logits, dim=1)
+        k = min(top_k, probs.shape[1])
+        p, idx = probs.topk(k, dim=1)
+        return [[(self.classes[j], float(v)) for v, j in zip(pv.tolist(), iv.tolist(), strict=True)]
+                for pv, iv in zip(p, idx, strict=True)]
+
+
+# ---- loading ----------------------------------------------------------------------------------------------
+def load_pretrained(path: str | Path, model: str | None = None, best: bool = False) -> Pretrained:
+    """A ready model from a run directory (its newest good checkpoint, or best.pt), a checkpoint or weights
+    file: what `weights.resolve` says the path means, as `eval` sees it."""
+    from resnetlab.weights.formats import model_for, resolve
+
+    weights = resolve(path, best)
+    net = model_for(weights, model).eval()
+    data = weights.data or {}
+    classes = _classes(data.get("classes"), net.spec.num_classes, weights.format)
+    size = _image_size(data.get("image_size"), weights.norm, net)
+    return Pretrained(net, weights.norm["mean"].float(), weights.norm["std"].float(), classes, size,
+                      str(weights.path), weights.skipped)
+
+
+def _classes(names: Any, k: int, fmt: str) -> list[str]:
+    if names is not None:  # checked when the file was read (`weights.check_class_names`)
+        return list(names)
+    if fmt == "pytorch_resnet_cifar10" and k == 10:
+        return list(CIFAR10_CLASSES)
+    return [str(i) for i in range(k)]  # a file that names no classes: their indices
+
+
+def _image_size(size: Any, norm: dict[str, Tensor], net: ResNet) -> int:
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    mean = norm["mean"]
+    if mean.dim() == 3 and mean.shape[1] > 1:
+        return int(mean.shape[1])  # a per-pixel mean has the training images' size
+    return 32 if net.spec.stem == "cifar" else 224
+
+
+def _need(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"this needs the {module.split('.')[0]} package: pip install 'resnetlab[export]'") from None
+
+
+# ---- exporting --------------------------------------------------------------------------------------------
+def export(pre: Pretrained, fmt: str, out: str | Path) -> dict[str, Any]:
+    """Write `pre` as `fmt` to `out` (atomically); returns what was written and, for graphs, the check."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
+    out = check_output(out, [Path(pre.source)])
+    writer = {"safetensors": _write_safetensors, "onnx": _write_onnx, "pt2": _write_pt2}[fmt]
+    report: dict[str, Any] = {}
+
+    def fill(tmp: Path) -> None:
+        # written in a fresh folder beside `out` (the exporters may write side files there), then moved to `tmp`
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp_dir:
+            work = Path(tmp_dir) / out.name
+            with _quiet():
+                report.update(writer(pre, work))
+            work.replace(tmp)
+
+    try:
+        replace_with(out, fill)
+    except ResnetlabError:
+        raise
+    except Exception as exc:  # an exporter's own failure: one line, no half-written file
+        raise ConfigError(f"export to {fmt} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+                          ) from None
+    return {"format": fmt, "path": str(out), "bytes": out.stat().st_size, **report}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters' chatter (warnings, log lines about packages they do not need) kept off the terminal."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _write_safetensors(pre: Pretrained, path: Path) -> dict[str, Any]:
+    st = _need("safetensors.torch")
+    tensors = {k: v.detach().contiguous().clone() for k, v in pre.model.state_dict().items()}
+    tensors["normalization.mean"] = pre.mean.contiguous().clone()
+    tensors["normalization.std"] = pre.std.contiguous().clone()
+    st.save_file(tensors, str(path), metadata={"format": RESNETLAB, "resnetlab": json.dumps(pre.metadata())})
+    return {}
+
+
+def _check_batch(pre: Pretrained, n: int = 4) -> Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, pre.channels, pre.image_size, pre.image_size, generator=g)
+
+
+def _within(got: np.ndarray, want: Tensor, what: str) -> float:
+    diff = float(np.abs(got - want.numpy()).max())
+    bound = ATOL + RTOL * float(want.abs().max())
+    if not diff <= bound:
+        raise ConfigError(f"{what}: exported outputs differ from PyTorch's by {diff:.3g} (bound {bound:.3g})")
+    return diff
+
+
+def _eval_graph(pre: Pretrained) -> torch.nn.Module:
+    """The eval net with BN folded and the input normalisation inside: it takes pixels in [0, 1]."""
+    from resnetlab.training.fast import fold_bn
+
+    class WithInput(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = fold_bn(pre.model).float()
+            self.register_buffer("mean", pre.mean.clone())
+            self.register_buffer("std", pre.std.clone())
+
+        def forward(self, pixels: Tensor) -> Tensor:
+            return self.net((pixels - self.mean) / self.std)
+
+    return WithInput().eval()
+
+
+def _write_onnx(pre: Pretrained, path: Path) -> dict[str, Any]:
+    onnx = _need("onnx")
+    ort = _need("onnxruntime")
+    _need("onnxscript")
+    graph = _eval_graph(pre)
+    x = _check_batch(pre)
+    torch.onnx.export(graph, (x,), str(path), input_names=["pixels"], output_names=["logits"],
+                      dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=65536)}},
+                      dynamo=True, verbose=False)
+    proto = onnx.load(str(path))
+    for key, value in {"resnetlab": json.dumps(pre.metadata()),
+                       "input": "pixels: float32 (N, C, S, S) in [0, 1]; normalisation is inside the graph"}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = pre.model(pre.normalise(x))
+    diffs = [_within(session.run(None, {"pixels": xb.numpy()})[0], wb, "onnx")
+             for xb, wb in ((x, want), (x[:1], want[:1]))]  # two batch sizes: the batch axis is dynamic
+    return {"max_abs_diff": max(diffs), "tolerance": f"{ATOL} + {RTOL} x max|logit|"}
+
+
+def _write_pt2(pre: Pretrained, path: Path) -> dict[str, Any]:
+    graph = _eval_graph(pre)
+    x = _check_batch(pre)
+    program = torch.export.export(graph, (x,),
+                                  dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=65536)}})
+    # saved in memory, then written by Python: torch's own file writer aborts the process on a full disk
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files={"resnetlab.json": json.dumps(pre.metadata())})
+    path.write_bytes(buf.getvalue())
+    buf.seek(0)
+    loaded = torch.export.load(buf).module()
+    with torch.no_grad():
+        want = pre.model(pre.normalise(x))
+        diff = max(_within(loaded(xb).numpy(), wb, "pt2") for xb, wb in ((x, want), (x[:1], want[:1])))
+    return {"max_abs_diff": diff, "tolerance": f"{ATOL} + {RTOL} x max|logit|"}
+
+
+# ---- images in ----------------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def image_files(inputs: list[str]) -> list[Path]:
+    """Image files named or found (recursively, sorted) in the folders named; errors name the input."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"{p}: no JPEG or PNG images in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        elif p.exists():
+            raise DataError(f"{p}: not a regular file or folder")
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return files
+
+
+def load_image(path: Path, pre: Pretrained) -> Tensor:
+    """One image as the net was trained to see it: shorter side resized to the training size (ImageNet nets:
+    to 256/224 of it, as the test resize), centre crop, the net's channels; pixels in [0, 1], (C, S, S)."""
+    from PIL import Image
+
+    from resnetlab.data.images import opened, shorter_side_to, to_mode
+
+    s = pre.image_size
+    try:
+        with opened(path) as img:
+            img = to_mode(img, "L" if pre.channels == 1 else "RGB")  # 16-bit scaled by its range, not clipped
+            w, h = img.size
+            short = s if pre.model.spec.stem == "cifar" else round(s * 256 / 224)
+            img = img.resize(shorter_side_to(w, h, short), Image.BILINEAR)
+            w, h = img.size
+            left, top = (w - s) // 2, (h - s) // 2
+            img = img.crop((left, top, left + s, top + s))
+            arr = np.asarray(img, dtype=np.uint8)
+    except Exception as exc:  # PIL raises many kinds
+        raise DataError(f"{path}: cannot read as an image ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+                        ) from None
+    t = torch.from_numpy(arr.copy()).float().div_(255.0)
+    return t[None] if t.dim() == 2 else t.permute(2, 0, 1)

@@ -1,0 +1,248 @@
+"""Load ResNet weights written by other code (a user's files) into the matching resnetlab model.
+
+torchvision: conv1/bn1 (stem), layer{1-4}.{i}.conv{j}/bn{j}, layer{k}.{i}.downsample.{0,1}, fc. Its
+bottleneck puts the stride on the 3x3 conv ("v1.5"), a departure from v1's first-1x1 stride, so bottleneck
+models must be built with `stride_on="3x3"` to compute what the weights were trained for.
+
+pytorch_resnet_cifar10: the option-A CIFAR ResNet-20..1202 of v1 sec. 4.2, files such as
+`resnet20-12fca82f.th` holding {"state_dict", "best_prec1"}: conv1/bn1, layer{1-3}.{i}.conv{1,2}/bn{1,2},
+linear. Its option A pads the new channels of a widened shortcut half before and half after the old ones; ours
+appends them after, as the original Torch code does. Both are the paper's option A; the nets differ by a
+relabelling of the residual stream's channels, which the load undoes (`load_pytorch_resnet_cifar10`). Those
+nets were trained on pixels in [0, 1] normalised with ImageNet's channel mean and std (`imagenet_norm`).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from resnetlab.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from resnetlab.errors import CheckpointError
+from resnetlab.networks.net import ResNet
+from resnetlab.networks.spec import ResNetSpec
+from resnetlab.weights.checkpoint import load_state, read_file, safe_reason, torch_load
+
+TORCHVISION = "torchvision"
+CIFAR_PEER = "pytorch_resnet_cifar10"
+
+_TO_OURS = [
+    (re.compile(r"^conv1\.(.+)$"), r"stem.conv.\1"),
+    (re.compile(r"^bn1\.(.+)$"), r"stem.bn.\1"),
+    (re.compile(r"^fc\.(.+)$"), r"head.fc.\1"),
+    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.0\.(.+)$"), r"stages.{s}.\2.shortcut.match.conv.\3"),
+    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.1\.(.+)$"), r"stages.{s}.\2.shortcut.match.bn.\3"),
+    (re.compile(r"^layer(\d)\.(\d+)\.((?:conv|bn)\d)\.(.+)$"), r"stages.{s}.\2.branch.\3.\4"),
+]
+_TO_TV = [
+    (re.compile(r"^stem\.conv\.(.+)$"), r"conv1.\1"),
+    (re.compile(r"^stem\.bn\.(.+)$"), r"bn1.\1"),
+    (re.compile(r"^head\.fc\.(.+)$"), r"fc.\1"),
+    (re.compile(r"^stages\.(\d)\.(\d+)\.shortcut\.match\.conv\.(.+)$"), r"layer{s}.\2.downsample.0.\3"),
+    (re.compile(r"^stages\.(\d)\.(\d+)\.shortcut\.match\.bn\.(.+)$"), r"layer{s}.\2.downsample.1.\3"),
+    (re.compile(r"^stages\.(\d)\.(\d+)\.branch\.((?:conv|bn)\d)\.(.+)$"), r"layer{s}.\2.\3.\4"),
+]
+_PEER_UNIT = re.compile(r"^layer([1-3])\.(\d+)\.(conv[12]|bn[12])\.(.+)$")
+
+
+def imagenet_norm() -> dict[str, Tensor]:
+    """The input normalisation both formats were trained with: pixels in [0, 1], ImageNet's channel statistics."""
+    return {"mean": torch.tensor(IMAGENET_MEAN).view(3, 1, 1), "std": torch.tensor(IMAGENET_STD).view(3, 1, 1)}
+
+
+def read_state_file(path: str | Path) -> Any:
+    """The object in a `torch.save` file (zip or legacy format), loaded without running code."""
+    path = Path(path)
+    return load_state_bytes(read_file(path, "weights file"), path)
+
+
+def load_state_bytes(raw: bytes, path: Path) -> Any:
+    """The object in the contents `raw` of a `torch.save` file, loaded without running code."""
+    try:
+        return torch_load(io.BytesIO(raw))
+    except Exception as exc:  # unpickling refused, a truncated or corrupt file, not a torch file at all
+        raise CheckpointError(f"{path}: not a loadable weights file ({safe_reason(exc)})") from None
+
+
+def state_dict_of(obj: Any, where: str) -> dict[str, Tensor]:
+    """The tensors of a state_dict, or of the "state_dict" entry of a checkpoint dict."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{where}: expected a state_dict mapping names to tensors, got {type(obj).__name__}")
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise CheckpointError(f"{where}: {key!r} holds a {type(value).__name__}, not a tensor: not a state_dict")
+    return dict(obj)
+
+
+def _as_state_dict(source: Mapping[str, Tensor] | str | Path) -> dict[str, Tensor]:
+    if isinstance(source, Mapping):
+        return state_dict_of(source, "state_dict")
+    return state_dict_of(read_state_file(source), str(source))
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern[str], str]], stage_shift: int) -> str | None:
+    for pattern, template in rules:
+        m = pattern.match(key)
+        if m:
+            stage = str(int(m.group(1)) + stage_shift) if "{s}" in template else ""
+            return m.expand(template.replace("{s}", stage))
+    return None
+
+
+def _check_shape(key: str, value: Tensor, target: Tensor, model: ResNet) -> None:
+    if tuple(value.shape) != tuple(target.shape):
+        raise CheckpointError(f"{key}: shape {tuple(value.shape)} does not fit {model.spec.name or 'the model'} "
+                              f"(expects {tuple(target.shape)})")
+
+
+def _load_complete(model: ResNet, renamed: dict[str, Tensor], optional: str = "") -> ResNet:
+    ours = model.state_dict()
+    missing = sorted(k for k in set(ours) - set(renamed) if not (optional and k.endswith(optional)))
+    if missing:
+        raise CheckpointError(f"state_dict lacks {len(missing)} tensors of the model, e.g. {missing[0]}")
+    load_state(model, {**ours, **renamed})  # absent optional buffers keep the model's values
+    return model
+
+
+# ---- torchvision ----------------------------------------------------------------------------------------
+def check_compatible(model: ResNet) -> None:
+    spec = model.spec
+    problems = []
+    if spec.stem != "imagenet" or spec.unit != "original" or spec.shortcut != "identity" or not spec.residual:
+        problems.append("an ImageNet ResNet with original units and identity shortcuts")
+    if spec.option != "B":
+        problems.append("option B")
+    if spec.block == "bottleneck" and spec.stride_on != "3x3":
+        problems.append('stride_on="3x3" (torchvision\'s "v1.5" stride placement)')
+    if problems:
+        raise CheckpointError(f"torchvision ResNet weights need {' and '.join(problems)} (model {spec.name!r})")
+
+
+def to_torchvision(model: ResNet) -> dict[str, Tensor]:
+    """The model's state_dict under torchvision's key names."""
+    check_compatible(model)
+    out = {}
+    for key, value in model.state_dict().items():
+        new = _rename(key, _TO_TV, +1)
+        if new is None:
+            raise CheckpointError(f"{key}: no torchvision name for this parameter")
+        out[new] = value
+    return out
+
+
+def load_torchvision(model: ResNet, source: Mapping[str, Tensor] | str | Path) -> ResNet:
+    """Copy a torchvision-style state_dict (a mapping, or a file loaded without running code) into `model`."""
+    check_compatible(model)
+    state = _as_state_dict(source)
+    ours = model.state_dict()
+    renamed = {}
+    for key, value in state.items():
+        new = _rename(key.removeprefix("module."), _TO_OURS, -1)
+        if new is None or new not in ours:
+            raise CheckpointError(f"{key}: not a key of a torchvision {model.spec.name or 'ResNet'} state_dict")
+        _check_shape(key, value, ours[new], model)
+        renamed[new] = value
+    return _load_complete(model, renamed)
+
+
+# ---- pytorch_resnet_cifar10 -------------------------------------------------------------------------------
+def is_cifar_peer(state: Mapping[str, Tensor]) -> bool:
+    keys = {k.removeprefix("module.") for k in state}
+    return "linear.weight" in keys and "conv1.weight" in keys
+
+
+def cifar_peer_spec(state: Mapping[str, Tensor]) -> ResNetSpec:
+    """The net a pytorch_resnet_cifar10 state_dict holds: units per stage from its keys, classes from `linear`."""
+    stages: list[set[int]] = [set(), set(), set()]
+    for key in state:
+        m = _PEER_UNIT.match(key.removeprefix("module."))
+        if m:
+            stages[int(m.group(1)) - 1].add(int(m.group(2)))
+    counts = [len(s) for s in stages]
+    if not is_cifar_peer(state) or counts[0] < 1 or any(s != set(range(counts[0])) for s in stages):
+        raise CheckpointError(f"not a {CIFAR_PEER} state_dict: units per stage {counts}, expected n, n, n with "
+                              "conv1, bn1, layer1-3 and linear")
+    linear = next(v for k, v in state.items() if k.removeprefix("module.") == "linear.weight")
+    depth = 6 * counts[0] + 2
+    return ResNetSpec(depth=depth, num_classes=int(linear.shape[0]), name=f"resnet{depth}")
+
+
+def check_cifar_peer(model: ResNet, held: ResNetSpec) -> None:
+    """`model` must be the option-A CIFAR ResNet the file holds (recomputation and init settings aside)."""
+    spec = model.spec.replace(recompute=0, zero_init_residual=False)
+    if spec != ResNetSpec(depth=spec.depth, num_classes=spec.num_classes, in_channels=spec.in_channels):
+        raise CheckpointError(f"{CIFAR_PEER} weights need an option-A CIFAR ResNet with original units "
+                              f"(resnet20..resnet1202), not {spec.name or 'this spec'}")
+    if spec.depth != held.depth:
+        raise CheckpointError(f"holds a {CIFAR_PEER} {held.name} ({held.depth // 6} units per stage), "
+                              f"not {spec.name or f'depth {spec.depth}'}")
+
+
+def cifar_peer_orders(spec: ResNetSpec) -> list[Tensor]:
+    """Per point of the residual stream (after the stem, after each stage), the peer's index of our channels.
+
+    Where a stage widens from c to w = 2c, the peer's shortcut is [w/4 zeros, the c old channels, w/4 zeros]
+    and ours [the c old channels, w - c zeros]: our old channel k is the peer's channel w/4 + order[k], our
+    new channels are the peer's front pad then its back pad. `ours = peer.index_select(dim, order)`.
+    """
+    order, cin, orders = torch.arange(spec.stem_channels), spec.stem_channels, []
+    orders.append(order)
+    for width in spec.stage_widths:
+        if width != cin:
+            front = width // 4
+            order = torch.cat([front + order, torch.arange(front), torch.arange(front + cin, width)])
+        orders.append(order)
+        cin = width
+    return orders
+
+
+def _peer_target(key: str, orders: list[Tensor]) -> tuple[str, int, Tensor | None] | None:
+    """Our key for a peer key, and the dimension and order of the residual-stream channels it holds."""
+    layer, _, leaf = key.partition(".")
+    if layer == "conv1":
+        return f"stem.conv.{leaf}", 0, orders[0]  # writes the stream
+    if layer == "bn1":
+        return f"stem.bn.{leaf}", 0, orders[0]
+    if layer == "linear":
+        return f"head.fc.{leaf}", 1, orders[-1] if leaf == "weight" else None  # reads the stream
+    m = _PEER_UNIT.match(key)
+    if m is None:
+        return None
+    stage, i, name, leaf = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
+    target = f"stages.{stage - 1}.{i}.branch.{name}.{leaf}"
+    if name == "conv1":  # reads the stream: the stage's input for the first unit, else the stage's width
+        return target, 1, orders[stage - 1] if i == 0 else orders[stage]
+    if name == "bn1":  # inside the branch: no stream channels
+        return target, 0, None
+    return target, 0, orders[stage]  # conv2 and bn2 write the stream
+
+
+def load_pytorch_resnet_cifar10(model: ResNet, source: Mapping[str, Tensor] | str | Path) -> ResNet:
+    """Copy a pytorch_resnet_cifar10 state_dict (a mapping, or a file loaded without running code) into
+    `model`, an option-A CIFAR ResNet of the same depth, so that it computes the same logits.
+
+    Every tensor that writes the residual stream (stem conv and BN, each unit's conv2 and bn2) has its output
+    channels permuted, every one that reads it (each unit's conv1, the classifier) its input channels
+    (`cifar_peer_orders`); element-wise steps (addition, ReLU, pooling) commute with the permutation.
+    """
+    state = _as_state_dict(source)
+    check_cifar_peer(model, cifar_peer_spec(state))
+    orders, ours = cifar_peer_orders(model.spec), model.state_dict()
+    renamed = {}
+    for key, value in state.items():
+        short = key.removeprefix("module.")
+        found = _peer_target(short, orders)
+        if found is None or found[0] not in ours:
+            raise CheckpointError(f"{key}: not a key of a {CIFAR_PEER} {model.spec.name or 'ResNet'} state_dict")
+        new, dim, order = found
+        _check_shape(key, value, ours[new], model)
+        renamed[new] = value.index_select(dim, order) if order is not None and value.dim() > 0 else value
+    return _load_complete(model, renamed, optional="num_batches_tracked")  # the peer's files have none
