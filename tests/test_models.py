@@ -11,7 +11,8 @@ from torch import nn
 from resnetlab import ResNet, ResNetSpec, count_macs, count_params, create_model, get_spec, list_models
 from resnetlab.errors import SpecError
 from resnetlab.networks.registry import UnknownModelError
-from resnetlab.networks.units import PadShortcut, Unit
+from resnetlab.networks.shortcuts import PadShortcut
+from resnetlab.networks.units import Unit
 
 
 def _small_input(spec: ResNetSpec, batch: int = 2) -> torch.Tensor:

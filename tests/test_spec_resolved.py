@@ -1,4 +1,4 @@
-"""The typed readers of the spec fields that __post_init__ fills (`stage_units`, ..., `drop_rate`)."""
+"""The typed readers of the spec fields that __post_init__ fills (`stage_units`, ..., `shortcut_params`)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ def test_defaults_are_read_resolved() -> None:
 
 
 def test_shortcut_parameters_are_read_for_their_kind_only() -> None:
-    assert ResNetSpec(shortcut="scaling").scaling == (1.0, 1.0)
-    assert ResNetSpec(shortcut="scaling", shortcut_scale=0.5).scaling == (0.5, 1.0)
-    assert ResNetSpec(shortcut="exclusive_gating", gate_bias=-6).gate_init == -6.0
-    assert ResNetSpec(shortcut="dropout").drop_rate == 0.5
-    with pytest.raises(SpecError, match="dropout: not used by shortcut 'identity'"):
-        ResNetSpec().drop_rate  # noqa: B018
+    assert ResNetSpec(shortcut="scaling").shortcut_params == {"shortcut_scale": 1.0, "branch_scale": 1.0}
+    assert ResNetSpec(shortcut="scaling", shortcut_scale=0.5).shortcut_params == {"shortcut_scale": 0.5,
+                                                                                   "branch_scale": 1.0}
+    assert ResNetSpec(shortcut="exclusive_gating", gate_bias=-6).shortcut_params == {"gate_bias": -6.0}
+    assert ResNetSpec(shortcut="dropout").shortcut_params == {"dropout": 0.5}
+    assert ResNetSpec().shortcut_params == {}
+    with pytest.raises(SpecError, match="dropout: only used by shortcut 'dropout', not 'identity'"):
+        ResNetSpec(dropout=0.1)

@@ -10,8 +10,8 @@ from torch import nn
 from resnetlab.networks.counting import count_macs, count_params
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import create_model, get_entry, list_models
+from resnetlab.networks.shortcuts import describe_shortcut
 from resnetlab.networks.spec import ResNetSpec
-from resnetlab.networks.units import PadShortcut, Projection
 
 
 @dataclass(frozen=True)
@@ -43,23 +43,7 @@ def _shortcut_text(unit: nn.Module, spec: ResNetSpec) -> str:
     shortcut = getattr(unit, "shortcut", None)
     if shortcut is None:
         return "none (plain)"
-    match = shortcut.match
-    if isinstance(match, PadShortcut):
-        base = "A: zero-pad"
-    elif isinstance(match, Projection):
-        base = "projection"
-    elif isinstance(match, nn.Conv2d):
-        base = "1x1 conv"
-    else:
-        base = "identity"
-    if spec.shortcut == "scaling":
-        return f"{base} x{spec.shortcut_scale}, F x{spec.branch_scale}"
-    if spec.shortcut in ("exclusive_gating", "shortcut_gating"):
-        kind = "exclusive" if spec.shortcut == "exclusive_gating" else "shortcut-only"
-        return f"{base}, {kind} gate b_g={spec.gate_bias}"
-    if spec.shortcut == "dropout":
-        return f"{base}, dropout {spec.dropout}"
-    return base
+    return describe_shortcut(shortcut, spec.shortcut, spec.shortcut_params)
 
 
 def unit_rows(model: ResNet, input_size: int | None = None) -> list[dict[str, object]]:

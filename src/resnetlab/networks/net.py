@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from resnetlab.networks.shortcuts import Shortcut, conv
 from resnetlab.networks.spec import ResNetSpec
-from resnetlab.networks.units import GatedShortcut, Unit, conv
+from resnetlab.networks.units import Unit
 
 
 class ResNet(nn.Module):
@@ -57,7 +58,8 @@ class ResNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The papers' init: He (MSRA) normal convs, BN weight 1 and bias 0, gate biases at b_g."""
+        """The papers' init: He (MSRA) normal convs, BN weight 1 and bias 0; then each shortcut kind's own
+        (gate biases at b_g)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # fan_out as in the papers' Torch code: std = sqrt(2 / (k * k * out_channels))
@@ -71,9 +73,8 @@ class ResNet(nn.Module):
                 m.reset_parameters()
                 nn.init.zeros_(m.bias)
         for m in self.modules():
-            if isinstance(m, GatedShortcut):
-                assert m.gate.bias is not None
-                nn.init.constant_(m.gate.bias, m.gate_bias)
+            if isinstance(m, Shortcut):
+                m.reset_parameters()
         if self.spec.zero_init_residual:
             for unit in self.units():
                 nn.init.zeros_(unit.residual_layer().weight)

@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from resnetlab.errors import SpecError
+from resnetlab.networks.shortcuts import SHORTCUTS as SHORTCUT_KINDS
+from resnetlab.networks.shortcuts import param_fields
 
 STEMS = ("cifar", "imagenet")
 BLOCKS = ("basic", "bottleneck")
 # v2 table 2 / fig. 4 (a)-(e)
 UNITS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "preact")
-# v2 table 1 / fig. 2
-SHORTCUTS = ("identity", "scaling", "exclusive_gating", "shortcut_gating", "conv1x1", "dropout")
 OPTIONS = ("A", "B", "C")  # v1 sec. 3.3 / 4.1: dimension-increase shortcuts
 STRIDE_ON = ("1x1", "3x3")  # bottleneck stride: "1x1" = paper (MSRA), "3x3" = torchvision's "v1.5"
 
-GATING = ("exclusive_gating", "shortcut_gating")
-PREACT_UNITS = ("relu_preact", "preact")
 MAX_DEPTH = 10_000  # layers; the papers' deepest is 1,202
 MAX_WIDTH = 16_384  # channels of a stage's base width; the papers' widest is 512 (2,048 after expansion)
 
@@ -60,7 +57,7 @@ class ResNetSpec:
         _check_choice("stem", self.stem, STEMS)
         _check_choice("block", self.block, BLOCKS)
         _check_choice("unit", self.unit, UNITS)
-        _check_choice("shortcut", self.shortcut, SHORTCUTS)
+        _check_choice("shortcut", self.shortcut, tuple(SHORTCUT_KINDS))  # the table as it is now
         _check_choice("option", self.option, OPTIONS)
         _check_choice("stride_on", self.stride_on, STRIDE_ON)
         _check_int("depth", self.depth, 3)
@@ -111,7 +108,7 @@ class ResNetSpec:
         _check_int("stem_width", self.stem_width, 1)
         self._check_size()
         self._check_shortcut_fields()
-        if self.residual and self.option == "A" and self.shortcut != "conv1x1":
+        if self.residual and self.option == "A" and SHORTCUT_KINDS[self.shortcut].match is None:
             chans = (self.stem_width, *self.out_widths)
             if any(b < a for a, b in zip(chans, chans[1:], strict=False)):
                 raise SpecError(f"option: 'A' pads channels with zeros and cannot narrow {chans} (use 'B')")
@@ -130,33 +127,19 @@ class ResNetSpec:
             raise SpecError(f"strides: {self.strides} go beyond 64")
 
     def _check_shortcut_fields(self) -> None:
+        """The shortcut parameters from the kind's row: another kind's field set is refused, the kind's own
+        take their defaults and are checked."""
         if not self.residual and self.shortcut != "identity":
             raise SpecError(f"shortcut: a plain net (residual=false) has no shortcut, got {self.shortcut!r}")
-        scaling = self.shortcut == "scaling"
-        for fname in ("shortcut_scale", "branch_scale"):
-            value = getattr(self, fname)
-            if value is not None and not scaling:
-                raise SpecError(f"{fname}: only used by shortcut='scaling', not {self.shortcut!r}")
-            if scaling:
-                value = 1.0 if value is None else value
-                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                    raise SpecError(f"{fname}: expected a finite number, got {value!r}")
-                self._set(fname, float(value))
-        gating = self.shortcut in GATING
-        if self.gate_bias is not None and not gating:
-            raise SpecError(f"gate_bias: only used by gating shortcuts {GATING}, not {self.shortcut!r}")
-        if gating:
-            bias = 0.0 if self.gate_bias is None else self.gate_bias
-            if isinstance(bias, bool) or not isinstance(bias, int | float) or not math.isfinite(bias):
-                raise SpecError(f"gate_bias: expected a finite number, got {bias!r}")
-            self._set("gate_bias", float(bias))
-        if self.dropout is not None and self.shortcut != "dropout":
-            raise SpecError(f"dropout: only used by shortcut='dropout', not {self.shortcut!r}")
-        if self.shortcut == "dropout":
-            rate = 0.5 if self.dropout is None else self.dropout
-            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
-                raise SpecError(f"dropout: expected a rate in [0, 1), got {rate!r}")
-            self._set("dropout", float(rate))
+        for fname, users in param_fields().items():
+            if getattr(self, fname) is not None and self.shortcut not in users:
+                kinds = " or ".join(repr(kind) for kind in users)
+                raise SpecError(f"{fname}: only used by shortcut {kinds}, not {self.shortcut!r}")
+        for param in SHORTCUT_KINDS[self.shortcut].params:
+            try:
+                self._set(param.field, param.resolve(getattr(self, param.field)))
+            except ValueError as exc:
+                raise SpecError(str(exc)) from None
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -191,28 +174,14 @@ class ResNetSpec:
         return self._filled("stem_width")
 
     @property
-    def scaling(self) -> tuple[float, float]:
-        """(lambda_s, lambda_f) of shortcut 'scaling'."""
-        return self._filled("shortcut_scale"), self._filled("branch_scale")
-
-    @property
-    def gate_init(self) -> float:
-        """The gate's initial bias b_g of a gating shortcut."""
-        return self._filled("gate_bias")
-
-    @property
-    def drop_rate(self) -> float:
-        """The drop rate of shortcut 'dropout'."""
-        return self._filled("dropout")
+    def shortcut_params(self) -> dict[str, float]:
+        """The parameters of this spec's shortcut kind (its row's fields, resolved), e.g. {"gate_bias": -6.0}."""
+        return {param.field: self._filled(param.field) for param in SHORTCUT_KINDS[self.shortcut].params}
 
     # derived facts -------------------------------------------------------------------------------------
     @property
     def layers_per_unit(self) -> int:
         return 2 if self.block == "basic" else 3
-
-    @property
-    def is_preact(self) -> bool:
-        return self.unit in PREACT_UNITS
 
     @property
     def out_widths(self) -> tuple[int, ...]:

@@ -1,11 +1,7 @@
-"""Residual units: the five activation placements of v2 table 2 and the six shortcut kinds of v2 table 1.
+"""Residual units: the five activation placements of v2 table 2 / fig. 4 as one table (`FIG4`).
 
 A unit computes `y = h(x) + F(x)`, `x_next = f(y)` (v2 eq. 1-2). `F` is the branch (two 3x3 convs, or a
-1x1-3x3-1x1 bottleneck); `h` is a shortcut module below; `f` is the unit's post-addition step.
-
-In pre-activation units (v2 fig. 4 d, e) the branch starts with its activation; a shortcut piece with weights
-(projection, 1x1 conv, gate) reads that pre-activated input, as in the v2 code, while parameter-free pieces
-(identity, zero-padding, scaling, dropout) read the raw input so the identity path stays an identity.
+1x1-3x3-1x1 bottleneck); `h` is the shortcut, a row of `shortcuts.SHORTCUTS`; `f` is the post-addition step.
 """
 
 from __future__ import annotations
@@ -13,116 +9,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnetlab.networks.shortcuts import conv, make_shortcut
 from resnetlab.networks.spec import ResNetSpec
-
-
-def conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
-
-
-class PadShortcut(nn.Module):
-    """Option A (v1 sec. 4.2): subsample by the stride and append zero channels; no parameters."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.extra, self.stride = cout - cin, stride
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
-        if self.extra:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.extra))
-        return x
-
-
-class Projection(nn.Sequential):
-    """Options B and C (v1 sec. 3.3): 1x1 conv (with the stride), then BN."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__(OrderedDict(conv=conv(cin, cout, 1, stride), bn=nn.BatchNorm2d(cout)))
-
-
-class Shortcut(nn.Module):
-    """Identity shortcut: `y = h(x) + F`, h = identity or the dimension-matching option (v1 eq. 1-2)."""
-
-    def __init__(self, match: nn.Module) -> None:
-        super().__init__()
-        self.match = match
-        self.weighted = any(True for _ in match.parameters())
-
-    def h(self, x: Tensor, a: Tensor) -> Tensor:
-        return self.match(a if self.weighted else x)
-
-    def forward(self, x: Tensor, a: Tensor, f: Tensor) -> Tensor:
-        return self.h(x, a) + f
-
-
-class ScalingShortcut(Shortcut):
-    """Constant scaling (v2 fig. 2b): `y = l_s * h(x) + l_f * F`."""
-
-    def __init__(self, match: nn.Module, shortcut_scale: float, branch_scale: float) -> None:
-        super().__init__(match)
-        self.shortcut_scale, self.branch_scale = shortcut_scale, branch_scale
-
-    def forward(self, x: Tensor, a: Tensor, f: Tensor) -> Tensor:
-        return self.shortcut_scale * self.h(x, a) + self.branch_scale * f
-
-
-class GatedShortcut(Shortcut):
-    """Gating with `g = sigmoid(W_g x + b_g)`, a 1x1 conv gate (v2 fig. 2c, 2d).
-
-    exclusive: `y = (1 - g) * h(x) + g * F`;  shortcut-only: `y = (1 - g) * h(x) + F`.
-    """
-
-    def __init__(self, match: nn.Module, cin: int, cout: int, stride: int, bias: float, exclusive: bool):
-        super().__init__(match)
-        self.gate = nn.Conv2d(cin, cout, 1, stride=stride, bias=True)
-        self.gate_bias, self.exclusive = bias, exclusive
-        nn.init.constant_(self.gate.bias, bias)  # b_g; `ResNet.reset_parameters` sets it again
-
-    def forward(self, x: Tensor, a: Tensor, f: Tensor) -> Tensor:
-        g = torch.sigmoid(self.gate(a))
-        return (1 - g) * self.h(x, a) + (g * f if self.exclusive else f)
-
-
-class DropoutShortcut(Shortcut):
-    """Dropout on the shortcut (v2 fig. 2f): `y = dropout(h(x)) + F`.
-
-    Convention: inverted dropout as in PyTorch and the v2 paper's Torch code; in training each element is
-    kept with probability 1-p and multiplied by 1/(1-p); in eval the shortcut is the identity.
-    """
-
-    def __init__(self, match: nn.Module, rate: float) -> None:
-        super().__init__(match)
-        self.rate = rate
-
-    def forward(self, x: Tensor, a: Tensor, f: Tensor) -> Tensor:
-        return F.dropout(self.h(x, a), self.rate, self.training) + f
-
-
-def make_shortcut(spec: ResNetSpec, cin: int, cout: int, stride: int) -> Shortcut:
-    """The shortcut `h` of one unit from the spec's shortcut kind and dimension-increase option."""
-    changes = cin != cout or stride != 1
-    match: nn.Module
-    if spec.shortcut == "conv1x1":
-        match = conv(cin, cout, 1, stride)  # v2 fig. 2e: a bare 1x1 conv on every shortcut
-    elif spec.option == "C" or (changes and spec.option == "B"):
-        match = Projection(cin, cout, stride)
-    elif changes:
-        match = PadShortcut(cin, cout, stride)
-    else:
-        match = nn.Identity()
-    if spec.shortcut == "scaling":
-        return ScalingShortcut(match, *spec.scaling)
-    if spec.shortcut in ("exclusive_gating", "shortcut_gating"):
-        return GatedShortcut(match, cin, cout, stride, spec.gate_init, spec.shortcut == "exclusive_gating")
-    if spec.shortcut == "dropout":
-        return DropoutShortcut(match, spec.drop_rate)
-    return Shortcut(match)
 
 
 def _conv_plan(spec: ResNetSpec, cin: int, width: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -191,7 +81,8 @@ class Unit(nn.Module):
         # The first unit of a pre-activation net takes its activation from the stem (v2 sec. 4.1).
         self.preact = nn.Identity() if first or not pre else nn.Sequential(pre)
         self.branch = nn.Sequential(layers)
-        self.shortcut = make_shortcut(spec, cin, cout, stride) if spec.residual else None
+        self.shortcut = (make_shortcut(spec.shortcut, spec.option, spec.shortcut_params, cin, cout, stride)
+                         if spec.residual else None)
         self.post = nn.Sequential(OrderedDict((kind, _layer(kind, cout, inplace=True)) for kind in place.post))
         self.out_channels = cout
 
