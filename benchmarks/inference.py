@@ -41,7 +41,7 @@ def settings(name: str, batch: int, ort_threads: int, tmp: Path) -> tuple[dict[s
 
     from benchmarks.plain import plain_model
     from resnetlab import create_model
-    from resnetlab.training.fast import fold_bn
+    from resnetlab.networks.folding import fold_bn
     from resnetlab.weights.export import Pretrained, export
 
     torch.manual_seed(0)

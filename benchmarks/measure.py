@@ -91,7 +91,7 @@ def epoch_fn(trainer: Any, batch: int, steps: int) -> tuple[Callable[[], None], 
 
 def eval_fns(trainer: Any, name: str, batch: int) -> tuple[Callable[[], None], Callable[[], None]]:
     from benchmarks.plain import plain_model
-    from resnetlab.training.fast import fold_bn
+    from resnetlab.networks.folding import fold_bn
 
     device = trainer.device
     x, _ = synthetic_batch(batch, device)

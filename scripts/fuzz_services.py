@@ -486,7 +486,7 @@ DAMAGES = ["none", "none", "not JSON", "empty", "a list", "nested deep", "mlflow
 
 
 def installed(name: str) -> bool:
-    from resnetlab.training.trackers import installed as found
+    from resnetlab.settings.trackers import installed as found
 
     return found(name) and (name != "mlflow" or found("sqlalchemy"))
 

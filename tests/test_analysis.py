@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from resnetlab.cli.analyze import run_propagation_cli
 from resnetlab.data import load_data
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, SpecError
 from resnetlab.experiments.propagation import (
@@ -17,7 +18,6 @@ from resnetlab.experiments.propagation import (
     format_propagation,
     plot_propagation,
     propagation,
-    run_propagation_cli,
     summarize,
 )
 from resnetlab.networks.net import ResNet

@@ -15,7 +15,6 @@ import torch
 
 from resnetlab.cli import main
 from resnetlab.errors import CheckpointError
-from resnetlab.weights import checkpoint as ckpt_mod
 from resnetlab.weights.checkpoint import MAGIC, load_checkpoint, save_checkpoint
 
 
@@ -56,7 +55,7 @@ def test_crafted_pickle_with_valid_checksum_does_not_run(tmp_path: Path) -> None
             return (os.system, (f"touch {marker}",))
 
     body = io.BytesIO()
-    torch.save({"format": "resnetlab.weights.checkpoint", "evil": Exploit()}, body, _use_new_zipfile_serialization=True)
+    torch.save({"format": "resnetlab.checkpoint", "evil": Exploit()}, body, _use_new_zipfile_serialization=True)
     data = body.getvalue()
     path = tmp_path / "evil.pt"
     path.write_bytes(data + hashlib.sha256(data).digest() + MAGIC)
@@ -79,7 +78,7 @@ def test_failed_write_keeps_previous_file(tmp_path: Path, monkeypatch, err: int)
     def failing_fsync(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(ckpt_mod.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(CheckpointError, match=os.strerror(err)) as info:
         save_checkpoint(path, {**payload(), "step": 8})
     assert "\n" not in str(info.value)
@@ -96,14 +95,14 @@ def test_full_disk_during_training_stops_with_one_line_error(tmp_path: Path, mon
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt_mod.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     code = main(["train", "--iters", "20", "--out", str(out), "--set", "run.checkpoint_every=4",
                  "--set", "optim.batch_size=32"])
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err
     assert load_checkpoint(out / "checkpoints" / "step-00000008.pt")["progress"]["step"] == 8
-    monkeypatch.setattr(ckpt_mod.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     assert main(["train", "--resume", str(out)]) == 0  # the run continues once there is space
     assert json.loads((out / "summary.json").read_text())["steps"] == 20
 

@@ -22,11 +22,12 @@ from torch import nn
 
 from resnetlab import create_model
 from resnetlab.data import load_data
+from resnetlab.networks.folding import fold_bn
 from resnetlab.runs.directory import RunDir
 from resnetlab.settings.config import build_config
 from resnetlab.training.distributed import World
 from resnetlab.training.evaluation import evaluate
-from resnetlab.training.fast import fold_bn, make_sgd
+from resnetlab.training.fast import make_sgd
 from resnetlab.training.setup import configure_runtime, data_options, model_spec
 from resnetlab.training.trainer import Trainer
 
@@ -72,7 +73,7 @@ def _trainer(tmp_path: Path, tag: str, model: str = "resnet20", device: torch.de
                                   "run.device": str(device), **overrides})
     configure_runtime(cfg, device)
     source = load_data(cfg.data.source, data_options(cfg))
-    return Trainer(cfg, RunDir(tmp_path / tag), source, model_spec(cfg, source), device, log=lambda *_: None)
+    return Trainer.create(cfg, RunDir(tmp_path / tag), source, model_spec(cfg, source), device, log=lambda *_: None)
 
 
 @pytest.mark.parametrize("name, overrides", [("resnet20", {}), ("preact_resnet164", {"depth": 11}),
@@ -229,7 +230,7 @@ def test_nccl_ddp_sync_bn_steps_equal_single_process_steps(tmp_path: Path) -> No
                            overrides={"run.progress": False, "run.tensorboard": False, "warmup.enabled": True,
                                       "run.device": "cuda", "run.sync_bn": True})
         source = load_data(cfg.data.source, data_options(cfg))
-        ddp = Trainer(cfg, RunDir(tmp_path / "ddp"), source, model_spec(cfg, source), CUDA, log=lambda *_: None,
+        ddp = Trainer.create(cfg, RunDir(tmp_path / "ddp"), source, model_spec(cfg, source), CUDA, log=lambda *_: None,
                       world=_OneRankGroup(0, 1, 0))
         assert isinstance(ddp.train_model, nn.parallel.DistributedDataParallel)
         assert any(isinstance(m, nn.SyncBatchNorm) for m in ddp.model.modules())

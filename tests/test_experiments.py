@@ -11,7 +11,8 @@ import pytest
 from resnetlab import count_params, create_model
 from resnetlab.cli import main
 from resnetlab.errors import ConfigError
-from resnetlab.experiments.suite import at_scale, kendall_tau, load_suite, suite_names
+from resnetlab.experiments.results import MemberResult, kendall_tau
+from resnetlab.experiments.suite import at_scale, load_suite, suite_names
 from resnetlab.networks.registry import get_spec
 
 
@@ -160,7 +161,8 @@ def test_small_suite_end_to_end_with_a_diverging_member(tmp_path: Path, capsys) 
 
 
 def test_kendall_tau_counts_agreement() -> None:
-    rows = [{"rank": 1, "paper_rank": 1}, {"rank": 2, "paper_rank": 3}, {"rank": 3, "paper_rank": 2}]
+    rows = [MemberResult("a", rank=1, paper_rank=1), MemberResult("b", rank=2, paper_rank=3),
+            MemberResult("c", rank=3, paper_rank=2), MemberResult("d", rank=None, paper_rank=1)]
     tau, n = kendall_tau(rows)
     assert n == 3 and tau == pytest.approx(1 / 3)
 

@@ -22,6 +22,7 @@ import resnetlab.training.fast
 from resnetlab import create_model
 from resnetlab.data import load_data
 from resnetlab.errors import ConfigError
+from resnetlab.networks.folding import fold_bn
 from resnetlab.runs.directory import RunDir
 from resnetlab.settings.config import build_config
 from resnetlab.training.evaluation import evaluate
@@ -31,7 +32,6 @@ from resnetlab.training.fast import (
     EAGER_MACS_PER_S,
     MIN_GAIN,
     choose_compile,
-    fold_bn,
     has_cxx_compiler,
 )
 from resnetlab.training.setup import data_options, model_spec
@@ -108,7 +108,7 @@ def _trainer(tmp_path: Path, tag: str, **overrides: object) -> Trainer:
                        overrides={"run.progress": False, "run.tensorboard": False, "run.compile": "off",
                                   **overrides})
     source = load_data(cfg.data.source, data_options(cfg))
-    return Trainer(cfg, RunDir(tmp_path / tag), source, model_spec(cfg, source), torch.device("cpu"),
+    return Trainer.create(cfg, RunDir(tmp_path / tag), source, model_spec(cfg, source), torch.device("cpu"),
                    log=lambda *_: None)
 
 
@@ -204,7 +204,7 @@ def test_compile_auto_in_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyP
     main_cfg = build_config(overrides={"run.progress": False, "run.tensorboard": False})
     assert main_cfg.run.compile == "auto"
     source = load_data(main_cfg.data.source, data_options(main_cfg))
-    main_job = Trainer(main_cfg, RunDir(tmp_path / "main"), source, model_spec(main_cfg, source), CPU,
+    main_job = Trainer.create(main_cfg, RunDir(tmp_path / "main"), source, model_spec(main_cfg, source), CPU,
                        log=lambda *_: None)
     assert main_job.compile.mode == "off" and main_job.train_model is main_job.model
     assert "eager" in main_job.compile.reason

@@ -38,15 +38,16 @@ def _members(out: Path) -> dict[str, tarfile.TarInfo]:
 def test_the_plan_trains_each_distinct_run_once(tmp_path: Path) -> None:
     """The same training in three suites (ResNet-110 original units) has one key in the product's index of
     trainings, so it is trained once and linked from the other two (the plan no longer de-duplicates)."""
-    from resnetlab.experiments.suite import load_suite
+    from resnetlab.experiments.suite import SuiteRun, load_suite
     from resnetlab.experiments.work import SuiteWork
 
     suites = gpu_plan.plan_suites([1, 2, 3])
     assert [name for name, _ in suites] == ["degradation", "activations", "shortcuts"]
     keys: dict[str, str] = {}
     for name, slugs in suites:
-        work = SuiteWork(load_suite(name), tmp_path / name, "paper", "synthetic:128", "cifar", 40.0, None,
-                         gpu_plan.RUN_SETTINGS, None, print)
+        run = SuiteRun(load_suite(name), tmp_path / name, "paper", "synthetic:128", "cifar", epochs=40.0,
+                       settings=gpu_plan.RUN_SETTINGS)
+        work = SuiteWork(run, print)
         keys |= {f"{name}/{m.slug}": work.key(m, 0) for m in load_suite(name).members if m.slug in slugs}
     same = {tag for tag, key in keys.items() if key == keys["degradation/resnet110"]}
     assert same == {"degradation/resnet110", "activations/110-a-original", "shortcuts/identity"}

@@ -17,8 +17,9 @@ from PIL import Image
 from resnetlab.cli import main
 from resnetlab.data import DataOptions, load_data
 from resnetlab.errors import CheckpointError, DataError, ResnetlabError
+from resnetlab.files.reading import read_file
 from resnetlab.runs.directory import write_text_atomic
-from resnetlab.weights.checkpoint import MAGIC, read_file
+from resnetlab.weights.checkpoint import MAGIC
 
 
 def _fifo(tmp_path: Path) -> Path:

@@ -219,12 +219,12 @@ def test_a_training_is_known_by_what_determines_it() -> None:
 
 def test_activations_unit_a_is_degradations_resnet56_at_cpu_scale(tmp_path: Path) -> None:
     """The issue's example: one training in two suites (the same spec reached from two registry names)."""
-    from resnetlab.experiments.suite import at_scale, load_suite
+    from resnetlab.experiments.suite import SuiteRun, at_scale, load_suite
     from resnetlab.experiments.work import SuiteWork
 
     def keys(name: str) -> dict[str, str]:
         suite = at_scale(load_suite(name), "cpu")
-        work = SuiteWork(suite, tmp_path / name, "cpu", "folder:x.tar.gz", "cifar", 2.0, None, {}, None, print)
+        work = SuiteWork(SuiteRun(suite, tmp_path / name, "cpu", "folder:x.tar.gz", "cifar", epochs=2.0), print)
         return {m.slug: work.key(m, 0) for m in suite.members}
 
     act, deg = keys("activations"), keys("degradation")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from resnetlab.cli import main
-from resnetlab.experiments.suite import SuiteDir
+from resnetlab.experiments.suite_dir import SuiteDir
 
 TINY = """title = "tiny"
 members = [

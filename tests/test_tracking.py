@@ -22,6 +22,7 @@ import torch
 
 from resnetlab.cli import main
 from resnetlab.errors import ConfigError
+from resnetlab.settings import trackers as tracker_settings
 from resnetlab.settings.config import build_config
 from resnetlab.training import trackers as tracking
 from resnetlab.training.trainer import Trainer
@@ -341,7 +342,7 @@ def test_wandb_failing_mid_run_is_warned_once(wandb_offline: None, tmp_path: Pat
         raise RuntimeError("wandb-core exited")
 
     monkeypatch.setattr(Run, "log", gone)
-    both = tracking.installed("mlflow") and tracking.installed("sqlalchemy")
+    both = tracker_settings.installed("mlflow") and tracker_settings.installed("sqlalchemy")
     if both:  # the other tracker carries on
         client = request.getfixturevalue("mlflow_store")
     out = tmp_path / "run"
@@ -372,7 +373,7 @@ def fake_tensorboard(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     module = types.ModuleType("torch.utils.tensorboard")
     module.SummaryWriter = SummaryWriter  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
-    real = tracking.installed
+    real = tracker_settings.installed
     monkeypatch.setattr(tracking, "installed", lambda name: name == "tensorboard" or real(name))
     return calls
 
@@ -390,7 +391,7 @@ def test_tensorboard_is_one_of_the_trackers(fake_tensorboard: list[tuple[Any, ..
 
 
 def test_without_tensorboard_auto_is_silent_and_true_says_so(tmp_path: Path) -> None:
-    if tracking.installed("tensorboard"):
+    if tracker_settings.installed("tensorboard"):
         pytest.skip("tensorboard is installed")
     assert train(tmp_path / "a") == 0 and train(tmp_path / "b", "--set", "run.tensorboard=true") == 0
     assert "tensorboard" not in (tmp_path / "a" / "log.txt").read_text()
@@ -431,8 +432,8 @@ def test_a_missing_tracker_package_is_one_line_before_training(name: str, tmp_pa
 
 def test_none_and_a_single_name_are_lists() -> None:
     assert build_config(overrides={"run.tracker": None}).run.tracker == []
-    assert build_config(overrides={"run.tracker": "mlflow" if tracking.installed("mlflow") else []}).run.tracker in (
-        ["mlflow"], [])
+    asked = "mlflow" if tracker_settings.installed("mlflow") else []
+    assert build_config(overrides={"run.tracker": asked}).run.tracker in (["mlflow"], [])
     with pytest.raises(ConfigError, match="not one of"):
         build_config(overrides={"run.tracker": "MLflow"})
 

@@ -23,7 +23,7 @@ import torch
 from resnetlab.data.base import ArrayDataset, DataOptions, one_line
 from resnetlab.errors import DataError, ResnetlabError
 from resnetlab.files.atomic import replace_with
-from resnetlab.weights.checkpoint import torch_load
+from resnetlab.files.reading import torch_load
 
 CACHE_VERSION = 1
 log = logging.getLogger(__name__)

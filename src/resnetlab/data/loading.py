@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from resnetlab.data.base import DataOptions, DataSource, one_line
 from resnetlab.data.cifar import read_cifar
+from resnetlab.data.fetch import fetch
 from resnetlab.data.folder import read_folder
 from resnetlab.data.imagenet import ImageNetSource
 from resnetlab.data.readers import SYNTHETIC_DEFAULT, read_digits, read_synthetic
@@ -80,7 +81,6 @@ def load_data(spec: str, options: DataOptions | None = None) -> DataSource:
             count = int(parsed.arg) if parsed.arg else SYNTHETIC_DEFAULT
             return TensorSource("synthetic", *read_synthetic(count), options)
         if parsed.arg is None and scheme in FETCHED:
-            from resnetlab.data.fetch import fetch
 
             return TensorSource(scheme, *read_cifar(scheme, fetch(scheme, options=options), options), options)
         path = Path(parsed.arg or "").expanduser()

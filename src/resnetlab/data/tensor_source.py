@@ -25,7 +25,6 @@ from resnetlab.data.base import (
     rank_bounds,
 )
 from resnetlab.errors import DataError
-from resnetlab.training.setup import device_slot
 
 _CHUNK = 4096
 
@@ -157,3 +156,12 @@ class TensorSource(DataSource):
         c, s = self.channels, self.image_size
         self._mean, self._std = check_norm_state(self.name, state, [(c, 1, 1), (c, s, s)])
         self._on_device = {k: v for k, v in self._on_device.items() if k[0] not in ("mean", "std")}
+
+
+def device_slot(device: torch.device | str) -> torch.device:
+    """`device` with the current CUDA index filled in: data caches keep one slot per GPU, so "cuda" and
+    "cuda:0" must name the same one."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev

@@ -1,7 +1,7 @@
 """`resnetlab experiment SUITE --jobs N`: up to N members (or seeds) training at once on one machine, each in
 a process of its own.
 
-The jobs are workers of the suite (`suite_work.py`) started by this process, which holds the suite too and
+The jobs are workers of the suite (`work.py`) started by this process, which holds the suite too and
 writes the results when they are done. On CPU the machine's cores are split between the jobs (each gets
 cores // N threads, so N jobs never ask for more cores than there are); on GPUs each job gets one device
 of `--devices` in turn (`--jobs 8 --devices cuda:0 cuda:1` puts four on each), seen by the job as its only
@@ -28,16 +28,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from resnetlab.errors import ConfigError, ResnetlabError
-from resnetlab.experiments.work import DONE, outcome, suite_to_dict
-
-if TYPE_CHECKING:
-    from resnetlab.experiments.suite import Member
-    from resnetlab.experiments.work import SuiteWork
-
-__all__ = ["Slot", "add_arguments", "main", "plan_slots", "run_jobs", "worker_command"]
+from resnetlab.experiments.suite import Member, SuiteStopped, suite_to_dict
+from resnetlab.experiments.work import DONE, SuiteWork, outcome
 
 STATUS_EVERY_S = 60.0  # the progress line's period when the output is not a terminal
 RESTARTS = 3  # jobs that die other than by a signal of ours are replaced this many times per slot
@@ -104,26 +99,24 @@ def _cuda_count() -> int:
 
 def worker_command(spec: dict[str, Any]) -> list[str]:
     """The command of one worker process of a suite (`spec`: the suite and `run_suite`'s arguments)."""
-    return [sys.executable, "-m", "resnetlab.experiments.jobs", json.dumps(spec, default=str)]
+    return [sys.executable, "-m", "resnetlab.experiments.worker", json.dumps(spec, default=str)]
 
 
-def run_jobs(work: SuiteWork, chosen: tuple[Member, ...], seeds: int, jobs: int, devices: list[str] | None,
-             device: str | None, only: list[str] | None) -> list[str]:
+def run_jobs(work: SuiteWork, chosen: tuple[Member, ...], jobs: int, devices: list[str] | None) -> list[str]:
     """Train the chosen members' seeds in up to `jobs` worker processes; the failed ones, as
     "label seed N (reason)". SuiteStopped when a signal stopped them (checkpoints written)."""
-    from resnetlab.experiments.suite import SuiteStopped
-
-    tasks = work.tasks(chosen, seeds)
+    run = work.run
+    tasks = work.tasks(chosen, run.seeds)
     left = [t for t in tasks if outcome(t.own)["status"] not in DONE]
-    slots = plan_slots(min(jobs, len(left)) if left else 1, devices, device)
+    slots = plan_slots(min(jobs, len(left)) if left else 1, devices, run.device)
     if not left:
         work.log(f"[{work.suite.name}] all {len(tasks)} runs are done")
         return []
     spec = {"suite": suite_to_dict(work.suite), "out": str(work.out),
-            "kwargs": {"data": work.data, "seeds": seeds, "epochs": work.epochs, "iters": work.iters,
-                       "scale": work.scale, "settings": work.settings, "only": only, "results": False,
+            "kwargs": {"data": run.data, "seeds": run.seeds, "epochs": run.epochs, "iters": run.iters,
+                       "scale": run.scale, "settings": run.settings, "only": run.only, "results": False,
                        "trainings": str(work.index.root)}}
-    pool = Pool(work, tasks, slots, spec, device)
+    pool = Pool(work, tasks, slots, spec, run.device)
     with _signals(pool.stop):
         pool.run()
     if pool.stopping or pool.stopped_jobs:
@@ -315,42 +308,3 @@ def _last_line(path: Path) -> str:
     return "no output"
 
 
-def add_arguments(p: Any) -> None:
-    """The `experiment` command's options for many processes and machines (this module and `slurm.py`)."""
-    from resnetlab.experiments.slurm import add_arguments as add_launcher_arguments
-
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="train up to N members (or seeds) at once, each in its own process (CPU: the cores "
-                        "split between them; GPUs: one device each, in turn, of --devices)")
-    p.add_argument("--devices", nargs="+", default=None, metavar="DEV",
-                   help="devices of the jobs: cuda:0 cuda:1 ..., all (every GPU), or cpu (default: --device, "
-                        "else every GPU, else the CPU)")
-    p.add_argument("--collect", action="store_true",
-                   help="train nothing: write the results of whatever has finished (others may be training)")
-    p.add_argument("--trainings", default=None, metavar="DIR",
-                   help="index of trainings shared by suites, so an identical member is trained once "
-                        "(default: .trainings beside --out)")
-    add_launcher_arguments(p)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One worker process: `python -m resnetlab.experiments.jobs SPEC` (JSON: suite, out, run_suite's kwargs)."""
-    from resnetlab.experiments.suite import run_suite
-    from resnetlab.experiments.work import suite_from_dict
-
-    preempt = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
-    if os.environ.get("SUBMITIT_EXECUTOR") and hasattr(signal, f"SIG{preempt}"):
-        signal.signal(getattr(signal, f"SIG{preempt}"), signal.SIG_IGN)  # Slurm's warning is for the task
-    spec = json.loads((argv or sys.argv[1:])[0])  # threads: OMP_NUM_THREADS, read by torch as it loads
-    try:
-        run_suite(suite_from_dict(spec["suite"]), Path(spec["out"]), **spec["kwargs"])
-    except ResnetlabError as exc:
-        print(f"resnetlab: error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

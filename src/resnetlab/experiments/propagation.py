@@ -20,7 +20,7 @@ with E the mean cross-entropy of the batch. Values are read from the model's own
 (forward hooks capture the unit inputs; `torch.autograd.grad` differentiates E with respect to them), so
 parameter gradients, BN running statistics and the train/eval mode are left as they were.
 `compare`, `format_propagation` and `plot_propagation` put several models side by side, and
-`run_propagation_cli` is the body of `resnetlab analyze propagation`.
+`resnetlab analyze propagation` (cli/analyze.py) runs it on registry models or a trained run.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resnetlab.errors import ConfigError, ResnetlabError
-from resnetlab.files.atomic import check_output, replace_with
+from resnetlab.files.atomic import replace_with
+from resnetlab.networks.describe import format_table
 from resnetlab.networks.net import ResNet
 
 Row = dict[str, Any]
@@ -159,7 +160,6 @@ SUMMARY_HEADERS = ["model", "units", "std x_1", "std x_L", "std x_L/x_1",
 
 def format_propagation(results: dict[str, list[Row]]) -> str:
     """One line per model: forward std and gradient norm at x_1 and x_L, their ratios, the gradient spread."""
-    from resnetlab.networks.describe import format_table
 
     table = []
     for name, rows in results.items():
@@ -204,79 +204,3 @@ def plot_propagation(results: dict[str, list[Row]], path: Path | str, title: str
     finally:
         plt.close(fig)
     return path
-
-
-# ---- command line --------------------------------------------------------------------------------------
-def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str | None, data: str | None,
-                        batch_size: int, seed: int, out: str | None, eval_mode: bool) -> int:
-    """`resnetlab analyze propagation`: table on stdout, figure at `out` (default ./propagation.png).
-
-    Registry models (`models`, each with `overrides` applied) are built at their paper init under `seed`,
-    fitted to the data's channels and classes. A `checkpoint` (run directory or file) adds its trained model;
-    it brings its data set and normalisation, which `data` may replace. The batch is the first
-    `batch_size` images of the test split, normalised as training normalises them.
-    """
-    from resnetlab.data import load_data
-    from resnetlab.networks.registry import create_model
-    from resnetlab.settings.config import build_config
-    from resnetlab.settings.overrides import parse_assignments
-    from resnetlab.training.setup import data_options, evaluation_source
-
-    if not models and checkpoint is None:
-        raise ConfigError("give at least one --model NAME or a --checkpoint RUN_DIR")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
-    repeated = sorted({m for m in models if models.count(m) > 1})
-    if repeated:
-        raise ConfigError(f"--model {repeated[0]} given twice")
-    spec_overrides = parse_assignments(overrides, "--override")
-    if spec_overrides and not models:
-        raise ConfigError("--override applies to --model networks; a checkpoint keeps its own spec")
-    for key in ("in_channels", "num_classes"):
-        if key in spec_overrides:
-            raise ConfigError(f"--override {key}: set from the data, not by hand")
-    figure = Path(out) if out else Path("propagation.png")
-    if figure.suffix.lower() not in FIGURE_FORMATS:
-        raise ConfigError(f"--out {figure}: figure must end with {', '.join(FIGURE_FORMATS)}")
-    if figure.parent.is_dir():  # a missing folder is created below; in one, the figure replaces no run's file
-        check_output(figure, [checkpoint] if checkpoint else [])
-
-    named: dict[str, ResNet] = {}
-    if checkpoint is not None:
-        from resnetlab.weights.formats import model_for, note_skipped, resolve
-
-        weights = resolve(checkpoint)
-        trained, where = model_for(weights), weights.path
-        source = evaluation_source(trained.spec, weights.config, weights.norm, data, where,
-                                   (weights.data or {}).get("classes"))
-        named[f"{trained.spec.name or 'model'} (trained: {where.name})"] = trained
-    else:
-        data = data or "synthetic"
-        source = load_data(data, data_options(build_config(data=data)))
-    for name in models:
-        torch.manual_seed(seed)
-        named[name] = create_model(name, in_channels=source.channels, num_classes=source.num_classes,
-                                   **spec_overrides)
-
-    x, y = next(iter(source.eval_batches("test", batch_size)))
-    results: dict[str, list[Row]] = {}
-    for name, model in named.items():
-        torch.manual_seed(seed)  # the same dropout draws for every model, run to run
-        try:
-            results[name] = propagation(model, x, y, eval_mode=eval_mode)
-        except (RuntimeError, ValueError) as exc:  # e.g. an ImageNet stem pools an 8x8 input to nothing
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise ResnetlabError(f"{name}: cannot run on {source.name} input {tuple(x.shape)} ({first})") from None
-
-    mode = "eval mode (running BN statistics)" if eval_mode else "train mode (batch BN statistics)"
-    print(f"signal propagation on one {source.name} test batch of {len(y)}, {mode}, seed {seed}:")
-    print(format_propagation(results))
-    try:
-        figure.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResnetlabError(f"{figure.parent}: cannot create the figure's directory ({exc.strerror or exc})") from None
-    plot_propagation(results, figure, title=f"{', '.join(named)} on {source.name} (batch {len(y)}, {mode})")
-    print(f"figure: {figure}")
-    if checkpoint is not None:
-        note_skipped(weights.skipped, weights.path)
-    return 0

@@ -1,5 +1,5 @@
 """A suite's results: one row per member from its runs' summaries (median, spread, the paper's verdict and
-rank), written as results.md / .csv / .json with the figures. `experiments.py` runs the suites."""
+rank), written as results.md / .csv / .json with the figures. `runner.py` runs the suites."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import io
 import json
 import math
 import statistics
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from resnetlab.experiments.suite import Member, Suite, SuiteRun
 from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.jsondoc import parse_json
+from resnetlab.runs.directory import RunDir
+from resnetlab.runs.plots import ErrorBar, plot_curves, plot_errors
 from resnetlab.runs.records import Summary, evaluation_rows
-
-if TYPE_CHECKING:
-    from resnetlab.experiments.suite import Suite
 
 SMALL_NOTE = ("This is a small-scale run: shallower nets, a short budget and small data. It checks the "
               "mechanism of the experiment, not the paper's numbers.")
@@ -24,7 +25,7 @@ CPU_NOTE = ("This is a CPU-scale run: the papers' data (CIFAR-10) but shallower 
             "epochs in place of 164, on one 2-core CPU. It tests the papers' orderings, not their numbers.")
 
 
-def _summary(run_dir: Path) -> Summary | None:
+def read_summary(run_dir: Path) -> Summary | None:
     """The run's summary.json, or None where there is none (not finished, or unreadable); one of another
     shape is a one-line error naming it (`records.Summary.checked`)."""
     try:
@@ -34,60 +35,85 @@ def _summary(run_dir: Path) -> Summary | None:
     return Summary.checked(data, str(run_dir / "summary.json")) if data != {} else None
 
 
-def collect(suite: Suite, out: Path, scale: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class MemberResult:
+    """One member's row of a suite's results: our test errors over its seeds (percent), the paper's number
+    or "fail", both verdicts and both ranks (1 = lowest error; a fail or divergence ranks last)."""
+
+    member: str
+    model: str = ""
+    override: dict[str, Any] = field(default_factory=dict)
+    params: int | None = None
+    runs: int = 0  # finished runs with a test error
+    diverged: int = 0
+    errors: int = 0  # runs that failed (error.txt) without a summary
+    median: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    paper: float | str | None = None
+    fail: bool = False
+    paper_fail: bool = False
+    wall_time_s: float = 0.0
+    rank: int | None = None
+    paper_rank: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def collect(suite: Suite, out: Path, scale: str) -> list[MemberResult]:
     """One row per member: our errors over seeds (median, mean, spread), the paper's, the verdicts."""
-    rows = []
-    for member in suite.members:
-        runs = sorted((out / member.slug).glob("seed*")) if (out / member.slug).is_dir() else []
-        summaries = [s for s in (_summary(r) for r in runs) if s is not None]
-        errors = [100 * s.final["test_error"] for s in summaries
-                  if s.status == "finished" and s.final.get("test_error") is not None]
-        diverged = sum(1 for s in summaries if s.diverged)
-        failed = sum(1 for r in runs if (r / "error.txt").exists() and not (r / "summary.json").exists())
-        median = statistics.median(errors) if errors else None
-        model, override = member.at(scale)
-        shown = " ".join([model] + [f"{k}={v}" for k, v in override.items()])
-        rows.append({
-            "member": member.label, "model": shown, "override": override,
-            "params": summaries[0].params if summaries else None,
-            "runs": len(errors), "diverged": diverged, "errors": failed, "median": median,
-            "mean": statistics.fmean(errors) if errors else None,
-            "std": statistics.stdev(errors) if len(errors) > 1 else 0.0 if errors else None,
-            "paper": member.paper,
-            "fail": (median is None and (diverged > 0)) or (median is not None and median > 20.0) or (
-                diverged > 0 and diverged >= len(errors)),
-            "paper_fail": member.paper == "fail" or (isinstance(member.paper, int | float) and member.paper > 20),
-            "wall_time_s": sum(s.wall_time_s or 0.0 for s in summaries),
-        })
-    _rank(rows, "median", "rank")
-    _rank(rows, "paper", "paper_rank")
-    return rows
+    rows = [_member_result(member, out, scale) for member in suite.members]
+    ranks = _ranks([_rank_value(r.median, r.diverged) for r in rows])
+    paper_ranks = _ranks([_rank_value(r.paper, 0) for r in rows])
+    return [replace(r, rank=a, paper_rank=b) for r, a, b in zip(rows, ranks, paper_ranks, strict=True)]
 
 
-def _rank(rows: list[dict[str, Any]], key: str, out: str) -> None:
-    """Rank by error, best first; a fail or divergence ranks last; no number means no rank."""
-    def value(row: dict[str, Any]) -> float | None:
-        v = row[key]
-        if key == "median" and v is None and row["diverged"]:
-            return math.inf
-        if v == "fail":
-            return math.inf
-        return float(v) if isinstance(v, int | float) else None
+def _member_result(member: Member, out: Path, scale: str) -> MemberResult:
+    runs = sorted((out / member.slug).glob("seed*")) if (out / member.slug).is_dir() else []
+    summaries = [s for s in (read_summary(r) for r in runs) if s is not None]
+    errors = [100 * s.final["test_error"] for s in summaries
+              if s.status == "finished" and s.final.get("test_error") is not None]
+    diverged = sum(1 for s in summaries if s.diverged)
+    failed = sum(1 for r in runs if (r / "error.txt").exists() and not (r / "summary.json").exists())
+    median = statistics.median(errors) if errors else None
+    model, override = member.at(scale)
+    return MemberResult(
+        member=member.label, model=" ".join([model] + [f"{k}={v}" for k, v in override.items()]),
+        override=override, params=summaries[0].params if summaries else None, runs=len(errors),
+        diverged=diverged, errors=failed, median=median, mean=statistics.fmean(errors) if errors else None,
+        std=statistics.stdev(errors) if len(errors) > 1 else 0.0 if errors else None, paper=member.paper,
+        fail=(median is None and (diverged > 0)) or (median is not None and median > 20.0) or (
+            diverged > 0 and diverged >= len(errors)),
+        paper_fail=member.paper == "fail" or (isinstance(member.paper, int | float) and member.paper > 20),
+        wall_time_s=sum(s.wall_time_s or 0.0 for s in summaries))
 
-    ranked = sorted((r for r in rows if value(r) is not None), key=value)
-    for r in rows:
-        r[out] = None
-    for i, r in enumerate(ranked, start=1):
-        r[out] = i
+
+def _rank_value(error: Any, diverged: int) -> float | None:
+    """What a rank sorts by: the error; a fail, or no median where a run diverged, ranks last; else none."""
+    if error is None and diverged:
+        return math.inf
+    if error == "fail":
+        return math.inf
+    return float(error) if isinstance(error, int | float) else None
 
 
-def kendall_tau(rows: list[dict[str, Any]]) -> tuple[float | None, int]:
+def _ranks(values: list[float | None]) -> list[int | None]:
+    """Rank by value, lowest first (ties in member order); no value means no rank."""
+    order = sorted((i for i, v in enumerate(values) if v is not None), key=lambda i: values[i] or 0.0)
+    ranks: list[int | None] = [None] * len(values)
+    for rank, i in enumerate(order, start=1):
+        ranks[i] = rank
+    return ranks
+
+
+def kendall_tau(rows: list[MemberResult]) -> tuple[float | None, int]:
     """Agreement of our ranking with the paper's over members both rank (1 = same order)."""
-    both = [r for r in rows if r["rank"] is not None and r["paper_rank"] is not None]
+    both = [(r.rank, r.paper_rank) for r in rows if r.rank is not None and r.paper_rank is not None]
     pairs = concordant = discordant = 0
     for i in range(len(both)):
         for j in range(i + 1, len(both)):
-            a = (both[i]["rank"] - both[j]["rank"]) * (both[i]["paper_rank"] - both[j]["paper_rank"])
+            a = (both[i][0] - both[j][0]) * (both[i][1] - both[j][1])
             pairs += 1
             concordant += a > 0
             discordant += a < 0
@@ -102,14 +128,19 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def write_results(suite: Suite, out: Path, rows: list[dict[str, Any]], **meta: Any) -> None:
+def write_results(run: SuiteRun, rows: list[MemberResult]) -> None:
+    suite, out = run.suite, run.out
+    meta = {"scale": run.scale, "data": run.data, "recipe": run.recipe, "seeds": run.seeds, "epochs": run.epochs,
+            "iters": run.iters}
     headers = ["member", "model", "params", "runs", "median", "mean", "std", "diverged", "paper", "fail",
                "paper_fail", "rank", "paper_rank"]
     table = io.StringIO()
     writer = csv.writer(table)  # rows end in \r\n, as the csv module writes them
     writer.writerow(headers)
     for r in rows:
-        writer.writerow([r[h] if not isinstance(r[h], float) else round(r[h], 4) for h in headers])
+        values = r.to_dict()
+        writer.writerow([values[h] if not isinstance(values[h], float) else round(values[h], 4)
+                         for h in headers])
     write_text_atomic(out / "results.csv", table.getvalue())
     tau, n = kendall_tau(rows)
     lines = [f"# {suite.title}", "", f"Paper: {suite.source}. Scale: {meta['scale']}; data: {meta['data']}; "
@@ -120,18 +151,18 @@ def write_results(suite: Suite, out: Path, rows: list[dict[str, Any]], **meta: A
     lines += ["| member | model | params | runs | median | mean ± std | diverged | paper | fail (ours / paper) "
               "| rank (ours / paper) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        params = f"{r['params'] / 1e6:.3f}M" if r["params"] else "-"
-        spread = f"{_fmt(r['mean'])} ± {_fmt(r['std'])}" if r["mean"] is not None else "-"
-        paper = r["paper"] if isinstance(r["paper"], str) else _fmt(r["paper"])
-        lines.append(f"| {r['member']} | {r['model']} | {params} | {r['runs']} | {_fmt(r['median'])} | {spread} "
-                     f"| {r['diverged']} | {paper} | {'yes' if r['fail'] else 'no'} / "
-                     f"{'yes' if r['paper_fail'] else 'no'} | {_fmt(r['rank'])} / {_fmt(r['paper_rank'])} |")
+        params = f"{r.params / 1e6:.3f}M" if r.params else "-"
+        spread = f"{_fmt(r.mean)} ± {_fmt(r.std)}" if r.mean is not None else "-"
+        paper = r.paper if isinstance(r.paper, str) else _fmt(r.paper)
+        lines.append(f"| {r.member} | {r.model} | {params} | {r.runs} | {_fmt(r.median)} | {spread} "
+                     f"| {r.diverged} | {paper} | {'yes' if r.fail else 'no'} / "
+                     f"{'yes' if r.paper_fail else 'no'} | {_fmt(r.rank)} / {_fmt(r.paper_rank)} |")
     agreement = f"{tau:+.2f} over {n} members" if tau is not None else "not computable"
     lines += ["", f"Ranking agreement with the paper (Kendall tau, 1 = same order): {agreement}.", "",
               "![error curves](curves.png)", "", "![final errors](errors.png)", ""]
     write_text_atomic(out / "results.md", "\n".join(lines))
-    write_text_atomic(out / "results.json", json.dumps({"suite": suite.name, "meta": meta, "rows": rows,
-                                                        "kendall_tau": tau}, indent=2, default=str))
+    document = {"suite": suite.name, "meta": meta, "rows": [r.to_dict() for r in rows], "kendall_tau": tau}
+    write_text_atomic(out / "results.json", json.dumps(document, indent=2, default=str))
     _figures(suite, out, rows)
 
 
@@ -143,9 +174,7 @@ def _budget(meta: dict[str, Any]) -> str:
     return "the recipe's"
 
 
-def _figures(suite: Suite, out: Path, rows: list[dict[str, Any]]) -> None:
-    from resnetlab.runs.directory import RunDir
-    from resnetlab.runs.plots import plot_curves, plot_errors
+def _figures(suite: Suite, out: Path, rows: list[MemberResult]) -> None:
 
     curves = {}
     for member in suite.members:
@@ -154,4 +183,5 @@ def _figures(suite: Suite, out: Path, rows: list[dict[str, Any]]) -> None:
             curves[member.label] = metrics
     if curves:
         plot_curves(curves, out / "curves.png", title=f"{suite.title} (seed 0)")
-    plot_errors(rows, out / "errors.png", title=suite.title)
+    plot_errors([ErrorBar(r.member, r.median, r.paper, r.diverged) for r in rows], out / "errors.png",
+                title=suite.title)

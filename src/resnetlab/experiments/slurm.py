@@ -25,14 +25,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from resnetlab.errors import ConfigError
-
-if TYPE_CHECKING:
-    from resnetlab.experiments.suite import Suite
-
-__all__ = ["SuiteTask", "add_arguments", "launch", "sbatch_script", "slurm_parameters"]
+from resnetlab.experiments.jobs import worker_command
+from resnetlab.experiments.runner import run_suite
+from resnetlab.experiments.suite import Suite, suite_to_dict
 
 SIGNAL_DELAY_S = 120  # Slurm's warning before the time limit; the worker must checkpoint within it
 STOP_GRACE_S = 100.0  # how long a task waits for its worker to checkpoint and exit
@@ -52,8 +50,6 @@ class SuiteTask:
         self.spec, self._proc = state["spec"], None
 
     def __call__(self) -> str:
-        from resnetlab.experiments.jobs import worker_command
-
         task = os.environ.get("SLURM_ARRAY_TASK_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "?"
         env = {**os.environ, "RESNETLAB_WORKER": f"slurm task {task}", "PYTHONUNBUFFERED": "1"}
         self._proc = subprocess.Popen(worker_command(self.spec), env=env)
@@ -144,15 +140,12 @@ def _executor(args: argparse.Namespace, folder: Path, params: dict[str, Any]) ->
         return executor
     executor = submitit.LocalExecutor(folder=folder, max_num_timeout=args.requeues)
     executor.update_parameters(timeout_min=params["time"], gpus_per_node=params.get("gpus_per_node", 0),
-                               signal_delay_s=min(SIGNAL_DELAY_S, args.local_signal_delay))
+                               signal_delay_s=min(SIGNAL_DELAY_S, args.local_signal_delay or SIGNAL_DELAY_S))
     return executor
 
 
 def launch(suite: Suite, out: Path, kwargs: dict[str, Any], args: argparse.Namespace) -> int:
     """Submit the suite's workers (or print their sbatch with `--dry-run`); wait for them with `--wait`."""
-    from resnetlab.experiments.suite import run_suite
-    from resnetlab.experiments.work import suite_to_dict
-
     if args.workers < 1:
         raise ConfigError(f"--workers: {args.workers} is not >= 1")
     try:
@@ -194,28 +187,3 @@ def _wait(jobs: list[Any], out: Path) -> int:
     return 1 if failed else 0
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("many machines (Slurm, through submitit)")
-    g.add_argument("--launcher", choices=["here", "slurm", "submitit-local"], default="here",
-                   help="here (default): this process is a worker; slurm: submit --workers tasks, each a "
-                        "worker; submitit-local: the same tasks on this machine (submitit's local executor)")
-    g.add_argument("--workers", type=int, default=1, metavar="K", help="Slurm tasks (a job array), each a worker")
-    g.add_argument("--partition", default=None)
-    g.add_argument("--time", default="240", help="each task's time limit: MINUTES or H:MM:SS (default 240); "
-                   "a task that reaches it checkpoints and is requeued")
-    g.add_argument("--gpus-per-worker", type=int, default=None, metavar="G",
-                   help="GPUs of each task (give --jobs G to train one member on each)")
-    g.add_argument("--cpus-per-worker", type=int, default=None, metavar="C")
-    g.add_argument("--mem-gb", type=int, default=None, metavar="GB")
-    g.add_argument("--account", default=None)
-    g.add_argument("--qos", default=None)
-    g.add_argument("--constraint", default=None)
-    g.add_argument("--setup", action="append", default=None, metavar="CMD",
-                   help="a shell line run before each task (e.g. 'module load cuda'); repeatable")
-    g.add_argument("--sbatch", action="append", default=None, metavar="KEY=VALUE",
-                   help="any other sbatch option, e.g. --sbatch mail-type=END; repeatable")
-    g.add_argument("--requeues", type=int, default=10, metavar="R",
-                   help="how many times a task may be requeued after its time limit (default 10)")
-    g.add_argument("--local-signal-delay", type=int, default=SIGNAL_DELAY_S, help=argparse.SUPPRESS)
-    g.add_argument("--dry-run", action="store_true", help="print the sbatch script and submit nothing")
-    g.add_argument("--wait", action="store_true", help="wait for the tasks to end, then report")

@@ -28,8 +28,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from resnetlab.errors import ResnetlabError
 from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.jsondoc import parse_json
+from resnetlab.networks.registry import get_spec
 
 __all__ = ["INDEX_NAME", "SESSION_FIELDS", "Claim", "TrainingIndex", "default_index", "identity", "link",
            "training_key"]
@@ -68,8 +70,6 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
 def _network(model: Any) -> Any:
     """The model section as the fields of the spec it builds, less its name and the recomputation (memory
     only); as it is where it does not build (the training then fails with the config's own message)."""
-    from resnetlab.errors import ResnetlabError
-    from resnetlab.networks.registry import get_spec
 
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         return model

@@ -2,23 +2,21 @@
 training lives, and which worker writes the results.
 
 Every `resnetlab experiment SUITE --out DIR` process is a worker: on one machine or on many sharing the
-filesystem, started by hand, by `--jobs N` (`suite_jobs.py`) or by Slurm (`slurm.py`). A worker takes the
+filesystem, started by hand, by `--jobs N` (`jobs.py`) or by Slurm (`slurm.py`). A worker takes the
 members' seeds longest first (multiply-adds of the net; the same budget for all) and trains each one whose
 training it can claim (`trainings.TrainingIndex`): one that is finished or claimed by another worker is
 not trained again. A claim dies with its holder, so a killed worker's member is taken over by the next
 worker that passes and resumed from its checkpoint. A member whose training was made for another suite
 (or another call) gets a link to that run directory.
 
-Workers hold the suite directory's lock shared (`experiments.SuiteDir`); the one that finds no other holder
-when it is done is the last and writes the results (`write_when_last`), as `--collect` does at any time.
+Workers hold the suite directory's lock shared (`suite_dir.SuiteDir`); the one that finds no other holder
+when it is done is the last and writes the results (`suite_dir.write_when_last`), as `--collect` does at any time.
 Each worker records what it trains where in `OUT/workers/*.jsonl` (one JSON line per start and end).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import fcntl
 import hashlib
 import itertools
 import json
@@ -28,16 +26,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from resnetlab.errors import ResnetlabError
-from resnetlab.experiments.results import _summary
+from resnetlab.experiments.results import read_summary
+from resnetlab.experiments.suite import Member, SuiteRun
 from resnetlab.experiments.trainings import Claim, TrainingIndex, default_index, link, training_key
-
-if TYPE_CHECKING:
-    from resnetlab.experiments.suite import Member, Suite, SuiteDir
-
-__all__ = ["SuiteWork", "Task", "outcome", "suite_from_dict", "suite_to_dict", "write_when_last"]
+from resnetlab.networks.counting import count_macs
+from resnetlab.networks.registry import create_model
 
 DONE = ("finished", "diverged")
 
@@ -61,7 +57,7 @@ def outcome(run: Path) -> dict[str, Any]:
     """How a run directory stands: finished or diverged (with its test error), failed (with the reason),
     stopped, or unfinished."""
     try:
-        summary = _summary(run)
+        summary = read_summary(run)
     except ResnetlabError:
         summary = None
     if summary is not None and summary.status in DONE:
@@ -74,12 +70,9 @@ def outcome(run: Path) -> dict[str, Any]:
 class SuiteWork:
     """One worker's view of a suite at one scale and budget: its tasks and the claims it holds."""
 
-    def __init__(self, suite: Suite, out: Path, scale: str, data: str, recipe: str, epochs: float | None,
-                 iters: int | None, settings: dict[str, Any] | None, trainings: Path | str | None,
-                 log: Callable[[str], Any]) -> None:
-        self.suite, self.out, self.scale, self.data, self.recipe = suite, Path(out), scale, data, recipe
-        self.epochs, self.iters, self.settings, self.log = epochs, iters, dict(settings or {}), log
-        self.index = TrainingIndex(Path(trainings) if trainings else default_index(self.out))
+    def __init__(self, run: SuiteRun, log: Callable[[str], Any]) -> None:
+        self.run, self.suite, self.out, self.scale, self.log = run, run.suite, Path(run.out), run.scale, log
+        self.index = TrainingIndex(Path(run.trainings) if run.trainings else default_index(self.out))
         self.name = os.environ.get("RESNETLAB_WORKER") or f"{socket.gethostname()} pid {os.getpid()}"
         self.events = Path(os.environ.get("RESNETLAB_EVENTS")
                            or self.out / "workers" / f"{socket.gethostname()}-{os.getpid()}.jsonl")
@@ -99,18 +92,8 @@ class SuiteWork:
         """The training this member and seed make (`trainings.training_key` of the config `experiments`
         builds for it); a config that does not build gets a key of its own directory, so the member still
         has one worker and fails in the training with the config's own message."""
-        from resnetlab.settings.config import build_config
-
-        model, override = member.at(self.scale)
-        overrides = {f"model.{k}": v for k, v in override.items()}
-        overrides.update(member.settings, **self.settings)
-        overrides["run.seed"] = seed
-        if self.epochs is not None:
-            overrides["schedule.epochs"] = self.epochs
-        if self.iters is not None:
-            overrides["schedule.iters"] = self.iters
         try:
-            cfg = build_config(recipe=self.recipe, model=model, data=self.data, overrides=overrides)
+            cfg = self.run.config(member, seed)
         except ResnetlabError:
             where = f"{os.path.abspath(self.out)}/{member.slug}/seed{seed}"
             return "dir-" + hashlib.sha256(where.encode()).hexdigest()[:20]
@@ -118,9 +101,6 @@ class SuiteWork:
 
     def _cost(self, member: Member) -> int:
         """Multiply-adds per image of the member's net: the order in which workers take members."""
-        from resnetlab.networks.counting import count_macs
-        from resnetlab.networks.registry import create_model
-
         model, override = member.at(self.scale)
         name = json.dumps([model, override], sort_keys=True, default=str)
         if name not in self._costs:
@@ -253,30 +233,3 @@ def _key_of(run: Path) -> str | None:
         return None
 
 
-def write_when_last(suite_dir: SuiteDir, out: Path, write: Callable[[], None], log: Callable[[str], Any],
-                    now: bool = False) -> bool:
-    """Write the results if this worker is the last one on the suite (or `now`, for `--collect`); the
-    writers of one suite take turns (`.results.lock`). Whether they were written."""
-    if not now and not suite_dir.last():
-        log(f"results: left to the last worker on {out} (others are still training)")
-        return False
-    fd = os.open(Path(out) / ".results.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        write()
-    finally:
-        os.close(fd)
-    log(f"results: {Path(out) / 'results.md'} (and results.csv, curves.png, errors.png)")
-    return True
-
-
-def suite_to_dict(suite: Suite) -> dict[str, Any]:
-    """A suite as plain data, for a worker in another process or on another machine."""
-    return dataclasses.asdict(suite)
-
-
-def suite_from_dict(data: dict[str, Any]) -> Suite:
-    from resnetlab.experiments.suite import Member, Suite
-
-    members = tuple(Member(**m) for m in data["members"])
-    return Suite(data["name"], data["title"], data["source"], data["recipe"], members)

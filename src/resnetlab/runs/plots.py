@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from resnetlab.files.atomic import replace_with
 from resnetlab.runs.records import MetricsRow
@@ -40,29 +40,38 @@ def plot_curves(runs: dict[str, list[MetricsRow]], path: Path, title: str = "",
     return _save(fig, path)
 
 
-def plot_errors(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+class ErrorBar(NamedTuple):
+    """One member's bar: our median test error (None: no finished run), the paper's (a number, "fail" or
+    None) and how many of its runs diverged."""
+
+    label: str
+    ours: float | None
+    paper: float | str | None
+    diverged: int
+
+
+def plot_errors(bars: list[ErrorBar], path: Path, title: str = "") -> Path:
     """Final test error per member (median over seeds, bars) with the paper's value marked (x)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5), dpi=110)
-    labels = [r["member"] for r in rows]
-    ys = range(len(rows))
-    ours = [r["median"] if r["median"] is not None else 0.0 for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(bars) + 1.5), dpi=110)
+    ys = range(len(bars))
+    ours = [b.ours if b.ours is not None else 0.0 for b in bars]
     ax.barh(list(ys), ours, color="#4c72b0", alpha=0.8, label="ours (median)")
-    top = max([v for v in ours] + [r["paper"] for r in rows if isinstance(r["paper"], int | float)] + [20.0])
-    for y, r in zip(ys, rows, strict=True):
-        if isinstance(r["paper"], int | float):
-            ax.plot(r["paper"], y, "x", color="#c44e52", markersize=8)
-        elif r["paper"] == "fail":
+    top = max([v for v in ours] + [b.paper for b in bars if isinstance(b.paper, int | float)] + [20.0])
+    for y, b in zip(ys, bars, strict=True):
+        if isinstance(b.paper, int | float):
+            ax.plot(b.paper, y, "x", color="#c44e52", markersize=8)
+        elif b.paper == "fail":
             ax.text(top * 1.02, y, "paper: fail", va="center", fontsize=7, color="#c44e52")
-        if r["median"] is None:
-            ax.text(0.5, y, "diverged" if r["diverged"] else "no result", va="center", fontsize=7)
+        if b.ours is None:
+            ax.text(0.5, y, "diverged" if b.diverged else "no result", va="center", fontsize=7)
     ax.plot([], [], "x", color="#c44e52", label="paper")
     ax.axvline(20.0, color="grey", linestyle=":", linewidth=1)
-    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.set_yticks(list(ys), [b.label for b in bars], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, top * 1.25)
     ax.set_xlabel("test error (%)  (dotted: the papers' 20% 'fail' line)")

@@ -12,15 +12,14 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from resnetlab.data import DataOptions
 from resnetlab.errors import ConfigError, DataError, ResnetlabError
 from resnetlab.files.jsondoc import MAX_NESTING, check_nesting
-from resnetlab.training.trackers import check_settings as check_tracking
-from resnetlab.training.trackers import require_installed
-
-if TYPE_CHECKING:
-    from resnetlab.data import DataOptions
+from resnetlab.networks.registry import get_spec
+from resnetlab.settings.trackers import check_settings as check_tracking
+from resnetlab.settings.trackers import require_installed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,7 +48,6 @@ class DataConfig:
 
     def options(self) -> DataOptions:
         """These settings as the data loaders' options; a bad value is a one-line ConfigError `data.FIELD`."""
-        from resnetlab.data import DataOptions
 
         shared = {f.name for f in dataclasses.fields(DataOptions)} & {f.name for f in dataclasses.fields(self)}
         try:
@@ -344,7 +342,6 @@ def validate(cfg: Config) -> None:
 def model_check(model: dict[str, Any]) -> None:
     """Build the model section's spec, so that a bad `model.KEY` fails when the config is built, not when
     the run starts. The data fits `in_channels` and `num_classes` later (`runtime.model_spec`)."""
-    from resnetlab.networks.registry import get_spec
 
     try:
         get_spec(model["name"], **{k: v for k, v in model.items() if k != "name"})

@@ -13,8 +13,8 @@ from torch import nn
 
 from resnetlab.data import DataSource
 from resnetlab.errors import CheckpointError
+from resnetlab.networks.folding import fold_bn
 from resnetlab.networks.spec import ResNetSpec
-from resnetlab.training.fast import fold_bn
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------
@@ -23,7 +23,7 @@ def evaluate(model: nn.Module, source: DataSource, split: str, batch_size: int, 
              amp: Any = None, channels_last: bool = False, fold: bool = True) -> dict[str, float]:
     """Loss, top-1 and top-5 error on a split (multi-crop batches are averaged over the crops).
 
-    `fold` evaluates a copy with BN folded into the convs before it (`fast.fold_bn`), the same function to
+    `fold` evaluates a copy with BN folded into the convs before it (`networks.folding.fold_bn`), the same function to
     float32 rounding; `model` itself is left as it was."""
     was_training = model.training
     model.eval()

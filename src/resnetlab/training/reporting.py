@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from resnetlab.runs.directory import RunDir
+from resnetlab.runs.plots import plot_curves
 from resnetlab.runs.records import FAIL_ERROR, DivergenceRow, MetricsRow, Summary, evaluation_rows
 from resnetlab.training.setup import device_name
 from resnetlab.training.trackers import Trackers
@@ -114,7 +115,6 @@ class Reporter:
         )
         self.run.write_json(self.run.summary, summary.to_dict())
         if rows:
-            from resnetlab.runs.plots import plot_curves
 
             plot_curves({model or "model": rows}, self.run.figure, title=title)
         self.trackers.end(summary.to_dict(), self.run.path, [self.run.figure, self.run.summary], status)

@@ -11,19 +11,19 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from resnetlab.data import DataOptions, DataSource, load_data
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
+from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import get_spec
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.settings.config import Config, config_from_dict
 from resnetlab.training.distributed import World
+from resnetlab.training.evaluation import check_fits
 from resnetlab.training.fast import channels_last_default
-
-if TYPE_CHECKING:
-    from resnetlab.data import DataOptions, DataSource
 
 
 # ---- devices and threads --------------------------------------------------------------------------------
@@ -42,15 +42,6 @@ def resolve_device(name: str | torch.device) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"run.device: {name!r} is not supported (cpu or cuda)")
     return device
-
-
-def device_slot(device: torch.device | str) -> torch.device:
-    """`device` with the current CUDA index filled in: data caches keep one slot per GPU, so "cuda" and
-    "cuda:0" must name the same one."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
 
 
 def rank_device(device: torch.device, world: World) -> torch.device:
@@ -119,7 +110,6 @@ class Setup:
 def prepare(cfg: Config, world: World | None = None, device: str | None = None) -> Setup:
     """Resolve the device (`device` replaces `run.device` without touching the config), set threads and
     kernels, load the data and fit the model's spec to it: everything a run checks before it writes."""
-    from resnetlab.data import load_data
 
     world = world or World()
     dev = rank_device(resolve_device(device or cfg.run.device), world)
@@ -135,7 +125,6 @@ def check_trainable(spec: ResNetSpec, batch: int, size: int) -> None:
     """A training step of `batch` images of side `size` runs through the net: batch norm in training mode needs
     more than one value per channel, which a batch of one image fails where a stage's maps are 1x1. Checked on
     the meta device (no memory, no compute) before a run starts."""
-    from resnetlab.networks.net import ResNet
 
     try:
         with torch.device("meta"):
@@ -151,8 +140,6 @@ def evaluation_source(spec: ResNetSpec, config: dict[str, Any] | None, norm: Any
     """The data a trained net is evaluated on: `data` or the run's own, loaded with the run's options (plain
     options without a config), checked against the net, normalised with the run's statistics. Where the
     net's class names are known (`classes`, kept in its checkpoint), other data must have the same ones."""
-    from resnetlab.data import DataOptions, load_data
-    from resnetlab.training.evaluation import check_fits
 
     cfg = config_from_dict(config, where=f"{where} (its config)") if config is not None else None
     data = data or (cfg.data.source if cfg is not None else None)

@@ -23,76 +23,26 @@ run has written, and nothing they do reaches the model, the data or the random s
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import json
 import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from resnetlab.errors import ConfigError
+from resnetlab.files.atomic import write_text_atomic
+from resnetlab.settings import trackers as settings
+from resnetlab.weights.export import export, load_pretrained
 
 Log = Callable[[str], None]
 
-TRACKERS = ("tensorboard", "mlflow", "wandb")
 STATE_FILE = "trackers.json"
 DEFAULT_PROJECT = "resnetlab"  # MLflow experiment / W&B project when the environment names none
-_INSTALL = {"tensorboard": "pip install tensorboard", "mlflow": "pip install 'resnetlab[mlflow]'",
-            "wandb": "pip install 'resnetlab[wandb]'"}
 _TB_KEYS = ("train_loss", "train_error", "test_loss", "test_error", "val_error", "lr")  # as before trackers
 _MAX_PARAM = 500  # characters of an MLflow parameter value (the limit of older servers)
 _MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "stopped": "KILLED"}
-
-
-# ---- the settings, checked when the config is built -----------------------------------------------------------
-def check_settings(run: Any) -> None:
-    """`run.tracker`, `run.tracker_tags` and `run.tensorboard` make sense together (no imports: this also
-    checks configs read back for evaluation)."""
-    for name in run.tracker:
-        if name not in TRACKERS:
-            raise ConfigError(f"run.tracker: {name!r} is not one of {', '.join(TRACKERS)}")
-    if len(set(run.tracker)) != len(run.tracker):
-        raise ConfigError(f"run.tracker: {', '.join(run.tracker)} names a tracker twice")
-    if "tensorboard" in run.tracker and run.tensorboard is False:
-        raise ConfigError("run.tracker: tensorboard is asked for, and run.tensorboard is false; drop one")
-    tags_of(run.tracker_tags)
-
-
-def require_installed(run: Any) -> None:
-    """A one-line ConfigError naming the package of the first asked-for tracker that is not installed."""
-    _require(run.tracker)
-
-
-def _require(names: Iterable[str]) -> None:
-    for name in names:
-        if name not in TRACKERS:
-            raise ConfigError(f"run.tracker: {name!r} is not one of {', '.join(TRACKERS)}")
-        if not installed(name):
-            raise ConfigError(f"run.tracker: {name} is not installed ({_INSTALL[name]})")
-
-
-def installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def tags_of(items: Iterable[str]) -> dict[str, str]:
-    """`["k=v", ...]` as a dict; a one-line ConfigError for an item without a key or with a key twice."""
-    tags: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key or len(key) > 250 or len(value) > 5000:
-            raise ConfigError(f"run.tracker_tags: {item[:60]!r} is not KEY=VALUE (a key of 1-250 characters)")
-        if key in tags:
-            raise ConfigError(f"run.tracker_tags: the key {key!r} is given twice")
-        tags[key] = value.strip()
-    return tags
 
 
 def with_suite_tags(given: Any, suite: str, member: str, seed: int, scale: str) -> list[str]:
@@ -272,10 +222,10 @@ class Trackers:
         self.started = self.tb_missing = False
         if names is None:
             return
-        _require(names)
-        self.wanted = [n for n in TRACKERS if n in names]
+        settings.require(names)
+        self.wanted = [n for n in settings.TRACKERS if n in names]
         if "tensorboard" not in self.wanted and tensorboard is not False:
-            if installed("tensorboard"):
+            if settings.installed("tensorboard"):
                 self.wanted.insert(0, "tensorboard")
             else:
                 self.tb_missing = tensorboard is True
@@ -289,7 +239,7 @@ class Trackers:
         self.started = True
         config = _read_json(run_dir / "config.json") or {}
         run_section = config.get("run") if isinstance(config.get("run"), dict) else {}
-        tags = tags_of(run_section.get("tracker_tags") or [])
+        tags = settings.tags_of(run_section.get("tracker_tags") or [])
         state_file = run_dir / STATE_FILE
         saved = _read_json(state_file) or {}
         name = (f"{tags['suite']}/{tags['member']}/seed{tags.get('seed', '')}" if "suite" in tags and "member" in tags
@@ -306,7 +256,6 @@ class Trackers:
             self.active.append(tracker)
         if any(states.get(t.name) for t in self.active) and states != saved:
             try:
-                from resnetlab.files.atomic import write_text_atomic
 
                 write_text_atomic(state_file, json.dumps(states, indent=2) + "\n")
             except Exception as exc:
@@ -343,7 +292,6 @@ class Trackers:
 
         out = tmp / f"{model}.safetensors"
         try:
-            from resnetlab.weights.export import export, load_pretrained
 
             with torch.random.fork_rng(devices=[]):  # building the net draws initial weights: not the run's RNG
                 export(load_pretrained(run_dir), "safetensors", out)

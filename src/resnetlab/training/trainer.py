@@ -15,41 +15,27 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from resnetlab.data import DataSource, cache_dir, derive_seed
-from resnetlab.errors import CheckpointError, ConfigError, RunDirError
-from resnetlab.networks.counting import count_macs, count_params
-from resnetlab.networks.net import ResNet
+from resnetlab.data import DataSource, derive_seed
+from resnetlab.errors import CheckpointError
+from resnetlab.networks.counting import count_params
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.runs.directory import RunDir
 from resnetlab.runs.records import DivergenceRow, MetricsRow, Summary, WorkerResult, best_of
-from resnetlab.settings.config import Config, config_from_dict
-from resnetlab.training.distributed import World, all_reduce_sum, barrier, broadcast, init_from_env, shutdown
+from resnetlab.settings.config import Config
+from resnetlab.training.build import Parts, build_parts
+from resnetlab.training.distributed import World, all_reduce_sum, barrier
 from resnetlab.training.evaluation import evaluate
-from resnetlab.training.fast import (
-    COMPILE_GAIN,
-    MIN_GAIN,
-    CompileChoice,
-    choose_compile,
-    compile_module,
-    has_cxx_compiler,
-    make_sgd,
-    use_compile_cache,
-)
 from resnetlab.training.monitor import DivergenceMonitor, StopFlag, StopReason
 from resnetlab.training.progress import Progress
-from resnetlab.training.reporting import Log, Reporter, quiet, started, tee
-from resnetlab.training.schedule import Schedule, build_schedule
-from resnetlab.training.setup import Setup, autocast, check_trainable, data_options, prepare, use_channels_last
+from resnetlab.training.reporting import Log, Reporter, quiet
+from resnetlab.training.setup import Setup
 from resnetlab.version import __version__
-from resnetlab.weights.checkpoint import load_checkpoint, load_state, save_checkpoint
-from resnetlab.weights.formats import resolve, start_from
+from resnetlab.weights.checkpoint import load_state, save_checkpoint
 
 EXIT_STOPPED = 3  # SIGTERM/SIGINT: checkpoint written, resume with --resume
 
@@ -58,48 +44,32 @@ class Trainer:
     """One training run in one run directory."""
 
     def __init__(self, cfg: Config, run: RunDir, source: DataSource, spec: ResNetSpec, device: torch.device,
-                 log: Log = print, world: World | None = None) -> None:
-        world = world or World()
-        self.cfg, self.run, self.source, self.spec, self.device, self.world = cfg, run, source, spec, device, world
-        torch.manual_seed(cfg.run.seed)
-        self.model = ResNet(spec).to(device)
-        self.channels_last = use_channels_last(cfg, device)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.run.sync_bn and world.active and device.type == "cuda":
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.train_model: nn.Module = self.model
-        if world.active:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [device.index] if device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
-        o = cfg.optim
-        # global batch: the recipe's, split over ranks; or, with linear scaling, the recipe's per rank
-        self.batch = o.batch_size * (world.size if o.linear_scaling else 1)
-        if self.batch % (world.size * o.accumulate):
-            raise ConfigError(f"optim.batch_size: global batch {self.batch} does not split into {world.size} "
-                              f"rank(s) x {o.accumulate} micro-batch(es)")
-        micro = min(self.batch, source.train_size) // (world.size * o.accumulate)
-        check_trainable(spec, max(micro, 1), source.image_size)
-        self.optimizer = make_sgd(self.model.parameters(), device, lr=o.lr, momentum=o.momentum,
-                                  weight_decay=o.weight_decay, nesterov=o.nesterov and o.momentum > 0)
-        self.spe = source.steps_per_epoch(self.batch)
-        self.schedule: Schedule = build_schedule(cfg, self.spe, spec.depth, world.size)
-        self.compile = self._choose_compile()
-        self._eager_model = self.train_model
-        self.train_model = compile_module(self.train_model, self.compile.mode, device)  # the same parameters
-        self.amp = autocast(cfg, device)
+                 parts: Parts, reporter: Reporter, world: World | None = None) -> None:
+        """A trainer of built parts (`build.build_parts`); `create` builds them from a config."""
+        self.cfg, self.run, self.source, self.spec, self.device = cfg, run, source, spec, device
+        self.world = world or World()
+        self.model, self.train_model, self._eager_model = parts.model, parts.train_model, parts.eager_model
+        self.channels_last, self.batch, self.spe, self.amp = parts.channels_last, parts.batch, parts.spe, parts.amp
+        self.optimizer, self.schedule, self.compile = parts.optimizer, parts.schedule, parts.compile
+        self.reporter = reporter
         self.progress = Progress()
-        self.reporter = Reporter(run, log if world.main else quiet, tensorboard=cfg.run.tensorboard,
-                                 progress=cfg.run.progress, total_steps=self.schedule.total,
-                                 steps_per_epoch=self.spe, batch=self.batch,
-                                 trackers=cfg.run.tracker if world.main else None)
         self._sums: list[torch.Tensor] | None = None  # device-side loss and error sums of the epoch
 
     @classmethod
+    def create(cls, cfg: Config, run: RunDir, source: DataSource, spec: ResNetSpec, device: torch.device,
+               log: Log = print, world: World | None = None) -> Trainer:
+        """Seed, build the parts (net, wrappings, optimizer, schedule, compile) and the reporter; the trainer."""
+        world = world or World()
+        parts = build_parts(cfg, source, spec, device, world)
+        reporter = Reporter(run, log if world.main else quiet, tensorboard=cfg.run.tensorboard,
+                            progress=cfg.run.progress, total_steps=parts.schedule.total,
+                            steps_per_epoch=parts.spe, batch=parts.batch,
+                            trackers=cfg.run.tracker if world.main else None)
+        return cls(cfg, run, source, spec, device, parts, reporter, world)
+
+    @classmethod
     def from_setup(cls, setup: Setup, run: RunDir, log: Log = print) -> Trainer:
-        return cls(setup.cfg, run, setup.source, setup.spec, setup.device, log, setup.world)
+        return cls.create(setup.cfg, run, setup.source, setup.spec, setup.device, log, setup.world)
 
     @property
     def log(self) -> Log:
@@ -118,19 +88,6 @@ class Trainer:
             yield
         finally:
             self.train_model = compiled
-
-    def _choose_compile(self) -> CompileChoice:
-        """`run.compile` resolved ("auto": by the cost model of fast.choose_compile); the compile cache on."""
-        setting, device = self.cfg.run.compile, self.device
-        macs, images = 0, 0
-        if setting == "auto" and device.type == "cpu" and COMPILE_GAIN.get(self.spec.block, 1.0) >= MIN_GAIN:
-            macs = count_macs(self.model, self.source.image_size, self.source.channels)
-            images = self.schedule.total * self.batch // self.world.size  # this process's share
-        choice = choose_compile(setting, device, self.spec.block, self.spec.depth, images, macs,
-                                has_cxx_compiler())
-        if choice.mode != "off":
-            use_compile_cache(cache_dir(data_options(self.cfg)))
-        return choice
 
     def resolved(self) -> dict[str, Any]:
         """What the config resolved to on this run, written beside it in config.json."""
@@ -343,118 +300,3 @@ class Trainer:
                                      model=self.spec.name, data=self.cfg.data.source, recipe=self.cfg.recipe,
                                      params=count_params(self.model), device=self.device,
                                      title=f"{self.spec.name} on {self.source.name}")
-
-
-# ---- entry points ---------------------------------------------------------------------------------------
-def train(cfg: Config, out: str | Path | None = None, log: Log = print) -> tuple[RunDir, Summary | WorkerResult]:
-    """Start a new run: everything is validated and loaded before the run directory is created."""
-    world = init_from_env(cfg.run.device)
-    try:
-        setup = prepare(cfg, world)
-        if out is None:
-            out = broadcast(Path("runs") / f"{setup.spec.name}-{setup.source.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                            world)
-        run = RunDir(out)
-        run.check_new()
-        trainer = Trainer.from_setup(setup, run, log)
-        init = _start_from(trainer, cfg)
-        barrier(world)  # every rank has checked its input before rank 0 creates anything
-        if world.main:
-            run.create(cfg.to_dict() | {"resolved": trainer.resolved() | init})
-            trainer.log = tee(log, run.log)
-        try:
-            started(trainer.reporter, name=setup.spec.name, params=count_params(trainer.model), source=setup.source,
-                    total=trainer.schedule.total, spe=trainer.spe, device=setup.device, processes=world.size)
-            trainer.log(trainer.compile.reason)
-            if init:
-                trainer.log("initial weights: " + ", ".join(f"{k} {v}" for k, v in init["init"].items()))
-            return run, trainer.fit()
-        finally:
-            run.unlock()
-    finally:
-        shutdown(world)
-
-
-def resume(path: str | Path, model: str | None = None, device: str | None = None,
-           log: Log = print) -> tuple[RunDir, Summary | WorkerResult]:
-    """Continue a run from its newest good checkpoint; architecture and config come from the run (read,
-    never changed: `device` only says where this session runs).
-
-    The step counts global batches, so a run may resume on a different number of processes."""
-    run = RunDir(path)
-    saved = run.read_config()
-    cfg = config_from_dict(saved, where=str(run.config))
-    if model is not None and model != cfg.model["name"]:
-        raise RunDirError(f"{run.path}: this run trains {cfg.model['name']}, not {model}")
-    fresh = _check_resumable(run)
-    world = init_from_env(device or cfg.run.device)
-    try:
-        if world.main:
-            run.lock()
-        trainer = Trainer.from_setup(prepare(cfg, world, device), run, tee(log, run.log))
-        trainer.log(trainer.compile.reason)
-        if fresh:  # killed before its first checkpoint: start again
-            _start_from(trainer, cfg, (saved.get("resolved") or {}).get("init", {}).get("sha256"))
-            if world.main:
-                run.truncate_metrics(0)
-            trainer.log(f"{run.path}: no checkpoint yet, starting from the beginning")
-            return run, trainer.fit()
-        weights = resolve(run.path)  # what the run directory means to every command: its newest good checkpoint
-        ckpt_path, payload = weights.path, weights.payload
-        assert payload is not None  # a run directory's checkpoints are ours: read_weights keeps their payload
-        for problem in weights.skipped:
-            trainer.log(f"skipping bad checkpoint: {problem}")
-        trainer.restore(payload)
-        trainer.source.load_norm_state(payload["norm"])
-        barrier(world)  # all ranks have read the checkpoint before rank 0 rewrites metrics
-        if world.main:
-            run.truncate_metrics(trainer.progress.step)
-            _repair_best(run, payload, trainer.log)
-            run.prune(cfg.run.keep_checkpoints)
-        if trainer.progress.step >= trainer.schedule.total:
-            trainer.log(f"{run.path}: already finished at step {trainer.progress.step}")
-        else:
-            trainer.log(f"resuming {run.path} from {ckpt_path.name} (step {trainer.progress.step})")
-        return run, trainer.fit()
-    finally:
-        run.unlock()
-        shutdown(world)
-
-
-def _check_resumable(run: RunDir) -> bool:
-    """Whether `run` may be resumed, checked before anything is built: True when it died before its first
-    checkpoint (it starts again from the beginning). A run whose checkpoints are gone after it ended, or whose
-    checkpoints/ folder is gone, is refused: resuming would train it again from scratch and replace its
-    summary and metrics (or train the whole budget and only then fail to write)."""
-    if not run.checkpoints.is_dir():
-        raise RunDirError(f"{run.path}: its checkpoints/ folder is gone: nothing to resume from, nowhere to write")
-    if run.step_checkpoints():
-        return False
-    if run.summary.exists():
-        raise RunDirError(f"{run.path}: ended (it has a summary.json) but its checkpoints are gone: nothing to "
-                          "resume from; start a new run (--init can take its weights from a checkpoint)")
-    if run.best.exists():
-        raise RunDirError(f"{run.path}: its step checkpoints are gone (only best.pt is left): nothing to resume "
-                          "from; evaluate it with --best, or start a new run")
-    return True
-
-
-def _start_from(trainer: Trainer, cfg: Config, sha256: str | None = None) -> dict[str, Any]:
-    """`run.init`: the weights file the run starts from, loaded with its input normalisation (`weights.py`)."""
-    if cfg.run.init is None:
-        return {}
-    return {"init": start_from(trainer.model, trainer.source, cfg.run.init, sha256)}
-
-
-def _repair_best(run: RunDir, payload: dict[str, Any], log: Log) -> None:
-    """A kill between the step checkpoint and best.pt: the step checkpoint is the best, so copy it."""
-    best_step = payload["progress"].get("best", {}).get("step")
-    if best_step != payload["progress"]["step"]:
-        return
-    try:
-        have = load_checkpoint(run.best)["progress"]["step"] if run.best.exists() else None
-    except (CheckpointError, KeyError, TypeError):
-        have = None
-    if have != best_step:
-        save_checkpoint(run.best, payload)
-        log(f"best.pt rewritten from the step-{best_step} checkpoint (it was missing or stale)")

@@ -28,11 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from resnetlab.data.images import opened, shorter_side_to, to_mode
 from resnetlab.errors import ConfigError, DataError, ResnetlabError
 from resnetlab.files.atomic import check_output, replace_with
+from resnetlab.networks.folding import fold_bn
 from resnetlab.networks.net import ResNet
 from resnetlab.version import __version__
-from resnetlab.weights.formats import RESNETLAB
+from resnetlab.weights.formats import RESNETLAB, model_for, resolve
 
 FORMATS = ("safetensors", "onnx", "pt2")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -82,7 +84,6 @@ class Pretrained:
 def load_pretrained(path: str | Path, model: str | None = None, best: bool = False) -> Pretrained:
     """A ready model from a run directory (its newest good checkpoint, or best.pt), a checkpoint or weights
     file: what `weights.resolve` says the path means, as `eval` sees it."""
-    from resnetlab.weights.formats import model_for, resolve
 
     weights = resolve(path, best)
     net = model_for(weights, model).eval()
@@ -189,7 +190,6 @@ def _within(got: np.ndarray, want: Tensor, what: str) -> float:
 
 def _eval_graph(pre: Pretrained) -> torch.nn.Module:
     """The eval net with BN folded and the input normalisation inside: it takes pixels in [0, 1]."""
-    from resnetlab.training.fast import fold_bn
 
     class WithInput(torch.nn.Module):
         def __init__(self) -> None:
@@ -272,7 +272,6 @@ def load_image(path: Path, pre: Pretrained) -> Tensor:
     to 256/224 of it, as the test resize), centre crop, the net's channels; pixels in [0, 1], (C, S, S)."""
     from PIL import Image
 
-    from resnetlab.data.images import opened, shorter_side_to, to_mode
 
     s = pre.image_size
     try:

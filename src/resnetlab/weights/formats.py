@@ -31,11 +31,12 @@ from resnetlab.data import DataSource
 from resnetlab.data.base import printable, unsafe_char
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
 from resnetlab.files.jsondoc import JSONDocError, check_nesting, parse_json
+from resnetlab.files.reading import read_file
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import get_spec
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.runs.directory import RunDir
-from resnetlab.weights.checkpoint import is_checkpoint, is_tensor_map, load_state, parse_checkpoint, read_file
+from resnetlab.weights.checkpoint import is_checkpoint, is_tensor_map, load_state, parse_checkpoint
 from resnetlab.weights.peers import (
     CIFAR_PEER,
     TORCHVISION,

@@ -25,9 +25,10 @@ from torch import Tensor
 
 from resnetlab.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from resnetlab.errors import CheckpointError
+from resnetlab.files.reading import read_file, safe_reason, torch_load
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.spec import ResNetSpec
-from resnetlab.weights.checkpoint import load_state, read_file, safe_reason, torch_load
+from resnetlab.weights.checkpoint import load_state
 
 TORCHVISION = "torchvision"
 CIFAR_PEER = "pytorch_resnet_cifar10"

@@ -1,0 +1,237 @@
+"""The commands' bodies: each takes the parsed arguments, calls the library and prints what the user sees.
+
+Imports of the layers below are made inside each command, so `resnetlab --help` and a bad argument answer
+without loading torch (the package's only lazy resnetlab imports; tests/test_layers.py allows them here)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from resnetlab.errors import ResnetlabError
+
+
+def _check_input_size(size: int | None) -> None:
+    if size is not None and not 8 <= size <= 4096:
+        raise ResnetlabError(f"--input-size: {size} is not a side in 8..4096 pixels")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from resnetlab.networks.describe import format_table, zoo_rows
+
+    _check_input_size(args.input_size)
+
+    rows = zoo_rows(args.filter, args.input_size)
+    if not rows:
+        raise ResnetlabError(f"no model name contains {args.filter!r}")
+    table = [
+        [r.name, r.depth, r.block, r.unit, f"{r.params / 1e6:.2f}M", f"{r.macs / 1e9:.3f}G", r.input_size, r.source]
+        for r in rows
+    ]
+    print(format_table(table, ["name", "depth", "block", "unit", "params", "mult-adds", "input", "paper"]))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from resnetlab.networks.counting import count_macs, count_params
+    from resnetlab.networks.describe import format_table, unit_rows
+    from resnetlab.networks.registry import create_model
+    from resnetlab.settings.overrides import parse_assignments
+
+    _check_input_size(args.input_size)
+    model = create_model(args.name, **parse_assignments(args.override, "--override"))
+    spec = model.spec
+    size = args.input_size or spec.input_size
+    fields = {k: v for k, v in spec.to_dict().items() if k != "name"}
+    print(f"{args.name}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+    rows = unit_rows(model, size)
+    print(format_table(rows, list(rows[0].keys())))
+    print(
+        f"total: {len(rows)} units, {count_params(model):,} parameters "
+        f"({count_params(model, weights_only=True):,} in conv/FC weights), "
+        f"{count_macs(model, size) / 1e6:,.1f}M multiply-adds at {size}x{size}"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from resnetlab.runs.records import WorkerResult
+    from resnetlab.settings.config import build_config
+    from resnetlab.settings.overrides import parse_assignments
+    from resnetlab.training.entry import resume, train
+    from resnetlab.training.trainer import EXIT_STOPPED
+
+    overrides = parse_assignments(args.overrides, "--set")
+    for key, value in (("schedule.epochs", args.epochs), ("schedule.iters", args.iters),
+                       ("run.device", args.device), ("run.seed", args.seed), ("data.val_split", args.val_split)):
+        if value is not None:
+            overrides[key] = value
+    if args.resume:
+        given = [flag for flag, v in (("--data", args.data), ("--recipe", args.recipe), ("--out", args.out),
+                                      ("--init", args.init),
+                                      ("--set/--epochs/--iters/--seed/--val-split", overrides.keys() - {"run.device"}))
+                 if v]
+        if given:
+            raise ResnetlabError(f"--resume takes its config from the run directory; drop {', '.join(given)}")
+        run, summary = resume(args.resume, model=args.model, device=args.device)
+    else:
+        if args.init is not None:  # absolute, so that a resume from elsewhere finds the same file
+            overrides["run.init"] = os.path.abspath(os.path.expanduser(args.init))
+        cfg = build_config(recipe=args.recipe, model=args.model, data=args.data, overrides=overrides)
+        run, summary = train(cfg, args.out)
+    if summary.status == "stopped":
+        return EXIT_STOPPED
+    if isinstance(summary, WorkerResult):  # a worker process of a multi-process run: rank 0 reports
+        return 0
+    final = summary.final.get("test_error")
+    verdict = "diverged (fail)" if summary.diverged else (
+        f"test error {final:.2%}" + (" (fail: above 20%)" if summary.fail else "") if final is not None else "")
+    print(f"done: {summary.model} on {summary.data}, {verdict}, {summary.wall_time_s:.1f} s")
+    print(f"run directory: {run.path}")
+    if run.figure.exists():
+        print(f"figure: {run.figure}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from resnetlab.training.evaluation import evaluate
+    from resnetlab.training.fast import channels_last_default
+    from resnetlab.training.setup import evaluation_source, resolve_device
+    from resnetlab.weights.formats import model_for, note_skipped, resolve
+
+    if (args.checkpoint is None) == (args.weights is None):
+        raise ResnetlabError("give a run directory or checkpoint, or --weights FILE (one of the two)")
+    if args.best and args.weights is not None:
+        raise ResnetlabError("--best picks a run directory's best.pt; it does not apply to --weights")
+    weights = resolve(args.checkpoint or args.weights, best=args.best)  # the same net export and predict see
+    model = model_for(weights, args.model)
+    path, claimed = weights.path, weights.claimed_error
+    source = evaluation_source(model.spec, weights.config, weights.norm, args.data, path,
+                               (weights.data or {}).get("classes"))
+    device = resolve_device(args.device)
+    cl = channels_last_default(device)
+    model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
+    result = evaluate(model, source, args.split, args.batch_size, device, channels_last=cl)
+    print(f"{path}: {model.spec.name} on {source.name} ({args.split}, {source.eval_size(args.split)} images): "
+          f"top-1 error {result['error']:.2%}, top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
+    if claimed is not None:
+        print(f"{path}: the file's own record (best_prec1, on the original CIFAR-10 test set): "
+              f"top-1 error {claimed:.2%}")
+    note_skipped(weights.skipped, weights.path)
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from resnetlab.experiments.results import kendall_tau
+    from resnetlab.experiments.runner import run_suite
+    from resnetlab.experiments.suite import load_suite, suite_names
+    from resnetlab.settings.overrides import parse_assignments
+
+    if args.suite == "list":
+        for name in suite_names():
+            suite = load_suite(name)
+            print(f"{name:12s} {len(suite.members):2d} members  {suite.title} ({suite.source})")
+        return 0
+    suite = load_suite(args.suite)
+    out = Path(args.out or f"experiments/{suite.name}-{args.scale}")
+    kwargs = dict(data=args.data, seeds=args.seeds, epochs=args.epochs, iters=args.iters, scale=args.scale,
+                  device=args.device, settings=parse_assignments(args.overrides, "--set"), only=args.only,
+                  results=not args.no_results, jobs=args.jobs, devices=args.devices, trainings=args.trainings,
+                  train=not args.collect)
+    if args.launcher != "here":  # Slurm (or submitit's local executor): workers in submitted tasks
+        from resnetlab.experiments.slurm import launch
+
+        return launch(suite, out, kwargs, args)
+    rows = run_suite(suite, out, **kwargs)  # says where the results are, or that the last worker writes them
+    tau, n = kendall_tau(rows)
+    done = sum(1 for r in rows if r.runs or r.diverged)
+    print(f"{suite.name}: {done}/{len(rows)} members with results; ranking vs paper (Kendall tau): "
+          f"{'-' if tau is None else f'{tau:+.2f}'} over {n}")
+    return 0
+
+
+def printable(text: str) -> str:
+    """`text` with control characters, lone surrogates and bidi overrides escaped (\\n, \\x1b, \\u202e), so a
+    file or class name cannot forge or hide a line of output (`data.base.printable`)."""
+    from resnetlab.data.base import printable
+
+    return printable(text)
+
+
+def _pretrained(args: argparse.Namespace) -> Any:
+    from resnetlab.weights.export import load_pretrained
+
+    if (args.source is None) == (args.weights is None):
+        raise ResnetlabError("give a run directory or checkpoint, or --weights FILE (one of the two)")
+    path = args.weights if args.weights is not None else args.source  # never empty: see _path
+    return load_pretrained(path, model=args.model, best=args.best)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from resnetlab.weights.export import export
+    from resnetlab.weights.formats import note_skipped
+
+    pre = _pretrained(args)
+    result = export(pre, args.format, args.output)
+    check = (f"; outputs within {result['max_abs_diff']:.2g} of PyTorch's (bound {result['tolerance']})"
+             if "max_abs_diff" in result else "")
+    print(f"exported {args.format}: {printable(result['path'])} ({result['bytes']:,} bytes){check}")
+    note_skipped(pre.skipped, pre.source)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from resnetlab.weights.export import image_files, load_image
+    from resnetlab.weights.formats import note_skipped
+
+    if args.top_k < 1:
+        raise ResnetlabError(f"--top-k must be >= 1, got {args.top_k}")
+    images = list(args.images)
+    if args.weights is None:  # the first positional argument is the run directory or checkpoint
+        if len(images) < 2:
+            raise ResnetlabError("give a run directory or checkpoint and at least one image (or --weights FILE)")
+        args.source = images.pop(0)
+    else:
+        args.source = None
+    pre = _pretrained(args)
+    files = image_files(images)
+    rows = []  # everything is read before anything is printed: a bad file leaves no partial output
+    for start in range(0, len(files), 256):
+        chunk = files[start:start + 256]
+        x = torch.stack([load_image(f, pre) for f in chunk])
+        for f, top in zip(chunk, pre.predict(x, args.top_k), strict=True):
+            rows.append({"image": str(f), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]})
+    if args.json:
+        print(json.dumps(rows, indent=1, allow_nan=False))
+    else:
+        for row in rows:
+            print(f"{printable(row['image'])}: " + ", ".join(f"{printable(t['class'])} {t['probability']:.1%}"
+                                                              for t in row["top"]))
+    note_skipped(pre.skipped, pre.source)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from resnetlab.experiments.report import build_report
+
+    out = build_report(args.dirs, args.output)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from resnetlab.data.fetch import fetch, read_record
+
+    path = fetch(args.name, args.dir)
+    record = read_record(path) or {}
+    print(f"{args.name}: {path} (MD5 {record.get('md5')}, SHA-256 {record.get('sha256')})")
+    return 0

@@ -1,0 +1,96 @@
+"""`resnetlab experiment SUITE`: one call's work on a suite, from its arguments to the results.
+
+A call checks its arguments into a `SuiteRun`, claims the suite's --out (`suite_dir.py`), trains what no other
+worker is training (here, `members.py`, or in --jobs processes, `jobs.py`) and, if it is the last worker,
+writes the results (`results.py`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from resnetlab.errors import ConfigError
+from resnetlab.experiments.jobs import run_jobs
+from resnetlab.experiments.members import train_members
+from resnetlab.experiments.results import CPU_NOTE, SMALL_NOTE, MemberResult, collect, write_results
+from resnetlab.experiments.suite import (
+    CPU_EPOCHS,
+    SCALES,
+    Suite,
+    SuiteFailed,
+    SuiteRun,
+    at_scale,
+    select_members,
+)
+from resnetlab.experiments.suite_dir import SuiteDir, write_when_last
+from resnetlab.experiments.work import SuiteWork
+from resnetlab.settings.config import default_recipe
+
+
+def plan(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, epochs: float | None = None,
+         iters: int | None = None, scale: str = "paper", device: str | None = None,
+         settings: dict[str, Any] | None = None, only: list[str] | None = None,
+         trainings: str | None = None) -> SuiteRun:
+    """The arguments of a call checked, and the scale's defaults filled in (data, budget, recipe)."""
+    if scale not in SCALES:
+        raise ConfigError(f"--scale: {scale!r} is not one of {', '.join(SCALES)}")
+    if not 1 <= seeds <= 1000:
+        raise ConfigError(f"--seeds: {seeds} is not in 1..1000")
+    if data is None:
+        if scale == "paper":
+            raise ConfigError(f"suite {suite.name}: --data is required at paper scale (e.g. cifar10:PATH)")
+        if scale == "cpu":
+            raise ConfigError(f"suite {suite.name}: --data is required at cpu scale (e.g. cifar10:PATH or "
+                              "folder:PATH/cifar10-jpeg.tar.gz)")
+        data = "digits"
+    if epochs is None and iters is None:
+        epochs = {"small": 6, "cpu": CPU_EPOCHS}.get(scale)
+    suite = at_scale(suite, scale)
+    recipe = suite.recipe if scale == "paper" else default_recipe(data)
+    return SuiteRun(suite, Path(out), scale, data, recipe, seeds, epochs, iters, device, dict(settings or {}),
+                    only, trainings)
+
+
+def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, epochs: float | None = None,
+              iters: int | None = None, scale: str = "paper", device: str | None = None,
+              settings: dict[str, Any] | None = None, only: list[str] | None = None, results: bool = True,
+              log: Any = print, jobs: int = 1, devices: list[str] | None = None, trainings: str | None = None,
+              train: bool = True) -> list[MemberResult]:
+    """Train every member x seed (skipping finished runs, resuming interrupted ones); write the results.
+
+    Any number of calls may work on one `out` at once, here or on machines sharing it (`work.py`): each
+    trains what no other is training, and the last to finish writes the results (never one called with
+    `results=False`). `jobs` trains that many at once, each in a process of its own, on `devices`
+    (`jobs.py`); `train=False` trains nothing and writes the results of what has finished. `only` restricts
+    the training to members given by label or slug (the results table still lists every member);
+    `trainings` is the index of trainings shared with other suites (default: beside `out`). A member
+    stopped by SIGTERM/SIGINT stops the suite: SuiteStopped.
+    """
+    run = plan(suite, out, data, seeds, epochs, iters, scale, device, settings, only, trainings)
+    chosen = select_members(run.suite, only)
+    if run.scale in ("small", "cpu"):
+        log(SMALL_NOTE if run.scale == "small" else CPU_NOTE)
+    identity = {"suite": run.suite.name, "scale": run.scale, "data": run.data, "recipe": run.recipe,
+                "epochs": run.epochs, "iters": run.iters}
+    work = SuiteWork(run, log)
+    suite_dir = SuiteDir(run.out)
+    suite_dir.claim(identity, shared=True)
+    try:
+        if not train:
+            failed = work.link_trained(chosen, run.seeds)
+        elif jobs > 1 or devices:
+            failed = run_jobs(work, chosen, jobs, devices)
+        else:
+            failed = train_members(run, chosen, work, log)
+        rows = collect(run.suite, run.out, run.scale)
+        if results:
+            write_when_last(suite_dir, run.out, lambda: write_results(run, rows), log, now=not train)
+    finally:
+        work.close()
+        suite_dir.release()
+    if failed:
+        names = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
+        raise SuiteFailed(f"suite {run.suite.name}: {len(failed)} member run(s) failed: {names}. Fix the input "
+                          "and run the same command again: finished members are kept, failed ones retried")
+    return rows

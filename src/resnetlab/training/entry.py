@@ -1,0 +1,134 @@
+"""A run from start to end: `train` makes a new run directory and trains in it, `resume` continues one from its
+newest good checkpoint. Both go through `setup.prepare` and `Trainer.create`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from resnetlab.errors import CheckpointError, RunDirError
+from resnetlab.networks.counting import count_params
+from resnetlab.runs.directory import RunDir
+from resnetlab.runs.records import Summary, WorkerResult
+from resnetlab.settings.config import Config, config_from_dict
+from resnetlab.training.distributed import barrier, broadcast, init_from_env, shutdown
+from resnetlab.training.reporting import Log, started, tee
+from resnetlab.training.setup import prepare
+from resnetlab.training.trainer import Trainer
+from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
+from resnetlab.weights.formats import resolve, start_from
+
+
+def train(cfg: Config, out: str | Path | None = None, log: Log = print) -> tuple[RunDir, Summary | WorkerResult]:
+    """Start a new run: everything is validated and loaded before the run directory is created."""
+    world = init_from_env(cfg.run.device)
+    try:
+        setup = prepare(cfg, world)
+        if out is None:
+            out = broadcast(Path("runs") / f"{setup.spec.name}-{setup.source.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                            world)
+        run = RunDir(out)
+        run.check_new()
+        trainer = Trainer.from_setup(setup, run, log)
+        init = _start_from(trainer, cfg)
+        barrier(world)  # every rank has checked its input before rank 0 creates anything
+        if world.main:
+            run.create(cfg.to_dict() | {"resolved": trainer.resolved() | init})
+            trainer.log = tee(log, run.log)
+        try:
+            started(trainer.reporter, name=setup.spec.name, params=count_params(trainer.model), source=setup.source,
+                    total=trainer.schedule.total, spe=trainer.spe, device=setup.device, processes=world.size)
+            trainer.log(trainer.compile.reason)
+            if init:
+                trainer.log("initial weights: " + ", ".join(f"{k} {v}" for k, v in init["init"].items()))
+            return run, trainer.fit()
+        finally:
+            run.unlock()
+    finally:
+        shutdown(world)
+
+
+def resume(path: str | Path, model: str | None = None, device: str | None = None,
+           log: Log = print) -> tuple[RunDir, Summary | WorkerResult]:
+    """Continue a run from its newest good checkpoint; architecture and config come from the run (read,
+    never changed: `device` only says where this session runs).
+
+    The step counts global batches, so a run may resume on a different number of processes."""
+    run = RunDir(path)
+    saved = run.read_config()
+    cfg = config_from_dict(saved, where=str(run.config))
+    if model is not None and model != cfg.model["name"]:
+        raise RunDirError(f"{run.path}: this run trains {cfg.model['name']}, not {model}")
+    fresh = _check_resumable(run)
+    world = init_from_env(device or cfg.run.device)
+    try:
+        if world.main:
+            run.lock()
+        trainer = Trainer.from_setup(prepare(cfg, world, device), run, tee(log, run.log))
+        trainer.log(trainer.compile.reason)
+        if fresh:  # killed before its first checkpoint: start again
+            _start_from(trainer, cfg, (saved.get("resolved") or {}).get("init", {}).get("sha256"))
+            if world.main:
+                run.truncate_metrics(0)
+            trainer.log(f"{run.path}: no checkpoint yet, starting from the beginning")
+            return run, trainer.fit()
+        weights = resolve(run.path)  # what the run directory means to every command: its newest good checkpoint
+        ckpt_path, payload = weights.path, weights.payload
+        assert payload is not None  # a run directory's checkpoints are ours: read_weights keeps their payload
+        for problem in weights.skipped:
+            trainer.log(f"skipping bad checkpoint: {problem}")
+        trainer.restore(payload)
+        trainer.source.load_norm_state(payload["norm"])
+        barrier(world)  # all ranks have read the checkpoint before rank 0 rewrites metrics
+        if world.main:
+            run.truncate_metrics(trainer.progress.step)
+            _repair_best(run, payload, trainer.log)
+            run.prune(cfg.run.keep_checkpoints)
+        if trainer.progress.step >= trainer.schedule.total:
+            trainer.log(f"{run.path}: already finished at step {trainer.progress.step}")
+        else:
+            trainer.log(f"resuming {run.path} from {ckpt_path.name} (step {trainer.progress.step})")
+        return run, trainer.fit()
+    finally:
+        run.unlock()
+        shutdown(world)
+
+
+def _check_resumable(run: RunDir) -> bool:
+    """Whether `run` may be resumed, checked before anything is built: True when it died before its first
+    checkpoint (it starts again from the beginning). A run whose checkpoints are gone after it ended, or whose
+    checkpoints/ folder is gone, is refused: resuming would train it again from scratch and replace its
+    summary and metrics (or train the whole budget and only then fail to write)."""
+    if not run.checkpoints.is_dir():
+        raise RunDirError(f"{run.path}: its checkpoints/ folder is gone: nothing to resume from, nowhere to write")
+    if run.step_checkpoints():
+        return False
+    if run.summary.exists():
+        raise RunDirError(f"{run.path}: ended (it has a summary.json) but its checkpoints are gone: nothing to "
+                          "resume from; start a new run (--init can take its weights from a checkpoint)")
+    if run.best.exists():
+        raise RunDirError(f"{run.path}: its step checkpoints are gone (only best.pt is left): nothing to resume "
+                          "from; evaluate it with --best, or start a new run")
+    return True
+
+
+def _start_from(trainer: Trainer, cfg: Config, sha256: str | None = None) -> dict[str, Any]:
+    """`run.init`: the weights file the run starts from, loaded with its input normalisation (`weights.py`)."""
+    if cfg.run.init is None:
+        return {}
+    return {"init": start_from(trainer.model, trainer.source, cfg.run.init, sha256)}
+
+
+def _repair_best(run: RunDir, payload: dict[str, Any], log: Log) -> None:
+    """A kill between the step checkpoint and best.pt: the step checkpoint is the best, so copy it."""
+    best_step = payload["progress"].get("best", {}).get("step")
+    if best_step != payload["progress"]["step"]:
+        return
+    try:
+        have = load_checkpoint(run.best)["progress"]["step"] if run.best.exists() else None
+    except (CheckpointError, KeyError, TypeError):
+        have = None
+    if have != best_step:
+        save_checkpoint(run.best, payload)
+        log(f"best.pt rewritten from the step-{best_step} checkpoint (it was missing or stale)")
