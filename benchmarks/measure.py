@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import build_trainer, sync, synthetic_batch, timed
 from benchmarks.roofline import copy_bandwidth, matmul_rate, roofline, step_traffic
+from resnetlab.training.trainer import eager
 
 
 def plain_step_fn(name: str, batch: int, device: torch.device) -> Callable[[], None]:
@@ -66,7 +67,7 @@ def ours_eager_step_fn(trainer: Any, batch: int) -> Callable[[], None]:
     x, y = synthetic_batch(batch, trainer.device)
 
     def step() -> None:
-        with trainer.eager():
+        with eager(trainer):
             trainer.train_step(x, y, 0)
 
     return step

@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from benchmarks.common import sync, synthetic_batch, timed
+from resnetlab.training.trainer import eager
 
 
 def matmul_rate(device: torch.device) -> dict[str, Any]:
@@ -61,9 +62,9 @@ class OpTraffic(TorchDispatchMode):
 
 def step_traffic(trainer: Any, batch: int) -> dict[str, int]:
     """Operator traffic of one eager training step of ours (the uncompiled model, with its memory format and
-    autocast dtype: `Trainer.eager`)."""
+    autocast dtype: `trainer.eager`)."""
     x, y = synthetic_batch(batch, trainer.device)
-    with trainer.eager(), OpTraffic() as counter:
+    with eager(trainer), OpTraffic() as counter:
         trainer.train_step(x, y, 0)
         sync(trainer.device)
     return {"bytes": counter.bytes, "ops": counter.ops}

@@ -29,7 +29,7 @@ from resnetlab.training.distributed import World
 from resnetlab.training.evaluation import evaluate
 from resnetlab.training.fast import make_sgd
 from resnetlab.training.setup import configure_runtime, data_options, model_spec
-from resnetlab.training.trainer import Trainer
+from resnetlab.training.trainer import Trainer, create_trainer
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -73,7 +73,7 @@ def _trainer(tmp_path: Path, tag: str, model: str = "resnet20", device: torch.de
                                   "run.device": str(device), **overrides})
     configure_runtime(cfg, device)
     source = load_data(cfg.data.source, data_options(cfg))
-    return Trainer.create(cfg, RunDir(tmp_path / tag), source, model_spec(cfg, source), device, log=lambda *_: None)
+    return create_trainer(cfg, RunDir(tmp_path / tag), source, model_spec(cfg, source), device, log=lambda *_: None)
 
 
 @pytest.mark.parametrize("name, overrides", [("resnet20", {}), ("preact_resnet164", {"depth": 11}),
@@ -165,9 +165,9 @@ def test_bf16_autocast_step_stays_near_float32(tmp_path: Path) -> None:
     bf16.model.train()
     losses = []
     for step in range(10):
-        before = bf16._sums[0].item() if bf16._sums else 0.0
+        before = bf16.sums.loss()
         assert bool(bf16.train_step(x, y, seed=step))
-        losses.append(bf16._sums[0].item() - before)
+        losses.append(bf16.sums.loss() - before)
     assert losses[-1] < 0.8 * losses[0]  # one batch, ten steps: it learns
 
 
@@ -186,9 +186,9 @@ def test_reduce_overhead_compiled_steps_equal_eager_steps(tmp_path: Path, overri
     for tag, trainer in (("eager", eager), ("graphs", graphs)):
         trainer.model.double().train()
         for step, (x, y) in zip(range(4), trainer.source.train_batches(0, 32, seed=0, device=CUDA), strict=False):
-            before = trainer._sums[0].item() if trainer._sums else 0.0
+            before = trainer.sums.loss()
             trainer.train_step(x.double(), y, seed=step)
-            losses[tag].append(trainer._sums[0].item() - before)
+            losses[tag].append(trainer.sums.loss() - before)
     assert losses["graphs"] == pytest.approx(losses["eager"], rel=1e-6)
     assert len(set(losses["eager"])) == 4
     assert ((_flat(graphs.model) - _flat(eager.model)).norm() / _flat(eager.model).norm()).item() < 1e-6
@@ -230,7 +230,7 @@ def test_nccl_ddp_sync_bn_steps_equal_single_process_steps(tmp_path: Path) -> No
                            overrides={"run.progress": False, "run.tensorboard": False, "warmup.enabled": True,
                                       "run.device": "cuda", "run.sync_bn": True})
         source = load_data(cfg.data.source, data_options(cfg))
-        ddp = Trainer.create(cfg, RunDir(tmp_path / "ddp"), source, model_spec(cfg, source), CUDA, log=lambda *_: None,
+        ddp = create_trainer(cfg, RunDir(tmp_path / "ddp"), source, model_spec(cfg, source), CUDA, log=lambda *_: None,
                       world=_OneRankGroup(0, 1, 0))
         assert isinstance(ddp.train_model, nn.parallel.DistributedDataParallel)
         assert any(isinstance(m, nn.SyncBatchNorm) for m in ddp.model.modules())

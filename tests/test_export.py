@@ -14,7 +14,8 @@ from PIL import Image
 from resnetlab.cli import main
 from resnetlab.errors import CheckpointError
 from resnetlab.weights.export import ATOL, RTOL, Pretrained, export, load_image, load_pretrained
-from resnetlab.weights.formats import model_for, resolve
+from resnetlab.weights.formats import model_for
+from resnetlab.weights.resolve import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 

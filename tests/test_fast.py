@@ -35,7 +35,7 @@ from resnetlab.training.fast import (
     has_cxx_compiler,
 )
 from resnetlab.training.setup import data_options, model_spec
-from resnetlab.training.trainer import Trainer
+from resnetlab.training.trainer import Trainer, create_trainer
 
 
 def _random_bn_stats(model: nn.Module, seed: int = 0) -> None:
@@ -108,7 +108,7 @@ def _trainer(tmp_path: Path, tag: str, **overrides: object) -> Trainer:
                        overrides={"run.progress": False, "run.tensorboard": False, "run.compile": "off",
                                   **overrides})
     source = load_data(cfg.data.source, data_options(cfg))
-    return Trainer.create(cfg, RunDir(tmp_path / tag), source, model_spec(cfg, source), torch.device("cpu"),
+    return create_trainer(cfg, RunDir(tmp_path / tag), source, model_spec(cfg, source), torch.device("cpu"),
                    log=lambda *_: None)
 
 
@@ -151,9 +151,9 @@ def test_compiled_step_follows_the_eager_step(tmp_path: Path) -> None:
     for tag, trainer in (("eager", eager), ("compiled", compiled)):
         trainer.model.double()
         for step, (x, y) in zip(range(3), trainer.source.train_batches(0, 16, seed=0), strict=False):
-            before = trainer._sums[0].item() if trainer._sums else 0.0
+            before = trainer.sums.loss()
             trainer.train_step(x.double(), y, seed=step)
-            losses[tag].append(trainer._sums[0].item() - before)
+            losses[tag].append(trainer.sums.loss() - before)
     flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
     assert ((flat(compiled.model) - flat(eager.model)).norm() / flat(eager.model).norm()).item() < 1e-6
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-6)
@@ -204,7 +204,7 @@ def test_compile_auto_in_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyP
     main_cfg = build_config(overrides={"run.progress": False, "run.tensorboard": False})
     assert main_cfg.run.compile == "auto"
     source = load_data(main_cfg.data.source, data_options(main_cfg))
-    main_job = Trainer.create(main_cfg, RunDir(tmp_path / "main"), source, model_spec(main_cfg, source), CPU,
+    main_job = create_trainer(main_cfg, RunDir(tmp_path / "main"), source, model_spec(main_cfg, source), CPU,
                        log=lambda *_: None)
     assert main_job.compile.mode == "off" and main_job.train_model is main_job.model
     assert "eager" in main_job.compile.reason

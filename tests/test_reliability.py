@@ -317,7 +317,7 @@ def test_checkpoint_body_truncated_or_patched_with_a_valid_checksum(scratch: Pat
 WRAPPER = r'''
 import os, signal, sys
 import resnetlab.weights.checkpoint as ckpt
-import resnetlab.training.trainer as train
+import resnetlab.training.evaluation as evaluation
 from resnetlab.cli import main
 
 mode, nth, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -364,7 +364,7 @@ if mode in ("write-step", "write-best"):
 
     ckpt.open = patched_open  # checkpoint.py looks `open` up in its module globals first
 elif mode == "eval":
-    real_evaluate = train.evaluate
+    real_evaluate = evaluation.evaluate
 
     def patched_evaluate(model, *args, **kwargs):
         seen[0] += 1
@@ -379,7 +379,7 @@ elif mode == "eval":
             model.register_forward_hook(hook)
         return real_evaluate(model, *args, **kwargs)
 
-    train.evaluate = patched_evaluate
+    evaluation.evaluate = patched_evaluate  # the evaluations of a metrics row look it up there
 sys.exit(main(argv))
 '''
 

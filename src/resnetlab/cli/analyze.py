@@ -50,7 +50,7 @@ def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str
     plot_propagation(results, figure, title=f"{', '.join(named)} on {source.name} (batch {len(y)}, {mode})")
     print(f"figure: {figure}")
     if weights is not None:
-        from resnetlab.weights.formats import note_skipped
+        from resnetlab.weights.resolve import note_skipped
 
         note_skipped(weights.skipped, weights.path)
     return 0
@@ -93,7 +93,8 @@ def _networks(models: list[str], spec_overrides: dict[str, Any], checkpoint: str
     from resnetlab.networks.registry import create_model
     from resnetlab.settings.config import build_config
     from resnetlab.training.setup import data_options, evaluation_source
-    from resnetlab.weights.formats import model_for, resolve
+    from resnetlab.weights.formats import model_for
+    from resnetlab.weights.resolve import resolve
 
     named: dict[str, Any] = {}
     weights = None

@@ -100,7 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from resnetlab.training.evaluation import evaluate
     from resnetlab.training.fast import channels_last_default
     from resnetlab.training.setup import evaluation_source, resolve_device
-    from resnetlab.weights.formats import model_for, note_skipped, resolve
+    from resnetlab.weights.formats import model_for
+    from resnetlab.weights.resolve import note_skipped, resolve
 
     if (args.checkpoint is None) == (args.weights is None):
         raise ResnetlabError("give a run directory or checkpoint, or --weights FILE (one of the two)")
@@ -174,7 +175,7 @@ def _pretrained(args: argparse.Namespace) -> Any:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from resnetlab.weights.export import export
-    from resnetlab.weights.formats import note_skipped
+    from resnetlab.weights.resolve import note_skipped
 
     pre = _pretrained(args)
     result = export(pre, args.format, args.output)
@@ -191,7 +192,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from resnetlab.weights.export import image_files, load_image
-    from resnetlab.weights.formats import note_skipped
+    from resnetlab.weights.resolve import note_skipped
 
     if args.top_k < 1:
         raise ResnetlabError(f"--top-k must be >= 1, got {args.top_k}")

@@ -6,6 +6,8 @@ batches (a pure function of seed, epoch and step, sliced per DDP rank) and plain
 sets are decoded once (and cached on disk) into uint8 tensors (:class:`TensorSource`); ImageNet is
 streamed through a DataLoader (:class:`ImageNetSource`). Every data problem raises a one-line
 :class:`~resnetlab.errors.DataError`.
+
+May import: errors, version, files.
 """
 
 from __future__ import annotations

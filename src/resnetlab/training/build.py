@@ -1,5 +1,5 @@
 """A training's parts, built from its config before the loop starts: the net and its wrappings (channels-last,
-SyncBN, DDP, torch.compile), the batch arithmetic, the optimizer and the schedule. `Trainer.create` builds them
+SyncBN, DDP, torch.compile), the batch arithmetic, the optimizer and the schedule. `trainer.create_trainer` builds them
 and the `Trainer` is given the results."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A run from start to end: `train` makes a new run directory and trains in it, `resume` continues one from its
-newest good checkpoint. Both go through `setup.prepare` and `Trainer.create`."""
+newest good checkpoint. Both go through `setup.prepare` and `trainer.trainer_for`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from resnetlab.settings.config import Config, config_from_dict
 from resnetlab.training.distributed import barrier, broadcast, init_from_env, shutdown
 from resnetlab.training.reporting import Log, started, tee
 from resnetlab.training.setup import prepare
-from resnetlab.training.trainer import Trainer
+from resnetlab.training.trainer import Trainer, trainer_for
 from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
-from resnetlab.weights.formats import resolve, start_from
+from resnetlab.weights.resolve import resolve, start_from
 
 
 def train(cfg: Config, out: str | Path | None = None, log: Log = print) -> tuple[RunDir, Summary | WorkerResult]:
@@ -30,7 +30,7 @@ def train(cfg: Config, out: str | Path | None = None, log: Log = print) -> tuple
                             world)
         run = RunDir(out)
         run.check_new()
-        trainer = Trainer.from_setup(setup, run, log)
+        trainer = trainer_for(setup, run, log)
         init = _start_from(trainer, cfg)
         barrier(world)  # every rank has checked its input before rank 0 creates anything
         if world.main:
@@ -65,7 +65,7 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
     try:
         if world.main:
             run.lock()
-        trainer = Trainer.from_setup(prepare(cfg, world, device), run, tee(log, run.log))
+        trainer = trainer_for(prepare(cfg, world, device), run, tee(log, run.log))
         trainer.log(trainer.compile.reason)
         if fresh:  # killed before its first checkpoint: start again
             _start_from(trainer, cfg, (saved.get("resolved") or {}).get("init", {}).get("sha256"))

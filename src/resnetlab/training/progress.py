@@ -7,8 +7,11 @@ run's wall time where the killed one stopped; this is the one place they are res
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import torch
 
 
 @dataclass
@@ -43,3 +46,30 @@ class Progress:
         """The epoch of a metrics row: whole at an epoch's end, a fraction at a run's partial last epoch."""
         done, rest = divmod(self.step, steps_per_epoch)
         return done if rest == 0 else round(self.step / steps_per_epoch, 3)
+
+
+class EpochSums:
+    """The epoch's training loss and error sums kept on the device (no host sync per step), moved into the
+    checkpointed `Progress` at a sync point (`flush`, summed over ranks by `reduce`)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: list[torch.Tensor] | None = None
+
+    def add(self, loss: torch.Tensor, wrong: torch.Tensor) -> None:
+        if self.sums is None:
+            self.sums = [torch.zeros((), device=self.device, dtype=torch.float64),
+                         torch.zeros((), device=self.device, dtype=torch.int64)]
+        self.sums[0] += loss.double()
+        self.sums[1] += wrong
+
+    def loss(self) -> float:
+        """The loss summed over the epoch's images so far (a host sync; 0 before the first step)."""
+        return self.sums[0].item() if self.sums is not None else 0.0
+
+    def flush(self, progress: Progress, reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        if self.sums is not None:
+            loss, wrong = (reduce(t) for t in self.sums)  # over all ranks
+            progress.loss_sum += loss.item()
+            progress.wrong += int(wrong.item())
+            self.sums = None

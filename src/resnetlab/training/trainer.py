@@ -11,7 +11,6 @@ to `runtime`, the stop decisions to `monitor`, the outputs to `reporting` and th
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -21,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.data import DataSource, derive_seed
-from resnetlab.errors import CheckpointError
 from resnetlab.networks.counting import count_params
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.runs.directory import RunDir
@@ -29,13 +27,13 @@ from resnetlab.runs.records import DivergenceRow, MetricsRow, Summary, WorkerRes
 from resnetlab.settings.config import Config
 from resnetlab.training.build import Parts, build_parts
 from resnetlab.training.distributed import World, all_reduce_sum, barrier
-from resnetlab.training.evaluation import evaluate
+from resnetlab.training.evaluation import metrics_row
 from resnetlab.training.monitor import DivergenceMonitor, StopFlag, StopReason
-from resnetlab.training.progress import Progress
+from resnetlab.training.progress import EpochSums, Progress
 from resnetlab.training.reporting import Log, Reporter, quiet
 from resnetlab.training.setup import Setup
-from resnetlab.version import __version__
-from resnetlab.weights.checkpoint import load_state, save_checkpoint
+from resnetlab.training.state import restore_state, run_state
+from resnetlab.weights.checkpoint import save_checkpoint
 
 EXIT_STOPPED = 3  # SIGTERM/SIGINT: checkpoint written, resume with --resume
 
@@ -45,31 +43,15 @@ class Trainer:
 
     def __init__(self, cfg: Config, run: RunDir, source: DataSource, spec: ResNetSpec, device: torch.device,
                  parts: Parts, reporter: Reporter, world: World | None = None) -> None:
-        """A trainer of built parts (`build.build_parts`); `create` builds them from a config."""
+        """A trainer of built parts (`build.build_parts`); `create_trainer` builds them from a config."""
         self.cfg, self.run, self.source, self.spec, self.device = cfg, run, source, spec, device
         self.world = world or World()
-        self.model, self.train_model, self._eager_model = parts.model, parts.train_model, parts.eager_model
+        self.model, self.train_model, self.eager_model = parts.model, parts.train_model, parts.eager_model
         self.channels_last, self.batch, self.spe, self.amp = parts.channels_last, parts.batch, parts.spe, parts.amp
         self.optimizer, self.schedule, self.compile = parts.optimizer, parts.schedule, parts.compile
         self.reporter = reporter
         self.progress = Progress()
-        self._sums: list[torch.Tensor] | None = None  # device-side loss and error sums of the epoch
-
-    @classmethod
-    def create(cls, cfg: Config, run: RunDir, source: DataSource, spec: ResNetSpec, device: torch.device,
-               log: Log = print, world: World | None = None) -> Trainer:
-        """Seed, build the parts (net, wrappings, optimizer, schedule, compile) and the reporter; the trainer."""
-        world = world or World()
-        parts = build_parts(cfg, source, spec, device, world)
-        reporter = Reporter(run, log if world.main else quiet, tensorboard=cfg.run.tensorboard,
-                            progress=cfg.run.progress, total_steps=parts.schedule.total,
-                            steps_per_epoch=parts.spe, batch=parts.batch,
-                            trackers=cfg.run.tracker if world.main else None)
-        return cls(cfg, run, source, spec, device, parts, reporter, world)
-
-    @classmethod
-    def from_setup(cls, setup: Setup, run: RunDir, log: Log = print) -> Trainer:
-        return cls.create(setup.cfg, run, setup.source, setup.spec, setup.device, log, setup.world)
+        self.sums = EpochSums(device)  # the epoch's loss and error sums, on the device
 
     @property
     def log(self) -> Log:
@@ -79,16 +61,6 @@ class Trainer:
     def log(self, log: Log) -> None:
         self.reporter.log = log
 
-    @contextmanager
-    def eager(self) -> Iterator[None]:
-        """Steps taken inside run the uncompiled module (the same parameters and wrapping): what a benchmark
-        counts operator by operator, which a compiled graph would fuse out of sight."""
-        compiled, self.train_model = self.train_model, self._eager_model
-        try:
-            yield
-        finally:
-            self.train_model = compiled
-
     def resolved(self) -> dict[str, Any]:
         """What the config resolved to on this run, written beside it in config.json."""
         return self.schedule.to_dict() | {
@@ -97,29 +69,11 @@ class Trainer:
 
     # checkpoints ---------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        rng = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"spec": self.spec.to_dict(), "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "progress": self.progress.to_dict(),
-                "norm": self.source.norm_state(), "rng": rng, "config": self.cfg.to_dict(),
-                "schedule": self.schedule.to_dict(), "version": __version__,
-                "data": {"classes": list(self.source.classes), "image_size": self.source.image_size,
-                         "channels": self.source.channels}}  # what a trained net needs to be used elsewhere
+        return run_state(self.spec, self.model, self.optimizer, self.progress, self.source, self.cfg,
+                         self.schedule, self.device)
 
     def restore(self, payload: dict[str, Any]) -> None:
-        try:
-            saved = ResNetSpec.from_dict(payload["spec"])
-            if saved != self.spec:
-                raise CheckpointError(f"checkpoint is a {saved.name or 'different'} net, not this run's model")
-            load_state(self.model, payload["model"])
-            self.optimizer.load_state_dict(payload["optimizer"])
-            self.progress = Progress(**payload["progress"])
-            torch.set_rng_state(payload["rng"]["cpu"])
-            if "cuda" in payload["rng"] and self.device.type == "cuda":
-                torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
-        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint does not fit this run ({str(exc).splitlines()[0][:200]})") from None
+        self.progress = restore_state(payload, self.spec, self.model, self.optimizer, self.device)
 
     def save(self, best: bool = False) -> None:
         payload = self.state()
@@ -227,7 +181,7 @@ class Trainer:
             total += loss.detach()
             wrong += (logits.detach().argmax(1) != yc).sum()
         self.optimizer.step()
-        self._device_sums(total * y.numel(), wrong)  # read back once per epoch
+        self.sums.add(total * y.numel(), wrong)  # read back once per epoch
         in_warmup = sched.warmup and p.warmup_end is None and p.step < sched.warmup_iters
         if in_warmup:  # v1: warm up until the training error is below 80%
             global_wrong = all_reduce_sum(wrong.clone(), world).item()
@@ -237,20 +191,9 @@ class Trainer:
         p.step += 1
         return torch.isfinite(total)
 
-    def _device_sums(self, loss: torch.Tensor, wrong: torch.Tensor) -> None:
-        if self._sums is None:
-            self._sums = [torch.zeros((), device=self.device, dtype=torch.float64),
-                          torch.zeros((), device=self.device, dtype=torch.int64)]
-        self._sums[0] += loss.double()
-        self._sums[1] += wrong
-
     def _flush_sums(self) -> None:
         """Move the device-side epoch sums into the (checkpointed) progress record."""
-        if self._sums is not None:
-            loss, wrong = (all_reduce_sum(t, self.world) for t in self._sums)  # over all ranks
-            self.progress.loss_sum += loss.item()
-            self.progress.wrong += int(wrong.item())
-            self._sums = None
+        self.sums.flush(self.progress, lambda s: all_reduce_sum(s, self.world))
 
     def _sync_time(self, t0: float) -> None:
         self._flush_sums()  # a host sync: the elapsed time below covers finished work
@@ -274,18 +217,8 @@ class Trainer:
         self.save(best=p.best.get("step") == p.step)
 
     def _metrics_row(self) -> MetricsRow:
-        p, bs = self.progress, self.cfg.optim.batch_size
-        test = evaluate(self.model, self.source, "test", bs, self.device, self.amp, self.channels_last)
-        val = (evaluate(self.model, self.source, "val", bs, self.device, self.amp, self.channels_last)
-               if self.source.has_val else None)
-        train_loss = p.loss_sum / max(p.seen, 1)
-        return MetricsRow(
-            epoch=p.epoch_label(self.spe), step=p.step, lr=self.schedule.lr(p.step - 1, p.warmup_end),
-            train_loss=train_loss if math.isfinite(train_loss) else None, train_error=p.wrong / max(p.seen, 1),
-            test_loss=test["loss"], test_error=test["error"], test_top5_error=test["top5_error"],
-            val_loss=val and val["loss"], val_error=val and val["error"], val_top5_error=val and val["top5_error"],
-            images_per_s=p.seen / p.train_time if p.train_time > 0 else 0.0,
-            eval_images_per_s=test["images_per_s"], epoch_time_s=p.train_time, wall_time_s=p.elapsed)
+        return metrics_row(self.progress, self.spe, self.schedule, self.model, self.source,
+                           self.cfg.optim.batch_size, self.device, self.amp, self.channels_last)
 
     def _record_divergence(self, epoch: int, step: int | None) -> None:
         self._flush_sums()
@@ -300,3 +233,30 @@ class Trainer:
                                      model=self.spec.name, data=self.cfg.data.source, recipe=self.cfg.recipe,
                                      params=count_params(self.model), device=self.device,
                                      title=f"{self.spec.name} on {self.source.name}")
+
+
+def create_trainer(cfg: Config, run: RunDir, source: DataSource, spec: ResNetSpec, device: torch.device,
+                   log: Log = print, world: World | None = None) -> Trainer:
+    """Seed, build the parts (net, wrappings, optimizer, schedule, compile) and the reporter; the trainer."""
+    world = world or World()
+    parts = build_parts(cfg, source, spec, device, world)
+    reporter = Reporter(run, log if world.main else quiet, tensorboard=cfg.run.tensorboard,
+                        progress=cfg.run.progress, total_steps=parts.schedule.total, steps_per_epoch=parts.spe,
+                        batch=parts.batch, trackers=cfg.run.tracker if world.main else None)
+    return Trainer(cfg, run, source, spec, device, parts, reporter, world)
+
+
+def trainer_for(setup: Setup, run: RunDir, log: Log = print) -> Trainer:
+    """The trainer of a prepared config (`setup.prepare`)."""
+    return create_trainer(setup.cfg, run, setup.source, setup.spec, setup.device, log, setup.world)
+
+
+@contextmanager
+def eager(trainer: Trainer) -> Iterator[None]:
+    """Steps taken inside run the uncompiled module (the same parameters and wrapping): what a benchmark counts
+    operator by operator, which a compiled graph would fuse out of sight."""
+    compiled, trainer.train_model = trainer.train_model, trainer.eager_model
+    try:
+        yield
+    finally:
+        trainer.train_model = compiled

@@ -19,7 +19,7 @@ import contextlib
 import io
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,10 @@ from resnetlab.files.atomic import check_output, replace_with
 from resnetlab.networks.folding import fold_bn
 from resnetlab.networks.net import ResNet
 from resnetlab.version import __version__
-from resnetlab.weights.formats import RESNETLAB, model_for, resolve
+from resnetlab.weights.contents import RESNETLAB
+from resnetlab.weights.formats import model_for
+from resnetlab.weights.resolve import resolve
 
-FORMATS = ("safetensors", "onnx", "pt2")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # stated tolerance of the exported graphs: max |logit difference| <= ATOL + RTOL * max |logit|
 ATOL, RTOL = 1e-4, 1e-4
@@ -123,10 +124,10 @@ def _need(module: str) -> Any:
 # ---- exporting --------------------------------------------------------------------------------------------
 def export(pre: Pretrained, fmt: str, out: str | Path) -> dict[str, Any]:
     """Write `pre` as `fmt` to `out` (atomically); returns what was written and, for graphs, the check."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
+    if fmt not in WRITERS:
+        raise ConfigError(f"--format {fmt!r}: one of {', '.join(WRITERS)}")
     out = check_output(out, [Path(pre.source)])
-    writer = {"safetensors": _write_safetensors, "onnx": _write_onnx, "pt2": _write_pt2}[fmt]
+    writer = WRITERS[fmt]
     report: dict[str, Any] = {}
 
     def fill(tmp: Path) -> None:
@@ -245,6 +246,11 @@ def _write_pt2(pre: Pretrained, path: Path) -> dict[str, Any]:
 
 
 # ---- images in ----------------------------------------------------------------------------------------------
+# every format `resnetlab export` writes -> its writer (`formats.READERS` reads the safetensors back)
+WRITERS: dict[str, Callable[[Pretrained, Path], dict[str, Any]]] = {
+    "safetensors": _write_safetensors, "onnx": _write_onnx, "pt2": _write_pt2}
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 

@@ -1,25 +1,22 @@
-"""Weights files of every format resnetlab reads, told apart by their content and read without running code,
-and the one answer to "what does this path mean" (`resolve`) that every command asks.
+"""Weights files of every format resnetlab reads, told apart by their content and read without running code:
+`READERS` (the containers, by their first bytes) and `LAYOUTS` (how a format's tensors are named and loaded
+into a net) are the table; `export.WRITERS` is the other direction.
 
 - `resnetlab`: our checkpoint (`checkpoint.py`): spec, weights, and the input normalisation of its run;
-- `pytorch_resnet_cifar10`: an option-A CIFAR ResNet-20..1202 of that project (`convert.py`);
-- `torchvision`: a torchvision-style ResNet state_dict (`convert.py`).
+- `pytorch_resnet_cifar10`: an option-A CIFAR ResNet-20..1202 of that project (`peers.py`);
+- `torchvision`: a torchvision-style ResNet state_dict (`peers.py`).
 The two foreign formats were trained on pixels in [0, 1] normalised with ImageNet's channel mean and std, so
 that is the normalisation they carry here: evaluating them computes what their own code computes. The file's
 SHA-256 names exactly which weights a run started from.
 
-`resolve(path, best)`: a run directory means its newest checkpoint that verifies (or `best.pt` with `best`),
-a checkpoint itself, a weights file its format. `eval`, `train --resume`, `train --init`, `export`, `predict`,
-`analyze --checkpoint`, `torch.hub` and `load_pretrained` all call it, so a path means one net everywhere.
-Everything a file says about itself (spec, normalisation, class names, image size) is checked against its
-tensors and against itself when it is read (`_check_resnetlab`), before anything is built from it.
+What a path means (a run directory, a checkpoint, a weights file) is `resolve.resolve`. Everything a file says
+about itself is checked against its tensors and against itself when it is read (`checks.py`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +25,15 @@ import torch
 from torch import Tensor
 
 from resnetlab.data import DataSource
-from resnetlab.data.base import printable, unsafe_char
-from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
+from resnetlab.errors import CheckpointError, ResnetlabError
 from resnetlab.files.jsondoc import JSONDocError, check_nesting, parse_json
 from resnetlab.files.reading import read_file
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import get_spec
 from resnetlab.networks.spec import ResNetSpec
-from resnetlab.runs.directory import RunDir
 from resnetlab.weights.checkpoint import is_checkpoint, is_tensor_map, load_state, parse_checkpoint
+from resnetlab.weights.checks import checked, checked_norm
+from resnetlab.weights.contents import RESNETLAB, Weights
 from resnetlab.weights.peers import (
     CIFAR_PEER,
     TORCHVISION,
@@ -49,91 +46,48 @@ from resnetlab.weights.peers import (
     state_dict_of,
 )
 
-RESNETLAB = "resnetlab"
-
-
-@dataclass(frozen=True)
-class Weights:
-    """The contents of one weights file."""
-
-    path: Path
-    sha256: str
-    format: str  # RESNETLAB, CIFAR_PEER or TORCHVISION
-    state: dict[str, Tensor]  # under the file's own key names
-    norm: dict[str, Tensor]  # the input normalisation the weights were trained with
-    spec: ResNetSpec | None  # the net the file holds, where it says (not torchvision's files)
-    config: dict[str, Any] | None = None  # our checkpoint's run config
-    claimed_error: float | None = None  # the file's own top-1 test error, where it records one
-    data: dict[str, Any] | None = None  # our checkpoint's class names, image size and channels, where it has them
-    payload: dict[str, Any] | None = None  # the whole checkpoint (optimizer, progress, ...), for resuming
-    skipped: tuple[str, ...] = ()  # newer checkpoints of a run directory that did not verify, and why
-
-    def record(self) -> dict[str, Any]:
-        """Where a run's weights came from, for its config.json."""
-        return {"path": str(self.path), "sha256": self.sha256, "format": self.format,
-                "normalization": describe_norm(self.norm)}
-
-
-def resolve(path: str | Path, best: bool = False) -> Weights:
-    """The weights a path means, the same for every command: a run directory's newest checkpoint that verifies
-    (newer ones that do not are listed in `skipped`), or its `best.pt` with `best`; a file, its own contents.
-    Any problem is a one-line CheckpointError naming the path."""
-    path = Path(path).expanduser()
-    if not path.is_dir():
-        if best:
-            raise ConfigError("--best picks a run directory's best.pt; it does not apply to a file")
-        return read_weights(path)
-    run = RunDir(path)
-    if not (run.config.is_file() or run.checkpoints.is_dir()):
-        raise CheckpointError(f"{path}: a folder, not a run directory (no config.json or checkpoints/)")
-    if best:
-        if not run.best.is_file():
-            raise CheckpointError(f"{path}: no checkpoints/best.pt in this run directory")
-        return read_weights(run.best)
-    if not run.step_checkpoints():
-        hint = " (it has a best.pt: use --best)" if run.best.is_file() else ""
-        raise CheckpointError(f"{path}: no checkpoint in this run directory{hint}")
-    _, weights, problems = run.latest_good(read_weights)
-    return dataclasses.replace(weights, skipped=tuple(problems))
-
 
 def read_weights(path: str | Path) -> Weights:
-    """Read and identify a weights file; any problem is a one-line CheckpointError naming the file."""
+    """Read and identify a weights file by its contents (`sniff`, then `READERS`); any problem is a one-line
+    CheckpointError naming the file."""
     path = Path(path).expanduser()
     raw = read_file(path, "weights file")
-    sha256 = hashlib.sha256(raw).hexdigest()
     kind = sniff(raw)
-    if kind == "safetensors":
-        return _checked(_read_safetensors(raw, path, sha256))
-    if kind == "checkpoint":
-        payload = parse_checkpoint(raw, path)
-        try:
-            spec = ResNetSpec.from_dict(payload["spec"])
-            data = payload.get("data") if isinstance(payload.get("data"), dict) else None
-            config = check_nesting(payload["config"], "field 'config'")  # a mapping: parse_checkpoint checks it
-            state = payload["model"]
-            if not is_tensor_map(state):
-                raise CheckpointError(f"field 'model' is a {type(state).__name__}, not a mapping of names to "
-                                      "tensors")
-            weights = Weights(path, sha256, RESNETLAB, dict(state), _checked_norm(payload["norm"]), spec,
-                              config=config, data=data, payload=payload)
-        except (KeyError, TypeError, ResnetlabError) as exc:
-            raise CheckpointError(f"{path}: a resnetlab checkpoint without a valid spec and weights ({exc})") from None
-        return _checked(weights)
-    if kind != "torch":
+    if kind not in READERS:
         raise CheckpointError(f"{path}: {kind}, not a weights file (resnetlab reads its own checkpoints, exported "
                               ".safetensors and torch.save state_dicts)")
+    return READERS[kind](raw, path, hashlib.sha256(raw).hexdigest())
+
+
+def _read_checkpoint(raw: bytes, path: Path, sha256: str) -> Weights:
+    """Our checkpoint: spec, weights, input normalisation, the run's config and data (`checkpoint.py`)."""
+    payload = parse_checkpoint(raw, path)
+    try:
+        spec = ResNetSpec.from_dict(payload["spec"])
+        data = payload.get("data") if isinstance(payload.get("data"), dict) else None
+        config = check_nesting(payload["config"], "field 'config'")  # a mapping: parse_checkpoint checks it
+        state = payload["model"]
+        if not is_tensor_map(state):
+            raise CheckpointError(f"field 'model' is a {type(state).__name__}, not a mapping of names to tensors")
+        weights = Weights(path, sha256, RESNETLAB, dict(state), checked_norm(payload["norm"]), spec,
+                          config=config, data=data, payload=payload)
+    except (KeyError, TypeError, ResnetlabError) as exc:
+        raise CheckpointError(f"{path}: a resnetlab checkpoint without a valid spec and weights ({exc})") from None
+    return checked(weights)
+
+
+def _read_torch(raw: bytes, path: Path, sha256: str) -> Weights:
+    """A `torch.save` state_dict (or a dict holding one) of a layout in `LAYOUTS`, told by its keys."""
     obj = load_state_bytes(raw, path)
     state = state_dict_of(obj, str(path))
-    keys = {k.removeprefix("module.") for k in state}
-    if is_cifar_peer(state):
-        try:
-            spec = cifar_peer_spec(state)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-        return Weights(path, sha256, CIFAR_PEER, state, imagenet_norm(), spec, claimed_error=_peer_error(obj))
-    if "fc.weight" in keys:
-        return Weights(path, sha256, TORCHVISION, state, imagenet_norm(), None)
+    for name, layout in LAYOUTS.items():
+        if layout.matches is not None and layout.matches(state):
+            try:
+                spec = layout.spec(state) if layout.spec is not None else None
+            except CheckpointError as exc:
+                raise CheckpointError(f"{path}: {exc}") from None
+            claimed = layout.claimed_error(obj) if layout.claimed_error is not None else None
+            return Weights(path, sha256, name, state, imagenet_norm(), spec, claimed_error=claimed)
     first = f"its first key is {next(iter(state))!r}" if state else "it holds no tensors"
     raise CheckpointError(f"{path}: not a weights layout resnetlab knows (a resnetlab checkpoint, a {CIFAR_PEER} "
                           f"CIFAR ResNet or a torchvision ResNet); {first}")
@@ -209,98 +163,10 @@ def _read_safetensors(raw: bytes, path: Path, sha256: str) -> Weights:
     if not isinstance(data.get("classes", []), list):
         raise CheckpointError(f"{path}: its metadata's 'classes' is {type(data['classes']).__name__}, not a list")
     try:
-        norm = _checked_norm(norm)
+        norm = checked_norm(norm)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return Weights(path, sha256, RESNETLAB, tensors, norm, spec, data=data)
-
-
-MIN_SIDE, MAX_SIDE = 8, 4096  # the image sizes a net is used at (as --input-size): digits are 8x8
-
-
-def _checked(weights: Weights) -> Weights:
-    """A resnetlab file's claims checked against its tensors and against each other before any are believed:
-    tensors (names, shapes) against the spec, the normalisation's shape against the spec's channels and the
-    image size, class names against the classifier; and the spec's net must run at that image size."""
-    try:
-        _check_resnetlab(weights)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{weights.path}: {exc}") from None
-    return weights
-
-
-def _check_resnetlab(weights: Weights) -> None:
-    spec = weights.spec
-    assert spec is not None
-    with torch.device("meta"):  # no memory spent: the shapes a net of this spec has
-        net = ResNet(spec)
-    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in weights.state.items()}
-    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    if missing or extra:
-        what = f"lacks {missing[0]}" if missing else f"has {extra[0]}, which it does not have"
-        raise CheckpointError(f"its tensors do not fit its own spec ({spec.name or 'the net'} {what})")
-    for key, shape in want.items():
-        if have[key] != shape:
-            raise CheckpointError(f"its tensors do not fit its own spec ({key}: {have[key]}, the spec's net has "
-                                  f"{shape})")
-    mean, std = weights.norm["mean"], weights.norm["std"]
-    sides = {int(t.shape[1]) for t in (mean, std) if t.dim() == 3} - {1}  # per-pixel statistics' side
-    if any(t.dim() != 3 or t.shape[0] != spec.in_channels or t.shape[1] != t.shape[2] for t in (mean, std)) \
-            or len(sides) > 1:
-        raise CheckpointError(f"its normalisation (mean {tuple(mean.shape)}, std {tuple(std.shape)}) does not fit "
-                              f"a {spec.in_channels}-channel net: expected ({spec.in_channels}, 1, 1) per channel "
-                              f"or ({spec.in_channels}, S, S) per pixel, of one side S")
-    pixel_side = sides.pop() if sides else None
-    data = weights.data or {}
-    size = data.get("image_size")
-    if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or not MIN_SIDE <= size <= MAX_SIDE:
-            raise CheckpointError(f"its image_size {str(size)[:40]!r} is not a side in {MIN_SIDE}..{MAX_SIDE} "
-                                  "pixels")
-        if pixel_side is not None and pixel_side != size:
-            raise CheckpointError(f"its image_size is {size} but its per-pixel normalisation is {pixel_side}x"
-                                  f"{pixel_side}")
-    channels = data.get("channels")
-    if channels is not None and channels != spec.in_channels:
-        raise CheckpointError(f"its data has {str(channels)[:20]} channel(s), its net takes {spec.in_channels}")
-    if data.get("classes") is not None:
-        check_class_names(data["classes"], spec.num_classes)
-    side = size or pixel_side or spec.input_size
-    try:
-        with torch.device("meta"), torch.no_grad():
-            net.eval()(torch.empty(2, spec.in_channels, side, side))
-    except RuntimeError as exc:
-        raise CheckpointError(f"its net cannot take {side}x{side} images ({str(exc).splitlines()[0][:120]})"
-                              ) from None
-
-
-def check_class_names(names: Any, k: int) -> None:
-    """Class names as a trained net's file may hold them: `k` distinct strings (one per classifier row), each
-    printable (no control or formatting characters, which could forge or hide lines of output)."""
-    if not isinstance(names, list) or len(names) != k:
-        size = f"{len(names)} names" if isinstance(names, list) else type(names).__name__
-        raise CheckpointError(f"its class names ({size}) do not match its classifier's {k} classes")
-    for name in names:
-        if not isinstance(name, str) or not name:
-            raise CheckpointError(f"its class name {str(name)[:40]!r} is not a non-empty string")
-        if any(unsafe_char(ch) for ch in name):
-            raise CheckpointError(f"its class name {printable(name[:40])!r} holds control or formatting characters")
-    if len(set(names)) != len(names):
-        twice = next(n for n in names if names.count(n) > 1)
-        raise CheckpointError(f"its class name {twice[:40]!r} names two classifier rows")
-
-
-def _checked_norm(norm: Any) -> dict[str, Tensor]:
-    """The input normalisation of a file: 'mean' and 'std' tensors, finite, std above zero (its shape is
-    checked against the data when it is used)."""
-    if not isinstance(norm, dict) or not all(isinstance(norm.get(k), Tensor) for k in ("mean", "std")):
-        raise CheckpointError("field 'norm': expected 'mean' and 'std' tensors")
-    mean, std = norm["mean"], norm["std"]
-    if not (mean.is_floating_point() and std.is_floating_point() and mean.numel() and std.numel()
-            and torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
-        raise CheckpointError("field 'norm': 'mean' and 'std' must be finite floats, 'std' above zero")
-    return {"mean": mean, "std": std}
+    return checked(Weights(path, sha256, RESNETLAB, tensors, norm, spec, data=data))
 
 
 def _peer_error(obj: Any) -> float | None:
@@ -322,14 +188,7 @@ def load_into(model: ResNet, weights: Weights) -> ResNet:
         raise CheckpointError(f"{weights.path}: tensor {bad} holds NaN or Inf (a diverged net); its outputs "
                               "would mean nothing")
     try:
-        if weights.format == RESNETLAB:
-            assert weights.spec is not None
-            _check_same_net(weights.spec, model.spec)
-            load_state(model, weights.state)
-        elif weights.format == CIFAR_PEER:
-            load_pytorch_resnet_cifar10(model, weights.state)
-        else:
-            load_torchvision(model, weights.state)
+        LAYOUTS[weights.format].load(model, weights)
     except CheckpointError as exc:
         raise CheckpointError(f"{weights.path}: {exc}") from None
     except RuntimeError as exc:  # load_state_dict: a checkpoint whose tensors do not fit its own spec
@@ -371,27 +230,6 @@ def use_norm(source: DataSource, weights: Weights) -> None:
         raise CheckpointError(f"{weights.path}: its input normalisation does not fit the data ({exc})") from None
 
 
-def start_from(model: ResNet, source: DataSource, path: str | Path, sha256: str | None = None) -> dict[str, Any]:
-    """A new run's initial weights and input normalisation from a weights file; the record for config.json.
-
-    `sha256`: the file must still be the one a run recorded when it started (a restart before any checkpoint)."""
-    weights = resolve(path)
-    if sha256 is not None and weights.sha256 != sha256:
-        raise CheckpointError(f"{weights.path}: changed since the run started (SHA-256 {weights.sha256[:16]}..., "
-                              f"recorded {sha256[:16]}...)")
-    load_into(model, weights)
-    use_norm(source, weights)
-    return weights.record()
-
-
-def describe_norm(norm: dict[str, Tensor]) -> str:
-    mean, std = norm["mean"], norm["std"]
-    if mean.dim() == 3 and mean.shape[1:] == (1, 1) and std.shape[1:] == (1, 1):
-        return (f"channel mean ({', '.join(f'{v:.4g}' for v in mean.flatten().tolist())}), "
-                f"std ({', '.join(f'{v:.4g}' for v in std.flatten().tolist())})")
-    return f"per-pixel mean image {tuple(mean.shape)}" + ("" if bool((std == 1).all()) else ", per-pixel std")
-
-
 # spec fields that do not change what a trained net computes: its name, how memory is saved, how it was initialised
 _NOT_THE_FUNCTION = ("name", "recompute", "zero_init_residual", "gate_bias")
 
@@ -405,8 +243,36 @@ def _check_same_net(held: ResNetSpec, spec: ResNetSpec) -> None:
                                   f"{spec.name or 'the model'} has {field}={b[field]!r}")
 
 
-def note_skipped(skipped: tuple[str, ...], used: str | Path) -> None:
-    """Say on stderr which newer checkpoints of a run directory did not verify, so using an older one is
-    never silent (commands call it once their work has succeeded)."""
-    for problem in skipped:
-        sys.stderr.write(f"note: skipped {problem}; used {Path(used).name}\n")
+
+
+def _load_ours(model: ResNet, weights: Weights) -> None:
+    assert weights.spec is not None
+    _check_same_net(weights.spec, model.spec)
+    load_state(model, weights.state)
+
+
+def _is_torchvision(state: dict[str, Tensor]) -> bool:
+    return any(k.removeprefix("module.") == "fc.weight" for k in state)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one format's tensors are named: whether a torch.save state_dict is of it (by its keys; None: never a
+    bare state_dict), the net it holds (None: it names none) and how its tensors load into a net."""
+
+    matches: Callable[[dict[str, Tensor]], bool] | None
+    spec: Callable[[dict[str, Tensor]], ResNetSpec] | None
+    load: Callable[[ResNet, Weights], None]
+    claimed_error: Callable[[Any], float | None] | None = None  # the test error the file records of itself
+
+
+# every weights format resnetlab reads: the containers told by their first bytes, then the layouts of their
+# tensors; `export.WRITERS` holds what it writes
+READERS: dict[str, Callable[[bytes, Path, str], Weights]] = {
+    "checkpoint": _read_checkpoint, "safetensors": _read_safetensors, "torch": _read_torch}
+LAYOUTS: dict[str, Layout] = {
+    RESNETLAB: Layout(None, None, _load_ours),  # our checkpoints and exported .safetensors
+    CIFAR_PEER: Layout(is_cifar_peer, cifar_peer_spec, lambda m, w: load_pytorch_resnet_cifar10(m, w.state),
+                       _peer_error),
+    TORCHVISION: Layout(_is_torchvision, None, lambda m, w: load_torchvision(m, w.state)),
+}
