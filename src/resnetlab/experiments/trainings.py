@@ -41,6 +41,8 @@ INDEX_NAME = ".trainings"
 SESSION_FIELDS = {"run": ("device", "threads", "progress", "tensorboard", "tracker", "tracker_tags",
                           "keep_checkpoints", "checkpoint_every"),
                   "data": ("workers", "cache_dir")}
+# settings added after trainings were first keyed: at these values a training is the one it was before they existed
+ADDED_LATER = {"data": {"split_seed": 0}}
 _PATH_SOURCES = ("cifar10", "cifar100", "folder", "imagenet")  # data sources whose argument is a path
 
 
@@ -57,6 +59,10 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     for section, fields in SESSION_FIELDS.items():
         for name in fields:
             if isinstance(kept.get(section), dict):
+                kept[section].pop(name, None)
+    for section, defaults in ADDED_LATER.items():
+        for name, default in defaults.items():
+            if isinstance(kept.get(section), dict) and kept[section].get(name, default) == default:
                 kept[section].pop(name, None)
     kept["model"] = _network(kept.get("model"))
     data = kept.get("data")

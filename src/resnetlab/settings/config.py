@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from resnetlab.data import DataOptions
 from resnetlab.errors import ConfigError, DataError, ResnetlabError
 from resnetlab.files.jsondoc import MAX_NESTING, check_nesting
 from resnetlab.networks.registry import get_spec
+from resnetlab.networks.spec import ResNetSpec
 from resnetlab.settings.trackers import check_settings as check_tracking
 from resnetlab.settings.trackers import require_installed
 
@@ -29,31 +33,60 @@ else:  # pragma: no cover
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
 
+def _options(self: Any) -> DataOptions:
+    """These settings as the data loaders' options; a bad value is a one-line ConfigError `data.FIELD`."""
+    try:
+        return DataOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataOptions)})
+    except DataError as exc:
+        raise ConfigError(str(exc).replace("DataOptions.", "data.", 1)) from None
+
+
+def _data_section() -> Any:
+    """The data section: the data set (`source`) and every field of `data.DataOptions`, declared there once
+    and validated there alone (`options()`); a tuple default is a list here, as TOML and JSON write it."""
+    hints = typing.get_type_hints(DataOptions)
+    shared = []
+    for f in dataclasses.fields(DataOptions):
+        default = f.default
+        made = (field(default_factory=lambda d=default: list(d)) if isinstance(default, tuple)
+                else field(default=default))
+        shared.append((f.name, hints[f.name], made))
+    source = ("source", str, field(default="digits"))  # digits | synthetic[:N] | cifar10[:PATH] | folder:PATH | ...
+    section = dataclasses.make_dataclass("DataConfig", [source, *shared], namespace={"options": _options})
+    section.__module__ = __name__
+    return section
+
+
+DataConfig = _data_section()
+
+
 @dataclass
-class DataConfig:
-    """The data set and its loading options: the TOML section of `data.DataOptions`, whose validation is the
-    only one these settings get (`options()`), plus the data set itself (`source`)."""
+class ModelConfig:
+    """The model section: a registry name and spec fields that replace its spec's (`model.depth=56`)."""
 
-    source: str = "digits"  # digits | synthetic[:N] | cifar10:PATH | cifar100:PATH | folder:PATH | imagenet:PATH
-    normalize: str = "pixel_mean"  # pixel_mean (v1) | channel (mean/std) | none
-    pad: int = 4  # zero padding before the random crop (0 = no crop)
-    flip: bool = True  # random horizontal flip
-    val_split: int = 0  # training images held out for validation (5000 = the paper's 45k/5k)
-    workers: int = 4  # DataLoader workers (ImageNet)
-    ten_crop: bool = False  # ImageNet 10-crop test
-    crop_size: int = 224  # ImageNet crop
-    scale: list[int] = field(default_factory=lambda: [256, 480])  # ImageNet shorter-side range
-    test_resize: int = 256  # ImageNet test resize
-    cache_dir: str | None = None  # decoded-data cache (default ~/.cache/resnetlab)
+    name: str = "preact_resnet20"
+    fields: dict[str, Any] = field(default_factory=dict)
 
-    def options(self) -> DataOptions:
-        """These settings as the data loaders' options; a bad value is a one-line ConfigError `data.FIELD`."""
-
-        shared = {f.name for f in dataclasses.fields(DataOptions)} & {f.name for f in dataclasses.fields(self)}
+    def spec(self, channels: int | None = None, classes: int | None = None, data: str = "") -> ResNetSpec:
+        """The section's one check: the registry spec with these fields, fitted to the data's `channels` and
+        `classes` where given (a field that disagrees with the data is an error); a one-line ConfigError."""
+        overrides = dict(self.fields)
+        for key, value in (("in_channels", channels), ("num_classes", classes)):
+            if value is None:
+                continue
+            if key in overrides and overrides[key] != value:
+                raise ConfigError(f"model.{key}: {overrides[key]} does not match the data ({data}: {value})")
+            overrides[key] = value
         try:
-            return DataOptions(**{name: getattr(self, name) for name in shared})
-        except DataError as exc:
-            raise ConfigError(str(exc).replace("DataOptions.", "data.", 1)) from None
+            return get_spec(self.name, **overrides)
+        except ResnetlabError as exc:  # a bad field (SpecError) or an unknown name: the spec's own message
+            raise ConfigError(str(exc)) from None
+        except (TypeError, ValueError, OverflowError) as exc:  # a value the spec's checks did not anticipate
+            raise ConfigError(f"model: {' '.join(str(exc).split())[:200]}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """As config.json holds it: {"name": ..., FIELD: value, ...}."""
+        return {"name": self.name, **self.fields}
 
 
 @dataclass
@@ -109,7 +142,7 @@ class RunConfig:
 
 @dataclass
 class Config:
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "preact_resnet20"})
+    model: ModelConfig = field(default_factory=ModelConfig)
     recipe: str = "digits"
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -118,7 +151,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "model": self.model.to_dict()}
 
 
 SECTIONS = ("data", "optim", "schedule", "warmup", "run")
@@ -141,10 +174,6 @@ AT_MOST = {("optim", "batch_size"): 2**20, ("optim", "accumulate"): 2**12, ("sch
            ("run", "checkpoint_every"): 10**9, ("run", "keep_checkpoints"): 10**6, ("data", "workers"): 256,
            ("data", "pad"): 1024, ("data", "val_split"): 10**8, ("data", "crop_size"): 4096,
            ("data", "test_resize"): 8192}
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
 
 
 def default_recipe(source: str) -> str:
@@ -186,7 +215,7 @@ def build_config(
     if data is not None:
         cfg.data.source = data
     if model is not None:
-        cfg.model["name"] = model
+        cfg.model.name = model
     _apply(cfg, overrides or {}, origin="override")
     validate(cfg)
     require_installed(cfg.run)  # a new run's trackers (not a config read back for evaluation)
@@ -213,7 +242,8 @@ def config_from_dict(data: Any, where: str | None = None) -> Config:
         if data.get(section) is not None and not isinstance(data[section], dict):
             raise ConfigError(f"{label}: field {section!r}: expected an object of settings, got "
                               f"{str(data[section])[:60]}")
-    cfg.model, cfg.recipe = dict(model), recipe
+    cfg.model = ModelConfig(model["name"], {k: v for k, v in model.items() if k != "name"})
+    cfg.recipe = recipe
     flat = {f"{s}.{k}": v for s in SECTIONS for k, v in (data.get(s) or {}).items()}
     try:
         _apply(cfg, flat, origin="config")
@@ -246,7 +276,12 @@ def _apply(cfg: Config, flat: dict[str, Any], origin: str) -> None:
     for key, value in flat.items():
         section, _, name = key.partition(".")
         if section == "model" and name:
-            cfg.model[name] = value
+            if name != "name":
+                cfg.model.fields[name] = value
+            elif isinstance(value, str):
+                cfg.model.name = value
+            else:
+                raise ConfigError("model.name: a registry name is required")
             continue
         if section not in SECTIONS or not name:
             close = difflib.get_close_matches(section, [*SECTIONS, "model"], n=1)
@@ -259,38 +294,51 @@ def _apply(cfg: Config, flat: dict[str, Any], origin: str) -> None:
             close = difflib.get_close_matches(name, list(fields), n=1)
             hint = f" (did you mean {section}.{close[0]}?)" if close else ""
             raise ConfigError(f"{origin} {key!r}: unknown setting{hint}")
-        setattr(target, name, _coerce(f"{section}.{name}", value, str(fields[name].type)))
+        setattr(target, name, _coerce(f"{section}.{name}", value, _types(type(target))[name]))
 
 
-def _coerce(key: str, value: Any, type_text: str) -> Any:
-    """Check a value against a field's annotation; ints are accepted where floats are expected."""
-    if value is None and "None" in type_text:
+@functools.cache
+def _types(section: type) -> dict[str, Any]:
+    """A section's field types as types (`int | None`, `list[str]`, ...), not annotation text."""
+    return typing.get_type_hints(section)
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Check a value against a field's type; ints are accepted where floats are expected."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if value is None and type(None) in options:
         return None
-    if type_text == "list[str]":  # names: one name alone is a list of one; none is an empty list
+    for option in options:
+        if typing.get_origin(option) in (list, tuple):
+            return _as_list(key, value, typing.get_args(option)[0])
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                raise ConfigError(f"{key}: {str(value)[:20]}... is too large for a float") from None
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return number
+        if option is str and isinstance(value, str):
+            return value
+    expected = " or ".join("none" if o is type(None) else o.__name__ for o in options)
+    raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def _as_list(key: str, value: Any, item: type) -> list[Any]:
+    """A list setting: names (one name alone is a list of one, none an empty list) or integers."""
+    if item is str:
         value = [] if value is None else [value] if isinstance(value, str) else value
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
         return list(value)
-    if type_text.startswith("list"):
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{key}: expected a list of integers, got {value!r}")
-        return list(value)
-    if "bool" in type_text and isinstance(value, bool):
-        return value
-    if type_text.startswith("int") and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if type_text.startswith("float") and isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:
-            raise ConfigError(f"{key}: {str(value)[:20]}... is too large for a float") from None
-        if not math.isfinite(number):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return number
-    if "str" in type_text and isinstance(value, str):
-        return value
-    expected = type_text.replace(" | None", " or none").replace(" | ", " or ")
-    raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{key}: expected a list of integers, got {value!r}")
+    return list(value)
 
 
 def validate(cfg: Config) -> None:
@@ -334,18 +382,4 @@ def validate(cfg: Config) -> None:
         raise ConfigError("run.eval_every and run.keep_checkpoints: must be at least 1")
     cfg.data.options()
     check_tracking(cfg.run)
-    if not isinstance(cfg.model.get("name"), str):
-        raise ConfigError("model.name: a registry name is required")
-    model_check(cfg.model)
-
-
-def model_check(model: dict[str, Any]) -> None:
-    """Build the model section's spec, so that a bad `model.KEY` fails when the config is built, not when
-    the run starts. The data fits `in_channels` and `num_classes` later (`runtime.model_spec`)."""
-
-    try:
-        get_spec(model["name"], **{k: v for k, v in model.items() if k != "name"})
-    except ResnetlabError as exc:  # a bad field (SpecError) or an unknown name: the spec's own message
-        raise ConfigError(str(exc)) from None
-    except (TypeError, ValueError, OverflowError) as exc:  # a value the spec's checks did not anticipate
-        raise ConfigError(f"model: {' '.join(str(exc).split())[:200]}") from None
+    cfg.model.spec()  # a bad `model.KEY` fails when the config is built, not when the run starts

@@ -58,8 +58,8 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
     run = RunDir(path)
     saved = run.read_config()
     cfg = config_from_dict(saved, where=str(run.config))
-    if model is not None and model != cfg.model["name"]:
-        raise RunDirError(f"{run.path}: this run trains {cfg.model['name']}, not {model}")
+    if model is not None and model != cfg.model.name:
+        raise RunDirError(f"{run.path}: this run trains {cfg.model.name}, not {model}")
     fresh = _check_resumable(run)
     world = init_from_env(device or cfg.run.device)
     try:

@@ -18,7 +18,6 @@ import torch
 from resnetlab.data import DataOptions, DataSource, load_data
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
 from resnetlab.networks.net import ResNet
-from resnetlab.networks.registry import get_spec
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.settings.config import Config, config_from_dict
 from resnetlab.training.distributed import World
@@ -83,17 +82,13 @@ def device_name(device: torch.device) -> str:
 # ---- data and model ---------------------------------------------------------------------------------------
 def data_options(cfg: Config) -> DataOptions:
     """The config's data section as the data loaders' options (validated when the config was built)."""
-    return cfg.data.options()
+    options: DataOptions = cfg.data.options()
+    return options
 
 
 def model_spec(cfg: Config, source: DataSource) -> ResNetSpec:
     """The registry spec with the config's overrides, fitted to the data's channels and classes."""
-    overrides = {k: v for k, v in cfg.model.items() if k != "name"}
-    for key, value in (("in_channels", source.channels), ("num_classes", source.num_classes)):
-        if key in overrides and overrides[key] != value:
-            raise ConfigError(f"model.{key}: {overrides[key]} does not match the data ({source.name}: {value})")
-        overrides[key] = value
-    return get_spec(cfg.model["name"], **overrides)
+    return cfg.model.spec(source.channels, source.num_classes, source.name)
 
 
 @dataclass
