@@ -13,11 +13,14 @@ path of a verified archive in ``CACHE/downloads/`` (``cache.cache_dir``: ``data.
   and only then is it renamed to ``NAME``.
 
 Every failure (offline, a proxy's error, an HTTP error such as 404, a stall, a download cut short, a
-checksum mismatch, a full disk) is one :class:`DataError` line that says what happened and how to pass a
-local copy instead. Nothing but a verified archive ever lies at ``NAME``: a part cut short or stalled is kept
-to be resumed by the next call; a part with wrong bytes, or one that filled the disk, is removed. One
-process downloads at a time (a lock beside the file); the others wait and then use its copy. HTTP is the
-standard library's ``urllib``, which honours the ``http_proxy``/``https_proxy``/``no_proxy`` variables.
+checksum mismatch, a full disk, a table URL of bad form) is one :class:`DataError` line that says what happened
+and how to pass a local copy instead; the notes of the way there (downloading, resuming, a bad copy removed)
+are said only once the archive is in place, so that a failure is that one line. A record file that is not a
+regular file (a FIFO would block its reader), not JSON or nested too deeply is taken as no record. Nothing
+but a verified archive ever lies at ``NAME``: a part cut short or stalled is kept to be resumed by the next
+call; a part with wrong bytes, or one that filled the disk, is removed. One process downloads at a time (a
+lock beside the file); the others wait and then use its copy. HTTP is the standard library's ``urllib``,
+which honours the ``http_proxy``/``https_proxy``/``no_proxy`` variables.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.atomic import fsync_dir, replace_with
+from resnetlab.checkpoint import read_file
 from resnetlab.data.base import DataOptions, one_line
 from resnetlab.data.cache import cache_dir
 from resnetlab.errors import DataError, ResnetlabError
+from resnetlab.jsondoc import parse_json
 
 Log = Callable[[str], None]
 
@@ -83,7 +88,10 @@ def fetch(kind: str, directory: str | Path | None = None, *, options: DataOption
           timeout: float = DEFAULT_TIMEOUT, log: Log = _stderr, progress: bool | str = "auto",
           remote: Remote | None = None) -> Path:
     """The path of the verified ``kind`` archive in ``directory`` (default: :func:`download_dir`),
-    downloaded first unless a good copy is there. ``remote`` replaces the table's entry (tests, mirrors)."""
+    downloaded first unless a good copy is there. ``remote`` replaces the table's entry (tests, mirrors).
+
+    ``log`` gets the notes of the way there (downloading, resuming, a bad copy removed, waiting for another
+    process) once the archive is in place; a failure raises its one DataError line and says nothing else."""
     if remote is None:
         if kind not in REMOTES:
             raise DataError(f"{kind!r}: resnetlab downloads {', '.join(REMOTES)} only")
@@ -94,10 +102,12 @@ def fetch(kind: str, directory: str | Path | None = None, *, options: DataOption
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _fail(remote, f"cannot create {folder} ({one_line(exc.strerror or exc)})") from None
-    with _locked(folder / f".{remote.filename}.lock", log):
-        if _good_copy(final, remote, log):
-            return final
-        _download(remote, final, timeout, log, progress)
+    notes: list[str] = []
+    with _locked(folder / f".{remote.filename}.lock", notes.append):
+        if not _good_copy(final, remote, notes.append):
+            _download(remote, final, timeout, notes.append, progress)
+    for note in notes:
+        log(note)
     return final
 
 
@@ -125,9 +135,12 @@ def _sha256(path: Path) -> str:
 
 
 def _read_record(final: Path) -> dict[str, object] | None:
+    """The record beside ``final``; None when there is none, or none that reads: not a regular file (a FIFO
+    would block the read), not JSON, nested too deeply, or not of the record's fields."""
+    where = record_path(final)
     try:
-        record = json.loads(record_path(final).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = parse_json(read_file(where, "record"), str(where))
+    except (OSError, ValueError, ResnetlabError):
         return None
     ok = isinstance(record, dict) and isinstance(record.get("sha256"), str) and isinstance(record.get("bytes"), int)
     return record if ok else None
@@ -170,6 +183,19 @@ def _write_record(final: Path, remote: Remote, sha256: str, size: int) -> None:
 def read_record(final: Path) -> dict[str, object] | None:
     """The record of a fetched archive (None when there is none)."""
     return _read_record(final)
+
+
+def archive_hashes(final: Path) -> tuple[str, str, bool]:
+    """The MD5 and SHA-256 of a fetched archive, and whether its record holds them: without one (a record that
+    could not be written beside it) they are computed from the file."""
+    record = _read_record(final)
+    if record is not None and isinstance(record.get("md5"), str):
+        return str(record["md5"]), str(record["sha256"]), True
+    try:
+        md5, sha = _hashes(final)
+    except OSError as exc:
+        raise DataError(f"cannot read {final} ({_strerror(exc)})") from None
+    return md5, sha, False
 
 
 # ---- the download --------------------------------------------------------------------------------------
@@ -224,10 +250,13 @@ def _transfer(remote: Remote, part: Path, timeout: float, log: Log, progress: bo
     """Download into ``part``, continuing it if it holds bytes already: the part's final size, and whether
     bytes of an earlier attempt are in it."""
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(remote.url, headers={"User-Agent": "resnetlab"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
+    malformed = _url_problem(remote.url)
+    if malformed:
+        raise _fail(remote, malformed)
     try:
+        request = urllib.request.Request(remote.url, headers={"User-Agent": "resnetlab"})
+        if have:
+            request.add_header("Range", f"bytes={have}-")
         # a fresh opener: its ProxyHandler reads the *_proxy variables now (urlopen's global one kept the first)
         response = urllib.request.build_opener().open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
@@ -343,17 +372,43 @@ def _bar(progress: bool | str, total: int | None, have: int, name: str) -> Any:
 # ---- words --------------------------------------------------------------------------------------------------
 def _fail(remote: Remote, what: str) -> DataError:
     """One line: what happened, then how to do without the download."""
-    return DataError(f"{remote.kind}: {what}. To use a copy of your own, download {remote.url} (MD5 {remote.md5}) "
+    source = remote.url.strip() or f"the {remote.kind} archive"
+    return DataError(f"{remote.kind}: {what}. To use a copy of your own, download {source} (MD5 {remote.md5}) "
                      f"and pass --data {remote.kind}:PATH")
 
 
+def _split(url: str) -> urllib.parse.SplitResult | None:
+    """``url``'s parts; None for a URL that cannot be split (``http://[::1``: an unclosed IPv6 bracket)."""
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError:
+        return None
+
+
+def _url_problem(url: str) -> str | None:
+    """Why the table's URL cannot be requested at all (empty, no scheme, cannot be split); None if it can be."""
+    if not url.strip():
+        return "the download URL is empty"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number, or out of range, raises here
+    except ValueError as exc:
+        return f"the download URL {url!r} is malformed ({one_line(exc)})"
+    if not parts.scheme:
+        return f"the download URL {url!r} has no scheme (http:// or https://)"
+    return None
+
+
 def _host(url: str) -> str:
-    return urllib.parse.urlsplit(url).netloc or url
+    parts = _split(url)
+    return (parts.netloc if parts is not None else "") or url
 
 
 def _proxy_for(url: str) -> str | None:
     """The proxy urllib sends ``url`` through, if any (from the *_proxy environment variables)."""
-    parts = urllib.parse.urlsplit(url)
+    parts = _split(url)
+    if parts is None:
+        return None
     proxies = urllib.request.getproxies()
     proxy = proxies.get(parts.scheme)
     if not proxy:
@@ -366,7 +421,8 @@ def _proxy_for(url: str) -> str | None:
 
 def _via(url: str) -> str:
     proxy = _proxy_for(url)
-    return f" (through the proxy {_host(proxy)} of ${urllib.parse.urlsplit(url).scheme}_proxy)" if proxy else ""
+    parts = _split(url)
+    return f" (through the proxy {_host(proxy)} of ${parts.scheme if parts else ''}_proxy)" if proxy else ""
 
 
 def _network_problem(exc: BaseException, remote: Remote, timeout: float) -> str:
