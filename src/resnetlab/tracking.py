@@ -11,7 +11,12 @@ or Weights & Biases (`run.tracker`, a list), besides the run directory, which st
 - `run.tracker_tags = ["team=vision", ...]` (KEY=VALUE) tag the tracker runs; a suite adds its own
   (`suite`, `member`, `seed`, `scale`), and W&B groups a suite's runs (group = suite, job type = member).
 - The tracker run ids are kept in the run directory (`trackers.json`): a resumed run continues the same
-  tracker runs, with the same tracking URI / project, rather than starting new ones.
+  tracker runs, with the same tracking URI / project, rather than starting new ones. W&B's folder is recorded
+  relative to the run directory, so a run directory moved or copied elsewhere keeps writing inside itself. A
+  trackers.json that is not a regular file (a FIFO would block), not JSON or nested too deeply is no record.
+- An MLflow SQLite store (`sqlite:///PATH`) that SQLite cannot open (PATH a folder or a FIFO, below a file, in
+  a folder that cannot be written) fails the tracker's start at once, rather than after MLflow's ten
+  attempts to open it (about 100 s of sleeps and warnings).
 
 An unknown tracker name, a malformed tag or a tracker whose package is missing is a one-line ConfigError when
 the config is built, before anything runs. Once training has started a tracker can only cost a warning: the
@@ -27,6 +32,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -163,12 +169,14 @@ class MLflow(Tracker):
         from mlflow.tracking import MlflowClient
 
         if state:
+            _check_sqlite(state["tracking_uri"])
             self.client = MlflowClient(state["tracking_uri"])
             self.run_id = state["run_id"]
             self.client.get_run(self.run_id)  # there still: else this tracker stops here, with a warning
             self.client.update_run(self.run_id, status="RUNNING")
             return dict(state)
         uri = mlflow.get_tracking_uri()
+        _check_sqlite(uri)
         self.client = MlflowClient(uri)
         experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
         if not experiment:
@@ -225,8 +233,10 @@ class WandB(Tracker):
         where = {"project": None if os.environ.get("WANDB_PROJECT") else DEFAULT_PROJECT,
                  "dir": None if os.environ.get("WANDB_DIR") else str(run_dir)}
         if state:
+            # a recorded folder is the run directory ("."; older records: its path where it was then): the run
+            # directory where it is now, so a moved or copied run never writes to its old place
             where = {"project": state.get("project"), "entity": state.get("entity") or None,
-                     "dir": state.get("dir") or where["dir"]}
+                     "dir": str(run_dir) if state.get("dir") else where["dir"]}
             self.run = wandb.init(id=state["id"], resume="allow", **where)
         else:
             self.run = wandb.init(name=name, config=config, tags=[f"{k}={v}"[:64] for k, v in tags.items()],
@@ -234,7 +244,7 @@ class WandB(Tracker):
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
         return {"id": self.run.id, "project": self.run.project, "entity": getattr(self.run, "entity", None),
-                "dir": where.get("dir")}
+                "dir": "." if where.get("dir") else None}  # relative to the run directory
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         self.run.log(values | {"step": step})
@@ -392,11 +402,63 @@ def _numbers(data: dict[str, Any]) -> dict[str, float]:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`; None for anything else: no file, not a regular file (a FIFO would block the
+    read), not JSON, nested too deeply, not an object."""
+    from .checkpoint import read_file
+    from .errors import ResnetlabError
+    from .jsondoc import parse_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = parse_json(read_file(path, "JSON"), str(path))
+    except (OSError, ValueError, ResnetlabError):
         return None
     return data if isinstance(data, dict) else None
+
+
+_SQLITE = re.compile(r"sqlite(\+\w+)?:///")
+
+
+def _check_sqlite(uri: object) -> None:
+    """A ConfigError for an MLflow SQLite store (`sqlite:///PATH`) that SQLite cannot open: PATH a folder or
+    not a regular file, below something that is not a folder, in a folder that cannot be written. MLflow would
+    try to open it ten times, sleeping between (about 100 s, a warning each time). A missing folder is fine:
+    MLflow creates it."""
+    if not isinstance(uri, str) or not _SQLITE.match(uri):
+        return
+    try:
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database  # the path SQLAlchemy (and so MLflow) opens
+    except Exception:  # a URI SQLAlchemy cannot read: MLflow says so, at once
+        return
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    target = Path(os.path.abspath(database))
+    problem = None
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:  # below a file, a link loop, no permission
+        info, problem = None, f"cannot be reached ({exc.strerror or exc})"
+    if info is not None:
+        from .checkpoint import file_kind
+
+        kind = file_kind(info.st_mode)
+        if kind is not None:
+            problem = f"is {kind}, not an SQLite database file"
+        elif not os.access(target, os.R_OK | os.W_OK):
+            problem = "cannot be read and written"
+    if problem is None:
+        folder = target.parent
+        while not os.path.lexists(folder) and folder != folder.parent:  # MLflow creates the missing folders
+            folder = folder.parent
+        if not folder.is_dir():
+            problem = f"is below {folder}, which is not a folder"
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            problem = f"is in a folder that cannot be written ({folder})"
+    if problem is not None:
+        raise ConfigError(f"the MLflow store {target} {problem}")
 
 
 def _line(exc: BaseException) -> str:
