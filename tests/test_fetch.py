@@ -7,9 +7,12 @@ Every test serves a GENERATED archive in the real CIFAR python layout (conftest'
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
+import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -346,3 +349,101 @@ def test_unknown_kind(tmp_path: Path) -> None:
         fetch("mnist", tmp_path)
 
 
+
+
+# ---- the findings of the fuzz campaign (docs/reliability.md, "Services (issue 25)") -------------------------------
+class Hung(BaseException):
+    """Raised by a timer in a call that did not return; nothing in resnetlab catches it."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    def ring(*_args: object) -> None:
+        raise Hung(f"still running after {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("record", ["nested deeply", "a FIFO"])
+def test_a_record_nested_deeply_or_a_fifo_is_no_record(record: str, served: Server, archive: bytes,
+                                                       tmp_path: Path) -> None:
+    """Was a RecursionError (100,000 brackets), or a read blocked forever on the FIFO."""
+    folder = tmp_path / "cache" / "downloads"
+    folder.mkdir(parents=True)
+    (folder / NAME).write_bytes(archive)
+    where = fetch_mod.record_path(folder / NAME)
+    if record == "a FIFO":
+        os.mkfifo(where)
+    else:
+        where.write_text("[" * 100_000 + "]" * 100_000)
+    with deadline(20):
+        assert get() == folder / NAME
+    assert not served.requests  # checked against the published MD5 instead
+    if record == "a FIFO":  # never replaced (files.atomic): it stays, and reads as no record
+        assert read_record(folder / NAME) is None
+    else:  # recorded anew
+        assert read_record(folder / NAME)["sha256"] == hashlib.sha256(archive).hexdigest()
+
+
+@pytest.mark.parametrize("how", ["cut short", "a changed copy, then 404", "a bad part resumed, then 404"])
+def test_a_failed_download_is_one_line_on_stderr(how: str, served: Server, archive: bytes, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """The notes of the way (downloading, resuming, removed, does not match) came before the error line."""
+    folder = tmp_path / "cache" / "downloads"
+    folder.mkdir(parents=True)
+    if how == "cut short":
+        served.modes = ["cut", "good"]
+    elif how == "a changed copy, then 404":
+        assert get() == folder / NAME
+        (folder / NAME).write_bytes(archive[:-1] + b"x")
+        served.modes = ["404", "good"]
+    else:
+        (folder / (NAME + ".part")).write_bytes(b"\0" * 1000)  # resumed, its MD5 wrong: from the start, then 404
+        served.modes = ["good", "404", "good"]
+    capsys.readouterr()
+    assert main(["data", "fetch", "cifar10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("resnetlab: error: cifar10: "), err
+    assert not (folder / NAME).exists()
+    assert main(["data", "fetch", "cifar10"]) == 0  # a success still tells the way there
+    err = capsys.readouterr().err
+    assert ("resuming" if how == "cut short" else "downloading") in err, err
+    assert (folder / NAME).read_bytes() == archive
+
+
+def test_fetch_command_names_the_hashes_when_the_record_cannot_be_written(served: Server, archive: bytes,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """Was "MD5 None, SHA-256 None"."""
+    def refused(*_args: object) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(fetch_mod, "_write_record", refused)
+    assert main(["data", "fetch", "cifar10"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "None" not in out, out
+    assert hashlib.md5(archive).hexdigest() in out and hashlib.sha256(archive).hexdigest() in out
+    assert "record could not be written" in out
+
+
+@pytest.mark.parametrize("url, needle", [("http://[::1/" + NAME, "malformed"), ("", "empty"),
+                                         ("127.0.0.1:8000/" + NAME, "no scheme")])
+def test_a_malformed_table_url_is_one_line(url: str, needle: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was a ValueError from urllib escaping: urlsplit in the error's words, Request outside the try."""
+    remote = Remote("cifar10", url, NAME, "0" * 32)
+    with pytest.raises(DataError) as exc:
+        get(remote=remote, directory=tmp_path / "d")
+    assert needle in one_line(exc)
+    assert leftovers(tmp_path / "d") == []
+    monkeypatch.setitem(REMOTES, "cifar10", remote)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # the proxy's words split the URL too
+    assert main(["data", "fetch", "cifar10", "--dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err

@@ -18,8 +18,9 @@ from scripts.fuzz import STRATEGIES, Case, Outcome, run_case
 CASES = {"args": 50, "set": 30, "config": 30, "summary": 30, "checkpoint": 30, "suite": 30, "images": 30, "cifar": 20,
          "weights": 30,
          # issue 22's surfaces (scripts/fuzz_surfaces.py)
-         "export": 40, "predict": 40, "hub": 30, "safetensors": 40, "rundir": 30, "env": 15}
-# issue 25's services (scripts/fuzz_services.py: fetch, tracker) join CI once their open findings are fixed
+         "export": 40, "predict": 40, "hub": 30, "safetensors": 40, "rundir": 30, "env": 15,
+         # issue 25's services (scripts/fuzz_services.py)
+         "fetch": 25, "tracker": 20}
 
 
 def _judge(case: Case) -> Outcome:

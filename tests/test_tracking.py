@@ -7,7 +7,10 @@ extras)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import signal
 import struct
 import sys
@@ -468,3 +471,80 @@ def test_suite_tags_keep_the_users() -> None:
         "member=mine", "team=x", "suite=s", "seed=3", "scale=small"]
     assert tracking.with_suite_tags("team=x", "s", "m", 0, "paper")[0] == "team=x"
     assert tracking.with_suite_tags(5, "s", "m", 0, "paper") == 5  # left to the config check
+
+
+# ---- the findings of the fuzz campaign (docs/reliability.md, "Services (issue 25)") -------------------------------
+class Hung(BaseException):
+    """Raised by a timer in a call that did not return; nothing in resnetlab catches it."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    def ring(*_args: object) -> None:
+        raise Hung(f"still running after {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("damage", ["nested deeply", "a FIFO"])
+def test_a_tracker_record_nested_deeply_or_a_fifo_is_no_record(damage: str, mlflow_store: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was a RecursionError out of `train --resume`, or the resume blocked forever reading the FIFO."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        stop_after(patch, 1)
+        assert train(out, "--set", "run.tracker=mlflow", iters=2) == 3
+    first = state(out)["mlflow"]["run_id"]
+    record = out / tracking.STATE_FILE
+    record.unlink()
+    if damage == "a FIFO":
+        os.mkfifo(record)
+    else:
+        record.write_text('{"mlflow": ' * 50_000 + "1" + "}" * 50_000)
+    with deadline(120):
+        assert main(["train", "--resume", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+    assert not warnings_in(out, "mlflow")  # a new tracker run, started as if there were no record
+    if damage != "a FIFO":  # a FIFO is never replaced (files.atomic): the new run is not recorded
+        assert state(out)["mlflow"]["run_id"] != first
+
+
+def test_an_mlflow_sqlite_store_that_cannot_open_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """A folder at the database's path: MLflow tried to open it ten times, with sleeps (about 100 s)."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    (tmp_path / "adir").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'adir'}")
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    assert train(out, "--set", "run.tracker=mlflow") == 0
+    assert time.perf_counter() - start < 30
+    (warned,) = warnings_in(out, "mlflow")
+    assert "(start:" in warned and "is a directory, not an SQLite database file" in warned
+    assert "retried" not in capsys.readouterr().err  # none of MLflow's warnings of its attempts
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+
+
+def test_wandb_resume_of_a_moved_run_directory_writes_inside_it(wandb_offline: None, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B's folder was recorded as the run directory's path at the start: a moved run wrote to the old place."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        stop_after(patch, 2)
+        assert train(out, "--set", "run.tracker=wandb", iters=4) == 3
+    run_id = state(out)["wandb"]["id"]
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    shutil.move(out, moved)
+    assert main(["train", "--resume", str(moved)]) == 0
+    assert not out.exists()  # nothing at the old place
+    sessions = offline_runs(moved)
+    assert len(sessions) == 2
+    assert [next(r for kind, r in wandb_records(s) if kind == "run").run_id for s in sessions] == [run_id] * 2

@@ -230,9 +230,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from resnetlab.data.fetch import fetch, read_record
+    from resnetlab.data.fetch import archive_hashes, fetch
 
     path = fetch(args.name, args.dir)
-    record = read_record(path) or {}
-    print(f"{args.name}: {path} (MD5 {record.get('md5')}, SHA-256 {record.get('sha256')})")
+    md5, sha, recorded = archive_hashes(path)
+    print(f"{args.name}: {path} (MD5 {md5}, SHA-256 {sha}{'' if recorded else '; its record could not be written'})")
     return 0

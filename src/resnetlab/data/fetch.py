@@ -13,53 +13,56 @@ path of a verified archive in ``CACHE/downloads/`` (``cache.cache_dir``: ``data.
   and only then is it renamed to ``NAME``.
 
 Every failure (offline, a proxy's error, an HTTP error such as 404, a stall, a download cut short, a
-checksum mismatch, a full disk) is one :class:`DataError` line that says what happened and how to pass a
-local copy instead. Nothing but a verified archive ever lies at ``NAME``: a part cut short or stalled is kept
-to be resumed by the next call; a part with wrong bytes, or one that filled the disk, is removed. One
-process downloads at a time (a lock beside the file); the others wait and then use its copy. HTTP is the
-standard library's ``urllib``, which honours the ``http_proxy``/``https_proxy``/``no_proxy`` variables.
+checksum mismatch, a full disk, a table URL of bad form) is one :class:`DataError` line that says what happened
+and how to pass a local copy instead; the notes of the way there (downloading, resuming, a bad copy removed)
+are said only once the archive is in place, so that a failure is that one line. A record file that is not a
+regular file (a FIFO would block its reader), not JSON or nested too deeply is taken as no record. Nothing
+but a verified archive ever lies at ``NAME``: a part cut short or stalled is kept to be resumed by the next
+call; a part with wrong bytes, or one that filled the disk, is removed. One process downloads at a time (a
+lock beside the file); the others wait and then use its copy. HTTP is the standard library's ``urllib``,
+which honours the ``http_proxy``/``https_proxy``/``no_proxy`` variables.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import http.client
 import json
 import os
-import socket
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from resnetlab.data.base import DataOptions, one_line
 from resnetlab.data.cache import cache_dir
+from resnetlab.data.downloads import (
+    Remote,
+    fail,
+    host_of,
+    mib,
+    network_problem,
+    strerror,
+    url_problem,
+    via_proxy,
+    write_problem,
+)
 from resnetlab.errors import DataError, ResnetlabError
 from resnetlab.files.atomic import fsync_dir, replace_with
+from resnetlab.files.jsondoc import parse_json
+from resnetlab.files.reading import read_file
 
 Log = Callable[[str], None]
 
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte (connect, or any read) before a download is called stalled
 CHUNK = 1 << 20
 MAX_BYTES = 1 << 30  # far above either archive (about 163 MiB): a server sending more is not serving CIFAR
-
-
-@dataclass(frozen=True)
-class Remote:
-    """Where one archive is published and the checksum its publisher gives for it."""
-
-    kind: str  # the data set name, as in --data KIND
-    url: str
-    filename: str
-    md5: str
 
 
 REMOTES: dict[str, Remote] = {
@@ -83,7 +86,10 @@ def fetch(kind: str, directory: str | Path | None = None, *, options: DataOption
           timeout: float = DEFAULT_TIMEOUT, log: Log = _stderr, progress: bool | str = "auto",
           remote: Remote | None = None) -> Path:
     """The path of the verified ``kind`` archive in ``directory`` (default: :func:`download_dir`),
-    downloaded first unless a good copy is there. ``remote`` replaces the table's entry (tests, mirrors)."""
+    downloaded first unless a good copy is there. ``remote`` replaces the table's entry (tests, mirrors).
+
+    ``log`` gets the notes of the way there (downloading, resuming, a bad copy removed, waiting for another
+    process) once the archive is in place; a failure raises its one DataError line and says nothing else."""
     if remote is None:
         if kind not in REMOTES:
             raise DataError(f"{kind!r}: resnetlab downloads {', '.join(REMOTES)} only")
@@ -93,11 +99,13 @@ def fetch(kind: str, directory: str | Path | None = None, *, options: DataOption
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _fail(remote, f"cannot create {folder} ({one_line(exc.strerror or exc)})") from None
-    with _locked(folder / f".{remote.filename}.lock", log):
-        if _good_copy(final, remote, log):
-            return final
-        _download(remote, final, timeout, log, progress)
+        raise fail(remote, f"cannot create {folder} ({one_line(exc.strerror or exc)})") from None
+    notes: list[str] = []
+    with _locked(folder / f".{remote.filename}.lock", notes.append):
+        if not _good_copy(final, remote, notes.append):
+            _download(remote, final, timeout, notes.append, progress)
+    for note in notes:
+        log(note)
     return final
 
 
@@ -125,9 +133,12 @@ def _sha256(path: Path) -> str:
 
 
 def _read_record(final: Path) -> dict[str, object] | None:
+    """The record beside ``final``; None when there is none, or none that reads: not a regular file (a FIFO
+    would block the read), not JSON, nested too deeply, or not of the record's fields."""
+    where = record_path(final)
     try:
-        record = json.loads(record_path(final).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = parse_json(read_file(where, "record"), str(where))
+    except (OSError, ValueError, ResnetlabError):
         return None
     ok = isinstance(record, dict) and isinstance(record.get("sha256"), str) and isinstance(record.get("bytes"), int)
     return record if ok else None
@@ -138,7 +149,7 @@ def _good_copy(final: Path, remote: Remote, log: Log) -> bool:
     if not final.exists():
         return False
     if not final.is_file():
-        raise _fail(remote, f"{final} exists and is not a regular file; remove it")
+        raise fail(remote, f"{final} exists and is not a regular file; remove it")
     record = _read_record(final)
     try:
         if record is not None and record.get("md5") == remote.md5:
@@ -153,7 +164,7 @@ def _good_copy(final: Path, remote: Remote, log: Log) -> bool:
                 return True
             problem = f"has MD5 {md5}, not the published {remote.md5}"
     except OSError as exc:
-        raise _fail(remote, f"cannot read {final} ({one_line(exc.strerror or exc)})") from None
+        raise fail(remote, f"cannot read {final} ({one_line(exc.strerror or exc)})") from None
     log(f"{final} {problem}: removed, downloading it again")
     _remove(record_path(final))
     _remove(final)
@@ -172,6 +183,19 @@ def read_record(final: Path) -> dict[str, object] | None:
     return _read_record(final)
 
 
+def archive_hashes(final: Path) -> tuple[str, str, bool]:
+    """The MD5 and SHA-256 of a fetched archive, and whether its record holds them: without one (a record that
+    could not be written beside it) they are computed from the file."""
+    record = _read_record(final)
+    if record is not None and isinstance(record.get("md5"), str):
+        return str(record["md5"]), str(record["sha256"]), True
+    try:
+        md5, sha = _hashes(final)
+    except OSError as exc:
+        raise DataError(f"cannot read {final} ({strerror(exc)})") from None
+    return md5, sha, False
+
+
 # ---- the download --------------------------------------------------------------------------------------
 class _CutShort(Exception):
     """The body ended (or the connection dropped) before the length the server announced."""
@@ -184,7 +208,7 @@ class _Restart(Exception):
 def _download(remote: Remote, final: Path, timeout: float, log: Log, progress: bool | str) -> None:
     part = final.with_name(final.name + ".part")
     if part.exists() and not part.is_file():
-        raise _fail(remote, f"{part} exists and is not a regular file; remove it")
+        raise fail(remote, f"{part} exists and is not a regular file; remove it")
     for _attempt in range(2):
         try:
             size, resumed = _transfer(remote, part, timeout, log, progress)
@@ -195,48 +219,51 @@ def _download(remote: Remote, final: Path, timeout: float, log: Log, progress: b
             md5, sha = _hashes(part)
         except OSError as exc:
             _remove(part)
-            raise _fail(remote, f"cannot read back {part} ({_strerror(exc)})") from None
+            raise fail(remote, f"cannot read back {part} ({strerror(exc)})") from None
         if md5 == remote.md5:
             break
         _remove(part)
         if not resumed:
-            raise _fail(remote, f"the downloaded file's MD5 is {md5}, not the published {remote.md5} (corrupt, or "
+            raise fail(remote, f"the downloaded file's MD5 is {md5}, not the published {remote.md5} (corrupt, or "
                                 "not the official archive); it was removed")
         log(f"{remote.kind}: the resumed download does not match the published MD5; downloading it from the start")
     else:
-        raise _fail(remote, f"{_host(remote.url)} answered the resumed download inconsistently; the part was removed")
+        raise fail(remote, f"{host_of(remote.url)} answered the resumed download inconsistently; the part was removed")
     try:
         _remove(record_path(final))
         os.replace(part, final)
         fsync_dir(final.parent)
     except OSError as exc:
-        raise _fail(remote, f"cannot place {final} ({_strerror(exc)})") from None
+        raise fail(remote, f"cannot place {final} ({strerror(exc)})") from None
     try:
         _write_record(final, remote, sha, size)
     except (OSError, ResnetlabError) as exc:  # the archive is in place and good: its next use checks the MD5
-        log(f"{remote.kind}: {final} ({_mib(size)}), MD5 {md5} as published; its SHA-256 {sha} could not be "
-            f"recorded ({_strerror(exc)})")
+        log(f"{remote.kind}: {final} ({mib(size)}), MD5 {md5} as published; its SHA-256 {sha} could not be "
+            f"recorded ({strerror(exc)})")
         return
-    log(f"{remote.kind}: {final} ({_mib(size)}), MD5 {md5} as published, SHA-256 {sha} recorded")
+    log(f"{remote.kind}: {final} ({mib(size)}), MD5 {md5} as published, SHA-256 {sha} recorded")
 
 
 def _transfer(remote: Remote, part: Path, timeout: float, log: Log, progress: bool | str) -> tuple[int, bool]:
     """Download into ``part``, continuing it if it holds bytes already: the part's final size, and whether
     bytes of an earlier attempt are in it."""
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(remote.url, headers={"User-Agent": "resnetlab"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
+    malformed = url_problem(remote.url)
+    if malformed:
+        raise fail(remote, malformed)
     try:
+        request = urllib.request.Request(remote.url, headers={"User-Agent": "resnetlab"})
+        if have:
+            request.add_header("Range", f"bytes={have}-")
         # a fresh opener: its ProxyHandler reads the *_proxy variables now (urlopen's global one kept the first)
         response = urllib.request.build_opener().open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code == 416 and have:  # the part already holds every byte: verify it as it is
             return have, True
-        raise _fail(remote, f"HTTP {exc.code} {exc.reason} from {remote.url}{_via(remote.url)}") from None
+        raise fail(remote, f"HTTP {exc.code} {exc.reason} from {remote.url}{via_proxy(remote.url)}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        raise _fail(remote, _network_problem(exc, remote, timeout)) from None
+        raise fail(remote, network_problem(exc, remote, timeout)) from None
     with response:
         total, start = _extent(response, have)
         if start != have:  # a whole body (Range ignored) or another range: write it from its first byte
@@ -245,15 +272,15 @@ def _transfer(remote: Remote, part: Path, timeout: float, log: Log, progress: bo
             _remove(part)
             have = 0
         if total is not None and total > MAX_BYTES:
-            raise _fail(remote, f"{remote.url} announces {_mib(total)}, more than any CIFAR archive; not downloaded")
+            raise fail(remote, f"{remote.url} announces {mib(total)}, more than any CIFAR archive; not downloaded")
         if have:
-            log(f"{remote.kind}: resuming {part} at {_mib(have)}" + (f" of {_mib(total)}" if total else ""))
+            log(f"{remote.kind}: resuming {part} at {mib(have)}" + (f" of {mib(total)}" if total else ""))
         else:
-            log(f"{remote.kind}: downloading {remote.url}" + (f" ({_mib(total)})" if total else "")
+            log(f"{remote.kind}: downloading {remote.url}" + (f" ({mib(total)})" if total else "")
                 + f" to {part.parent}")
         received = _receive(response, part, have, total, remote, timeout, progress)
     if total is not None and received < total:
-        raise _fail(remote, f"the download was cut short at {_mib(received)} of {_mib(total)}; run the same "
+        raise fail(remote, f"the download was cut short at {mib(received)} of {mib(total)}; run the same "
                             f"command again to resume it ({part} is kept)")
     return received, have > 0
 
@@ -283,28 +310,28 @@ def _receive(response: Any, part: Path, have: int, total: int | None, remote: Re
     try:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     except OSError as exc:
-        raise _fail(remote, _write_problem(exc, part)) from None
+        raise fail(remote, write_problem(exc, part)) from None
     try:
         while True:
             try:
                 block = read(CHUNK)
             except TimeoutError:
-                raise _fail(remote, f"{_host(remote.url)} sent nothing for {timeout:g} s (stalled) at "
-                                    f"{_mib(received)}{_via(remote.url)}; run the same command again to resume "
+                raise fail(remote, f"{host_of(remote.url)} sent nothing for {timeout:g} s (stalled) at "
+                                    f"{mib(received)}{via_proxy(remote.url)}; run the same command again to resume "
                                     f"({part} is kept)") from None
             except (http.client.IncompleteRead, ConnectionError, http.client.HTTPException, OSError) as exc:
                 if isinstance(exc, http.client.IncompleteRead) and exc.partial:
                     _write_all(fd, exc.partial)
                     received += len(exc.partial)
                 if total is None:
-                    raise _fail(remote, f"the connection to {_host(remote.url)} broke at {_mib(received)} "
+                    raise fail(remote, f"the connection to {host_of(remote.url)} broke at {mib(received)} "
                                         f"({one_line(exc)}); run the same command again to resume it") from None
                 break  # cut short: said below, with the sizes
             if not block:
                 break
             if received + len(block) > MAX_BYTES:
                 _remove(part)
-                raise _fail(remote, f"{remote.url} sent more than {_mib(MAX_BYTES)}, more than any CIFAR "
+                raise fail(remote, f"{remote.url} sent more than {mib(MAX_BYTES)}, more than any CIFAR "
                                     "archive; the download was removed")
             _write_all(fd, block)
             received += len(block)
@@ -315,7 +342,7 @@ def _receive(response: Any, part: Path, have: int, total: int | None, remote: Re
         os.close(fd)
         fd = -1
         _remove(part)
-        raise _fail(remote, _write_problem(exc, part)) from None
+        raise fail(remote, write_problem(exc, part)) from None
     finally:
         if fd >= 0:
             os.close(fd)
@@ -341,66 +368,6 @@ def _bar(progress: bool | str, total: int | None, have: int, name: str) -> Any:
 
 
 # ---- words --------------------------------------------------------------------------------------------------
-def _fail(remote: Remote, what: str) -> DataError:
-    """One line: what happened, then how to do without the download."""
-    return DataError(f"{remote.kind}: {what}. To use a copy of your own, download {remote.url} (MD5 {remote.md5}) "
-                     f"and pass --data {remote.kind}:PATH")
-
-
-def _host(url: str) -> str:
-    return urllib.parse.urlsplit(url).netloc or url
-
-
-def _proxy_for(url: str) -> str | None:
-    """The proxy urllib sends ``url`` through, if any (from the *_proxy environment variables)."""
-    parts = urllib.parse.urlsplit(url)
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(parts.scheme)
-    if not proxy:
-        return None
-    with contextlib.suppress(Exception):
-        if urllib.request.proxy_bypass(parts.hostname or ""):
-            return None
-    return proxy
-
-
-def _via(url: str) -> str:
-    proxy = _proxy_for(url)
-    return f" (through the proxy {_host(proxy)} of ${urllib.parse.urlsplit(url).scheme}_proxy)" if proxy else ""
-
-
-def _network_problem(exc: BaseException, remote: Remote, timeout: float) -> str:
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    host, via = _host(remote.url), _via(remote.url)
-    if isinstance(reason, TimeoutError):
-        return f"{host} did not answer within {timeout:g} s{via}"
-    if isinstance(reason, socket.gaierror):
-        return f"cannot resolve {host}{via} (offline? {one_line(reason.strerror or reason)})"
-    if isinstance(reason, ConnectionRefusedError):
-        return f"connection refused by {_host(_proxy_for(remote.url) or remote.url)}{via} (offline, or no server there)"
-    if isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-        return f"no route to {host}{via} (offline?)"
-    text = one_line(getattr(reason, "strerror", None) or reason)
-    if "Tunnel connection failed" in text:  # https through a proxy that refused the CONNECT
-        return f"the proxy refused the connection to {host}{via}: {text}"
-    return f"cannot download {remote.url}{via} ({text})"
-
-
-def _strerror(exc: BaseException) -> str:
-    return one_line(getattr(exc, "strerror", None) or exc)
-
-
-def _write_problem(exc: OSError, part: Path) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"the disk is full writing {part} (the partial download was removed); free space, or set "
-                "RESNETLAB_CACHE (resnetlab data fetch: --dir) to a disk with room")
-    return f"cannot write {part} ({_strerror(exc)}); set RESNETLAB_CACHE (resnetlab data fetch: --dir) elsewhere"
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

@@ -81,7 +81,6 @@ def load_data(spec: str, options: DataOptions | None = None) -> DataSource:
             count = int(parsed.arg) if parsed.arg else SYNTHETIC_DEFAULT
             return TensorSource("synthetic", *read_synthetic(count), options)
         if parsed.arg is None and scheme in FETCHED:
-
             return TensorSource(scheme, *read_cifar(scheme, fetch(scheme, options=options), options), options)
         path = Path(parsed.arg or "").expanduser()
         if not path.exists():

@@ -115,7 +115,6 @@ class Reporter:
         )
         self.run.write_json(self.run.summary, summary.to_dict())
         if rows:
-
             plot_curves({model or "model": rows}, self.run.figure, title=title)
         self.trackers.end(summary.to_dict(), self.run.path, [self.run.figure, self.run.summary], status)
         return summary

@@ -11,7 +11,12 @@ or Weights & Biases (`run.tracker`, a list), besides the run directory, which st
 - `run.tracker_tags = ["team=vision", ...]` (KEY=VALUE) tag the tracker runs; a suite adds its own
   (`suite`, `member`, `seed`, `scale`), and W&B groups a suite's runs (group = suite, job type = member).
 - The tracker run ids are kept in the run directory (`trackers.json`): a resumed run continues the same
-  tracker runs, with the same tracking URI / project, rather than starting new ones.
+  tracker runs, with the same tracking URI / project, rather than starting new ones. W&B's folder is recorded
+  relative to the run directory, so a run directory moved or copied elsewhere keeps writing inside itself. A
+  trackers.json that is not a regular file (a FIFO would block), not JSON or nested too deeply is no record.
+- An MLflow SQLite store (`sqlite:///PATH`) that SQLite cannot open (PATH a folder or a FIFO, below a file, in
+  a folder that cannot be written) fails the tracker's start at once, rather than after MLflow's ten
+  attempts to open it (about 100 s of sleeps and warnings).
 
 An unknown tracker name, a malformed tag or a tracker whose package is missing is a one-line ConfigError when
 the config is built, before anything runs. Once training has started a tracker can only cost a warning: the
@@ -24,25 +29,23 @@ from __future__ import annotations
 
 import atexit
 import json
-import math
-import os
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from resnetlab.errors import ResnetlabError
 from resnetlab.files.atomic import write_text_atomic
+from resnetlab.files.jsondoc import parse_json
+from resnetlab.files.reading import read_file
 from resnetlab.settings import trackers as settings
+from resnetlab.training.tracker_kinds import KINDS, Tracker, numbers
 from resnetlab.weights.export import export, load_pretrained
 
 Log = Callable[[str], None]
 
 STATE_FILE = "trackers.json"
-DEFAULT_PROJECT = "resnetlab"  # MLflow experiment / W&B project when the environment names none
-_TB_KEYS = ("train_loss", "train_error", "test_loss", "test_error", "val_error", "lr")  # as before trackers
-_MAX_PARAM = 500  # characters of an MLflow parameter value (the limit of older servers)
-_MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "stopped": "KILLED"}
+
 
 
 def with_suite_tags(given: Any, suite: str, member: str, seed: int, scale: str) -> list[str]:
@@ -55,161 +58,6 @@ def with_suite_tags(given: Any, suite: str, member: str, seed: int, scale: str) 
     return mine + [f"{k}={v}" for k, v in own.items() if k not in keys]
 
 
-# ---- one tracker ------------------------------------------------------------------------------------------------
-class Tracker:
-    """What every tracker takes; each method may raise (the caller drops a tracker on its first failure)."""
-
-    name = ""
-    takes_files = False
-
-    def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
-              state: dict[str, Any] | None) -> dict[str, Any]:
-        """Open (or with `state`, reopen) this tracker's run; what a later session needs to reopen it."""
-        return {}
-
-    def metrics(self, values: dict[str, float], step: int) -> None: ...
-
-    def summary(self, values: dict[str, Any], step: int) -> None: ...
-
-    def files(self, paths: Sequence[Path], weights: Path | None) -> None: ...
-
-    def finish(self, status: str) -> None: ...
-
-
-class TensorBoard(Tracker):
-    """Events in RUN/tensorboard: the scalars TensorBoard always had (losses, errors, lr)."""
-
-    name = "tensorboard"
-
-    def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
-              state: dict[str, Any] | None) -> dict[str, Any]:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        return {}
-
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        for key in _TB_KEYS:
-            if key in values:
-                self.writer.add_scalar(key, values[key], step)
-
-    def finish(self, status: str) -> None:
-        self.writer.close()
-
-
-class MLflow(Tracker):
-    """An MLflow run: parameters (the flattened config), metrics by step, the summary as `summary.*` metrics
-    and tags, config.json, summary.json, the figure and the weights as artifacts."""
-
-    name = "mlflow"
-    takes_files = True
-
-    def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
-              state: dict[str, Any] | None) -> dict[str, Any]:
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        import mlflow
-        from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
-
-        if state:
-            self.client = MlflowClient(state["tracking_uri"])
-            self.run_id = state["run_id"]
-            self.client.get_run(self.run_id)  # there still: else this tracker stops here, with a warning
-            self.client.update_run(self.run_id, status="RUNNING")
-            return dict(state)
-        uri = mlflow.get_tracking_uri()
-        self.client = MlflowClient(uri)
-        experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
-        if not experiment:
-            title = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
-            found = self.client.get_experiment_by_name(title)
-            experiment = found.experiment_id if found is not None else self.client.create_experiment(title)
-        run = self.client.create_run(experiment, run_name=name,
-                                     tags=tags | {"resnetlab.run_dir": str(run_dir.resolve())})
-        self.run_id = run.info.run_id
-        params = [Param(k, v) for k, v in flatten(config).items()]
-        for i in range(0, len(params), 100):  # a request carries at most 100
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
-        if (run_dir / "config.json").is_file():
-            self.client.log_artifact(self.run_id, str(run_dir / "config.json"))
-        return {"run_id": self.run_id, "tracking_uri": uri, "experiment_id": experiment}
-
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
-
-    def summary(self, values: dict[str, Any], step: int) -> None:
-        from mlflow.entities import Metric, RunTag
-
-        now = int(time.time() * 1000)
-        flat, numbers = flatten(values, limit=None), _numbers(values)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(f"summary.{k}", v, now, step) for k, v in numbers.items()],
-            tags=[RunTag(f"summary.{k}", str(v)[:_MAX_PARAM]) for k, v in flat.items()
-                  if k not in numbers and v is not None])
-
-    def files(self, paths: Sequence[Path], weights: Path | None) -> None:
-        for path in paths:
-            self.client.log_artifact(self.run_id, str(path))
-        if weights is not None:
-            self.client.log_artifact(self.run_id, str(weights), "weights")
-
-    def finish(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, _MLFLOW_STATUS.get(status, "FAILED"))
-
-
-class WandB(Tracker):
-    """A W&B run: the config, metrics against `step`, the summary, the figure and summary.json as files,
-    the weights as a model artifact."""
-
-    name = "wandb"
-    takes_files = True
-
-    def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
-              state: dict[str, Any] | None) -> dict[str, Any]:
-        import wandb
-
-        where = {"project": None if os.environ.get("WANDB_PROJECT") else DEFAULT_PROJECT,
-                 "dir": None if os.environ.get("WANDB_DIR") else str(run_dir)}
-        if state:
-            where = {"project": state.get("project"), "entity": state.get("entity") or None,
-                     "dir": state.get("dir") or where["dir"]}
-            self.run = wandb.init(id=state["id"], resume="allow", **where)
-        else:
-            self.run = wandb.init(name=name, config=config, tags=[f"{k}={v}"[:64] for k, v in tags.items()],
-                                  group=tags.get("suite"), job_type=tags.get("member"), **where)
-        self.run.define_metric("step")
-        self.run.define_metric("*", step_metric="step")
-        return {"id": self.run.id, "project": self.run.project, "entity": getattr(self.run, "entity", None),
-                "dir": where.get("dir")}
-
-    def metrics(self, values: dict[str, float], step: int) -> None:
-        self.run.log(values | {"step": step})
-
-    def summary(self, values: dict[str, Any], step: int) -> None:
-        self.run.summary.update({f"summary.{k}": v for k, v in flatten(values, limit=None).items()})
-
-    def files(self, paths: Sequence[Path], weights: Path | None) -> None:
-        import wandb
-
-        for path in paths:
-            self.run.save(str(path), base_path=str(path.parent), policy="now")
-        if weights is not None:
-            artifact = wandb.Artifact(f"model-{self.run.id}", type="model")
-            artifact.add_file(str(weights))
-            self.run.log_artifact(artifact)
-
-    def finish(self, status: str) -> None:
-        self.run.finish(exit_code=0 if status in ("finished", "diverged") else 1)
-
-
-KINDS: dict[str, type[Tracker]] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": WandB}
-
-
-# ---- the trackers of one run --------------------------------------------------------------------------------------
 class Trackers:
     """The trackers of one run session, each dropped with one log line on its first failure.
 
@@ -256,7 +104,6 @@ class Trackers:
             self.active.append(tracker)
         if any(states.get(t.name) for t in self.active) and states != saved:
             try:
-
                 write_text_atomic(state_file, json.dumps(states, indent=2) + "\n")
             except Exception as exc:
                 self.log(f"trackers: cannot record the tracker runs in {state_file} ({_line(exc)}); a resumed "
@@ -267,7 +114,7 @@ class Trackers:
     def metrics(self, row: dict[str, Any]) -> None:
         """One metrics.jsonl row, at its step."""
         step = int(row.get("step", 0))
-        values = {k: v for k, v in _numbers(row).items() if k != "step"}
+        values = {k: v for k, v in numbers(row).items() if k != "step"}
         self._each("metrics", lambda t: t.metrics(values, step))
 
     def end(self, summary: dict[str, Any], run_dir: Path, files: Sequence[Path], status: str) -> None:
@@ -292,7 +139,6 @@ class Trackers:
 
         out = tmp / f"{model}.safetensors"
         try:
-
             with torch.random.fork_rng(devices=[]):  # building the net draws initial weights: not the run's RNG
                 export(load_pretrained(run_dir), "safetensors", out)
         except Exception as exc:  # e.g. safetensors not installed
@@ -318,31 +164,12 @@ class Trackers:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
-def flatten(data: dict[str, Any], prefix: str = "", limit: int | None = _MAX_PARAM) -> dict[str, Any]:
-    """Nested dicts as `a.b.c` keys; other values as text of at most `limit` characters (None: as they are)."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{name}.", limit))
-        elif limit is None:
-            out[name] = value
-        else:
-            text = value if isinstance(value, str) else json.dumps(value)
-            out[name] = text[:limit]
-    return out
-
-
-def _numbers(data: dict[str, Any]) -> dict[str, float]:
-    """The finite numbers (not booleans) of a flattened dict."""
-    return {k: float(v) for k, v in flatten(data, limit=None).items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`; None for anything else: no file, not a regular file (a FIFO would block the
+    read), not JSON, nested too deeply, not an object."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = parse_json(read_file(path, "JSON"), str(path))
+    except (OSError, ValueError, ResnetlabError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -1,0 +1,247 @@
+"""The trackers a run can report to, one class each behind one interface (`Tracker`): TensorBoard, MLflow and
+Weights & Biases (`KINDS`). `trackers.Trackers` starts them on a run, feeds them and drops one that fails."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from resnetlab.errors import ConfigError
+from resnetlab.files.reading import file_kind
+
+DEFAULT_PROJECT = "resnetlab"  # MLflow experiment / W&B project when the environment names none
+_TB_KEYS = ("train_loss", "train_error", "test_loss", "test_error", "val_error", "lr")  # as before trackers
+_MAX_PARAM = 500  # characters of an MLflow parameter value (the limit of older servers)
+_MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "stopped": "KILLED"}
+
+
+# ---- one tracker ------------------------------------------------------------------------------------------------
+class Tracker:
+    """What every tracker takes; each method may raise (the caller drops a tracker on its first failure)."""
+
+    name = ""
+    takes_files = False
+
+    def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
+              state: dict[str, Any] | None) -> dict[str, Any]:
+        """Open (or with `state`, reopen) this tracker's run; what a later session needs to reopen it."""
+        return {}
+
+    def metrics(self, values: dict[str, float], step: int) -> None: ...
+
+    def summary(self, values: dict[str, Any], step: int) -> None: ...
+
+    def files(self, paths: Sequence[Path], weights: Path | None) -> None: ...
+
+    def finish(self, status: str) -> None: ...
+
+
+class TensorBoard(Tracker):
+    """Events in RUN/tensorboard: the scalars TensorBoard always had (losses, errors, lr)."""
+
+    name = "tensorboard"
+
+    def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
+              state: dict[str, Any] | None) -> dict[str, Any]:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        return {}
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        for key in _TB_KEYS:
+            if key in values:
+                self.writer.add_scalar(key, values[key], step)
+
+    def finish(self, status: str) -> None:
+        self.writer.close()
+
+
+class MLflow(Tracker):
+    """An MLflow run: parameters (the flattened config), metrics by step, the summary as `summary.*` metrics
+    and tags, config.json, summary.json, the figure and the weights as artifacts."""
+
+    name = "mlflow"
+    takes_files = True
+
+    def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
+              state: dict[str, Any] | None) -> dict[str, Any]:
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        import mlflow
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        if state:
+            _check_sqlite(state["tracking_uri"])
+            self.client = MlflowClient(state["tracking_uri"])
+            self.run_id = state["run_id"]
+            self.client.get_run(self.run_id)  # there still: else this tracker stops here, with a warning
+            self.client.update_run(self.run_id, status="RUNNING")
+            return dict(state)
+        uri = mlflow.get_tracking_uri()
+        _check_sqlite(uri)
+        self.client = MlflowClient(uri)
+        experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
+        if not experiment:
+            title = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
+            found = self.client.get_experiment_by_name(title)
+            experiment = found.experiment_id if found is not None else self.client.create_experiment(title)
+        run = self.client.create_run(experiment, run_name=name,
+                                     tags=tags | {"resnetlab.run_dir": str(run_dir.resolve())})
+        self.run_id = run.info.run_id
+        params = [Param(k, v) for k, v in flatten(config).items()]
+        for i in range(0, len(params), 100):  # a request carries at most 100
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+        if (run_dir / "config.json").is_file():
+            self.client.log_artifact(self.run_id, str(run_dir / "config.json"))
+        return {"run_id": self.run_id, "tracking_uri": uri, "experiment_id": experiment}
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+
+    def summary(self, values: dict[str, Any], step: int) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        flat, finite = flatten(values, limit=None), numbers(values)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(f"summary.{k}", v, now, step) for k, v in finite.items()],
+            tags=[RunTag(f"summary.{k}", str(v)[:_MAX_PARAM]) for k, v in flat.items()
+                  if k not in finite and v is not None])
+
+    def files(self, paths: Sequence[Path], weights: Path | None) -> None:
+        for path in paths:
+            self.client.log_artifact(self.run_id, str(path))
+        if weights is not None:
+            self.client.log_artifact(self.run_id, str(weights), "weights")
+
+    def finish(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, _MLFLOW_STATUS.get(status, "FAILED"))
+
+
+class WandB(Tracker):
+    """A W&B run: the config, metrics against `step`, the summary, the figure and summary.json as files,
+    the weights as a model artifact."""
+
+    name = "wandb"
+    takes_files = True
+
+    def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
+              state: dict[str, Any] | None) -> dict[str, Any]:
+        import wandb
+
+        where = {"project": None if os.environ.get("WANDB_PROJECT") else DEFAULT_PROJECT,
+                 "dir": None if os.environ.get("WANDB_DIR") else str(run_dir)}
+        if state:
+            # a recorded folder is the run directory ("."; older records: its path where it was then): the run
+            # directory where it is now, so a moved or copied run never writes to its old place
+            where = {"project": state.get("project"), "entity": state.get("entity") or None,
+                     "dir": str(run_dir) if state.get("dir") else where["dir"]}
+            self.run = wandb.init(id=state["id"], resume="allow", **where)
+        else:
+            self.run = wandb.init(name=name, config=config, tags=[f"{k}={v}"[:64] for k, v in tags.items()],
+                                  group=tags.get("suite"), job_type=tags.get("member"), **where)
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+        return {"id": self.run.id, "project": self.run.project, "entity": getattr(self.run, "entity", None),
+                "dir": "." if where.get("dir") else None}  # relative to the run directory
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        self.run.log(values | {"step": step})
+
+    def summary(self, values: dict[str, Any], step: int) -> None:
+        self.run.summary.update({f"summary.{k}": v for k, v in flatten(values, limit=None).items()})
+
+    def files(self, paths: Sequence[Path], weights: Path | None) -> None:
+        import wandb
+
+        for path in paths:
+            self.run.save(str(path), base_path=str(path.parent), policy="now")
+        if weights is not None:
+            artifact = wandb.Artifact(f"model-{self.run.id}", type="model")
+            artifact.add_file(str(weights))
+            self.run.log_artifact(artifact)
+
+    def finish(self, status: str) -> None:
+        self.run.finish(exit_code=0 if status in ("finished", "diverged") else 1)
+
+
+KINDS: dict[str, type[Tracker]] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": WandB}
+
+
+# ---- the trackers of one run --------------------------------------------------------------------------------------
+
+
+def flatten(data: dict[str, Any], prefix: str = "", limit: int | None = _MAX_PARAM) -> dict[str, Any]:
+    """Nested dicts as `a.b.c` keys; other values as text of at most `limit` characters (None: as they are)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}.", limit))
+        elif limit is None:
+            out[name] = value
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            out[name] = text[:limit]
+    return out
+
+
+def numbers(data: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers (not booleans) of a flattened dict."""
+    return {k: float(v) for k, v in flatten(data, limit=None).items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+_SQLITE = re.compile(r"sqlite(\+\w+)?:///")
+
+
+def _check_sqlite(uri: object) -> None:
+    """A ConfigError for an MLflow SQLite store (`sqlite:///PATH`) that SQLite cannot open: PATH a folder or
+    not a regular file, below something that is not a folder, in a folder that cannot be written. MLflow would
+    try to open it ten times, sleeping between (about 100 s, a warning each time). A missing folder is fine:
+    MLflow creates it."""
+    if not isinstance(uri, str) or not _SQLITE.match(uri):
+        return
+    try:
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database  # the path SQLAlchemy (and so MLflow) opens
+    except Exception:  # a URI SQLAlchemy cannot read: MLflow says so, at once
+        return
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    target = Path(os.path.abspath(database))
+    problem = None
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:  # below a file, a link loop, no permission
+        info, problem = None, f"cannot be reached ({exc.strerror or exc})"
+    if info is not None:
+        kind = file_kind(info.st_mode)
+        if kind is not None:
+            problem = f"is {kind}, not an SQLite database file"
+        elif not os.access(target, os.R_OK | os.W_OK):
+            problem = "cannot be read and written"
+    if problem is None:
+        folder = target.parent
+        while not os.path.lexists(folder) and folder != folder.parent:  # MLflow creates the missing folders
+            folder = folder.parent
+        if not folder.is_dir():
+            problem = f"is below {folder}, which is not a folder"
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            problem = f"is in a folder that cannot be written ({folder})"
+    if problem is not None:
+        raise ConfigError(f"the MLflow store {target} {problem}")
