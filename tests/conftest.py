@@ -1,10 +1,13 @@
-"""Data fixtures: tiny CIFAR archives, image folders and ImageNet layouts built in ``tmp_path``."""
+"""Data fixtures: tiny CIFAR archives, image folders and ImageNet layouts built in ``tmp_path``; a deadline for
+calls that must not hang."""
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import signal
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,36 @@ CIFAR_LAYOUT = {
                 "batches.meta", b"labels", b"label_names", 10),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", b"fine_labels", b"fine_label_names", 100),
 }
+
+
+class Hung(BaseException):
+    """Raised by a timer in a call that did not return; nothing in resnetlab catches it."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    def ring(*_args: object) -> None:
+        raise Hung(f"still running after {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def write_pets(root: Path) -> Path:
+    """A two-class image folder (cat, dog) of 8x8 RGB PNGs, 6 train and 2 test images a class; its path."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for c, cls in enumerate(("cat", "dog")):
+            (root / "pets" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) // (1 + c)
+                Image.fromarray(pixels, "RGB").save(root / "pets" / split / cls / f"{i}.png")
+    return root / "pets"
 
 
 def _tar_dir(src: Path, archive: Path, arcname: str) -> Path:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_pets
 from resnetlab.cli import main
 from resnetlab.errors import CheckpointError
 from resnetlab.weights.export import ATOL, RTOL, Pretrained, export, load_image, load_pretrained
@@ -24,13 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny resnet (8 layers) trained 3 steps on a two-class image folder (cat, dog) of 8x8 PNGs."""
     root = tmp_path_factory.mktemp("export")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("test", 2)):
-        for c, cls in enumerate(("cat", "dog")):
-            (root / "pets" / split / cls).mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) // (1 + c)
-                Image.fromarray(pixels, "RGB").save(root / "pets" / split / cls / f"{i}.png")
+    write_pets(root)
     run = root / "run"
     code = main(["train", "--model", "resnet20", "--data", f"folder:{root / 'pets'}", "--iters", "3", "--out",
                  str(run), "--set", "model.depth=8", "--set", "optim.batch_size=4", "--set", "run.progress=false",

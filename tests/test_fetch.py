@@ -7,12 +7,10 @@ Every test serves a GENERATED archive in the real CIFAR python layout (conftest'
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import os
-import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import deadline
 from resnetlab.cli import main
 from resnetlab.data import DataOptions, load_data
 from resnetlab.data import fetch as fetch_mod
@@ -352,24 +351,6 @@ def test_unknown_kind(tmp_path: Path) -> None:
 
 
 # ---- the findings of the fuzz campaign (docs/reliability.md, "Services (issue 25)") -------------------------------
-class Hung(BaseException):
-    """Raised by a timer in a call that did not return; nothing in resnetlab catches it."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    def ring(*_args: object) -> None:
-        raise Hung(f"still running after {seconds:g} s")
-
-    old = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.parametrize("record", ["nested deeply", "a FIFO"])
 def test_a_record_nested_deeply_or_a_fifo_is_no_record(record: str, served: Server, archive: bytes,
                                                        tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from PIL import Image
 from resnetlab.cli import main
 from resnetlab.data import DataOptions, load_data
 from resnetlab.errors import CheckpointError, DataError, ResnetlabError
+from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.reading import read_file
-from resnetlab.runs.directory import write_text_atomic
 from resnetlab.weights.checkpoint import MAGIC
 
 
@@ -91,7 +91,8 @@ def test_sixteen_bit_png_is_scaled_by_its_range_not_clipped(tmp_path: Path) -> N
 
 
 def test_float_and_32_bit_images_are_refused() -> None:
-    from resnetlab.data.folder import decode_image, to_8bit
+    from resnetlab.data.folder import decode_image
+    from resnetlab.data.images import to_8bit
 
     with pytest.raises(ValueError, match="no known range"):
         to_8bit(Image.fromarray(np.full((6, 6), 0.5, dtype=np.float32), "F"))

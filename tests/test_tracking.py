@@ -7,7 +7,6 @@ extras)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import deadline
 from resnetlab.cli import main
 from resnetlab.errors import ConfigError
 from resnetlab.settings import trackers as tracker_settings
@@ -244,10 +244,10 @@ def wandb_offline(wandb_fresh: None, tmp_path: Path, monkeypatch: pytest.MonkeyP
 def wandb_records(offline_dir: Path) -> list[tuple[str, Any]]:
     """The records of an offline run's `run-ID.wandb` file, once its `exit` record is written (W&B's core
     process writes it after `finish()` returns)."""
-    deadline = time.time() + 60
+    until = time.time() + 60
     while True:
         records = _wandb_file(next(offline_dir.glob("run-*.wandb")))
-        if (records and records[-1][0] == "exit") or time.time() > deadline:
+        if (records and records[-1][0] == "exit") or time.time() > until:
             return records
         time.sleep(0.1)
 
@@ -474,24 +474,6 @@ def test_suite_tags_keep_the_users() -> None:
 
 
 # ---- the findings of the fuzz campaign (docs/reliability.md, "Services (issue 25)") -------------------------------
-class Hung(BaseException):
-    """Raised by a timer in a call that did not return; nothing in resnetlab catches it."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    def ring(*_args: object) -> None:
-        raise Hung(f"still running after {seconds:g} s")
-
-    old = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.parametrize("damage", ["nested deeply", "a FIFO"])
 def test_a_tracker_record_nested_deeply_or_a_fifo_is_no_record(damage: str, mlflow_store: Any, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:

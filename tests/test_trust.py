@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_pets
 from resnetlab.cli import main
 from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
 
@@ -32,13 +33,7 @@ TINY = ["--model", "resnet20", "--set", "model.depth=8", "--set", "optim.batch_s
 def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny run on a two-class folder of 8x8 PNGs, its exported safetensors, and one image to predict."""
     root = tmp_path_factory.mktemp("trust")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("test", 2)):
-        for c, cls in enumerate(("cat", "dog")):
-            (root / "pets" / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) // (1 + c)).save(
-                    root / "pets" / split / cls / f"{i}.png")
+    write_pets(root)
     run = root / "run"
     assert main(["train", *TINY, "--data", f"folder:{root / 'pets'}", "--iters", "2", "--out", str(run),
                  "--set", f"data.cache_dir={root / 'cache'}"]) == 0

@@ -60,7 +60,7 @@ def _checked(models: list[str], overrides: list[str], checkpoint: str | None, ba
              out: str | None) -> tuple[dict[str, Any], Path]:
     """The arguments checked before anything is loaded: the spec overrides and the figure's path."""
     from resnetlab.experiments.propagation import FIGURE_FORMATS
-    from resnetlab.files.atomic import check_output
+    from resnetlab.runs.outputs import check_output
     from resnetlab.settings.overrides import parse_assignments
 
     if not models and checkpoint is None:

@@ -23,12 +23,10 @@ import numpy as np
 from resnetlab.data.archives import members, read_member
 from resnetlab.data.base import ArrayDataset, DataOptions, one_line, printable, unsafe_char
 from resnetlab.data.cache import Splits, cached, file_stamp
-from resnetlab.data.images import SPLIT_DIRS, decode_image, eval_dir, is_image_name, to_8bit
+from resnetlab.data.images import SPLIT_DIRS, decode_image, eval_dir, is_image_name
 from resnetlab.errors import DataError
 
-# decode_image is looked up here (tests replace it to prove a cache hit decodes nothing); to_8bit is
-# imported from here by older code
-__all__ = ["Layout", "build_splits", "decode_image", "read_folder", "scan_dir", "scan_tar", "to_8bit"]
+# decode_image is looked up here (tests replace it to prove a cache hit decodes nothing)
 
 # split -> class -> [(where, source)], where names the file in messages; source is a path or the bytes
 Layout = dict[str, dict[str, list[tuple[str, "str | bytes"]]]]

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import ResnetlabError
-from resnetlab.files.atomic import check_output, write_text_atomic
+from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.jsondoc import parse_json
+from resnetlab.runs.outputs import check_output
 from resnetlab.runs.records import read_summary
 from resnetlab.version import __version__
 

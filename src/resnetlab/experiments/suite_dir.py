@@ -14,6 +14,7 @@ from typing import Any
 from resnetlab.errors import ConfigError
 from resnetlab.files.atomic import create_text_atomic
 from resnetlab.files.jsondoc import parse_json
+from resnetlab.runs.outputs import SUITE_FILE
 
 
 class SuiteDir:
@@ -52,7 +53,7 @@ class SuiteDir:
                 time.sleep(0.05)
         self._fd = fd
         try:
-            held = self.path / "suite.json"
+            held = self.path / SUITE_FILE
             if held.exists():
                 try:
                     before = parse_json(held.read_bytes(), str(held))

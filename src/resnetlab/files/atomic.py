@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from resnetlab.errors import ResnetlabError
@@ -92,46 +92,3 @@ def create_text_atomic(path: Path, text: str) -> bool:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-
-
-def _held_by(path: Path) -> tuple[str, Path] | None:
-    """The run or suite directory `path` lies in, if any: ("run", dir) or ("suite", dir)."""
-    for folder in path.parents:
-        if (folder / "config.json").is_file() and (folder / "checkpoints").is_dir():
-            return "run", folder
-        if (folder / "suite.json").is_file():
-            return "suite", folder
-    return None
-
-
-def check_output(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
-    """The checks made on a file a command will write, before any work: it must not be one of the command's
-    `inputs` (nor a link to one), nor replace a file of a run or suite directory, nor go into a run's
-    checkpoints/; its folder must exist and its name (and the temporary name beside it) fit the file system.
-    Returns the path; a one-line ResnetlabError otherwise."""
-    out = Path(out).expanduser()
-    parent = out.parent
-    try:
-        limit = os.pathconf(parent if parent.is_dir() else ".", "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    if len(os.fsencode(temp_path(out).name)) > limit:
-        raise ResnetlabError(f"{out}: the file name is too long ({len(os.fsencode(out.name))} bytes; this file "
-                             f"system takes {limit}, and resnetlab writes beside it under a longer temporary name)")
-    if not parent.is_dir():
-        raise ResnetlabError(f"{out}: no such directory {parent}")
-    refuse_special(out)
-    target = out.resolve()
-    for given in inputs:
-        given = Path(given).expanduser()
-        if given.exists() and (target == given.resolve() or (out.exists() and os.path.samefile(out, given))):
-            raise ResnetlabError(f"{out}: is this command's input {given}; an output never replaces its input")
-    held = _held_by(target)
-    if held is not None:
-        kind, folder = held
-        if kind == "run" and (folder / "checkpoints") in (target, *target.parents):
-            raise ResnetlabError(f"{out}: inside the checkpoints/ of run {folder}; write it elsewhere")
-        if out.exists():
-            raise ResnetlabError(f"{out}: a file of {kind} directory {folder}; an output never replaces one "
-                                 "(give a new name)")
-    return out

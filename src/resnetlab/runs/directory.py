@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import CheckpointError, RunDirError
-from resnetlab.files.atomic import fsync_dir, replace_with, write_text_atomic
+from resnetlab.files.atomic import fsync_dir, replace_with
 from resnetlab.files.jsondoc import JSONDocError, parse_json
-
-__all__ = ["RunDir", "write_text_atomic"]  # write_text_atomic lived here; it is imported from here still
 
 _STEP = re.compile(r"^step-(\d{8})\.pt$")
 

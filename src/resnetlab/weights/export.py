@@ -30,9 +30,10 @@ from torch import Tensor
 
 from resnetlab.data.images import opened, shorter_side_to, to_mode
 from resnetlab.errors import ConfigError, DataError, ResnetlabError
-from resnetlab.files.atomic import check_output, replace_with
+from resnetlab.files.atomic import replace_with
 from resnetlab.networks.folding import fold_bn
 from resnetlab.networks.net import ResNet
+from resnetlab.runs.outputs import check_output
 from resnetlab.version import __version__
 from resnetlab.weights.contents import RESNETLAB
 from resnetlab.weights.formats import model_for

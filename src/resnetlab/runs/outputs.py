@@ -1,0 +1,58 @@
+"""Where a command may write a file of its own (an export, a report, a figure): never over its input, never over
+a file of a run or suite directory, never into a run's checkpoints/."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from resnetlab.errors import ResnetlabError
+from resnetlab.files.atomic import refuse_special, temp_path
+from resnetlab.runs.directory import RunDir
+
+SUITE_FILE = "suite.json"  # what makes a folder a suite's output (experiments.suite_dir.SuiteDir writes it)
+
+
+def held_by(path: Path) -> tuple[str, Path] | None:
+    """The run or suite directory `path` lies in, if any: ("run", dir) or ("suite", dir)."""
+    for folder in path.parents:
+        run = RunDir(folder)
+        if run.config.is_file() and run.checkpoints.is_dir():
+            return "run", folder
+        if (folder / SUITE_FILE).is_file():
+            return "suite", folder
+    return None
+
+
+def check_output(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """The checks made on a file a command will write, before any work: it must not be one of the command's
+    `inputs` (nor a link to one), nor replace a file of a run or suite directory, nor go into a run's
+    checkpoints/; its folder must exist and its name (and the temporary name beside it) fit the file system.
+    Returns the path; a one-line ResnetlabError otherwise."""
+    out = Path(out).expanduser()
+    parent = out.parent
+    try:
+        limit = os.pathconf(parent if parent.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(temp_path(out).name)) > limit:
+        raise ResnetlabError(f"{out}: the file name is too long ({len(os.fsencode(out.name))} bytes; this file "
+                             f"system takes {limit}, and resnetlab writes beside it under a longer temporary name)")
+    if not parent.is_dir():
+        raise ResnetlabError(f"{out}: no such directory {parent}")
+    refuse_special(out)
+    target = out.resolve()
+    for given in inputs:
+        given = Path(given).expanduser()
+        if given.exists() and (target == given.resolve() or (out.exists() and os.path.samefile(out, given))):
+            raise ResnetlabError(f"{out}: is this command's input {given}; an output never replaces its input")
+    held = held_by(target)
+    if held is not None:
+        kind, folder = held
+        if kind == "run" and (folder / "checkpoints") in (target, *target.parents):
+            raise ResnetlabError(f"{out}: inside the checkpoints/ of run {folder}; write it elsewhere")
+        if out.exists():
+            raise ResnetlabError(f"{out}: a file of {kind} directory {folder}; an output never replaces one "
+                                 "(give a new name)")
+    return out
