@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import ResnetlabError
+from resnetlab.experiments.results import MemberResult
 from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.jsondoc import parse_json
 from resnetlab.runs.outputs import check_output
@@ -102,9 +103,8 @@ def _suite_section(path: Path) -> str:
         raise ResnetlabError(f"{where}: field 'kendall_tau': expected a number")
     headers = ["member", "model", "runs", "median", "mean", "std", "diverged", "paper", "fail (ours)",
                "fail (paper)", "rank", "paper rank"]
-    table = [[r.get("member"), r.get("model"), r.get("runs"), r.get("median"), r.get("mean"), r.get("std"),
-              r.get("diverged"), r.get("paper"), "yes" if r.get("fail") else "no",
-              "yes" if r.get("paper_fail") else "no", r.get("rank"), r.get("paper_rank")] for r in rows]
+    table = [[r.member, r.model, r.runs, r.median, r.mean, r.std, r.diverged, r.paper, "yes" if r.fail else "no",
+              "yes" if r.paper_fail else "no", r.rank, r.paper_rank] for r in map(MemberResult.from_row, rows)]
     tau = data.get("kendall_tau")
     parts = [f"<h2>Suite: {html.escape(str(data.get('suite')))} ({html.escape(path.name)})</h2>",
              f"<p>Scale {html.escape(str(meta.get('scale')))}, data {html.escape(str(meta.get('data')))}, "

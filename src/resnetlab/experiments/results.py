@@ -8,7 +8,7 @@ import io
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,12 @@ class MemberResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> MemberResult:
+        """A row of a results.json as `to_dict` wrote it; a field it lacks takes its default, others are left."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{"member": "", **{k: v for k, v in row.items() if k in known}})
 
 
 def collect(suite: Suite, out: Path, scale: str) -> list[MemberResult]:
