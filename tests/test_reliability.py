@@ -93,7 +93,7 @@ def test_build_config_with_random_overrides_raises_only_config_error(overrides: 
         return
     for key, value in overrides.items():  # accepted: the value is stored (floats take ints)
         section, _, name = key.partition(".")
-        got = cfg.model[name] if section == "model" else getattr(getattr(cfg, section), name)
+        got = cfg.model.to_dict()[name] if section == "model" else getattr(getattr(cfg, section), name)
         assert got == value or (got != got and value != value)
 
 

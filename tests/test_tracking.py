@@ -377,7 +377,7 @@ def fake_tensorboard(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     module.SummaryWriter = SummaryWriter  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
     real = tracker_settings.installed
-    monkeypatch.setattr(tracking, "installed", lambda name: name == "tensorboard" or real(name))
+    monkeypatch.setattr(tracker_settings, "installed", lambda name: name == "tensorboard" or real(name))
     return calls
 
 
@@ -425,7 +425,7 @@ def test_bad_tracker_settings_are_one_line(settings: list[str], needle: str, tmp
 def test_a_missing_tracker_package_is_one_line_before_training(name: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setattr(tracking, "installed", lambda _name: False)
+    monkeypatch.setattr(tracker_settings, "installed", lambda _name: False)
     out = tmp_path / "run"
     assert train(out, "--set", f"run.tracker={name}") == 2
     err = capsys.readouterr().err
@@ -447,7 +447,7 @@ def test_a_config_read_back_is_not_asked_for_packages(monkeypatch: pytest.Monkey
 
     saved = build_config(overrides={"run.tracker": []}).to_dict()
     saved["run"]["tracker"] = ["mlflow"]
-    monkeypatch.setattr(tracking, "installed", lambda _name: False)
+    monkeypatch.setattr(tracker_settings, "installed", lambda _name: False)
     assert config_from_dict(saved).run.tracker == ["mlflow"]
     saved["run"]["tracker"] = ["nope"]
     with pytest.raises(ConfigError, match="'nope' is not one of"):

@@ -284,9 +284,9 @@ def test_the_command_line_beats_a_recipe(tmp_path: Path, capsys: pytest.CaptureF
     recipe = tmp_path / "mine.toml"
     recipe.write_text('[data]\nsource = "synthetic:16"\n[model]\nname = "resnet56"\n[schedule]\nepochs = 1\n')
     cfg = build_config(recipe=str(recipe), model="resnet20", data="digits")
-    assert cfg.data.source == "digits" and cfg.model["name"] == "resnet20"
+    assert cfg.data.source == "digits" and cfg.model.name == "resnet20"
     alone = build_config(recipe=str(recipe))
-    assert alone.data.source == "synthetic:16" and alone.model["name"] == "resnet56"
+    assert alone.data.source == "synthetic:16" and alone.model.name == "resnet56"
     _fails(["train", "--set", "run.init=", "--out", str(tmp_path / "r")], "run.init: an empty path", capsys)
     assert not (tmp_path / "r").exists()
 
