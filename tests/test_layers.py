@@ -25,8 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("__init__", "__main__"),  # the public API and `python -m resnetlab`
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
-# Imports made inside a function: only the command line's, so `resnetlab --help` and a bad argument answer
-# without loading torch and every layer below.
+# Imports made inside a function: only the command line's, so a command loads only the layers it uses.
 LAZY_OK = ("cli",)
 MAX_FILE, MAX_FUNCTION, MAX_CLASS = 400, 60, 200
 

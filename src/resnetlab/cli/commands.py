@@ -1,7 +1,8 @@
 """The commands' bodies: each takes the parsed arguments, calls the library and prints what the user sees.
 
-Imports of the layers below are made inside each command, so `resnetlab --help` and a bad argument answer
-without loading torch (the package's only lazy resnetlab imports; tests/test_layers.py allows them here)."""
+Imports of the layers below are made inside each command, so a command loads only what it uses (`resnetlab
+models` loads no data, training, experiments or exporters) and a bad argument answers before any of it (the
+package's only lazy resnetlab imports; tests/test_layers.py allows them here)."""
 
 from __future__ import annotations
 
