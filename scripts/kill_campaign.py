@@ -26,6 +26,7 @@ import torch
 
 from resnetlab.errors import CheckpointError
 from resnetlab.files.atomic import write_text_atomic
+from resnetlab.runs.directory import RunDir
 from resnetlab.weights.checkpoint import load_checkpoint, trained_state
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -42,14 +43,16 @@ def final_state(run: Path, iters: int) -> dict[str, torch.Tensor]:
 
 
 def corrupt_checkpoints(run: Path) -> list[str]:
+    """The checkpoints on disk that do not verify: the step checkpoints and best.pt. A write's temporary
+    (`.step-N.pt.tmp-PID-X.pt`, which a kill mid-write leaves) is no checkpoint: nothing reads it, and the
+    resumed run removes it (`leftovers` checks that at the end)."""
     bad = []
-    folder = run / "checkpoints"
-    if folder.is_dir():
-        for path in sorted(folder.glob("*.pt")):
-            try:
-                load_checkpoint(path)
-            except CheckpointError as exc:
-                bad.append(str(exc))
+    rundir = RunDir(run)
+    for path in [*rundir.step_checkpoints(), *([rundir.best] if rundir.best.is_file() else [])]:
+        try:
+            load_checkpoint(path)
+        except CheckpointError as exc:
+            bad.append(str(exc))
     return bad
 
 

@@ -173,9 +173,11 @@ class RunDir:
         for old in self.step_checkpoints()[keep:]:
             with contextlib.suppress(OSError):
                 old.unlink()
-        for tmp in self.checkpoints.glob(".*.tmp-*"):  # left by a process killed mid-write
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        for folder in (self.checkpoints, self.path):  # temporaries left by a process killed mid-write
+            for tmp in folder.glob(".*.tmp-*"):  # (a checkpoint, curves.png, metrics.jsonl, summary.json, ...)
+                if tmp.is_file():
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
         fsync_dir(self.checkpoints)
 
     def latest_good(self, loader: Any) -> tuple[Path, dict[str, Any], list[str]]:
