@@ -1035,6 +1035,8 @@ def _export_problem(argv: list[str], root: Path, rc: int | None, ran: Before) ->
     out = ran.output
     if out is None or out in ("/dev/null",):
         return "export to /dev/null reported success" if rc == 0 and out == "/dev/null" else None
+    if not out.strip():  # an empty -o is refused; Path("") would be the current folder, which exists anyway
+        return "export to an empty path reported success" if rc == 0 else None
     path = Path(out)
     rel = os.path.relpath(path, root) if path.is_absolute() else out
     if rc != 0:
