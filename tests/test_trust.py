@@ -252,6 +252,20 @@ def test_outputs_never_replace_inputs_or_run_files(made: dict[str, Path], tmp_pa
     assert main(["report", str(run), "-o", str(run / "report.html")]) == 0  # a new file beside them is fine
 
 
+def test_an_output_that_is_a_folder_or_a_link_loop_is_one_line(made: dict[str, Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the fuzzer after issue 23: `report . -o .` raised ValueError (a temporary beside a path with no
+    name), and `-o LOOP` (a link to itself) a RuntimeError, both as tracebacks."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    _fails(["report", str(made["run"]), "-o", str(loop)], "cannot be resolved", capsys)
+    _fails(["export", str(made["run"]), "--format", "safetensors", "-o", str(loop)], "cannot be resolved", capsys)
+    monkeypatch.chdir(tmp_path)
+    _fails(["report", str(made["run"]), "-o", "."], "names a folder, not a file to write", capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop"]
+
+
 def test_pt2_export_to_a_full_disk_is_one_line(made: dict[str, Path], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:

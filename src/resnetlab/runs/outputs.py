@@ -31,6 +31,8 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     checkpoints/; its folder must exist and its name (and the temporary name beside it) fit the file system.
     Returns the path; a one-line ResnetlabError otherwise."""
     out = Path(out).expanduser()
+    if not out.name:  # ".", "/", "": a folder, and no name to write beside it
+        raise ResnetlabError(f"{out}: names a folder, not a file to write")
     parent = out.parent
     try:
         limit = os.pathconf(parent if parent.is_dir() else ".", "PC_NAME_MAX")
@@ -42,7 +44,11 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     if not parent.is_dir():
         raise ResnetlabError(f"{out}: no such directory {parent}")
     refuse_special(out)
-    target = out.resolve()
+    try:
+        target = out.resolve()
+    except (RuntimeError, OSError) as exc:  # a symbolic link loop (RuntimeError before Python 3.13)
+        raise ResnetlabError(f"{out}: cannot be resolved ({getattr(exc, 'strerror', None) or 'a symbolic link loop'})"
+                             ) from None
     for given in inputs:
         given = Path(given).expanduser()
         if given.exists() and (target == given.resolve() or (out.exists() and os.path.samefile(out, given))):
