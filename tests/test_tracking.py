@@ -321,18 +321,29 @@ def test_wandb_offline_gets_config_metrics_summary_and_files(wandb_offline: None
     assert artifact.type == "model" and [c.path for c in artifact.manifest.contents] == ["resnet20.safetensors"]
 
 
-def test_wandb_resume_continues_the_same_run(wandb_offline: None, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "run"
+def stopped_wandb_run(out: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A W&B-tracked run stopped by a signal after 2 of its 4 steps (exit 3); its W&B run id."""
     with monkeypatch.context() as patch:
         stop_after(patch, 2)
         assert train(out, "--set", "run.tracker=wandb", iters=4) == 3
-    run_id = state(out)["wandb"]["id"]
-    assert main(["train", "--resume", str(out)]) == 0
-    assert state(out)["wandb"]["id"] == run_id
-    sessions = offline_runs(out)
+    return str(state(out)["wandb"]["id"])
+
+
+def assert_two_sessions_of(run_dir: Path, run_id: str) -> list[Path]:
+    """The run directory holds two offline W&B sessions (start and resume), both of the one run `run_id`."""
+    sessions = offline_runs(run_dir)
     assert len(sessions) == 2
     assert [next(r for kind, r in wandb_records(s) if kind == "run").run_id for s in sessions] == [run_id] * 2
+    return sessions
+
+
+def test_wandb_resume_continues_the_same_run(wandb_offline: None, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    run_id = stopped_wandb_run(out, monkeypatch)
+    assert main(["train", "--resume", str(out)]) == 0
+    assert state(out)["wandb"]["id"] == run_id
+    sessions = assert_two_sessions_of(out, run_id)
     steps = [[h["step"] for h in history(wandb_records(s)) if "test_error" in h] for s in sessions]
     assert steps[0] + steps[1] == [r["step"] for r in rows(out)] and steps[1][-1] == 4
 
@@ -518,15 +529,10 @@ def test_wandb_resume_of_a_moved_run_directory_writes_inside_it(wandb_offline: N
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """W&B's folder was recorded as the run directory's path at the start: a moved run wrote to the old place."""
     out = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        stop_after(patch, 2)
-        assert train(out, "--set", "run.tracker=wandb", iters=4) == 3
-    run_id = state(out)["wandb"]["id"]
+    run_id = stopped_wandb_run(out, monkeypatch)
     moved = tmp_path / "elsewhere" / "run"
     moved.parent.mkdir()
     shutil.move(out, moved)
     assert main(["train", "--resume", str(moved)]) == 0
     assert not out.exists()  # nothing at the old place
-    sessions = offline_runs(moved)
-    assert len(sessions) == 2
-    assert [next(r for kind, r in wandb_records(s) if kind == "run").run_id for s in sessions] == [run_id] * 2
+    assert_two_sessions_of(moved, run_id)

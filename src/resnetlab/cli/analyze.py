@@ -24,6 +24,8 @@ def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str
     it brings its data set and normalisation, which `data` may replace. The batch is the first
     `batch_size` images of the test split, normalised as training normalises them.
     """
+    import torch
+
     from resnetlab.experiments.propagation import format_propagation, plot_propagation, propagation
 
     spec_overrides, figure = _checked(models, overrides, checkpoint, batch_size, out)
@@ -31,8 +33,6 @@ def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str
     x, y = next(iter(source.eval_batches("test", batch_size)))
     results: dict[str, Any] = {}
     for name, model in named.items():
-        import torch
-
         torch.manual_seed(seed)  # the same dropout draws for every model, run to run
         try:
             results[name] = propagation(model, x, y, eval_mode=eval_mode)

@@ -173,12 +173,16 @@ class RunDir:
         for old in self.step_checkpoints()[keep:]:
             with contextlib.suppress(OSError):
                 old.unlink()
-        for folder in (self.checkpoints, self.path):  # temporaries left by a process killed mid-write
-            for tmp in folder.glob(".*.tmp-*"):  # (a checkpoint, curves.png, metrics.jsonl, summary.json, ...)
+        fsync_dir(self.checkpoints)
+
+    def sweep_temporaries(self) -> None:
+        """Remove the temporaries a process killed mid-write left (of a checkpoint, curves.png, metrics.jsonl,
+        summary.json, ...): only an earlier process can have left them, so a resume sweeps once, under the lock."""
+        for folder in (self.checkpoints, self.path):
+            for tmp in folder.glob(".*.tmp-*"):
                 if tmp.is_file():
                     with contextlib.suppress(OSError):
                         tmp.unlink()
-        fsync_dir(self.checkpoints)
 
     def latest_good(self, loader: Any) -> tuple[Path, dict[str, Any], list[str]]:
         """The newest checkpoint that verifies; also the problems of newer ones that did not."""

@@ -65,6 +65,7 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
     try:
         if world.main:
             run.lock()
+            run.sweep_temporaries()
         trainer = trainer_for(prepare(cfg, world, device), run, tee(log, run.log))
         trainer.log(trainer.compile.reason)
         if fresh:  # killed before its first checkpoint: start again

@@ -82,8 +82,7 @@ def device_name(device: torch.device) -> str:
 # ---- data and model ---------------------------------------------------------------------------------------
 def data_options(cfg: Config) -> DataOptions:
     """The config's data section as the data loaders' options (validated when the config was built)."""
-    options: DataOptions = cfg.data.options()
-    return options
+    return cfg.data.options()  # type: ignore[no-any-return]
 
 
 def model_spec(cfg: Config, source: DataSource) -> ResNetSpec:
