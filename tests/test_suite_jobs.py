@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from resnetlab.cli import main
 from resnetlab.experiments.jobs import plan_slots
-from resnetlab.experiments.trainings import identity, training_key
+from resnetlab.training.identity import identity, training_key
 
 TINY = """title = "tiny"
 members = [
@@ -305,3 +306,63 @@ def test_the_suite_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
     assert result["step"][0]["model"] == "resnet20" and result["step"][0]["two_1_thread"] > 0
     table = out.with_suffix(".md").read_text()
     assert "| --jobs 2 |" in table and "| resnet20 (8) |" in table
+
+
+def _one_line(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_slurm_launcher_without_slurm_is_one_line_and_claims_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Issue 30: with no sbatch/srun on PATH the launcher ended in submitit's RuntimeError traceback, after
+    `--out` was claimed; without submitit it says what to install. Both before `--out` exists."""
+    pytest.importorskip("submitit")
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    argv = ["experiment", str(suite), *SMALL, "--iters", "2", "--out", str(out), "--launcher", "slurm"]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert main(argv) == 2
+    assert "sbatch" in _one_line(capsys) and not out.exists()
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError
+    assert main(argv) == 2
+    assert "pip install 'resnetlab[slurm]'" in _one_line(capsys) and not out.exists()
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"out": "out\n#SBATCH --partition=other"}, "--out"),
+    ({"out": "out%j"}, "--out"),
+    ({"out": "out\\x"}, "--out"),
+    ({"partition": "gpu\nhostname"}, "--partition"),
+    ({"account": "lab\r"}, "--account"),
+    ({"sbatch": "mail-type=END\n#SBATCH --x=y"}, "--sbatch"),
+    ({"sbatch": "mail type=END"}, "--sbatch"),
+    ({"suite": "tiny\nname"}, "job name"),
+])
+def test_slurm_refuses_values_that_would_break_the_sbatch_script(tmp_path: Path, change: dict, needle: str,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """Issue 30: a newline in --out (or a partition, an account, an --sbatch option, the suite's name) split an
+    `#SBATCH` line into two, one of them a line of shell; no quoting can hold it, so it is refused in one line.
+    `%` and `\\` in --out would be read by Slurm as a file-name pattern and an escape in the log paths."""
+    pytest.importorskip("submitit")
+    suite = _suite(tmp_path, name=change.get("suite", "tiny"))
+    argv = ["experiment", str(suite), *SMALL, "--out", str(tmp_path / change.get("out", "out")), "--launcher", "slurm",
+            "--partition", change.get("partition", "gpu"), "--account", change.get("account", "lab"),
+            "--sbatch", change.get("sbatch", "mail-type=END"), "--dry-run"]
+    assert main(argv) == 2
+    assert needle in _one_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [suite.name]
+
+
+def test_slurm_quotes_what_can_be_quoted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A space or a quote in --out is a legal path, and `|` a legal constraint: the script holds each as one
+    word (quoted) on its line, not refused."""
+    pytest.importorskip("submitit")
+    out = tmp_path / "my runs" / "it's"
+    assert main(["experiment", str(_suite(tmp_path)), *SMALL, "--out", str(out), "--launcher", "slurm",
+                 "--constraint", "a100|h100", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "#SBATCH --constraint='a100|h100'" in lines
+    (log,) = [line.partition("=")[2] for line in lines if line.startswith("#SBATCH --output=")]
+    (word,) = shlex.split(log)
+    assert word.startswith(str(out / "submitit") + "/")

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resnetlab.errors import ConfigError
+from resnetlab.errors import ConfigError, ResnetlabError
 from resnetlab.experiments.jobs import worker_command
 from resnetlab.experiments.runner import run_suite
 from resnetlab.experiments.suite import Suite, suite_to_dict
@@ -120,7 +122,57 @@ def slurm_parameters(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
             params[key] = value
     if args.mem_gb:
         params["mem"] = f"{args.mem_gb}GB"
+    _check_script_values(params)
     return params
+
+
+_OPTION_OF = {"job_name": "the job name (from the suite's name)", "partition": "--partition",
+              "account": "--account", "qos": "--qos", "constraint": "--constraint", "setup": "--setup"}
+_SBATCH_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def _unwritable(text: str) -> str | None:
+    """Why `text` cannot stand in an sbatch script's line, or None. A newline (or another control character)
+    would end the `#SBATCH` line and start a line of shell; no quoting holds it. sbatch reads a backslash as an
+    escape even inside quotes, so it cannot be passed through either."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        return "a newline or another control character"
+    if "\\" in text:
+        return "a backslash"
+    return None
+
+
+def _check_script_values(params: dict[str, Any]) -> None:
+    """Every value that goes into the sbatch script as text fits on its line, or a one-line ConfigError
+    naming the option (submitit quotes the rest: spaces, quotes, `|`, `#`)."""
+    items = [(_OPTION_OF.get(k, k), v) for k, v in params.items() if k != "additional_parameters"]
+    for key, value in params.get("additional_parameters", {}).items():
+        if not _SBATCH_KEY.fullmatch(key):
+            raise ConfigError(f"--sbatch {key!r}: not an sbatch option name (letters, digits, '-', '_')")
+        items.append((f"--sbatch {key}", value))
+    for option, value in items:
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and (why := _unwritable(text)):
+                raise ConfigError(f"{option} {text!r}: holds {why}, which a line of the sbatch script cannot hold")
+
+
+def _check_out(folder: Path) -> None:
+    """The log paths Slurm writes (under --out) are file-name patterns to it: `%` is a pattern (%j, %A) and a
+    backslash turns patterns off; with a newline the `#SBATCH --output` line would break. One line instead."""
+    text = str(folder.parent.parent)
+    why = _unwritable(text) or ("a '%', which Slurm reads as a pattern in log paths (%j: the job id)"
+                                if "%" in text else None)
+    if why:
+        raise ConfigError(f"--out {text!r}: holds {why}; give the suite a path without it")
+
+
+def _require_slurm() -> None:
+    """Submitting needs Slurm's commands on this machine: without them, one line (not submitit's traceback),
+    before anything is written."""
+    missing = [name for name in ("sbatch", "srun") if shutil.which(name) is None]
+    if missing:
+        raise ConfigError(f"--launcher slurm: {' and '.join(missing)} not found on PATH (not a Slurm login node?); "
+                          "--dry-run prints the script, --launcher submitit-local runs the tasks on this machine")
 
 
 def sbatch_script(params: dict[str, Any], folder: Path, workers: int) -> str:
@@ -153,17 +205,25 @@ def launch(suite: Suite, out: Path, kwargs: dict[str, Any], args: argparse.Names
     except ImportError:
         raise ConfigError("--launcher: needs submitit (pip install 'resnetlab[slurm]')") from None
     folder = Path(os.path.abspath(out)) / "submitit" / "%j"
+    _check_out(folder)
     params = slurm_parameters(args, suite)
     if args.dry_run:
         print(sbatch_script(params, folder, args.workers))
         return 0
+    if args.launcher == "slurm":
+        _require_slurm()
     run_suite(suite, out, **{**kwargs, "train": False, "results": False})  # checks it all, claims --out
     spec = {"suite": suite_to_dict(suite), "out": os.path.abspath(out),
             "kwargs": {**kwargs, "trainings": os.path.abspath(kwargs["trainings"]) if kwargs.get("trainings")
                        else None}}
-    executor = _executor(args, folder, params)
-    with executor.batch():
-        jobs = [executor.submit(SuiteTask(spec)) for _ in range(args.workers)]
+    try:
+        executor = _executor(args, folder, params)
+        with executor.batch():
+            jobs = [executor.submit(SuiteTask(spec)) for _ in range(args.workers)]
+    except (RuntimeError, OSError) as exc:  # sbatch refused the job, or could not be run
+        lines = str(exc).strip().splitlines()
+        raise ResnetlabError(f"--launcher {args.launcher}: submitting failed ({lines[-1][:300] if lines else exc}); "
+                             f"{out} is claimed and nothing runs on it: submit again") from None
     print(f"[{suite.name}] submitted {args.workers} worker(s) on {out}: job(s) {', '.join(j.job_id for j in jobs)}; "
           f"their output: {folder.parent}")
     if not args.wait:
