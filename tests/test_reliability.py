@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from resnetlab.cli import main
 from resnetlab.data import DataOptions, load_data
 from resnetlab.errors import CheckpointError, ConfigError, DataError, ResnetlabError
+from resnetlab.runs.directory import RunDir
 from resnetlab.settings.config import build_config
 from resnetlab.settings.overrides import parse_assignments, parse_value
 from resnetlab.weights.checkpoint import MAGIC, load_checkpoint, save_checkpoint, trained_state
@@ -505,6 +506,24 @@ def test_a_resumed_run_removes_the_temporaries_a_kill_left_anywhere_in_it(tmp_pa
     keep.write_text("mine")
     assert main(["train", "--resume", str(run)]) == 0
     assert not any(path.exists() for path in stale) and keep.read_text() == "mine"
+
+
+def test_a_metrics_line_that_is_not_utf8_is_dropped_like_a_line_a_crash_cut(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """Issue 30: a byte that is not UTF-8 in metrics.jsonl (a bad sector, an editor's encoding) made `--resume`
+    and every reader of the rows a UnicodeDecodeError traceback. Such a line is dropped, as a malformed line
+    is (`RunDir.read_metrics`), and the resume rewrites the file without it."""
+    run = tmp_path / "run"
+    assert main([*RECIPE, "--iters", "6", "--out", str(run)]) == 0
+    rows = RunDir(run).read_metrics()
+    assert [r["step"] for r in rows] == [6]
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": 6, "test_error": 0.5, "note": "\xff\xfe"}\n\x80\n')
+    assert RunDir(run).read_metrics() == rows
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_bytes().decode("utf-8").splitlines() == [json.dumps(rows[0])]
 
 
 def test_kill_mid_checkpoint_write_leaves_a_partial_temp_file_and_the_old_checkpoints(scenarios: dict) -> None:

@@ -143,11 +143,14 @@ class RunDir:
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The rows of metrics.jsonl, in order. A line that is not a JSON object is dropped: one cut by a crash,
+        one nested too deep, one of another shape, one whose bytes are not UTF-8 (decoded line by line, so a
+        bad byte costs its own line only)."""
         rows = []
         if self.metrics.exists():
-            for line in self.metrics.read_text().splitlines():
-                with contextlib.suppress(ValueError):  # a line cut by a crash (or too deep) is dropped
-                    row = parse_json(line, "metrics.jsonl")
+            for line in self.metrics.read_bytes().splitlines():
+                with contextlib.suppress(ValueError):  # not UTF-8 (UnicodeDecodeError), not JSON or too deep
+                    row = parse_json(line.decode("utf-8"), "metrics.jsonl")
                     if isinstance(row, dict):  # and a line of another shape
                         rows.append(row)
         return rows
