@@ -34,13 +34,19 @@ def _run(suite: Path, out: Path, *extra: str) -> int:
 
 
 def test_failed_members_exit_non_zero_and_are_retried(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """A bad --set failed every member and exited 0; the members' error.txt then made every retry fail."""
+    """A bad --set failed every member and exited 0; the members' error.txt then made every retry fail.
+    A --set the config refuses is now refused before any work (issue 30), as `train` refuses it; one that
+    fails only in the training (a pad larger than the images) still fails each member, exit 1."""
     suite, out = _suite(tmp_path), tmp_path / "out"
-    assert _run(suite, out, "--set", "optim.lr=nan") == 1
+    assert _run(suite, out, "--set", "optim.lr=nan") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "member 'a'" in err and "optim.lr" in err
+    assert not out.exists()  # refused before the --out was claimed
+    assert _run(suite, out, "--set", "data.pad=100") == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "2 member run(s) failed: a seed 0 (" in err and "b seed 0" in err
     assert (out / "a" / "seed0" / "error.txt").exists() and (out / "results.md").exists()
-    assert _run(suite, out) == 0  # the input fixed: both members retried from the start, and finished
+    assert _run(suite, out) == 0  # the input fixed (no training was kept): both retried from the start
     for member in ("a", "b"):
         summary = json.loads((out / member / "seed0" / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["steps"] == 2
@@ -66,8 +72,9 @@ def test_an_out_holds_one_suite(tmp_path: Path, capsys: pytest.CaptureFixture) -
 def test_one_writer_per_suite_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     suite, out = _suite(tmp_path), tmp_path / "out"
     holder = SuiteDir(out)
-    holder.claim({"suite": "tiny", "scale": "small", "data": "synthetic:16", "recipe": "cifar", "epochs": None,
-                  "iters": 2}, shared=False)
+    legacy = {"suite": "tiny", "scale": "small", "data": "synthetic:16", "recipe": "cifar", "epochs": None,
+              "iters": 2}  # a suite.json as calls before issue 30 wrote it
+    holder.claim(legacy, shared=False)
     try:
         assert _run(suite, out) == 2
         assert "another resnetlab experiment is writing into it" in capsys.readouterr().err
@@ -76,7 +83,7 @@ def test_one_writer_per_suite_directory(tmp_path: Path, capsys: pytest.CaptureFi
         holder.release()
     # calls that only train (--no-results, side by side on disjoint members) share the directory
     first = SuiteDir(out)
-    first.claim({"suite": "tiny"}, shared=True)
+    first.claim(legacy, shared=True)
     try:
         assert _run(suite, out, "--only", "b", "--no-results") == 0
     finally:

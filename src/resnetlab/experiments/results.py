@@ -67,16 +67,17 @@ class MemberResult:
         return cls(**{"member": "", **{k: v for k, v in row.items() if k in known}})
 
 
-def collect(suite: Suite, out: Path, scale: str) -> list[MemberResult]:
-    """One row per member: our errors over seeds (median, mean, spread), the paper's, the verdicts."""
-    rows = [_member_result(member, out, scale) for member in suite.members]
+def collect(suite: Suite, out: Path, scale: str, seeds: int) -> list[MemberResult]:
+    """One row per member: our errors over the call's seeds 0..seeds-1 (median, mean, spread), the paper's,
+    the verdicts. Other seed folders in `out` are not this call's and are not counted."""
+    rows = [_member_result(member, out, scale, seeds) for member in suite.members]
     ranks = _ranks([_rank_value(r.median, r.diverged) for r in rows])
     paper_ranks = _ranks([_rank_value(r.paper, 0) for r in rows])
     return [replace(r, rank=a, paper_rank=b) for r, a, b in zip(rows, ranks, paper_ranks, strict=True)]
 
 
-def _member_result(member: Member, out: Path, scale: str) -> MemberResult:
-    runs = sorted((out / member.slug).glob("seed*")) if (out / member.slug).is_dir() else []
+def _member_result(member: Member, out: Path, scale: str, seeds: int) -> MemberResult:
+    runs = [r for r in (out / member.slug / f"seed{s}" for s in range(seeds)) if r.exists()]
     summaries = [s for s in (read_summary(r) for r in runs) if s is not None]
     errors = [100 * s.final["test_error"] for s in summaries
               if s.status == "finished" and s.final.get("test_error") is not None]
@@ -137,7 +138,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 def write_results(run: SuiteRun, rows: list[MemberResult]) -> None:
     suite, out = run.suite, run.out
     meta = {"scale": run.scale, "data": run.data, "recipe": run.recipe, "seeds": run.seeds, "epochs": run.epochs,
-            "iters": run.iters}
+            "iters": run.iters, "settings": run.settings}
     headers = ["member", "model", "params", "runs", "median", "mean", "std", "diverged", "paper", "fail",
                "paper_fail", "rank", "paper_rank"]
     table = io.StringIO()
@@ -150,8 +151,10 @@ def write_results(run: SuiteRun, rows: list[MemberResult]) -> None:
     write_text_atomic(out / "results.csv", table.getvalue())
     tau, n = kendall_tau(rows)
     lines = [f"# {suite.title}", "", f"Paper: {suite.source}. Scale: {meta['scale']}; data: {meta['data']}; "
-             f"recipe: {meta['recipe']}; seeds: {meta['seeds']}; budget: "
-             f"{_budget(meta)}. Errors are test errors in percent; 'fail' is the papers' verdict (above 20%).", ""]
+             f"recipe: {meta['recipe']}; seeds: {meta['seeds']} (seed0..seed{run.seeds - 1} of each member, this "
+             f"call's); budget: {_budget(meta)}; --set: "
+             f"{', '.join(f'{k}={v}' for k, v in run.settings.items()) or 'none'}. Errors are test errors in "
+             "percent; 'fail' is the papers' verdict (above 20%).", ""]
     if meta["scale"] in ("small", "cpu"):
         lines += [f"**{SMALL_NOTE if meta['scale'] == 'small' else CPU_NOTE}**", ""]
     lines += ["| member | model | params | runs | median | mean ± std | diverged | paper | fail (ours / paper) "

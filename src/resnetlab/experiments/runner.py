@@ -7,11 +7,13 @@ writes the results (`results.py`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from resnetlab.data import parse_data_spec
 from resnetlab.errors import ConfigError
-from resnetlab.experiments.jobs import run_jobs
+from resnetlab.experiments.jobs import plan_slots, run_jobs
 from resnetlab.experiments.members import train_members
 from resnetlab.experiments.results import CPU_NOTE, SMALL_NOTE, MemberResult, collect, write_results
 from resnetlab.experiments.suite import (
@@ -48,8 +50,25 @@ def plan(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, epoch
         epochs = {"small": 6, "cpu": CPU_EPOCHS}.get(scale)
     suite = at_scale(suite, scale)
     recipe = suite.recipe if scale == "paper" else default_recipe(data)
-    return SuiteRun(suite, Path(out), scale, data, recipe, seeds, epochs, iters, device, dict(settings or {}),
-                    only, trainings)
+    return SuiteRun(suite, Path(out), scale, absolute_source(data), recipe, seeds, epochs, iters, device,
+                    absolute_settings(settings or {}), only, trainings)
+
+
+def absolute_source(data: str) -> str:
+    """A data spec with its path absolute, so every worker and a later resume, wherever it runs from, reads
+    the same files (as `train` keeps them)."""
+    parsed = parse_data_spec(data)
+    if parsed.arg is None or parsed.scheme in ("digits", "synthetic"):
+        return data
+    return f"{parsed.scheme}:{os.path.abspath(os.path.expanduser(parsed.arg))}"
+
+
+def absolute_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The --set of a call with `run.init` absolute, as `train --init` makes it."""
+    kept = dict(settings)
+    if isinstance(kept.get("run.init"), str) and kept["run.init"].strip():
+        kept["run.init"] = os.path.abspath(os.path.expanduser(kept["run.init"]))
+    return kept
 
 
 def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, epochs: float | None = None,
@@ -69,13 +88,14 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
     """
     run = plan(suite, out, data, seeds, epochs, iters, scale, device, settings, only, trainings)
     chosen = select_members(run.suite, only)
+    if jobs != 1 or devices:
+        plan_slots(jobs, devices, device)  # --jobs and --devices checked before any work
+    work = SuiteWork(run, log)
+    call = work.call()  # every member's config built and keyed: a bad --set stops the call here
     if run.scale in ("small", "cpu"):
         log(SMALL_NOTE if run.scale == "small" else CPU_NOTE)
-    identity = {"suite": run.suite.name, "scale": run.scale, "data": run.data, "recipe": run.recipe,
-                "epochs": run.epochs, "iters": run.iters}
-    work = SuiteWork(run, log)
     suite_dir = SuiteDir(run.out)
-    suite_dir.claim(identity, shared=True)
+    suite_dir.claim(call, shared=True, holds=work.holds)
     try:
         if not train:
             failed = work.link_trained(chosen, run.seeds)
@@ -83,7 +103,7 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
             failed = run_jobs(work, chosen, jobs, devices)
         else:
             failed = train_members(run, chosen, work, log)
-        rows = collect(run.suite, run.out, run.scale)
+        rows = collect(run.suite, run.out, run.scale, run.seeds)
         if results:
             write_when_last(suite_dir, run.out, lambda: write_results(run, rows), log, now=not train)
     finally:

@@ -1,4 +1,4 @@
-"""A suite's output directory as the workers share it: which suite it holds (`suite.json`), the lock every
+"""A suite's output directory as the workers share it: the call it holds (`suite.json`), the lock every
 worker holds while it works, and the results written by the last of them."""
 
 from __future__ import annotations
@@ -11,28 +11,80 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resnetlab.errors import ConfigError
-from resnetlab.files.atomic import create_text_atomic
+from resnetlab.data.base import one_line
+from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.files.atomic import create_text_atomic, write_text_atomic
 from resnetlab.files.jsondoc import parse_json
+from resnetlab.files.reading import read_file
 from resnetlab.runs.outputs import SUITE_FILE
+
+# what a call of `resnetlab experiment` asks for: another call on the same --out must ask for the same
+CALL_FIELDS = ("suite", "scale", "data", "recipe", "epochs", "iters", "seeds", "settings")
+FIRST_FIELDS = ("suite", "scale", "recipe", "epochs", "iters")  # what suite.json held before (and data, as given)
 
 
 class SuiteDir:
-    """A suite's output directory: which suite it holds, and who is writing into it.
+    """A suite's output directory: which call made it, and who is writing into it.
 
-    `suite.json` names the suite, scale, data, recipe and budget on the first call; a later call with another
-    of these is refused, so two suites never write into each other's members or results. A lock (flock on
-    `.suite.lock`, dropped by the OS when the process dies) is held shared by every worker for its call
-    (`suite_work.py`: a per-training claim keeps two workers off one member); a worker that is done takes it
-    exclusively for an instant, to learn whether it is the last (`last`), and so writes the results."""
+    `suite.json` holds the whole call that made it: suite, scale, data, recipe, budget, seeds, every `--set`,
+    the content of the files it names (`contents`) and the key of every member's training (`trainings`). A
+    later call, or a worker, that asks for anything else is refused with one line naming what differs, so
+    one --out never mixes two calls' trainings or results; only an --out that holds no training yet (its
+    members failed before training began) is taken over by a call with other input. A lock (flock on `.suite.lock`, dropped by the OS
+    when the process dies) is held shared by every worker for its call (`work.py`: a per-training claim keeps
+    two workers off one member); a worker that is done takes it exclusively for an instant, to learn whether
+    it is the last (`last`), and so writes the results."""
 
     WAIT_S = 2.0  # how long a worker waits for an exclusive holder (another worker asking `last`)
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._shared = True
 
-    def claim(self, identity: dict[str, Any], shared: bool) -> None:
+    def claim(self, call: dict[str, Any], shared: bool,
+              holds: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+        """Hold the directory for `call`. `holds(call)`, for a suite.json written before calls were recorded
+        whole: what in the directory is not this call's (None when it all is), then suite.json is upgraded."""
+        self._lock(shared)
+        self._shared = shared
+        try:
+            held = self.path / SUITE_FILE
+            if held.exists():
+                before = self._read(held)
+                if "trainings" not in before:  # made before whole calls were kept: check its runs instead
+                    problem = _compare(before, call, FIRST_FIELDS) or (holds(call) if holds else None)
+                    if problem:
+                        raise ConfigError(f"--out {self.path} {problem}: give another --out")
+                    write_text_atomic(held, json.dumps(call, indent=2) + "\n")
+                    return
+                problem = _compare(before, call, CALL_FIELDS + ("contents", "trainings"))
+                if problem and not self._take_over(held, call):
+                    raise ConfigError(f"--out {self.path} {problem}: give another --out")
+            elif not create_text_atomic(held, json.dumps(call, indent=2) + "\n"):
+                self.release()  # another worker wrote it first: compare with theirs
+                self.claim(call, shared, holds)
+        except BaseException:
+            self.release()
+            raise
+
+    def _take_over(self, held: Path, call: dict[str, Any]) -> bool:
+        """An --out that holds no work of the call that made it (its members failed before any training
+        began, or never started) and that no other worker holds: this call takes it (True)."""
+        if any((run / "config.json").exists() or run.is_symlink() for run in self.path.glob("*/seed*")):
+            return False
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
+        except OSError:
+            return False
+        try:
+            write_text_atomic(held, json.dumps(call, indent=2) + "\n")
+        finally:
+            if self._shared:
+                fcntl.flock(self._fd, fcntl.LOCK_SH)  # type: ignore[arg-type]
+        return True
+
+    def _lock(self, shared: bool) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -52,26 +104,16 @@ class SuiteDir:
                                       "alone; wait for it or give another --out") from None
                 time.sleep(0.05)
         self._fd = fd
+
+    @staticmethod
+    def _read(held: Path) -> dict[str, Any]:
         try:
-            held = self.path / SUITE_FILE
-            if held.exists():
-                try:
-                    before = parse_json(held.read_bytes(), str(held))
-                except (OSError, ValueError) as exc:
-                    raise ConfigError(f"{held}: unreadable ({exc}); remove it to reuse this --out") from None
-                if not isinstance(before, dict):
-                    raise ConfigError(f"{held}: expected a JSON object, got {type(before).__name__}")
-                differ = [k for k in identity if k in before and before[k] != identity[k]]
-                if differ:
-                    k = differ[0]
-                    raise ConfigError(f"--out {self.path} holds {before.get('suite')!r} with {k} "
-                                      f"{before[k]!r}, not {identity[k]!r}: give another --out")
-            elif not create_text_atomic(held, json.dumps(identity, indent=2) + "\n"):
-                self.release()  # another worker wrote it first: compare with theirs
-                self.claim(identity, shared)
-        except BaseException:
-            self.release()
-            raise
+            before = parse_json(read_file(held), str(held))
+        except (OSError, ValueError, ResnetlabError) as exc:
+            raise ConfigError(f"{held}: unreadable ({one_line(exc)}); remove it to reuse this --out") from None
+        if not isinstance(before, dict):
+            raise ConfigError(f"{held}: expected a JSON object, got {type(before).__name__}")
+        return before
 
     def last(self) -> bool:
         """Whether no other worker holds the directory now (this one then writes the results); the lock is
@@ -88,6 +130,39 @@ class SuiteDir:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _compare(before: dict[str, Any], call: dict[str, Any], fields: tuple[str, ...]) -> str | None:
+    """What the call recorded in `before` asks for that `call` does not, in words; None when they agree."""
+    for k in fields:
+        old, new = _plain(before.get(k)), _plain(call.get(k))
+        if old == new or (k == "data" and "data" in (before.get("contents") or {})
+                          and "data" in (call.get("contents") or {})):  # a path is the same data by content
+            continue
+        if k == "trainings" and isinstance(old, dict) and isinstance(new, dict):
+            other = sorted(t for t in set(old) | set(new) if old.get(t) != new.get(t))
+            return (f"holds other trainings for {other[0]} (and {len(other) - 1} more) than this call makes "
+                    "(the suite's file or resnetlab changed since)" if len(other) > 1 else
+                    f"holds another training for {other[0]} than this call makes (the suite's file or "
+                    "resnetlab changed since)")
+        if k == "contents":
+            changed = sorted(n for n in set(old or {}) | set(new or {}) if (old or {}).get(n) != (new or {}).get(n))
+            return f"was made from other contents of {', '.join(changed)} (the files behind the path changed)"
+        return f"holds {before.get('suite')!r} with {k} {_shown(old)}, not {_shown(new)}"
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A value as it reads back from JSON (tuples as lists), so a call compares equal to its record."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == {}:
+        return "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return repr(value)
 
 
 def write_when_last(suite_dir: SuiteDir, out: Path, write: Callable[[], None], log: Callable[[str], Any],

@@ -17,7 +17,6 @@ Each worker records what it trains where in `OUT/workers/*.jsonl` (one JSON line
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import os
@@ -28,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnetlab.errors import ResnetlabError
+from resnetlab.errors import ConfigError, ResnetlabError
 from resnetlab.experiments.results import read_summary
 from resnetlab.experiments.suite import Member, SuiteRun
-from resnetlab.experiments.trainings import Claim, TrainingIndex, default_index, link, training_key
+from resnetlab.experiments.trainings import Claim, TrainingIndex, default_index, link
 from resnetlab.networks.counting import count_macs
 from resnetlab.networks.registry import create_model
+from resnetlab.training.identity import contents, differences, identity, key_of_run, training_key
 
 DONE = ("finished", "diverged")
 
@@ -80,6 +80,8 @@ class SuiteWork:
         self.held: dict[tuple[str, int], str] = {}  # tasks other workers held when this one passed
         self._claim: Claim | None = None
         self._costs: dict[str, int] = {}
+        self._keys: dict[tuple[str, int], str] = {}
+        self._seen: dict[str, str] = {}  # file inputs by content, read once for all of this call's keys
 
     # ---- the tasks, longest first ----------------------------------------------------------------------
     def tasks(self, chosen: tuple[Member, ...], seeds: int) -> list[Task]:
@@ -89,15 +91,43 @@ class SuiteWork:
         return sorted(tasks, key=lambda t: (-t.cost, t.seed, order[t.member.slug]))
 
     def key(self, member: Member, seed: int) -> str:
-        """The training this member and seed make (`trainings.training_key` of the config `experiments`
-        builds for it); a config that does not build gets a key of its own directory, so the member still
-        has one worker and fails in the training with the config's own message."""
-        try:
-            cfg = self.run.config(member, seed)
-        except ResnetlabError:
-            where = f"{os.path.abspath(self.out)}/{member.slug}/seed{seed}"
-            return "dir-" + hashlib.sha256(where.encode()).hexdigest()[:20]
-        return training_key(cfg.to_dict())
+        """The training this member and seed make (`training_key` of the config the call builds for it).
+        A config that does not build is a one-line ConfigError naming the member, before any work."""
+        if (member.slug, seed) not in self._keys:
+            try:
+                cfg = self.run.config(member, seed)
+            except ResnetlabError as exc:
+                raise ConfigError(f"suite {self.suite.name}, member {member.label!r}: {exc}") from None
+            self._keys[member.slug, seed] = training_key(cfg.to_dict(), self._seen)
+        return self._keys[member.slug, seed]
+
+    def call(self) -> dict[str, Any]:
+        """The whole call, as `suite.json` keeps it: what it asks for, its file inputs by content and the key
+        of every member's training (every member of the suite at this scale and every seed)."""
+        run = self.run
+        keys = {f"{m.slug}/seed{s}": self.key(m, s) for m in self.suite.members for s in range(run.seeds)}
+        first = self.suite.members[0]
+        return {"suite": self.suite.name, "scale": run.scale, "data": run.data, "recipe": run.recipe,
+                "epochs": run.epochs, "iters": run.iters, "seeds": run.seeds, "settings": run.settings,
+                "contents": contents(run.config(first, 0).to_dict(), self._seen), "trainings": keys}
+
+    def holds(self, call: dict[str, Any]) -> str | None:
+        """For an --out made before calls were kept whole: the first member run in it that is not the
+        training this call makes, in words (None when every one is)."""
+        for member in self.suite.members:
+            for seed in range(self.run.seeds):
+                own = self.out / member.slug / f"seed{seed}"
+                found = key_of_run(own) if (own / "config.json").exists() else None
+                if found is None or found == call["trainings"][f"{member.slug}/seed{seed}"]:
+                    continue
+                try:
+                    theirs = identity(json.loads((own / "config.json").read_text()))
+                except (OSError, ValueError):
+                    theirs = {}
+                ours = identity(self.run.config(member, seed).to_dict(), self._seen)
+                why = "; ".join(differences(theirs, ours)[:2]) or "its files' contents"
+                return f"holds another training in {member.slug}/seed{seed} than this call makes ({why})"
+        return None
 
     def _cost(self, member: Member) -> int:
         """Multiply-adds per image of the member's net: the order in which workers take members."""
@@ -165,9 +195,7 @@ class SuiteWork:
         """With the claim held: the run directory where this task's training lives, and what the body will
         do there (train, resume, done). The suite's own directory unless the index has the training
         elsewhere, which `own` then links to; a new training is recorded before it starts."""
-        own, found = task.own, None if task.key.startswith("dir-") else self.index.home(task.key)
-        if task.key.startswith("dir-"):
-            return own, _mode(own)
+        own, found = task.own, self.index.home(task.key)
         if own.is_symlink():
             target = Path(os.path.realpath(own))
             if found is not None and os.path.realpath(found) != str(target):
@@ -178,7 +206,7 @@ class SuiteWork:
             elif found is None:
                 own.unlink()  # a link to a run that is gone, and no record: train here
         elif own.exists():
-            if found is None and _key_of(own) in (task.key, None):
+            if found is None and key_of_run(own) in (task.key, None):
                 self._record(task, own)
             return own, _mode(own)
         elif found is not None:
@@ -196,7 +224,7 @@ class SuiteWork:
     def link_trained(self, chosen: tuple[Member, ...], seeds: int) -> list[str]:
         """`--collect`: link the members whose training another suite has finished; nothing is trained."""
         for task in self.tasks(chosen, seeds):
-            home = None if task.key.startswith("dir-") else self.index.home(task.key)
+            home = self.index.home(task.key)
             if home is not None and not (task.own.exists() or task.own.is_symlink()) and \
                     outcome(home)["status"] in DONE:
                 link(task.own, home)
@@ -224,12 +252,3 @@ def _mode(run: Path) -> str:
     if outcome(run)["status"] in DONE:
         return "done"
     return "resume" if (run / "config.json").exists() else "train"
-
-
-def _key_of(run: Path) -> str | None:
-    try:
-        return training_key(json.loads((run / "config.json").read_text()))
-    except (OSError, ValueError, AttributeError):
-        return None
-
-

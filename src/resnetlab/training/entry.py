@@ -13,6 +13,7 @@ from resnetlab.runs.directory import RunDir
 from resnetlab.runs.records import Summary, WorkerResult
 from resnetlab.settings.config import Config, config_from_dict
 from resnetlab.training.distributed import barrier, broadcast, init_from_env, shutdown
+from resnetlab.training.identity import training_key
 from resnetlab.training.reporting import Log, started, tee
 from resnetlab.training.setup import prepare
 from resnetlab.training.trainer import Trainer, trainer_for
@@ -34,7 +35,8 @@ def train(cfg: Config, out: str | Path | None = None, log: Log = print) -> tuple
         init = _start_from(trainer, cfg)
         barrier(world)  # every rank has checked its input before rank 0 creates anything
         if world.main:
-            run.create(cfg.to_dict() | {"resolved": trainer.resolved() | init})
+            key = training_key(cfg.to_dict() | {"resolved": init})  # what it trains on, kept as it is now
+            run.create(cfg.to_dict() | {"resolved": trainer.resolved() | init | {"key": key}})
             trainer.log = tee(log, run.log)
         try:
             started(trainer.reporter, name=setup.spec.name, params=count_params(trainer.model), source=setup.source,
