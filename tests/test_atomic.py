@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,70 @@ def test_the_data_cache_notes_and_leaves_nothing_when_it_cannot_write(tmp_path: 
     assert "not a regular file" in capsys.readouterr().err
     save_entry(tmp_path / "good.pt", splits)
     assert (tmp_path / "good.pt").is_file() and _litter(tmp_path) == []
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    """Set the process's umask for a test; the old one comes back afterwards."""
+    old = os.umask(0o022)
+
+    def set_mask(mask: int) -> None:
+        os.umask(mask)
+
+    try:
+        yield set_mask
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002, 0o077])
+def test_an_output_gets_the_mode_a_plain_open_gives(tmp_path: Path, umask: Callable[[int], None], mask: int) -> None:
+    """Issue 30: a writer that makes its file private (safetensors' writer creates it 0600) left an export
+    unreadable to a colleague on a shared cluster. A new output gets 0666 & ~umask, as `open()` gives."""
+    umask(mask)
+    private = tmp_path / "n.safetensors"
+    replace_with(private, lambda tmp: os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)))
+    write_text_atomic(tmp_path / "results.md", "x")
+    for path in (private, tmp_path / "results.md"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path: Path, umask: Callable[[int], None]) -> None:
+    """As `open(path, "w")` on an existing file: the mode its owner gave it stays."""
+    umask(0o022)
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    target.chmod(0o640)
+    replace_with(target, lambda tmp: os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)))
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("name", ["r" * 240 + ".safetensors", "x" * 255, "é" * 122 + ".json", "a." + "b" * 253])
+def test_a_legal_name_is_never_refused_for_its_temporary(tmp_path: Path, name: str) -> None:
+    """Issue 30: `.NAME.tmp-PID-RANDOM.SUFFIX` passed the OS's 255-byte limit on a name (NAME_MAX) for a legal
+    240-character output name, which was then refused. The temporary's name is shortened where it must be, and
+    stays what the sweepers look for: a leading dot and `.tmp-` (`RunDir.sweep_temporaries`, scripts/fuzz.py)."""
+    target = tmp_path / name
+    assert len(os.fsencode(name)) <= 255
+    tmp = temp_path(target)
+    assert len(os.fsencode(tmp.name)) <= 255 and tmp.parent == tmp_path and tmp != temp_path(target)
+    assert tmp.name.startswith(".") and ".tmp-" in tmp.name and fnmatch.fnmatch(tmp.name, ".*.tmp-*")
+    if len(os.fsencode(target.suffix)) < 200:
+        assert tmp.name.endswith(target.suffix)
+    write_text_atomic(target, "x")
+    assert target.read_text() == "x" and _litter(tmp_path) == []
+
+
+def test_a_run_directory_of_a_long_legal_name_is_created_and_swept(tmp_path: Path) -> None:
+    """The run directory is made under a temporary name and renamed: that name must fit as well; and the
+    temporaries of its files (long names shortened) are what a resume sweeps."""
+    from resnetlab.runs.directory import RunDir
+
+    run = RunDir(tmp_path / ("r" * 250))
+    run.create({"model": {"name": "resnet20"}})
+    run.unlock()
+    assert run.config.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["r" * 250]
+    stale = temp_path(run.path / ("c" * 250 + ".png"))
+    stale.write_bytes(b"half")
+    run.sweep_temporaries()
+    assert not stale.exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -147,6 +149,28 @@ def test_torch_hub_builds_registry_models_and_loads_weights(trained: Path, tmp_p
     listed = [n for n in dir(hub) if callable(getattr(hub, n)) and not n.startswith("_")]  # what hub.list lists
     assert "resnet110" in listed and "preact_resnet1001" in listed and all("resnet" in n or "plain" in n
                                                                          for n in listed)
+
+
+def test_an_export_is_readable_as_open_makes_files_and_may_have_a_long_name(tmp_path: Path) -> None:
+    """Issue 30: an exported .safetensors was mode 0600 (its writer's own mode), unreadable to a colleague on a
+    shared cluster; and a legal 240-character output name was refused (its temporary names passed the 255-byte
+    limit on a name). The export gets 0666 & ~umask, as `open()` gives, under any name that fits."""
+    from resnetlab import create_model
+
+    pre = Pretrained(create_model("resnet20", num_classes=2, depth=8).eval(), torch.zeros(3, 1, 1),
+                     torch.ones(3, 1, 1), ["cat", "dog"], 8, "test")
+    old = os.umask(0o022)
+    try:
+        short, long = tmp_path / "n.safetensors", tmp_path / ("n" * 243 + ".safetensors")  # 255 bytes
+        for out in (short, long):
+            export(pre, "safetensors", out)
+        os.umask(0o027)
+        export(pre, "safetensors", tmp_path / "group.safetensors")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {short.name: 0o644, long.name: 0o644, "group.safetensors": 0o640}
+    assert load_pretrained(long).classes == ["cat", "dog"]
 
 
 def _images(folder: Path) -> list[Path]:

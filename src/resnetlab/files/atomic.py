@@ -2,9 +2,12 @@
 
 The new contents go to a temporary file beside the target (``.NAME.tmp-PID-RANDOM.SUFFIX``: the same
 directory, so the rename is atomic, and the target's suffix, so writers that pick a format by extension pick
-the right one). It is flushed to disk, renamed over the target, and the directory is synced. On any error,
-in the writer or after it, the temporary file is removed and the target is left as it was. A target that
-exists and is not a regular file (a device such as /dev/null, a FIFO, a directory) is never replaced.
+the right one; NAME is shortened where the whole would pass the file system's limit on a name, so any name
+that fits as the target fits as its temporary). It is flushed to disk, given the mode a plain ``open()``
+gives (0666 & ~umask for a new file, the old file's mode for a replaced one, whatever mode the writer
+created it with), renamed over the target, and the directory is synced. On any error, in the writer or
+after it, the temporary file is removed and the target is left as it was. A target that exists and is not
+a regular file (a device such as /dev/null, a FIFO, a directory) is never replaced.
 
 Appended files (``metrics.jsonl``, ``log.txt``) are not written here: appending a line is their format.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,9 +30,55 @@ def refuse_special(path: Path) -> None:
         raise ResnetlabError(f"{path}: exists and is not a regular file; not replaced")
 
 
-def temp_path(path: Path) -> Path:
-    """A fresh temporary name beside ``path`` that keeps its suffix."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+NAME_MAX = 255  # bytes of one name, where the file system does not say (Linux, macOS)
+
+
+def _size(name: str) -> int:
+    return len(os.fsencode(name))
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
+    return limit if limit and limit > 0 else NAME_MAX
+
+
+def temp_path(path: Path, suffix: str | None = None) -> Path:
+    """A fresh temporary name beside ``path``, ``.NAME.tmp-PID-RANDOM`` then ``suffix`` (default: the target's):
+    NAME is cut short where the whole would be too long a name for the folder, and the suffix dropped only
+    where it alone leaves no room. It always begins with a dot and holds ``.tmp-``, which is what the sweepers
+    of a killed writer's temporaries look for (`runs.directory.RunDir.sweep_temporaries`)."""
+    path = Path(path)
+    suffix = path.suffix if suffix is None else suffix
+    mark = f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    limit = _name_max(path.parent)
+    if 1 + _size(mark) + _size(suffix) > limit:
+        suffix = ""
+    stem = path.name
+    while stem and _size(f".{stem}{mark}{suffix}") > limit:
+        stem = stem[:-1]
+    return path.with_name(f".{stem}{mark}{suffix}")
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS tells it (Linux), else set and restored."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_mode(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` leaves: an existing file's own, else 0666 & ~umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def _fsync(path: Path) -> None:
@@ -55,6 +105,7 @@ def replace_with(path: Path, fill: Callable[[Path], None]) -> None:
     tmp = temp_path(path)
     try:
         fill(tmp)
+        os.chmod(tmp, output_mode(path))  # a writer may create its file private (safetensors: 0600)
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import CheckpointError, RunDirError
-from resnetlab.files.atomic import fsync_dir, replace_with
+from resnetlab.files.atomic import fsync_dir, replace_with, temp_path
 from resnetlab.files.jsondoc import JSONDocError, parse_json
 
 _STEP = re.compile(r"^step-(\d{8})\.pt$")
@@ -85,7 +85,7 @@ class RunDir:
         if self.path.exists() and self.died_before_checkpoint():
             shutil.rmtree(self.path, ignore_errors=True)
         final = self.path
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        tmp = temp_path(final, suffix="")  # a name that fits wherever the run's own name fits
         try:
             (tmp / "checkpoints").mkdir(parents=True)
             self.path = tmp

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from resnetlab.errors import ResnetlabError
-from resnetlab.files.atomic import refuse_special, temp_path
+from resnetlab.files.atomic import refuse_special
 from resnetlab.runs.directory import RunDir
 
 SUITE_FILE = "suite.json"  # what makes a folder a suite's output (experiments.suite_dir.SuiteDir writes it)
@@ -28,7 +28,7 @@ def held_by(path: Path) -> tuple[str, Path] | None:
 def check_output(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """The checks made on a file a command will write, before any work: it must not be one of the command's
     `inputs` (nor a link to one), nor replace a file of a run or suite directory, nor go into a run's
-    checkpoints/; its folder must exist and its name (and the temporary name beside it) fit the file system.
+    checkpoints/; its folder must exist and its name fit the file system.
     Returns the path; a one-line ResnetlabError otherwise."""
     out = Path(out).expanduser()
     if not out.name:  # ".", "/", "": a folder, and no name to write beside it
@@ -38,9 +38,9 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
         limit = os.pathconf(parent if parent.is_dir() else ".", "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
-    if len(os.fsencode(temp_path(out).name)) > limit:
+    if len(os.fsencode(out.name)) > limit:  # its temporary names fit wherever it fits (`files.atomic.temp_path`)
         raise ResnetlabError(f"{out}: the file name is too long ({len(os.fsencode(out.name))} bytes; this file "
-                             f"system takes {limit}, and resnetlab writes beside it under a longer temporary name)")
+                             f"system takes {limit})")
     if not parent.is_dir():
         raise ResnetlabError(f"{out}: no such directory {parent}")
     refuse_special(out)

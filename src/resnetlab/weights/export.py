@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import tempfile
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from resnetlab.data.images import opened, shorter_side_to, to_mode
 from resnetlab.errors import ConfigError, DataError, ResnetlabError
-from resnetlab.files.atomic import replace_with
+from resnetlab.files.atomic import replace_with, temp_path
 from resnetlab.networks.folding import fold_bn
 from resnetlab.networks.net import ResNet
 from resnetlab.runs.outputs import check_output
@@ -132,12 +132,17 @@ def export(pre: Pretrained, fmt: str, out: str | Path) -> dict[str, Any]:
     report: dict[str, Any] = {}
 
     def fill(tmp: Path) -> None:
-        # written in a fresh folder beside `out` (the exporters may write side files there), then moved to `tmp`
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp_dir:
-            work = Path(tmp_dir) / out.name
+        # written in a fresh folder beside `out` (the exporters may write side files there), then moved to `tmp`;
+        # the folder's name is a temporary one (`temp_path`), which fits wherever `out`'s name fits
+        folder = temp_path(out, suffix="")
+        folder.mkdir(mode=0o700)
+        try:
+            work = folder / out.name
             with _quiet():
                 report.update(writer(pre, work))
             work.replace(tmp)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     try:
         replace_with(out, fill)
