@@ -28,7 +28,7 @@ from typing import Any
 
 from resnetlab.data.base import DataOptions
 from resnetlab.data.cache import cache_dir
-from resnetlab.data.digest import source_digest
+from resnetlab.data.digest import content_digest, source_digest
 from resnetlab.errors import ResnetlabError
 from resnetlab.files.jsondoc import parse_json
 from resnetlab.files.reading import read_file
@@ -139,10 +139,14 @@ def _recorded_init(resolved: Any) -> str | None:
 
 def _init(path: str) -> str:
     """`run.init` as the SHA-256 of the weights it means, read now."""
+    where = Path(os.path.abspath(os.path.expanduser(path)))
     try:
-        return "sha256:" + resolve(path).sha256
-    except ResnetlabError:  # the training fails on it with its own message; keyed by where it pointed
-        return os.path.abspath(os.path.expanduser(path))
+        return "sha256:" + resolve(where).sha256
+    except ResnetlabError:  # the training fails on it with its own message; keyed by what it holds
+        try:
+            return "sha256:" + content_digest(where) if where.is_file() else str(where)
+        except ResnetlabError:
+            return str(where)
 
 
 def _network(model: Any) -> Any:

@@ -1,0 +1,198 @@
+"""Reused work is the same work (issue 30): a training is known by what determines its computation, with its
+file inputs by content; an --out keeps the call that made it and refuses another; the index links a training
+only while its run directory still holds it. Each test here failed on the code before issue 30."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from resnetlab.cli import main
+from resnetlab.settings.config import build_config
+from resnetlab.training.identity import differences, identity, key_of_run, training_key
+
+TINY = """title = "tiny"
+members = [
+  { label = "a", model = "resnet20", small = { depth = 8 } },
+]
+"""
+SMALL = ["--scale", "small", "--data", "digits", "--iters", "2", "--set", "run.threads=1",
+         "--set", "run.progress=false"]
+
+
+def _suite(tmp_path: Path, name: str = "tiny", text: str = TINY) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text.replace('"tiny"', f'"{name}"'))
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two checkpoints of resnet20 depth 8 on digits, one training step from two seeds: two weights files."""
+    root = tmp_path_factory.mktemp("weights")
+    for seed in (0, 1):
+        assert main(["train", "--model", "resnet20", "--data", "digits", "--iters", "1", "--set", "model.depth=8",
+                     "--set", f"run.seed={seed}", "--set", "run.progress=false", "--out", str(root / str(seed))]) == 0
+    return [next((root / str(seed) / "checkpoints").glob("step-*.pt")) for seed in (0, 1)]
+
+
+def _weights(path: Path, checkpoints: list[Path], which: int) -> Path:
+    shutil.copy(checkpoints[which], path)
+    return path
+
+
+def _key(**overrides: object) -> str:
+    return training_key(build_config(model="resnet20", data="digits", overrides=overrides).to_dict())
+
+
+def _config(run: Path) -> dict:
+    return json.loads((run / "config.json").read_text())
+
+
+# ---- identity from content ----------------------------------------------------------------------------
+def test_an_init_file_is_known_by_its_content_not_its_path(tmp_path: Path, checkpoints: list[Path]) -> None:
+    w = _weights(tmp_path / "w.pt", checkpoints, 0)
+    before = _key(**{"run.init": str(w)})
+    shutil.copy(w, tmp_path / "copy.pt")
+    assert _key(**{"run.init": str(tmp_path / "copy.pt")}) == before  # the same weights elsewhere
+    _weights(w, checkpoints, 1)  # other weights behind the same path
+    assert _key(**{"run.init": str(w)}) != before
+    # a run's config keeps the SHA-256 it started from: its identity is what it trained on, whatever the file is now
+    recorded = build_config(model="resnet20", data="digits", overrides={"run.init": str(w)}).to_dict()
+    recorded["resolved"] = {"init": {"sha256": "0" * 64}}
+    assert identity(recorded)["run"]["init"] == "sha256:" + "0" * 64
+
+
+def test_a_data_folder_is_known_by_its_files(tmp_path: Path, make_folder: Callable[..., Path]) -> None:
+    folder = make_folder()
+    cache = tmp_path / "cache"
+
+    def key(path: Path) -> str:
+        return training_key(build_config(model="resnet20", data=f"folder:{path}",
+                                         overrides={"data.cache_dir": str(cache)}).to_dict())
+
+    before = key(folder)
+    assert key(folder) == before  # the second time from the digests kept in the cache
+    assert list((cache / "digests").glob("*.json"))
+    copy = shutil.copytree(folder, tmp_path / "elsewhere")
+    assert key(copy) == before  # the same images under another name are the same data
+    image = folder / "train" / "cat" / "000.png"
+    stat = image.stat()
+    image.write_bytes((folder / "train" / "dog" / "000.png").read_bytes()[: stat.st_size].ljust(stat.st_size, b"\0"))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime: the ctime still tells
+    assert key(folder) != before
+    (copy / "train" / "cat" / "extra.png").write_bytes(b"x")
+    assert key(copy) != before  # a file more is other data
+    tar = shutil.make_archive(str(tmp_path / "pets"), "gztar", copy)
+    assert key(Path(tar)) == key(Path(shutil.copy(tar, tmp_path / "again.tar.gz")))
+
+
+def test_differences_name_the_fields() -> None:
+    a = identity(build_config(model="resnet20", data="digits").to_dict())
+    b = identity(build_config(model="resnet20", data="digits", overrides={"optim.lr": 0.05}).to_dict())
+    assert differences(a, b) == ["optim.lr: 0.1 -> 0.05"]
+
+
+def test_a_replaced_init_file_is_trained_anew_not_linked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         checkpoints: list[Path]) -> None:
+    """Two suites sharing an index, both with --set run.init=w.pt (relative) from two folders holding other
+    weights: the second linked the first's training (the key kept the relative path)."""
+    suite, other = _suite(tmp_path), _suite(tmp_path, "other")
+    outs = tmp_path / "experiments"
+    for name, seed in (("one", 0), ("two", 1)):
+        (tmp_path / name).mkdir()
+        _weights(tmp_path / name / "w.pt", checkpoints, seed)
+    monkeypatch.chdir(tmp_path / "one")
+    assert main(["experiment", str(suite), *SMALL, "--set", "run.init=w.pt", "--out", str(outs / "a")]) == 0
+    monkeypatch.chdir(tmp_path / "two")
+    assert main(["experiment", str(other), *SMALL, "--set", "run.init=w.pt", "--out", str(outs / "b")]) == 0
+    run = outs / "b" / "a" / "seed0"
+    assert not run.is_symlink()
+    assert _config(run)["run"]["init"] == str(tmp_path / "two" / "w.pt")  # absolute, as train --init keeps it
+    first, second = (_config(outs / o / "a" / "seed0")["resolved"]["init"]["sha256"] for o in "ab")
+    assert first != second
+
+
+# ---- the index --------------------------------------------------------------------------------------------
+def test_a_deleted_and_reused_out_is_not_linked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The index trusted its record while the folder existed: an --out deleted and reused with another setting
+    put another training at the recorded path, and a later suite linked to it."""
+    suite, other = _suite(tmp_path), _suite(tmp_path, "other")
+    outs = tmp_path / "experiments"
+    assert main(["experiment", str(suite), *SMALL, "--out", str(outs / "a")]) == 0
+    key = key_of_run(outs / "a" / "a" / "seed0")
+    shutil.rmtree(outs / "a")
+    assert main(["experiment", str(suite), *SMALL, "--set", "optim.lr=0.05", "--out", str(outs / "a")]) == 0
+    capsys.readouterr()
+    assert main(["experiment", str(other), *SMALL, "--out", str(outs / "b")]) == 0
+    run = outs / "b" / "a" / "seed0"
+    assert not run.is_symlink() and "the same training as" not in capsys.readouterr().out
+    assert _config(run)["optim"]["lr"] == 0.1 and key_of_run(run) == key
+
+
+# ---- an --out knows its call ---------------------------------------------------------------------------
+def test_an_out_refuses_a_call_with_other_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 0
+    results = (out / "results.md").read_text()
+    capsys.readouterr()
+    assert main(["experiment", str(suite), *SMALL, "--set", "optim.lr=0.05", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "optim.lr=0.05" in err and "give another --out" in err
+    assert (out / "results.md").read_text() == results
+    assert main(["experiment", str(suite), *SMALL, "--seeds", "2", "--out", str(out)]) == 2
+    assert "with seeds 1, not 2" in capsys.readouterr().err
+    recorded = json.loads((out / "suite.json").read_text())
+    assert recorded["seeds"] == 1 and recorded["trainings"] == {"a/seed0": key_of_run(out / "a" / "seed0")}
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 0  # the same call: done, kept
+    assert "already done, skipped" in capsys.readouterr().out
+
+
+def test_an_out_refuses_data_whose_files_changed(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  make_folder: Callable[..., Path]) -> None:
+    folder = make_folder(size=(8, 8))
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    call = ["experiment", str(suite), "--scale", "small", "--data", f"folder:{folder}", "--iters", "1",
+            "--set", "run.progress=false", "--set", "data.pad=0", "--out", str(out)]
+    assert main(call) == 0
+    shutil.copy(folder / "train" / "dog" / "000.png", folder / "train" / "cat" / "000.png")
+    capsys.readouterr()
+    assert main(call) == 2
+    assert "other contents of data" in capsys.readouterr().err
+
+
+def test_results_count_this_calls_seeds_only(tmp_path: Path) -> None:
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 0
+    shutil.copytree(out / "a" / "seed0", out / "a" / "seed7")  # a folder this call did not make
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["rows"][0]["runs"] == 1
+    assert "seed0..seed0 of each member, this call's" in (out / "results.md").read_text()
+
+
+def test_an_out_made_before_calls_were_kept_whole(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A suite.json of the old form (suite, scale, data, recipe, budget) is taken up by the same call after its
+    runs are checked, and refused, naming the field, when its runs are another call's."""
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 0
+    new = json.loads((out / "suite.json").read_text())
+    old = {k: new[k] for k in ("suite", "scale", "data", "recipe", "epochs", "iters")}
+    (out / "suite.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    assert main(["experiment", str(suite), *SMALL, "--set", "optim.lr=0.05", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "a/seed0" in err and "optim.lr: 0.1 -> 0.05" in err
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 0
+    assert json.loads((out / "suite.json").read_text()) == new
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1"])
+def test_bad_jobs_are_refused_before_any_work(tmp_path: Path, jobs: str, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    assert main(["experiment", str(_suite(tmp_path)), *SMALL, "--jobs", jobs, "--out", str(out)]) == 2
+    assert "--jobs" in capsys.readouterr().err and not out.exists()
