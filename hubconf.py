@@ -7,7 +7,10 @@
 
 With `weights` (a run directory, a checkpoint, an exported .safetensors or a foreign file that `resnetlab eval
 --weights` reads) the model comes back in eval mode with those weights, and its `pretrained` attribute holds
-the input normalisation, class names and image size they were trained with. Nothing is downloaded.
+the input normalisation, class names and image size they were trained with. Nothing is downloaded. Of a run
+directory, `best=True` takes its `checkpoints/best.pt` and `best=False` (the default) its newest checkpoint
+that verifies, as `resnetlab eval RUN [--best]` does. An empty `weights` is an error (leave it out for an
+untrained net), as is any keyword that is neither a spec field nor one of these two.
 """
 
 from __future__ import annotations
@@ -25,19 +28,25 @@ from resnetlab.networks.registry import list_models as _list_models  # noqa: E40
 
 
 def _entry(name: str) -> _typing.Any:
-    def build(weights: str | None = None, **overrides: _typing.Any) -> _typing.Any:
+    def build(weights: str | None = None, best: bool | None = None, **overrides: _typing.Any) -> _typing.Any:
+        from resnetlab.errors import ConfigError
+
+        if best is not None and (weights is None or not isinstance(best, bool)):
+            raise ConfigError(f"{name}: best= is True or False and picks a run's checkpoint: it needs weights=RUN"
+                              if weights is None else f"{name}: best= is True or False, got {best!r}")
         if weights is None:
             return _create_model(name, **overrides)
         from resnetlab.weights.export import load_pretrained
 
         if overrides:
             raise ValueError(f"{name}: spec overrides do not apply with weights (the file holds its net)")
-        pre = load_pretrained(weights, model=name)
+        pre = load_pretrained(weights, model=name, best=bool(best))
         pre.model.pretrained = pre  # normalisation, classes, image size
         return pre.model
 
     build.__name__ = name
-    build.__doc__ = f"resnetlab's {name} (spec overrides as keywords, or weights=PATH for a trained one)."
+    build.__doc__ = (f"resnetlab's {name} (spec overrides as keywords, or weights=PATH for a trained one; "
+                     "best=True for a run's best.pt).")
     return build
 
 

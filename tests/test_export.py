@@ -7,6 +7,7 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 
 from conftest import write_pets
 from resnetlab.cli import main
-from resnetlab.errors import CheckpointError
+from resnetlab.errors import CheckpointError, ConfigError
 from resnetlab.weights.export import ATOL, RTOL, Pretrained, export, load_image, load_pretrained
 from resnetlab.weights.formats import model_for
 from resnetlab.weights.resolve import resolve
@@ -149,6 +150,35 @@ def test_torch_hub_builds_registry_models_and_loads_weights(trained: Path, tmp_p
     listed = [n for n in dir(hub) if callable(getattr(hub, n)) and not n.startswith("_")]  # what hub.list lists
     assert "resnet110" in listed and "preact_resnet1001" in listed and all("resnet" in n or "plain" in n
                                                                          for n in listed)
+
+
+def test_torch_hub_weights_and_best_mean_what_the_cli_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 30: the hub's `weights=''` loaded the current directory's run (Path('') is '.'), and `best=` was
+    taken for a spec override ("spec overrides do not apply with weights"). An empty weights path is a one-line
+    error; `best=True` picks the run's best.pt and `best=False` its newest checkpoint, as `--best` does; an
+    unknown keyword is still an error."""
+    write_pets(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--data", f"folder:{tmp_path / 'pets'}", "--iters", "2", "--out",
+                 str(run), "--set", "optim.batch_size=4", "--set", "run.progress=false", "--set",
+                 f"data.cache_dir={tmp_path / 'cache'}"]) == 0
+
+    def hub(**kwargs: Any) -> Any:
+        return torch.hub.load(str(ROOT), "resnet20", source="local", **kwargs)
+
+    monkeypatch.chdir(run)  # a run directory is the current folder: '' must not mean it
+    with pytest.raises(ConfigError, match="empty") as info:
+        hub(weights="")
+    assert "\n" not in str(info.value)
+    assert Path(hub(weights=str(run), best=True).pretrained.source).name == "best.pt"
+    newest = Path(hub(weights=str(run), best=False).pretrained.source)
+    assert newest.name.startswith("step-") and newest == Path(hub(weights=str(run)).pretrained.source)
+    with pytest.raises(ValueError, match="spec overrides do not apply"):
+        hub(weights=str(run), depth=8)
+    with pytest.raises(ConfigError, match="best"):
+        hub(best=True)  # no weights to pick from
+    with pytest.raises(ConfigError, match="best"):
+        hub(weights=str(run), best="yes")
 
 
 def test_an_export_is_readable_as_open_makes_files_and_may_have_a_long_name(tmp_path: Path) -> None:

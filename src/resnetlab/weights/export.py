@@ -85,8 +85,10 @@ class Pretrained:
 # ---- loading ----------------------------------------------------------------------------------------------
 def load_pretrained(path: str | Path, model: str | None = None, best: bool = False) -> Pretrained:
     """A ready model from a run directory (its newest good checkpoint, or best.pt), a checkpoint or weights
-    file: what `weights.resolve` says the path means, as `eval` sees it."""
-
+    file: what `weights.resolve` says the path means, as `eval` sees it. An empty path is a one-line error: it
+    would mean the current folder (`Path('')` is '.'), never what a caller who passed nothing meant."""
+    if isinstance(path, str) and path == "":
+        raise ConfigError(f"weights path {path!r} is empty: give a run directory or a weights file")
     weights = resolve(path, best)
     net = model_for(weights, model).eval()
     data = weights.data or {}
