@@ -130,6 +130,25 @@ def test_valid_numeric_values_round_trip_through_the_command_line(item: tuple[st
     assert got == value and type(got) is type(value)
 
 
+@pytest.mark.parametrize("item, want", [
+    ("data.normalize=none", "none"), ("run.amp=none", "none"),  # documented values, parsed as null and refused
+    ("run.init=true", "true"), ("data.cache_dir=false", "false"), ("run.init=12", "12"),  # files of those names
+    ("data.source=folder:/data/a,b", "folder:/data/a,b"),  # a path with a comma, not a list
+    ("run.init=none", None), ("data.cache_dir=null", None), ("warmup.enabled=true", True),  # as before
+    ("run.channels_last=false", False), ("run.tracker=none", []), ("optim.lr=1", 1.0),
+])
+def test_a_setting_that_takes_text_takes_the_text_of_a_word(item: str, want: object) -> None:
+    """Issue 30: `--set data.normalize=none` (a documented value) was parsed as null and refused, as was
+    `run.amp=none`; `true`, `12` or `a,b` given to a setting of text was a bool, a number or a list. The word
+    means what the setting can take: null, a bool or a number where the setting takes one (`run.init=none` is
+    unset), else its text."""
+    key = item.partition("=")[0]
+    section, name = key.split(".")
+    cfg = build_config(overrides=parse_assignments([item], "--set"))
+    got = getattr(getattr(cfg, section), name)
+    assert got == want and type(got) is type(want)
+
+
 def test_huge_int_for_a_float_field_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         build_config(overrides=parse_assignments(["optim.lr=1" + "0" * 400], "--set"))

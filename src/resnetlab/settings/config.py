@@ -329,6 +329,20 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
+def takes_text(key: str, value: Any) -> bool:
+    """Whether `value`, parsed from an override `key=TEXT`, is to be TEXT: the setting takes text but not this
+    value (`data.normalize=none`, `run.init=true`, `data.source=folder:a,b`; `run.init=none` stays unset)."""
+    section, _, name = key.partition(".")
+    kind = _types(_types(Config)[section]).get(name) if section in SECTIONS and not isinstance(value, str) else None
+    if str not in (typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)):
+        return False
+    try:
+        _coerce(key, value, kind)
+    except ConfigError:
+        return True
+    return False
+
+
 def _as_list(key: str, value: Any, item: type) -> list[Any]:
     """A list setting: names (one name alone is a list of one, none an empty list) or integers."""
     if item is str:

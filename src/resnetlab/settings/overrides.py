@@ -1,4 +1,6 @@
-"""Parsing `key=value` overrides from the command line into plain values, one rule for every command."""
+"""Parsing `key=value` overrides from the command line into plain values, one rule for every command: a word
+(`none`, `true`), a number or a list where the setting takes one, its text where the setting takes only text
+(`data.normalize=none`, `config.takes_text`)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 from typing import Any
 
 from resnetlab.errors import ConfigError
+from resnetlab.settings.config import takes_text
 
 _WORDS = {"true": True, "false": False, "none": None, "null": None}
 
@@ -32,5 +35,6 @@ def parse_assignments(items: list[str] | None, what: str = "override") -> dict[s
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
-        out[key] = parse_value(value)
+        parsed = parse_value(value)
+        out[key] = value.strip() if takes_text(key, parsed) else parsed
     return out
