@@ -358,3 +358,59 @@ def test_imagenet_source(imagenet_root, data_opts):
     (imagenet_root / "val" / "n02" / "v0.JPEG").write_bytes(b"broken")
     with pytest.raises(DataError, match="v0.JPEG"):
         list(src.eval_batches("test", 6))
+
+
+# ---- issue 30: a data cache that cannot be written or read is a note, never a traceback ------------------------------
+def _cache_failure(failure: str, monkeypatch: pytest.MonkeyPatch, cache: Path) -> str:
+    """Make the data cache at ``cache`` fail as ``failure`` does; the cache_dir to use."""
+    real_save, real_stat = torch.save, Path.stat
+
+    def save(obj: object, f: object, *args: object, **kw: object) -> None:
+        if failure == "full disk":  # as torch 2.x on a full disk: part of the file, then a RuntimeError
+            Path(str(f)).write_bytes(b"PK\x03\x04" + b"\0" * 60)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1216 vs 1110")
+        if failure == "read-only":  # as torch 2.x in an existing read-only folder (measured on a ro tmpfs)
+            raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: "
+                               "Read-only file system")
+        real_save(obj, f, *args, **kw)
+
+    def stat(self: Path, **kw: object) -> os.stat_result:
+        if str(self).startswith(str(cache)):  # a folder without search permission (not root): stat is EACCES
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    if failure == "unreadable":
+        monkeypatch.setattr(Path, "stat", stat)
+    if failure == "below a file":
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text("a file")
+        return str(cache / "sub")
+    if failure == "no home":  # a container's user without a home: expanduser raises
+        def homeless(self: Path) -> Path:
+            if not str(self).startswith("~"):
+                return self
+            raise RuntimeError("Could not determine home directory.")
+        monkeypatch.delenv("RESNETLAB_CACHE", raising=False)
+        monkeypatch.setattr(Path, "expanduser", homeless)
+        return "~/.cache/resnetlab"
+    cache.mkdir(parents=True, exist_ok=True)
+    return str(cache)
+
+
+@pytest.mark.parametrize("failure", ["full disk", "read-only", "unreadable", "below a file", "no home"])
+@pytest.mark.parametrize("scheme", ["folder", "cifar10"])
+def test_a_cache_that_fails_is_one_note(scheme, failure, make_cifar, make_folder, monkeypatch, tmp_path, capsys):
+    """Were tracebacks: torch.save's RuntimeError (full disk, read-only folder), is_file's PermissionError
+    (an entry below a folder without search permission), expanduser's RuntimeError (no home)."""
+    path = make_folder() if scheme == "folder" else make_cifar("cifar10", tar=True)[0]
+    cache = tmp_path / "cache"
+    options = DataOptions(cache_dir=_cache_failure(failure, monkeypatch, cache))
+    capsys.readouterr()
+    source = load_data(f"{scheme}:{path}", options)
+    assert source.train_size == (15 if scheme == "cifar10" else 6)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("note: ") and "going on without it" in err, err
+    monkeypatch.undo()
+    if cache.is_dir():  # no half-written entry or temporary
+        assert [p.name for p in cache.iterdir()] == []

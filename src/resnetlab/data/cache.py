@@ -4,12 +4,15 @@ An entry holds the uint8 train and test arrays of one source, saved with ``torch
 with ``torch.load(weights_only=True)`` (plain tensors and strings only). Its key hashes the format
 version, the reader, the absolute path and the size and mtime of every input file, so a changed input
 misses the cache. Entries are written atomically (:mod:`resnetlab.files.atomic`); an unreadable or
-malformed entry is ignored and rebuilt, and a cache directory that cannot be written only costs a one-line note
-on stderr (the run goes on without the cache).
+malformed entry is ignored and rebuilt, and a cache that cannot be used only costs a one-line note on stderr
+(the run goes on without the cache): a read-only folder or a full disk (``torch.save`` says both with a
+RuntimeError, its temporary removed), a folder without permission to look in, a path below a file, or
+``~/.cache/resnetlab`` for a user without a home directory (containers: set ``RESNETLAB_CACHE``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +37,11 @@ Splits = tuple[ArrayDataset, ArrayDataset]
 def cache_dir(options: DataOptions) -> Path:
     """The cache directory: ``options.cache_dir``, else ``$RESNETLAB_CACHE``, else ``~/.cache/resnetlab``."""
     chosen = options.cache_dir or os.environ.get("RESNETLAB_CACHE") or "~/.cache/resnetlab"
-    return Path(chosen).expanduser()
+    try:
+        return Path(chosen).expanduser()
+    except RuntimeError:  # no $HOME and no home in the user database (a container's arbitrary user)
+        raise DataError(f"the data cache {chosen} names a home directory and this user has none; set "
+                        "RESNETLAB_CACHE (or data.cache_dir) to a folder") from None
 
 
 def file_stamp(path: Path) -> list[object]:
@@ -71,9 +78,9 @@ def _unpack(blob: object) -> Splits:
 
 def load_entry(file: Path) -> Splits | None:
     """The splits stored in ``file``, or None when it is missing, unreadable or malformed."""
-    if not file.is_file():
-        return None
     try:
+        if not file.is_file():  # is_file raises for a folder without search permission
+            return None
         return _unpack(torch_load(file))
     except Exception as exc:  # any corruption means: rebuild
         log.info("ignoring corrupt data cache %s: %s", file, one_line(exc))
@@ -85,18 +92,36 @@ def save_entry(file: Path, splits: Splits) -> None:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         replace_with(file, lambda tmp: torch.save(_pack(splits), tmp))
-    except (OSError, ResnetlabError) as exc:
+    except (OSError, RuntimeError, ResnetlabError) as exc:  # torch.save: RuntimeError for a full or read-only disk
+        _note(f"cannot write the data cache {file} ({_why_not(file, exc)})")
+
+
+def _why_not(file: Path, exc: BaseException) -> str:
+    """What kept ``file`` from being written, in a few words."""
+    with contextlib.suppress(OSError):
         blocking = next((p for p in (file.parent, *file.parent.parents) if p.exists() and not p.is_dir()), None)
-        why = f"{blocking} is a file, not a folder" if blocking else (
-            exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc))
-        sys.stderr.write(f"note: cannot write the data cache {file} ({why}); going on without it "
-                         "(RESNETLAB_CACHE or data.cache_dir moves it)\n")
+        if blocking is not None:
+            return f"{blocking} is a file, not a folder"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = one_line(exc)
+    if "strerror: " in text:  # torch's writer: "... open file failed with strerror: Read-only file system"
+        return text.rsplit("strerror: ", 1)[1]
+    return f"torch.save failed, a full disk? {text}" if isinstance(exc, RuntimeError) else text
+
+
+def _note(what: str) -> None:
+    sys.stderr.write(f"note: {what}; going on without it (RESNETLAB_CACHE or data.cache_dir moves it)\n")
 
 
 def cached(reader: str, path: Path, stamps: Iterable[list[object]], options: DataOptions,
            decode: Callable[[], Splits]) -> Splits:
     """The splits of ``reader`` on ``path`` from the cache, decoding and storing them on a miss."""
-    file = cache_dir(options) / f"{reader}-{cache_key(reader, path, stamps)}.pt"
+    try:
+        file = cache_dir(options) / f"{reader}-{cache_key(reader, path, stamps)}.pt"
+    except DataError as exc:  # no folder for it at all
+        _note(f"no data cache: {exc}")
+        return decode()
     hit = load_entry(file)
     if hit is not None:
         return hit
