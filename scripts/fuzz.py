@@ -60,7 +60,8 @@ TIME_BOUND_S = 120.0  # a case that takes longer is a finding (a hang or an unbo
 TINY = ["--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8", "--iters", "1"]
 FAMILIES = ("args", "set", "config", "summary", "checkpoint", "suite", "images", "weights", "cifar",
             "export", "predict", "hub", "safetensors", "rundir", "env",  # these six: scripts/fuzz_surfaces.py
-            "fetch", "tracker")  # issue 25's services: scripts/fuzz_services.py
+            "fetch", "tracker",  # issue 25's services: scripts/fuzz_services.py
+            "reuse")  # issue 30's reused work: scripts/fuzz_reuse.py
 
 # -- values ----------------------------------------------------------------------------------------------
 NUMBERS = ["0", "-1", "-3", "1", "2", "7", "1e9", "1e400", "-1e400", "nan", "inf", "-inf", "", "1.5", "-0.5",
@@ -553,7 +554,8 @@ STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "args": args_cases, "set": set_cases, "config": config_cases, "summary": summary_cases,
     "checkpoint": checkpoint_cases, "suite": suite_cases, "images": image_cases, "weights": weights_cases,
     "cifar": cifar_cases, **{name: (lambda name=name: _surfaces().STRATEGIES[name]()) for name in FAMILIES[9:15]},
-    **{name: (lambda name=name: _services().STRATEGIES[name]()) for name in FAMILIES[15:]}}
+    **{name: (lambda name=name: _services().STRATEGIES[name]()) for name in ("fetch", "tracker")},
+    "reuse": lambda: _reuse().STRATEGIES["reuse"]()}
 
 
 def _surfaces() -> Any:
@@ -568,6 +570,13 @@ def _services() -> Any:
     import scripts.fuzz_services as services
 
     return services
+
+
+def _reuse() -> Any:
+    """scripts/fuzz_reuse.py: the reuse family (issue 30), its two calls and its judge."""
+    import scripts.fuzz_reuse as reuse
+
+    return reuse
 
 
 def _patched_config(key: str, value: Any) -> dict[str, Any]:
@@ -637,6 +646,9 @@ def _write(root: Path, case: Case) -> None:
             continue
         if rel.startswith("__service__"):  # a set-up step of the fetch and tracker families
             _services().setup(root, value)
+            continue
+        if rel == "__reuse__":  # call A and the change of the reuse family
+            _reuse().setup(root, value)
             continue
         if rel == "__images__":  # an image folder (and its tarball) with hostile files; a run to evaluate with
             import tarfile
@@ -785,7 +797,8 @@ def run_case(case: Case, root: Path) -> Outcome:
     if problem is None:
         try:
             problem = (surfaces.after(case, argv, root, rc, out.getvalue(), text, ran)
-                       or _services().after(case, argv, root, rc, out.getvalue(), text))
+                       or _services().after(case, argv, root, rc, out.getvalue(), text)
+                       or _reuse().after(case, argv, root, rc, out.getvalue(), text))
         except Exception as exc:  # noqa: BLE001 - the judge's own failure, named so it is not taken for the product's
             problem = f"judge failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
     return Outcome(argv, rc, text.strip().splitlines()[-1][:200] if text.strip() else "", seconds, problem)

@@ -143,7 +143,8 @@ def test_an_out_refuses_a_call_with_other_settings(tmp_path: Path, capsys: pytes
     capsys.readouterr()
     assert main(["experiment", str(suite), *SMALL, "--set", "optim.lr=0.05", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "optim.lr=0.05" in err and "give another --out" in err
+    assert len(err.splitlines()) == 1 and "made with other settings (optim.lr: unset -> 0.05)" in err
+    assert "give another --out" in err
     assert (out / "results.md").read_text() == results
     assert main(["experiment", str(suite), *SMALL, "--seeds", "2", "--out", str(out)]) == 2
     assert "with seeds 1, not 2" in capsys.readouterr().err

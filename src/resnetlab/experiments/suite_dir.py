@@ -148,6 +148,12 @@ def _compare(before: dict[str, Any], call: dict[str, Any], fields: tuple[str, ..
         if k == "contents":
             changed = sorted(n for n in set(old or {}) | set(new or {}) if (old or {}).get(n) != (new or {}).get(n))
             return f"was made from other contents of {', '.join(changed)} (the files behind the path changed)"
+        if isinstance(old, dict) or isinstance(new, dict):
+            old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+            changed = [f"{n}: {_shown(old.get(n, '-'))} -> {_shown(new.get(n, '-'))}"
+                       for n in sorted(set(old) | set(new)) if old.get(n, "-") != new.get(n, "-")]
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            return f"holds {before.get('suite')!r} made with other {k} ({'; '.join(changed[:3])}{more})"
         return f"holds {before.get('suite')!r} with {k} {_shown(old)}, not {_shown(new)}"
     return None
 
@@ -158,11 +164,8 @@ def _plain(value: Any) -> Any:
 
 
 def _shown(value: Any) -> str:
-    if value is None or value == {}:
-        return "none"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    return repr(value)
+    text = "none" if value is None else "unset" if value == "-" else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def write_when_last(suite_dir: SuiteDir, out: Path, write: Callable[[], None], log: Callable[[str], Any],

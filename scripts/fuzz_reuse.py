@@ -1,0 +1,294 @@
+"""The fuzzer's family for reused work (issue 30): reuse must happen exactly when the computation is the same.
+
+`scripts/fuzz.py` registers the family `reuse`; read it first. A case is two calls of `resnetlab experiment`
+on a one-member suite (resnet20 of depth 8, one or two steps, one thread) that share an index of trainings:
+
+1. set-up: call A (`--data digits` or an image folder, maybe `--set run.init=w.pt`) trains its member into
+   `experiments/one`; then one generated change: a `--set` of any config field (session fields included), the
+   weights file replaced behind its path, copied elsewhere, or named by the same relative path from another
+   folder; an image of the folder replaced (same name and size), the folder touched or copied; or A's --out
+   deleted and made again by a call with another --set;
+2. the command: call B, with the change, on A's --out or on a new one beside it.
+
+The judge (`after`), beyond fuzz.py's (one line, no traceback, no half-written output):
+
+- B exits 0: the run its results report holds exactly the weights and final metrics of a fresh training of
+  B's config made alone (`reference`): reused work that is not B's computation is the finding this family
+  exists for ("reused another training");
+- B exits 2 (refused): only on A's --out when B's call differs from A's (the --out keeps its call), or when
+  B's config is invalid (a fresh training refuses it too); a refusal of a valid call on a new --out is a
+  finding;
+- B exits 1 (a member failed): only if the fresh training fails too;
+- the same computation trained twice is a finding where the change provably leaves it the same (nothing
+  changed, a copied or touched file, a session field, `--set run.seed`, which a suite's seed overrides).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hypothesis import strategies as st
+
+from scripts.fuzz import Case
+
+FAMILIES = ("reuse",)
+SUITE = """title = "reused"
+members = [
+  { label = "a", model = "resnet20", small = { depth = 8 } },
+]
+"""
+# one other valid value for every config field (model: a few spec fields); run.threads and run.device are left
+# out: a thread count is a session field whose sums may round otherwise, and the judge compares bits
+CHANGES: dict[str, str] = {
+    "data.normalize": "pixel_mean", "data.pad": "2", "data.flip": "true", "data.val_split": "10",
+    "data.split_seed": "3", "data.ten_crop": "true", "data.workers": "1", "data.crop_size": "200",
+    "data.scale": "[200,300]", "data.test_resize": "200", "data.cache_dir": "{root}/cache2",
+    "optim.batch_size": "32", "optim.lr": "0.05", "optim.momentum": "0.8", "optim.weight_decay": "0.0001",
+    "optim.nesterov": "false", "optim.accumulate": "2", "optim.linear_scaling": "true",
+    "schedule.unit": "iter", "schedule.total": "20", "schedule.milestones": "[1]", "schedule.gamma": "0.5",
+    "schedule.epochs": "1",
+    "warmup.enabled": "true", "warmup.lr": "0.02", "warmup.iters": "1", "warmup.until_error": "0.5",
+    "run.seed": "5", "run.deterministic": "true", "run.eval_every": "2", "run.checkpoint_every": "1",
+    "run.keep_checkpoints": "3", "run.channels_last": "false", "run.amp": "bf16", "run.compile": "off",
+    "run.tensorboard": "true", "run.sync_bn": "true", "run.tracker_tags": "team=x",
+    "model.depth": "14", "model.shortcut": "conv1x1", "model.unit": "full_preact", "model.option": "B",
+}
+SESSION = {"data.workers", "data.cache_dir", "run.checkpoint_every", "run.keep_checkpoints", "run.tensorboard",
+           "run.tracker_tags", "run.seed"}  # run.seed: the suite's own seed overrides a --set
+SAME_FILES = ("nothing", "init_copied", "init_relative_same", "data_touched", "data_copied")
+CHANGED_FILES = ("init_replaced", "init_relative_other", "data_changed")
+INIT_KINDS = ("init_replaced", "init_copied", "init_relative_same", "init_relative_other")
+DATA_KINDS = ("data_changed", "data_touched", "data_copied")
+
+_CURRENT: dict[str, Any] = {}
+_ONCE: dict[str, Any] = {}
+
+
+def reuse_cases() -> st.SearchStrategy[Case]:
+    field = st.tuples(st.just("field"), st.sampled_from(sorted(CHANGES)))
+    files = st.tuples(st.sampled_from(SAME_FILES + CHANGED_FILES), st.none())
+    reused = st.tuples(st.just("out_reused"), st.sampled_from(sorted(CHANGES)))
+    return st.builds(_case, st.one_of(field, files, reused), st.booleans(), st.sampled_from([1, 2]),
+                     st.booleans())
+
+
+def _case(change: tuple[str, str | None], same_out: bool, iters: int, with_init: bool) -> Case:
+    kind = change[0]
+    folder = kind in DATA_KINDS
+    init = kind in INIT_KINDS or (with_init and not folder)
+    params = {"kind": kind, "field": change[1], "same_out": same_out and kind != "out_reused", "iters": iters,
+              "data": "folder" if folder else "digits", "init": init}
+    return Case("reuse", ["experiment", *_call(params, b=True)], {"__reuse__": ("reuse", params)},
+                env={"RESNETLAB_CACHE": "{root}/cache"},
+                writable=("experiments", "one", "two", "w.pt", "pets", "pets2", "cache", "cache2"))
+
+
+def _call(p: dict[str, Any], b: bool, root: str = "{root}", init: str = "w.pt") -> list[str]:
+    """Call A (or B, with the case's change) as arguments after `experiment`."""
+    folder = "pets2" if b and p["kind"] == "data_copied" else "pets"
+    data = "digits" if p["data"] == "digits" else f"folder:{root}/{folder}"
+    out = "one" if (not b or p["same_out"]) else "two"
+    argv = [f"{root}/reused.toml", "--scale", "small", "--data", data, "--iters", str(p["iters"]), "--set",
+            "run.threads=1", "--set", "run.progress=false", "--set", "run.tensorboard=false",
+            "--out", f"{root}/experiments/{out}"]
+    if p["data"] == "folder":
+        argv += ["--set", "data.pad=0"]
+    if p["init"]:
+        path = init
+        if b and p["kind"] == "init_copied":
+            path = f"{root}/two/w.pt"
+        argv += ["--set", f"run.init={path}"]
+    if b and p["kind"] == "field":
+        argv += ["--set", f"{p['field']}={CHANGES[p['field']].replace('{root}', root)}"]
+    return argv
+
+
+# -- set-up: call A and the change -------------------------------------------------------------------------
+def _quiet(argv: list[str]) -> tuple[int, str]:
+    from resnetlab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue() + err.getvalue()
+
+
+def _checkpoints() -> list[Path]:
+    """Two weights files for digits (one step of two seeds), made once per process."""
+    if "weights" not in _ONCE:
+        where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-reuse-"))
+        for seed in (0, 1):
+            rc, text = _quiet(["train", "--model", "resnet20", "--data", "digits", "--iters", "1", "--set",
+                               "model.depth=8", "--set", f"run.seed={seed}", "--set", "run.progress=false",
+                               "--set", "run.tensorboard=false", "--out", str(where / str(seed))])
+            assert rc == 0, text[-300:]
+        _ONCE["weights"] = [next((where / str(s) / "checkpoints").glob("step-*.pt")) for s in (0, 1)]
+    return _ONCE["weights"]
+
+
+def _pets(root: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        for cls in ("cat", "dog"):
+            for i in range(n):
+                path = root / "pets" / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+
+
+def setup(root: Path, step: tuple[str, dict[str, Any]]) -> None:
+    _, p = step
+    _CURRENT.clear()
+    _CURRENT.update(params=p)
+    (root / "reused.toml").write_text(SUITE)
+    (root / "one").mkdir()
+    (root / "two").mkdir()
+    weights = _checkpoints()
+    if p["data"] == "folder":
+        _pets(root)
+    if p["init"]:
+        shutil.copy(weights[0], root / "one" / "w.pt" if p["kind"].startswith("init_relative") else root / "w.pt")
+    relative = p["kind"].startswith("init_relative")
+    a = _call(p, b=False, root=str(root))
+    with _cwd(root / "one" if relative else root), _cache(root):
+        rc, text = _quiet(["experiment", *a])
+    assert rc == 0, f"call A failed: {text[-300:]}"
+    _CURRENT["a"] = ["experiment", *_call(p, b=False, root="{root}")]
+    _change(root, p, weights, a)
+
+
+def _change(root: Path, p: dict[str, Any], weights: list[Path], a: list[str]) -> None:
+    kind = p["kind"]
+    if kind == "init_replaced":
+        shutil.copy(weights[1], root / "w.pt")
+    elif kind == "init_copied":
+        shutil.copy(root / "w.pt", root / "two" / "w.pt")
+    elif kind == "init_relative_same":
+        shutil.copy(weights[0], root / "w.pt")  # B names w.pt from the case's folder: the same weights
+    elif kind == "init_relative_other":
+        shutil.copy(weights[1], root / "w.pt")
+    elif kind == "data_changed":
+        image = root / "pets" / "train" / "cat" / "0.png"
+        stat = image.stat()
+        other = (root / "pets" / "train" / "dog" / "0.png").read_bytes()
+        image.write_bytes(other[: stat.st_size].ljust(stat.st_size, b"\0"))
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    elif kind == "data_touched":
+        os.utime(root / "pets" / "train" / "cat" / "0.png")
+    elif kind == "data_copied":
+        shutil.copytree(root / "pets", root / "pets2")
+    elif kind == "out_reused":
+        shutil.rmtree(root / "experiments" / "one")
+        again = [*a, "--set", f"{p['field']}={CHANGES[p['field']].replace('{root}', str(root))}"]
+        with _cwd(root), _cache(root):
+            _quiet(["experiment", *again])  # may be refused as invalid: then the --out is simply gone
+
+
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@contextlib.contextmanager
+def _cache(root: Path) -> Iterator[None]:
+    """The case's data cache (as `Case.env` sets it around call B), around the set-up's calls."""
+    before = os.environ.get("RESNETLAB_CACHE")
+    os.environ["RESNETLAB_CACHE"] = str(root / "cache")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RESNETLAB_CACHE", None)
+        else:
+            os.environ["RESNETLAB_CACHE"] = before
+
+
+# -- the judge ------------------------------------------------------------------------------------------------
+def _reference(root: Path, argv: list[str]) -> tuple[str, Any]:
+    """A fresh training of B's member config, alone: ("invalid", message), ("failed", message) or
+    ("ok", (state, final))."""
+    from resnetlab.errors import ResnetlabError
+    from resnetlab.experiments.runner import plan
+    from resnetlab.experiments.suite import load_suite
+    from resnetlab.settings.overrides import parse_assignments
+    from resnetlab.training.entry import train
+
+    args = argv[1:]
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    data = args[args.index("--data") + 1]
+    iters = int(args[args.index("--iters") + 1])
+    with _cwd(root), _cache(root):
+        try:
+            run = plan(load_suite(str(root / "reused.toml")), root / "unused", data, iters=iters, scale="small",
+                       settings=parse_assignments(sets, "--set"))
+            cfg = run.config(run.suite.members[0], 0)
+        except ResnetlabError as exc:
+            return "invalid", str(exc)
+        where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-reference-")) / "run"
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                train(cfg, where, log=lambda _line: None)
+        except ResnetlabError as exc:
+            return "failed", str(exc)
+    return "ok", _result(where)
+
+
+def _result(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from resnetlab.weights.resolve import resolve
+
+    final = json.loads((run / "summary.json").read_text())["final"]
+    return {k: v.clone() for k, v in resolve(run).state.items()}, final
+
+
+def _same(a: tuple[dict[str, Any], dict[str, Any]], b: tuple[dict[str, Any], dict[str, Any]]) -> bool:
+    import torch
+
+    return a[1] == b[1] and a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+
+
+def after(case: Case, argv: list[str], root: Path, rc: int | None, stdout: str, stderr: str) -> str | None:
+    if case.family not in FAMILIES or "params" not in _CURRENT:
+        return None
+    p = _CURRENT["params"]
+    kind, status = p["kind"], None
+    same_call = [a.replace("{root}", str(root)) for a in _CURRENT["a"]] == argv and kind != "init_relative_same"
+    verdict, ref = _reference(root, argv)
+    if rc == 2:
+        if verdict == "invalid" or (p["same_out"] and not same_call) or (p["same_out"] and kind in CHANGED_FILES):
+            return None
+        return f"refused a valid call ({kind} {p['field'] or ''}, {'same' if p['same_out'] else 'new'} --out)"
+    if rc == 1:
+        return None if verdict == "failed" else f"a member failed that trains alone ({kind} {p['field'] or ''})"
+    if verdict != "ok":
+        return f"exit 0 where a fresh training is {verdict} ({kind} {p['field'] or ''}): {str(ref)[:80]}"
+    run = root / "experiments" / ("one" if p["same_out"] else "two") / "a" / "seed0"
+    if not (run / "summary.json").exists():
+        return f"no finished run at {run.relative_to(root)} after exit 0 ({kind})"
+    if not _same(_result(run), ref):
+        status = "reused another training" if ("the same training as" in stdout or "already done" in stdout
+                                               or run.is_symlink()) else "trained otherwise than alone"
+        return f"{status} ({kind} {p['field'] or ''}, {'same' if p['same_out'] else 'new'} --out)"
+    expected = kind in SAME_FILES or (kind == "field" and p["field"] in SESSION)
+    reused = run.is_symlink() or "already done" in stdout or "the same training as" in stdout
+    if expected and not reused and not (p["same_out"] and not same_call):
+        return f"the same computation trained again ({kind} {p['field'] or ''})"
+    return None
+
+
+STRATEGIES = {"reuse": reuse_cases}
