@@ -197,3 +197,31 @@ def test_bad_jobs_are_refused_before_any_work(tmp_path: Path, jobs: str, capsys:
     out = tmp_path / "out"
     assert main(["experiment", str(_suite(tmp_path)), *SMALL, "--jobs", jobs, "--out", str(out)]) == 2
     assert "--jobs" in capsys.readouterr().err and not out.exists()
+
+
+def test_seeds_are_added_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["experiment", str(suite), *SMALL, "--seeds", "2", "--out", str(out)]) == 2
+    assert "--add-seeds trains more seeds into it" in capsys.readouterr().err
+    assert main(["experiment", str(suite), *SMALL, "--seeds", "2", "--add-seeds", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "a seed 0: already done, skipped" in printed and (out / "a" / "seed1" / "summary.json").exists()
+    assert json.loads((out / "results.json").read_text())["rows"][0]["runs"] == 2
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 2  # now fewer than it holds
+    assert main(["experiment", str(suite), *SMALL, "--seeds", "2", "--set", "optim.lr=0.05", "--add-seeds",
+                 "--out", str(out)]) == 2  # more seeds, but another call
+    assert "optim.lr: unset -> 0.05" in capsys.readouterr().err
+
+
+def test_an_old_out_holding_more_seeds_is_not_narrowed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    assert main(["experiment", str(suite), *SMALL, "--seeds", "2", "--out", str(out)]) == 0
+    new = json.loads((out / "suite.json").read_text())
+    (out / "suite.json").write_text(json.dumps({k: new[k] for k in ("suite", "scale", "data", "recipe", "epochs",
+                                                                     "iters")}))
+    capsys.readouterr()
+    assert main(["experiment", str(suite), *SMALL, "--collect", "--out", str(out)]) == 2
+    assert "holds a/seed1, more seeds than this call's 1 (give --seeds 2)" in capsys.readouterr().err
+    assert main(["experiment", str(suite), *SMALL, "--seeds", "2", "--collect", "--out", str(out)]) == 0

@@ -144,7 +144,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     kwargs = dict(data=args.data, seeds=args.seeds, epochs=args.epochs, iters=args.iters, scale=args.scale,
                   device=args.device, settings=parse_assignments(args.overrides, "--set"), only=args.only,
                   results=not args.no_results, jobs=args.jobs, devices=args.devices, trainings=args.trainings,
-                  train=not args.collect)
+                  train=not args.collect, add_seeds=args.add_seeds)
     if args.launcher != "here":  # Slurm (or submitit's local executor): workers in submitted tasks
         from resnetlab.experiments.slurm import launch
 
@@ -233,7 +233,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from resnetlab.data.fetch import archive_hashes, fetch
 
-    path = fetch(args.name, args.dir)
+    path = fetch(args.name, args.dir, mirror=args.mirror)
     md5, sha, recorded = archive_hashes(path)
     print(f"{args.name}: {path} (MD5 {md5}, SHA-256 {sha}{'' if recorded else '; its record could not be written'})")
     return 0

@@ -109,6 +109,9 @@ def _add_experiment(sub: Any) -> None:
     p.add_argument("suite", help="degradation, depth, shortcuts, activations, preact, options, a .toml, or list")
     p.add_argument("--data", default=None, help="data source (required at paper and cpu scale; small: digits)")
     p.add_argument("--seeds", type=int, default=1, help="runs per member (seeds 0..K-1)")
+    p.add_argument("--add-seeds", action="store_true",
+                   help="an --out made with fewer --seeds: train the added seeds into it (the rest of the call "
+                        "must be the one that made it); without this, another call on an --out is refused")
     p.add_argument("--epochs", type=float, default=None, help="budget per run in epochs")
     p.add_argument("--iters", type=int, default=None, help="budget per run in iterations")
     p.add_argument("--scale", choices=["paper", "cpu", "small"], default="paper",
@@ -181,6 +184,8 @@ def _add_data(sub: Any) -> None:
     q.add_argument("name", choices=["cifar10", "cifar100"])
     q.add_argument("--dir", type=_path, default=None, help="download into this folder (default: the data cache, "
                    "$RESNETLAB_CACHE/downloads or ~/.cache/resnetlab/downloads)")
+    q.add_argument("--mirror", default=None, metavar="URL", help="fetch URL/ARCHIVE-NAME instead of the CIFAR page "
+                   "(default: $RESNETLAB_DATA_MIRROR); still checked against the published MD5")
     q.set_defaults(func=commands.cmd_data_fetch)
 
 

@@ -75,7 +75,7 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
               iters: int | None = None, scale: str = "paper", device: str | None = None,
               settings: dict[str, Any] | None = None, only: list[str] | None = None, results: bool = True,
               log: Any = print, jobs: int = 1, devices: list[str] | None = None, trainings: str | None = None,
-              train: bool = True) -> list[MemberResult]:
+              train: bool = True, add_seeds: bool = False) -> list[MemberResult]:
     """Train every member x seed (skipping finished runs, resuming interrupted ones); write the results.
 
     Any number of calls may work on one `out` at once, here or on machines sharing it (`work.py`): each
@@ -95,7 +95,7 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
     if run.scale in ("small", "cpu"):
         log(SMALL_NOTE if run.scale == "small" else CPU_NOTE)
     suite_dir = SuiteDir(run.out)
-    suite_dir.claim(call, shared=True, holds=work.holds)
+    suite_dir.claim(call, shared=True, holds=work.holds, add_seeds=add_seeds)
     try:
         if not train:
             failed = work.link_trained(chosen, run.seeds)

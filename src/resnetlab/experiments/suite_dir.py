@@ -43,9 +43,11 @@ class SuiteDir:
         self._shared = True
 
     def claim(self, call: dict[str, Any], shared: bool,
-              holds: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+              holds: Callable[[dict[str, Any]], str | None] | None = None, add_seeds: bool = False) -> None:
         """Hold the directory for `call`. `holds(call)`, for a suite.json written before calls were recorded
-        whole: what in the directory is not this call's (None when it all is), then suite.json is upgraded."""
+        whole: what in the directory is not this call's (None when it all is), then suite.json is upgraded.
+        `add_seeds`: a call that differs from the recorded one only in asking for more seeds takes the --out
+        over (`experiment --add-seeds`), once no worker of the recorded call is running."""
         self._lock(shared)
         self._shared = shared
         try:
@@ -59,8 +61,13 @@ class SuiteDir:
                     write_text_atomic(held, json.dumps(call, indent=2) + "\n")
                     return
                 problem = _compare(before, call, CALL_FIELDS + ("contents", "trainings"))
-                if problem and not self._take_over(held, call):
-                    raise ConfigError(f"--out {self.path} {problem}: give another --out")
+                if problem and add_seeds and _more_seeds(before, call):
+                    if not self._rewrite(held, call):
+                        raise ConfigError(f"--out {self.path}: workers of its call with {before['seeds']} seed(s) "
+                                          "are running; add seeds once they are done")
+                elif problem and not self._take_over(held, call):
+                    hint = " (--add-seeds trains more seeds into it)" if _more_seeds(before, call) else ""
+                    raise ConfigError(f"--out {self.path} {problem}{hint}: give another --out")
             elif not create_text_atomic(held, json.dumps(call, indent=2) + "\n"):
                 self.release()  # another worker wrote it first: compare with theirs
                 self.claim(call, shared, holds)
@@ -73,6 +80,10 @@ class SuiteDir:
         began, or never started) and that no other worker holds: this call takes it (True)."""
         if any((run / "config.json").exists() or run.is_symlink() for run in self.path.glob("*/seed*")):
             return False
+        return self._rewrite(held, call)
+
+    def _rewrite(self, held: Path, call: dict[str, Any]) -> bool:
+        """`call` into suite.json, if no other worker holds the directory now (False otherwise)."""
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
         except OSError:
@@ -156,6 +167,15 @@ def _compare(before: dict[str, Any], call: dict[str, Any], fields: tuple[str, ..
             return f"holds {before.get('suite')!r} made with other {k} ({'; '.join(changed[:3])}{more})"
         return f"holds {before.get('suite')!r} with {k} {_shown(old)}, not {_shown(new)}"
     return None
+
+
+def _more_seeds(before: dict[str, Any], call: dict[str, Any]) -> bool:
+    """Whether `call` is the recorded call with more seeds: the same in all else, the same trainings for the
+    seeds it had."""
+    same = all(_plain(before.get(k)) == _plain(call.get(k)) for k in CALL_FIELDS + ("contents",) if k != "seeds")
+    old, new = before.get("trainings"), call.get("trainings")
+    return (same and isinstance(before.get("seeds"), int) and call["seeds"] > before["seeds"]
+            and isinstance(old, dict) and isinstance(new, dict) and all(new.get(k) == v for k, v in old.items()))
 
 
 def _plain(value: Any) -> Any:

@@ -113,8 +113,14 @@ class SuiteWork:
 
     def holds(self, call: dict[str, Any]) -> str | None:
         """For an --out made before calls were kept whole: the first member run in it that is not the
-        training this call makes, in words (None when every one is)."""
+        training this call makes, or a seed beyond this call's, in words (None when there is none)."""
         for member in self.suite.members:
+            beyond = sorted(int(r.name[4:]) for r in (self.out / member.slug).glob("seed*")
+                            if r.name[4:].isdigit() and int(r.name[4:]) >= self.run.seeds
+                            and (r / "config.json").exists())
+            if beyond:
+                return f"holds {member.slug}/seed{beyond[-1]}, more seeds than this call's {self.run.seeds} " \
+                       f"(give --seeds {beyond[-1] + 1})"
             for seed in range(self.run.seeds):
                 own = self.out / member.slug / f"seed{seed}"
                 found = key_of_run(own) if (own / "config.json").exists() else None
