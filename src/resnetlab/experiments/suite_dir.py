@@ -30,10 +30,11 @@ class SuiteDir:
     the content of the files it names (`contents`) and the key of every member's training (`trainings`). A
     later call, or a worker, that asks for anything else is refused with one line naming what differs, so
     one --out never mixes two calls' trainings or results; only an --out that holds no training yet (its
-    members failed before training began) is taken over by a call with other input. A lock (flock on `.suite.lock`, dropped by the OS
-    when the process dies) is held shared by every worker for its call (`work.py`: a per-training claim keeps
-    two workers off one member); a worker that is done takes it exclusively for an instant, to learn whether
-    it is the last (`last`), and so writes the results."""
+    members failed before training began) is taken over by a call with other input, and `--add-seeds` extends
+    the recorded call's seeds. A lock (flock on `.suite.lock`, dropped by the OS when the process dies) is
+    held shared by every worker for its call (`work.py`: a per-training claim keeps two workers off one
+    member); a worker that is done takes it exclusively for an instant, to learn whether it is the last
+    (`last`), and so writes the results."""
 
     WAIT_S = 2.0  # how long a worker waits for an exclusive holder (another worker asking `last`)
 
