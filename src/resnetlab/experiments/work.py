@@ -31,6 +31,8 @@ from resnetlab.errors import ConfigError, ResnetlabError
 from resnetlab.experiments.results import read_summary
 from resnetlab.experiments.suite import Member, SuiteRun
 from resnetlab.experiments.trainings import Claim, TrainingIndex, default_index, link
+from resnetlab.files.jsondoc import parse_json
+from resnetlab.files.reading import read_file
 from resnetlab.networks.counting import count_macs
 from resnetlab.networks.registry import create_model
 from resnetlab.training.identity import contents, differences, identity, key_of_run, training_key
@@ -127,8 +129,8 @@ class SuiteWork:
                 if found is None or found == call["trainings"][f"{member.slug}/seed{seed}"]:
                     continue
                 try:
-                    theirs = identity(json.loads((own / "config.json").read_text()))
-                except (OSError, ValueError):
+                    theirs = identity(parse_json(read_file(own / "config.json"), str(own / "config.json")))
+                except (OSError, ValueError, TypeError, AttributeError, ResnetlabError):
                     theirs = {}
                 ours = identity(self.run.config(member, seed).to_dict(), self._seen)
                 why = "; ".join(differences(theirs, ours)[:2]) or "its files' contents"
