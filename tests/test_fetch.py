@@ -7,7 +7,9 @@ Every test serves a GENERATED archive in the real CIFAR python layout (conftest'
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -27,12 +29,15 @@ from resnetlab.data.fetch import REMOTES, Remote, fetch, read_record
 from resnetlab.errors import DataError
 
 NAME = "cifar-10-python.tar.gz"
+TRICKLE_S = 0.02  # a trickling server's pause between bytes (far below any read timeout of the tests)
 
 
 class Server:
     """A loopback HTTP server of one file. `modes` is consumed one per request (the last repeats):
     good (Range honoured), norange (whole file always), stall (half, then silence), cut (half of the announced
-    length, then close), wrong (one byte changed), huge (announces 2 GiB), 404, 502."""
+    length, then close), wrong (one byte changed), huge (announces 2 GiB), 404, 502, trickle (the headers, then
+    a byte every TRICKLE_S: never TRICKLE_S without one, so no read times out), trickle_headers (the status
+    line, then a header a byte every TRICKLE_S)."""
 
     def __init__(self, payload: bytes) -> None:
         self.payload, self.modes, self.requests = payload, ["good"], []
@@ -49,6 +54,9 @@ class Server:
                 body, status, extra = server.payload, 200, {}
                 if mode in ("404", "502"):
                     self.send_error(int(mode))
+                    return
+                if mode.startswith("trickle"):
+                    server.trickle(self, mode)
                     return
                 if mode == "huge":  # announces 2 GiB
                     self.send_response(200)
@@ -89,6 +97,20 @@ class Server:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
+    def trickle(self, handler: BaseHTTPRequestHandler, mode: str) -> None:
+        """A byte every TRICKLE_S (of the body, or of an endless header) until the server closes."""
+        out = handler.wfile
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.payload)}\r\n"
+        out.write(head.encode() + (b"X-Slow: " if mode == "trickle_headers" else b"\r\n"))
+        body = iter(self.payload) if mode == "trickle" else iter(lambda: ord("x"), None)
+        with contextlib.suppress(OSError):  # the client gave up
+            for byte in body:
+                out.write(bytes([byte]))
+                out.flush()
+                if self.release.wait(TRICKLE_S):
+                    break
+        handler.close_connection = True
+
     def url(self, name: str = NAME) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
 
@@ -101,7 +123,7 @@ class Server:
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy",
-                "NO_PROXY"):
+                "NO_PROXY", "RESNETLAB_FETCH_DEADLINE", "RESNETLAB_FETCH_MIN_RATE", "RESNETLAB_DATA_MIRROR"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -428,3 +450,153 @@ def test_a_malformed_table_url_is_one_line(url: str, needle: str, tmp_path: Path
     assert main(["data", "fetch", "cifar10", "--dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err, err
+
+
+# ---- issue 30: a download's bounds, the published MD5 first, a mirror ---------------------------------------------
+def lock_is_free(folder: Path) -> bool:
+    fd = os.open(folder / f".{NAME}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+NO_RATE = {"RESNETLAB_FETCH_DEADLINE": "1.5", "RESNETLAB_FETCH_MIN_RATE": "0"}  # the deadline alone
+
+
+@pytest.mark.parametrize("mode, env, needle", [
+    ("trickle", {"RESNETLAB_FETCH_MIN_RATE": "2000"}, "RESNETLAB_FETCH_MIN_RATE=2000"),
+    ("trickle", NO_RATE, "RESNETLAB_FETCH_DEADLINE"),
+    ("trickle_headers", {}, "RESNETLAB_FETCH_MIN_RATE=1024"),  # the defaults
+    ("trickle_headers", NO_RATE, "RESNETLAB_FETCH_DEADLINE")])
+def test_a_trickling_server_is_bounded(mode: str, env: dict[str, str], needle: str, served: Server, archive: bytes,
+                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Was a download for ever: a byte every TRICKLE_S never trips the 0.5 s read timeout."""
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    served.modes = [mode, "good"]
+    with deadline(20), pytest.raises(DataError) as exc:
+        get(timeout=0.5)
+    assert needle in one_line(exc) and "run the same command again" in str(exc.value)
+    folder = tmp_path / "cache" / "downloads"
+    assert not (folder / NAME).exists() and lock_is_free(folder)
+    part = folder / (NAME + ".part")
+    if mode == "trickle":  # the bytes that came are kept, and the next call resumes from them
+        kept = part.stat().st_size
+        assert 0 < kept < len(archive) and archive.startswith(part.read_bytes())
+        assert get(timeout=0.5).read_bytes() == archive
+        assert served.requests[-1]["range"] == f"bytes={kept}-"
+    else:  # no byte of the archive came: no part
+        assert not part.exists()
+
+
+def test_processes_waiting_on_the_lock_are_bounded(served: Server, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    """Was a wait for ever on a process that holds the lock and does not finish."""
+    monkeypatch.setenv("RESNETLAB_FETCH_DEADLINE", "0.5")
+    folder = tmp_path / "cache" / "downloads"
+    folder.mkdir(parents=True)
+    fd = os.open(folder / f".{NAME}.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file: flock excludes it as it would another process
+        with deadline(20), pytest.raises(DataError) as exc:
+            get(timeout=0.25)
+        assert "another resnetlab process" in one_line(exc) and str(folder) in str(exc.value)
+        assert not served.requests
+    finally:
+        os.close(fd)
+    assert get().is_file()  # once the holder is gone
+
+
+@pytest.mark.parametrize("var, value", [("RESNETLAB_FETCH_DEADLINE", "soon"), ("RESNETLAB_FETCH_DEADLINE", "0"),
+                                        ("RESNETLAB_FETCH_DEADLINE", "inf"), ("RESNETLAB_FETCH_MIN_RATE", "-1"),
+                                        ("RESNETLAB_FETCH_MIN_RATE", "nan")])
+def test_a_bad_bound_setting_is_one_line(var: str, value: str, served: Server, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(DataError) as exc:
+        get()
+    assert f"{var}={value!r}" in str(exc.value) and "\n" not in str(exc.value)
+    assert not served.requests
+    assert main(["data", "fetch", "cifar10"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and var in err, err
+
+
+@pytest.mark.parametrize("record", ["a wrong SHA-256", "a wrong size", "another MD5"])
+def test_a_good_archive_with_a_wrong_record_is_kept(record: str, served: Server, archive: bytes,
+                                                    tmp_path: Path) -> None:
+    """Was deleted (the record decided), and offline it could not come back: the published MD5 decides."""
+    folder = tmp_path / "cache" / "downloads"
+    folder.mkdir(parents=True)
+    (folder / NAME).write_bytes(archive)
+    good = {"md5": hashlib.md5(archive).hexdigest(), "sha256": hashlib.sha256(archive).hexdigest(),
+            "bytes": len(archive)}
+    wrong = {"a wrong SHA-256": {"sha256": "0" * 64}, "a wrong size": {"bytes": 7},
+             "another MD5": {"md5": "f" * 32, "sha256": "1" * 64}}[record]
+    fetch_mod.record_path(folder / NAME).write_text(json.dumps(good | wrong))
+    served.modes = ["404"]  # offline, in effect
+    lines: list[str] = []
+    assert get(log=lines.append).read_bytes() == archive
+    assert not served.requests
+    rewritten = read_record(folder / NAME)
+    assert rewritten is not None and {k: rewritten[k] for k in good} == good
+    assert any("record" in line and "rewritten" in line for line in lines), lines
+
+
+def test_a_mirror_serves_both_commands(served: Server, archive: bytes, monkeypatch: pytest.MonkeyPatch,
+                                       tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with socket.socket() as sock:  # the table's host: unreachable, as on an air-gapped cluster
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    md5 = hashlib.md5(archive).hexdigest()
+    monkeypatch.setitem(REMOTES, "cifar10", Remote("cifar10", f"http://127.0.0.1:{closed}/~kriz/{NAME}", NAME, md5))
+    base = f"http://127.0.0.1:{served.port}/datasets/cifar"
+    assert main(["data", "fetch", "cifar10", "--dir", str(tmp_path / "mine"), "--mirror", base]) == 0
+    assert (tmp_path / "mine" / NAME).read_bytes() == archive and md5 in capsys.readouterr().out
+    assert [r["path"] for r in served.requests] == [f"/datasets/cifar/{NAME}"]
+    assert read_record(tmp_path / "mine" / NAME)["url"] == f"{base}/{NAME}"
+    monkeypatch.setenv("RESNETLAB_DATA_MIRROR", base + "/")  # what --data cifar10 uses
+    source = load_data("cifar10", DataOptions(cache_dir=str(tmp_path / "cache")))
+    assert source.train_size == 20 and len(served.requests) == 2
+    assert served.requests[1]["path"] == f"/datasets/cifar/{NAME}"
+    with pytest.raises(DataError):  # cifar100 from the same mirror, under its own name (served bytes: CIFAR-10's)
+        fetch("cifar100", tmp_path / "c100", log=quiet, progress=False)
+    assert served.requests[2]["path"] == "/datasets/cifar/cifar-100-python.tar.gz"
+
+
+@pytest.mark.parametrize("mirror, needle", [("", "empty"), ("mirror.lab/cifar", "no scheme"),
+                                            ("ftp://mirror.lab/cifar/", "http, https or file"),
+                                            ("http://[::1/cifar", "malformed"), ("http://m:99999/", "malformed"),
+                                            ("http:///cifar/", "no host"), ("http://m/c?x=1", "query"),
+                                            ("http://m/a b/", "space")])
+def test_a_malformed_mirror_is_one_line(mirror: str, needle: str, served: Server, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    assert main(["data", "fetch", "cifar10", "--mirror", mirror]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "mirror" in err, err
+    if mirror:  # an empty variable is no mirror
+        monkeypatch.setenv("RESNETLAB_DATA_MIRROR", mirror)
+        with pytest.raises(DataError, match="RESNETLAB_DATA_MIRROR") as exc:
+            load_data("cifar10", DataOptions(cache_dir=str(tmp_path / "cache")))
+        assert "\n" not in str(exc.value) and needle in str(exc.value)
+    assert not served.requests
+
+
+def test_a_cache_without_a_home_is_one_line(served: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container's user with no home: Path.expanduser raised RuntimeError (a traceback)."""
+    monkeypatch.delenv("RESNETLAB_CACHE")
+
+    def homeless(self: Path) -> Path:
+        if not str(self).startswith("~"):
+            return self
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "expanduser", homeless)
+    with pytest.raises(DataError) as exc:
+        get()
+    assert "RESNETLAB_CACHE" in one_line(exc) and "home" in str(exc.value)
+

@@ -5,12 +5,14 @@ path of a verified archive in ``CACHE/downloads/`` (``cache.cache_dir``: ``data.
 ``$RESNETLAB_CACHE`` or ``~/.cache/resnetlab``) or in a directory of the caller's:
 
 - a copy already there is used without touching the network: its size and the SHA-256 recorded when it was
-  downloaded (``NAME.json`` beside it) are checked; a copy without that record is checked against the
-  published MD5 and recorded; a copy that fails either check is removed and downloaded again;
-- otherwise the archive is downloaded into ``NAME.part`` (a progress bar on a terminal; a socket timeout on
-  the connect and on every read, so a stalled server is an error, not a hang), resumed with an HTTP Range
+  downloaded (``NAME.json`` beside it) are checked, and a copy that fails that check, or has no record, is
+  judged by the published MD5, which alone decides: a copy with it is kept and its record (re)written, only a
+  copy without it is removed and downloaded again;
+- otherwise the archive is downloaded into ``NAME.part`` (a progress bar on a terminal; the bounds of
+  :mod:`resnetlab.data.downloads`: a socket timeout on the connect and every read, a minimum rate and an overall
+  deadline, so a stalled or trickling server is an error, not a hang), resumed with an HTTP Range
   request when an earlier attempt left a part; its MD5 is checked against the table, its SHA-256 recorded,
-  and only then is it renamed to ``NAME``.
+  and only then is it renamed to ``NAME``. ``RESNETLAB_DATA_MIRROR`` (or ``mirror=``) fetches it from a mirror.
 
 Every failure (offline, a proxy's error, an HTTP error such as 404, a stall, a download cut short, a
 checksum mismatch, a full disk, a table URL of bad form) is one :class:`DataError` line that says what happened
@@ -19,15 +21,13 @@ are said only once the archive is in place, so that a failure is that one line. 
 regular file (a FIFO would block its reader), not JSON or nested too deeply is taken as no record. Nothing
 but a verified archive ever lies at ``NAME``: a part cut short or stalled is kept to be resumed by the next
 call; a part with wrong bytes, or one that filled the disk, is removed. One process downloads at a time (a
-lock beside the file); the others wait and then use its copy. HTTP is the standard library's ``urllib``,
+lock beside the file); the others wait, bounded, and then use its copy. HTTP is the standard library's ``urllib``,
 which honours the ``http_proxy``/``https_proxy``/``no_proxy`` variables.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import http.client
 import json
 import os
@@ -36,18 +36,29 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from resnetlab.data.base import DataOptions, one_line
 from resnetlab.data.cache import cache_dir
 from resnetlab.data.downloads import (
+    CHUNK,
+    Bounds,
     Remote,
+    Watch,
+    bounds,
     fail,
+    hashes,
     host_of,
+    locked,
     mib,
+    mirrored,
     network_problem,
+    opener,
+    progress_bar,
+    sha256_of,
+    size_of,
     strerror,
     url_problem,
     via_proxy,
@@ -61,7 +72,6 @@ from resnetlab.files.reading import read_file
 Log = Callable[[str], None]
 
 DEFAULT_TIMEOUT = 30.0  # seconds without a byte (connect, or any read) before a download is called stalled
-CHUNK = 1 << 20
 MAX_BYTES = 1 << 30  # far above either archive (about 163 MiB): a server sending more is not serving CIFAR
 
 
@@ -84,26 +94,31 @@ def download_dir(options: DataOptions | None = None) -> Path:
 
 def fetch(kind: str, directory: str | Path | None = None, *, options: DataOptions | None = None,
           timeout: float = DEFAULT_TIMEOUT, log: Log = _stderr, progress: bool | str = "auto",
-          remote: Remote | None = None) -> Path:
+          remote: Remote | None = None, mirror: str | None = None) -> Path:
     """The path of the verified ``kind`` archive in ``directory`` (default: :func:`download_dir`),
-    downloaded first unless a good copy is there. ``remote`` replaces the table's entry (tests, mirrors).
+    downloaded first unless a good copy is there. ``remote`` replaces the table's entry (tests); ``mirror`` (else
+    ``$RESNETLAB_DATA_MIRROR``) is a base URL the table's file is fetched from instead of the publisher's.
 
     ``log`` gets the notes of the way there (downloading, resuming, a bad copy removed, waiting for another
     process) once the archive is in place; a failure raises its one DataError line and says nothing else."""
     if remote is None:
         if kind not in REMOTES:
             raise DataError(f"{kind!r}: resnetlab downloads {', '.join(REMOTES)} only")
-        remote = REMOTES[kind]
-    folder = Path(directory).expanduser() if directory is not None else download_dir(options)
+        remote = mirrored(REMOTES[kind], mirror)
+    limits = bounds(timeout)
+    try:
+        folder = Path(directory).expanduser() if directory is not None else download_dir(options)
+    except DataError as exc:  # no home for the default cache
+        raise fail(remote, str(exc)) from None
     final = folder / remote.filename
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise fail(remote, f"cannot create {folder} ({one_line(exc.strerror or exc)})") from None
     notes: list[str] = []
-    with _locked(folder / f".{remote.filename}.lock", notes.append):
+    with locked(folder / f".{remote.filename}.lock", remote, limits.wait, notes.append):
         if not _good_copy(final, remote, notes.append):
-            _download(remote, final, timeout, notes.append, progress)
+            _download(remote, final, limits, notes.append, progress)
     for note in notes:
         log(note)
     return final
@@ -113,23 +128,6 @@ def fetch(kind: str, directory: str | Path | None = None, *, options: DataOption
 def record_path(final: Path) -> Path:
     """The record beside a fetched archive: URL, published MD5, SHA-256 and size as downloaded."""
     return final.with_name(final.name + ".json")
-
-
-def _hashes(path: Path) -> tuple[str, str]:
-    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            md5.update(block)
-            sha.update(block)
-    return md5.hexdigest(), sha.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _read_record(final: Path) -> dict[str, object] | None:
@@ -152,20 +150,20 @@ def _good_copy(final: Path, remote: Remote, log: Log) -> bool:
         raise fail(remote, f"{final} exists and is not a regular file; remove it")
     record = _read_record(final)
     try:
-        if record is not None and record.get("md5") == remote.md5:
-            if final.stat().st_size == record["bytes"] and _sha256(final) == record["sha256"]:
-                return True
-            problem = "does not match the SHA-256 recorded when it was downloaded"
-        else:
-            md5, sha = _hashes(final)
-            if md5 == remote.md5:  # placed by hand, or a record lost: the archive is good, record it if we can
-                with contextlib.suppress(OSError, ResnetlabError):
-                    _write_record(final, remote, sha, final.stat().st_size)
-                return True
-            problem = f"has MD5 {md5}, not the published {remote.md5}"
+        if (record is not None and record.get("md5") == remote.md5 and final.stat().st_size == record["bytes"]
+                and sha256_of(final) == record["sha256"]):
+            return True
+        md5, sha = hashes(final)
+        if md5 == remote.md5:  # placed by hand, a record lost or wrong: the archive is good, record it if we can
+            with contextlib.suppress(OSError, ResnetlabError):
+                _write_record(final, remote, sha, final.stat().st_size)
+            if record is not None:
+                log(f"{final}: MD5 {md5} as published; its record did not match and was rewritten")
+            return True
     except OSError as exc:
         raise fail(remote, f"cannot read {final} ({one_line(exc.strerror or exc)})") from None
-    log(f"{final} {problem}: removed, downloading it again")
+    recorded = " (nor the SHA-256 recorded when it was downloaded)" if record is not None else ""
+    log(f"{final} has MD5 {md5}, not the published {remote.md5}{recorded}: removed, downloading it again")
     _remove(record_path(final))
     _remove(final)
     return False
@@ -190,7 +188,7 @@ def archive_hashes(final: Path) -> tuple[str, str, bool]:
     if record is not None and isinstance(record.get("md5"), str):
         return str(record["md5"]), str(record["sha256"]), True
     try:
-        md5, sha = _hashes(final)
+        md5, sha = hashes(final)
     except OSError as exc:
         raise DataError(f"cannot read {final} ({strerror(exc)})") from None
     return md5, sha, False
@@ -205,30 +203,28 @@ class _Restart(Exception):
     """The part on disk cannot be continued: start it again from the first byte."""
 
 
-def _download(remote: Remote, final: Path, timeout: float, log: Log, progress: bool | str) -> None:
+def _download(remote: Remote, final: Path, limits: Bounds, log: Log, progress: bool | str) -> None:
     part = final.with_name(final.name + ".part")
     if part.exists() and not part.is_file():
         raise fail(remote, f"{part} exists and is not a regular file; remove it")
-    for _attempt in range(2):
-        try:
-            size, resumed = _transfer(remote, part, timeout, log, progress)
-        except _Restart:
-            _remove(part)
-            continue
-        try:
-            md5, sha = _hashes(part)
-        except OSError as exc:
-            _remove(part)
-            raise fail(remote, f"cannot read back {part} ({strerror(exc)})") from None
-        if md5 == remote.md5:
-            break
-        _remove(part)
-        if not resumed:
-            raise fail(remote, f"the downloaded file's MD5 is {md5}, not the published {remote.md5} (corrupt, or "
-                                "not the official archive); it was removed")
-        log(f"{remote.kind}: the resumed download does not match the published MD5; downloading it from the start")
-    else:
-        raise fail(remote, f"{host_of(remote.url)} answered the resumed download inconsistently; the part was removed")
+    with Watch(limits, host_of(remote.url)) as watch:
+        for _attempt in range(2):
+            try:
+                size, resumed = _within(watch, remote, part, log, progress)
+            except _Restart:
+                _remove(part)
+                continue
+            md5, sha = _check(remote, part)
+            if md5 == remote.md5:
+                break
+            if not resumed:
+                raise fail(remote, f"the downloaded file's MD5 is {md5}, not the published {remote.md5} (corrupt, "
+                                   "or not the official archive); it was removed")
+            log(f"{remote.kind}: the resumed download does not match the published MD5; downloading it from the "
+                "start")
+        else:
+            raise fail(remote, f"{host_of(remote.url)} answered the resumed download inconsistently; the part was "
+                               "removed")
     try:
         _remove(record_path(final))
         os.replace(part, final)
@@ -244,10 +240,39 @@ def _download(remote: Remote, final: Path, timeout: float, log: Log, progress: b
     log(f"{remote.kind}: {final} ({mib(size)}), MD5 {md5} as published, SHA-256 {sha} recorded")
 
 
-def _transfer(remote: Remote, part: Path, timeout: float, log: Log, progress: bool | str) -> tuple[int, bool]:
+def _check(remote: Remote, part: Path) -> tuple[str, str]:
+    """The MD5 and SHA-256 of a downloaded part; a part without the published MD5 is removed."""
+    try:
+        md5, sha = hashes(part)
+    except OSError as exc:
+        _remove(part)
+        raise fail(remote, f"cannot read back {part} ({strerror(exc)})") from None
+    if md5 != remote.md5:
+        _remove(part)
+    return md5, sha
+
+
+def _within(watch: Watch, remote: Remote, part: Path, log: Log, progress: bool | str) -> tuple[int, bool]:
+    """:func:`_transfer` within the watch's bounds: once they are passed, whatever the transfer made of its
+    shut connection (an end, a break, an error), the part is kept and the bound is the one line."""
+    try:
+        result = _transfer(watch, remote, part, log, progress)
+    except (DataError, _Restart):
+        if watch.why is None:
+            raise
+    if watch.why is not None:
+        if not size_of(part):
+            _remove(part)
+            raise fail(remote, f"{watch.why}{via_proxy(remote.url)}; run the same command again")
+        raise fail(remote, f"{watch.why}{via_proxy(remote.url)}, at {mib(size_of(part))}; run the same command "
+                           f"again to resume it ({part} is kept)")
+    return result
+
+
+def _transfer(watch: Watch, remote: Remote, part: Path, log: Log, progress: bool | str) -> tuple[int, bool]:
     """Download into ``part``, continuing it if it holds bytes already: the part's final size, and whether
     bytes of an earlier attempt are in it."""
-    have = part.stat().st_size if part.exists() else 0
+    have, timeout = (part.stat().st_size if part.exists() else 0), watch.bounds.timeout
     malformed = url_problem(remote.url)
     if malformed:
         raise fail(remote, malformed)
@@ -255,8 +280,7 @@ def _transfer(remote: Remote, part: Path, timeout: float, log: Log, progress: bo
         request = urllib.request.Request(remote.url, headers={"User-Agent": "resnetlab"})
         if have:
             request.add_header("Range", f"bytes={have}-")
-        # a fresh opener: its ProxyHandler reads the *_proxy variables now (urlopen's global one kept the first)
-        response = urllib.request.build_opener().open(request, timeout=timeout)
+        response = opener(watch).open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code == 416 and have:  # the part already holds every byte: verify it as it is
@@ -278,7 +302,7 @@ def _transfer(remote: Remote, part: Path, timeout: float, log: Log, progress: bo
         else:
             log(f"{remote.kind}: downloading {remote.url}" + (f" ({mib(total)})" if total else "")
                 + f" to {part.parent}")
-        received = _receive(response, part, have, total, remote, timeout, progress)
+        received = _receive(response, part, have, total, remote, watch, progress)
     if total is not None and received < total:
         raise fail(remote, f"the download was cut short at {mib(received)} of {mib(total)}; run the same "
                             f"command again to resume it ({part} is kept)")
@@ -302,11 +326,11 @@ def _extent(response: http.client.HTTPResponse, have: int) -> tuple[int | None, 
 
 
 def _receive(response: Any, part: Path, have: int, total: int | None, remote: Remote,
-             timeout: float, progress: bool | str) -> int:
+             watch: Watch, progress: bool | str) -> int:
     """Append the body to ``part``; the part's size when the body ends."""
     received = have
     read = getattr(response, "read1", response.read)  # what has arrived: a stall loses none of it
-    bar = _bar(progress, total, have, remote.filename)
+    bar = progress_bar(progress, total, have, remote.filename)
     try:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     except OSError as exc:
@@ -316,7 +340,7 @@ def _receive(response: Any, part: Path, have: int, total: int | None, remote: Re
             try:
                 block = read(CHUNK)
             except TimeoutError:
-                raise fail(remote, f"{host_of(remote.url)} sent nothing for {timeout:g} s (stalled) at "
+                raise fail(remote, f"{host_of(remote.url)} sent nothing for {watch.bounds.timeout:g} s (stalled) at "
                                     f"{mib(received)}{via_proxy(remote.url)}; run the same command again to resume "
                                     f"({part} is kept)") from None
             except (http.client.IncompleteRead, ConnectionError, http.client.HTTPException, OSError) as exc:
@@ -335,6 +359,7 @@ def _receive(response: Any, part: Path, have: int, total: int | None, remote: Re
                                     "archive; the download was removed")
             _write_all(fd, block)
             received += len(block)
+            watch.got(len(block))
             if bar is not None:
                 bar.update(len(block))
         os.fsync(fd)
@@ -358,35 +383,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _bar(progress: bool | str, total: int | None, have: int, name: str) -> Any:
-    if progress is False or (progress == "auto" and not sys.stderr.isatty()):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-                file=sys.stderr, leave=False, dynamic_ncols=True)
-
-
 # ---- words --------------------------------------------------------------------------------------------------
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-@contextlib.contextmanager
-def _locked(path: Path, log: Log) -> Iterator[None]:
-    """One process downloads at a time into a folder's file; a second waits for the first (then finds its copy)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:  # a read-only cache with the archive in it: reading needs no lock
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            log(f"waiting for another resnetlab process downloading into {path.parent}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
