@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("weights",),
     ("training",),
     ("experiments",),
+    ("api",),  # the public API: what the command line does, from Python
     ("cli",),
     ("__init__", "__main__"),  # the public API and `python -m resnetlab`
 ]

@@ -3,7 +3,7 @@
 Every error a user can cause is a `ResnetlabError`: printed as one line on stderr, exit code 2. `parser.py` is
 the grammar, `commands.py` and `analyze.py` the commands' bodies.
 
-May import: errors, version, files, networks, data, runs, settings, weights, training, experiments.
+May import: errors, version, files, networks, data, runs, settings, weights, training, experiments, api.
 """
 
 from __future__ import annotations

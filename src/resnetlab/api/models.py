@@ -1,0 +1,134 @@
+"""Nets from Python: built from the registry, or loaded with their weights and everything using them needs.
+
+`create_model(name, weights=...)` is the registry's net, with the weights of a run directory, checkpoint,
+exported `.safetensors` or a foreign file (torchvision's, the CIFAR reference's) where given. `load(path)` is
+a `Trained` net: the module, its class names, its image size and a `preprocess` that turns a file path or a
+PIL image into the tensor the net was trained to see, as torchvision's weights carry their `transforms()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from resnetlab.errors import ConfigError, DataError
+from resnetlab.networks.net import ResNet
+from resnetlab.networks.registry import create_model as registry_model
+from resnetlab.networks.registry import get_spec
+from resnetlab.weights.export import Pretrained, image_files, load_image, load_pretrained
+
+__all__ = ["Trained", "create_model", "load"]
+
+Image = Any  # a PIL image
+ImageLike = str | Path | Image | Tensor
+
+
+def create_model(name: str, weights: str | Path | None = None, **overrides: Any) -> ResNet:
+    """The registry net `name` (`list_models()`), with spec fields changed by `overrides` (`depth=56`,
+    `shortcut="conv1x1"`, ...). With `weights` (anything `resnetlab eval` reads: a run directory, a checkpoint,
+    an exported `.safetensors`, torchvision's or the CIFAR reference's files) the net holds those weights; it
+    must then be the net `name` with `overrides` builds, or a one-line CheckpointError says how it differs."""
+    if weights is None:
+        return registry_model(name, **overrides)
+    net = load(weights, model=name).module
+    if overrides:
+        wanted = get_spec(name, **overrides).replace(num_classes=net.spec.num_classes,
+                                                    in_channels=net.spec.in_channels)
+        held = {k: v for k, v in net.spec.to_dict().items() if k != "name"}
+        differ = [k for k, v in wanted.to_dict().items() if k != "name" and held.get(k) != v]
+        if differ:
+            raise ConfigError(f"{weights}: holds a net with {differ[0]}={held.get(differ[0])!r}, not "
+                              f"{getattr(wanted, differ[0])!r} as the overrides ask")
+    return net
+
+
+def load(path: str | Path, best: bool = False, model: str | None = None) -> Trained:
+    """A trained net from a run directory (its newest good checkpoint, or `best.pt` with `best`), a
+    checkpoint or a weights file: the one net every command means by that path (`resnetlab eval`, `export`,
+    `predict`). `model`: the registry name a file that names no net holds (torchvision's files)."""
+    return Trained(load_pretrained(path, model=model, best=best))
+
+
+@dataclass
+class Trained:
+    """A trained net and what using it takes: `module` (eval mode, on the CPU), `classes`, `image_size`,
+    `preprocess(image)` and `predict(images)`."""
+
+    pretrained: Pretrained
+
+    @property
+    def module(self) -> ResNet:
+        return self.pretrained.model
+
+    @property
+    def classes(self) -> list[str]:
+        return self.pretrained.classes
+
+    @property
+    def image_size(self) -> int:
+        return self.pretrained.image_size
+
+    @property
+    def source(self) -> str:
+        """The file the weights came from."""
+        return self.pretrained.source
+
+    def preprocess(self, image: ImageLike) -> Tensor:
+        """One image as the net sees it before normalisation: a (C, S, S) tensor of pixels in [0, 1], resized
+        (shorter side) and centre-cropped to the training size, in the net's channels. A tensor is taken as
+        such a tensor already."""
+        if isinstance(image, Tensor):
+            return self._checked(image)
+        if isinstance(image, str | Path):
+            return load_image(Path(image), self.pretrained)
+        return self._from_pil(image)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k (class name, probability) for each image: file paths (a folder: its JPEG/PNG files, sorted),
+        PIL images, a (C, S, S) tensor or an (N, C, S, S) batch of pixels in [0, 1]."""
+        if top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        batch = self._batch(images)
+        rows: list[list[tuple[str, float]]] = []
+        for start in range(0, len(batch), 256):
+            rows += self.pretrained.predict(batch[start:start + 256], top_k)
+        return rows
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Logits of a batch of pixels in [0, 1], normalised as the net was trained."""
+        return self.module(self.pretrained.normalise(x))
+
+    def _batch(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
+        if isinstance(images, Tensor):
+            return images if images.dim() == 4 else self._checked(images).unsqueeze(0)
+        items = [images] if isinstance(images, str | Path) or not isinstance(images, Sequence) else list(images)
+        if not items:
+            raise DataError("predict: no images given")
+        expanded: list[ImageLike] = []
+        for item in items:
+            expanded += image_files([str(item)]) if isinstance(item, str | Path) else [item]
+        return torch.stack([self.preprocess(i) for i in expanded])
+
+    def _checked(self, x: Tensor) -> Tensor:
+        want = (self.pretrained.channels, self.image_size, self.image_size)
+        if tuple(x.shape) != want:
+            raise DataError(f"predict: a tensor of shape {tuple(x.shape)}, not {want} (C, S, S) pixels in [0, 1]")
+        return x.float()
+
+    def _from_pil(self, image: Image) -> Tensor:
+        import tempfile
+
+        try:
+            save = image.save
+        except AttributeError:
+            raise DataError(f"predict: {type(image).__name__} is not an image (a path, a PIL image or a tensor)") \
+                from None
+        with tempfile.TemporaryDirectory(prefix="resnetlab-image-") as tmp:
+            path = Path(tmp) / "image.png"
+            save(path, format="PNG")  # the path the command line reads, so both give the same tensor
+            return load_image(path, self.pretrained)

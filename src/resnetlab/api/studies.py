@@ -1,0 +1,136 @@
+"""The papers' experiments and the propagation analysis from Python, as `resnetlab experiment` and `resnetlab
+analyze propagation` run them: `experiment(...)` returns the results rows (`MemberResult`, as results.md and
+the HTML report show them), `propagation(...)` the numbers per unit of each net (`Propagation`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnetlab.data import load_data
+from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.experiments.propagation import Row, format_propagation, plot_propagation, summarize
+from resnetlab.experiments.propagation import propagation as propagation_rows
+from resnetlab.experiments.results import MemberResult
+from resnetlab.experiments.runner import run_suite
+from resnetlab.experiments.suite import load_suite, suite_names
+from resnetlab.networks.registry import create_model
+from resnetlab.settings.config import build_config
+from resnetlab.training.setup import data_options, evaluation_source
+from resnetlab.weights.formats import model_for
+from resnetlab.weights.resolve import resolve
+
+__all__ = ["Propagation", "experiment", "list_suites", "propagation"]
+
+
+def list_suites() -> list[str]:
+    """The suites shipped with resnetlab, one per paper table or figure."""
+    return suite_names()
+
+
+def _silent(_line: str) -> None:
+    """The log of a call that asked for no output."""
+
+
+def experiment(suite: str, scale: str = "paper", data: str | None = None, seeds: int = 1, *,
+               out: str | Path | None = None, epochs: float | None = None, iters: int | None = None,
+               device: str | None = None, set: dict[str, Any] | None = None,  # noqa: A002 - the --set flag
+               only: list[str] | None = None, jobs: int = 1, devices: list[str] | None = None,
+               trainings: str | None = None, collect: bool = False, add_seeds: bool = False,
+               results: bool = True, progress: bool = False) -> list[MemberResult]:
+    """Run a suite (`resnetlab experiment SUITE`): train every member x seed not trained yet, into `out`
+    (default `experiments/SUITE-SCALE`), and return one row per member with our errors beside the paper's.
+    `collect=True` trains nothing and returns the rows of what has finished."""
+    chosen = load_suite(suite)
+    where = Path(out) if out is not None else Path(f"experiments/{chosen.name}-{scale}")
+    return run_suite(chosen, where, data=data, seeds=seeds, epochs=epochs, iters=iters, scale=scale,
+                     device=device, settings=dict(set or {}), only=only, results=results,
+                     log=print if progress else _silent, jobs=jobs, devices=devices, trainings=trainings,
+                     train=not collect, add_seeds=add_seeds)
+
+
+@dataclass
+class Propagation:
+    """Forward signal and backward gradient per residual unit of each net (v2 eq. 4-7), on one batch."""
+
+    results: dict[str, list[Row]]  # net name -> one row per unit
+    data: str
+    batch: int
+    eval_mode: bool
+    seed: int
+    checkpoint: str | None = None  # the checkpoint file a trained net came from
+    skipped: tuple[str, ...] = ()  # newer checkpoints of that run directory that did not verify
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per net: the ratios that tell the story (signal and gradient growth from first to last unit)."""
+        return {name: summarize(rows) for name, rows in self.results.items()}
+
+    def table(self) -> str:
+        return format_propagation(self.results)
+
+    @property
+    def mode(self) -> str:
+        return "eval mode (running BN statistics)" if self.eval_mode else "train mode (batch BN statistics)"
+
+    def plot(self, path: str | Path) -> Path:
+        """The figure (PNG, PDF or SVG by suffix)."""
+        names = ", ".join(self.results)
+        return plot_propagation(self.results, path,
+                                title=f"{names} on {self.data} (batch {self.batch}, {self.mode})")
+
+
+def propagation(models: list[str] | tuple[str, ...] = (), checkpoint: str | Path | None = None,
+                data: str | None = None, batch_size: int = 128, seed: int = 0, eval_mode: bool = False,
+                **overrides: Any) -> Propagation:
+    """Signal and gradient through depth (`resnetlab analyze propagation`): registry `models` at their paper
+    init under `seed` (spec fields changed by `overrides`), and a trained `checkpoint` (a run directory or
+    weights file), on the first `batch_size` test images of `data` (default: the checkpoint's, else synthetic),
+    normalised as training normalises them."""
+    models = list(models)
+    if not models and checkpoint is None:
+        raise ConfigError("give at least one model name or a checkpoint")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    repeated = sorted({m for m in models if models.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"model {repeated[0]} given twice")
+    if overrides and not models:
+        raise ConfigError("overrides apply to registry models; a checkpoint keeps its own spec")
+    for key in ("in_channels", "num_classes"):
+        if key in overrides:
+            raise ConfigError(f"override {key}: set from the data, not by hand")
+    named, source, weights = _networks(models, overrides, checkpoint, data, seed)
+    x, y = next(iter(source.eval_batches("test", batch_size)))
+    results: dict[str, list[Row]] = {}
+    for name, model in named.items():
+        torch.manual_seed(seed)  # the same dropout draws for every model, run to run
+        try:
+            results[name] = propagation_rows(model, x, y, eval_mode=eval_mode)
+        except (RuntimeError, ValueError) as exc:  # e.g. an ImageNet stem pools an 8x8 input to nothing
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ResnetlabError(f"{name}: cannot run on {source.name} input {tuple(x.shape)} ({first})") from None
+    return Propagation(results, source.name, len(y), eval_mode, seed, str(weights.path) if weights else None,
+                       weights.skipped if weights else ())
+
+
+def _networks(models: list[str], overrides: dict[str, Any], checkpoint: str | Path | None, data: str | None,
+              seed: int) -> tuple[dict[str, Any], Any, Any]:
+    """The nets by their shown names, the data the batch comes from, and the checkpoint's weights (or None)."""
+    named: dict[str, Any] = {}
+    weights = None
+    if checkpoint is not None:
+        weights = resolve(checkpoint)
+        trained, where = model_for(weights), weights.path
+        source = evaluation_source(trained.spec, weights.config, weights.norm, data, where,
+                                   (weights.data or {}).get("classes"))
+        named[f"{trained.spec.name or 'model'} (trained: {where.name})"] = trained
+    else:
+        data = data or "synthetic"
+        source = load_data(data, data_options(build_config(data=data)))
+    for name in models:
+        torch.manual_seed(seed)
+        named[name] = create_model(name, in_channels=source.channels, num_classes=source.num_classes, **overrides)
+    return named, source, weights
