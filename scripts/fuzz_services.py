@@ -7,14 +7,18 @@ Families (each a hypothesis strategy of `Case`):
   RESNETLAB_CACHE, the case's directory) against a loopback HTTP server (threaded, one per process, on
   127.0.0.1) whose answers per request are generated: the archive (a small one in the CIFAR python layout, its
   MD5 put in the table for the case), 404/500/502/416, wrong bytes, an HTML page, cut short, stalled (the
-  download's read timeout is made 1.5 s for the case: `fetch`'s `timeout` default), Range ignored or answered
+  download's read timeout is made 1.5 s for the case: `fetch`'s `timeout` default), trickling (a byte every
+  50 ms of the body, or of a header that never ends: no read ever times out), Range ignored or answered
   for another span, 2 GiB announced, no or a bad Content-Length, chunked, redirects (to itself, to ftp:, file:,
   a malformed or empty Location), garbage status lines and headers (too long, too many), nothing at all; with
   the download folder in a generated state (a stale `.part` of random bytes, a prefix, the whole archive or
-  more; a cached archive changed since its SHA-256 record, a record that is not JSON, nested deeply, of other
-  types, a folder or a FIFO; things in the way: folders, FIFOs, links) or `--dir` a file, a FIFO, /dev/null, a loop,
-  below a file or a missing deep path; and URLs of bad form in the table (ftp:, file:, http://[::1, empty, a
-  port nobody listens on, out of range, with spaces or a CR LF, https to the plain server).
+  more; a cached archive changed since its SHA-256 record, a good archive whose record is wrong (SHA-256, size,
+  another MD5), a record that is not JSON, nested deeply, of other types, a folder or a FIFO; things in the
+  way: folders, FIFOs, links) or `--dir` a file, a FIFO, /dev/null, a loop, below a file or a missing deep
+  path; URLs of bad form in the table (ftp:, file:, http://[::1, empty, a port nobody listens on, out of
+  range, with spaces or a CR LF, https to the plain server); a data mirror (RESNETLAB_DATA_MIRROR, or `data
+  fetch --mirror`: the loopback server under /mirror/ with the table's host unreachable, a file:// folder, or
+  one of bad form); RESNETLAB_FETCH_DEADLINE made 4 s and RESNETLAB_FETCH_MIN_RATE drawn (default, 0, high).
 - `tracker`: a tiny training (`train ... --data synthetic:8 --iters 2`) with generated `run.tracker` and
   `run.tracker_tags` values (unknown names, duplicates, numbers, lists, empty, huge tags, tags with = and
   control characters) and environments (MLFLOW_TRACKING_URI a good store, a SQLite file that is not a
@@ -30,7 +34,10 @@ Checks beyond fuzz.py's judge (`after`):
 - fetch: no file lies at the archive's final name unless its MD5 is the table's (after failures too); a
   success leaves the archive there with its record's SHA-256 and size right and, for `data fetch`, says its
   path and MD5; a verified copy already there is used without a request; a good server and a benign folder
-  state must give a success (a refusal of a good download is a finding too); no `.part` after a download.
+  state must give a success (a refusal of a good download is a finding too); no `.part` after a download;
+  an archive with the published MD5 there before the case is there after it, whatever its record said and
+  however the case ended; every download ends within the case's deadline (a trickle included); with a good
+  mirror every request goes to it, and a mirror of bad form is refused.
 - tracker: a training that exits 0 ends with the same final metrics as the same training without trackers
   (computed once per process; for --resume, the template run's own); a tracker failure is at most one line
   (`tracker NAME failed ...` in log.txt; nothing on stderr but MLflow's INFO notes), never a traceback
@@ -52,6 +59,7 @@ import socket
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -64,6 +72,8 @@ from scripts.fuzz import CIFAR10_MEMBERS, Case, cifar_member
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = ("fetch", "tracker")
 FETCH_TIMEOUT_S = 1.5  # the download's read timeout for a case (fetch's default is 30 s: a stall costs that)
+FETCH_DEADLINE_S = 4.0  # RESNETLAB_FETCH_DEADLINE for a case (default 3600 s)
+TRICKLE_S = 0.05  # a trickling answer's pause between bytes: never a read timeout
 PROXIES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "ftp_proxy", "FTP_PROXY", "all_proxy",
            "ALL_PROXY", "no_proxy", "NO_PROXY")
 NAMES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
@@ -197,6 +207,12 @@ class Server:
         if mode == "stall_headers":  # the request read, then silence
             release.wait(3 * FETCH_TIMEOUT_S)
             return
+        if mode == "trickle_headers":  # a header a byte at a time, never ending
+            raw(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not release.wait(TRICKLE_S):
+                raw(b"x")
+                h.wfile.flush()
+            return
         rng = h.headers.get("Range")
         start = 0
         if rng and mode not in ("norange", "no_length", "chunked", "bad_length", "bad_range", "range_elsewhere",
@@ -235,11 +251,16 @@ class Server:
             head(status, headers + [("Content-Length", str(len(data) // 2))])
         else:
             head(status, headers + [("Content-Length", str(len(data)))])
-        if mode in ("cut", "stall"):
+        if mode in ("cut", "stall", "trickle"):
             raw(data[: len(data) // 2])
             h.wfile.flush()
             if mode == "stall":
                 release.wait(3 * FETCH_TIMEOUT_S)
+            for byte in data[len(data) // 2:] if mode == "trickle" else b"":  # until the client gives up
+                if release.wait(TRICKLE_S):
+                    break
+                raw(bytes([byte]))
+                h.wfile.flush()
             return
         raw(data)
 
@@ -255,19 +276,31 @@ GOOD_MODES = ["good", "norange", "no_length", "chunked", "redirect_good"]
 BAD_MODES = ["404", "500", "502", "416", "wrong", "html", "cut", "stall", "stall_headers", "huge", "redirect_self",
              "redirect_ftp", "redirect_file", "redirect_bad", "redirect_empty", "redirect_none", "empty_reply",
              "not_http", "bad_status", "cut_headers", "long_header", "many_headers", "bad_length", "short_length",
-             "bad_range", "range_elsewhere"]
-SLOW_MODES = ("stall", "stall_headers")  # each costs the timeout: drawn less often
+             "bad_range", "range_elsewhere", "trickle", "trickle_headers"]
+SLOW_MODES = ("stall", "stall_headers", "trickle", "trickle_headers")  # each costs a bound: drawn less often
 STATES = ["none", "part_random", "part_prefix", "part_full", "part_longer", "part_dir", "part_fifo",
-          "cached_good_record", "cached_good_norecord", "cached_bad_sha_record", "cached_changed",
+          "cached_good_record", "cached_good_norecord", "cached_bad_sha_record", "cached_bad_size_record",
+          "cached_other_md5_record", "cached_changed",
           "cached_wrong_norecord", "record_not_json", "record_deep", "record_list", "record_types", "record_dir",
           "record_huge_bytes", "record_fifo", "final_dir", "final_fifo", "final_dangling_link", "final_link_good",
           "final_link_wrong", "lock_dir", "part_and_cached"]
 BENIGN_STATES = {"none", "part_random", "part_prefix", "part_full", "part_longer", "cached_good_record",
-                 "cached_good_norecord", "cached_bad_sha_record", "cached_changed", "cached_wrong_norecord",
+                 "cached_good_norecord", "cached_bad_sha_record", "cached_bad_size_record", "cached_other_md5_record",
+                 "cached_changed", "cached_wrong_norecord",
                  "record_not_json", "record_deep", "record_list", "record_types", "record_dir", "record_huge_bytes",
                  "final_dangling_link", "final_link_good", "final_link_wrong", "lock_dir", "part_and_cached"}
 OFFLINE_STATES = {"cached_good_record", "cached_good_norecord", "record_not_json", "record_deep", "record_list",
-                  "record_types", "record_dir", "final_link_good", "part_and_cached"}  # a good copy: no request
+                  "record_types", "record_dir", "final_link_good", "part_and_cached", "cached_bad_sha_record",
+                  "cached_bad_size_record", "cached_other_md5_record"}  # a good copy (the MD5 decides): no request
+GOOD_COPY_STATES = OFFLINE_STATES | {"record_fifo", "record_huge_bytes"}  # never deleted, however the case ends
+MIRRORS = {"none": None, "http": "http://127.0.0.1:{port}/mirror/", "http_noslash": "http://127.0.0.1:{port}/mirror",
+           "file": "file://{root}/mirror/", "empty": "", "ftp": "ftp://127.0.0.1:{closed}/mirror/",
+           "no_scheme": "127.0.0.1:{port}/mirror/", "ipv6_malformed": "http://[::1/mirror/",
+           "query": "http://127.0.0.1:{port}/mirror/?x=1", "bad_port": "http://127.0.0.1:99999/mirror/"}
+GOOD_MIRRORS = {"http", "http_noslash", "file"}
+BAD_MIRRORS = {"ftp", "no_scheme", "ipv6_malformed", "query", "bad_port"}
+FLAG_MIRRORS = ("file", "empty", "ipv6_malformed")  # `data fetch --mirror` takes those without a port to fill
+MIN_RATES = [None, None, "0", "100000"]  # default 1024 B/s; none (the deadline alone); more than a trickle
 URLS = {"server": "http://127.0.0.1:{port}/{name}", "server_query": "http://127.0.0.1:{port}/{name}?mirror=1#top",
         "ftp": "ftp://127.0.0.1:{closed}/{name}", "file_good": "file://{root}/elsewhere.tar.gz",
         "file_missing": "file://{root}/nothing/{name}", "ipv6_malformed": "http://[::1/{name}", "empty": "",
@@ -296,8 +329,12 @@ def fetch_cases() -> st.SearchStrategy[Case]:
                      st.sampled_from(list(SLOW_MODES)))
     url = st.one_of(*([st.just("server")] * 6), st.sampled_from(sorted(URLS)))
     command = st.sampled_from(["fetch", "fetch", "fetch --dir", "fetch --dir", "fetch cifar100", "train"])
+    mirror = st.one_of(*([st.just("none")] * 4), st.sampled_from(sorted(MIRRORS)))
+    rate = st.sampled_from(MIN_RATES)
 
-    def build(cmd: str, dir_kind: str, state: str, plan: list[str], url_kind: str, seed: int) -> Case:
+    def build(cmd: str, dir_kind: str, state: str, plan: list[str], url_kind: str, seed: int,
+              bounds: tuple[str, str | None, bool]) -> Case:
+        mirror_kind, min_rate, by_flag = bounds
         kind = "cifar100" if cmd == "fetch cifar100" else "cifar10"
         if cmd == "fetch --dir":
             argv = ["data", "fetch", kind, "--dir", _dir_arg(dir_kind)]
@@ -308,16 +345,23 @@ def fetch_cases() -> st.SearchStrategy[Case]:
             folder = "cache/downloads"
         if folder is None:
             state = "none"
+        by_flag = by_flag and argv[0] == "data" and mirror_kind in FLAG_MIRRORS
+        if by_flag:
+            argv += ["--mirror", MIRRORS[mirror_kind] or ""]
         params = {"kind": kind, "folder": folder, "dir": dir_kind, "state": state, "plan": plan, "url": url_kind,
-                  "seed": seed, "command": cmd}
+                  "seed": seed, "command": cmd, "mirror": mirror_kind, "by_flag": by_flag}
         writable = ("cache", "dl", "out", "x")
         env: dict[str, str | None] = {k: None for k in PROXIES}
-        env["RESNETLAB_CACHE"] = "{root}/cache"
+        env |= {"RESNETLAB_CACHE": "{root}/cache", "RESNETLAB_DATA_MIRROR": None,
+                "RESNETLAB_FETCH_DEADLINE": f"{FETCH_DEADLINE_S:g}", "RESNETLAB_FETCH_MIN_RATE": min_rate}
         invalid = f"--dir is {dir_kind}" if dir_kind in NOT_FOLDERS else ""
+        if mirror_kind in BAD_MIRRORS or (by_flag and mirror_kind == "empty"):
+            invalid = f"the mirror is {mirror_kind}"
         return Case("fetch", argv, _setups(("fetch", params)), env=env, writable=writable, invalid=invalid)
 
     return st.builds(build, command, st.sampled_from(DIRS), st.sampled_from(STATES),
-                     st.lists(mode, min_size=1, max_size=3), url, st.integers(0, 2**16))
+                     st.lists(mode, min_size=1, max_size=3), url, st.integers(0, 2**16),
+                     st.tuples(mirror, rate, st.booleans()))
 
 
 def _fetch_setup(root: Path, p: dict[str, Any]) -> None:
@@ -328,6 +372,9 @@ def _fetch_setup(root: Path, p: dict[str, Any]) -> None:
     (root / "afile").write_text("not a folder\n")
     (root / "elsewhere.tar.gz").write_bytes(body)  # a good copy elsewhere (file: URLs, links)
     (root / "wrong.tar.gz").write_bytes(body[:-1] + b"x")
+    (root / "mirror").mkdir()
+    for mirrored in NAMES.values():  # a file:// mirror (the MD5 of both table entries is this archive's)
+        (root / "mirror" / mirrored).write_bytes(body)
     if p["folder"] is None:
         return
     folder = root / p["folder"]
@@ -364,6 +411,10 @@ def _fetch_setup(root: Path, p: dict[str, Any]) -> None:
             record.write_text(json.dumps(good_record(body)))  # cached_changed: the record of the good bytes
         elif state == "cached_bad_sha_record":
             record.write_text(json.dumps(good_record(body, "0" * 64)))
+        elif state == "cached_bad_size_record":
+            record.write_text(json.dumps(good_record(body) | {"bytes": len(body) - 1}))
+        elif state == "cached_other_md5_record":
+            record.write_text(json.dumps(good_record(body, "1" * 64) | {"md5": "f" * 32}))
         elif state == "record_not_json":
             record.write_text("{not json")
         elif state == "record_deep":
@@ -405,13 +456,32 @@ def _fetch_around(root: Path, p: dict[str, Any]) -> Iterator[None]:
         fetch_mod.REMOTES[kind] = fetch_mod.Remote(kind, url.format(port=srv.port, closed=closed_port(), name=name,
                                                                    root=root), name, archive_md5())
     fetch_mod.fetch.__kwdefaults__["timeout"] = FETCH_TIMEOUT_S
+    mirror = MIRRORS[p["mirror"]]
+    if mirror is not None and not p["by_flag"]:
+        if p["mirror"] in GOOD_MIRRORS:  # only the mirror can serve: the table's host is unreachable
+            for kind, name in NAMES.items():
+                fetch_mod.REMOTES[kind] = fetch_mod.Remote(kind, f"http://127.0.0.1:{closed_port()}/{name}", name,
+                                                           archive_md5())
+        os.environ["RESNETLAB_DATA_MIRROR"] = mirror.format(port=srv.port, closed=closed_port(), root=root)
+    real_download, timings = fetch_mod._download, []
+
+    def timed(*args: Any, **kw: Any) -> None:
+        start = time.monotonic()
+        try:
+            real_download(*args, **kw)
+        finally:
+            timings.append(time.monotonic() - start)
+
+    fetch_mod._download = timed
     try:
         yield
     finally:
+        fetch_mod._download = real_download
         fetch_mod.REMOTES.clear()
         fetch_mod.REMOTES.update(saved_remotes)
         fetch_mod.fetch.__kwdefaults__["timeout"] = saved_timeout
-        _CURRENT["requests"] = list(srv.requests)
+        os.environ.pop("RESNETLAB_DATA_MIRROR", None)
+        _CURRENT["requests"], _CURRENT["downloads"] = list(srv.requests), timings
         srv.reset(["good"])
 
 
@@ -427,14 +497,11 @@ def _fetch_problem(root: Path, p: dict[str, Any], argv: list[str], rc: int | Non
     final = folder / name if folder else None
     if final is not None and final.is_file() and p["state"] != "final_fifo":
         got = _md5_of(final)
-        if got != want:
+        if got != want and not (rc != 0 and _bad_mirror(p)):  # a bad mirror: refused before the folder is read
             return f"an archive that is not the published one left at the final name (exit {rc})"
-    if rc != 0:
-        benign = (p["url"] in ("server", "server_query") and all(m in GOOD_MODES for m in p["plan"])
-                  and p["state"] in BENIGN_STATES and p["dir"] in ("dl", "cache", "missing deep path"))
-        if benign:
-            return f"a good server's download refused: {stderr.strip()[-160:]}"
-        return None
+    problem = _bounds_problem(p, final, want, rc)
+    if problem or rc != 0:
+        return problem and f"{problem}: {stderr.strip()[-160:]}"
     if p["command"] != "fetch --dir" or p["dir"] in ("dl", "missing deep path"):
         where = final if final is not None else root / "x/y/z/dl" / name
         if not where.is_file():
@@ -451,10 +518,42 @@ def _fetch_problem(root: Path, p: dict[str, Any], argv: list[str], rc: int | Non
         requests = _CURRENT.get("requests", [])
         if requests and where.with_name(name + ".part").exists():
             return "a .part left beside the downloaded archive"
-        if p["state"] in OFFLINE_STATES and requests and p["url"] in ("server", "server_query"):
+        if p["state"] in OFFLINE_STATES and requests and _served(p):
             return f"a verified copy was there, yet {len(requests)} request(s) were made"
         if argv[:2] == ["data", "fetch"] and (str(where) not in stdout or want not in stdout):
             return f"data fetch's line does not name the archive and its MD5: {stdout.strip()[:160]!r}"
+    return None
+
+
+def _bad_mirror(p: dict[str, Any]) -> bool:
+    return p["mirror"] in BAD_MIRRORS or (p["by_flag"] and p["mirror"] == "empty")
+
+
+def _served(p: dict[str, Any]) -> bool:
+    """Whether the case's archive comes from the loopback server or a good mirror (not a table URL of bad form)."""
+    if _bad_mirror(p):
+        return False
+    return p["mirror"] in GOOD_MIRRORS or p["url"] in ("server", "server_query")
+
+
+def _bounds_problem(p: dict[str, Any], final: Path | None, want: str, rc: int | None) -> str | None:
+    """Issue 30's rules: a good archive never deleted, every download within the deadline, the mirror used (and
+    one of bad form refused before any request), a good source and a benign folder a success."""
+    if final is not None and p["state"] in GOOD_COPY_STATES and not (final.is_file() and _md5_of(final) == want):
+        return f"an archive with the published MD5 was there and is gone (state {p['state']}, exit {rc})"
+    slowest = max(_CURRENT.get("downloads", []), default=0.0)
+    if slowest > FETCH_DEADLINE_S + 2.0:  # the watch's tick and the part's verification, far less
+        return f"a download ran {slowest:.1f} s, past RESNETLAB_FETCH_DEADLINE={FETCH_DEADLINE_S:g}"
+    requests = _CURRENT.get("requests", [])
+    if (p["mirror"] in BAD_MIRRORS or p["mirror"] == "file") and requests:
+        return f"mirror {p['mirror']}: {len(requests)} request(s) reached the server"
+    if p["mirror"] in GOOD_MIRRORS and any(not path.removeprefix("/ok").startswith("/mirror/")
+                                           for path, _ in requests):
+        return f"a mirror was set, yet a request went elsewhere: {requests[:3]}"
+    good_source = p["mirror"] == "file" or all(m in GOOD_MODES for m in p["plan"])
+    if rc != 0 and _served(p) and good_source and p["state"] in BENIGN_STATES \
+            and p["dir"] in ("dl", "cache", "missing deep path"):
+        return "a good server's download refused"
     return None
 
 
