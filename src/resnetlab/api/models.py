@@ -21,6 +21,7 @@ from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import create_model as registry_model
 from resnetlab.networks.registry import get_spec
 from resnetlab.weights.export import Pretrained, image_files, load_image, load_pretrained
+from resnetlab.weights.export import export as export_net
 
 __all__ = ["Trained", "create_model", "load"]
 
@@ -78,6 +79,16 @@ class Trained:
         """The file the weights came from."""
         return self.pretrained.source
 
+    @property
+    def skipped(self) -> tuple[str, ...]:
+        """Newer checkpoints of the run directory it came from that did not verify, and why."""
+        return self.pretrained.skipped
+
+    def export(self, format: str, out: str | Path) -> dict[str, Any]:  # noqa: A002 - the --format flag
+        """The net as `safetensors`, `onnx` or `pt2` at `out`, as `resnetlab export` writes it: what was written
+        (path, bytes and, for graphs, the largest difference from PyTorch's outputs and its bound)."""
+        return export_net(self.pretrained, format, out)
+
     def preprocess(self, image: ImageLike) -> Tensor:
         """One image as the net sees it before normalisation: a (C, S, S) tensor of pixels in [0, 1], resized
         (shorter side) and centre-cropped to the training size, in the net's channels. A tensor is taken as
@@ -93,26 +104,27 @@ class Trained:
         PIL images, a (C, S, S) tensor or an (N, C, S, S) batch of pixels in [0, 1]."""
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
-        batch = self._batch(images)
-        rows: list[list[tuple[str, float]]] = []
-        for start in range(0, len(batch), 256):
-            rows += self.pretrained.predict(batch[start:start + 256], top_k)
-        return rows
+        if isinstance(images, Tensor):
+            batches = [images if images.dim() == 4 else self._checked(images).unsqueeze(0)]
+        else:
+            items = self._items(images)
+            batches = [torch.stack([self.preprocess(i) for i in items[k:k + 256]]) for k in range(0, len(items), 256)]
+        return [row for batch in batches for row in self.pretrained.predict(batch, top_k)]
 
     def __call__(self, x: Tensor) -> Tensor:
         """Logits of a batch of pixels in [0, 1], normalised as the net was trained."""
         return self.module(self.pretrained.normalise(x))
 
-    def _batch(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
-        if isinstance(images, Tensor):
-            return images if images.dim() == 4 else self._checked(images).unsqueeze(0)
+    @staticmethod
+    def _items(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+        """Each image once: a folder as its JPEG/PNG files, sorted."""
         items = [images] if isinstance(images, str | Path) or not isinstance(images, Sequence) else list(images)
         if not items:
             raise DataError("predict: no images given")
         expanded: list[ImageLike] = []
         for item in items:
             expanded += image_files([str(item)]) if isinstance(item, str | Path) else [item]
-        return torch.stack([self.preprocess(i) for i in expanded])
+        return expanded
 
     def _checked(self, x: Tensor) -> Tensor:
         want = (self.pretrained.channels, self.image_size, self.image_size)

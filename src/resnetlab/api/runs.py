@@ -23,11 +23,9 @@ from resnetlab.experiments.results import read_summary
 from resnetlab.runs.directory import RunDir
 from resnetlab.runs.records import Summary, WorkerResult
 from resnetlab.settings.config import build_config
-from resnetlab.training import entry
-from resnetlab.training.evaluation import evaluate as evaluate_net
+from resnetlab.training import entry, evaluation
 from resnetlab.training.fast import channels_last_default
 from resnetlab.training.setup import evaluation_source, resolve_device
-from resnetlab.weights.export import export as export_net
 from resnetlab.weights.formats import model_for
 from resnetlab.weights.resolve import resolve
 
@@ -115,16 +113,22 @@ class Run:
     def export(self, format: str, out: str | Path, best: bool = False) -> dict[str, Any]:  # noqa: A002
         """The net as `safetensors`, `onnx` or `pt2` at `out`, as `resnetlab export` writes it; what was written
         (path, bytes and, for graphs, the largest difference from PyTorch's outputs)."""
-        return export_net(load(self.path, best=best).pretrained, format, out)
+        return load(self.path, best=best).export(format, out)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5,
                 best: bool = False) -> list[list[tuple[str, float]]]:
         """Top-k (class, probability) per image: paths, folders, PIL images or tensors (`Trained.predict`)."""
         return self.model(best).predict(images, top_k)
 
-    def resume(self, device: str | None = None, progress: bool = False) -> Run:
-        """Continue the run from its newest good checkpoint (`resnetlab train --resume`)."""
-        run, summary = entry.resume(self.path, device=device, log=print if progress else _silent)
+    @property
+    def result(self) -> Summary | WorkerResult | None:
+        """What this session's training ended with: the summary, or a worker rank's result (multi-process)."""
+        return self._summary if self._summary is not None else self.summary
+
+    def resume(self, device: str | None = None, progress: bool = False, model: str | None = None) -> Run:
+        """Continue the run from its newest good checkpoint (`resnetlab train --resume`); `model`, where given,
+        must be the net the run trains."""
+        _, summary = entry.resume(self.path, model=model, device=device, log=print if progress else _silent)
         self._summary = summary
         return self
 
@@ -142,6 +146,6 @@ def evaluate(path: str | Path, split: str = "test", data: str | None = None, bat
     dev = resolve_device(device)
     cl = channels_last_default(dev)
     net = net.to(dev, memory_format=torch.channels_last if cl else torch.preserve_format)
-    result = evaluate_net(net, source, split, batch_size, dev, channels_last=cl)
+    result = evaluation.evaluate(net, source, split, batch_size, dev, channels_last=cl)
     return {**result, "images": source.eval_size(split), "data": source.name, "path": str(weights.path),
             "model": net.spec.name, "claimed_error": weights.claimed_error, "skipped": list(weights.skipped)}

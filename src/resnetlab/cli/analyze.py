@@ -17,42 +17,28 @@ def cmd_propagation(args: argparse.Namespace) -> int:
 
 def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str | None, data: str | None,
                         batch_size: int, seed: int, out: str | None, eval_mode: bool) -> int:
-    """Table on stdout, figure at `out` (default ./propagation.png).
+    """Table on stdout, figure at `out` (default ./propagation.png): `resnetlab.api.propagation`'s numbers.
 
     Registry models (`models`, each with `overrides` applied) are built at their paper init under `seed`,
     fitted to the data's channels and classes. A `checkpoint` (run directory or file) adds its trained model;
     it brings its data set and normalisation, which `data` may replace. The batch is the first
     `batch_size` images of the test split, normalised as training normalises them.
     """
-    import torch
-
-    from resnetlab.experiments.propagation import format_propagation, plot_propagation, propagation
+    from resnetlab.api import propagation
+    from resnetlab.weights.resolve import note_skipped
 
     spec_overrides, figure = _checked(models, overrides, checkpoint, batch_size, out)
-    named, source, weights = _networks(models, spec_overrides, checkpoint, data, seed)
-    x, y = next(iter(source.eval_batches("test", batch_size)))
-    results: dict[str, Any] = {}
-    for name, model in named.items():
-        torch.manual_seed(seed)  # the same dropout draws for every model, run to run
-        try:
-            results[name] = propagation(model, x, y, eval_mode=eval_mode)
-        except (RuntimeError, ValueError) as exc:  # e.g. an ImageNet stem pools an 8x8 input to nothing
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise ResnetlabError(f"{name}: cannot run on {source.name} input {tuple(x.shape)} ({first})") from None
-
-    mode = "eval mode (running BN statistics)" if eval_mode else "train mode (batch BN statistics)"
-    print(f"signal propagation on one {source.name} test batch of {len(y)}, {mode}, seed {seed}:")
-    print(format_propagation(results))
+    found = propagation(models, checkpoint, data, batch_size, seed, eval_mode, **spec_overrides)
+    print(f"signal propagation on one {found.data} test batch of {found.batch}, {found.mode}, seed {seed}:")
+    print(found.table())
     try:
         figure.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ResnetlabError(f"{figure.parent}: cannot create the figure's directory ({exc.strerror or exc})") from None
-    plot_propagation(results, figure, title=f"{', '.join(named)} on {source.name} (batch {len(y)}, {mode})")
+    found.plot(figure)
     print(f"figure: {figure}")
-    if weights is not None:
-        from resnetlab.weights.resolve import note_skipped
-
-        note_skipped(weights.skipped, weights.path)
+    if found.checkpoint is not None:
+        note_skipped(found.skipped, found.checkpoint)
     return 0
 
 
@@ -82,33 +68,3 @@ def _checked(models: list[str], overrides: list[str], checkpoint: str | None, ba
     if figure.parent.is_dir():  # a missing folder is created below; in one, the figure replaces no run's file
         check_output(figure, [checkpoint] if checkpoint else [])
     return spec_overrides, figure
-
-
-def _networks(models: list[str], spec_overrides: dict[str, Any], checkpoint: str | None, data: str | None,
-              seed: int) -> tuple[dict[str, Any], Any, Any]:
-    """The nets by their shown names, the data the batch comes from, and the checkpoint's weights (or None)."""
-    import torch
-
-    from resnetlab.data import load_data
-    from resnetlab.networks.registry import create_model
-    from resnetlab.settings.config import build_config
-    from resnetlab.training.setup import data_options, evaluation_source
-    from resnetlab.weights.formats import model_for
-    from resnetlab.weights.resolve import resolve
-
-    named: dict[str, Any] = {}
-    weights = None
-    if checkpoint is not None:
-        weights = resolve(checkpoint)
-        trained, where = model_for(weights), weights.path
-        source = evaluation_source(trained.spec, weights.config, weights.norm, data, where,
-                                   (weights.data or {}).get("classes"))
-        named[f"{trained.spec.name or 'model'} (trained: {where.name})"] = trained
-    else:
-        data = data or "synthetic"
-        source = load_data(data, data_options(build_config(data=data)))
-    for name in models:
-        torch.manual_seed(seed)
-        named[name] = create_model(name, in_channels=source.channels, num_classes=source.num_classes,
-                                   **spec_overrides)
-    return named, source, weights

@@ -7,8 +7,6 @@ package's only lazy resnetlab imports; tests/test_layers.py allows them here).""
 from __future__ import annotations
 
 import argparse
-import os
-from typing import Any
 
 from resnetlab.errors import ResnetlabError
 
@@ -57,30 +55,27 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from resnetlab.api import Run, train
+    from resnetlab.api.runs import train_overrides
     from resnetlab.runs.records import WorkerResult
-    from resnetlab.settings.config import build_config
     from resnetlab.settings.overrides import parse_assignments
-    from resnetlab.training.entry import resume, train
     from resnetlab.training.trainer import EXIT_STOPPED
 
     overrides = parse_assignments(args.overrides, "--set")
-    for key, value in (("schedule.epochs", args.epochs), ("schedule.iters", args.iters),
-                       ("run.device", args.device), ("run.seed", args.seed), ("data.val_split", args.val_split)):
-        if value is not None:
-            overrides[key] = value
     if args.resume:
+        named = train_overrides(args.epochs, args.iters, args.seed, None, None, args.val_split, overrides)
         given = [flag for flag, v in (("--data", args.data), ("--recipe", args.recipe), ("--out", args.out),
-                                      ("--init", args.init),
-                                      ("--set/--epochs/--iters/--seed/--val-split", overrides.keys() - {"run.device"}))
+                                      ("--init", args.init), ("--set/--epochs/--iters/--seed/--val-split",
+                                                              named.keys() - {"run.device"}))
                  if v]
         if given:
             raise ResnetlabError(f"--resume takes its config from the run directory; drop {', '.join(given)}")
-        run, summary = resume(args.resume, model=args.model, device=args.device)
+        run = Run(args.resume).resume(device=args.device, progress=True, model=args.model)
     else:
-        if args.init is not None:  # absolute, so that a resume from elsewhere finds the same file
-            overrides["run.init"] = os.path.abspath(os.path.expanduser(args.init))
-        cfg = build_config(recipe=args.recipe, model=args.model, data=args.data, overrides=overrides)
-        run, summary = train(cfg, args.out)
+        run = train(args.model, args.data, args.recipe, args.out, epochs=args.epochs, iters=args.iters,
+                    seed=args.seed, device=args.device, init=args.init, val_split=args.val_split, set=overrides,
+                    progress=True)
+    summary = run.result
     if summary.status == "stopped":
         return EXIT_STOPPED
     if isinstance(summary, WorkerResult):  # a worker process of a multi-process run: rank 0 reports
@@ -90,70 +85,62 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"test error {final:.2%}" + (" (fail: above 20%)" if summary.fail else "") if final is not None else "")
     print(f"done: {summary.model} on {summary.data}, {verdict}, {summary.wall_time_s:.1f} s")
     print(f"run directory: {run.path}")
-    if run.figure.exists():
-        print(f"figure: {run.figure}")
+    if (run.path / "curves.png").exists():
+        print(f"figure: {run.path / 'curves.png'}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from resnetlab.training.evaluation import evaluate
-    from resnetlab.training.fast import channels_last_default
-    from resnetlab.training.setup import evaluation_source, resolve_device
-    from resnetlab.weights.formats import model_for
-    from resnetlab.weights.resolve import note_skipped, resolve
+    from resnetlab.api import evaluate
+    from resnetlab.weights.resolve import note_skipped
 
     if (args.checkpoint is None) == (args.weights is None):
         raise ResnetlabError("give a run directory or checkpoint, or --weights FILE (one of the two)")
     if args.best and args.weights is not None:
         raise ResnetlabError("--best picks a run directory's best.pt; it does not apply to --weights")
-    weights = resolve(args.checkpoint or args.weights, best=args.best)  # the same net export and predict see
-    model = model_for(weights, args.model)
-    path, claimed = weights.path, weights.claimed_error
-    source = evaluation_source(model.spec, weights.config, weights.norm, args.data, path,
-                               (weights.data or {}).get("classes"))
-    device = resolve_device(args.device)
-    cl = channels_last_default(device)
-    model = model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
-    result = evaluate(model, source, args.split, args.batch_size, device, channels_last=cl)
-    print(f"{path}: {model.spec.name} on {source.name} ({args.split}, {source.eval_size(args.split)} images): "
+    result = evaluate(args.checkpoint or args.weights, split=args.split, data=args.data, batch_size=args.batch_size,
+                      device=args.device, best=args.best, model=args.model)
+    path, claimed = result["path"], result["claimed_error"]
+    print(f"{path}: {result['model']} on {result['data']} ({args.split}, {result['images']} images): "
           f"top-1 error {result['error']:.2%}, top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
     if claimed is not None:
         print(f"{path}: the file's own record (best_prec1, on the original CIFAR-10 test set): "
               f"top-1 error {claimed:.2%}")
-    note_skipped(weights.skipped, weights.path)
+    note_skipped(tuple(result["skipped"]), path)
     return 0
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from resnetlab.api import experiment, list_suites
     from resnetlab.experiments.results import kendall_tau
-    from resnetlab.experiments.runner import run_suite
-    from resnetlab.experiments.suite import load_suite, suite_names
+    from resnetlab.experiments.suite import load_suite
     from resnetlab.settings.overrides import parse_assignments
 
     if args.suite == "list":
-        for name in suite_names():
+        for name in list_suites():
             suite = load_suite(name)
             print(f"{name:12s} {len(suite.members):2d} members  {suite.title} ({suite.source})")
         return 0
     suite = load_suite(args.suite)
-    out = Path(args.out or f"experiments/{suite.name}-{args.scale}")
-    kwargs = dict(data=args.data, seeds=args.seeds, epochs=args.epochs, iters=args.iters, scale=args.scale,
-                  device=args.device, settings=parse_assignments(args.overrides, "--set"), only=args.only,
-                  results=not args.no_results, jobs=args.jobs, devices=args.devices, trainings=args.trainings,
-                  train=not args.collect, add_seeds=args.add_seeds)
+    settings = parse_assignments(args.overrides, "--set")
     if args.launcher != "here":  # Slurm (or submitit's local executor): workers in submitted tasks
         from resnetlab.experiments.slurm import launch
 
-        return launch(suite, out, kwargs, args)
-    rows = run_suite(suite, out, **kwargs)  # says where the results are, or that the last worker writes them
-    tau, n = kendall_tau(rows)
+        kwargs = dict(data=args.data, seeds=args.seeds, epochs=args.epochs, iters=args.iters, scale=args.scale,
+                      device=args.device, settings=settings, only=args.only, results=not args.no_results,
+                      jobs=args.jobs, devices=args.devices, trainings=args.trainings, train=not args.collect,
+                      add_seeds=args.add_seeds)
+        return launch(suite, Path(args.out or f"experiments/{suite.name}-{args.scale}"), kwargs, args)
+    rows = experiment(args.suite, args.scale, args.data, args.seeds, out=args.out, epochs=args.epochs,
+                      iters=args.iters, device=args.device, set=settings, only=args.only, jobs=args.jobs,
+                      devices=args.devices, trainings=args.trainings, collect=args.collect,
+                      add_seeds=args.add_seeds, results=not args.no_results, progress=True)
+    tau, n = kendall_tau(rows)  # the run said where the results are, or that the last worker writes them
     done = sum(1 for r in rows if r.runs or r.diverged)
-    print(f"{suite.name}: {done}/{len(rows)} members with results; ranking vs paper (Kendall tau): "
-          f"{'-' if tau is None else f'{tau:+.2f}'} over {n}")
+    print(f"{suite.name}: {done}/{len(rows)} members with results; "
+          f"ranking vs paper (Kendall tau): {'-' if tau is None else f'{tau:+.2f}'} over {n}")
     return 0
 
 
@@ -165,34 +152,30 @@ def printable(text: str) -> str:
     return printable(text)
 
 
-def _pretrained(args: argparse.Namespace) -> Any:
-    from resnetlab.weights.export import load_pretrained
-
+def _source(args: argparse.Namespace) -> str:
     if (args.source is None) == (args.weights is None):
         raise ResnetlabError("give a run directory or checkpoint, or --weights FILE (one of the two)")
-    path = args.weights if args.weights is not None else args.source  # never empty: see _path
-    return load_pretrained(path, model=args.model, best=args.best)
+    return args.weights if args.weights is not None else args.source  # never empty: see _path
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from resnetlab.weights.export import export
+    from resnetlab.api import load
     from resnetlab.weights.resolve import note_skipped
 
-    pre = _pretrained(args)
-    result = export(pre, args.format, args.output)
+    trained = load(_source(args), best=args.best, model=args.model)
+    result = trained.export(args.format, args.output)
     check = (f"; outputs within {result['max_abs_diff']:.2g} of PyTorch's (bound {result['tolerance']})"
              if "max_abs_diff" in result else "")
     print(f"exported {args.format}: {printable(result['path'])} ({result['bytes']:,} bytes){check}")
-    note_skipped(pre.skipped, pre.source)
+    note_skipped(trained.skipped, trained.source)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
-    from resnetlab.weights.export import image_files, load_image
+    from resnetlab.api import load
+    from resnetlab.weights.export import image_files
     from resnetlab.weights.resolve import note_skipped
 
     if args.top_k < 1:
@@ -204,21 +187,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.source = images.pop(0)
     else:
         args.source = None
-    pre = _pretrained(args)
+    trained = load(_source(args), best=args.best, model=args.model)
     files = image_files(images)
-    rows = []  # everything is read before anything is printed: a bad file leaves no partial output
-    for start in range(0, len(files), 256):
-        chunk = files[start:start + 256]
-        x = torch.stack([load_image(f, pre) for f in chunk])
-        for f, top in zip(chunk, pre.predict(x, args.top_k), strict=True):
-            rows.append({"image": str(f), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]})
+    answers = trained.predict(files, args.top_k)  # every image read before anything is printed
+    rows = [{"image": str(f), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}
+            for f, top in zip(files, answers, strict=True)]
     if args.json:
         print(json.dumps(rows, indent=1, allow_nan=False))
     else:
         for row in rows:
             print(f"{printable(row['image'])}: " + ", ".join(f"{printable(t['class'])} {t['probability']:.1%}"
                                                               for t in row["top"]))
-    note_skipped(pre.skipped, pre.source)
+    note_skipped(trained.skipped, trained.source)
     return 0
 
 
