@@ -375,8 +375,8 @@ def fake_tensorboard(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     calls: list[tuple[Any, ...]] = []
 
     class SummaryWriter:
-        def __init__(self, logdir: str) -> None:
-            calls.append(("open", logdir))
+        def __init__(self, logdir: str, purge_step: int | None = None) -> None:
+            calls.append(("open", logdir) if purge_step is None else ("open", logdir, purge_step))
 
         def add_scalar(self, key: str, value: float, step: int) -> None:
             calls.append(("scalar", key, value, step))
@@ -536,3 +536,162 @@ def test_wandb_resume_of_a_moved_run_directory_writes_inside_it(wandb_offline: N
     assert main(["train", "--resume", str(moved)]) == 0
     assert not out.exists()  # nothing at the old place
     assert_two_sessions_of(moved, run_id)
+
+
+# ---- kills: a step reaches each tracker exactly once (issue 30) ---------------------------------------------------
+# A training in a child process that SIGKILLs itself inside its Nth checkpoint write (KILL_AT_SAVE=N: after the
+# Nth metrics row is in metrics.jsonl, before its checkpoint), as `kill -9` would at that moment; FAKE_TENSORBOARD
+# gives it a SummaryWriter that writes each call at once (every event flushed: the most a kill can leave) to an
+# event file of its own.
+CHILD = r"""
+import json, os, signal, sys, time, types
+from pathlib import Path
+
+if os.environ.get("KILL_AT_SAVE"):
+    from resnetlab.training.trainer import Trainer
+
+    original, calls = Trainer.save, []
+
+    def save(self, best=False):
+        calls.append(1)
+        if len(calls) == int(os.environ["KILL_AT_SAVE"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, best)
+
+    Trainer.save = save
+if os.environ.get("FAKE_TENSORBOARD"):
+    class SummaryWriter:
+        def __init__(self, logdir, purge_step=None):
+            Path(logdir).mkdir(parents=True, exist_ok=True)
+            self.file = Path(logdir) / f"events.out.tfevents.{time.time_ns()}.fake"
+            self.write({"open": purge_step})
+
+        def write(self, entry):
+            with open(self.file, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+        def add_scalar(self, key, value, step):
+            self.write({"key": key, "value": value, "step": step})
+
+        def close(self):
+            pass
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = SummaryWriter
+    sys.modules["torch.utils.tensorboard"] = module
+    import resnetlab.settings.trackers as settings
+
+    real = settings.installed
+    settings.installed = lambda name: name == "tensorboard" or real(name)
+from resnetlab.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def child_train(argv: list[str], kill_at_save: int | None = None, fake_tensorboard: bool = False) -> int:
+    """`resnetlab ARGV` in a child process (KILL_AT_SAVE, FAKE_TENSORBOARD: see CHILD), in the folder above the
+    run's (MLflow's default artifact root, ./mlruns, is taken from the cwd); its exit code."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT_SAVE": str(kill_at_save or ""),
+           "FAKE_TENSORBOARD": "1" if fake_tensorboard else ""}
+    where = Path(argv[argv.index("--out") + 1] if "--out" in argv else argv[-1]).parent
+    done = subprocess.run([sys.executable, "-c", CHILD, *argv], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=where)
+    assert done.returncode in (0, -signal.SIGKILL), done.stderr[-2000:]
+    return done.returncode
+
+
+def killed_and_resumed(out: Path, tracker: str, kill_at_save: int, fake_tensorboard: bool = False) -> None:
+    """A 4-step run (a metrics row and a checkpoint at every step) SIGKILLed in its checkpoint write after
+    row `kill_at_save`, then resumed to its end."""
+    argv = [*TINY, "--iters", "4", "--set", f"run.tracker={tracker}", "--out", str(out)]
+    assert child_train(argv, kill_at_save, fake_tensorboard) == -signal.SIGKILL
+    assert [r["step"] for r in rows(out)] == list(range(1, kill_at_save + 1))  # the row is written, its checkpoint not
+    assert child_train(["train", "--resume", str(out)], fake_tensorboard=fake_tensorboard) == 0
+    assert [r["step"] for r in rows(out)] == [1, 2, 3, 4]
+
+
+def sent(run: Path, keys: Any = None) -> list[tuple[int, str, float]]:
+    """What the trackers should hold: every finite number of every metrics row (but its step), at its step."""
+    return sorted((r["step"], k, float(v)) for r in rows(run) for k, v in r.items()
+                  if k != "step" and (keys is None or k in keys) and isinstance(v, int | float) and v == v)
+
+
+def test_mlflow_holds_each_step_once_after_a_kill_between_the_row_and_its_checkpoint(
+        mlflow_store: Any, tmp_path: Path) -> None:
+    """Was: the row went to MLflow before its checkpoint was written, so the resumed run, which computes that
+    step again, sent it a second time (step 2 twice in every metric's history)."""
+    out = tmp_path / "run"
+    killed_and_resumed(out, "mlflow", kill_at_save=2)
+    run_id = state(out)["mlflow"]["run_id"]
+    keys = [k for k in mlflow_store.get_run(run_id).data.metrics if not k.startswith("summary.")]
+    held = sorted((m.step, k, m.value) for k in keys for m in mlflow_store.get_metric_history(run_id, k))
+    assert held == sent(out)  # the values too, timings included: each row as metrics.jsonl keeps it
+    assert state(out)["mlflow"]["acked"] == 4 and mlflow_store.get_run(run_id).info.status == "FINISHED"
+
+
+def wandb_history(run: Path) -> list[tuple[int, str, float]]:
+    """Every (step, metric, value) in every offline session of the run's W&B run (what `wandb sync` sends)."""
+    out, sessions = [], offline_runs(run)
+    for session in sessions:  # the earlier ones ended (or were killed) long ago; the last is read once it ends
+        records = wandb_records(session) if session == sessions[-1] else _wandb_file(next(session.glob("run-*.wandb")))
+        out += [(h["step"], k, float(v)) for h in history(records) for k, v in h.items()
+                if k != "step" and not k.startswith("_")]
+    return sorted(out)
+
+
+def test_wandb_history_equals_metrics_after_a_sigkill(wandb_offline: None, tmp_path: Path) -> None:
+    """Was: a SIGKILLed process's offline W&B log is empty (W&B's core stops without writing what it holds),
+    and the resumed run sent only the steps after its checkpoint: steps 1 and 2 were missing for good."""
+    out = tmp_path / "run"
+    killed_and_resumed(out, "wandb", kill_at_save=3)
+    assert len(offline_runs(out)) == 2  # the killed session's log holds what W&B had flushed (here: nothing)
+    assert wandb_history(out) == sent(out)
+
+
+def test_wandb_resume_sends_what_a_cut_log_lacks(wandb_offline: None, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A longer run killed holds what W&B had flushed: a prefix of its rows. Here a stopped session's log cut
+    at the record of step 2 (a whole-record prefix, as a kill leaves it): the resumed run sends step 2 again,
+    and not step 1."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        stop_after(patch, 3)  # rows 1 and 2 written and sent; stopped in step 3
+        assert train(out, "--set", "run.tracker=wandb", iters=4) == 3
+    (first,) = offline_runs(out)
+    log = next(first.glob("run-*.wandb"))
+    records = wandb_records(first)
+    data, cut = log.read_bytes(), None
+    pos = 7
+    for _kind, record in records:  # all records of so small a log are whole ("full") records of one block
+        size = struct.unpack("<H", data[pos + 4:pos + 6])[0]
+        if _kind == "history" and history([(_kind, record)])[0].get("step") == 2:
+            cut = pos
+            break
+        pos += 7 + size
+    assert cut is not None
+    log.write_bytes(data[:cut])
+    assert [h["step"] for h in history(_wandb_file(log)) if "test_error" in h] == [1]
+    assert main(["train", "--resume", str(out)]) == 0
+    assert wandb_history(out) == sent(out)
+
+
+def test_tensorboard_shows_each_step_once_after_a_kill(tmp_path: Path) -> None:
+    """Was: a resumed run appended to what the killed one had flushed (here, all of it: step 3 twice). Now a
+    later session opens its writer with purge_step=0 (TensorBoard hides every earlier event) and sends every
+    row of metrics.jsonl again."""
+    out = tmp_path / "run"
+    killed_and_resumed(out, "tensorboard", kill_at_save=3, fake_tensorboard=True)
+    files = sorted((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(files) == 2
+    shown: list[tuple[int, str, float]] = []
+    for path in files:  # as TensorBoard reads them: a session's purge_step hides the earlier events at or after it
+        for entry in map(json.loads, path.read_text().splitlines()):
+            if "open" in entry and entry["open"] is not None:
+                shown = [s for s in shown if s[0] < entry["open"]]
+            elif "key" in entry:
+                shown.append((entry["step"], entry["key"], entry["value"]))
+    keys = ("train_loss", "train_error", "test_loss", "test_error", "val_error", "lr")
+    assert sorted(shown) == sent(out, keys)

@@ -1,5 +1,11 @@
 """The trackers a run can report to, one class each behind one interface (`Tracker`): TensorBoard, MLflow and
-Weights & Biases (`KINDS`). `trackers.Trackers` starts them on a run, feeds them and drops one that fails."""
+Weights & Biases (`KINDS`). `trackers.Trackers` starts them on a run, feeds them and drops one that fails.
+
+Each says which steps its run already holds (`Tracker.held`), so that a resumed run sends a tracker exactly
+the rows of metrics.jsonl it lacks: MLflow from the run's metric history, W&B offline from the transaction
+logs of the run's earlier sessions (`wandb_steps`: a killed session's log holds what W&B had flushed when
+the kill came, from nothing to most of it), TensorBoard by purging its earlier events (`purge_step`) so that
+everything is sent again; W&B online cannot tell (None: the run's record of acknowledged steps decides)."""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ import json
 import math
 import os
 import re
+import struct
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +41,11 @@ class Tracker:
         """Open (or with `state`, reopen) this tracker's run; what a later session needs to reopen it."""
         return {}
 
+    def held(self) -> set[int] | None:
+        """The steps of metrics rows this tracker's run holds already (after `start`), from the tracker itself;
+        None: it cannot tell."""
+        return set()
+
     def metrics(self, values: dict[str, float], step: int) -> None: ...
 
     def summary(self, values: dict[str, Any], step: int) -> None: ...
@@ -43,7 +56,10 @@ class Tracker:
 
 
 class TensorBoard(Tracker):
-    """Events in RUN/tensorboard: the scalars TensorBoard always had (losses, errors, lr)."""
+    """Events in RUN/tensorboard: the scalars TensorBoard always had (losses, errors, lr).
+
+    An event file only holds what was flushed when its process ended, so a later session opens its writer with
+    `purge_step=0`: TensorBoard then hides every earlier event, and this session sends every row again."""
 
     name = "tensorboard"
 
@@ -51,7 +67,9 @@ class TensorBoard(Tracker):
               state: dict[str, Any] | None) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        folder = run_dir / "tensorboard"
+        earlier = folder.is_dir() and any(folder.glob("*tfevents*"))
+        self.writer = SummaryWriter(str(folder), purge_step=0 if earlier else None)
         return {}
 
     def metrics(self, values: dict[str, float], step: int) -> None:
@@ -78,6 +96,7 @@ class MLflow(Tracker):
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
+        self.resumed = bool(state)
         if state:
             _check_sqlite(state["tracking_uri"])
             self.client = MlflowClient(state["tracking_uri"])
@@ -102,6 +121,13 @@ class MLflow(Tracker):
         if (run_dir / "config.json").is_file():
             self.client.log_artifact(self.run_id, str(run_dir / "config.json"))
         return {"run_id": self.run_id, "tracking_uri": uri, "experiment_id": experiment}
+
+    def held(self) -> set[int] | None:
+        """The steps in the run's metric history (the `summary.*` metrics aside)."""
+        if not self.resumed:
+            return set()
+        keys = [k for k in self.client.get_run(self.run_id).data.metrics if not k.startswith("summary.")]
+        return {m.step for k in keys for m in self.client.get_metric_history(self.run_id, k)}
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -153,8 +179,21 @@ class WandB(Tracker):
                                   group=tags.get("suite"), job_type=tags.get("member"), **where)
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
+        self.resumed = bool(state)
         return {"id": self.run.id, "project": self.run.project, "entity": getattr(self.run, "entity", None),
                 "dir": "." if where.get("dir") else None}  # relative to the run directory
+
+    def held(self) -> set[int] | None:
+        """Offline: the steps in the transaction logs of this run's earlier sessions (what `wandb sync` would
+        send). Online the server is not asked: None."""
+        settings = self.run.settings
+        if settings.mode not in ("offline", "dryrun"):
+            return None
+        if not self.resumed:
+            return set()
+        mine = Path(settings.sync_file).resolve()
+        logs = Path(settings.wandb_dir).glob(f"offline-run-*/run-{self.run.id}.wandb")
+        return {step for log in logs if log.resolve() != mine for step in wandb_steps(log)}
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         self.run.log(values | {"step": step})
@@ -179,7 +218,61 @@ class WandB(Tracker):
 KINDS: dict[str, type[Tracker]] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": WandB}
 
 
-# ---- the trackers of one run --------------------------------------------------------------------------------------
+# ---- what a W&B transaction log holds ----------------------------------------------------------------------------
+_BLOCK = 32768  # W&B's log is LevelDB's log format: blocks of 32 KiB, records of a 7-byte header and a payload
+
+
+def wandb_steps(path: Path) -> set[int]:
+    """The `step` of every history record in a W&B transaction log (`run-ID.wandb`)."""
+    return {step for row in wandb_history(path) if isinstance(step := row.get("step"), int)
+            and not isinstance(step, bool)}
+
+
+def wandb_history(path: Path) -> list[dict[str, Any]]:
+    """The history records (`run.log` rows, keys to values) of a W&B transaction log, read up to its first
+    damaged or missing record: the part a killed process left is read as far as it is whole."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    rows: list[dict[str, Any]] = []
+    for chunk in _log_records(path.read_bytes()):
+        record = pb.Record()
+        try:
+            record.ParseFromString(chunk)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json)
+                             for item in record.history.item})
+        except Exception:  # a payload that is no record: the rest is not trusted either
+            break
+    return rows
+
+
+def _log_records(data: bytes) -> list[bytes]:
+    """The whole records of a LevelDB-format log after W&B's 7-byte header (`:W&B`, magic, version); each
+    fragment's CRC-32 (of its type byte and payload) checked."""
+    if data[:4] != b":W&B":
+        return []
+    out: list[bytes] = []
+    pos, pending = 7, None
+    while pos + 7 <= len(data):
+        room = _BLOCK - pos % _BLOCK
+        crc, size, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if room < 7 or (size == 0 and kind == 0):  # a block's padding
+            pos += room
+            continue
+        chunk = data[pos + 7:pos + 7 + size]
+        if len(chunk) < size or zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+            break  # cut short or torn: what follows was never written whole
+        pos += 7 + size
+        if kind == 1:  # a full record
+            out.append(chunk)
+        elif kind == 2:  # its first fragment
+            pending = chunk
+        elif kind == 3 and pending is not None:  # a middle one
+            pending += chunk
+        elif kind == 4 and pending is not None:  # the last
+            out.append(pending + chunk)
+            pending = None
+    return out
 
 
 def flatten(data: dict[str, Any], prefix: str = "", limit: int | None = _MAX_PARAM) -> dict[str, Any]:

@@ -201,7 +201,10 @@ class Trainer:
 
     # evaluation and the records ------------------------------------------------------------------------
     def _evaluate(self, epoch: int) -> None:
-        """Rank 0 evaluates, writes the row and checkpoints; the others wait at the next collective."""
+        """Rank 0 evaluates, writes the row and checkpoints, and only then logs the row and sends it to the
+        trackers: a row a tracker holds is one the checkpoint keeps, so a resumed run never computes it again
+        (a kill before the checkpoint: the resumed run sends the row it computes anew; a kill after it: the
+        trackers get the row from metrics.jsonl when the run resumes). The others wait at the next collective."""
         p = self.progress
         if not self.world.main:
             p.reset_epoch()
@@ -211,10 +214,10 @@ class Trainer:
         selected = row.val_error if row.has_val else row.test_error
         if not p.best or selected <= p.best["val_error" if row.has_val else "test_error"]:
             p.best = best_of(row)
-        self.reporter.evaluation(row)
         p.reset_epoch()
         p.tick()
         self.save(best=p.best.get("step") == p.step)
+        self.reporter.evaluation(row)
 
     def _metrics_row(self) -> MetricsRow:
         return metrics_row(self.progress, self.spe, self.schedule, self.model, self.source,
