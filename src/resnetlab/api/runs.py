@@ -56,12 +56,14 @@ def train(model: str | None = None, data: str | None = None, recipe: str | None 
           out: str | Path | None = None, *, epochs: float | None = None, iters: int | None = None,
           seed: int | None = None, device: str | None = None, init: str | Path | None = None,
           val_split: int | None = None, set: dict[str, Any] | None = None,  # noqa: A002
-          progress: bool = False) -> Run:
+          progress: bool | str = False) -> Run:
     """Train a net with a recipe (`resnetlab train`): defaults, then the recipe, then the settings; the run
-    directory `out` (default `runs/MODEL-DATA-TIME`) holds its config, metrics, checkpoints and summary."""
+    directory `out` (default `runs/MODEL-DATA-TIME`) holds its config, metrics, checkpoints and summary.
+    `progress`: False prints nothing; True prints the log lines and shows a progress bar (tqdm.auto: a widget
+    in a notebook); "auto" prints the log lines and shows the bar on a terminal only, as the command does."""
     overrides = train_overrides(epochs, iters, seed, device, init, val_split, set)
-    if not progress:
-        overrides.setdefault("run.progress", False)
+    if progress != "auto":
+        overrides.setdefault("run.progress", bool(progress))
     cfg = build_config(recipe=recipe, model=model, data=data, overrides=overrides)
     run, summary = entry.train(cfg, out, log=print if progress else _silent)
     return Run(run.path, summary)

@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         run = train(args.model, args.data, args.recipe, args.out, epochs=args.epochs, iters=args.iters,
                     seed=args.seed, device=args.device, init=args.init, val_split=args.val_split, set=overrides,
-                    progress=True)
+                    progress="auto")
     summary = run.result
     if summary.status == "stopped":
         return EXIT_STOPPED

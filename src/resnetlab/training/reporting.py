@@ -67,7 +67,7 @@ class Reporter:
         """A bar over the images of this epoch's remaining `steps` global batches (or None: no terminal)."""
         if self.progress is False or (self.progress == "auto" and not sys.stderr.isatty()):
             return None
-        from tqdm import tqdm
+        from tqdm.auto import tqdm  # a widget in a notebook, text on a terminal
 
         return tqdm(total=steps * self.batch, unit="img", unit_scale=True, leave=False,
                     desc=f"epoch {epoch + 1}/{self.total_epochs}", file=sys.stderr, dynamic_ncols=True)
