@@ -70,6 +70,21 @@ def test_safetensors_round_trip_from_the_file_alone(trained: Path, tmp_path: Pat
     assert meta["format"] == "resnetlab" and json.loads(meta["resnetlab"])["classes"] == ["cat", "dog"]
 
 
+def test_a_safetensors_export_is_the_same_bytes_every_time(trained: Path, tmp_path: Path) -> None:
+    """The safetensors writer keeps the metadata in a hash map: its two keys came out in either order, so two
+    exports of one net (the API's and the command's) differed in bytes half the time. Now sorted."""
+    pre = load_pretrained(trained)
+    written = set()
+    for k in range(8):
+        export(pre, "safetensors", tmp_path / f"{k}.safetensors")
+        written.add((tmp_path / f"{k}.safetensors").read_bytes())
+    assert len(written) == 1
+    size = int.from_bytes(next(iter(written))[:8], "little")
+    meta = json.loads(next(iter(written))[8:8 + size])["__metadata__"]
+    assert list(meta) == sorted(meta) == ["format", "resnetlab"]
+
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 def test_graph_exports_compute_the_net(trained: Path, tmp_path: Path, fmt: str) -> None:
     """The exported eval graph (BN folded, normalisation inside, dynamic batch) run outside resnetlab's code."""

@@ -8,20 +8,24 @@ PIL image into the tensor the net was trained to see, as torchvision's weights c
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from resnetlab.errors import ConfigError, DataError
+from resnetlab.errors import CheckpointError, ConfigError, DataError
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import create_model as registry_model
 from resnetlab.networks.registry import get_spec
-from resnetlab.weights.export import Pretrained, image_files, load_image, load_pretrained
+from resnetlab.training.setup import resolve_device
+from resnetlab.weights.export import ATOL, RTOL, Pretrained, image_files, load_image, load_pretrained
 from resnetlab.weights.export import export as export_net
+from resnetlab.weights.formats import model_for
+from resnetlab.weights.resolve import resolve
 
 __all__ = ["Trained", "create_model", "load"]
 
@@ -36,29 +40,30 @@ def create_model(name: str, weights: str | Path | None = None, **overrides: Any)
     must then be the net `name` with `overrides` builds, or a one-line CheckpointError says how it differs."""
     if weights is None:
         return registry_model(name, **overrides)
-    net = load(weights, model=name).module
-    if overrides:
-        wanted = get_spec(name, **overrides).replace(num_classes=net.spec.num_classes,
-                                                    in_channels=net.spec.in_channels)
-        held = {k: v for k, v in net.spec.to_dict().items() if k != "name"}
-        differ = [k for k, v in wanted.to_dict().items() if k != "name" and held.get(k) != v]
-        if differ:
-            raise ConfigError(f"{weights}: holds a net with {differ[0]}={held.get(differ[0])!r}, not "
-                              f"{getattr(wanted, differ[0])!r} as the overrides ask")
+    found = resolve(weights)
+    net = model_for(found, None if found.spec is not None else name).eval()  # a file that names its net: that net
+    wanted = get_spec(name, **overrides).replace(num_classes=net.spec.num_classes, in_channels=net.spec.in_channels)
+    held = net.spec.to_dict()
+    differ = [k for k, v in wanted.to_dict().items() if k not in ("name", "recompute") and held.get(k) != v]
+    if differ:
+        raise CheckpointError(f"{found.path}: holds a net with {differ[0]}={held.get(differ[0])!r}, not "
+                              f"{getattr(wanted, differ[0])!r} as {name} {overrides or ''} has")
     return net
 
 
-def load(path: str | Path, best: bool = False, model: str | None = None) -> Trained:
+def load(path: str | Path, best: bool = False, model: str | None = None, device: str | None = None) -> Trained:
     """A trained net from a run directory (its newest good checkpoint, or `best.pt` with `best`), a
     checkpoint or a weights file: the one net every command means by that path (`resnetlab eval`, `export`,
-    `predict`). `model`: the registry name a file that names no net holds (torchvision's files)."""
-    return Trained(load_pretrained(path, model=model, best=best))
+    `predict`). `model`: the registry name a file that names no net holds (torchvision's files). `device`
+    (auto, cpu, cuda, cuda:N; default the CPU): where it runs (`Trained.to`)."""
+    trained = Trained(load_pretrained(path, model=model, best=best))
+    return trained.to(device) if device is not None else trained
 
 
 @dataclass
 class Trained:
-    """A trained net and what using it takes: `module` (eval mode, on the CPU), `classes`, `image_size`,
-    `preprocess(image)` and `predict(images)`."""
+    """A trained net and what using it takes: `module` (eval mode, on the CPU unless moved with `to`),
+    `classes`, `image_size`, `preprocess(image)` and `predict(images)`."""
 
     pretrained: Pretrained
 
@@ -84,10 +89,33 @@ class Trained:
         """Newer checkpoints of the run directory it came from that did not verify, and why."""
         return self.pretrained.skipped
 
+    @property
+    def device(self) -> torch.device:
+        """Where the module runs."""
+        return self.pretrained.mean.device
+
+    def to(self, device: str | torch.device) -> Trained:
+        """This net moved to `device` (auto, cpu, cuda, cuda:N), in place, as `torch.nn.Module.to`: the module,
+        its input normalisation and the batches `predict` gives it."""
+        dev = resolve_device(device)
+        pre = self.pretrained
+        self.pretrained = replace(pre, model=pre.model.to(dev), mean=pre.mean.to(dev), std=pre.std.to(dev))
+        return self
+
     def export(self, format: str, out: str | Path) -> dict[str, Any]:  # noqa: A002 - the --format flag
         """The net as `safetensors`, `onnx` or `pt2` at `out`, as `resnetlab export` writes it: what was written
-        (path, bytes and, for graphs, the largest difference from PyTorch's outputs and its bound)."""
-        return export_net(self.pretrained, format, out)
+        (path, bytes and, for graphs, the largest difference from PyTorch's outputs and its bound). The file is
+        written from a CPU float32 copy, so its bytes never depend on the device; on another device a graph's
+        check also runs the net there (`device`, `device_max_abs_diff`: from the CPU's outputs)."""
+        if self.device.type == "cpu":
+            return export_net(self.pretrained, format, out)
+        pre = self.pretrained
+        cpu = replace(pre, model=copy.deepcopy(pre.model).float().cpu(), mean=pre.mean.float().cpu(),
+                      std=pre.std.float().cpu())
+        result = export_net(cpu, format, out)
+        if "max_abs_diff" in result:
+            result |= {"device": str(self.device), "device_max_abs_diff": _device_diff(pre, cpu)}
+        return result
 
     def preprocess(self, image: ImageLike) -> Tensor:
         """One image as the net sees it before normalisation: a (C, S, S) tensor of pixels in [0, 1], resized
@@ -109,7 +137,7 @@ class Trained:
         else:
             items = self._items(images)
             batches = [torch.stack([self.preprocess(i) for i in items[k:k + 256]]) for k in range(0, len(items), 256)]
-        return [row for batch in batches for row in self.pretrained.predict(batch, top_k)]
+        return [row for batch in batches for row in self.pretrained.predict(batch.to(self.device), top_k)]
 
     def __call__(self, x: Tensor) -> Tensor:
         """Logits of a batch of pixels in [0, 1], normalised as the net was trained."""
@@ -144,3 +172,16 @@ class Trained:
             path = Path(tmp) / "image.png"
             save(path, format="PNG")  # the path the command line reads, so both give the same tensor
             return load_image(path, self.pretrained)
+
+
+@torch.no_grad()
+def _device_diff(pre: Pretrained, cpu: Pretrained) -> float:
+    """The largest |logit| difference between the net on its device and its CPU copy on export's check batch
+    (four images of seeded noise), within export's bound or a one-line ConfigError."""
+    x = torch.rand(4, cpu.channels, cpu.image_size, cpu.image_size, generator=torch.Generator().manual_seed(0))
+    want = cpu.model(cpu.normalise(x))
+    got = pre.model(pre.normalise(x.to(pre.mean.device))).float().cpu()
+    diff, bound = float((got - want).abs().max()), ATOL + RTOL * float(want.abs().max())
+    if not diff <= bound:
+        raise ConfigError(f"the net on {pre.mean.device} differs from its CPU copy by {diff:.3g} (bound {bound:.3g})")
+    return diff

@@ -180,8 +180,22 @@ def _write_safetensors(pre: Pretrained, path: Path) -> dict[str, Any]:
     tensors = {k: v.detach().contiguous().clone() for k, v in pre.model.state_dict().items()}
     tensors["normalization.mean"] = pre.mean.contiguous().clone()
     tensors["normalization.std"] = pre.std.contiguous().clone()
-    st.save_file(tensors, str(path), metadata={"format": RESNETLAB, "resnetlab": json.dumps(pre.metadata())})
+    raw = st.save(tensors, metadata={"format": RESNETLAB, "resnetlab": json.dumps(pre.metadata())})
+    path.write_bytes(_sorted_metadata(raw))
     return {}
+
+
+def _sorted_metadata(raw: bytes) -> bytes:
+    """The file with its metadata's keys in sorted order: the safetensors writer keeps them in a hash map, so their
+    order, and the file's bytes, changed from one process to the next. Only the order changes, so the header keeps
+    its length and every tensor its offset; where it would not (an escape written otherwise), the file is kept."""
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:
+        return raw
+    return raw[:8] + text.ljust(size, b" ") + raw[8 + size:]
 
 
 def _check_batch(pre: Pretrained, n: int = 4) -> Tensor:
