@@ -6,14 +6,14 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-slow lint bench clean
+.PHONY: setup run test test-slow lint bench docs clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,export,mlflow,wandb,slurm]"
+	$(BIN)/python -m pip install -q -e ".[dev,export,mlflow,wandb,slurm,docs]"
 	touch $@
 
 run: setup
@@ -32,5 +32,10 @@ lint: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run --out results/bench/$(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')").json
 
+# the API reference from the docstrings and the docs/ pages (mkdocs.yml), into ./site (open site/index.html);
+# strict: a warning (a broken link, a docstring griffe cannot parse, a name gone from the API) fails it
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache
