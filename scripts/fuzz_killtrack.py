@@ -1,0 +1,411 @@
+"""The fuzzer's `killtrack` family (issue 30): a tracked run SIGKILLed at the moments around its metrics rows,
+checkpoints and tracker sends, resumed until it ends; then every tracker's history must equal the run
+directory's metrics.jsonl. `scripts/fuzz.py` registers the family (its `run_case` hands a case here); this file
+imports nothing of it.
+
+A case (`Plan`) is a tiny training (`--model resnet20 --set model.depth=8 --data synthetic:8`, deterministic,
+one thread) of 3 to 5 iterations with an evaluation at each epoch's end (one step an epoch, or two with
+`optim.batch_size=4` and a checkpoint after every step), reporting to MLflow (a local SQLite store), W&B
+(offline) and/or TensorBoard (a stand-in SummaryWriter that writes each call at once: every event flushed, the
+most a kill can leave), and one or two kills. Each session is a child process, forked from a fork server that
+has imported torch, MLflow, W&B and resnetlab once (`serve`: a fresh interpreter spends seconds on imports a
+session); a killed one SIGKILLs itself (a real `kill -9`: W&B's core process then stops without writing what it
+holds) at one moment of its session:
+
+- `before_row` / `row`: before / after the Nth metrics row is appended to metrics.jsonl (its checkpoint not yet
+  written);
+- `checkpoint`: after the Nth checkpoint write (Trainer.save), before the row reaches any tracker;
+- `send`: after the Nth row reached one tracker (counted over the trackers: with two, between them; in a resumed
+  session, also while it sends the rows a tracker lacks);
+- `end`: when the run's end reaches the trackers (summary.json written, the tracker runs not yet closed).
+
+A kill that never comes (N past the session's end) lets the session end normally. After the last kill the run is
+resumed (`train --resume`) until it exits 0.
+
+The judge (`judge`): every session exits 0 or by its own SIGKILL, the last with 0 and a finished
+summary.json; metrics.jsonl holds each evaluation step once; each tracker's history as (step, metric, value)
+equals metrics.jsonl's rows (every finite number but the step; TensorBoard's own scalars), with no (step, metric)
+twice: MLflow's metric history of the run in trackers.json (the only run of its experiment that holds
+metrics), W&B's history records in all offline session logs of its run (what `wandb sync` would send; read with
+`tracker_kinds.wandb_history`, which tests/test_tracking.py's own reader backs), the
+TensorBoard stand-in's events as TensorBoard reads them (a session's `purge_step` hides the earlier events at
+or after it); no tracker failed (log.txt).
+
+    python scripts/fuzz.py --families killtrack --cases 50     # a campaign of this family
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypothesis import strategies as st
+
+POINTS = ("before_row", "row", "checkpoint", "send", "end")
+TB_KEYS = ("train_loss", "train_error", "test_loss", "test_error", "val_error", "lr")  # TensorBoard's scalars
+SESSION_TIMEOUT_S = 120.0
+_ONCE: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One case: which trackers, how long a run, and the kills, one per session, in order."""
+
+    trackers: tuple[str, ...]
+    iters: int
+    two_steps_an_epoch: bool
+    kills: tuple[tuple[str, int], ...]
+
+    def argv(self) -> list[str]:
+        """The first session's command (`{root}`: the case's directory)."""
+        extra = ["--set", "optim.batch_size=4", "--set", "run.checkpoint_every=1"] if self.two_steps_an_epoch else []
+        return ["train", "--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8", "--iters",
+                str(self.iters), "--set", "run.deterministic=true", "--set", "run.threads=1", "--set",
+                "run.progress=false", *extra, "--set", f"run.tracker={','.join(self.trackers)}", "--out",
+                "{root}/run"]
+
+
+def installed(name: str) -> bool:
+    from resnetlab.settings.trackers import installed as found
+
+    return name == "tensorboard" or (found(name) and (name != "mlflow" or found("sqlalchemy")))
+
+
+def plans() -> st.SearchStrategy[Plan]:
+    """Plans over the trackers installed here (TensorBoard always: the stand-in)."""
+    choices = [t for t in (("mlflow",), ("wandb",), ("mlflow", "wandb"), ("tensorboard",),
+                           ("tensorboard", "mlflow", "wandb")) if all(installed(n) for n in t)]
+    kill = st.tuples(st.sampled_from(POINTS), st.integers(1, 6))
+    return st.builds(Plan, st.sampled_from(choices), st.integers(3, 5), st.booleans(),
+                     st.lists(kill, min_size=1, max_size=2).map(tuple))
+
+
+# -- the child process: a session that kills itself at its moment --------------------------------------------
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_after(owner: Any, name: str, n: int, before: bool = False) -> None:
+    """`owner.name` SIGKILLs the process at its `n`th call, before or after the call itself."""
+    original, calls = getattr(owner, name), [0]
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if before and calls[0] == n:
+            _die()
+        out = original(*args, **kwargs)
+        if not before and calls[0] == n:
+            _die()
+        return out
+
+    setattr(owner, name, wrapper)
+
+
+def _fake_tensorboard() -> None:
+    """torch.utils.tensorboard with a SummaryWriter that writes every call at once to an event file of its own."""
+    import types
+
+    import resnetlab.settings.trackers as settings
+
+    class SummaryWriter:
+        def __init__(self, logdir: str, purge_step: int | None = None) -> None:
+            Path(logdir).mkdir(parents=True, exist_ok=True)
+            self.file = Path(logdir) / f"events.out.tfevents.{time.time_ns()}.fake"
+            self._write({"open": purge_step})
+
+        def _write(self, entry: dict[str, Any]) -> None:
+            with open(self.file, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+        def add_scalar(self, key: str, value: float, step: int) -> None:
+            self._write({"key": key, "value": value, "step": step})
+
+        def close(self) -> None:
+            pass
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = SummaryWriter  # type: ignore[attr-defined]
+    sys.modules["torch.utils.tensorboard"] = module
+    real = settings.installed
+    settings.installed = lambda name: name == "tensorboard" or real(name)
+
+
+def child(point: str, n: int, argv: list[str]) -> int:
+    """One session: `resnetlab ARGV`, SIGKILLed at the `n`th `point` (`point` "none": never)."""
+    from resnetlab.cli import main
+    from resnetlab.runs.directory import RunDir
+    from resnetlab.training import tracker_kinds, trackers
+    from resnetlab.training.trainer import Trainer
+
+    _fake_tensorboard()
+    if point in ("before_row", "row"):
+        _kill_after(RunDir, "append_metrics", n, before=point == "before_row")
+    elif point == "checkpoint":
+        _kill_after(Trainer, "save", n)
+    elif point == "send":
+        count = [0]
+        for kind in tracker_kinds.KINDS.values():
+            original = kind.metrics
+
+            def metrics(self: Any, *args: Any, original: Any = original) -> None:
+                original(self, *args)
+                count[0] += 1
+                if count[0] == n:
+                    _die()
+
+            kind.metrics = metrics  # type: ignore[method-assign]
+    elif point == "end":
+        _kill_after(trackers.Trackers, "end", 1, before=True)
+    return main(argv)
+
+
+# -- running a plan ------------------------------------------------------------------------------------------
+def _store_template() -> Path:
+    """A migrated, empty MLflow SQLite store (made once per process: its migrations take seconds)."""
+    if "store" not in _ONCE:
+        from mlflow.tracking import MlflowClient
+
+        where = Path(tempfile.mkdtemp(prefix="resnetlab-killtrack-mlflow-"))
+        cwd = os.getcwd()
+        try:
+            os.chdir(where)
+            with contextlib.redirect_stderr(io.StringIO()):
+                MlflowClient(f"sqlite:///{where / 'mlflow.db'}").search_experiments()
+        finally:
+            os.chdir(cwd)
+        _ONCE["store"] = where / "mlflow.db"
+    return _ONCE["store"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(root: Path) -> dict[str, str]:
+    """The sessions' environment: MLflow's store and W&B (offline, never online) inside the case."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_")) and "proxy" not in k.lower()}
+    home = root / "wandb-home"
+    return env | {
+        "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "MLFLOW_EXPERIMENT_NAME": "killtrack", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+        "WANDB_CONSOLE": "off", "WANDB_PROJECT": "killtrack", "WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}",
+        "WANDB_DATA_DIR": str(home / "data"), "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_ARTIFACT_DIR": str(home / "artifacts")}
+
+
+PRELOAD = ("torch", "mlflow", "wandb", "resnetlab.cli", "resnetlab.training.trainer")
+
+
+def serve() -> None:
+    """The fork server (`--server`): imports torch, MLflow, W&B and resnetlab once (a fresh interpreter spends
+    seconds on them every session), then per request line (JSON: point, n, argv, root, env, output) forks a
+    session and answers its pid, then its exit code (-9: killed). It runs no torch operation itself, so each
+    fork starts with fresh thread pools."""
+    import importlib
+
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    for line in sys.stdin:
+        ask = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _forked(**ask)
+        print(json.dumps({"pid": pid}), flush=True)
+        print(json.dumps({"rc": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}), flush=True)
+
+
+def _forked(point: str, n: int, argv: list[str], root: str, env: dict[str, str], output: str) -> None:
+    """A forked session: the case's folder and environment, its output to a file; never returns."""
+    rc = 1
+    try:
+        os.chdir(root)
+        os.environ.clear()
+        os.environ.update(env)
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdin.close()
+        rc = child(point, n, argv)
+    except BaseException:  # noqa: BLE001 - a traceback in the session's output, exit 1
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+
+
+def _server() -> subprocess.Popen[bytes]:
+    if "server" not in _ONCE or _ONCE["server"].poll() is not None:
+        import atexit
+
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), root) if p)
+        env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+        _ONCE["server"] = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--server"],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=root,
+                                           bufsize=0)  # unbuffered: select() sees every line not yet read
+        atexit.register(_stop, _ONCE["server"])
+    return _ONCE["server"]
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    """The fork server ended with this process (it idles between cases), its pipes closed."""
+    server.kill()
+    server.wait()
+    for pipe in (server.stdin, server.stdout):
+        if pipe is not None:
+            pipe.close()
+
+
+def _session(kill: tuple[str, int] | None, argv: list[str], root: Path, env: dict[str, str]) -> tuple[int, str]:
+    """One session in a child process forked from the fork server; its exit code (-9: killed) and output."""
+    import select
+
+    point, n = kill or ("none", 0)
+    output = root / f"session-{time.time_ns()}.txt"
+    server = _server()
+    assert server.stdin is not None and server.stdout is not None
+    server.stdin.write(json.dumps({"point": point, "n": n, "argv": argv, "root": str(root), "env": env,
+                                   "output": str(output)}).encode() + b"\n")
+    pid = json.loads(server.stdout.readline())["pid"]
+    if not select.select([server.stdout], [], [], SESSION_TIMEOUT_S)[0]:
+        os.kill(pid, signal.SIGKILL)
+        server.stdout.readline()
+        raise subprocess.TimeoutExpired(argv, SESSION_TIMEOUT_S)
+    rc = json.loads(server.stdout.readline())["rc"]
+    return int(rc), output.read_text(errors="replace") if output.exists() else ""
+
+
+def run_plan(plan: Plan, root: Path) -> dict[str, Any]:
+    """Run `plan` in the directory `root`: the killed sessions, the resume to the end, the judge. The fields of
+    fuzz.py's `Outcome`."""
+    root.mkdir(parents=True, exist_ok=True)
+    argv = [a.replace("{root}", str(root)) for a in plan.argv()]
+    if "mlflow" in plan.trackers:
+        shutil.copy(_store_template(), root / "mlflow.db")
+    env = environment(root)
+    resume = ["train", "--resume", str(root / "run")]
+    start = time.perf_counter()
+    rc, err, problem = None, "", None
+    try:
+        for i, kill in enumerate([*plan.kills, None]):
+            rc, err = _session(kill, argv if i == 0 else resume, root, env)
+            if rc not in (0, -signal.SIGKILL) or (kill is None and rc != 0):
+                problem = f"session {i + 1} ({kill or 'to the end'}) exit {rc}: {_last(err)}"
+                break
+    except subprocess.TimeoutExpired:
+        problem = f"timeout: a session still running after {SESSION_TIMEOUT_S:.0f} s"
+    except (OSError, ValueError, KeyError) as exc:  # the fork server gone: the harness's failure, named as such
+        problem = f"fork server failed: {type(exc).__name__}: {_last(str(exc))}"
+    if problem is None:
+        try:
+            problem = judge(root / "run", root, plan.trackers)
+        except Exception as exc:  # noqa: BLE001 - the judge's own failure, named as such
+            problem = f"judge failed: {type(exc).__name__}: {_last(str(exc))}"
+    return {"argv": [*argv, "+ kills", *map(str, plan.kills)], "rc": rc, "err": _last(err),
+            "seconds": time.perf_counter() - start, "problem": problem}
+
+
+def _last(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+# -- the judge -------------------------------------------------------------------------------------------------
+Held = list[tuple[int, str, float]]
+
+
+def expected(run: Path, keys: tuple[str, ...] | None = None) -> Held:
+    """(step, metric, value) for every finite number of every metrics.jsonl row but its step."""
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        out += [(row["step"], k, float(v)) for k, v in row.items() if k != "step" and (keys is None or k in keys)
+                and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+    return sorted(out)
+
+
+def mlflow_history(run: Path, root: Path) -> Held:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    run_id = json.loads((run / "trackers.json").read_text())["mlflow"]["run_id"]
+    experiment = client.get_experiment_by_name("killtrack")
+    others = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_id != run_id and r.data.metrics]
+    if others:
+        raise AssertionError(f"{len(others)} other MLflow run(s) hold metrics")
+    keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith("summary.")]
+    return sorted((m.step, k, float(m.value)) for k in keys for m in client.get_metric_history(run_id, k))
+
+
+def wandb_history(run: Path) -> Held:
+    from resnetlab.training.tracker_kinds import wandb_history as read
+
+    run_id = json.loads((run / "trackers.json").read_text())["wandb"]["id"]
+    out = []
+    for log in sorted(run.glob("wandb/offline-run-*/run-*.wandb")):
+        if log.name != f"run-{run_id}.wandb":
+            raise AssertionError(f"a W&B session of another run: {log.parent.name}")
+        out += [(h["step"], k, float(v)) for h in read(log) for k, v in h.items() if k != "step" and k[:1] != "_"]
+    return sorted(out)
+
+
+def tensorboard_history(run: Path) -> Held:
+    shown: Held = []
+    for path in sorted((run / "tensorboard").glob("events.out.tfevents.*")):
+        for entry in map(json.loads, path.read_text().splitlines()):
+            if entry.get("open") is not None:  # TensorBoard hides the earlier events at or after a purge step
+                shown = [s for s in shown if s[0] < entry["open"]]
+            elif "key" in entry:
+                shown.append((entry["step"], entry["key"], float(entry["value"])))
+    return sorted(shown)
+
+
+def judge(run: Path, root: Path, trackers: tuple[str, ...]) -> str | None:
+    """What is wrong with the run's trackers after its last session; None: nothing."""
+    summary = json.loads((run / "summary.json").read_text())
+    if summary.get("status") != "finished":
+        return f"summary status {summary.get('status')!r}"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    if steps != sorted(set(steps)):
+        return f"metrics.jsonl steps {steps}"
+    failed = [ln for ln in (run / "log.txt").read_text().splitlines() if ln.startswith("tracker ")]
+    if failed:
+        return f"a tracker failed: {failed[0][:160]}"
+    readers = {"mlflow": lambda: mlflow_history(run, root), "wandb": lambda: wandb_history(run),
+               "tensorboard": lambda: tensorboard_history(run)}
+    for name in trackers:
+        held, want = readers[name](), expected(run, TB_KEYS if name == "tensorboard" else None)
+        twice = [k for k, c in Counter((s, m) for s, m, _ in held).items() if c > 1]
+        if twice:
+            return f"{name} holds step {twice[0][0]} twice ({twice[0][1]})"
+        if held != want:
+            missing, extra = sorted(set(want) - set(held)), sorted(set(held) - set(want))
+            return (f"{name}'s history differs from metrics.jsonl: missing steps {sorted({s for s, _, _ in missing})}, "
+                    f"other values at steps {sorted({s for s, _, _ in extra})}")
+    return None
+
+
+STRATEGIES = {"killtrack": plans}
+
+if __name__ == "__main__" and sys.argv[1:] == ["--server"]:
+    serve()
