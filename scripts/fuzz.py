@@ -61,7 +61,8 @@ TINY = ["--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8"
 FAMILIES = ("args", "set", "config", "summary", "checkpoint", "suite", "images", "weights", "cifar",
             "export", "predict", "hub", "safetensors", "rundir", "env",  # these six: scripts/fuzz_surfaces.py
             "fetch", "tracker",  # issue 25's services: scripts/fuzz_services.py
-            "reuse")  # issue 30's reused work: scripts/fuzz_reuse.py
+            "reuse",  # issue 30's reused work: scripts/fuzz_reuse.py
+            "killtrack")  # issue 30: a tracked run killed and resumed, scripts/fuzz_killtrack.py (its own runner)
 
 # -- values ----------------------------------------------------------------------------------------------
 NUMBERS = ["0", "-1", "-3", "1", "2", "7", "1e9", "1e400", "-1e400", "nan", "inf", "-inf", "", "1.5", "-0.5",
@@ -555,7 +556,8 @@ STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
     "checkpoint": checkpoint_cases, "suite": suite_cases, "images": image_cases, "weights": weights_cases,
     "cifar": cifar_cases, **{name: (lambda name=name: _surfaces().STRATEGIES[name]()) for name in FAMILIES[9:15]},
     **{name: (lambda name=name: _services().STRATEGIES[name]()) for name in ("fetch", "tracker")},
-    "reuse": lambda: _reuse().STRATEGIES["reuse"]()}
+    "reuse": lambda: _reuse().STRATEGIES["reuse"](),
+    "killtrack": lambda: _killtrack().plans().map(lambda plan: Case("killtrack", plan.argv(), {"__plan__": plan}))}
 
 
 def _surfaces() -> Any:
@@ -577,6 +579,13 @@ def _reuse() -> Any:
     import scripts.fuzz_reuse as reuse
 
     return reuse
+
+
+def _killtrack() -> Any:
+    """scripts/fuzz_killtrack.py: the killtrack family (issue 30), which runs and judges its cases itself."""
+    import scripts.fuzz_killtrack as killtrack
+
+    return killtrack
 
 
 def _patched_config(key: str, value: Any) -> dict[str, Any]:
@@ -734,6 +743,8 @@ class Outcome:
 
 def run_case(case: Case, root: Path) -> Outcome:
     """Run `case` in the empty directory `root` and judge how it ended."""
+    if case.family == "killtrack":  # sessions in child processes, killed and resumed: its own runner and judge
+        return Outcome(**_killtrack().run_plan(case.files["__plan__"], root))
     surfaces = _surfaces()
     root.mkdir(parents=True, exist_ok=True)
     try:

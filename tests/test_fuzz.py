@@ -20,7 +20,9 @@ CASES = {"args": 50, "set": 30, "config": 30, "summary": 30, "checkpoint": 30, "
          # issue 22's surfaces (scripts/fuzz_surfaces.py)
          "export": 40, "predict": 40, "hub": 30, "safetensors": 40, "rundir": 30, "env": 15,
          # issue 25's services (scripts/fuzz_services.py)
-         "fetch": 25, "tracker": 20}
+         "fetch": 25, "tracker": 20,
+         # issue 30: a tracked run killed and resumed (scripts/fuzz_killtrack.py; child processes, seconds a case)
+         "killtrack": 6}
 
 
 def _judge(case: Case) -> Outcome:
