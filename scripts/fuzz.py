@@ -54,6 +54,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from resnetlab.errors import EXIT_DIVERGED  # a diverged `train` (a reported result, not bad input)
+
 # the categories Python's default warning filters hide from a user (outside __main__): not findings
 HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 TIME_BOUND_S = 120.0  # a case that takes longer is a finding (a hang or an unbounded allocation)
@@ -137,8 +139,8 @@ def args_cases() -> st.SearchStrategy[Case]:
         ["depth", "units", "widths", "strides", "num_classes", "in_channels", "shortcut", "shortcut_scale",
          "gate_bias", "dropout", "unit", "option", "block", "stem", "stem_width", "expansion", "recompute",
          "input_size", "nope", ""]), _value())
-    info = st.builds(lambda m, o, s: ["info", m, *sum((["-o", x] for x in o), []), *(["--input-size", s] if s
-                                                                                         else [])],
+    info = st.builds(lambda m, o, s: ["info", m, *sum((["--override", x] for x in o), []),
+                                      *(["--input-size", s] if s else [])],
                      model, st.lists(override, max_size=3), st.none() | _value())
     # a filter always: the whole table (every net to 1,202 layers, built to count) is slow, not hostile
     models = st.builds(lambda f, s: ["models", "--filter", f"resnet2{f}", *(["--input-size", s] if s else [])],
@@ -792,13 +794,15 @@ def run_case(case: Case, root: Path) -> Outcome:
             problem = "traceback on stderr"
         elif warned:  # a library's warning reaching the user (PIL's decompression-bomb warning, torch's)
             problem = "warning on stderr: " + re.sub(r"^.*?(\w+Warning: )", r"\1", warned[0])[:120]
-        elif rc not in (0, 1) and len([ln for ln in text.splitlines() if ln.strip()]) > 1:
+        elif rc not in (0, 1, EXIT_DIVERGED) and len([ln for ln in text.splitlines() if ln.strip()]) > 1:
             problem = "more than one line on stderr"
-        elif rc not in (0, 1, 2):
+        elif rc not in (0, 1, 2, EXIT_DIVERGED):
             problem = f"exit {rc}"
         elif rc == 1 and "member run(s) failed" not in text:
             problem = "exit 1 without a failed suite member"
-        elif rc != 0 and len(lines) != 1:
+        elif rc == EXIT_DIVERGED and (argv[:1] != ["train"] or "diverged" not in out.getvalue()):
+            problem = f"exit {EXIT_DIVERGED} without a diverged training"
+        elif rc not in (0, EXIT_DIVERGED) and len(lines) != 1:
             problem = f"{len(lines)} error lines, not one"
     if problem is None:
         leftovers = [rel for p in root.rglob(".*tmp*") if p.is_file() and (rel := str(p.relative_to(root)))

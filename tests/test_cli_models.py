@@ -17,7 +17,7 @@ def test_models_table_lists_registry_with_counts(capsys) -> None:
 
 
 def test_info_with_override_shows_units(capsys) -> None:
-    assert main(["info", "resnet20", "-o", "shortcut=exclusive_gating", "-o", "gate_bias=-6"]) == 0
+    assert main(["info", "resnet20", "--override", "shortcut=exclusive_gating", "--override", "gate_bias=-6"]) == 0
     out = capsys.readouterr().out
     assert "exclusive gate b_g=-6.0" in out and "total: 9 units" in out
     assert "A: zero-pad" in out  # the stage-2 and 3 first units
@@ -31,7 +31,7 @@ def test_unknown_name_is_one_line_exit_2() -> None:
 
 
 def test_bad_override_is_one_line_exit_2(capsys) -> None:
-    assert main(["info", "resnet20", "-o", "gate_bias=-6"]) == 2
+    assert main(["info", "resnet20", "--override", "gate_bias=-6"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("resnetlab: error: gate_bias:") and err.count("\n") == 1
 

@@ -45,10 +45,11 @@ def test_generated_hostile_input_ends_in_one_line(family: str) -> None:
 
 def test_the_judge_catches_what_it_should(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The judge is not a pass-through: a traceback, a second error line and a left temporary file count."""
-    ok = run_case(Case("args", ["info", "resnet20", "-o", "units=5"]), tmp_path / "a")
+    ok = run_case(Case("args", ["info", "resnet20", "--override", "units=5"]), tmp_path / "a")
     assert ok.problem is None and ok.rc == 2
     (tmp_path / "b").mkdir()
-    bad = run_case(Case("args", ["info", "resnet20", "-o", "depth=20", "--input-size", "{missing}"]), tmp_path / "b")
+    bad = run_case(Case("args", ["info", "resnet20", "--override", "depth=20", "--input-size", "{missing}"]),
+                   tmp_path / "b")
     assert bad.problem is None and bad.rc == 2  # argparse: "invalid int value", one line
     import resnetlab.cli
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from resnetlab.cli import main
 from resnetlab.data import DataOptions, load_data
-from resnetlab.errors import CheckpointError, ConfigError, DataError, ResnetlabError
+from resnetlab.errors import EXIT_DIVERGED, CheckpointError, ConfigError, DataError, ResnetlabError
 from resnetlab.runs.directory import RunDir
 from resnetlab.settings.config import build_config
 from resnetlab.settings.overrides import parse_assignments, parse_value
@@ -590,7 +590,7 @@ def test_lock_of_a_sigkilled_process_does_not_block_resume(slow_scenarios: dict)
 def test_divergence_on_resume_does_not_overwrite_best(slow_scenarios: dict) -> None:
     s = slow_scenarios["diverge"]
     assert s["first_code"] == 0 and s["best_before"]
-    assert s["code"] == 0, s["err"]
+    assert s["code"] == EXIT_DIVERGED, s["err"]  # recorded, and not a success
     summary = json.loads((s["run"] / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged"] and summary["steps"] < 88
     assert (s["run"] / "checkpoints" / "best.pt").read_bytes() == s["best_before"]

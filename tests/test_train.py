@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from resnetlab.cli import main
+from resnetlab.errors import EXIT_DIVERGED
 from resnetlab.settings.config import build_config
 from resnetlab.training.schedule import build_schedule
 from resnetlab.weights.checkpoint import load_checkpoint, trained_state
@@ -117,7 +118,7 @@ def test_image_folder_tarball_end_to_end(make_folder, tmp_path: Path) -> None:
 
 def test_divergence_is_recorded_not_a_crash(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert main(["train", "--iters", "20", "--out", str(out), "--set", "optim.lr=1e30"]) == 0
+    assert main(["train", "--iters", "20", "--out", str(out), "--set", "optim.lr=1e30"]) == EXIT_DIVERGED
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged"] and summary["fail"]
     assert summary["steps"] < 20  # stopped early

@@ -1,12 +1,32 @@
-"""Errors a user can cause and fix: the CLI prints them as one line and exits with code 2."""
+"""Errors a user can cause and fix (the CLI prints them as one line and exits with code 2), and the command's
+exit codes: `EXIT_CODES`, the one table `resnetlab --help`, the README and the tests read."""
 
 from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_SUITE_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3
+EXIT_DIVERGED = 4
+EXIT_INTERRUPTED = 130
+
+# every exit code of `resnetlab`, with what it means (plain text: shown as is by --help and in README's table)
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "success; an experiment whose members diverged included (a divergence is one of its results)"),
+    (EXIT_SUITE_FAILED, "an experiment with failed members: the others ran and were reported, the same command "
+                        "retries the failed ones"),
+    (EXIT_BAD_INPUT, "bad input: one line on stderr says what and where"),
+    (EXIT_STOPPED, "stopped by SIGTERM or SIGINT: a checkpoint was written; train --resume RUN (an experiment: the "
+                   "same command) resumes"),
+    (EXIT_DIVERGED, "train: the training diverged (a NaN or Inf loss); summary.json records it"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C) outside a training"),
+)
 
 
 class ResnetlabError(Exception):
     """Base class for every error caused by bad input (names, configs, paths, files)."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class SpecError(ResnetlabError, ValueError):

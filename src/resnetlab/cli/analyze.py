@@ -12,34 +12,51 @@ from resnetlab.errors import ConfigError, ResnetlabError
 
 def cmd_propagation(args: argparse.Namespace) -> int:
     return run_propagation_cli(args.model or [], args.override or [], args.checkpoint, args.data, args.batch_size,
-                               args.seed, args.out, args.eval_mode)
+                               args.seed, args.out, args.eval_mode, json=args.json)
 
 
 def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str | None, data: str | None,
-                        batch_size: int, seed: int, out: str | None, eval_mode: bool) -> int:
+                        batch_size: int, seed: int, out: str | None, eval_mode: bool, json: bool = False) -> int:
     """Table on stdout, figure at `out` (default ./propagation.png): `resnetlab.api.propagation`'s numbers.
 
     Registry models (`models`, each with `overrides` applied) are built at their paper init under `seed`,
     fitted to the data's channels and classes. A `checkpoint` (run directory or file) adds its trained model;
     it brings its data set and normalisation, which `data` may replace. The batch is the first
-    `batch_size` images of the test split, normalised as training normalises them.
+    `batch_size` images of the test split, normalised as training normalises them. `json`: the numbers as
+    JSON on stdout instead of the table.
     """
     from resnetlab.api import propagation
+    from resnetlab.cli.commands import print_json
     from resnetlab.weights.resolve import note_skipped
 
     spec_overrides, figure = _checked(models, overrides, checkpoint, batch_size, out)
     found = propagation(models, checkpoint, data, batch_size, seed, eval_mode, **spec_overrides)
+    if json:
+        _make_folder(figure)
+        found.plot(figure)
+        print_json({"data": found.data, "batch": found.batch, "eval_mode": eval_mode, "seed": seed,
+                    "checkpoint": found.checkpoint, "figure": str(figure), "nets": found.results,
+                    "summary": found.summary()})
+    else:
+        _print_and_plot(found, seed, figure)
+    if found.checkpoint is not None:
+        note_skipped(found.skipped, found.checkpoint)
+    return 0
+
+
+def _print_and_plot(found: Any, seed: int, figure: Path) -> None:
     print(f"signal propagation on one {found.data} test batch of {found.batch}, {found.mode}, seed {seed}:")
     print(found.table())
+    _make_folder(figure)
+    found.plot(figure)
+    print(f"figure: {figure}")
+
+
+def _make_folder(figure: Path) -> None:
     try:
         figure.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ResnetlabError(f"{figure.parent}: cannot create the figure's directory ({exc.strerror or exc})") from None
-    found.plot(figure)
-    print(f"figure: {figure}")
-    if found.checkpoint is not None:
-        note_skipped(found.skipped, found.checkpoint)
-    return 0
 
 
 def _checked(models: list[str], overrides: list[str], checkpoint: str | None, batch_size: int,
@@ -50,7 +67,7 @@ def _checked(models: list[str], overrides: list[str], checkpoint: str | None, ba
     from resnetlab.settings.overrides import parse_assignments
 
     if not models and checkpoint is None:
-        raise ConfigError("give at least one --model NAME or a --checkpoint RUN_DIR")
+        raise ConfigError("give at least one --model NAME or a --checkpoint RUN_OR_WEIGHTS")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
     repeated = sorted({m for m in models if models.count(m) > 1})

@@ -1,17 +1,28 @@
-"""The command line's grammar: one function per command adds its arguments; the parser's errors are one line."""
+"""The command line's grammar: one function per command adds its arguments; the parser's errors are one line.
+
+One meaning per flag across commands (tests/test_cli_grammar.py walks the parser and checks it): `-o/--out`
+is what a command writes (a file or a folder), `--override KEY=VALUE` a spec field, `--set SECTION.KEY=VALUE`
+a config field, `RUN_OR_WEIGHTS` a run directory, checkpoint or weights file, `--json` a report as JSON on
+stdout, `--device` where a net runs. The exit codes are `errors.EXIT_CODES`, shown in `--help`."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from resnetlab.cli import analyze, commands
 from resnetlab.cli.commands import printable
+from resnetlab.errors import EXIT_CODES
+from resnetlab.version import __version__
 
 PROG = "resnetlab"
+RUN_OR_WEIGHTS = "RUN_OR_WEIGHTS"  # the one name of "a run directory, checkpoint or weights file"
+_SOURCE_HELP = ("a run directory (its newest checkpoint that verifies), a checkpoint or a weights file "
+                "(.safetensors, a pytorch_resnet_cifar10 .th, a torchvision-style state_dict)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,9 +45,21 @@ def _nonempty(what: str) -> Callable[[str], str]:
 _path, _name = _nonempty("path"), _nonempty("name")
 
 
+def exit_codes_text() -> str:
+    """`errors.EXIT_CODES` as the epilog of `resnetlab --help`."""
+    lines = ["exit codes:"]
+    for code, meaning in EXIT_CODES:
+        lines += textwrap.wrap(meaning, 100, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Deep residual networks of He et al. (2016): build, train, study.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = _Parser(prog=PROG, description="Deep residual networks of He et al. (2016): build, train, study.",
+                     epilog=exit_codes_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                                help="what to do (resnetlab COMMAND --help for its options)")
     _add_models(sub)
     _add_info(sub)
     _add_train(sub)
@@ -50,18 +73,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ---- the arguments several commands share, spelled once ----------------------------------------------------
+def _add_out(p: Any, what: str, *, old: tuple[str, ...] = (), required: bool = False) -> None:
+    """`-o/--out`: what the command writes (`old`: the spelling it had before, still accepted)."""
+    p.add_argument("-o", "--out", *old, dest="out", type=_path, default=None, required=required, help=what)
+
+
+def _add_json(p: Any, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout, and nothing else there")
+
+
+def _add_device(p: Any, default: str | None, what: str) -> None:
+    p.add_argument("--device", default=default, help=f"where {what}: auto, cpu, cuda, cuda:N (default: "
+                   f"{default or 'auto'}{', the same numbers on every machine' if default == 'cpu' else ''})")
+
+
+def _add_override(p: Any, what: str) -> None:
+    p.add_argument("--override", action="append", metavar="KEY=VALUE",
+                   help=f"a spec field of {what}, e.g. shortcut=dropout; repeatable")
+
+
+def _add_set(p: Any, what: str) -> None:
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help=f"{what}, e.g. optim.lr=0.05 or model.shortcut=dropout; repeatable")
+
+
+def _add_source(p: Any) -> None:
+    """The net a command uses: RUN_OR_WEIGHTS (positional) or --weights, --model and --best."""
+    p.add_argument("source", nargs="?", type=_path, default=None, metavar=RUN_OR_WEIGHTS, help=_SOURCE_HELP)
+    _add_weights_options(p)
+
+
+def _add_weights_options(p: Any) -> None:
+    p.add_argument("--weights", metavar="FILE", type=_path, default=None,
+                   help="a weights file instead of the positional (any format eval reads)")
+    p.add_argument("--model", default=None, help="the registry model a foreign weights file is loaded into "
+                   "(default: what the file says; fails unless a run's checkpoint is this model)")
+    p.add_argument("--best", action="store_true", help="a run directory's best.pt, not its newest checkpoint")
+
+
+def _input_size(p: Any) -> None:
+    p.add_argument("--input-size", type=int, default=None, metavar="PIXELS",
+                   help="input side for multiply-adds and output sizes (default: the net's, 32 or 224)")
+
+
+# ---- the commands -------------------------------------------------------------------------------------------
 def _add_models(sub: Any) -> None:
     p = sub.add_parser("models", help="list the registry: depth, parameters, multiply-adds, paper table")
     p.add_argument("--filter", default="", help="only names containing this text")
-    p.add_argument("--input-size", type=int, default=None, help="input side for multiply-adds (default: 32/224)")
+    _input_size(p)
+    _add_json(p, "the table's rows")
     p.set_defaults(func=commands.cmd_models)
 
 
 def _add_info(sub: Any) -> None:
     p = sub.add_parser("info", help="one model unit by unit")
     p.add_argument("name", help="registry name, e.g. resnet110")
-    p.add_argument("--override", "-o", action="append", metavar="K=V", help="spec field, e.g. shortcut=dropout")
-    p.add_argument("--input-size", type=int, default=None)
+    _add_override(p, "the net")
+    _input_size(p)
+    _add_json(p, "the spec's fields, the units' rows and the totals")
     p.set_defaults(func=commands.cmd_info)
 
 
@@ -74,33 +144,29 @@ def _add_train(sub: Any) -> None:
                    help="cifar, imagenet, digits, or a .toml file (default: by data)")
     p.add_argument("--epochs", type=float, default=None, help="budget in epochs (milestones keep their fractions)")
     p.add_argument("--iters", type=int, default=None, help="budget in iterations")
-    p.add_argument("--out", type=_path, default=None, help="run directory (default: runs/MODEL-DATA-TIME)")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int, default=None)
+    _add_out(p, "run directory (default: runs/MODEL-DATA-TIME)")
+    _add_device(p, None, "it trains")
+    p.add_argument("--seed", type=int, default=None, help="the run's seed (default: the recipe's, 0)")
     p.add_argument("--val-split", type=int, default=None, metavar="N",
                    help="hold out N training images for validation; the best epoch is chosen on them (paper: 5000)")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
-                   help="override any config field, e.g. optim.lr=0.05 or model.shortcut=dropout")
+    _add_set(p, "override any config field")
+    _add_json(p, "the run directory, its figure and its summary (what summary.json holds) at the end")
     p.add_argument("--resume", metavar="RUN_DIR", type=_path, default=None,
-                   help="continue a run from its newest checkpoint")
-    p.add_argument("--init", metavar="FILE", type=_path, default=None,
-                   help="start from the weights (and input normalisation) of a resnetlab checkpoint, a "
-                        "pytorch_resnet_cifar10 .th file or a torchvision-style state_dict")
+                   help="continue a run directory from its newest checkpoint")
+    p.add_argument("--init", metavar=RUN_OR_WEIGHTS, type=_path, default=None,
+                   help="start from the weights (and input normalisation) of " + _SOURCE_HELP)
     p.set_defaults(func=commands.cmd_train)
 
 
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="top-1/top-5 test error of a run directory, checkpoint or weights file")
-    p.add_argument("checkpoint", nargs="?", type=_path, default=None, help="run directory or checkpoint file")
-    p.add_argument("--weights", metavar="FILE", type=_path, default=None,
-                   help="instead: a resnetlab checkpoint, pytorch_resnet_cifar10 .th or torchvision-style file")
+    _add_source(p)
     p.add_argument("--data", default=None, help="data to evaluate on (default: the run's)")
-    p.add_argument("--model", default=None, help="fail unless the checkpoint is this registry model; the model "
-                   "to load a foreign --weights file into (default: the depth a pytorch_resnet_cifar10 file holds)")
-    p.add_argument("--best", action="store_true", help="use best.pt of a run directory, not the newest")
-    p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="test (default) or val (the run's --val-split images)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    _add_device(p, "auto", "the net runs")
+    _add_json(p, "the result (error, top5_error, loss, images, data, path, model, claimed_error)")
     p.set_defaults(func=commands.cmd_eval)
 
 
@@ -117,75 +183,76 @@ def _add_experiment(sub: Any) -> None:
     p.add_argument("--scale", choices=["paper", "cpu", "small"], default="paper",
                    help="cpu: CIFAR-10 with shallower nets and 2 epochs (one 2-core CPU); small: shallower nets "
                         "and a short budget on digits (checks the mechanism)")
-    p.add_argument("--out", type=_path, default=None, help="suite directory (default: experiments/SUITE-SCALE)")
-    p.add_argument("--device", default=None)
+    _add_out(p, "suite directory (default: experiments/SUITE-SCALE)")
+    _add_device(p, None, "the members train")
     p.add_argument("--only", nargs="+", metavar="MEMBER", default=None,
                    help="train only these members (label or slug); the results table lists all")
     p.add_argument("--no-results", action="store_true",
                    help="train only; leave results.md/csv and the figures to a later run (parallel members)")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="overrides",
-                   help="config override for every member")
+    _add_set(p, "config override for every member")
+    _add_json(p, "the results rows and the ranking's Kendall tau (the suites, with list)")
     _add_suite_jobs(p)  # --jobs, --devices, --collect, --trainings, --launcher and Slurm's options
     p.set_defaults(func=commands.cmd_experiment)
 
 
 def _add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="a trained net as safetensors, ONNX or a torch.export program (.pt2)")
-    p.add_argument("source", nargs="?", type=_path, default=None, help="run directory or checkpoint file")
-    p.add_argument("--weights", metavar="FILE", type=_path, default=None,
-                   help="a weights file instead (any format eval reads)")
-    p.add_argument("--model", default=None, help="registry model the weights are for (foreign files)")
-    p.add_argument("--best", action="store_true", help="a run directory's best.pt, not its newest checkpoint")
-    p.add_argument("--format", required=True, choices=["safetensors", "onnx", "pt2"])
-    p.add_argument("-o", "--output", type=_path, required=True, help="file to write")
+    _add_source(p)
+    p.add_argument("--format", required=True, choices=["safetensors", "onnx", "pt2"],
+                   help="safetensors (weights, spec, classes, normalisation), onnx or pt2 (the eval graph)")
+    _add_out(p, "file to write", old=("--output",), required=True)
+    _add_device(p, "cpu", "the graph check runs the net (the file is written from a CPU float32 copy)")
+    _add_json(p, "what was written (format, path, bytes, the check's largest difference)")
     p.set_defaults(func=commands.cmd_export)
 
 
 def _add_predict(sub: Any) -> None:
     p = sub.add_parser("predict", help="top-k classes of image files with a trained net")
-    p.add_argument("images", nargs="+", metavar="[RUN_DIR] IMAGE_OR_FOLDER",
-                   help="a run directory or checkpoint (unless --weights), then images or folders of images")
-    p.add_argument("--weights", metavar="FILE", type=_path, default=None,
-                   help="a weights file (.safetensors, .pt, ...)")
-    p.add_argument("--model", default=None, help="registry model the weights are for (foreign files)")
-    p.add_argument("--best", action="store_true", help="a run directory's best.pt, not its newest checkpoint")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--json", action="store_true", help="JSON: one object per image")
+    p.add_argument("images", nargs="+", metavar=f"[{RUN_OR_WEIGHTS}] IMAGE_OR_FOLDER",
+                   help=f"{_SOURCE_HELP} (unless --weights), then images or folders of images")
+    _add_weights_options(p)
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (default 5)")
+    _add_device(p, "cpu", "the net runs")
+    _add_json(p, "one object per image")
     p.set_defaults(func=commands.cmd_predict)
 
 
 def _add_report(sub: Any) -> None:
     p = sub.add_parser("report", help="one self-contained HTML page from run and suite directories")
-    p.add_argument("dirs", nargs="+", type=_path, metavar="RUN_OR_SUITE_DIR")
-    p.add_argument("-o", "--output", type=_path, default="report.html")
+    p.add_argument("dirs", nargs="+", type=_path, metavar="RUN_OR_SUITE_DIR", help="run and suite directories")
+    _add_out(p, "the HTML file to write (default: report.html)", old=("--output",))
     p.set_defaults(func=commands.cmd_report)
 
 
 def _add_analyze(sub: Any) -> None:
     p = sub.add_parser("analyze", help="analyses of a network (v2 sec. 3)")
-    asub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_Parser, required=True)
+    asub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_Parser, required=True,
+                            help="which analysis")
     q = asub.add_parser("propagation", help="forward signal and gradient norm per residual unit (v2 eq. 4-7)")
     q.add_argument("--model", action="append", metavar="NAME", help="registry model at init (repeatable)")
-    q.add_argument("--override", "-o", action="append", metavar="K=V", help="spec field for every --model")
-    q.add_argument("--checkpoint", metavar="RUN_DIR", type=_path, default=None,
-                   help="add a trained model (uses its data)")
+    _add_override(q, "every --model")
+    q.add_argument("--checkpoint", metavar=RUN_OR_WEIGHTS, type=_path, default=None,
+                   help="add a trained model (uses its data): " + _SOURCE_HELP)
     q.add_argument("--data", default=None, help="default: synthetic, or the checkpoint's data")
-    q.add_argument("--batch-size", type=int, default=64)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", type=_path, default=None, help="figure path (.png/.pdf/.svg; default ./propagation.png)")
+    q.add_argument("--batch-size", type=int, default=64, help="images in the one test batch (default 64)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the nets' init and of dropout (default 0)")
+    _add_out(q, "figure path (.png/.pdf/.svg; default ./propagation.png)")
     q.add_argument("--eval-mode", action="store_true", help="BN running statistics instead of batch statistics")
+    _add_json(q, "each net's rows per unit and its summary ratios, and the figure's path")
     q.set_defaults(func=analyze.cmd_propagation)
 
 
 def _add_data(sub: Any) -> None:
     p = sub.add_parser("data", help="data sets: fetch CIFAR-10/100 (what --data cifar10 with no path uses)")
-    dsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True,
+                            help="what to do with the data sets")
     q = dsub.add_parser("fetch", help="download and verify the python-version archive (kept cached)")
-    q.add_argument("name", choices=["cifar10", "cifar100"])
-    q.add_argument("--dir", type=_path, default=None, help="download into this folder (default: the data cache, "
-                   "$RESNETLAB_CACHE/downloads or ~/.cache/resnetlab/downloads)")
+    q.add_argument("name", choices=["cifar10", "cifar100"], help="the data set: cifar10 or cifar100")
+    _add_out(q, "download into this folder (default: the data cache, $RESNETLAB_CACHE/downloads or "
+             "~/.cache/resnetlab/downloads)", old=("--dir",))
     q.add_argument("--mirror", default=None, metavar="URL", help="fetch URL/ARCHIVE-NAME instead of the CIFAR page "
                    "(default: $RESNETLAB_DATA_MIRROR); still checked against the published MD5")
+    _add_json(q, "the archive's path, MD5 and SHA-256")
     q.set_defaults(func=commands.cmd_data_fetch)
 
 
@@ -205,24 +272,22 @@ def _add_suite_jobs(p: Any) -> None:
     _add_launcher(p)
 
 
-
-
 def _add_launcher(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("many machines (Slurm, through submitit)")
     g.add_argument("--launcher", choices=["here", "slurm", "submitit-local"], default="here",
                    help="here (default): this process is a worker; slurm: submit --workers tasks, each a "
                         "worker; submitit-local: the same tasks on this machine (submitit's local executor)")
     g.add_argument("--workers", type=int, default=1, metavar="K", help="Slurm tasks (a job array), each a worker")
-    g.add_argument("--partition", default=None)
+    g.add_argument("--partition", default=None, help="the Slurm partition (default: the cluster's)")
     g.add_argument("--time", default="240", help="each task's time limit: MINUTES or H:MM:SS (default 240); "
                    "a task that reaches it checkpoints and is requeued")
     g.add_argument("--gpus-per-worker", type=int, default=None, metavar="G",
                    help="GPUs of each task (give --jobs G to train one member on each)")
-    g.add_argument("--cpus-per-worker", type=int, default=None, metavar="C")
-    g.add_argument("--mem-gb", type=int, default=None, metavar="GB")
-    g.add_argument("--account", default=None)
-    g.add_argument("--qos", default=None)
-    g.add_argument("--constraint", default=None)
+    g.add_argument("--cpus-per-worker", type=int, default=None, metavar="C", help="CPU cores of each task")
+    g.add_argument("--mem-gb", type=int, default=None, metavar="GB", help="memory of each task in GiB")
+    g.add_argument("--account", default=None, help="the Slurm account to charge")
+    g.add_argument("--qos", default=None, help="the Slurm quality of service")
+    g.add_argument("--constraint", default=None, help="the Slurm node features required")
     g.add_argument("--setup", action="append", default=None, metavar="CMD",
                    help="a shell line run before each task (e.g. 'module load cuda'); repeatable")
     g.add_argument("--sbatch", action="append", default=None, metavar="KEY=VALUE",
