@@ -88,6 +88,8 @@ def test_every_command_follows_the_grammar() -> None:
     assert options >= 100  # the walk saw the options, not only the commands
     found = [f for name, p in walk(parser) for f in problems(name or "resnetlab", p, COMMANDS.get(name, set()))]
     assert not found, "\n".join(found)
+    for name, p in walk(parser):  # every --help renders (a stray % in a help text would raise here)
+        assert p.format_help().startswith(f"usage: resnetlab {name}".rstrip()), name
 
 
 def test_the_checks_catch_a_parser_that_breaks_each_rule() -> None:
@@ -192,3 +194,13 @@ def test_eval_json_and_predict_on_a_device(tmp_path: Path, capsys: pytest.Captur
     assert written["path"] == str(st) and written["bytes"] == st.stat().st_size
     assert main(["predict", str(out), str(tmp_path), "--device", "tpu:0"]) == 2  # refused in one line
     assert "tpu:0" in capsys.readouterr().err
+
+
+def test_experiment_json_is_the_rows_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = tmp_path / "tiny.toml"
+    suite.write_text('title = "tiny"\nmembers = [\n  { label = "a", model = "resnet20", small = { depth = 8 } },\n'
+                     '  { label = "b", model = "plain20", small = { depth = 8 } },\n]\n')
+    done = _json(["experiment", str(suite), "--scale", "small", "--iters", "2", "-o", str(tmp_path / "out"),
+                  "--set", "run.threads=1", "--json"], capsys)  # the members' log lines went to stderr
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert done["rows"] == saved and [r["member"] for r in done["rows"]] == ["a", "b"] and "kendall_tau" in done

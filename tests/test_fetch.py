@@ -192,13 +192,16 @@ def test_load_data_and_train_with_no_path(served: Server, tmp_path: Path, capsys
     assert len(served.requests) == 1  # the cached copy
 
 
-def test_fetch_command(served: Server, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["data", "fetch", "cifar10", "--dir", str(tmp_path / "mine")]) == 0
+def test_fetch_command(served: Server, archive: bytes, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "fetch", "cifar10", "-o", str(tmp_path / "mine")]) == 0
     out = capsys.readouterr().out
     assert str(tmp_path / "mine" / NAME) in out and "SHA-256" in out
     assert (tmp_path / "mine" / NAME).is_file()
-    assert main(["data", "fetch", "cifar10", "--dir", str(tmp_path / "mine")]) == 0
+    assert main(["data", "fetch", "cifar10", "--dir", str(tmp_path / "mine"), "--json"]) == 0  # the old spelling
     assert len(served.requests) == 1
+    record = json.loads(capsys.readouterr().out)  # stdout: the JSON alone
+    assert (record["path"], record["md5"]) == (str(tmp_path / "mine" / NAME), hashlib.md5(archive).hexdigest())
+    assert record["sha256"] == hashlib.sha256(archive).hexdigest()
     with pytest.raises(SystemExit) as exc:  # argparse: one line, exit 2
         main(["data", "fetch", "mnist"])
     assert exc.value.code == 2
