@@ -414,3 +414,18 @@ def test_a_cache_that_fails_is_one_note(scheme, failure, make_cifar, make_folder
     monkeypatch.undo()
     if cache.is_dir():  # no half-written entry or temporary
         assert [p.name for p in cache.iterdir()] == []
+
+
+def test_an_image_rewritten_with_its_size_and_mtime_misses_the_cache(make_folder, data_opts) -> None:
+    """The cache key held each file's size and mtime only: an image replaced by another of the same size whose
+    mtime was put back (a copy that keeps times, `touch -r`) gave the old pixels (issue 30, found by the reuse
+    family of the fuzzer)."""
+    root = make_folder(counts=(2, 1), size=(6, 6))
+    before = load_data(f"folder:{root}", data_opts()).split("train").images.clone()
+    image, other = root / "train" / "cat" / "000.png", root / "train" / "dog" / "001.png"
+    stat = image.stat()
+    image.write_bytes(other.read_bytes()[: stat.st_size].ljust(stat.st_size, b"\0"))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert image.stat().st_size == stat.st_size and image.stat().st_mtime_ns == stat.st_mtime_ns
+    after = load_data(f"folder:{root}", data_opts()).split("train").images
+    assert not torch.equal(before, after)

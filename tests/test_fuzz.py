@@ -22,7 +22,9 @@ CASES = {"args": 50, "set": 30, "config": 30, "summary": 30, "checkpoint": 30, "
          # issue 25's services (scripts/fuzz_services.py)
          "fetch": 25, "tracker": 20,
          # issue 30: a tracked run killed and resumed (scripts/fuzz_killtrack.py; child processes, seconds a case)
-         "killtrack": 6}
+         "killtrack": 6,
+         # issue 30: reused work must be the same work (scripts/fuzz_reuse.py; two calls and a reference a case)
+         "reuse": 15}
 
 
 def _judge(case: Case) -> Outcome:
@@ -161,3 +163,19 @@ def test_hub_cases_are_judged_in_process(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(hubconf, "resnet20", crash)
     assert run_case(Case("hub", ["hub", "resnet20"]), tmp_path / "c").problem == "exception: KeyError: 'spec'"
+
+
+def test_the_reuse_judge_sees_work_reused_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reuse family's judge is not a pass-through: with a training known by its data's path again (as
+    before issue 30), an image replaced behind the same path links the old training, and the judge says so."""
+    import resnetlab.training.identity as identity
+
+    case = Case("reuse", ["experiment", "{root}/reused.toml", "--scale", "small", "--data", "folder:{root}/pets",
+                          "--iters", "1", "--set", "run.threads=1", "--set", "run.progress=false", "--set",
+                          "run.tensorboard=false", "--out", "{root}/experiments/two", "--set", "data.pad=0"],
+                {"__reuse__": ("reuse", {"kind": "data_changed", "field": None, "same_out": False, "iters": 1,
+                                         "data": "folder", "init": False})},
+                env={"RESNETLAB_CACHE": "{root}/cache"}, writable=("experiments", "one", "two", "pets", "cache"))
+    assert run_case(case, tmp_path / "fixed").problem is None
+    monkeypatch.setattr(identity, "_data", lambda source, cache: source)  # the path, not what is behind it
+    assert run_case(case, tmp_path / "by-path").problem == "reused another training (data_changed , new --out)"

@@ -2,7 +2,7 @@
 
 An entry holds the uint8 train and test arrays of one source, saved with ``torch.save`` and read back
 with ``torch.load(weights_only=True)`` (plain tensors and strings only). Its key hashes the format
-version, the reader, the absolute path and the size and mtime of every input file, so a changed input
+version, the reader, the absolute path and the size, mtime, ctime and inode of every input file, so a changed input
 misses the cache. Entries are written atomically (:mod:`resnetlab.files.atomic`); an unreadable or
 malformed entry is ignored and rebuilt, and a cache that cannot be used only costs a one-line note on stderr
 (the run goes on without the cache): a read-only folder or a full disk (``torch.save`` says both with a
@@ -44,13 +44,15 @@ def cache_dir(options: DataOptions) -> Path:
                         "RESNETLAB_CACHE (or data.cache_dir) to a folder") from None
 
 
-def file_stamp(path: Path) -> list[object]:
-    """``[absolute path, size, mtime_ns]`` of ``path``, for a cache key."""
+def file_stamp(path: Path, name: str | None = None) -> list[object]:
+    """``[name (default: the absolute path), size, mtime_ns, ctime_ns, inode]`` of ``path``, for a cache key.
+    The ctime and inode are there because a file rewritten with its old size and mtime (``touch -r``, a copy
+    that keeps times, ``os.utime``) must miss the cache; no user can set a ctime back."""
     try:
         st = path.stat()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({one_line(exc.strerror or exc)})") from None
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    return [str(path.resolve()) if name is None else name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def cache_key(reader: str, path: Path, stamps: Iterable[list[object]]) -> str:

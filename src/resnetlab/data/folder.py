@@ -168,9 +168,5 @@ def read_folder(path: Path, options: DataOptions) -> Splits:
     for classes in layout.values():
         for files in classes.values():
             for where, _ in files:
-                try:
-                    st = os.stat(where)
-                except OSError as exc:
-                    raise DataError(f"{where}: cannot read ({one_line(exc.strerror or exc)})") from None
-                stamps.append([os.path.relpath(where, path), st.st_size, st.st_mtime_ns])
+                stamps.append(file_stamp(Path(where), os.path.relpath(where, path)))
     return cached("folder", path, stamps, options, lambda: build_splits(f"{path}/", layout))
