@@ -609,3 +609,19 @@ def test_kill_campaign_50_kills(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["kills"] >= 50 and result["runs_identical"] == result["runs"]
     assert not result["corrupt_checkpoints_found"] and result["leftover_temp_files_in_runs"] == 0
+
+
+def test_one_line_never_raises_and_names_what_says_nothing() -> None:
+    """Thirteen spellings of "the first line of an exception" became one (issue 32); nine of them raised
+    IndexError on an empty message, as MemoryError() has."""
+    from resnetlab.errors import one_line
+
+    class Loud(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no words")
+
+    assert one_line(MemoryError()) == "MemoryError"
+    assert one_line(Loud()) == "Loud"
+    assert one_line(ValueError("\n\n  first   line \nsecond")) == "first line"
+    assert one_line(RuntimeError("x" * 500), 20) == "x" * 17 + "..."
+    assert one_line("") == ""

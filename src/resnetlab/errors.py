@@ -23,6 +23,19 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
 )
 
 
+def one_line(exc: BaseException | str, limit: int = 200) -> str:
+    """An exception (or text) as one line for a message: its first line that is not blank, spaces collapsed,
+    cut to `limit` characters; the exception's type where it says nothing (`MemoryError()`). Never raises."""
+    try:
+        text = exc if isinstance(exc, str) else str(exc)
+    except Exception:  # noqa: BLE001 - a __str__ that raises still gets its type named
+        text = ""
+    first = next((" ".join(line.split()) for line in text.splitlines() if line.strip()), "")
+    if not first:
+        first = type(exc).__name__ if not isinstance(exc, str) else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
 class ResnetlabError(Exception):
     """Base class for every error caused by bad input (names, configs, paths, files)."""
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from resnetlab.data import load_data
-from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.errors import ConfigError, ResnetlabError, one_line
 from resnetlab.experiments.propagation import Row, format_propagation, plot_propagation, summarize
 from resnetlab.experiments.propagation import propagation as propagation_rows
 from resnetlab.experiments.results import MemberResult
@@ -110,7 +110,7 @@ def propagation(models: list[str] | tuple[str, ...] = (), checkpoint: str | Path
         try:
             results[name] = propagation_rows(model, x, y, eval_mode=eval_mode)
         except (RuntimeError, ValueError) as exc:  # e.g. an ImageNet stem pools an 8x8 input to nothing
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = one_line(exc, 160)
             raise ResnetlabError(f"{name}: cannot run on {source.name} input {tuple(x.shape)} ({first})") from None
     return Propagation(results, source.name, len(y), eval_mode, seed, str(weights.path) if weights else None,
                        weights.skipped if weights else ())

@@ -40,12 +40,6 @@ def printable(text: str) -> str:
     return "".join(repr(ch)[1:-1] if unsafe_char(ch) else ch for ch in text)
 
 
-def one_line(exc: BaseException | str) -> str:
-    """Collapse an exception (or text) to one line, for a DataError message."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def _require_int(field: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise DataError(f"DataOptions.{field} must be an integer, got {value!r}")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data.base import ArrayDataset, DataOptions, one_line
-from resnetlab.errors import DataError, ResnetlabError
+from resnetlab.data.base import ArrayDataset, DataOptions
+from resnetlab.errors import DataError, ResnetlabError, one_line
 from resnetlab.files.atomic import replace_with
 from resnetlab.files.reading import torch_load
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from resnetlab.data.archives import members, read_member, read_regular_file
-from resnetlab.data.base import ArrayDataset, DataOptions, one_line
+from resnetlab.data.base import ArrayDataset, DataOptions
 from resnetlab.data.cache import Splits, cached, file_stamp
 from resnetlab.data.safe_pickle import safe_loads
-from resnetlab.errors import DataError
+from resnetlab.errors import DataError, one_line
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnetlab.data.base import one_line
-from resnetlab.errors import DataError
+from resnetlab.errors import DataError, one_line
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resnetlab.data.base import DataOptions, one_line
+from resnetlab.data.base import DataOptions
 from resnetlab.data.cache import cache_dir
 from resnetlab.data.downloads import (
     CHUNK,
@@ -64,7 +64,7 @@ from resnetlab.data.downloads import (
     via_proxy,
     write_problem,
 )
-from resnetlab.errors import DataError, ResnetlabError
+from resnetlab.errors import DataError, ResnetlabError, one_line
 from resnetlab.files.atomic import fsync_dir, replace_with
 from resnetlab.files.jsondoc import parse_json
 from resnetlab.files.reading import read_file

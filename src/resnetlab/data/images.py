@@ -24,8 +24,7 @@ from collections.abc import Callable, Container, Iterator
 import numpy as np
 from PIL import Image
 
-from resnetlab.data.base import one_line
-from resnetlab.errors import DataError
+from resnetlab.errors import DataError, one_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")

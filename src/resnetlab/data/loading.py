@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from resnetlab.data.base import DataOptions, DataSource, one_line
+from resnetlab.data.base import DataOptions, DataSource
 from resnetlab.data.cifar import read_cifar
 from resnetlab.data.fetch import fetch
 from resnetlab.data.folder import read_folder
 from resnetlab.data.imagenet import ImageNetSource
 from resnetlab.data.readers import SYNTHETIC_DEFAULT, read_digits, read_synthetic
 from resnetlab.data.tensor_source import TensorSource
-from resnetlab.errors import DataError
+from resnetlab.errors import DataError, one_line
 
 SCHEMES = ("digits", "synthetic", "cifar10", "cifar100", "folder", "imagenet")
 SPEC_FORMS = ("digits, synthetic, synthetic:N, cifar10, cifar10:PATH, cifar100, cifar100:PATH, folder:PATH, "

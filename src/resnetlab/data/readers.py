@@ -9,9 +9,9 @@ import math
 
 import numpy as np
 
-from resnetlab.data.base import ArrayDataset, one_line
+from resnetlab.data.base import ArrayDataset
 from resnetlab.data.cache import Splits
-from resnetlab.errors import DataError
+from resnetlab.errors import DataError, one_line
 
 SYNTHETIC_CLASSES = 10
 SYNTHETIC_SIZE = 32

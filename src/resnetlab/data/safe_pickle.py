@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from resnetlab.data.base import one_line
-from resnetlab.errors import DataError
+from resnetlab.errors import DataError, one_line
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct

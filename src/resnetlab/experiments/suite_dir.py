@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resnetlab.data.base import one_line
-from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.errors import ConfigError, ResnetlabError, one_line
 from resnetlab.files.atomic import create_text_atomic, write_text_atomic
 from resnetlab.files.jsondoc import parse_json
 from resnetlab.files.reading import read_file

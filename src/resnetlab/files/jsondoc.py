@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from resnetlab.errors import ResnetlabError
+from resnetlab.errors import ResnetlabError, one_line
 
 MAX_NESTING = 64  # far above any document resnetlab writes (config.json nests 3 levels)
 
@@ -46,5 +46,5 @@ def parse_json(text: str | bytes, where: str) -> Any:
     except RecursionError:
         raise JSONDocError(f"{where}: nests deeper than {MAX_NESTING} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise JSONDocError(f"{where}: not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+        raise JSONDocError(f"{where}: not valid JSON ({one_line(exc, 120)})") from None
     return check_nesting(value, where)

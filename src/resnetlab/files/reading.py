@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from resnetlab.errors import CheckpointError
+from resnetlab.errors import CheckpointError, one_line
 
 
 def file_kind(mode: int) -> str | None:
@@ -70,8 +70,7 @@ def safe_reason(exc: BaseException) -> str:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
         what = f" ({found.group(1)})" if found else ""
         return f"it holds objects other than tensors and plain data{what}; resnetlab does not unpickle code"
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first[:200]
+    return one_line(exc, 200)
 
 
 def torch_load(source: Any) -> Any:

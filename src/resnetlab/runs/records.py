@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnetlab.errors import ResnetlabError
+from resnetlab.errors import ResnetlabError, one_line
 from resnetlab.files.jsondoc import parse_json
 
 FAIL_ERROR = 0.20  # the papers' "fail": test error above 20%
@@ -179,7 +179,7 @@ def read_summary(path: Path) -> Summary:
     try:
         data = parse_json(path.read_bytes(), str(path))
     except OSError as exc:
-        raise ResnetlabError(f"{path}: unreadable ({str(exc).splitlines()[0][:120]})") from None
+        raise ResnetlabError(f"{path}: unreadable ({one_line(exc, 120)})") from None
     return Summary.checked(data, str(path))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from resnetlab.data import DataOptions, DataSource, load_data
-from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
+from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, one_line
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.settings.config import Config, config_from_dict
@@ -124,7 +124,7 @@ def check_trainable(spec: ResNetSpec, batch: int, size: int) -> None:
         with torch.device("meta"):
             ResNet(spec).train()(torch.empty(batch, spec.in_channels, size, size))
     except (ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = one_line(exc, 160)
         raise ConfigError(f"optim.batch_size: a step of {batch} image(s) of {size}x{size} cannot train "
                           f"{spec.name or 'this net'} ({first}); use a larger batch") from None
 

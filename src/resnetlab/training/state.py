@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from resnetlab.data import DataSource
-from resnetlab.errors import CheckpointError
+from resnetlab.errors import CheckpointError, one_line
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.settings.config import Config
@@ -45,5 +45,5 @@ def restore_state(payload: dict[str, Any], spec: ResNetSpec, model: ResNet, opti
         if "cuda" in payload["rng"] and device.type == "cuda":
             torch.cuda.set_rng_state(payload["rng"]["cuda"], device)
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint does not fit this run ({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"checkpoint does not fit this run ({one_line(exc, 200)})") from None
     return progress

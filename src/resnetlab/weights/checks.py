@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from resnetlab.data.base import printable, unsafe_char
-from resnetlab.errors import CheckpointError
+from resnetlab.errors import CheckpointError, one_line
 from resnetlab.networks.net import ResNet
 from resnetlab.weights.contents import Weights
 
@@ -69,7 +69,7 @@ def _check_resnetlab(weights: Weights) -> None:
         with torch.device("meta"), torch.no_grad():
             net.eval()(torch.empty(2, spec.in_channels, side, side))
     except RuntimeError as exc:
-        raise CheckpointError(f"its net cannot take {side}x{side} images ({str(exc).splitlines()[0][:120]})"
+        raise CheckpointError(f"its net cannot take {side}x{side} images ({one_line(exc, 120)})"
                               ) from None
 
 

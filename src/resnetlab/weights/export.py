@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from resnetlab.data.images import opened, shorter_side_to, to_mode
-from resnetlab.errors import ConfigError, DataError, ResnetlabError
+from resnetlab.errors import ConfigError, DataError, ResnetlabError, one_line
 from resnetlab.files.atomic import replace_with, temp_path
 from resnetlab.networks.folding import fold_bn
 from resnetlab.networks.net import ResNet
@@ -151,7 +151,7 @@ def export(pre: Pretrained, fmt: str, out: str | Path) -> dict[str, Any]:
     except ResnetlabError:
         raise
     except Exception as exc:  # an exporter's own failure: one line, no half-written file
-        raise ConfigError(f"export to {fmt} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        raise ConfigError(f"export to {fmt} failed ({type(exc).__name__}: {one_line(exc, 200)})"
                           ) from None
     return {"format": fmt, "path": str(out), "bytes": out.stat().st_size, **report}
 
@@ -313,7 +313,7 @@ def load_image(path: Path, pre: Pretrained) -> Tensor:
             img = img.crop((left, top, left + s, top + s))
             arr = np.asarray(img, dtype=np.uint8)
     except Exception as exc:  # PIL raises many kinds
-        raise DataError(f"{path}: cannot read as an image ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        raise DataError(f"{path}: cannot read as an image ({type(exc).__name__}: {one_line(exc, 120)})"
                         ) from None
     t = torch.from_numpy(arr.copy()).float().div_(255.0)
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1)

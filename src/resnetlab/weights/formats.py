@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from resnetlab.data import DataSource
-from resnetlab.errors import CheckpointError, ResnetlabError
+from resnetlab.errors import CheckpointError, ResnetlabError, one_line
 from resnetlab.files.jsondoc import JSONDocError, check_nesting, parse_json
 from resnetlab.files.reading import read_file
 from resnetlab.networks.net import ResNet
@@ -148,7 +148,7 @@ def _read_safetensors(raw: bytes, path: Path, sha256: str) -> Weights:
     except JSONDocError as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     except Exception as exc:  # the library raises its own SafetensorError, ValueError, ...
-        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(exc, 160)})") from None
     if not isinstance(meta, dict) or meta.get("format") != RESNETLAB or "resnetlab" not in meta:
         raise CheckpointError(f"{path}: a safetensors file without resnetlab's metadata (spec, classes); only "
                               "files written by 'resnetlab export' are read")
@@ -158,7 +158,7 @@ def _read_safetensors(raw: bytes, path: Path, sha256: str) -> Weights:
         norm = {"mean": tensors.pop("normalization.mean"), "std": tensors.pop("normalization.std")}
         data = {k: info[k] for k in ("classes", "image_size") if k in info}
     except (KeyError, TypeError, ValueError, AttributeError, ResnetlabError) as exc:
-        raise CheckpointError(f"{path}: its resnetlab metadata is not valid ({str(exc).splitlines()[0][:160]})"
+        raise CheckpointError(f"{path}: its resnetlab metadata is not valid ({one_line(exc, 160)})"
                               ) from None
     if not isinstance(data.get("classes", []), list):
         raise CheckpointError(f"{path}: its metadata's 'classes' is {type(data['classes']).__name__}, not a list")
@@ -192,7 +192,7 @@ def load_into(model: ResNet, weights: Weights) -> ResNet:
     except CheckpointError as exc:
         raise CheckpointError(f"{weights.path}: {exc}") from None
     except RuntimeError as exc:  # load_state_dict: a checkpoint whose tensors do not fit its own spec
-        raise CheckpointError(f"{weights.path}: weights do not fit its spec ({str(exc).splitlines()[0][:160]})"
+        raise CheckpointError(f"{weights.path}: weights do not fit its spec ({one_line(exc, 160)})"
                               ) from None
     return model
 
