@@ -1,6 +1,7 @@
-"""The tutorial runs as written (issue 31): docs/tutorial.ipynb is executed top to bottom in a fresh kernel of this
-interpreter, in under two minutes, and its outputs must hold the numbers it tells the reader about; the committed
-file carries its outputs. A notebook cell that breaks fails here."""
+"""The tutorial and the README's Python run as written (issue 31): docs/tutorial.ipynb is executed top to bottom in
+a fresh kernel of this interpreter, in under two minutes, and its outputs must hold the numbers it tells the reader
+about; the committed file carries its outputs; every ```python block of README.md runs, in order, in a temporary
+folder. A README example or a notebook cell that breaks fails here."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from nbclient import NotebookClient
+
+from conftest import deadline
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "docs" / "tutorial.ipynb"
+README = ROOT / "README.md"
 BUDGET_S = 120.0  # the notebook's promise: well under two minutes on a 2-core CPU
 
 
@@ -97,3 +102,37 @@ def test_the_committed_tutorial_carries_its_outputs() -> None:
     assert not [o for c in code_cells for o in c.outputs if o.output_type == "error"]
     assert _images(nb) >= 3
     assert all("import resnetlab." not in c.source and "from resnetlab." not in c.source for c in code_cells)
+
+
+def readme_python_blocks() -> list[tuple[int, str]]:
+    """(line, source) of every ```python block of README.md, in order."""
+    text = README.read_text(encoding="utf-8")
+    return [(text.count("\n", 0, m.start()) + 2, m.group(1))
+            for m in re.finditer(r"^```python\n(.*?)^```", text, re.M | re.S)]
+
+
+def test_every_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The blocks run in order in one namespace, as a reader pastes them into one session, in an empty folder:
+    each names only files an earlier block wrote."""
+    blocks = readme_python_blocks()
+    assert len(blocks) >= 3 and any("resnetlab.train(" in b for _, b in blocks)
+    internal = [line for line, b in blocks if re.search(r"(import|from) resnetlab\.", b)]
+    assert not internal, f"README.md imports resnetlab's internals in the blocks at lines {internal}"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__readme__"}
+    took: list[str] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # run.threads 0 is PyTorch's: one thread holds its speed on a busy 2-core machine
+    try:
+        with deadline(300):
+            for line, source in blocks:
+                start = time.perf_counter()
+                exec(compile(source, f"README.md, the block at line {line}", "exec"), namespace)  # noqa: S102
+                took.append(f"line {line}: {time.perf_counter() - start:.1f} s")
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    print("README.md's python blocks ran:", ", ".join(took))
+    assert "plain110" in printed  # the propagation table the README prints
+    assert (tmp_path / "runs").is_dir() and (tmp_path / "propagation.png").stat().st_size > 0
