@@ -26,7 +26,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks tools
 
 # speed and memory against the plain eager baseline (docs/benchmarks.md); CUDA when present, else CPU
 bench: setup

@@ -27,7 +27,7 @@ import torch
 
 from resnetlab.cli import main
 from resnetlab.weights.checkpoint import load_checkpoint
-from scripts.fuzz_surfaces import REPO, damage_run, image_folder, newest_good, tiny_run
+from tests.fuzz.surfaces import REPO, damage_run, image_folder, newest_good, tiny_run
 
 CLASSES = ("ant", "bee", "cat")
 KINDS = ("several checkpoints", "resumed", "newest corrupt")

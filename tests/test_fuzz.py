@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from scripts.fuzz import STRATEGIES, Case, Outcome, run_case
+from tests.fuzz.core import STRATEGIES, Case, Outcome, run_case
 
 CASES = {"args": 50, "set": 30, "config": 30, "summary": 30, "checkpoint": 30, "suite": 30, "images": 30, "cifar": 20,
          "weights": 30,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tools"))
 
 import gpu_plan  # noqa: E402
 
@@ -22,7 +22,7 @@ TINY = ["--device", "cpu", "--data", "synthetic:128", "--set", "optim.batch_size
 
 def _plan(tmp_path: Path, tag: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     out = tmp_path / tag
-    return subprocess.run([sys.executable, "scripts/gpu_plan.py", *args, "--out", str(out / "out"), "--work",
+    return subprocess.run([sys.executable, "tools/gpu_plan.py", *args, "--out", str(out / "out"), "--work",
                            str(out / "work"), "--results", str(tmp_path / "results"), *TINY],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 

@@ -601,7 +601,7 @@ def test_divergence_on_resume_does_not_overwrite_best(slow_scenarios: dict) -> N
 @pytest.mark.slow
 def test_kill_campaign_50_kills(tmp_path: Path) -> None:
     out = tmp_path / "campaign.json"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "kill_campaign.py"
+    script = Path(__file__).resolve().parents[1] / "tools" / "kill_campaign.py"
     proc = subprocess.run([sys.executable, str(script), "--kills", "50", "--seed", "1", "--out", str(out),
                            "--workdir", str(tmp_path / "runs")], capture_output=True, text=True, env=ENV,
                           timeout=3600)

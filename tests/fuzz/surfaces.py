@@ -46,9 +46,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from scripts.fuzz import TINY, Case, _crafted_png, _png_chunk, _template_folder_run, damaged_state
+from tests.fuzz.core import TINY, Case, _crafted_png, _png_chunk, _template_folder_run, damaged_state
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STEPS = [f"step-{i:08d}.pt" for i in (1, 2, 3)]  # the checkpoints of the `multi` template, oldest first
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -564,28 +564,28 @@ STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {
 
 def _surfaces() -> Any:
     """scripts/fuzz_surfaces.py: the newer families and the judge's checks of inputs, stdout and answers."""
-    import scripts.fuzz_surfaces as surfaces
+    import tests.fuzz.surfaces as surfaces
 
     return surfaces
 
 
 def _services() -> Any:
     """scripts/fuzz_services.py: the fetch and tracker families (issue 25), their set-up and checks."""
-    import scripts.fuzz_services as services
+    import tests.fuzz.services as services
 
     return services
 
 
 def _reuse() -> Any:
     """scripts/fuzz_reuse.py: the reuse family (issue 30), its two calls and its judge."""
-    import scripts.fuzz_reuse as reuse
+    import tests.fuzz.reuse as reuse
 
     return reuse
 
 
 def _killtrack() -> Any:
     """scripts/fuzz_killtrack.py: the killtrack family (issue 30), which runs and judges its cases itself."""
-    import scripts.fuzz_killtrack as killtrack
+    import tests.fuzz.killtrack as killtrack
 
     return killtrack
 
@@ -874,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.time()
     result = campaign(args.families, args.cases, args.seed)
-    result |= {"command": "python scripts/fuzz.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    result |= {"command": "python tools/fuzz_campaign.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "seconds": round(time.time() - started, 1), "cases_per_family": args.cases}
     text = json.dumps(result, indent=2, default=str)
     if args.out:
@@ -885,10 +885,3 @@ def main(argv: list[str] | None = None) -> int:
     for f in result["findings"]:
         print(f"  [{f['count']}x] {f['family']}: {f['problem']}  argv={f['argv']}", file=sys.stderr)
     return 1 if result["findings"] else 0
-
-
-if __name__ == "__main__":  # as the module scripts.fuzz, the one scripts/fuzz_surfaces.py imports
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from scripts.fuzz import main as _main
-
-    sys.exit(_main())

@@ -37,7 +37,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from scripts.fuzz import Case
+from tests.fuzz.core import Case
 
 FAMILIES = ("reuse",)
 SUITE = """title = "reused"

@@ -257,7 +257,7 @@ def _server() -> subprocess.Popen[bytes]:
     if "server" not in _ONCE or _ONCE["server"].poll() is not None:
         import atexit
 
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), root) if p)
         env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path}
         _ONCE["server"] = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--server"],

@@ -1,6 +1,6 @@
 """SIGKILL campaign: kill deterministic training runs at random moments, resume, compare with a reference.
 
-    python scripts/kill_campaign.py --kills 50 --seed 0 --out results/kill-campaign.json
+    python tools/kill_campaign.py --kills 50 --seed 0 --out results/kill-campaign.json
 
 One uninterrupted reference run of the deterministic recipe, then runs that are SIGKILLed at moments drawn
 uniformly over the reference's wall time (start-up included) and resumed with the normal CLI until they
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     litter = [p.name for p in work.iterdir() if ".tmp" in p.name]
     result = {
-        "command": " ".join(["python", "scripts/kill_campaign.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "tools/kill_campaign.py", *(argv if argv is not None else sys.argv[1:])]),
         "recipe": "python -m resnetlab " + " ".join(recipe(args.iters)),
         "seed": args.seed, "iters": args.iters, "kills_per_run": args.kills_per_run,
         "reference_wall_s": round(ref_wall, 3),

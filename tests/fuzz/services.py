@@ -67,9 +67,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from scripts.fuzz import CIFAR10_MEMBERS, Case, cifar_member
+from tests.fuzz.core import CIFAR10_MEMBERS, Case, cifar_member
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAMILIES = ("fetch", "tracker")
 FETCH_TIMEOUT_S = 1.5  # the download's read timeout for a case (fetch's default is 30 s: a stall costs that)
 FETCH_DEADLINE_S = 4.0  # RESNETLAB_FETCH_DEADLINE for a case (default 3600 s)

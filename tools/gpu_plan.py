@@ -1,8 +1,8 @@
 """The plan for a lent GPU (issue 16): every CUDA path checked, the speed targets measured, the papers' CIFAR-10
 tables trained, each call ending well inside the device's 10-minute limit with its results under --out.
 
-    python scripts/gpu_plan.py setup check bench --out "$OUT"          # first call
-    python scripts/gpu_plan.py setup train --groups 1 2 --epochs 40 --deadline 480 --out "$OUT"
+    python tools/gpu_plan.py setup check bench --out "$OUT"          # first call
+    python tools/gpu_plan.py setup train --groups 1 2 --epochs 40 --deadline 480 --out "$OUT"
 
 Stages, run in the order given:
   setup        environment (torch, CUDA, GPU, nvidia-smi), the package importable without fetching anything,
@@ -291,7 +291,7 @@ STAGES = ("setup", "check", "bench", "concurrency", "train", "pack")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python scripts/gpu_plan.py", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python tools/gpu_plan.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("stages", nargs="+", choices=STAGES)
     p.add_argument("--out", default=os.environ.get("OUT", "gpu-out"), help="what comes back: $OUT on the device")
