@@ -625,3 +625,22 @@ def test_one_line_never_raises_and_names_what_says_nothing() -> None:
     assert one_line(ValueError("\n\n  first   line \nsecond")) == "first line"
     assert one_line(RuntimeError("x" * 500), 20) == "x" * 17 + "..."
     assert one_line("") == ""
+
+
+def test_the_data_section_is_the_data_options_and_the_source() -> None:
+    """DataConfig is written out (editors and type checkers see its fields); it must still be DataOptions' fields,
+    types and defaults, plus the source (issue 32: it was made by make_dataclass at import time)."""
+    import dataclasses
+    import typing
+
+    from resnetlab.data import DataOptions
+    from resnetlab.settings.config import DataConfig
+
+    ours, theirs = dataclasses.fields(DataConfig), dataclasses.fields(DataOptions)
+    assert [f.name for f in ours] == ["source", *(f.name for f in theirs)]
+    hints, want = typing.get_type_hints(DataConfig), typing.get_type_hints(DataOptions)
+    assert all(hints[f.name] == want[f.name] for f in theirs)
+    made, default = DataConfig(), DataOptions()
+    assert all(getattr(made, f.name) == (list(v) if isinstance(v := getattr(default, f.name), tuple) else v)
+               for f in theirs)
+    assert made.options() == default

@@ -33,31 +33,31 @@ else:  # pragma: no cover
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
 
-def _options(self: Any) -> DataOptions:
-    """These settings as the data loaders' options; a bad value is a one-line ConfigError `data.FIELD`."""
-    try:
-        return DataOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataOptions)})
-    except DataError as exc:
-        raise ConfigError(str(exc).replace("DataOptions.", "data.", 1)) from None
+@dataclass
+class DataConfig:
+    """The data section: the data set (`source`) and the fields of `data.DataOptions` (there they mean what
+    they mean and are validated, `options()`; tests/test_reliability.py checks that the two agree field by
+    field). A tuple default is a list here, as TOML and JSON write it."""
 
+    source: str = "digits"  # digits | synthetic[:N] | cifar10[:PATH] | cifar100[:PATH] | folder:PATH | imagenet:PATH
+    normalize: str = "pixel_mean"
+    pad: int = 4
+    flip: bool = True
+    val_split: int = 0
+    split_seed: int = 0
+    ten_crop: bool = False
+    workers: int = 4
+    crop_size: int = 224
+    scale: tuple[int, int] = field(default_factory=lambda: [256, 480])  # type: ignore[assignment]
+    test_resize: int = 256
+    cache_dir: str | None = None
 
-def _data_section() -> Any:
-    """The data section: the data set (`source`) and every field of `data.DataOptions`, declared there once
-    and validated there alone (`options()`); a tuple default is a list here, as TOML and JSON write it."""
-    hints = typing.get_type_hints(DataOptions)
-    shared = []
-    for f in dataclasses.fields(DataOptions):
-        default = f.default
-        made = (field(default_factory=lambda d=default: list(d)) if isinstance(default, tuple)
-                else field(default=default))
-        shared.append((f.name, hints[f.name], made))
-    source = ("source", str, field(default="digits"))  # digits | synthetic[:N] | cifar10[:PATH] | folder:PATH | ...
-    section = dataclasses.make_dataclass("DataConfig", [source, *shared], namespace={"options": _options})
-    section.__module__ = __name__
-    return section
-
-
-DataConfig = _data_section()
+    def options(self) -> DataOptions:
+        """These settings as the data loaders' options; a bad value is a one-line ConfigError `data.FIELD`."""
+        try:
+            return DataOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataOptions)})
+        except DataError as exc:
+            raise ConfigError(str(exc).replace("DataOptions.", "data.", 1)) from None
 
 
 @dataclass
