@@ -1,7 +1,10 @@
-"""Errors a user can cause and fix (the CLI prints them as one line and exits with code 2), and the command's
-exit codes: `EXIT_CODES`, the one table `resnetlab --help`, the README and the tests read."""
+"""Errors a user can cause and fix (the CLI prints them as one line and exits with code 2), the command's exit
+codes (`EXIT_CODES`, the one table `resnetlab --help`, the README and the tests read), and the two helpers that
+make any text fit for a message: `one_line` and `printable`."""
 
 from __future__ import annotations
+
+import unicodedata
 
 EXIT_OK = 0
 EXIT_SUITE_FAILED = 1
@@ -21,6 +24,22 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_DIVERGED, "train: the training diverged (a NaN or Inf loss); summary.json records it"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C) outside a training"),
 )
+
+
+# characters that forge, hide or reorder a line of output when a name holding them is printed: controls (\n,
+# \r, ESC ...), lone surrogates (undecodable file-name bytes), line and paragraph separators, and the bidi
+# overrides and isolates. Joiners and marks that scripts need (ZWJ, ZWNJ, LRM) are not among them.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def unsafe_char(ch: str) -> bool:
+    """Whether `ch` could forge or hide output when printed (see `_BIDI_CONTROLS`)."""
+    return unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in _BIDI_CONTROLS
+
+
+def printable(text: str) -> str:
+    """`text` with every unsafe character escaped (`\\n`, `\\x1b`, `\\u202e`, `\\udcff`)."""
+    return "".join(repr(ch)[1:-1] if unsafe_char(ch) else ch for ch in text)
 
 
 def one_line(exc: BaseException | str, limit: int = 200) -> str:

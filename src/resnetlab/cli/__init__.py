@@ -13,9 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from resnetlab.cli.commands import printable
 from resnetlab.cli.parser import PROG, build_parser
-from resnetlab.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ResnetlabError
+from resnetlab.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ResnetlabError, printable
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from resnetlab.errors import EXIT_DIVERGED, EXIT_STOPPED, ConfigError, ResnetlabError
+from resnetlab.errors import EXIT_DIVERGED, EXIT_STOPPED, ConfigError, ResnetlabError, printable
 
 
 def print_json(value: Any) -> None:
@@ -203,14 +203,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     print(f"{suite.name}: {done}/{len(rows)} members with results; "
           f"ranking vs paper (Kendall tau): {'-' if tau is None else f'{tau:+.2f}'} over {n}")
     return 0
-
-
-def printable(text: str) -> str:
-    """`text` with control characters, lone surrogates and bidi overrides escaped (\\n, \\x1b, \\u202e), so a
-    file or class name cannot forge or hide a line of output (`data.base.printable`)."""
-    from resnetlab.data.base import printable
-
-    return printable(text)
 
 
 def _source(args: argparse.Namespace) -> str:

@@ -15,8 +15,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from resnetlab.cli import analyze, commands
-from resnetlab.cli.commands import printable
-from resnetlab.errors import EXIT_CODES
+from resnetlab.errors import EXIT_CODES, printable
 from resnetlab.version import __version__
 
 PROG = "resnetlab"

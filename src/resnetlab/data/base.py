@@ -9,7 +9,6 @@ in-memory and the streaming sources so that both check alike and replay an epoch
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,22 +21,6 @@ from resnetlab.errors import DataError
 
 NORMALIZE_MODES = ("pixel_mean", "channel", "none")
 EVAL_SPLITS = ("test", "val")
-
-
-# characters that forge, hide or reorder a line of output when a name holding them is printed: controls (\n,
-# \r, ESC ...), lone surrogates (undecodable file-name bytes), line and paragraph separators, and the bidi
-# overrides and isolates. Joiners and marks that scripts need (ZWJ, ZWNJ, LRM) are not among them.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def unsafe_char(ch: str) -> bool:
-    """Whether `ch` could forge or hide output when printed (see `_BIDI_CONTROLS`)."""
-    return unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in _BIDI_CONTROLS
-
-
-def printable(text: str) -> str:
-    """`text` with every unsafe character escaped (`\\n`, `\\x1b`, `\\u202e`, `\\udcff`)."""
-    return "".join(repr(ch)[1:-1] if unsafe_char(ch) else ch for ch in text)
 
 
 def _require_int(field: str, value: Any, minimum: int) -> None:

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from resnetlab.data.archives import members, read_member
-from resnetlab.data.base import ArrayDataset, DataOptions, printable, unsafe_char
+from resnetlab.data.base import ArrayDataset, DataOptions
 from resnetlab.data.cache import Splits, cached, file_stamp
 from resnetlab.data.images import SPLIT_DIRS, decode_image, eval_dir, is_image_name
-from resnetlab.errors import DataError, one_line
+from resnetlab.errors import DataError, one_line, printable, unsafe_char
 
 # decode_image is looked up here (tests replace it to prove a cache hit decodes nothing)
 

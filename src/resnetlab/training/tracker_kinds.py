@@ -22,6 +22,7 @@ from typing import Any
 
 from resnetlab.errors import ConfigError
 from resnetlab.files.reading import file_kind
+from resnetlab.settings.trackers import TRACKERS
 
 DEFAULT_PROJECT = "resnetlab"  # MLflow experiment / W&B project when the environment names none
 _TB_KEYS = ("train_loss", "train_error", "test_loss", "test_error", "val_error", "lr")  # as before trackers
@@ -215,7 +216,8 @@ class WandB(Tracker):
         self.run.finish(exit_code=0 if status in ("finished", "diverged") else 1)
 
 
-KINDS: dict[str, type[Tracker]] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": WandB}
+# each tracker's class, by the name `run.tracker` gives it (the names are declared once, in settings.trackers)
+KINDS: dict[str, type[Tracker]] = dict(zip(TRACKERS, (TensorBoard, MLflow, WandB), strict=True))
 
 
 # ---- what a W&B transaction log holds ----------------------------------------------------------------------------

@@ -8,8 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from resnetlab.data.base import printable, unsafe_char
-from resnetlab.errors import CheckpointError, one_line
+from resnetlab.errors import CheckpointError, one_line, printable, unsafe_char
 from resnetlab.networks.net import ResNet
 from resnetlab.weights.contents import Weights
 
