@@ -1,4 +1,6 @@
-"""The typed readers of the spec fields that __post_init__ fills (`stage_units`, ..., `shortcut_params`)."""
+"""The spec fields that __post_init__ fills (`units`, `widths`, `strides`, `stem_width`, the shortcut kind's
+parameters) hold resolved values once a spec exists. Until issue 32 each of the first four had a second name, a
+typed reader (`stage_units`, `stage_widths`, `stage_strides`, `stem_channels`); one name each is left."""
 
 from __future__ import annotations
 
@@ -10,12 +12,12 @@ from resnetlab.networks.spec import ResNetSpec
 
 def test_defaults_are_read_resolved() -> None:
     spec = ResNetSpec(depth=20)
-    assert spec.units is not None  # filled, as the typed readers return
-    assert (spec.stage_units, spec.stage_widths, spec.stage_strides, spec.stem_channels) == (
-        (3, 3, 3), (16, 32, 64), (1, 2, 2), 16)
-    big = ResNetSpec(depth=50, stem="imagenet", block="bottleneck", units=(3, 4, 6, 3))
-    assert (big.stage_widths, big.stage_strides, big.stem_channels) == ((64, 128, 256, 512), (1, 2, 2, 2), 64)
+    assert (spec.units, spec.widths, spec.strides, spec.stem_width) == ((3, 3, 3), (16, 32, 64), (1, 2, 2), 16)
+    big = ResNetSpec(depth=50, stem="imagenet", block="bottleneck", units=[3, 4, 6, 3])
+    assert (big.units, big.widths, big.strides, big.stem_width) == ((3, 4, 6, 3), (64, 128, 256, 512), (1, 2, 2, 2),
+                                                                    64)
     assert big.out_widths == (256, 512, 1024, 2048)
+    assert not hasattr(spec, "stage_units") and not hasattr(spec, "stem_channels")
 
 
 def test_shortcut_parameters_are_read_for_their_kind_only() -> None:

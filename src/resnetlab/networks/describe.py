@@ -62,7 +62,7 @@ def unit_rows(model: ResNet, input_size: int | None = None) -> list[dict[str, ob
     for h in handles:
         h.remove()
     rows, k = [], 0
-    for s, n in enumerate(spec.stage_units):
+    for s, n in enumerate(spec.units):
         for i in range(n):
             unit = units[k]
             (_, cin, hin, _), (_, cout, hout, _) = shapes[k]

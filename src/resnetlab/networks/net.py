@@ -26,17 +26,17 @@ class ResNet(nn.Module):
         self.spec = spec
         stem: OrderedDict[str, nn.Module] = OrderedDict()
         if spec.stem == "cifar":
-            stem["conv"] = conv(spec.in_channels, spec.stem_channels, 3)
+            stem["conv"] = conv(spec.in_channels, spec.stem_width, 3)
         else:
-            stem["conv"] = nn.Conv2d(spec.in_channels, spec.stem_channels, 7, stride=2, padding=3, bias=False)
-        stem["bn"] = nn.BatchNorm2d(spec.stem_channels)
+            stem["conv"] = nn.Conv2d(spec.in_channels, spec.stem_width, 7, stride=2, padding=3, bias=False)
+        stem["bn"] = nn.BatchNorm2d(spec.stem_width)
         stem["relu"] = nn.ReLU(inplace=True)
         if spec.stem == "imagenet":
             stem["pool"] = nn.MaxPool2d(3, stride=2, padding=1)
         self.stem = nn.Sequential(stem)
 
-        cin, stages = spec.stem_channels, []
-        for s, (n, width, stride) in enumerate(zip(spec.stage_units, spec.stage_widths, spec.stage_strides,
+        cin, stages = spec.stem_width, []
+        for s, (n, width, stride) in enumerate(zip(spec.units, spec.widths, spec.strides,
                                                    strict=True)):
             units = []
             for i in range(n):

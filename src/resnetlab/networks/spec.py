@@ -28,7 +28,10 @@ MAX_WIDTH = 16_384  # channels of a stage's base width; the papers' widest is 51
 
 @dataclass(frozen=True)
 class ResNetSpec:
-    """Everything that defines a network. Defaults are the v1 CIFAR ResNet-20 with option A."""
+    """Everything that defines a network. Defaults are the v1 CIFAR ResNet-20 with option A.
+
+    `units`, `widths`, `strides`, `stem_width` and the parameters of the shortcut kind in use take None for the
+    paper's default; `__post_init__` fills them, so a spec that exists holds them resolved."""
 
     depth: int = 20
     stem: str = "cifar"  # "cifar": 3x3/16 conv; "imagenet": 7x7/64 stride 2 + 3x3/2 max pool
@@ -144,39 +147,10 @@ class ResNetSpec:
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
 
-    # resolved fields -----------------------------------------------------------------------------------
-    # `units`, `widths`, `strides` and `stem_width` take None for "the paper's default" and are always filled
-    # by __post_init__, as are the shortcut parameters of the shortcut kind in use; these read them typed.
-    def _filled(self, name: str) -> Any:
-        value = getattr(self, name)
-        if value is None:
-            raise SpecError(f"{name}: not used by shortcut {self.shortcut!r}")
-        return value
-
-    @property
-    def stage_units(self) -> tuple[int, ...]:
-        """Units per stage (`units`, resolved)."""
-        return self._filled("units")
-
-    @property
-    def stage_widths(self) -> tuple[int, ...]:
-        """Base width per stage (`widths`, resolved)."""
-        return self._filled("widths")
-
-    @property
-    def stage_strides(self) -> tuple[int, ...]:
-        """Stride of each stage's first unit (`strides`, resolved)."""
-        return self._filled("strides")
-
-    @property
-    def stem_channels(self) -> int:
-        """Output channels of the stem (`stem_width`, resolved)."""
-        return self._filled("stem_width")
-
     @property
     def shortcut_params(self) -> dict[str, float]:
         """The parameters of this spec's shortcut kind (its row's fields, resolved), e.g. {"gate_bias": -6.0}."""
-        return {param.field: self._filled(param.field) for param in SHORTCUT_KINDS[self.shortcut].params}
+        return {param.field: getattr(self, param.field) for param in SHORTCUT_KINDS[self.shortcut].params}
 
     # derived facts -------------------------------------------------------------------------------------
     @property
@@ -187,7 +161,7 @@ class ResNetSpec:
     def out_widths(self) -> tuple[int, ...]:
         """Output channels of each stage (base width x expansion for bottlenecks)."""
         mult = self.expansion if self.block == "bottleneck" else 1
-        return tuple(w * mult for w in self.stage_widths)
+        return tuple(w * mult for w in self.widths)
 
     @property
     def input_size(self) -> int:

@@ -194,9 +194,9 @@ def cifar_peer_orders(spec: ResNetSpec) -> list[Tensor]:
     and ours [the c old channels, w - c zeros]: our old channel k is the peer's channel w/4 + order[k], our
     new channels are the peer's front pad then its back pad. `ours = peer.index_select(dim, order)`.
     """
-    order, cin, orders = torch.arange(spec.stem_channels), spec.stem_channels, []
+    order, cin, orders = torch.arange(spec.stem_width), spec.stem_width, []
     orders.append(order)
-    for width in spec.stage_widths:
+    for width in spec.widths:
         if width != cin:
             front = width // 4
             order = torch.cat([front + order, torch.arange(front), torch.arange(front + cin, width)])
