@@ -138,6 +138,20 @@ def test_identity_unit_adds_input_and_branch() -> None:
     torch.testing.assert_close(unit(x), x + _branch(unit, x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("fields", [{"option": "C"}, {"shortcut": "conv1x1"}])
+def test_a_projection_shortcut_takes_the_preactivated_input(fields: dict[str, str]) -> None:
+    """The rule stated in `Unit.forward` (issue 32): a weight layer on the shortcut reads x_preact, as the branch
+    does; the identity (the test above) and option A's zero-pad (below) read x itself."""
+    unit, x = _unit(**fields), torch.randn(2, 16, 6, 6)
+    assert unit.shortcut.projects
+    torch.testing.assert_close(unit(x), unit.shortcut.match(unit.preact(x)) + _branch(unit, x), rtol=0, atol=0)
+    assert not torch.allclose(unit(x), unit.shortcut.match(x) + _branch(unit, x))
+    spec = ResNetSpec(unit="preact")
+    widen = Unit(spec, 16, 32, 2).eval()
+    assert isinstance(widen.shortcut.match, PadShortcut) and not widen.shortcut.projects
+    torch.testing.assert_close(widen(x), PadShortcut(16, 32, 2)(x) + _branch(widen, x), rtol=0, atol=0)
+
+
 def test_constant_scaling_formula() -> None:
     unit, x = _unit(shortcut="scaling", shortcut_scale=0.5, branch_scale=0.25), torch.randn(2, 16, 6, 6)
     torch.testing.assert_close(unit(x), 0.5 * x + 0.25 * _branch(unit, x))

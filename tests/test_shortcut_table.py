@@ -27,8 +27,8 @@ class LearnedScale(Shortcut):
     def reset_parameters(self) -> None:
         nn.init.constant_(self.s, self.start)
 
-    def forward(self, x: Tensor, a: Tensor, f: Tensor) -> Tensor:
-        return self.s * self.h(x, a) + f
+    def forward(self, h: Tensor, f: Tensor, x_preact: Tensor) -> Tensor:
+        return self.s * h + f
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""The v2 fig. 4 table in units.py builds the same modules, in the same order and with the same names (the
-keys of every checkpoint), as the combined conditionals it replaced; recorded from that code."""
+"""The v2 fig. 4 table in units.py (`PLACEMENTS`, named `FIG4` before issue 32) builds the same modules, in the
+same order and with the same names (the keys of every checkpoint), as the combined conditionals it replaced;
+recorded from that code."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from torch import nn
 
 from resnetlab.networks.spec import UNITS, ResNetSpec
-from resnetlab.networks.units import FIG4, Unit
+from resnetlab.networks.units import PLACEMENTS, Unit
 
 # (unit, block) -> (preact, branch, post) of a unit that is not the net's first (the first has no preact: its
 # activation comes from the stem); conv{in}-{out}/{kernel}s{stride}, "!" marks an in-place ReLU
@@ -96,4 +97,4 @@ def test_each_unit_kind_builds_what_it_built_before(key: tuple[str, str], first:
 
 
 def test_the_table_has_every_unit_of_the_spec() -> None:
-    assert tuple(FIG4) == UNITS
+    assert tuple(PLACEMENTS) == UNITS

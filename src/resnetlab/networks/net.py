@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from resnetlab.networks.shortcuts import Shortcut, conv
 from resnetlab.networks.spec import ResNetSpec
-from resnetlab.networks.units import Unit
+from resnetlab.networks.units import PLACEMENTS, Unit, layer
 
 
 class ResNet(nn.Module):
@@ -24,33 +24,24 @@ class ResNet(nn.Module):
     def __init__(self, spec: ResNetSpec) -> None:
         super().__init__()
         self.spec = spec
-        stem: OrderedDict[str, nn.Module] = OrderedDict()
-        if spec.stem == "cifar":
-            stem["conv"] = conv(spec.in_channels, spec.stem_width, 3)
-        else:
-            stem["conv"] = nn.Conv2d(spec.in_channels, spec.stem_width, 7, stride=2, padding=3, bias=False)
-        stem["bn"] = nn.BatchNorm2d(spec.stem_width)
-        stem["relu"] = nn.ReLU(inplace=True)
-        if spec.stem == "imagenet":
+        cifar = spec.stem == "cifar"  # v1 sec. 4.2: a 3x3 conv; v1 table 1: a 7x7/2 conv and a 3x3/2 max pool
+        stem = OrderedDict(conv=conv(spec.in_channels, spec.stem_width, 3 if cifar else 7, 1 if cifar else 2),
+                           bn=nn.BatchNorm2d(spec.stem_width), relu=nn.ReLU(inplace=True))
+        if not cifar:
             stem["pool"] = nn.MaxPool2d(3, stride=2, padding=1)
         self.stem = nn.Sequential(stem)
 
         cin, stages = spec.stem_width, []
-        for s, (n, width, stride) in enumerate(zip(spec.units, spec.widths, spec.strides,
-                                                   strict=True)):
+        for s, (n, width, stride) in enumerate(zip(spec.units, spec.widths, spec.strides, strict=True)):
             units = []
             for i in range(n):
-                unit = Unit(spec, cin, width, stride if i == 0 else 1, first=(s == 0 and i == 0))
-                units.append(unit)
-                cin = unit.out_channels
+                units.append(Unit(spec, cin, width, stride if i == 0 else 1, first=(s == 0 and i == 0)))
+                cin = units[-1].out_channels
             stages.append(nn.Sequential(*units))
         self.stages = nn.ModuleList(stages)
 
-        head: OrderedDict[str, nn.Module] = OrderedDict()
-        if spec.unit == "preact":  # v2: the final activation after the last addition
-            head["bn"] = nn.BatchNorm2d(cin)
-        if spec.unit in ("preact", "relu_preact"):
-            head["relu"] = nn.ReLU(inplace=True)
+        # After the last addition, the pre-activation a next unit would apply: v2's extra BN-ReLU before pooling.
+        head = OrderedDict((kind, layer(kind, cin)) for kind in PLACEMENTS[spec.unit].before_conv)
         head["pool"] = nn.AdaptiveAvgPool2d(1)
         head["flatten"] = nn.Flatten()
         head["fc"] = nn.Linear(cin, spec.num_classes)

@@ -1,13 +1,10 @@
 """The shortcut kinds of v2 table 1 / fig. 2 as one table: kind -> parameters, module, description.
 
-A unit's shortcut `h` is built in two parts: the dimension-matching piece (`match`: identity, option A's zero-pad,
-option B/C's projection, or a kind's own piece such as the 1x1 conv of fig. 2e) and the kind's combination of
-`h(x)` with the branch `F` (a `Shortcut` subclass). A new kind is one `Shortcut` subclass and one row of
-`SHORTCUTS`; the spec's checks (`spec.py`), the builder (`units.py`), `describe` and the init read the row.
-
-In pre-activation units (v2 fig. 4 d, e) the branch starts with its activation; a piece with weights (projection,
-1x1 conv, gate) reads that pre-activated input `a`, as in the v2 code, while parameter-free pieces (identity,
-zero-padding, scaling, dropout) read the raw input `x` so the identity path stays an identity.
+A unit's shortcut is two pieces: `match`, which computes `h(x)` (the identity, option A's zero-pad, option B/C's
+projection, or a kind's own piece such as the 1x1 conv of fig. 2e), and the kind's merge of `h(x)` with the
+branch `F` (a `Shortcut` subclass). Which input `h` takes is the unit's rule (`units.Unit.forward`). A new kind is
+one `Shortcut` subclass and one row of `SHORTCUTS`; the spec's checks (`spec.py`), the builder (`units.py`),
+`describe` and the init read the row.
 """
 
 from __future__ import annotations
@@ -50,20 +47,19 @@ class Projection(nn.Sequential):
 
 
 class Shortcut(nn.Module):
-    """Identity shortcut: `y = h(x) + F`, h = identity or the dimension-matching option (v1 eq. 1-2).
+    """Identity shortcut: `y = h(x) + F` (v1 eq. 1), h = identity or the dimension-matching option (v1 sec. 3.3).
 
-    Subclasses take `(match, cin, cout, stride, **parameters)`, the parameters named by their table row."""
+    Subclasses take `(match, cin, cout, stride, **parameters)`, the parameters named by their table row, and
+    merge `h` (what `match` computed) with `F` in `forward(h, f, x_preact)`."""
+
+    projects = False  # `match` is a projection, a weight layer: set by make_shortcut, read by Unit.forward
 
     def __init__(self, match: nn.Module, cin: int = 0, cout: int = 0, stride: int = 1) -> None:
         super().__init__()
         self.match = match
-        self.weighted = any(True for _ in match.parameters())
 
-    def h(self, x: Tensor, a: Tensor) -> Tensor:
-        return self.match(a if self.weighted else x)
-
-    def forward(self, x: Tensor, a: Tensor, f: Tensor) -> Tensor:
-        return self.h(x, a) + f
+    def forward(self, h: Tensor, f: Tensor, x_preact: Tensor) -> Tensor:
+        return h + f
 
     def reset_parameters(self) -> None:
         """The kind's own init, after the net's (He normal convs, BN 1/0); nothing for most kinds."""
@@ -77,12 +73,12 @@ class ScalingShortcut(Shortcut):
         super().__init__(match)
         self.shortcut_scale, self.branch_scale = shortcut_scale, branch_scale
 
-    def forward(self, x: Tensor, a: Tensor, f: Tensor) -> Tensor:
-        return self.shortcut_scale * self.h(x, a) + self.branch_scale * f
+    def forward(self, h: Tensor, f: Tensor, x_preact: Tensor) -> Tensor:
+        return self.shortcut_scale * h + self.branch_scale * f
 
 
 class GatedShortcut(Shortcut):
-    """Gating with `g = sigmoid(W_g x + b_g)`, a 1x1 conv gate (v2 fig. 2c, 2d).
+    """Gating with `g = sigmoid(W_g x + b_g)`, a 1x1 conv gate (v2 fig. 2c, 2d); a weight layer, it reads x_preact.
 
     exclusive: `y = (1 - g) * h(x) + g * F`;  shortcut-only: `y = (1 - g) * h(x) + F`.
     """
@@ -98,9 +94,9 @@ class GatedShortcut(Shortcut):
         assert self.gate.bias is not None
         nn.init.constant_(self.gate.bias, self.gate_bias)  # b_g; the gate's weight keeps the net's He init
 
-    def forward(self, x: Tensor, a: Tensor, f: Tensor) -> Tensor:
-        g = torch.sigmoid(self.gate(a))
-        return (1 - g) * self.h(x, a) + (g * f if self.exclusive else f)
+    def forward(self, h: Tensor, f: Tensor, x_preact: Tensor) -> Tensor:
+        g = torch.sigmoid(self.gate(x_preact))
+        return (1 - g) * h + (g * f if self.exclusive else f)
 
 
 class DropoutShortcut(Shortcut):
@@ -114,16 +110,8 @@ class DropoutShortcut(Shortcut):
         super().__init__(match)
         self.rate = dropout
 
-    def forward(self, x: Tensor, a: Tensor, f: Tensor) -> Tensor:
-        return F.dropout(self.h(x, a), self.rate, self.training) + f
-
-
-def _finite(value: float) -> bool:
-    return math.isfinite(value)
-
-
-def _rate(value: float) -> bool:
-    return 0.0 <= value < 1.0
+    def forward(self, h: Tensor, f: Tensor, x_preact: Tensor) -> Tensor:
+        return F.dropout(h, self.rate, self.training) + f
 
 
 @dataclass(frozen=True)
@@ -132,7 +120,7 @@ class Param:
 
     field: str
     default: float
-    accepts: Callable[[float], bool] = _finite
+    accepts: Callable[[float], bool] = math.isfinite
     expected: str = "a finite number"
 
     def resolve(self, value: object) -> float:
@@ -145,7 +133,7 @@ class Param:
 @dataclass(frozen=True)
 class ShortcutKind:
     """A row: the module that combines h(x) and F, the spec fields it reads, how `describe` shows it, and
-    (`match`) a kind's own dimension-matching piece in place of options A/B/C, built as match(cin, cout, stride)."""
+    (`match`) a kind's own projection in place of options A/B/C, built as match(cin, cout, stride)."""
 
     build: Callable[..., Shortcut]
     params: tuple[Param, ...] = ()
@@ -163,7 +151,7 @@ SHORTCUTS: dict[str, ShortcutKind] = {
     "shortcut_gating": ShortcutKind(partial(GatedShortcut, exclusive=False), (Param("gate_bias", 0.0),),
                                     "{base}, shortcut-only gate b_g={gate_bias}"),
     "conv1x1": ShortcutKind(Shortcut, match=partial(conv, k=1)),  # fig. 2e: a bare 1x1 conv on every shortcut
-    "dropout": ShortcutKind(DropoutShortcut, (Param("dropout", 0.5, _rate, "a rate in [0, 1)"),),
+    "dropout": ShortcutKind(DropoutShortcut, (Param("dropout", 0.5, lambda p: 0 <= p < 1, "a rate in [0, 1)"),),
                             "{base}, dropout {dropout}"),
 }
 
@@ -178,19 +166,21 @@ def param_fields() -> dict[str, list[str]]:
 
 
 def make_shortcut(kind: str, option: str, params: dict[str, float], cin: int, cout: int, stride: int) -> Shortcut:
-    """The shortcut `h` of one unit: the kind's row with the dimension-increase option (v1 sec. 3.3)."""
+    """The shortcut `h` of one unit: the kind's row with the dimension-increase option (v1 sec. 3.3): A
+    zero-pads where dimensions change, B projects where they change, C projects everywhere."""
     row = SHORTCUTS[kind]
     changes = cin != cout or stride != 1
+    projects = row.match is not None or option == "C" or (changes and option == "B")
     match: nn.Module
     if row.match is not None:
         match = row.match(cin, cout, stride=stride)
-    elif option == "C" or (changes and option == "B"):
+    elif projects:
         match = Projection(cin, cout, stride)
-    elif changes:
-        match = PadShortcut(cin, cout, stride)
     else:
-        match = nn.Identity()
-    return row.build(match, cin, cout, stride, **params)
+        match = PadShortcut(cin, cout, stride) if changes else nn.Identity()
+    shortcut = row.build(match, cin, cout, stride, **params)
+    shortcut.projects = projects
+    return shortcut
 
 
 def describe_shortcut(shortcut: Shortcut, kind: str, params: dict[str, float]) -> str:

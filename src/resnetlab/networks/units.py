@@ -1,7 +1,8 @@
-"""Residual units: the five activation placements of v2 table 2 / fig. 4 as one table (`FIG4`).
+"""Residual units: the five activation placements of v2 table 2 / fig. 4 as one table (`PLACEMENTS`).
 
-A unit computes `y = h(x) + F(x)`, `x_next = f(y)` (v2 eq. 1-2). `F` is the branch (two 3x3 convs, or a
-1x1-3x3-1x1 bottleneck); `h` is the shortcut, a row of `shortcuts.SHORTCUTS`; `f` is the post-addition step.
+A unit computes `y = h(x) + F(x)`, `x_next = f(y)` (v1 eq. 1-2, v2 eq. 1-2). `F` is the branch (two 3x3 convs,
+or a 1x1-3x3-1x1 bottleneck); `h` is the shortcut, a row of `shortcuts.SHORTCUTS`; `f` is what follows the
+addition. With `residual=False` there is no `h` and no addition: the plain net's layers (v1 fig. 3 middle).
 """
 
 from __future__ import annotations
@@ -25,74 +26,67 @@ def _conv_plan(spec: ResNetSpec, cin: int, width: int, stride: int) -> list[tupl
 
 @dataclass(frozen=True)
 class Placement:
-    """Where BN and ReLU sit in one unit kind, relative to each weight layer and to the addition.
+    """Where BN and ReLU sit in one unit kind: ahead of every conv, behind each conv but the last, behind the
+    last conv, behind the addition. Layers are named `bn{i}`/`relu{i}` after conv `i`, `bn`/`relu` after the
+    addition (in `Unit.post`); the first conv's pre-activation is `Unit.preact`, the input `x_preact`."""
 
-    before: ahead of every conv (pre-activation; the first conv's goes to `Unit.preact`, shared with a
-    weighted shortcut); after: behind every conv but the last; last: behind the last conv; post: behind the
-    addition. Layers are named `bn{i}`/`relu{i}` after conv `i` (`bn`/`relu` behind the addition).
-    """
-
-    before: tuple[str, ...]
-    after: tuple[str, ...]
-    last: tuple[str, ...]
-    post: tuple[str, ...]
+    before_conv: tuple[str, ...]
+    after_inner_conv: tuple[str, ...]
+    after_last_conv: tuple[str, ...]
+    after_addition: tuple[str, ...]
 
 
-# v2 fig. 4 / table 2, (a)-(e)
-FIG4: dict[str, Placement] = {
-    "original": Placement(before=(), after=("bn", "relu"), last=("bn",), post=("relu",)),
-    "bn_after_add": Placement(before=(), after=("bn", "relu"), last=(), post=("bn", "relu")),
-    "relu_before_add": Placement(before=(), after=("bn", "relu"), last=("bn", "relu"), post=()),
-    "relu_preact": Placement(before=("relu",), after=("bn",), last=("bn",), post=()),
-    "preact": Placement(before=("bn", "relu"), after=(), last=(), post=()),
-}
+BN_RELU, BN, RELU, NONE = ("bn", "relu"), ("bn",), ("relu",), ()
+# v2 table 2 / fig. 4 (bottleneck units have three weight layers in the same pattern):
+#                                  before_conv after_inner_conv after_last_conv after_addition  fig. 4
+PLACEMENTS: dict[str, Placement] = {
+    "original":        Placement(NONE,    BN_RELU, BN,      RELU),     # (a) conv-BN-ReLU-conv-BN, add, ReLU
+    "bn_after_add":    Placement(NONE,    BN_RELU, NONE,    BN_RELU),  # (b) conv-BN-ReLU-conv, add, BN, ReLU
+    "relu_before_add": Placement(NONE,    BN_RELU, BN_RELU, NONE),     # (c) conv-BN-ReLU-conv-BN-ReLU, add
+    "relu_preact":     Placement(RELU,    BN,      BN,      NONE),     # (d) ReLU-conv-BN-ReLU-conv-BN, add
+    "preact":          Placement(BN_RELU, NONE,    NONE,    NONE),     # (e) BN-ReLU-conv-BN-ReLU-conv, add
+}  # fmt: skip
 
 
-def _layer(kind: str, channels: int, inplace: bool) -> nn.Module:
+def layer(kind: str, channels: int, inplace: bool = True) -> nn.Module:
     return nn.BatchNorm2d(channels) if kind == "bn" else nn.ReLU(inplace=inplace)
 
 
 class Unit(nn.Module):
-    """One residual unit: `x_next = post(h(x) + F(preact(x)))`, layer order from `FIG4[spec.unit]`.
-
-    original (a):        conv-BN-ReLU-conv-BN, add, ReLU
-    bn_after_add (b):    conv-BN-ReLU-conv, add, BN, ReLU
-    relu_before_add (c): conv-BN-ReLU-conv-BN-ReLU, add
-    relu_preact (d):     ReLU-conv-BN-ReLU-conv-BN, add
-    preact (e):          BN-ReLU-conv-BN-ReLU-conv, add
-    (bottleneck units have three weight layers in the same pattern). With `residual=False` there is no
-    shortcut and no addition: the plain-net layer (v1 fig. 3 middle).
-    """
+    """One residual unit: `x_next = post(h(x) + F(x_preact))`, `x_preact = preact(x)`, layers from
+    `PLACEMENTS[spec.unit]`; `shortcut` holds `h` (its `match`) and the kind's merge (v2 table 1)."""
 
     def __init__(self, spec: ResNetSpec, cin: int, width: int, stride: int, first: bool = False) -> None:
         super().__init__()
-        plan = _conv_plan(spec, cin, width, stride)
-        cout = plan[-1][1]
-        place = FIG4[spec.unit]
-        pre: OrderedDict[str, nn.Module] = OrderedDict()
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        plan, place = _conv_plan(spec, cin, width, stride), PLACEMENTS[spec.unit]
+        preact: OrderedDict[str, nn.Module] = OrderedDict()
+        branch: OrderedDict[str, nn.Module] = OrderedDict()
         for i, (ci, co, k, s) in enumerate(plan, start=1):
-            target = pre if i == 1 else layers
-            for kind in place.before:  # the first ReLU reads x, which the shortcut still needs: not in place
-                target[f"{kind}{i}"] = _layer(kind, ci, inplace=i > 1)
-            layers[f"conv{i}"] = conv(ci, co, k, s)
-            for kind in place.last if i == len(plan) else place.after:
-                layers[f"{kind}{i}"] = _layer(kind, co, inplace=True)
+            for kind in place.before_conv:  # the first ReLU reads x, which h may still need: not in place
+                (preact if i == 1 else branch)[f"{kind}{i}"] = layer(kind, ci, inplace=i > 1)
+            branch[f"conv{i}"] = conv(ci, co, k, s)
+            for kind in place.after_last_conv if i == len(plan) else place.after_inner_conv:
+                branch[f"{kind}{i}"] = layer(kind, co)
+        self.out_channels = cout = plan[-1][1]
         # The first unit of a pre-activation net takes its activation from the stem (v2 sec. 4.1).
-        self.preact = nn.Identity() if first or not pre else nn.Sequential(pre)
-        self.branch = nn.Sequential(layers)
+        self.preact = nn.Sequential(preact) if preact and not first else nn.Identity()
+        self.branch = nn.Sequential(branch)
         self.shortcut = (make_shortcut(spec.shortcut, spec.option, spec.shortcut_params, cin, cout, stride)
                          if spec.residual else None)
-        self.post = nn.Sequential(OrderedDict((kind, _layer(kind, cout, inplace=True)) for kind in place.post))
-        self.out_channels = cout
+        self.post = nn.Sequential(OrderedDict((kind, layer(kind, cout)) for kind in place.after_addition))
 
     def forward(self, x: Tensor) -> Tensor:
-        a = self.preact(x)
-        f = self.branch(a)
-        y = f if self.shortcut is None else self.shortcut(x, a, f)
-        return self.post(y)
+        x_preact = self.preact(x)  # x itself in units (a)-(c) and in a pre-activation net's first unit
+        f = self.branch(x_preact)
+        if self.shortcut is None:  # plain net
+            return self.post(f)
+        # Which input h takes: the identity and option A's zero-pad take x itself, so that x_l reaches every
+        # deeper unit unchanged (v2 eq. 4); a projection (options B, C; fig. 2e's 1x1 conv) is a weight layer
+        # and takes x_preact as the branch's first conv does: the inputs of all weight layers are normalised
+        # (v2 sec. 4.2), one BN-ReLU shared by both paths as in the v2 code. So does the gate (fig. 2c-d).
+        shortcut = self.shortcut.match(x_preact if self.shortcut.projects else x)
+        return self.post(self.shortcut(shortcut, f, x_preact))
 
     def residual_layer(self) -> nn.Module:
         """The branch's last BN if it ends with one (a, c, d), else its last conv (b, e)."""
-        last = [m for m in self.branch if isinstance(m, nn.BatchNorm2d | nn.Conv2d)][-1]
-        return last
+        return [m for m in self.branch if isinstance(m, nn.BatchNorm2d | nn.Conv2d)][-1]
