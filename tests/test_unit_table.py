@@ -4,6 +4,10 @@ recorded from that code."""
 
 from __future__ import annotations
 
+import inspect
+import textwrap
+from pathlib import Path
+
 import pytest
 from torch import nn
 
@@ -98,3 +102,9 @@ def test_each_unit_kind_builds_what_it_built_before(key: tuple[str, str], first:
 
 def test_the_table_has_every_unit_of_the_spec() -> None:
     assert tuple(PLACEMENTS) == UNITS
+
+
+def test_the_architecture_doc_quotes_the_unit_as_it_is() -> None:
+    """docs/architecture.md quotes `Unit.forward` beside the paper's equations (issue 32): the quote is the code."""
+    doc = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert f"```python\n{textwrap.dedent(inspect.getsource(Unit.forward))}```" in doc
