@@ -1,6 +1,6 @@
 """One run directory means one net to every command (issue 22, part 4).
 
-Over run directories the fuzzer's generators make (scripts/fuzz_surfaces.py: a ResNet-20 on a generated
+Over run directories the fuzzer's generators make (tests/fuzz/common.py: a ResNet-20 on a generated
 three-class image folder of 8x8 images) -- one with several checkpoints, one resumed after a crash, one whose
 newest checkpoint is corrupt -- these properties hold:
 
@@ -27,7 +27,9 @@ import torch
 
 from resnetlab.cli import main
 from resnetlab.weights.checkpoint import load_checkpoint
-from tests.fuzz.surfaces import REPO, damage_run, image_folder, newest_good, tiny_run
+from tests.fuzz.common import REPO, image_folder, tiny_run
+from tests.fuzz.judge import newest_good
+from tests.fuzz.surface_files import damage_run
 
 CLASSES = ("ant", "bee", "cat")
 KINDS = ("several checkpoints", "resumed", "newest corrupt")

@@ -1,8 +1,8 @@
 """The hostile-input fuzzer in CI (issues 14 and 22): a few hundred generated cases through `resnetlab.cli.main`
 (and hubconf's entry points), each ending with exit 0 or one line of error, within the time bound, without
 half-written output, with its inputs unchanged, clean stdout, and the right weights where they are known.
-`scripts/fuzz.py` and `scripts/fuzz_surfaces.py` hold the generators and the judge; its campaign (thousands of
-cases) is in docs/reliability.md."""
+The test package tests/fuzz holds the families (tests.fuzz.families) and the judge (tests.fuzz.judge); the
+campaigns of thousands of cases (tools/fuzz_campaign.py) are in docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.fuzz.core import STRATEGIES, Case, Outcome, run_case
+from tests.fuzz.core import Case, Outcome
+from tests.fuzz.families import STRATEGIES
+from tests.fuzz.running import run_case
 
 CASES = {"args": 50, "set": 30, "config": 30, "summary": 30, "checkpoint": 30, "suite": 30, "images": 30, "cifar": 20,
          "weights": 30,
-         # issue 22's surfaces (scripts/fuzz_surfaces.py)
+         # issue 22's surfaces (tests/fuzz/surfaces.py)
          "export": 40, "predict": 40, "hub": 30, "safetensors": 40, "rundir": 30, "env": 15,
-         # issue 25's services (scripts/fuzz_services.py)
+         # issue 25's services (tests/fuzz/fetch.py, tracker.py)
          "fetch": 25, "tracker": 20,
-         # issue 30: a tracked run killed and resumed (scripts/fuzz_killtrack.py; child processes, seconds a case)
+         # issue 30: a tracked run killed and resumed (tests/fuzz/killtrack.py; child processes, seconds a case)
          "killtrack": 6,
-         # issue 30: reused work must be the same work (scripts/fuzz_reuse.py; two calls and a reference a case)
+         # issue 30: reused work must be the same work (tests/fuzz/reuse.py; two calls and a reference a case)
          "reuse": 15}
 
 
@@ -173,9 +175,9 @@ def test_the_reuse_judge_sees_work_reused_by_path(tmp_path: Path, monkeypatch: p
     case = Case("reuse", ["experiment", "{root}/reused.toml", "--scale", "small", "--data", "folder:{root}/pets",
                           "--iters", "1", "--set", "run.threads=1", "--set", "run.progress=false", "--set",
                           "run.tensorboard=false", "--out", "{root}/experiments/two", "--set", "data.pad=0"],
-                {"__reuse__": ("reuse", {"kind": "data_changed", "field": None, "same_out": False, "iters": 1,
-                                         "data": "folder", "init": False})},
-                env={"RESNETLAB_CACHE": "{root}/cache"}, writable=("experiments", "one", "two", "pets", "cache"))
+                env={"RESNETLAB_CACHE": "{root}/cache"}, writable=("experiments", "one", "two", "pets", "cache"),
+                steps=(("reuse", {"kind": "data_changed", "field": None, "same_out": False, "iters": 1,
+                                  "data": "folder", "init": False}),))
     assert run_case(case, tmp_path / "fixed").problem is None
     monkeypatch.setattr(identity, "_data", lambda source, cache: source)  # the path, not what is behind it
     assert run_case(case, tmp_path / "by-path").problem == "reused another training (data_changed , new --out)"

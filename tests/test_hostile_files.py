@@ -296,7 +296,7 @@ def test_a_weights_file_of_another_pickle_protocol_is_read_or_named_without_a_wa
     """PyTorch printed a paragraph of warning on stderr for a pickle protocol other than its default (seen in
     this file's test run), and cannot read protocol 4 or 5 at all with weights_only (FRAME, operand 149):
     protocol 3 now loads in silence; 4 is one line saying why and what to do, with no unsafe advice."""
-    from tests.fuzz.core import damaged_state
+    from tests.fuzz.craft import damaged_state
 
     obj, _ = damaged_state(("peer", "none", protocol))
     path = tmp_path / "peer.th"

@@ -1,7 +1,7 @@
 """The fuzzer's `killtrack` family (issue 30): a tracked run SIGKILLed at the moments around its metrics rows,
 checkpoints and tracker sends, resumed until it ends; then every tracker's history must equal the run
-directory's metrics.jsonl. `scripts/fuzz.py` registers the family (its `run_case` hands a case here); this file
-imports nothing of it.
+directory's metrics.jsonl. The family runs and judges its cases itself (its `run` hook);
+tests.fuzz.killtrack_session is the child side.
 
 A case (`Plan`) is a tiny training (`--model resnet20 --set model.depth=8 --data synthetic:8`, deterministic,
 one thread) of 3 to 5 iterations with an evaluation at each epoch's end (one step an epoch, or two with
@@ -31,22 +31,18 @@ metrics), W&B's history records in all offline session logs of its run (what `wa
 TensorBoard stand-in's events as TensorBoard reads them (a session's `purge_step` hides the earlier events at
 or after it); no tracker failed (log.txt).
 
-    python scripts/fuzz.py --families killtrack --cases 50     # a campaign of this family
+    python tools/fuzz_campaign.py --families killtrack --cases 50     # a campaign of this family
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -55,9 +51,19 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from tests.fuzz.common import REPO, closed_port, store_template
+from tests.fuzz.common import installed as _installed
+from tests.fuzz.core import Case, Family, Outcome, register
+
 POINTS = ("before_row", "row", "checkpoint", "send", "end")
+
+
 TB_KEYS = ("train_loss", "train_error", "test_loss", "test_error", "val_error", "lr")  # TensorBoard's scalars
+
+
 SESSION_TIMEOUT_S = 120.0
+
+
 _ONCE: dict[str, Any] = {}
 
 
@@ -80,9 +86,8 @@ class Plan:
 
 
 def installed(name: str) -> bool:
-    from resnetlab.settings.trackers import installed as found
-
-    return name == "tensorboard" or (found(name) and (name != "mlflow" or found("sqlalchemy")))
+    """Whether tracker `name` can run here (TensorBoard always: the stand-in)."""
+    return name == "tensorboard" or _installed(name)
 
 
 def plans() -> st.SearchStrategy[Plan]:
@@ -94,109 +99,6 @@ def plans() -> st.SearchStrategy[Plan]:
                      st.lists(kill, min_size=1, max_size=2).map(tuple))
 
 
-# -- the child process: a session that kills itself at its moment --------------------------------------------
-def _die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _kill_after(owner: Any, name: str, n: int, before: bool = False) -> None:
-    """`owner.name` SIGKILLs the process at its `n`th call, before or after the call itself."""
-    original, calls = getattr(owner, name), [0]
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        if before and calls[0] == n:
-            _die()
-        out = original(*args, **kwargs)
-        if not before and calls[0] == n:
-            _die()
-        return out
-
-    setattr(owner, name, wrapper)
-
-
-def _fake_tensorboard() -> None:
-    """torch.utils.tensorboard with a SummaryWriter that writes every call at once to an event file of its own."""
-    import types
-
-    import resnetlab.settings.trackers as settings
-
-    class SummaryWriter:
-        def __init__(self, logdir: str, purge_step: int | None = None) -> None:
-            Path(logdir).mkdir(parents=True, exist_ok=True)
-            self.file = Path(logdir) / f"events.out.tfevents.{time.time_ns()}.fake"
-            self._write({"open": purge_step})
-
-        def _write(self, entry: dict[str, Any]) -> None:
-            with open(self.file, "a") as f:
-                f.write(json.dumps(entry) + "\n")
-
-        def add_scalar(self, key: str, value: float, step: int) -> None:
-            self._write({"key": key, "value": value, "step": step})
-
-        def close(self) -> None:
-            pass
-
-    module = types.ModuleType("torch.utils.tensorboard")
-    module.SummaryWriter = SummaryWriter  # type: ignore[attr-defined]
-    sys.modules["torch.utils.tensorboard"] = module
-    real = settings.installed
-    settings.installed = lambda name: name == "tensorboard" or real(name)
-
-
-def child(point: str, n: int, argv: list[str]) -> int:
-    """One session: `resnetlab ARGV`, SIGKILLed at the `n`th `point` (`point` "none": never)."""
-    from resnetlab.cli import main
-    from resnetlab.runs.directory import RunDir
-    from resnetlab.training import tracker_kinds, trackers
-    from resnetlab.training.trainer import Trainer
-
-    _fake_tensorboard()
-    if point in ("before_row", "row"):
-        _kill_after(RunDir, "append_metrics", n, before=point == "before_row")
-    elif point == "checkpoint":
-        _kill_after(Trainer, "save", n)
-    elif point == "send":
-        count = [0]
-        for kind in tracker_kinds.KINDS.values():
-            original = kind.metrics
-
-            def metrics(self: Any, *args: Any, original: Any = original) -> None:
-                original(self, *args)
-                count[0] += 1
-                if count[0] == n:
-                    _die()
-
-            kind.metrics = metrics  # type: ignore[method-assign]
-    elif point == "end":
-        _kill_after(trackers.Trackers, "end", 1, before=True)
-    return main(argv)
-
-
-# -- running a plan ------------------------------------------------------------------------------------------
-def _store_template() -> Path:
-    """A migrated, empty MLflow SQLite store (made once per process: its migrations take seconds)."""
-    if "store" not in _ONCE:
-        from mlflow.tracking import MlflowClient
-
-        where = Path(tempfile.mkdtemp(prefix="resnetlab-killtrack-mlflow-"))
-        cwd = os.getcwd()
-        try:
-            os.chdir(where)
-            with contextlib.redirect_stderr(io.StringIO()):
-                MlflowClient(f"sqlite:///{where / 'mlflow.db'}").search_experiments()
-        finally:
-            os.chdir(cwd)
-        _ONCE["store"] = where / "mlflow.db"
-    return _ONCE["store"]
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def environment(root: Path) -> dict[str, str]:
     """The sessions' environment: MLflow's store and W&B (offline, never online) inside the case."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_")) and "proxy" not in k.lower()}
@@ -204,63 +106,19 @@ def environment(root: Path) -> dict[str, str]:
     return env | {
         "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "MLFLOW_EXPERIMENT_NAME": "killtrack", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-        "WANDB_CONSOLE": "off", "WANDB_PROJECT": "killtrack", "WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}",
+        "WANDB_CONSOLE": "off", "WANDB_PROJECT": "killtrack", "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}",
         "WANDB_DATA_DIR": str(home / "data"), "WANDB_CACHE_DIR": str(home / "cache"),
         "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_ARTIFACT_DIR": str(home / "artifacts")}
-
-
-PRELOAD = ("torch", "mlflow", "wandb", "resnetlab.cli", "resnetlab.training.trainer")
-
-
-def serve() -> None:
-    """The fork server (`--server`): imports torch, MLflow, W&B and resnetlab once (a fresh interpreter spends
-    seconds on them every session), then per request line (JSON: point, n, argv, root, env, output) forks a
-    session and answers its pid, then its exit code (-9: killed). It runs no torch operation itself, so each
-    fork starts with fresh thread pools."""
-    import importlib
-
-    for name in PRELOAD:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
-    for line in sys.stdin:
-        ask = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            _forked(**ask)
-        print(json.dumps({"pid": pid}), flush=True)
-        print(json.dumps({"rc": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}), flush=True)
-
-
-def _forked(point: str, n: int, argv: list[str], root: str, env: dict[str, str], output: str) -> None:
-    """A forked session: the case's folder and environment, its output to a file; never returns."""
-    rc = 1
-    try:
-        os.chdir(root)
-        os.environ.clear()
-        os.environ.update(env)
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        sys.stdin.close()
-        rc = child(point, n, argv)
-    except BaseException:  # noqa: BLE001 - a traceback in the session's output, exit 1
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(rc)
 
 
 def _server() -> subprocess.Popen[bytes]:
     if "server" not in _ONCE or _ONCE["server"].poll() is not None:
         import atexit
 
-        root = str(Path(__file__).resolve().parents[2])
+        root = str(REPO)
         path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), root) if p)
         env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-        _ONCE["server"] = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--server"],
+        _ONCE["server"] = subprocess.Popen([sys.executable, "-m", "tests.fuzz.killtrack_session"],
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=root,
                                            bufsize=0)  # unbuffered: select() sees every line not yet read
         atexit.register(_stop, _ONCE["server"])
@@ -297,11 +155,11 @@ def _session(kill: tuple[str, int] | None, argv: list[str], root: Path, env: dic
 
 def run_plan(plan: Plan, root: Path) -> dict[str, Any]:
     """Run `plan` in the directory `root`: the killed sessions, the resume to the end, the judge. The fields of
-    fuzz.py's `Outcome`."""
+    `Outcome`."""
     root.mkdir(parents=True, exist_ok=True)
     argv = [a.replace("{root}", str(root)) for a in plan.argv()]
     if "mlflow" in plan.trackers:
-        shutil.copy(_store_template(), root / "mlflow.db")
+        shutil.copy(store_template(), root / "mlflow.db")
     env = environment(root)
     resume = ["train", "--resume", str(root / "run")]
     start = time.perf_counter()
@@ -330,7 +188,6 @@ def _last(text: str) -> str:
     return lines[-1][:200] if lines else ""
 
 
-# -- the judge -------------------------------------------------------------------------------------------------
 Held = list[tuple[int, str, float]]
 
 
@@ -405,7 +262,9 @@ def judge(run: Path, root: Path, trackers: tuple[str, ...]) -> str | None:
     return None
 
 
-STRATEGIES = {"killtrack": plans}
+def _run(case: Case, root: Path) -> Outcome:
+    return Outcome(**run_plan(case.steps[0], root))
 
-if __name__ == "__main__" and sys.argv[1:] == ["--server"]:
-    serve()
+
+register(Family("killtrack", lambda: plans().map(lambda plan: Case("killtrack", plan.argv(), steps=(plan,))),
+                run=_run))

@@ -1,6 +1,6 @@
 """The fuzzer's family for reused work (issue 30): reuse must happen exactly when the computation is the same.
 
-`scripts/fuzz.py` registers the family `reuse`; read it first. A case is two calls of `resnetlab experiment`
+A case is two calls of `resnetlab experiment`
 on a one-member suite (resnet20 of depth 8, one or two steps, one thread) that share an index of trainings:
 
 1. set-up: call A (`--data digits` or an image folder, maybe `--set run.init=w.pt`) trains its member into
@@ -10,7 +10,7 @@ on a one-member suite (resnet20 of depth 8, one or two steps, one thread) that s
    deleted and made again by a call with another --set;
 2. the command: call B, with the change, on A's --out or on a new one beside it.
 
-The judge (`after`), beyond fuzz.py's (one line, no traceback, no half-written output):
+The checks (`after`), beyond the common judge's (one line, no traceback, no half-written output):
 
 - B exits 0: the run its results report holds exactly the weights and final metrics of a fresh training of
   B's config made alone (`reference`): reused work that is not B's computation is the finding this family
@@ -31,15 +31,15 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.fuzz.core import Case
+from tests.fuzz.common import environ, quiet_main, working_directory
+from tests.fuzz.core import Case, Ended, Family, register
 
-FAMILIES = ("reuse",)
 SUITE = """title = "reused"
 members = [
   { label = "a", model = "resnet20", small = { depth = 8 } },
@@ -86,7 +86,7 @@ def _case(change: tuple[str, str | None], same_out: bool, iters: int, with_init:
     init = kind in INIT_KINDS or (with_init and not folder)
     params = {"kind": kind, "field": change[1], "same_out": same_out and kind != "out_reused", "iters": iters,
               "data": "folder" if folder else "digits", "init": init}
-    return Case("reuse", ["experiment", *_call(params, b=True)], {"__reuse__": ("reuse", params)},
+    return Case("reuse", ["experiment", *_call(params, b=True)], steps=(("reuse", params),),
                 env={"RESNETLAB_CACHE": "{root}/cache"},
                 writable=("experiments", "one", "two", "w.pt", "pets", "pets2", "cache", "cache2"))
 
@@ -112,21 +112,12 @@ def _call(p: dict[str, Any], b: bool, root: str = "{root}", init: str = "w.pt") 
 
 
 # -- set-up: call A and the change -------------------------------------------------------------------------
-def _quiet(argv: list[str]) -> tuple[int, str]:
-    from resnetlab.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue() + err.getvalue()
-
-
 def _checkpoints() -> list[Path]:
     """Two weights files for digits (one step of two seeds), made once per process."""
     if "weights" not in _ONCE:
         where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-reuse-"))
         for seed in (0, 1):
-            rc, text = _quiet(["train", "--model", "resnet20", "--data", "digits", "--iters", "1", "--set",
+            rc, text = quiet_main(["train", "--model", "resnet20", "--data", "digits", "--iters", "1", "--set",
                                "model.depth=8", "--set", f"run.seed={seed}", "--set", "run.progress=false",
                                "--set", "run.tensorboard=false", "--out", str(where / str(seed))])
             assert rc == 0, text[-300:]
@@ -161,8 +152,8 @@ def setup(root: Path, step: tuple[str, dict[str, Any]]) -> None:
         shutil.copy(weights[0], root / "one" / "w.pt" if p["kind"].startswith("init_relative") else root / "w.pt")
     relative = p["kind"].startswith("init_relative")
     a = _call(p, b=False, root=str(root))
-    with _cwd(root / "one" if relative else root), _cache(root):
-        rc, text = _quiet(["experiment", *a])
+    with working_directory(root / "one" if relative else root), _cache(root):
+        rc, text = quiet_main(["experiment", *a])
     assert rc == 0, f"call A failed: {text[-300:]}"
     _CURRENT["a"] = ["experiment", *_call(p, b=False, root="{root}")]
     _change(root, p, weights, a)
@@ -191,32 +182,13 @@ def _change(root: Path, p: dict[str, Any], weights: list[Path], a: list[str]) ->
     elif kind == "out_reused":
         shutil.rmtree(root / "experiments" / "one")
         again = [*a, "--set", f"{p['field']}={CHANGES[p['field']].replace('{root}', str(root))}"]
-        with _cwd(root), _cache(root):
-            _quiet(["experiment", *again])  # may be refused as invalid: then the --out is simply gone
+        with working_directory(root), _cache(root):
+            quiet_main(["experiment", *again])  # may be refused as invalid: then the --out is simply gone
 
 
-@contextlib.contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-@contextlib.contextmanager
-def _cache(root: Path) -> Iterator[None]:
+def _cache(root: Path) -> AbstractContextManager[None]:
     """The case's data cache (as `Case.env` sets it around call B), around the set-up's calls."""
-    before = os.environ.get("RESNETLAB_CACHE")
-    os.environ["RESNETLAB_CACHE"] = str(root / "cache")
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("RESNETLAB_CACHE", None)
-        else:
-            os.environ["RESNETLAB_CACHE"] = before
+    return environ({"RESNETLAB_CACHE": str(root / "cache")})
 
 
 # -- the judge ------------------------------------------------------------------------------------------------
@@ -233,7 +205,7 @@ def _reference(root: Path, argv: list[str]) -> tuple[str, Any]:
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     data = args[args.index("--data") + 1]
     iters = int(args[args.index("--iters") + 1])
-    with _cwd(root), _cache(root):
+    with working_directory(root), _cache(root):
         try:
             run = plan(load_suite(str(root / "reused.toml")), root / "unused", data, iters=iters, scale="small",
                        settings=parse_assignments(sets, "--set"))
@@ -262,8 +234,10 @@ def _same(a: tuple[dict[str, Any], dict[str, Any]], b: tuple[dict[str, Any], dic
     return a[1] == b[1] and a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
 
 
-def after(case: Case, argv: list[str], root: Path, rc: int | None, stdout: str, stderr: str) -> str | None:
-    if case.family not in FAMILIES or "params" not in _CURRENT:
+def after(ended: Ended) -> str | None:
+    """B's outcome against a fresh training of its config made alone (see the module's text)."""
+    argv, root, rc, stdout = ended.argv, ended.root, ended.rc, ended.stdout
+    if "params" not in _CURRENT:
         return None
     p = _CURRENT["params"]
     kind, status = p["kind"], None
@@ -291,4 +265,4 @@ def after(case: Case, argv: list[str], root: Path, rc: int | None, stdout: str, 
     return None
 
 
-STRATEGIES = {"reuse": reuse_cases}
+register(Family("reuse", reuse_cases, setup, after=after))

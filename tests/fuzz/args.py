@@ -1,0 +1,230 @@
+"""The first families (issue 14): hostile argument lists and settings, and a run's files replaced.
+
+- `args`: argument lists of every command, with hostile numbers, names and paths (FIFOs, devices, symlink
+  loops, 300-character names, empty strings);
+- `set`: `train --set KEY=VALUE` over every config field;
+- `config` / `summary`: a finished run whose config.json, summary.json or metrics.jsonl is replaced by generated
+  JSON (or one field of it changed);
+- `checkpoint`: a payload of generated shape in resnetlab's checksummed frame (or a real checkpoint with one
+  field changed or deleted), given wherever a checkpoint or weights file is read;
+- `suite`: a generated suite TOML.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import strategies as st
+
+from tests.fuzz.common import TINY, template_run
+from tests.fuzz.core import Case, Family, path_arg, register
+
+NUMBERS = ["0", "-1", "-3", "1", "2", "7", "1e9", "1e400", "-1e400", "nan", "inf", "-inf", "", "1.5", "-0.5",
+           "999999999999999999999", "true", "false", "[1, 2]", "[]", "{}", "x", "'", "\"", "None", "0x10",
+           "1_000", " 3 ", "١٢"]
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12)
+
+
+def _value() -> st.SearchStrategy[str]:
+    return st.sampled_from(NUMBERS) | st.text(alphabet=st.characters(blacklist_characters="\x00",
+                                                                      blacklist_categories=["Cs"]), max_size=8)
+
+
+def _data_arg() -> st.SearchStrategy[str]:
+    schemes = st.sampled_from(["digits", "synthetic", "synthetic:", "cifar10:", "cifar100:", "folder:",
+                               "imagenet:", "nope:", ":", "synthetic:-1", "synthetic:1e9", "synthetic:3"])
+    return st.one_of(schemes, st.builds(lambda s, p: s + p, schemes, path_arg()))
+
+
+def args_cases() -> st.SearchStrategy[Case]:
+    """Argument lists of every command, with hostile numbers, names and paths."""
+    model = st.sampled_from(["resnet20", "plain20", "preact_resnet164", "resnet18", "nope", "", "resnet",
+                             "resnet20 ", "RESNET20"])
+    override = st.builds(lambda k, v: f"{k}={v}", st.sampled_from(
+        ["depth", "units", "widths", "strides", "num_classes", "in_channels", "shortcut", "shortcut_scale",
+         "gate_bias", "dropout", "unit", "option", "block", "stem", "stem_width", "expansion", "recompute",
+         "input_size", "nope", ""]), _value())
+    info = st.builds(lambda m, o, s: ["info", m, *sum((["--override", x] for x in o), []),
+                                      *(["--input-size", s] if s else [])],
+                     model, st.lists(override, max_size=3), st.none() | _value())
+    # a filter always: the whole table (every net to 1,202 layers, built to count) is slow, not hostile
+    models = st.builds(lambda f, s: ["models", "--filter", f"resnet2{f}", *(["--input-size", s] if s else [])],
+                       st.text(max_size=4), st.none() | _value())
+    evaluate = st.builds(lambda p, extra: ["eval", p, *extra], path_arg(), st.lists(
+        st.sampled_from(["--best", "--split=val", "--batch-size=0", "--batch-size=-1", "--data=digits",
+                         "--device=cuda:9", "--model=nope"]), max_size=2))
+    weights = st.builds(lambda p, d, m: ["eval", "--weights", p, "--data", d, *(["--model", m] if m else [])],
+                        path_arg(), _data_arg(), st.none() | model)
+    export = st.builds(lambda p, f, o: ["export", "--weights", p, "--model", "resnet20", "--format", f, "-o", o],
+                       path_arg(), st.sampled_from(["safetensors", "onnx", "pt2", "zip", ""]), path_arg())
+    predict = st.builds(lambda w, imgs, k: ["predict", "--weights", w, *imgs, "--top-k", k],
+                        path_arg(), st.lists(path_arg(), min_size=1, max_size=2), _value())
+    report = st.builds(lambda dirs, o: ["report", *dirs, "-o", o], st.lists(path_arg(), min_size=1, max_size=2),
+                       path_arg())
+    train = st.builds(lambda d, flag, v, out: ["train", *TINY[:4], "--data", d, flag, v, "--out", out],
+                      _data_arg(), st.sampled_from(["--iters", "--epochs", "--seed", "--val-split", "--recipe",
+                                                    "--device", "--init", "--resume"]),
+                      _value() | path_arg(), st.sampled_from(["{root}/run", "{dir}", "{devnull}", "{dot}",
+                                                               "{blank}", "{fifo}"]))
+    experiment = st.builds(lambda s, flag, v: ["experiment", s, "--scale", "small", "--data", "synthetic:8",
+                                               "--iters", "1", "--only", "nope", flag, v, "--out", "{root}/suite"],
+                           st.sampled_from(["degradation", "nope", "{text}", "{dir}", "{fifo}", "{json}", "list"]),
+                           st.sampled_from(["--seeds", "--epochs", "--iters", "--scale"]), _value())
+    analyze = st.builds(lambda m, b, o: ["analyze", "propagation", "--model", m, "--batch-size", b, "--out", o],
+                        model, _value(), path_arg())
+    argv = st.one_of(info, models, evaluate, weights, export, predict, report, train, experiment, analyze)
+    return st.builds(lambda a: Case("args", a), argv)
+
+
+def config_fields() -> list[str]:
+    """Every config field as SECTION.KEY, a few model fields, and keys that name nothing."""
+    import dataclasses
+
+    from resnetlab.settings.config import Config
+
+    cfg = Config()
+    keys = [f"model.{k}" for k in ("depth", "shortcut", "unit", "widths", "num_classes", "nope")]
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        if dataclasses.is_dataclass(value):
+            keys += [f"{section.name}.{f.name}" for f in dataclasses.fields(value)]
+    return keys + ["nope.x", "optim", "optim.", ".lr", "run.seed.x"]
+
+
+def set_cases() -> st.SearchStrategy[Case]:
+    """`train --set KEY=VALUE` over every config field, with hostile values: checked before any work."""
+    pair = st.builds(lambda k, v: f"{k}={v}", st.sampled_from(config_fields()), _value())
+    return st.builds(lambda pairs: Case("set", ["train", *TINY, *sum((["--set", p] for p in pairs), []),
+                                                "--out", "{root}/run"]),
+                     st.lists(pair, min_size=1, max_size=2))
+
+
+RUN_COMMANDS = [["eval", "{root}/run"], ["train", "--resume", "{root}/run"], ["report", "{root}/run", "-o",
+                "{root}/r.html"], ["export", "{root}/run", "--format", "safetensors", "-o", "{root}/w.safetensors"],
+                ["predict", "{root}/run", "{root}/dir"]]
+
+
+def config_cases() -> st.SearchStrategy[Case]:
+    """A finished tiny run whose config.json is replaced by another JSON document (or a field of it)."""
+    return st.builds(_config_case,
+                     JSON_VALUES | st.builds(_patched_config, st.sampled_from(config_fields()), JSON_VALUES),
+                     st.sampled_from(RUN_COMMANDS))
+
+
+def summary_cases() -> st.SearchStrategy[Case]:
+    """A finished tiny run whose summary.json or metrics.jsonl is replaced; read back by report and eval."""
+    metrics = st.lists(JSON_VALUES, max_size=3).map(lambda rows: "\n".join(json.dumps(r) for r in rows).encode())
+    return st.builds(lambda name, doc, cmd: Case("summary", cmd, {f"run/{name}": doc}),
+                     st.sampled_from(["summary.json", "metrics.jsonl"]), JSON_VALUES | metrics,
+                     st.sampled_from(RUN_COMMANDS[:3] + [["report", "{root}", "-o", "{root}/r.html"]]))
+
+
+def checkpoint_cases() -> st.SearchStrategy[Case]:
+    """A torch-saved payload of generated shape, given wherever a checkpoint or weights file is read."""
+    tensor_like = st.sampled_from(["float32", "int8", "bool", "float16", "float64", "empty", "nan", "scalar"])
+    fields = st.sampled_from(["spec", "model", "config", "norm", "data", "progress", "optimizer", "rng", "schedule"])
+    payload = st.one_of(
+        JSON_VALUES,
+        fields.map(lambda field_: {"__patch__": field_, "value": {"__delete__": True}}),
+        st.dictionaries(st.sampled_from(["spec", "model", "config", "norm", "progress", "data", "state_dict",
+                                         "best_prec1", "optimizer", "rng", "version"]),
+                        JSON_VALUES | tensor_like.map(lambda t: {"__tensor__": t}), max_size=6),
+        st.builds(lambda field_, value: {"__patch__": field_, "value": value},
+                  fields, JSON_VALUES | tensor_like.map(lambda t: {"__tensor__": t})))
+    cmd = st.sampled_from([["eval", "{root}/ckpt.pt"], ["eval", "--weights", "{root}/ckpt.pt", "--data",
+                                                         "synthetic:8", "--model", "resnet20"],
+                           ["predict", "--weights", "{root}/ckpt.pt", "{root}/dir"],
+                           ["export", "--weights", "{root}/ckpt.pt", "--format", "safetensors", "-o",
+                            "{root}/w.safetensors"],
+                           ["train", *TINY, "--init", "{root}/ckpt.pt", "--out", "{root}/run2"]])
+    return st.builds(lambda p, c: Case("checkpoint", c, steps=(("torch", "ckpt.pt", p),)), payload, cmd)
+
+
+def suite_cases() -> st.SearchStrategy[Case]:
+    """A generated suite file: valid TOML of the wrong shape, or plain junk."""
+    key = st.sampled_from(["title", "source", "recipe", "members", "label", "model", "set", "small", "cpu",
+                           "paper", "override"])
+    toml_value = st.sampled_from(['5', '"x"', 'true', '[]', '[5]', '{}', '{ depth = 8 }', '{ depth = -1 }',
+                                  '"resnet20"', '{ "optim.lr" = "x" }', 'nan', '1e400', '[{ label = 5 }]',
+                                  '[{ label = "a", model = "resnet20", small = { depth = 8 } }]'])
+    member = st.dictionaries(key, toml_value, max_size=5).map(
+        lambda d: "{ " + ", ".join(f"{k} = {v}" for k, v in d.items()) + " }")
+    doc = st.builds(lambda top, members: "\n".join(f"{k} = {v}" for k, v in top.items())
+                    + "\nmembers = [" + ", ".join(members) + "]\n",
+                    st.dictionaries(st.sampled_from(["title", "source", "recipe"]), toml_value, max_size=3),
+                    st.lists(member, max_size=2))
+    text = doc | st.text(max_size=40)
+    return st.builds(lambda t: Case("suite", ["experiment", "{root}/s.toml", "--scale", "small", "--data",
+                                              "synthetic:8", "--iters", "1", "--out", "{root}/suite"],
+                                    {"s.toml": t}), text)
+
+
+def _patched_config(key: str, value: Any) -> tuple[str, str, Any]:
+    return ("patch", key, value)
+
+
+def _config_case(doc: Any, cmd: list[str]) -> Case:
+    """config.json replaced by `doc`, or (a `_patched_config`) with one field changed."""
+    if isinstance(doc, tuple):
+        return Case("config", cmd, steps=(doc,))
+    return Case("config", cmd, {"run/config.json": doc})
+
+
+def _tensor(kind: str) -> Any:
+    import torch
+
+    return {"float32": torch.ones(2, 2), "int8": torch.ones(2, 2, dtype=torch.int8),
+            "bool": torch.ones(2, 2, dtype=torch.bool), "float16": torch.ones(2, 2, dtype=torch.float16),
+            "float64": torch.ones(2, 2, dtype=torch.float64), "empty": torch.empty(0),
+            "nan": torch.full((2, 2), float("nan")), "scalar": torch.tensor(3.0)}[kind]
+
+
+def _materialise(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"__tensor__"}:
+        return _tensor(value["__tensor__"])
+    if isinstance(value, dict):
+        return {k: _materialise(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_materialise(v) for v in value]
+    return value
+
+
+def setup(root: Path, step: tuple[Any, ...]) -> None:
+    """`("patch", KEY, VALUE)`: the run's config.json with one field changed; `("torch", NAME, PAYLOAD)`: a
+    torch-saved payload (a dict in resnetlab's checksummed frame, so the reader gets to the content)."""
+    import torch
+
+    from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
+
+    if step[0] == "patch":
+        _, key, value = step
+        path = root / "run" / "config.json"
+        doc = json.loads(path.read_text())
+        section, _, name = key.partition(".")
+        if isinstance(doc.get(section), dict):
+            doc[section][name] = value
+        path.write_text(json.dumps(doc))
+        return
+    _, name, payload = step
+    if isinstance(payload, dict) and "__patch__" in payload:  # a real checkpoint with one field changed
+        base = load_checkpoint(template_run() / "checkpoints" / "best.pt")
+        if payload["value"] == {"__delete__": True}:  # a real checkpoint without that field
+            del base[payload["__patch__"]]
+        else:
+            base[payload["__patch__"]] = _materialise(payload["value"])
+        payload = base
+    if isinstance(payload, dict):
+        save_checkpoint(root / name, _materialise(payload))
+    else:
+        torch.save(_materialise(payload), root / name)
+
+
+register(Family("args", args_cases), Family("set", set_cases), Family("config", config_cases, setup),
+         Family("summary", summary_cases), Family("checkpoint", checkpoint_cases, setup), Family("suite", suite_cases))

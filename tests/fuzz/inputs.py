@@ -1,0 +1,181 @@
+"""Families of hostile input files (issue 14, second round):
+
+- `images`: image folders and their tarballs holding hostile files (every PIL mode, truncated files,
+  decompression bombs, other formats under a PNG/JPEG name), trained on, evaluated on and predicted;
+- `weights`: safetensors files written by `resnetlab export` with a damaged header, metadata or tensor entry,
+  or cut; state_dicts in the CIFAR peer's or torchvision's layout with keys missing, extra, reshaped or of
+  another dtype, some in PyTorch's legacy serialization and other pickle protocols;
+- `cifar`: a CIFAR-10 archive in the original python layout with one member replaced by a batch of other dtypes,
+  shapes or labels, another pickle protocol, junk, a pickle that calls code, or none.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import strategies as st
+
+from tests.fuzz.common import TINY, quiet_main, template_folder_run, template_run
+from tests.fuzz.core import Case, Family, register
+from tests.fuzz.craft import CIFAR10_MEMBERS, IMAGE_KINDS, cifar_member, damaged_state, image_bytes, image_tree
+
+
+def image_cases() -> st.SearchStrategy[Case]:
+    """Image folders and tarballs holding hostile image files (modes, truncation, bombs, other formats under a
+    JPEG/PNG name), trained on, evaluated on and predicted: each file is decoded as RGB or named in one line."""
+    tiny = ["--model", "resnet20", "--set", "model.depth=8", "--iters", "1"]
+    kinds = st.lists(st.sampled_from(IMAGE_KINDS), min_size=1, max_size=3)
+    commands = {
+        "train": ["train", *tiny, "--data", "folder:{root}/data", "--out", "{root}/run2"],
+        "train_tar": ["train", *tiny, "--data", "folder:{root}/data.tar.gz", "--out", "{root}/run2"],
+        "eval": ["eval", "{root}/run", "--data", "folder:{root}/data"],
+        "predict_folder": ["predict", "{root}/run", "{root}/data/train", "{root}/data/test"],
+        "predict_files": ["predict", "{root}/run", "--top-k", "2"]}
+
+    def build(k: list[str], seed: int, where: str, command: str) -> Case:
+        argv = list(commands[command])
+        if command == "predict_files":  # each hostile file by name
+            argv += ["{root}/" + name for name in image_tree(k, seed, where) if "/bad" in name]
+        return Case("images", argv, steps=(("images", k, seed, where),))
+
+    return st.builds(build, kinds, st.integers(0, 2**16), st.sampled_from(["train", "test", "both"]),
+                     st.sampled_from(sorted(commands)))
+
+
+def cifar_cases() -> st.SearchStrategy[Case]:
+    """A CIFAR-10 archive in the original python layout (`cifar10:PATH`) with one member replaced: a batch
+    dict with generated data and labels (other dtypes, shapes, label ranges, missing keys), a pickle of
+    another protocol or of another object, or junk bytes; as a tarball or an extracted directory."""
+    data = st.sampled_from(["uint8", "int64", "float32", "rows_3071", "three_d", "empty", "list", "none",
+                            "bytes", "one_row"])
+    labels = st.one_of(st.lists(st.integers(-3, 12) | st.sampled_from([2**70, True, 1.5, "x", None]),
+                                max_size=4), st.sampled_from([5, "x", None, [[1, 2], [3]]]))
+    batch = st.fixed_dictionaries({}, optional={"data": data, "labels": labels,
+                                                "labels_key": st.sampled_from([b"labels", "labels", b"fine",
+                                                                               5])})
+    meta = st.sampled_from(["ten", "nine", "ints", "not_utf8", "str_key", "list"])
+    replaced = st.one_of(
+        st.builds(lambda m, b, proto: ("batch", m, b, proto), st.sampled_from(CIFAR10_MEMBERS[:-1]), batch,
+                  st.integers(0, 5)),
+        st.builds(lambda m, proto: ("meta", m, proto), meta, st.integers(0, 5)),
+        st.builds(lambda m, junk: ("junk", m, junk), st.sampled_from(CIFAR10_MEMBERS),
+                  st.sampled_from([b"", b"\x80\x05junk", b"cos\nsystem\n(S'true'\ntR.", b"\x80\x02]q\x00."])),
+        st.builds(lambda m: ("missing", m), st.sampled_from(CIFAR10_MEMBERS)))
+    cmd = st.sampled_from([["train", *TINY[:4], "--iters", "1", "--data", "cifar10:{root}/cifar-10-python.tar.gz",
+                            "--out", "{root}/run2"],
+                           ["train", *TINY[:4], "--iters", "1", "--data", "cifar10:{root}/cifar-10-batches-py",
+                            "--out", "{root}/run2"]])
+    return st.builds(lambda r, c: Case("cifar", c, steps=(("cifar", r),)), replaced, cmd)
+
+
+def weights_cases() -> st.SearchStrategy[Case]:
+    """Weights files in the other formats resnetlab reads, damaged: a safetensors file written by `resnetlab
+    export` with its header, metadata or a tensor changed, or cut; state_dicts in the CIFAR peer's or
+    torchvision's layout with keys missing, extra, reshaped or of another dtype."""
+    header_edit = st.one_of(
+        st.builds(lambda k, v: ("meta", k, v), st.sampled_from(["format", "resnetlab", "nope"]),
+                  st.sampled_from(["", "resnetlab", "{}", "[]", "5", '{"spec": 5}', '{"spec": {"depth": -1}}',
+                                   '{"spec": {"depth": 1e400}}', "{bad json", '{"classes": 5}'])),
+        st.builds(lambda k, v: ("tensor", k, v), st.sampled_from(["dtype", "shape", "data_offsets", "whole"]),
+                  st.sampled_from(["F16", "I8", "BOOL", "X", "", [], [-1], [2**40], [0, 2**40], [5, 1], None,
+                                   5, "F64"])),
+        st.builds(lambda n: ("cut", n, None), st.integers(1, 4000)),
+        st.builds(lambda n: ("length", n, None), st.sampled_from([0, 1, 2**40, 2**63, 99_999_999])),
+        st.builds(lambda n: ("drop", n, None), st.sampled_from(["normalization.mean", "normalization.std",
+                                                                "fc.weight", "stem.conv.weight"])))
+    state_edit = st.tuples(st.sampled_from(["peer", "peer_legacy", "torchvision"]),
+                           st.sampled_from(["none", "drop", "extra", "reshape", "int8", "float16", "empty",
+                                            "deep", "wide_linear", "prec_str", "prec_tensor", "no_prefix"]),
+                           st.sampled_from([2, 4, 5]))  # the pickle protocol
+    cmd = st.sampled_from([
+        ["eval", "--weights", "{root}/w.{ext}", "--data", "synthetic:8", "--model", "resnet20"],
+        ["eval", "--weights", "{root}/w.{ext}", "--data", "synthetic:8"],
+        ["train", *TINY[:2], "--data", "synthetic:8", "--iters", "1", "--init", "{root}/w.{ext}", "--out",
+         "{root}/run2"],
+        ["predict", "--weights", "{root}/w.{ext}", "{root}/img.png"],
+        ["export", "--weights", "{root}/w.{ext}", "--format", "safetensors", "-o", "{root}/again.safetensors"]])
+    safetensors = st.builds(lambda e, c: Case("weights", [a.replace("{ext}", "safetensors") for a in c],
+                                              steps=(("weights", "safetensors", e),)), header_edit, cmd)
+    state = st.builds(lambda e, c: Case("weights", [a.replace("{ext}", "th") for a in c],
+                                        steps=(("weights", "state", e),)), state_edit, cmd)
+    return safetensors | state
+
+
+def _exported(root: Path) -> bytes:
+    """The template run's weights as `resnetlab export` writes them (made once per process)."""
+    if "safetensors" not in _EXPORTED:
+        out = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-template-")) / "w.safetensors"
+        assert quiet_main(["export", str(template_run()), "--format", "safetensors", "-o", str(out)])[0] == 0
+        _EXPORTED["safetensors"] = out
+    return _EXPORTED["safetensors"].read_bytes()
+
+
+def damaged_safetensors(edit: tuple[str, Any, Any]) -> bytes:
+    """The template run's exported weights changed by `edit` (its header, metadata or a tensor entry; or cut)."""
+    raw = _exported(Path())
+    n = int.from_bytes(raw[:8], "little")
+    header, body = json.loads(raw[8:8 + n]), raw[8 + n:]
+    what, key, value = edit
+    if what == "cut":
+        return raw[: min(key, len(raw) - 1)]
+    if what == "length":
+        return key.to_bytes(8, "little") + raw[8:]
+    if what == "meta":
+        header.setdefault("__metadata__", {})[key] = value
+    elif what == "drop":
+        header.pop(key, None)
+    else:  # one tensor entry's field
+        name = next(k for k in header if k != "__metadata__")
+        if key == "whole":
+            header[name] = value
+        else:
+            header[name][key] = value
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + body
+
+
+def setup(root: Path, step: tuple[Any, ...]) -> None:
+    """`("images", KINDS, SEED, WHERE)`: an image folder (and its tarball) with hostile files, and a run to
+    evaluate with; `("cifar", REPLACED)`: the CIFAR-10 python layout, extracted and as a tarball;
+    `("weights", KIND, EDIT)`: a damaged safetensors or state_dict file and an image to predict."""
+    if step[0] == "images":
+        shutil.rmtree(root / "run", ignore_errors=True)
+        shutil.copytree(template_folder_run(), root / "run", ignore=shutil.ignore_patterns(".lock"))
+        for name, data in image_tree(*step[1:]).items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
+        with tarfile.open(root / "data.tar.gz", "w:gz") as tar:
+            tar.add(root / "data", arcname="data")
+    elif step[0] == "cifar":
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir()
+        for name in CIFAR10_MEMBERS:
+            data = cifar_member(step[1], name, rng)
+            if data is not None:
+                (folder / name).write_bytes(data)
+        with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname="cifar-10-batches-py")
+    else:
+        import torch
+
+        (root / "img.png").write_bytes(image_bytes("rgb", 0))
+        _, kind, edit = step
+        if kind == "safetensors":
+            (root / "w.safetensors").write_bytes(damaged_safetensors(edit))
+        else:
+            obj, legacy = damaged_state(edit)
+            torch.save(obj, root / "w.th", pickle_protocol=edit[2],
+                       **({"_use_new_zipfile_serialization": False} if legacy else {}))
+
+
+_EXPORTED: dict[str, Path] = {}
+register(Family("images", image_cases, setup), Family("weights", weights_cases, setup),
+         Family("cifar", cifar_cases, setup))

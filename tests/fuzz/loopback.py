@@ -1,0 +1,210 @@
+"""The loopback HTTP server the `fetch` and `tracker` families talk to (one per process, threaded, on 127.0.0.1):
+it serves a small CIFAR-10 archive in the original python layout, or answers each request the way the case's
+plan says (errors, redirects, wrong or cut bytes, stalls, trickles, broken headers)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.fuzz.common import closed_port
+from tests.fuzz.craft import CIFAR10_MEMBERS, cifar_member
+
+FETCH_TIMEOUT_S = 1.5  # the download's read timeout for a case (fetch's default is 30 s: a stall costs that)
+TRICKLE_S = 0.05  # a trickling answer's pause between bytes: never a read timeout
+_ONCE: dict[str, Any] = {}
+
+
+def archive() -> bytes:
+    """A CIFAR-10 archive in the original python layout (3 images a batch), made once per process."""
+    if "archive" not in _ONCE:
+        import tarfile
+
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name in CIFAR10_MEMBERS:
+                data = cifar_member(("none",), name, rng)
+                assert data is not None
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        _ONCE["archive"] = buf.getvalue()
+    return _ONCE["archive"]
+
+
+def archive_md5() -> str:
+    """The MD5 of `archive()`, put in the table for a case."""
+    return hashlib.md5(archive(), usedforsecurity=False).hexdigest()
+
+
+class Server:
+    """A loopback HTTP server of `archive()`. `plan` is consumed one mode per request (the last repeats);
+    `requests` records each (path, Range); a stalled answer waits for `release` (set at the case's end)."""
+
+    def __init__(self) -> None:
+        self.plan: list[str] = ["good"]
+        self.requests: list[tuple[str, str | None]] = []
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+                with server.lock:
+                    server.requests.append((self.path, self.headers.get("Range")))
+                    mode = "good" if self.path.startswith("/ok/") else (
+                        server.plan.pop(0) if len(server.plan) > 1 else server.plan[0])
+                    release = server.release
+                with contextlib.suppress(ConnectionError, OSError):  # the client gave up (its timeout)
+                    server.answer(self, mode, release)
+                self.close_connection = True
+
+            do_POST = do_GET  # noqa: N815 - MLflow's REST calls, when a case points MLflow here
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def reset(self, plan: list[str]) -> None:
+        with self.lock:
+            self.plan, self.requests = list(plan) or ["good"], []
+            self.release.set()  # any answer still stalled from an earlier case ends now
+            self.release = threading.Event()
+
+    def answer(self, h: BaseHTTPRequestHandler, mode: str, release: threading.Event) -> None:
+        """Answer one request the way `mode` says."""
+        raw = h.wfile.write
+
+        def head(status: str, headers: list[tuple[str, str]]) -> None:
+            raw(f"HTTP/1.1 {status}\r\n".encode() + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers)
+                + b"\r\n")
+
+        if not _answer_whole(h, mode, release, head):
+            _answer_body(h, mode, release, head)
+
+
+def _answer_whole(h: BaseHTTPRequestHandler, mode: str, release: threading.Event, head: Any) -> bool:
+    """The answers that ignore the request's Range (errors, redirects, broken headers, stalls); False: another mode."""
+    raw = h.wfile.write
+    body = archive()
+    if mode in ("404", "500", "502", "416"):
+        h.send_error(int(mode))
+        return True
+    if mode == "html":  # a captive portal: 200 with a page
+        page = b"<html><body>Please log in to the network</body></html>"
+        head("200 OK", [("Content-Type", "text/html"), ("Content-Length", str(len(page)))])
+        raw(page)
+        return True
+    if mode == "huge":
+        head("200 OK", [("Content-Length", str(2 << 30))])
+        raw(body[:1000])
+        return True
+    if mode.startswith("redirect"):
+        where = {"redirect_self": h.path, "redirect_good": "/ok" + h.path,
+                 "redirect_ftp": f"ftp://127.0.0.1:{closed_port()}/x.tar.gz", "redirect_file": "file:///etc/hostname",
+                 "redirect_bad": "http://[::1/x", "redirect_empty": "", "redirect_none": None}[mode]
+        head("302 Found", [("Content-Length", "0")] + ([("Location", where)] if where is not None else []))
+        return True
+    if mode == "empty_reply":
+        return True
+    if mode == "not_http":
+        raw(b"SSH-2.0-OpenSSH_9.6\r\n")
+        return True
+    if mode == "bad_status":
+        raw(b"HTTP/1.1 2OO OK\r\nContent-Length: 5\r\n\r\nhello")
+        return True
+    if mode == "cut_headers":
+        raw(b"HTTP/1.1 200 OK\r\nContent-Le")
+        return True
+    if mode == "long_header":
+        head("200 OK", [("X-Long", "x" * 70_000), ("Content-Length", str(len(body)))])
+        raw(body)
+        return True
+    if mode == "many_headers":
+        head("200 OK", [(f"X-H{i}", "1") for i in range(150)] + [("Content-Length", str(len(body)))])
+        raw(body)
+        return True
+    if mode == "stall_headers":  # the request read, then silence
+        release.wait(3 * FETCH_TIMEOUT_S)
+        return True
+    if mode == "trickle_headers":  # a header a byte at a time, never ending
+        raw(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while not release.wait(TRICKLE_S):
+            raw(b"x")
+            h.wfile.flush()
+        return True
+    return False
+
+
+def _answer_body(h: BaseHTTPRequestHandler, mode: str, release: threading.Event, head: Any) -> None:
+    """The archive's bytes from the requested offset: whole, wrong, cut, stalled, trickled, chunked or mislabelled."""
+    raw = h.wfile.write
+    body = archive()
+    rng = h.headers.get("Range")
+    start = 0
+    if rng and mode not in ("norange", "no_length", "chunked", "bad_length", "bad_range", "range_elsewhere",
+                            "short_length"):
+        with contextlib.suppress(ValueError):
+            start = int(rng.removeprefix("bytes=").rstrip("-"))
+        if start >= len(body):
+            head("416 Range Not Satisfiable", [("Content-Range", f"bytes */{len(body)}"), ("Content-Length", "0")])
+            return
+    data = body[start:]
+    if mode == "wrong":
+        flip = max(0, 100 - start)
+        data = data[:flip] + bytes([data[flip] ^ 0xFF]) + data[flip + 1:]
+    headers: list[tuple[str, str]] = []
+    status = "200 OK"
+    if start:
+        status = "206 Partial Content"
+        headers.append(("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}"))
+    if mode == "bad_range":
+        status, headers = "206 Partial Content", [("Content-Range", "bytes x-y/z")]
+    elif mode == "range_elsewhere":
+        status, headers = "206 Partial Content", [("Content-Range", f"bytes 7-{len(body) - 1}/{len(body)}")]
+        data = body[7:]
+    if mode == "chunked":
+        head(status, headers + [("Transfer-Encoding", "chunked")])
+        for i in range(0, len(data), 4096):
+            piece = data[i:i + 4096]
+            raw(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        raw(b"0\r\n\r\n")
+        return
+    if mode == "no_length":
+        head(status, headers)
+    elif mode == "bad_length":
+        head(status, headers + [("Content-Length", "-5"), ("Content-Length", "12abc")])
+    elif mode == "short_length":  # announces less than it sends
+        head(status, headers + [("Content-Length", str(len(data) // 2))])
+    else:
+        head(status, headers + [("Content-Length", str(len(data)))])
+    if mode in ("cut", "stall", "trickle"):
+        raw(data[: len(data) // 2])
+        h.wfile.flush()
+        if mode == "stall":
+            release.wait(3 * FETCH_TIMEOUT_S)
+        for byte in data[len(data) // 2:] if mode == "trickle" else b"":  # until the client gives up
+            if release.wait(TRICKLE_S):
+                break
+            raw(bytes([byte]))
+            h.wfile.flush()
+        return
+    raw(data)
+
+
+def server() -> Server:
+    """The process's loopback server (started on first use)."""
+    if "server" not in _ONCE:
+        _ONCE["server"] = Server()
+    return _ONCE["server"]

@@ -1,0 +1,365 @@
+"""The set-up of issue 22's families (tests.fuzz.surfaces): run directories in the states a crash or a live
+trainer leaves, weights files (exported, foreign, edited safetensors, damaged checkpoints) and image files of
+every kind, each made by one set-up step of a case."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tests.fuzz.common import (
+    STEPS,
+    exported_bytes,
+    foreign_bytes,
+    image_folder,
+    multi_run,
+    safetensors_of,
+    template_folder_run,
+)
+from tests.fuzz.core import at_case_end
+from tests.fuzz.craft import crafted_png, png_chunk
+
+
+def setup(root: Path, step: tuple[Any, ...]) -> None:
+    """Carry out one set-up step of a case in its directory `root`."""
+    kind, *args = step
+    if kind == "run":  # a copy of a template run, then damaged
+        template, damage = args
+        shutil.rmtree(root / "run", ignore_errors=True)  # the running copies its one-step run for {root}/run
+        src = {"multi": multi_run, "multi20": lambda: multi_run(20), "folder": template_folder_run}[template]()
+        shutil.copytree(src, root / "run", ignore=shutil.ignore_patterns(".lock"))
+        damage_run(root / "run", damage)
+    elif kind == "weights":  # a weights file: exported, foreign, edited safetensors, damaged checkpoint
+        name, what, edit = args
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(weights_bytes(what, edit))
+    elif kind == "images":  # image files by relative name
+        for name, image_kind, seed in args[0]:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(image_file(image_kind, seed)[0])
+    elif kind == "folder":  # a good image-folder data set (for cache-touching commands)
+        image_folder(root / args[0])
+    elif kind == "link":
+        (root / args[0]).symlink_to(root / args[1])
+    elif kind == "bytes":
+        (root / args[0]).parent.mkdir(parents=True, exist_ok=True)
+        (root / args[0]).write_bytes(args[1])
+    elif kind == "mkdir":
+        (root / args[0]).mkdir(parents=True, exist_ok=True)
+        os.chmod(root / args[0], args[1])
+    else:
+        raise ValueError(f"unknown set-up step {kind!r}")
+
+
+RUN_DAMAGES = ["none", "newest_corrupt", "newest_truncated", "newest_empty", "newest_is_dir", "oldest_corrupt",
+               "all_steps_corrupt", "tmp_leftover", "no_checkpoints_dir", "summary_no_checkpoints", "no_best",
+               "best_corrupt", "config_nested", "config_missing_model", "config_missing_run", "config_list",
+               "locked", "odd_names"]
+
+
+def _flip(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def damage_run(run: Path, damage: str) -> None:
+    """Put a copied run directory in the state `damage` names (a crash mid-write, a live trainer, a user)."""
+    ckpts = run / "checkpoints"
+    steps = sorted(ckpts.glob("step-*.pt"))
+    if damage == "newest_corrupt":
+        _flip(steps[-1])
+    elif damage == "newest_truncated":
+        steps[-1].write_bytes(steps[-1].read_bytes()[: steps[-1].stat().st_size // 2])
+    elif damage == "newest_empty":  # created, not yet written: a newer step than the good ones
+        (ckpts / "step-00000099.pt").write_bytes(b"")
+    elif damage == "newest_is_dir":
+        (ckpts / "step-00000099.pt").mkdir()
+    elif damage == "oldest_corrupt":
+        _flip(steps[0])
+    elif damage == "all_steps_corrupt":
+        for p in steps:
+            _flip(p)
+    elif damage == "tmp_leftover":  # a trainer killed while writing the next checkpoint
+        (ckpts / ".step-00000099.pt.tmp-4242").write_bytes(steps[-1].read_bytes()[:5000])
+    elif damage == "no_checkpoints_dir":
+        shutil.rmtree(ckpts)
+    elif damage == "summary_no_checkpoints":
+        for p in ckpts.iterdir():
+            p.unlink()
+    elif damage == "no_best":
+        (ckpts / "best.pt").unlink()
+    elif damage == "best_corrupt":
+        _flip(ckpts / "best.pt")
+    elif damage == "config_nested":
+        (run / "config.json").write_text('{"model": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    elif damage in ("config_missing_model", "config_missing_run"):
+        doc = json.loads((run / "config.json").read_text())
+        doc.pop(damage.rsplit("_", 1)[1], None)
+        (run / "config.json").write_text(json.dumps(doc))
+    elif damage == "config_list":
+        (run / "config.json").write_text("[]")
+    elif damage == "locked":  # a trainer holds the run: an flock on RUN/.lock from this process
+        fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4242")
+        at_case_end(lambda: os.close(fd))
+    elif damage == "odd_names":  # files that look like checkpoints and are not: must be ignored
+        (ckpts / "step-00000099.pt.bak").write_bytes(b"junk")
+        (ckpts / "step-99.pt").write_bytes(b"junk")
+    elif damage != "none":
+        raise ValueError(damage)
+
+
+def weights_bytes(what: str, edit: Any = None) -> bytes:
+    """A weights file: `export` (good .safetensors; `export20` of the depth-20 template), `edited`
+    (safetensors changed by `edit`, see `edited_safetensors`), `foreign` (pytorch_resnet_cifar10 layout),
+    `step`/`best` (a template checkpoint, `edit` = "cut" or "flip" damages it), `garbage`, `empty`."""
+    if what == "export":
+        return exported_bytes()
+    if what == "export20":  # the depth-20 template's newest checkpoint (hub's resnet20 entry takes it)
+        return safetensors_of(multi_run(20) / "checkpoints" / STEPS[-1])
+    if what == "edited":
+        return edited_safetensors(edit)
+    if what == "foreign":
+        return foreign_bytes()
+    if what in ("step", "best"):
+        raw = (multi_run() / "checkpoints" / (STEPS[-1] if what == "step" else "best.pt")).read_bytes()
+        if edit == "cut":
+            return raw[: len(raw) * 2 // 3]
+        if edit == "flip":
+            return raw[:1000] + bytes([raw[1000] ^ 1]) + raw[1001:]
+        return raw
+    if what == "garbage":
+        return os.urandom(300)
+    return b""
+
+
+SAFETENSORS_EDITS: dict[str, tuple[tuple[Any, ...], str | None]] = {
+    **{f"image_size={label}": (("image_size", v), "image_size not a usable side" if v is not None else None)
+       for label, v in (("0", 0), ("1", 1), ("-1", -1), ("10**9", 10**9), ("2**63", 2**63), ("'32'", "32"),
+                        ("true", True), ("32.0", 32.0), ("null", None), ("Infinity", float("inf")))},
+    "classes: 2 names for 10 outputs": (("classes", ["a", "b"]), "class names do not fit the classifier"),
+    "classes: ints": (("classes", list(range(10))), "class names are not strings"),
+    "classes: newline": (("classes", [f"c{i}\nline" for i in range(10)]), None),
+    "classes: escape": (("classes", [f"\x1b[31mc{i}" for i in range(10)]), None),
+    "classes: None": (("classes", None), None),
+    "classes: a string": (("classes", "0123456789"), "class names are not a list"),
+    "classes: duplicates": (("classes", ["same"] * 10), "class names repeat"),
+    "spec: widths 10**6": (("spec", "widths", [10**6] * 3), "spec beyond any net"),
+    "spec: depth 10**9": (("spec", "depth", 10**9), "spec beyond any net"),
+    "spec: depth 20 (tensors of 8)": (("spec", "depth", 20), "tensors do not fit the spec"),
+    "spec: num_classes 3": (("spec", "num_classes", 3), "tensors do not fit the spec"),
+    "spec: no depth": (("spec_drop", "depth"), None),  # a spec field with a default may be left out
+    "spec: no widths": (("spec_drop", "widths"), None),
+    "spec: unknown field": (("spec", "nope", 1), "unknown spec field"),
+    "spec: a list": (("info", "spec", []), "spec is not an object"),
+    "info: a list": (("info_doc", []), "metadata is not an object"),
+    "info: nested 100000": (("raw_info", "[" * 100_000 + "]" * 100_000), "metadata nested beyond reason"),
+    "info: spec nested 100000": (("raw_info", '{"spec": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+                                 "metadata nested beyond reason"),
+    "info: not JSON": (("raw_info", "{bad json"), "metadata not JSON"),
+    "format: other": (("format", "other"), "not resnetlab's metadata"),
+    "norm: mean (5,1,1)": (("norm", "mean", "five"), "normalisation does not fit 3 channels"),
+    "norm: mean 1-D": (("norm", "mean", "flat"), None),  # broadcast over channels? only if it is read right
+    "norm: mean (3,7,7)": (("norm", "mean", "pixel7"), "per-pixel mean of another size"),
+    "norm: NaN mean": (("norm", "mean", "nan"), "NaN normalisation"),
+    "norm: zero std": (("norm", "std", "zero"), "zero std"),
+    "norm: int std": (("norm", "std", "int"), "integer std"),
+    "norm: no std": (("norm", "std", "drop"), "no std"),
+    "weights: NaN conv": (("nan", "conv", float("nan")), "NaN weights"),
+    "weights: Inf bias": (("nan", "bias", float("inf")), "infinite weights"),
+    "weights: float16": (("dtype", "float16"), "weights of another dtype"),
+    **{f"length: {h}": (("length", h), "header length lies") for h in ("+1", "-1", "0", "file", "2**63", "2**64-1")},
+    **{f"cut at {w}": (("cut", w), "truncated file") for w in ("0", "3", "8", "9", "header/2", "header end",
+                                                                 "header end+1", "data/2", "last byte")},
+    "header nested 100000": (("header_nested", 100_000), "header nested beyond reason"),
+    "header: tensor offsets overlap": (("offsets", "overlap"), "tensor entries overlap"),
+    "trailing junk": (("trailing", b"junk"), None),
+}
+
+
+def _norm_tensor(kind: str, like: Any) -> Any:
+    import torch
+
+    return {"five": torch.ones(5, 1, 1), "flat": like.flatten(), "pixel7": torch.ones(3, 7, 7),
+            "nan": torch.full_like(like, float("nan")), "zero": torch.zeros_like(like),
+            "int": torch.ones(like.shape, dtype=torch.int32)}[kind]
+
+
+def edited_safetensors(edit: tuple[Any, ...]) -> bytes:
+    """The exported file changed by `edit` (a key of SAFETENSORS_EDITS, resolved to its tuple)."""
+    import safetensors.torch as stt
+    import torch
+
+    raw = exported_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    framed = _edited_frame(raw, n, edit)
+    if framed is not None:
+        return framed
+    what = edit[0]
+    header = json.loads(raw[8:8 + n])
+    tensors = stt.load(raw)
+    meta = dict(header["__metadata__"])
+    info = json.loads(meta["resnetlab"])
+    if what == "image_size":
+        info["image_size"] = edit[1]
+    elif what == "classes":
+        info["classes"] = edit[1]
+    elif what == "spec":
+        info["spec"][edit[1]] = edit[2]
+    elif what == "spec_drop":
+        info["spec"].pop(edit[1], None)
+    elif what == "info":
+        info[edit[1]] = edit[2]
+    elif what == "format":
+        meta["format"] = edit[1]
+    elif what == "norm":
+        key = f"normalization.{edit[1]}"
+        if edit[2] == "drop":
+            tensors.pop(key)
+        else:
+            tensors[key] = _norm_tensor(edit[2], tensors[key])
+    elif what == "nan":
+        name = next(k for k in tensors if k.endswith("weight" if edit[1] == "conv" else "bias")
+                    and not k.startswith("normalization"))
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[0] = edit[2]
+    elif what == "dtype":
+        name = next(k for k in tensors if k.endswith("weight"))
+        tensors[name] = tensors[name].to(getattr(torch, edit[1]))
+    if what == "info_doc":
+        meta["resnetlab"] = json.dumps(edit[1])
+    elif what == "raw_info":
+        meta["resnetlab"] = edit[1]
+    else:
+        meta["resnetlab"] = json.dumps(info)  # allow_nan: an Infinity image size stays what the edit says
+    return stt.save(tensors, metadata=meta)
+
+
+def _edited_frame(raw: bytes, n: int, edit: tuple[Any, ...]) -> bytes | None:
+    """The edits of the file's frame (header length, cuts, trailing bytes, the header's JSON); None: another edit."""
+    what = edit[0]
+    if what == "length":
+        value = {"+1": n + 1, "-1": n - 1, "0": 0, "file": len(raw), "2**63": 2**63, "2**64-1": 2**64 - 1}[edit[1]]
+        return value.to_bytes(8, "little") + raw[8:]
+    if what == "cut":
+        at = {"header/2": 8 + n // 2, "header end": 8 + n, "header end+1": 9 + n, "data/2": (8 + n + len(raw)) // 2,
+              "last byte": len(raw) - 1}.get(edit[1])
+        return raw[: int(edit[1]) if at is None else at]
+    if what == "trailing":
+        return raw + edit[1]
+    if what not in ("header_nested", "offsets"):
+        return None
+    header = json.loads(raw[8:8 + n])
+    if what == "header_nested":
+        text = (json.dumps(header)[:-1] + ', "x": ' + "[" * edit[1] + "]" * edit[1] + "}").encode()
+        return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+    names = [k for k in header if k != "__metadata__"]  # offsets: the second tensor's data inside the first one's
+    a, b = header[names[0]], header[names[1]]
+    length = b["data_offsets"][1] - b["data_offsets"][0]
+    b["data_offsets"] = [a["data_offsets"][0], a["data_offsets"][0] + length]
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+
+
+MODES = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I", "F", "CMYK"]
+
+
+IMAGE_KINDS = ([f"mode {m}" for m in MODES]
+               + ["1x1", "1x100000", "100000x1", "declared 100000x100000", "declared 8193x8192", "png missing rows",
+                  "jpeg partial frame", "png cut in its data", "zero bytes", "png named .jpg", "jpeg named .png",
+                  "text", "animated gif", "exif rotated jpeg"])
+
+INVALID_IMAGES = {"png missing rows": "a PNG whose data covers half its rows",
+                  "jpeg partial frame": "a JPEG whose scan covers a quarter of its declared frame",
+                  "png cut in its data": "a PNG cut inside its image data", "zero bytes": "an empty image file",
+                  "text": "a text file as an image"}
+
+
+def image_file(kind: str, seed: int) -> tuple[bytes, str]:
+    """The bytes of an image file of `kind` and the suffix its name gets."""
+    import struct
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)  # not square: the crop matters
+
+    def save(img: Image.Image, fmt: str, **kw: Any) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    if kind.startswith("mode "):
+        return _mode_image(kind[5:], rgb, rng, save), ".png"
+    if kind in ("1x1", "1x100000", "100000x1"):
+        w, h = (int(v) for v in kind.split("x"))
+        return save(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), "PNG"), ".png"
+    if kind.startswith("declared "):
+        w, h = (int(v) for v in kind.split()[1].split("x"))
+        return crafted_png(w, h, b"\x00" * 64), ".png"
+    if kind == "png missing rows":  # IDAT holds 6 of 12 rows; PIL fills the rest without an error
+        rows = b"".join(b"\x00" + rgb[r].tobytes() for r in range(6))
+        ihdr = struct.pack(">IIBBBBB", 10, 12, 8, 2, 0, 0, 0)
+        return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(rows))
+                + png_chunk(b"IEND", b"")), ".png"
+    if kind == "jpeg partial frame":  # the frame header claims 4x the rows its scan holds; PIL pads with grey
+        jpeg = bytearray(save(Image.fromarray(rgb), "JPEG"))
+        sof = jpeg.find(b"\xff\xc0")
+        jpeg[sof + 5:sof + 7] = (48).to_bytes(2, "big")
+        return bytes(jpeg), ".jpg"
+    if kind == "png cut in its data":
+        png = save(Image.fromarray(rgb), "PNG")
+        return png[: png.find(b"IDAT") + 20], ".png"
+    if kind == "zero bytes":
+        return b"", ".png"
+    if kind == "png named .jpg":
+        return save(Image.fromarray(rgb), "PNG"), ".jpg"
+    if kind == "jpeg named .png":
+        return save(Image.fromarray(rgb), "JPEG"), ".png"
+    if kind == "text":
+        return b"not an image\n", ".png"
+    if kind == "animated gif":
+        return save(Image.fromarray(rgb), "GIF", save_all=True, append_images=[Image.fromarray(255 - rgb)]), ".png"
+    if kind == "exif rotated jpeg":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90
+        return save(Image.fromarray(rgb), "JPEG", exif=exif), ".jpg"
+    raise ValueError(kind)
+
+
+def _mode_image(mode: str, rgb: Any, rng: Any, save: Any) -> bytes:
+    """An image of PIL mode `mode` as PNG, or TIFF (under a .png name) where PNG cannot hold the mode."""
+    import numpy as np
+    from PIL import Image
+
+    arrays = {"1": rgb[..., 0] > 127, "L": rgb[..., 0], "LA": rgb[..., :2].copy(), "RGB": rgb,
+              "RGBA": rng.integers(0, 256, (12, 10, 4), dtype=np.uint8),
+              "I;16": rng.integers(0, 65536, (12, 10), dtype=np.uint16),
+              "I": rng.integers(0, 65536, (12, 10), dtype=np.int32),
+              "F": rng.random((12, 10), dtype=np.float32)}
+    if mode == "P":
+        img = Image.fromarray(rgb).convert("P")
+    elif mode == "PA":
+        img = Image.fromarray(rgb).convert("P").convert("PA")
+    elif mode == "CMYK":
+        img = Image.fromarray(rgb).convert("CMYK")
+    elif mode == "1":
+        img = Image.fromarray(arrays["1"])
+    else:
+        img = Image.fromarray(arrays[mode], mode if mode in ("LA", "RGBA") else None)
+    try:
+        return save(img, "PNG")
+    except OSError:  # PA, I, F, CMYK: TIFF, under a .png name (content decides, not the suffix)
+        return save(img, "TIFF")
+
+
+NAMES = ["img", "new\nline", "\x1b[31mred", "car\rriage", "tab\tname", "sp ace ", "ünïcödé", "bell\x07"]
