@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+from tools import gpu_plan
 
-import gpu_plan  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["--device", "cpu", "--data", "synthetic:128", "--set", "optim.batch_size=16", "--set", "model.depth=8",
         "--set", "run.threads=1", "--parallel", "2"]

@@ -61,7 +61,7 @@ def leftovers(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".tmp" in p.name)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
@@ -69,7 +69,85 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills-per-run", type=int, default=5)
     ap.add_argument("--out", default="results/kill-campaign.json")
     ap.add_argument("--workdir", default=None, help="where runs are written (default: a temporary directory)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _one_run(run: Path, args: argparse.Namespace, rng: random.Random, ref_wall: float, ref: dict,
+             tally: dict) -> dict:
+    """One run, killed at random moments (at most --kills-per-run) and resumed until it ends; its record.
+    `tally` holds the campaign's kills so far, the log of every kill and the corrupt checkpoints found."""
+    this_run = {"run": run.name, "kills": 0, "restarts_before_config": 0, "resumes": 0, "kill_times_s": []}
+    while True:
+        fresh = not (run / "config.json").exists()
+        cmd = [sys.executable, "-m", "resnetlab", *(recipe(args.iters) + ["--out", str(run)] if fresh
+                                                     else ["train", "--resume", str(run)])]
+        if fresh and this_run["kills"]:
+            this_run["restarts_before_config"] += 1
+        elif not fresh:
+            this_run["resumes"] += 1
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+        if this_run["kills"] < args.kills_per_run and tally["kills"] < args.kills:
+            at = rng.uniform(0.0, ref_wall)
+            try:
+                p.wait(timeout=at)
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                p.stderr.close()
+                tally["kills"] += 1
+                this_run["kills"] += 1
+                this_run["kill_times_s"].append(round(at, 3))
+                bad = corrupt_checkpoints(run)
+                tally["log"].append({"run": run.name, "at_s": round(at, 3), "config_existed": not fresh,
+                                     "checkpoints": sorted(q.name for q in (run / "checkpoints").glob("*.pt"))
+                                     if (run / "checkpoints").is_dir() else [], "corrupt": bad})
+                tally["problems"].extend(bad)
+                continue
+        _, err = p.communicate(timeout=600)
+        if p.returncode != 0:
+            this_run["error"] = err.strip().splitlines()[-1:] or [f"exit {p.returncode}"]
+        break
+    this_run["exit_code"] = p.returncode
+    if p.returncode == 0:
+        got = final_state(run, args.iters)
+        this_run["identical"] = got.keys() == ref.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        this_run["metrics_steps"] = steps
+        this_run["metrics_ok"] = steps == sorted(set(steps))
+    else:
+        this_run["identical"] = False
+    this_run["leftover_temp_files"] = leftovers(run) if run.exists() else []
+    return this_run
+
+
+def _result(argv: list[str] | None, args: argparse.Namespace, ref_wall: float, runs: list[dict], tally: dict,
+            work: Path, started: float) -> dict:
+    """The campaign's record (results/kill-campaign.json)."""
+    kill_log, problems = tally["log"], tally["problems"]
+    return {
+        "command": " ".join(["python", "tools/kill_campaign.py", *(argv if argv is not None else sys.argv[1:])]),
+        "recipe": "python -m resnetlab " + " ".join(recipe(args.iters)),
+        "seed": args.seed, "iters": args.iters, "kills_per_run": args.kills_per_run,
+        "reference_wall_s": round(ref_wall, 3),
+        "kills": tally["kills"], "runs": len(runs),
+        "runs_identical": sum(1 for r in runs if r["identical"]),
+        "runs_not_identical": [r["run"] for r in runs if not r["identical"]],
+        "corrupt_checkpoints_found": problems,
+        "kills_before_config_json": sum(1 for k in kill_log if not k["config_existed"]),
+        "leftover_temp_files_in_runs": sum(len(r["leftover_temp_files"]) for r in runs),
+        "leftover_temp_dirs_beside_runs": [p.name for p in work.iterdir() if ".tmp" in p.name],
+        "kill_times_s": [k["at_s"] for k in kill_log],
+        "per_run": runs, "per_kill": kill_log,
+        "total_time_s": round(time.time() - started, 1),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "cpus": os.cpu_count(), "processor": platform.processor()},
+        "workdir": str(work),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The campaign: a reference run, then runs killed and resumed until --kills kills were made."""
+    args = _parser().parse_args(argv)
     rng = random.Random(args.seed)
     started = time.time()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="kill-campaign-"))
@@ -85,81 +163,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     ref = final_state(reference, args.iters)
 
-    runs, kill_log, problems = [], [], []
-    total_kills = 0
-    while total_kills < args.kills:
-        run = work / f"run-{len(runs):03d}"
-        this_run = {"run": run.name, "kills": 0, "restarts_before_config": 0, "resumes": 0, "kill_times_s": []}
-        while True:
-            fresh = not (run / "config.json").exists()
-            cmd = [sys.executable, "-m", "resnetlab", *(recipe(args.iters) + ["--out", str(run)] if fresh
-                                                         else ["train", "--resume", str(run)])]
-            if fresh and this_run["kills"]:
-                this_run["restarts_before_config"] += 1
-            elif not fresh:
-                this_run["resumes"] += 1
-            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
-            if this_run["kills"] < args.kills_per_run and total_kills < args.kills:
-                at = rng.uniform(0.0, ref_wall)
-                try:
-                    p.wait(timeout=at)
-                except subprocess.TimeoutExpired:
-                    p.send_signal(signal.SIGKILL)
-                    p.wait()
-                    p.stderr.close()
-                    total_kills += 1
-                    this_run["kills"] += 1
-                    this_run["kill_times_s"].append(round(at, 3))
-                    bad = corrupt_checkpoints(run)
-                    kill_log.append({"run": run.name, "at_s": round(at, 3), "config_existed": not fresh,
-                                     "checkpoints": sorted(q.name for q in (run / "checkpoints").glob("*.pt"))
-                                     if (run / "checkpoints").is_dir() else [], "corrupt": bad})
-                    problems.extend(bad)
-                    continue
-            _, err = p.communicate(timeout=600)
-            if p.returncode != 0:
-                this_run["error"] = err.strip().splitlines()[-1:] or [f"exit {p.returncode}"]
-                break
-            break
-        this_run["exit_code"] = p.returncode
-        if p.returncode == 0:
-            got = final_state(run, args.iters)
-            this_run["identical"] = got.keys() == ref.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
-            steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-            this_run["metrics_steps"] = steps
-            this_run["metrics_ok"] = steps == sorted(set(steps))
-        else:
-            this_run["identical"] = False
-        this_run["leftover_temp_files"] = leftovers(run) if run.exists() else []
+    runs: list[dict] = []
+    tally: dict = {"kills": 0, "log": [], "problems": []}
+    while tally["kills"] < args.kills:
+        this_run = _one_run(work / f"run-{len(runs):03d}", args, rng, ref_wall, ref, tally)
         runs.append(this_run)
-        print(f"{run.name}: {this_run['kills']} kills, identical={this_run['identical']}", flush=True)
+        print(f"{this_run['run']}: {this_run['kills']} kills, identical={this_run['identical']}", flush=True)
 
-    litter = [p.name for p in work.iterdir() if ".tmp" in p.name]
-    result = {
-        "command": " ".join(["python", "tools/kill_campaign.py", *(argv if argv is not None else sys.argv[1:])]),
-        "recipe": "python -m resnetlab " + " ".join(recipe(args.iters)),
-        "seed": args.seed, "iters": args.iters, "kills_per_run": args.kills_per_run,
-        "reference_wall_s": round(ref_wall, 3),
-        "kills": total_kills, "runs": len(runs),
-        "runs_identical": sum(1 for r in runs if r["identical"]),
-        "runs_not_identical": [r["run"] for r in runs if not r["identical"]],
-        "corrupt_checkpoints_found": problems,
-        "kills_before_config_json": sum(1 for k in kill_log if not k["config_existed"]),
-        "leftover_temp_files_in_runs": sum(len(r["leftover_temp_files"]) for r in runs),
-        "leftover_temp_dirs_beside_runs": litter,
-        "kill_times_s": [k["at_s"] for k in kill_log],
-        "per_run": runs, "per_kill": kill_log,
-        "total_time_s": round(time.time() - started, 1),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "cpus": os.cpu_count(), "processor": platform.processor()},
-        "workdir": str(work),
-    }
+    result = _result(argv, args, ref_wall, runs, tally, work, started)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-    print(f"{total_kills} kills over {len(runs)} runs: {result['runs_identical']} identical, "
-          f"{len(problems)} corrupt checkpoints, {result['total_time_s']} s -> {out}")
-    ok = result["runs_identical"] == len(runs) and not problems
+    print(f"{tally['kills']} kills over {len(runs)} runs: {result['runs_identical']} identical, "
+          f"{len(tally['problems'])} corrupt checkpoints, {result['total_time_s']} s -> {out}")
+    ok = result["runs_identical"] == len(runs) and not tally["problems"]
     return 0 if ok else 1
 
 
