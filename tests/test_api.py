@@ -147,3 +147,18 @@ def test_errors_are_the_commands_one_line_errors(tmp_path: Path) -> None:
         resnetlab.Run.open(tmp_path / "missing")
     with pytest.raises(resnetlab.ResnetlabError, match="empty"):
         resnetlab.load("")
+
+
+def test_the_library_leaves_the_callers_matplotlib_backend_alone(tmp_path: Path) -> None:
+    """train and the propagation figure switched matplotlib to Agg, so a notebook's plt.show() showed nothing."""
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        resnetlab.train(**{**TINY, "iters": 2}, out=tmp_path / "run")
+        resnetlab.propagation(["resnet20"], data="digits", batch_size=8).plot(tmp_path / "p.png")
+        assert matplotlib.get_backend() == "svg"
+        assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+    finally:
+        matplotlib.use(before)

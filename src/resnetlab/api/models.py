@@ -46,8 +46,9 @@ def create_model(name: str, weights: str | Path | None = None, **overrides: Any)
     held = net.spec.to_dict()
     differ = [k for k, v in wanted.to_dict().items() if k not in ("name", "recompute") and held.get(k) != v]
     if differ:
+        asked = " ".join([name, *(f"{k}={v}" for k, v in overrides.items())])
         raise CheckpointError(f"{found.path}: holds a net with {differ[0]}={held.get(differ[0])!r}, not "
-                              f"{getattr(wanted, differ[0])!r} as {name} {overrides or ''} has")
+                              f"{getattr(wanted, differ[0])!r} as {asked} has")
     return net
 
 

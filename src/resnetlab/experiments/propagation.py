@@ -174,16 +174,14 @@ def plot_propagation(results: dict[str, list[Row]], path: Path | str, title: str
 
     The x axis is the row index l (1..L: unit inputs; L+1: the last unit's output). Written atomically.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a caller's backend (a notebook's) is left as it is
 
     path = Path(path)
     fmt = path.suffix.lower()
     if fmt not in FIGURE_FORMATS:
         raise ConfigError(f"{path}: figure must end with {', '.join(FIGURE_FORMATS)}")
-    fig, (ax_f, ax_b) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    fig = Figure(figsize=(10, 4.2), dpi=110)
+    ax_f, ax_b = fig.subplots(1, 2)
     for name, rows in results.items():
         index = [r["index"] for r in rows]
         (line,) = ax_f.plot(index, [r["std"] for r in rows], linewidth=1.4, label=name)
@@ -201,6 +199,4 @@ def plot_propagation(results: dict[str, list[Row]], path: Path | str, title: str
         replace_with(path, fig.savefig)  # the temporary keeps the suffix: savefig picks the format by it
     except OSError as exc:
         raise ResnetlabError(f"{path}: cannot write figure ({exc.strerror or exc})") from None
-    finally:
-        plt.close(fig)
     return path

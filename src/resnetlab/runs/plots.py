@@ -13,12 +13,11 @@ def plot_curves(runs: dict[str, list[MetricsRow]], path: Path, title: str = "",
                 paper: dict[str, float] | None = None) -> Path:
     """One line colour per run: training error dashed, test error solid; paper errors as dotted levels."""
     import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: a caller's backend (a notebook's) is left as it is
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    ax = fig.subplots()
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, rows) in enumerate(runs.items()):
         rows = [r for r in rows if r.test_error is not None]
         if not rows:
@@ -52,12 +51,10 @@ class ErrorBar(NamedTuple):
 
 def plot_errors(bars: list[ErrorBar], path: Path, title: str = "") -> Path:
     """Final test error per member (median over seeds, bars) with the paper's value marked (x)."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(bars) + 1.5), dpi=110)
+    fig = Figure(figsize=(7, 0.45 * len(bars) + 1.5), dpi=110)
+    ax = fig.subplots()
     ys = range(len(bars))
     ours = [b.ours if b.ours is not None else 0.0 for b in bars]
     ax.barh(list(ys), ours, color="#4c72b0", alpha=0.8, label="ours (median)")
@@ -81,12 +78,7 @@ def plot_errors(bars: list[ErrorBar], path: Path, title: str = "") -> Path:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    """Write the figure atomically (temporary file, then rename) and close it."""
-    import matplotlib.pyplot as plt
-
+    """Write the figure atomically (temporary file, then rename)."""
     fig.tight_layout()
-    try:
-        replace_with(path, fig.savefig)  # the temporary keeps the suffix: savefig picks the format by it
-    finally:
-        plt.close(fig)
+    replace_with(path, fig.savefig)  # the temporary keeps the suffix: savefig picks the format by it
     return path
