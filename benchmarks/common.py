@@ -49,13 +49,12 @@ def build_trainer(name: str, data: str, device: torch.device, amp: str, recomput
     """A real Trainer for `name` on `data` (not started: no run directory is written)."""
     from resnetlab.runs.directory import RunDir
     from resnetlab.settings.config import build_config
-    from resnetlab.training.setup import prepare
-    from resnetlab.training.trainer import trainer_for
+    from resnetlab.training import build
 
     overrides = {"run.device": str(device), "run.amp": amp, "run.compile": compile_mode, "run.progress": False,
                  "run.tensorboard": False, "warmup.enabled": False, "model.recompute": recompute}
     cfg = build_config(recipe="cifar", model=name, data=data, overrides=overrides)
-    return trainer_for(prepare(cfg), RunDir(tmp / "unused"), log=lambda *_: None)
+    return build.build_trainer(cfg, RunDir(tmp / "unused"), log=lambda *_: None)
 
 
 def machine(device: torch.device) -> dict[str, Any]:

@@ -21,15 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab import create_model
-from resnetlab.data import load_data
 from resnetlab.networks.folding import fold_bn
 from resnetlab.runs.directory import RunDir
 from resnetlab.settings.config import build_config
+from resnetlab.training.build import build_trainer
 from resnetlab.training.distributed import World
 from resnetlab.training.evaluation import evaluate
 from resnetlab.training.fast import make_sgd
-from resnetlab.training.setup import configure_runtime, data_options, model_spec
-from resnetlab.training.trainer import Trainer, create_trainer
+from resnetlab.training.trainer import Trainer
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -71,9 +70,7 @@ def _trainer(tmp_path: Path, tag: str, model: str = "resnet20", device: torch.de
     cfg = build_config(model=model, data="synthetic:256", recipe="cifar",
                        overrides={"run.progress": False, "run.tensorboard": False, "warmup.enabled": False,
                                   "run.device": str(device), **overrides})
-    configure_runtime(cfg, device)
-    source = load_data(cfg.data.source, data_options(cfg))
-    return create_trainer(cfg, RunDir(tmp_path / tag), source, model_spec(cfg, source), device, log=lambda *_: None)
+    return build_trainer(cfg, RunDir(tmp_path / tag), log=lambda *_: None)
 
 
 @pytest.mark.parametrize("name, overrides", [("resnet20", {}), ("preact_resnet164", {"depth": 11}),
@@ -179,7 +176,8 @@ def test_reduce_overhead_compiled_steps_equal_eager_steps(tmp_path: Path, overri
     apart by 3e-4 in four steps, as on CPU), dropout shortcuts drawing the same masks; the BN running
     statistics, mutated in place inside the graph, follow too."""
     kw = {"model.depth": 8, **overrides}
-    eager = _trainer(tmp_path, "eager", **kw)
+    eager = _trainer(tmp_path, "eager", **kw)  # run.compile=auto: eager on CUDA too
+    assert eager.compile.mode == "off" and eager.compile.reason.startswith("run.compile=auto: eager on cuda;")
     graphs = _trainer(tmp_path, "graphs", **kw, **{"run.compile": "reduce-overhead"})
     graphs.model.load_state_dict(eager.model.state_dict())
     losses: dict[str, list[float]] = {"eager": [], "graphs": []}
@@ -229,9 +227,7 @@ def test_nccl_ddp_sync_bn_steps_equal_single_process_steps(tmp_path: Path) -> No
         cfg = build_config(model="resnet20", data="synthetic:256", recipe="cifar",
                            overrides={"run.progress": False, "run.tensorboard": False, "warmup.enabled": True,
                                       "run.device": "cuda", "run.sync_bn": True})
-        source = load_data(cfg.data.source, data_options(cfg))
-        ddp = create_trainer(cfg, RunDir(tmp_path / "ddp"), source, model_spec(cfg, source), CUDA, log=lambda *_: None,
-                      world=_OneRankGroup(0, 1, 0))
+        ddp = build_trainer(cfg, RunDir(tmp_path / "ddp"), world=_OneRankGroup(0, 1, 0), log=lambda *_: None)
         assert isinstance(ddp.train_model, nn.parallel.DistributedDataParallel)
         assert any(isinstance(m, nn.SyncBatchNorm) for m in ddp.model.modules())
         ddp.model.load_state_dict(single.model.state_dict())

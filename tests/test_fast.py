@@ -18,24 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import resnetlab.training.fast
 from resnetlab import create_model
-from resnetlab.data import load_data
 from resnetlab.errors import ConfigError
 from resnetlab.networks.folding import fold_bn
 from resnetlab.runs.directory import RunDir
 from resnetlab.settings.config import build_config
+from resnetlab.training.build import build_trainer
 from resnetlab.training.evaluation import evaluate
-from resnetlab.training.fast import (
-    COMPILE_GAIN,
-    COMPILE_S,
-    EAGER_MACS_PER_S,
-    MIN_GAIN,
-    choose_compile,
-    has_cxx_compiler,
-)
-from resnetlab.training.setup import data_options, model_spec
-from resnetlab.training.trainer import Trainer, create_trainer
+from resnetlab.training.fast import has_cxx_compiler
+from resnetlab.training.trainer import Trainer
 
 
 def _random_bn_stats(model: nn.Module, seed: int = 0) -> None:
@@ -107,9 +98,7 @@ def _trainer(tmp_path: Path, tag: str, **overrides: object) -> Trainer:
     cfg = build_config(model="resnet20", data="synthetic:64", recipe="cifar",
                        overrides={"run.progress": False, "run.tensorboard": False, "run.compile": "off",
                                   **overrides})
-    source = load_data(cfg.data.source, data_options(cfg))
-    return create_trainer(cfg, RunDir(tmp_path / tag), source, model_spec(cfg, source), torch.device("cpu"),
-                   log=lambda *_: None)
+    return build_trainer(cfg, RunDir(tmp_path / tag), device="cpu", log=lambda *_: None)
 
 
 def test_trainer_fast_path_follows_the_plain_path(tmp_path: Path) -> None:
@@ -165,58 +154,24 @@ def test_compile_mode_is_checked(tmp_path: Path) -> None:
         _trainer(tmp_path, "bad", **{"run.compile": "fastest"})
 
 
-CPU, CUDA_DEVICE = torch.device("cpu"), torch.device("cuda")
-
-
-def test_compile_auto_decides_by_the_measured_cost_model() -> None:
-    """`run.compile=auto`: eager where the lowest measured gain is inside the noise (both block types on this
-    project's CPUs); given a gain, compile on CPU when eager time x (1 - 1/gain) exceeds the compile time."""
-    macs = 40_600_000  # resnet20 on 32x32
-    paper = 64_000 * 128  # the paper's CIFAR run: hours eager
-    for block in ("basic", "bottleneck"):  # measured 0.9-1.0x at worst: no run is long enough
-        assert COMPILE_GAIN[block] < MIN_GAIN
-        choice = choose_compile("auto", CPU, block, 20, paper, macs)
-        assert choice.mode == "off" and "no sure gain" in choice.reason
-        assert f"{COMPILE_GAIN[block]:.2f}x" in choice.reason
-    gain = 1.15  # a CPU where compiling measured 1.15x
-    assert choose_compile("auto", CPU, "basic", 20, paper, macs, gain=gain).mode == "default"
-    assert choose_compile("auto", CPU, "basic", 20, 100 * 128, macs, gain=gain).mode == "off"  # 100 steps: 16 s
-    # the threshold: saved time equal to the compile time stays eager, a little more compiles
-    even = COMPILE_S / (1 - 1 / gain) * EAGER_MACS_PER_S / macs
-    assert choose_compile("auto", CPU, "basic", 20, int(even * 0.99), macs, gain=gain).mode == "off"
-    assert choose_compile("auto", CPU, "basic", 20, int(even * 1.01), macs, gain=gain).mode == "default"
-    # deeper nets compile longer: resnet1202 is charged 56 s x 1202 / 110 = 612 s
-    deep = choose_compile("auto", CPU, "basic", 1202, 3000 * 128, 2_830_000_000, gain=gain)
-    assert deep.mode == "default" and "about 612 s to compile" in deep.reason
-    assert choose_compile("auto", CPU, "basic", 1202, 300 * 128, 2_830_000_000, gain=gain).mode == "off"
-    assert choose_compile("auto", CPU, "basic", 20, paper, macs, gain=1.04).mode == "off"  # inside the noise
-    # never on CUDA (not measured there), nor without a C++ compiler
-    for choice in (choose_compile("auto", CUDA_DEVICE, "basic", 20, paper, macs, gain=gain),
-                   choose_compile("auto", CPU, "basic", 20, paper, macs, have_compiler=False, gain=gain)):
-        assert choice.mode == "off" and "eager" in choice.reason
-    assert choose_compile("reduce-overhead", CUDA_DEVICE, "basic", 20, 0, 0).mode == "reduce-overhead"
-    assert choose_compile("off", CPU, "basic", 20, paper, macs).mode == "off"
-
-
-def test_compile_auto_in_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The main job (digits, defaults) stays eager; the paper's 64k-iteration CIFAR run is compiled (lazily:
-    nothing is compiled here) with the on-disk cache under the resnetlab cache directory."""
-    main_cfg = build_config(overrides={"run.progress": False, "run.tensorboard": False})
-    assert main_cfg.run.compile == "auto"
-    source = load_data(main_cfg.data.source, data_options(main_cfg))
-    main_job = create_trainer(main_cfg, RunDir(tmp_path / "main"), source, model_spec(main_cfg, source), CPU,
-                       log=lambda *_: None)
-    assert main_job.compile.mode == "off" and main_job.train_model is main_job.model
-    assert "eager" in main_job.compile.reason
+def test_compile_auto_is_eager_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run.compile=auto` (the default, and what old config.json files hold) trains the main job eager, sets no
+    compile cache, and logs the measurement behind that; a named mode compiles (lazily: nothing is compiled
+    here) with PyTorch's on-disk cache under the resnetlab cache directory."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset")  # restored after the test ...
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")  # ... and absent during it
-    long = _trainer(tmp_path, "long", **{"run.compile": "auto", "data.cache_dir": str(tmp_path / "cache")})
-    assert long.compile.mode == "off" and "no sure gain" in long.compile.reason  # the measured gains
+    main_cfg = build_config(overrides={"run.progress": False, "run.tensorboard": False})
+    assert main_cfg.run.compile == "auto"
+    main_job = build_trainer(main_cfg, RunDir(tmp_path / "main"), device="cpu", log=lambda *_: None)
+    assert main_job.compile.mode == "off" and main_job.train_model is main_job.model
+    assert main_job.compile.reason.startswith("run.compile=auto: eager on cpu; compiled steps measured")
+    assert main_job.resolved()["compile"] == "off"
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
-    monkeypatch.setitem(resnetlab.training.fast.COMPILE_GAIN, "basic", 1.15)  # a CPU where compiling pays
-    long = _trainer(tmp_path, "long2", **{"run.compile": "auto", "data.cache_dir": str(tmp_path / "cache")})
     if not has_cxx_compiler():
-        assert long.compile.mode == "off"
+        with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+            _trainer(tmp_path, "named", **{"run.compile": "default"})
         return
-    assert long.compile.mode == "default" and long.train_model is not long.model
+    named = _trainer(tmp_path, "named", **{"run.compile": "default", "data.cache_dir": str(tmp_path / "cache")})
+    assert named.compile.mode == "default" and named.compile.reason == "run.compile=default"
+    assert named.train_model is not named.model and named.eager_model is named.model
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "inductor")

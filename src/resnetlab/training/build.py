@@ -1,71 +1,82 @@
-"""A training's parts, built from its config before the loop starts: the net and its wrappings (channels-last,
-SyncBN, DDP, torch.compile), the batch arithmetic, the optimizer and the schedule. `trainer.create_trainer` builds them
-and the `Trainer` is given the results."""
+"""From a config to a ready trainer, in one function: `build_trainer`.
+
+It resolves where the run executes (device, threads, kernels), loads the data, fits the model's spec to it,
+then builds the trainer's parts in the order that fixes the random state (the seed, then the net's init): the
+net and its wrappings (channels-last, SyncBN, DDP, torch.compile), the batch arithmetic, the optimizer, the
+schedule and the reporter. `train`, `resume`, the benchmarks and the tests all build their trainer here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import time
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from resnetlab.data import DataSource, cache_dir
+from resnetlab.data import DataSource, cache_dir, load_data
 from resnetlab.errors import ConfigError
-from resnetlab.networks.counting import count_macs
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.spec import ResNetSpec
+from resnetlab.runs.directory import RunDir
 from resnetlab.settings.config import Config
-from resnetlab.training.distributed import World
-from resnetlab.training.fast import (
-    COMPILE_GAIN,
-    MIN_GAIN,
-    CompileChoice,
-    choose_compile,
-    compile_module,
-    has_cxx_compiler,
-    make_sgd,
-    use_compile_cache,
+from resnetlab.training.distributed import World, broadcast
+from resnetlab.training.fast import choose_compile, compile_module, make_sgd, use_compile_cache
+from resnetlab.training.reporting import Log, Reporter, quiet
+from resnetlab.training.schedule import build_schedule
+from resnetlab.training.setup import (
+    autocast,
+    check_trainable,
+    configure_runtime,
+    data_options,
+    rank_device,
+    resolve_device,
+    use_channels_last,
 )
-from resnetlab.training.schedule import Schedule, build_schedule
-from resnetlab.training.setup import autocast, check_trainable, data_options, use_channels_last
+from resnetlab.training.trainer import Trainer
 
 
-@dataclass
-class Parts:
-    """What the loop runs: `model` is the net whose state is saved; `train_model` is what a step calls (the
-    same parameters, wrapped for DDP and compiled), `eager_model` the same uncompiled."""
-
-    model: ResNet
-    train_model: nn.Module
-    eager_model: nn.Module
-    channels_last: bool
-    batch: int  # the global batch of one step
-    spe: int  # steps per epoch
-    optimizer: torch.optim.SGD
-    schedule: Schedule
-    compile: CompileChoice
-    amp: Any  # the autocast context of the forward
-
-
-def build_parts(cfg: Config, source: DataSource, spec: ResNetSpec, device: torch.device, world: World) -> Parts:
-    """The parts, in the order that fixes the random state: the seed, then the net's init."""
+def build_trainer(cfg: Config, run: RunDir | str | Path | None = None, *, world: World | None = None,
+                  device: str | None = None, log: Log = print) -> Trainer:
+    """The trainer of `cfg` in `run`: an existing `RunDir` (resume, benchmarks, tests) or a path that must not
+    hold a run yet (None: `runs/MODEL-DATA-TIME`), created later by `entry.train`. `device` replaces
+    `run.device` without touching the config. Everything a run checks before it writes is checked here."""
+    world = world or World()
+    torch_device = rank_device(resolve_device(device or cfg.run.device), world)
+    configure_runtime(cfg, torch_device)
+    source = load_data(cfg.data.source, data_options(cfg))
+    if cfg.data.pad > source.image_size:  # a crop could miss the image; the padded batch grows with pad squared
+        raise ConfigError(f"data.pad: {cfg.data.pad} is more than the images' side ({source.image_size} pixels "
+                          f"of {source.name}); the papers pad 4 on 32")
+    spec = cfg.model.spec(source.channels, source.num_classes, source.name)
+    if not isinstance(run, RunDir):
+        name = f"{spec.name}-{source.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = RunDir(run if run is not None else broadcast(Path("runs") / name, world))
+        run.check_new()
     torch.manual_seed(cfg.run.seed)
-    model, channels_last = build_model(cfg, spec, device, world)
-    wrapped = wrap_model(model, cfg, device, world)
+    model, channels_last = _net(cfg, spec, torch_device, world)
+    eager_model = model if not world.active else DistributedDataParallel(
+        model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None)
     batch = global_batch(cfg, source, spec, world)
-    o = cfg.optim
-    optimizer = make_sgd(model.parameters(), device, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                         nesterov=o.nesterov and o.momentum > 0)
-    spe = source.steps_per_epoch(batch)
-    schedule = build_schedule(cfg, spe, spec.depth, world.size)
-    choice = decide_compile(cfg, source, spec, model, device, schedule.total * batch // world.size)
-    return Parts(model, compile_module(wrapped, choice.mode, device), wrapped, channels_last, batch, spe,
-                 optimizer, schedule, choice, autocast(cfg, device))
+    optim = cfg.optim
+    optimizer = make_sgd(model.parameters(), torch_device, lr=optim.lr, momentum=optim.momentum,
+                         weight_decay=optim.weight_decay, nesterov=optim.nesterov and optim.momentum > 0)
+    steps_per_epoch = source.steps_per_epoch(batch)
+    schedule = build_schedule(cfg, steps_per_epoch, spec.depth, world.size)
+    compile_choice = choose_compile(cfg.run.compile, torch_device)
+    if compile_choice.mode != "off":
+        use_compile_cache(cache_dir(data_options(cfg)))
+    reporter = Reporter(run, log if world.main else quiet, tensorboard=cfg.run.tensorboard,
+                        progress=cfg.run.progress, total_steps=schedule.total, steps_per_epoch=steps_per_epoch,
+                        batch=batch, trackers=cfg.run.tracker if world.main else None)
+    return Trainer(cfg=cfg, run=run, world=world, device=torch_device, source=source, spec=spec, model=model,
+                   train_model=compile_module(eager_model, compile_choice.mode, torch_device), eager_model=eager_model,
+                   channels_last=channels_last, batch=batch, steps_per_epoch=steps_per_epoch, optimizer=optimizer,
+                   schedule=schedule, compile=compile_choice, amp=autocast(cfg, torch_device), reporter=reporter)
 
 
-def build_model(cfg: Config, spec: ResNetSpec, device: torch.device, world: World) -> tuple[ResNet, bool]:
+def _net(cfg: Config, spec: ResNetSpec, device: torch.device, world: World) -> tuple[ResNet, bool]:
     """The net on its device, in channels-last where that is faster, with SyncBN across CUDA processes."""
     model = ResNet(spec).to(device)
     channels_last = use_channels_last(cfg, device)
@@ -76,36 +87,14 @@ def build_model(cfg: Config, spec: ResNetSpec, device: torch.device, world: Worl
     return model, channels_last
 
 
-def wrap_model(model: nn.Module, cfg: Config, device: torch.device, world: World) -> nn.Module:
-    """DDP around the net when several processes train it (the same parameters)."""
-    if not world.active:
-        return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def global_batch(cfg: Config, source: DataSource, spec: ResNetSpec, world: World) -> int:
     """The recipe's batch split over ranks, or with linear scaling the recipe's per rank; checked to split
     into ranks x micro-batches, and a micro-batch checked to train the net (BN needs two values)."""
-    o = cfg.optim
-    batch = o.batch_size * (world.size if o.linear_scaling else 1)
-    if batch % (world.size * o.accumulate):
+    optim = cfg.optim
+    batch = optim.batch_size * (world.size if optim.linear_scaling else 1)
+    if batch % (world.size * optim.accumulate):
         raise ConfigError(f"optim.batch_size: global batch {batch} does not split into {world.size} "
-                          f"rank(s) x {o.accumulate} micro-batch(es)")
-    micro = min(batch, source.train_size) // (world.size * o.accumulate)
+                          f"rank(s) x {optim.accumulate} micro-batch(es)")
+    micro = min(batch, source.train_size) // (world.size * optim.accumulate)
     check_trainable(spec, max(micro, 1), source.image_size)
     return batch
-
-
-def decide_compile(cfg: Config, source: DataSource, spec: ResNetSpec, model: ResNet, device: torch.device,
-                   images: int) -> CompileChoice:
-    """`run.compile` resolved ("auto": by the cost model of fast.choose_compile, on `images`, this process's
-    share of the run); the compile cache on when compiling."""
-    setting, macs = cfg.run.compile, 0
-    if setting == "auto" and device.type == "cpu" and COMPILE_GAIN.get(spec.block, 1.0) >= MIN_GAIN:
-        macs = count_macs(model, source.image_size, source.channels)
-    else:
-        images = 0
-    choice = choose_compile(setting, device, spec.block, spec.depth, images, macs, has_cxx_compiler())
-    if choice.mode != "off":
-        use_compile_cache(cache_dir(data_options(cfg)))
-    return choice

@@ -1,9 +1,8 @@
 """A run from start to end: `train` makes a new run directory and trains in it, `resume` continues one from its
-newest good checkpoint. Both go through `setup.prepare` and `trainer.trainer_for`."""
+newest good checkpoint. Both build their trainer with `build.build_trainer`."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +11,11 @@ from resnetlab.networks.counting import count_params
 from resnetlab.runs.directory import RunDir
 from resnetlab.runs.records import Summary, WorkerResult
 from resnetlab.settings.config import Config, config_from_dict
-from resnetlab.training.distributed import barrier, broadcast, init_from_env, shutdown
+from resnetlab.training.build import build_trainer
+from resnetlab.training.distributed import barrier, init_from_env, shutdown
 from resnetlab.training.identity import training_key
 from resnetlab.training.reporting import Log, started, tee
-from resnetlab.training.setup import prepare
-from resnetlab.training.trainer import Trainer, trainer_for
+from resnetlab.training.trainer import Trainer
 from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.weights.resolve import resolve, start_from
 
@@ -25,25 +24,21 @@ def train(cfg: Config, out: str | Path | None = None, log: Log = print) -> tuple
     """Start a new run: everything is validated and loaded before the run directory is created."""
     world = init_from_env(cfg.run.device)
     try:
-        setup = prepare(cfg, world)
-        if out is None:
-            out = broadcast(Path("runs") / f"{setup.spec.name}-{setup.source.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                            world)
-        run = RunDir(out)
-        run.check_new()
-        trainer = trainer_for(setup, run, log)
+        trainer = build_trainer(cfg, out, world=world, log=log)
+        run, log = trainer.run, trainer.reporter.log
         init = _start_from(trainer, cfg)
         barrier(world)  # every rank has checked its input before rank 0 creates anything
         if world.main:
             key = training_key(cfg.to_dict() | {"resolved": init})  # what it trains on, kept as it is now
             run.create(cfg.to_dict() | {"resolved": trainer.resolved() | init | {"key": key}})
-            trainer.log = tee(log, run.log)
+            trainer.reporter.log = log = tee(log, run.log)
         try:
-            started(trainer.reporter, name=setup.spec.name, params=count_params(trainer.model), source=setup.source,
-                    total=trainer.schedule.total, spe=trainer.spe, device=setup.device, processes=world.size)
-            trainer.log(trainer.compile.reason)
+            started(trainer.reporter, name=trainer.spec.name, params=count_params(trainer.model),
+                    source=trainer.source, total=trainer.schedule.total, steps_per_epoch=trainer.steps_per_epoch,
+                    device=trainer.device, processes=world.size)
+            log(trainer.compile.reason)
             if init:
-                trainer.log("initial weights: " + ", ".join(f"{k} {v}" for k, v in init["init"].items()))
+                log("initial weights: " + ", ".join(f"{name} {value}" for name, value in init["init"].items()))
             return run, trainer.fit()
         finally:
             run.unlock()
@@ -68,30 +63,31 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
         if world.main:
             run.lock()
             run.sweep_temporaries()
-        trainer = trainer_for(prepare(cfg, world, device), run, tee(log, run.log))
-        trainer.log(trainer.compile.reason)
+        trainer = build_trainer(cfg, run, world=world, device=device, log=tee(log, run.log))
+        log = trainer.reporter.log
+        log(trainer.compile.reason)
         if fresh:  # killed before its first checkpoint: start again
             _start_from(trainer, cfg, (saved.get("resolved") or {}).get("init", {}).get("sha256"))
             if world.main:
                 run.truncate_metrics(0)
-            trainer.log(f"{run.path}: no checkpoint yet, starting from the beginning")
+            log(f"{run.path}: no checkpoint yet, starting from the beginning")
             return run, trainer.fit()
         weights = resolve(run.path)  # what the run directory means to every command: its newest good checkpoint
         ckpt_path, payload = weights.path, weights.payload
         assert payload is not None  # a run directory's checkpoints are ours: read_weights keeps their payload
         for problem in weights.skipped:
-            trainer.log(f"skipping bad checkpoint: {problem}")
+            log(f"skipping bad checkpoint: {problem}")
         trainer.restore(payload)
         trainer.source.load_norm_state(payload["norm"])
         barrier(world)  # all ranks have read the checkpoint before rank 0 rewrites metrics
         if world.main:
             run.truncate_metrics(trainer.progress.step)
-            _repair_best(run, payload, trainer.log)
+            _repair_best(run, payload, log)
             run.prune(cfg.run.keep_checkpoints)
         if trainer.progress.step >= trainer.schedule.total:
-            trainer.log(f"{run.path}: already finished at step {trainer.progress.step}")
+            log(f"{run.path}: already finished at step {trainer.progress.step}")
         else:
-            trainer.log(f"resuming {run.path} from {ckpt_path.name} (step {trainer.progress.step})")
+            log(f"resuming {run.path} from {ckpt_path.name} (step {trainer.progress.step})")
         return run, trainer.fit()
     finally:
         run.unlock()

@@ -70,16 +70,18 @@ def check_fits(spec: ResNetSpec, source: DataSource, where: Path) -> None:
             f"classes; data {source.name!r} has {source.channels} and {source.num_classes}")
 
 
-def metrics_row(p: Progress, spe: int, schedule: Schedule, model: nn.Module, source: DataSource, batch_size: int,
-                device: torch.device, amp: Any, channels_last: bool) -> MetricsRow:
-    """The metrics row of an evaluation: the epoch's training sums (`p`), test (and val) loss and errors."""
+def metrics_row(progress: Progress, steps_per_epoch: int, schedule: Schedule, model: nn.Module, source: DataSource,
+                batch_size: int, device: torch.device, amp: Any, channels_last: bool) -> MetricsRow:
+    """The metrics row of an evaluation: the epoch's training sums (`progress`), test (and val) loss and errors."""
     test = evaluate(model, source, "test", batch_size, device, amp, channels_last)
     val = evaluate(model, source, "val", batch_size, device, amp, channels_last) if source.has_val else None
-    train_loss = p.loss_sum / max(p.seen, 1)
+    seen = max(progress.seen, 1)
+    train_loss = progress.loss_sum / seen
     return MetricsRow(
-        epoch=p.epoch_label(spe), step=p.step, lr=schedule.lr(p.step - 1, p.warmup_end),
-        train_loss=train_loss if math.isfinite(train_loss) else None, train_error=p.wrong / max(p.seen, 1),
+        epoch=progress.epoch_label(steps_per_epoch), step=progress.step,
+        lr=schedule.lr(progress.step - 1, progress.warmup_end),
+        train_loss=train_loss if math.isfinite(train_loss) else None, train_error=progress.wrong / seen,
         test_loss=test["loss"], test_error=test["error"], test_top5_error=test["top5_error"],
         val_loss=val and val["loss"], val_error=val and val["error"], val_top5_error=val and val["top5_error"],
-        images_per_s=p.seen / p.train_time if p.train_time > 0 else 0.0,
-        eval_images_per_s=test["images_per_s"], epoch_time_s=p.train_time, wall_time_s=p.elapsed)
+        images_per_s=progress.seen / progress.train_time if progress.train_time > 0 else 0.0,
+        eval_images_per_s=test["images_per_s"], epoch_time_s=progress.train_time, wall_time_s=progress.elapsed)

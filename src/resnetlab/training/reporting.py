@@ -50,7 +50,7 @@ class Reporter:
         self._log = log
         self.run = run
         self.tensorboard, self.progress = tensorboard, progress
-        self.total_steps, self.spe, self.batch = total_steps, steps_per_epoch, batch
+        self.total_steps, self.steps_per_epoch, self.batch = total_steps, steps_per_epoch, batch
         self.total_epochs = math.ceil(total_steps / steps_per_epoch)
         self.trackers = Trackers(trackers, tensorboard, log)
 
@@ -103,13 +103,13 @@ class Reporter:
         """summary.json from the run's metrics and progress, and the figure of its error curves."""
         rows = evaluation_rows(self.run.read_metrics())
         final = rows[-1] if rows else None
-        p = progress
         summary = Summary(
             model=model, data=data, recipe=recipe, status=status, diverged=status == "diverged",
-            diverged_at_step=diverged_at, steps=p.step, total_steps=self.total_steps,
-            epochs=round(p.step / self.spe, 3), final=final.final() if final else {}, best=p.best,
-            fail=status == "diverged" or (final is not None and final.test_error > FAIL_ERROR),
-            params=params, wall_time_s=round(p.elapsed, 3), images_per_s=_median([r.images_per_s for r in rows]),
+            diverged_at_step=diverged_at, steps=progress.step, total_steps=self.total_steps,
+            epochs=round(progress.step / self.steps_per_epoch, 3), final=final.final() if final else {},
+            best=progress.best, fail=status == "diverged" or (final is not None and final.test_error > FAIL_ERROR),
+            params=params, wall_time_s=round(progress.elapsed, 3),
+            images_per_s=_median([r.images_per_s for r in rows]),
             device=device_name(device), torch=torch.__version__, resnetlab=__version__,
             threads=torch.get_num_threads(),
         )
@@ -125,10 +125,10 @@ def _median(values: list[float]) -> float | None:
     return values[len(values) // 2] if values else None
 
 
-def started(reporter: Reporter, *, name: str | None, params: int, source: Any, total: int, spe: int,
+def started(reporter: Reporter, *, name: str | None, params: int, source: Any, total: int, steps_per_epoch: int,
             device: torch.device, processes: int) -> None:
     """The run's first line: the net, the data, the budget and the hardware."""
     reporter.log(f"{name} ({params:,} parameters) on {source.name}: {source.train_size} training images, "
-                 f"{total} iterations ({total / spe:.1f} epochs) on {device_name(device)}"
+                 f"{total} iterations ({total / steps_per_epoch:.1f} epochs) on {device_name(device)}"
                  + (f" x {processes} processes" if processes > 1 else ""))
 

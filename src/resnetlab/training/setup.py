@@ -1,15 +1,15 @@
-"""Where a run executes and what it is built from: device, threads, data options, the model's spec.
+"""Where a run executes and what it reads: the device, threads and kernels, the data options, the data a trained
+net is evaluated on.
 
-Every entry point that turns a config into a model on a device (`train`, `resume`, `resnetlab eval`,
-`resnetlab analyze`, the benchmarks and the tests) goes through this module, so a device name, a data
-set or a model override is resolved the same way everywhere and fails with the same one-line error.
+Every entry point that turns a config or a trained net into work on a device (`build.build_trainer` for
+`train`, `resume`, the benchmarks and the tests; `resnetlab eval` and `analyze`) resolves a device name or a
+data set here, so each is resolved the same way everywhere and fails with the same one-line error.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,36 +83,6 @@ def device_name(device: torch.device) -> str:
 def data_options(cfg: Config) -> DataOptions:
     """The config's data section as the data loaders' options (validated when the config was built)."""
     return cfg.data.options()  # type: ignore[no-any-return]
-
-
-def model_spec(cfg: Config, source: DataSource) -> ResNetSpec:
-    """The registry spec with the config's overrides, fitted to the data's channels and classes."""
-    return cfg.model.spec(source.channels, source.num_classes, source.name)
-
-
-@dataclass
-class Setup:
-    """What a config resolves to on this process: the device, the loaded data and the model's spec."""
-
-    cfg: Config
-    world: World
-    device: torch.device
-    source: DataSource
-    spec: ResNetSpec
-
-
-def prepare(cfg: Config, world: World | None = None, device: str | None = None) -> Setup:
-    """Resolve the device (`device` replaces `run.device` without touching the config), set threads and
-    kernels, load the data and fit the model's spec to it: everything a run checks before it writes."""
-
-    world = world or World()
-    dev = rank_device(resolve_device(device or cfg.run.device), world)
-    configure_runtime(cfg, dev)
-    source = load_data(cfg.data.source, data_options(cfg))
-    if cfg.data.pad > source.image_size:  # a crop could miss the image; the padded batch grows with pad squared
-        raise ConfigError(f"data.pad: {cfg.data.pad} is more than the images' side ({source.image_size} pixels "
-                          f"of {source.name}); the papers pad 4 on 32")
-    return Setup(cfg, world, dev, source, model_spec(cfg, source))
 
 
 def check_trainable(spec: ResNetSpec, batch: int, size: int) -> None:

@@ -4,9 +4,8 @@ The loop is iteration-based (v1 sec. 4.2 counts iterations). Everything random i
 and the iteration (data order, augmentation, dropout), and the checkpoint holds the model, optimizer,
 schedule position and epoch accumulators, so a resumed run continues exactly where the killed one stopped.
 
-The trainer owns the model, the optimizer, the step and the epoch; it leaves the device and data set-up
-to `runtime`, the stop decisions to `monitor`, the outputs to `reporting` and the records' shapes to
-`records`.
+The trainer owns the model, the optimizer, the step and the epoch; it is built by `build.build_trainer` and
+leaves the stop decisions to `monitor`, the outputs to `reporting` and the records' shapes to `runs.records`.
 """
 
 from __future__ import annotations
@@ -14,57 +13,64 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from resnetlab.data import DataSource, derive_seed
 from resnetlab.networks.counting import count_params
+from resnetlab.networks.net import ResNet
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.runs.directory import RunDir
-from resnetlab.runs.records import DivergenceRow, MetricsRow, Summary, WorkerResult, best_of
+from resnetlab.runs.records import DivergenceRow, Summary, WorkerResult, best_of
 from resnetlab.settings.config import Config
-from resnetlab.training.build import Parts, build_parts
 from resnetlab.training.distributed import World, all_reduce_sum, barrier
 from resnetlab.training.evaluation import metrics_row
+from resnetlab.training.fast import CompileChoice
 from resnetlab.training.monitor import DivergenceMonitor, StopFlag, StopReason
 from resnetlab.training.progress import EpochSums, Progress
-from resnetlab.training.reporting import Log, Reporter, quiet
-from resnetlab.training.setup import Setup
+from resnetlab.training.reporting import Reporter
+from resnetlab.training.schedule import Schedule
 from resnetlab.training.state import restore_state, run_state
 from resnetlab.weights.checkpoint import save_checkpoint
 
 EXIT_STOPPED = 3  # SIGTERM/SIGINT: checkpoint written, resume with --resume
 
 
+@dataclass(eq=False)
 class Trainer:
-    """One training run in one run directory."""
+    """One training run in one run directory, built from its config by `build.build_trainer`."""
 
-    def __init__(self, cfg: Config, run: RunDir, source: DataSource, spec: ResNetSpec, device: torch.device,
-                 parts: Parts, reporter: Reporter, world: World | None = None) -> None:
-        """A trainer of built parts (`build.build_parts`); `create_trainer` builds them from a config."""
-        self.cfg, self.run, self.source, self.spec, self.device = cfg, run, source, spec, device
-        self.world = world or World()
-        self.model, self.train_model, self.eager_model = parts.model, parts.train_model, parts.eager_model
-        self.channels_last, self.batch, self.spe, self.amp = parts.channels_last, parts.batch, parts.spe, parts.amp
-        self.optimizer, self.schedule, self.compile = parts.optimizer, parts.schedule, parts.compile
-        self.reporter = reporter
-        self.progress = Progress()
-        self.sums = EpochSums(device)  # the epoch's loss and error sums, on the device
+    cfg: Config
+    run: RunDir
+    world: World
+    device: torch.device
+    source: DataSource
+    spec: ResNetSpec
+    model: ResNet  # the net whose state is saved
+    train_model: nn.Module  # what a step calls: the same parameters, wrapped for DDP and compiled
+    eager_model: nn.Module  # the same, uncompiled
+    channels_last: bool
+    batch: int  # the global batch of one step
+    steps_per_epoch: int
+    optimizer: torch.optim.SGD
+    schedule: Schedule
+    compile: CompileChoice
+    amp: Any  # the autocast context of the forward
+    reporter: Reporter
+    progress: Progress = field(default_factory=Progress)
+    sums: EpochSums = field(init=False)  # the epoch's loss and error sums, on the device
 
-    @property
-    def log(self) -> Log:
-        return self.reporter.log
-
-    @log.setter
-    def log(self, log: Log) -> None:
-        self.reporter.log = log
+    def __post_init__(self) -> None:
+        self.sums = EpochSums(self.device)
 
     def resolved(self) -> dict[str, Any]:
         """What the config resolved to on this run, written beside it in config.json."""
         return self.schedule.to_dict() | {
-            "steps_per_epoch": self.spe, "global_batch": self.batch, "world_size": self.world.size,
+            "steps_per_epoch": self.steps_per_epoch, "global_batch": self.batch, "world_size": self.world.size,
             "spec": self.spec.to_dict(), "device": str(self.device), "compile": self.compile.mode}
 
     # checkpoints ---------------------------------------------------------------------------------------
@@ -85,14 +91,14 @@ class Trainer:
     # the loop -------------------------------------------------------------------------------------------
     def fit(self) -> Summary | WorkerResult:
         """Epochs until the schedule ends, a signal stops the run or the loss diverges."""
-        p, world = self.progress, self.world
+        progress, world = self.progress, self.world
         self.reporter.open()
-        p.start_session()
+        progress.start_session()
         monitor = DivergenceMonitor.for_device(self.device, world)
         reason, diverged_at = StopReason.RUNNING, None
         with StopFlag() as stop:
-            while p.step < self.schedule.total and reason is StopReason.RUNNING:
-                epoch = p.step // self.spe
+            while progress.step < self.schedule.total and reason is StopReason.RUNNING:
+                epoch = progress.step // self.steps_per_epoch
                 reason, diverged_at = self._epoch(epoch, monitor, stop)
                 if reason is StopReason.DIVERGED:
                     if world.main:
@@ -100,31 +106,33 @@ class Trainer:
                 elif reason is StopReason.STOPPED:
                     if world.main:
                         self.save()
-                    self.reporter.stopped(stop.signal, p.step)
+                    self.reporter.stopped(stop.signal, progress.step)
                 elif self._evaluation_due(epoch):
                     self._evaluate(epoch)
         self.reporter.close()
         barrier(world)
         if not world.main:
             return WorkerResult(reason.status, reason is StopReason.DIVERGED, world.rank)
-        return self.write_summary(reason.status, diverged_at)
+        return self.reporter.summary(status=reason.status, diverged_at=diverged_at, progress=progress,
+                                     model=self.spec.name, data=self.cfg.data.source, recipe=self.cfg.recipe,
+                                     params=count_params(self.model), device=self.device,
+                                     title=f"{self.spec.name} on {self.source.name}")
 
-    def _epoch(self, epoch: int, monitor: DivergenceMonitor,
-               stop: StopFlag) -> tuple[StopReason, int | None]:
+    def _epoch(self, epoch: int, monitor: DivergenceMonitor, stop: StopFlag) -> tuple[StopReason, int | None]:
         """The rest of epoch `epoch` (from the step the run is at); why it ended early, if it did."""
-        p, world, total = self.progress, self.world, self.schedule.total
-        start = p.step - epoch * self.spe
-        bar = self.reporter.bar(epoch, min(self.spe - start, total - p.step))
-        t0 = time.perf_counter()
+        progress, world, total = self.progress, self.world, self.schedule.total
+        start = progress.step - epoch * self.steps_per_epoch
+        bar = self.reporter.bar(epoch, min(self.steps_per_epoch - start, total - progress.step))
+        clock = time.perf_counter()
         batches = self.source.train_batches(epoch, self.batch, seed=self.cfg.run.seed, device=self.device,
                                             start_step=start, rank=world.rank, world_size=world.size)
         self.train_model.train()
         reason, diverged_at = StopReason.RUNNING, None
         for x, y in batches:
-            if p.step >= total:
+            if progress.step >= total:
                 break
             finite = self.train_step(x, y, self.cfg.run.seed)
-            diverged_at = monitor.after_step(finite, p.step, stop)
+            diverged_at = monitor.after_step(finite, progress.step, stop)
             if diverged_at is not None:
                 reason = StopReason.DIVERGED
                 break
@@ -134,35 +142,36 @@ class Trainer:
                 reason = StopReason.STOPPED
                 break
             if self._mid_epoch_checkpoint_due():
-                self._sync_time(t0)
-                t0 = time.perf_counter()
-                p.tick()
+                self._sync_time(clock)
+                clock = time.perf_counter()
+                progress.tick()
                 if world.main:
                     self.save()
         late = monitor.drain()
         if reason is StopReason.RUNNING and late is not None:
             reason, diverged_at = StopReason.DIVERGED, late
-        self._sync_time(t0)
+        self._sync_time(clock)
         if bar is not None:
             bar.close()
-        p.tick()
+        progress.tick()
         return reason, diverged_at
 
     def _mid_epoch_checkpoint_due(self) -> bool:
         """`run.checkpoint_every` steps, except where an epoch's end or the run's end checkpoints anyway."""
         every, step = self.cfg.run.checkpoint_every, self.progress.step
-        return bool(every) and step % every == 0 and step % self.spe != 0 and step < self.schedule.total
+        return bool(every) and step % every == 0 and step % self.steps_per_epoch != 0 and step < self.schedule.total
 
     def _evaluation_due(self, epoch: int) -> bool:
         step = self.progress.step
-        epoch_done = step % self.spe == 0
+        epoch_done = step % self.steps_per_epoch == 0
         return (epoch_done and (epoch + 1) % self.cfg.run.eval_every == 0) or step >= self.schedule.total
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
         """One SGD step on this rank's slice, in `optim.accumulate` micro-batches (each with its own BN
         statistics, exactly as each DDP rank normalises its own slice)."""
-        p, sched, world, k = self.progress, self.schedule, self.world, self.cfg.optim.accumulate
-        lr = sched.lr(p.step, p.warmup_end)
+        progress, schedule, world = self.progress, self.schedule, self.world
+        micro_batches = self.cfg.optim.accumulate
+        lr = schedule.lr(progress.step, progress.warmup_end)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.channels_last:
@@ -170,34 +179,34 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device, dtype=torch.int64)
-        for i, (xc, yc) in enumerate(zip(x.chunk(k), y.chunk(k), strict=True)):
+        for i, (x_part, y_part) in enumerate(zip(x.chunk(micro_batches), y.chunk(micro_batches), strict=True)):
             # dropout shortcuts: a function of the step and the micro-batch's place in the global batch
-            torch.manual_seed(derive_seed(seed, "step", p.step, world.rank * k + i))
-            sync = i == k - 1 or not world.active
+            torch.manual_seed(derive_seed(seed, "step", progress.step, world.rank * micro_batches + i))
+            sync = i == micro_batches - 1 or not world.active
             with nullcontext() if sync else self.train_model.no_sync(), self.amp:
-                logits = self.train_model(xc)
-            loss = F.cross_entropy(logits.float(), yc) * (yc.numel() / y.numel())
+                logits = self.train_model(x_part)
+            loss = F.cross_entropy(logits.float(), y_part) * (y_part.numel() / y.numel())
             loss.backward()
             total += loss.detach()
-            wrong += (logits.detach().argmax(1) != yc).sum()
+            wrong += (logits.detach().argmax(1) != y_part).sum()
         self.optimizer.step()
         self.sums.add(total * y.numel(), wrong)  # read back once per epoch
-        in_warmup = sched.warmup and p.warmup_end is None and p.step < sched.warmup_iters
+        in_warmup = schedule.warmup and progress.warmup_end is None and progress.step < schedule.warmup_iters
         if in_warmup:  # v1: warm up until the training error is below 80%
             global_wrong = all_reduce_sum(wrong.clone(), world).item()
-            if global_wrong / (y.numel() * world.size) < sched.warmup_until_error:
-                p.warmup_end = p.step + 1
-        p.seen += y.numel() * world.size
-        p.step += 1
+            if global_wrong / (y.numel() * world.size) < schedule.warmup_until_error:
+                progress.warmup_end = progress.step + 1
+        progress.seen += y.numel() * world.size
+        progress.step += 1
         return torch.isfinite(total)
 
     def _flush_sums(self) -> None:
         """Move the device-side epoch sums into the (checkpointed) progress record."""
-        self.sums.flush(self.progress, lambda s: all_reduce_sum(s, self.world))
+        self.sums.flush(self.progress, lambda sums: all_reduce_sum(sums, self.world))
 
-    def _sync_time(self, t0: float) -> None:
+    def _sync_time(self, clock: float) -> None:
         self._flush_sums()  # a host sync: the elapsed time below covers finished work
-        self.progress.train_time += time.perf_counter() - t0
+        self.progress.train_time += time.perf_counter() - clock
 
     # evaluation and the records ------------------------------------------------------------------------
     def _evaluate(self, epoch: int) -> None:
@@ -205,53 +214,28 @@ class Trainer:
         trackers: a row a tracker holds is one the checkpoint keeps, so a resumed run never computes it again
         (a kill before the checkpoint: the resumed run sends the row it computes anew; a kill after it: the
         trackers get the row from metrics.jsonl when the run resumes). The others wait at the next collective."""
-        p = self.progress
+        progress = self.progress
         if not self.world.main:
-            p.reset_epoch()
+            progress.reset_epoch()
             return
-        row = self._metrics_row()
+        row = metrics_row(progress, self.steps_per_epoch, self.schedule, self.model, self.source,
+                          self.cfg.optim.batch_size, self.device, self.amp, self.channels_last)
         self.run.append_metrics(row.to_dict())
         selected = row.val_error if row.has_val else row.test_error
-        if not p.best or selected <= p.best["val_error" if row.has_val else "test_error"]:
-            p.best = best_of(row)
-        p.reset_epoch()
-        p.tick()
-        self.save(best=p.best.get("step") == p.step)
+        if not progress.best or selected <= progress.best["val_error" if row.has_val else "test_error"]:
+            progress.best = best_of(row)
+        progress.reset_epoch()
+        progress.tick()
+        self.save(best=progress.best.get("step") == progress.step)
         self.reporter.evaluation(row)
-
-    def _metrics_row(self) -> MetricsRow:
-        return metrics_row(self.progress, self.spe, self.schedule, self.model, self.source,
-                           self.cfg.optim.batch_size, self.device, self.amp, self.channels_last)
 
     def _record_divergence(self, epoch: int, step: int | None) -> None:
         self._flush_sums()
-        p = self.progress
-        row = DivergenceRow(epoch=epoch + 1, step=p.step, diverged_at_step=step,
-                            lr=self.schedule.lr(max(p.step - 1, 0), p.warmup_end))
+        progress = self.progress
+        row = DivergenceRow(epoch=epoch + 1, step=progress.step, diverged_at_step=step,
+                            lr=self.schedule.lr(max(progress.step - 1, 0), progress.warmup_end))
         self.run.append_metrics(row.to_dict())
         self.reporter.divergence(row)
-
-    def write_summary(self, status: str, diverged_at: int | None) -> Summary:
-        return self.reporter.summary(status=status, diverged_at=diverged_at, progress=self.progress,
-                                     model=self.spec.name, data=self.cfg.data.source, recipe=self.cfg.recipe,
-                                     params=count_params(self.model), device=self.device,
-                                     title=f"{self.spec.name} on {self.source.name}")
-
-
-def create_trainer(cfg: Config, run: RunDir, source: DataSource, spec: ResNetSpec, device: torch.device,
-                   log: Log = print, world: World | None = None) -> Trainer:
-    """Seed, build the parts (net, wrappings, optimizer, schedule, compile) and the reporter; the trainer."""
-    world = world or World()
-    parts = build_parts(cfg, source, spec, device, world)
-    reporter = Reporter(run, log if world.main else quiet, tensorboard=cfg.run.tensorboard,
-                        progress=cfg.run.progress, total_steps=parts.schedule.total, steps_per_epoch=parts.spe,
-                        batch=parts.batch, trackers=cfg.run.tracker if world.main else None)
-    return Trainer(cfg, run, source, spec, device, parts, reporter, world)
-
-
-def trainer_for(setup: Setup, run: RunDir, log: Log = print) -> Trainer:
-    """The trainer of a prepared config (`setup.prepare`)."""
-    return create_trainer(setup.cfg, run, setup.source, setup.spec, setup.device, log, setup.world)
 
 
 @contextmanager
