@@ -9,6 +9,7 @@ schedule and the reporter. `train`, `resume`, the benchmarks and the tests all b
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -16,24 +17,22 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from resnetlab.data import DataSource, cache_dir, load_data
-from resnetlab.errors import ConfigError
+from resnetlab.errors import ConfigError, one_line
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.runs.directory import RunDir
 from resnetlab.settings.config import Config
 from resnetlab.training.distributed import World, broadcast
-from resnetlab.training.fast import choose_compile, compile_module, make_sgd, use_compile_cache
+from resnetlab.training.fast import (
+    channels_last_default,
+    choose_compile,
+    compile_module,
+    make_sgd,
+    use_compile_cache,
+)
 from resnetlab.training.reporting import Log, Reporter, quiet
 from resnetlab.training.schedule import build_schedule
-from resnetlab.training.setup import (
-    autocast,
-    check_trainable,
-    configure_runtime,
-    data_options,
-    rank_device,
-    resolve_device,
-    use_channels_last,
-)
+from resnetlab.training.setup import configure_runtime, data_options, resolve_device
 from resnetlab.training.trainer import Trainer
 
 
@@ -43,7 +42,9 @@ def build_trainer(cfg: Config, run: RunDir | str | Path | None = None, *, world:
     hold a run yet (None: `runs/MODEL-DATA-TIME`), created later by `entry.train`. `device` replaces
     `run.device` without touching the config. Everything a run checks before it writes is checked here."""
     world = world or World()
-    torch_device = rank_device(resolve_device(device or cfg.run.device), world)
+    torch_device = resolve_device(device or cfg.run.device)
+    if world.active and torch_device.type == "cuda":  # each process of a multi-GPU run on its own GPU
+        torch_device = torch.device("cuda", world.local_rank)
     configure_runtime(cfg, torch_device)
     source = load_data(cfg.data.source, data_options(cfg))
     if cfg.data.pad > source.image_size:  # a crop could miss the image; the padded batch grows with pad squared
@@ -67,19 +68,22 @@ def build_trainer(cfg: Config, run: RunDir | str | Path | None = None, *, world:
     compile_choice = choose_compile(cfg.run.compile, torch_device)
     if compile_choice.mode != "off":
         use_compile_cache(cache_dir(data_options(cfg)))
+    train_model = compile_module(eager_model, compile_choice.mode, torch_device)
     reporter = Reporter(run, log if world.main else quiet, tensorboard=cfg.run.tensorboard,
                         progress=cfg.run.progress, total_steps=schedule.total, steps_per_epoch=steps_per_epoch,
                         batch=batch, trackers=cfg.run.tracker if world.main else None)
+    amp = torch.autocast(torch_device.type, dtype=torch.bfloat16) if cfg.run.amp == "bf16" else nullcontext()
     return Trainer(cfg=cfg, run=run, world=world, device=torch_device, source=source, spec=spec, model=model,
-                   train_model=compile_module(eager_model, compile_choice.mode, torch_device), eager_model=eager_model,
+                   train_model=train_model, eager_model=eager_model,
                    channels_last=channels_last, batch=batch, steps_per_epoch=steps_per_epoch, optimizer=optimizer,
-                   schedule=schedule, compile=compile_choice, amp=autocast(cfg, torch_device), reporter=reporter)
+                   schedule=schedule, compile=compile_choice, amp=amp, reporter=reporter)
 
 
 def _net(cfg: Config, spec: ResNetSpec, device: torch.device, world: World) -> tuple[ResNet, bool]:
     """The net on its device, in channels-last where that is faster, with SyncBN across CUDA processes."""
     model = ResNet(spec).to(device)
-    channels_last = use_channels_last(cfg, device)
+    setting = cfg.run.channels_last
+    channels_last = channels_last_default(device) if setting == "auto" else bool(setting)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.run.sync_bn and world.active and device.type == "cuda":
@@ -98,3 +102,15 @@ def global_batch(cfg: Config, source: DataSource, spec: ResNetSpec, world: World
     micro = min(batch, source.train_size) // (world.size * optim.accumulate)
     check_trainable(spec, max(micro, 1), source.image_size)
     return batch
+
+
+def check_trainable(spec: ResNetSpec, batch: int, size: int) -> None:
+    """A training step of `batch` images of side `size` runs through the net: batch norm in training mode needs
+    more than one value per channel, which a batch of one image fails where a stage's maps are 1x1. Checked on
+    the meta device (no memory, no compute) before a run starts."""
+    try:
+        with torch.device("meta"):
+            ResNet(spec).train()(torch.empty(batch, spec.in_channels, size, size))
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"optim.batch_size: a step of {batch} image(s) of {size}x{size} cannot train "
+                          f"{spec.name or 'this net'} ({one_line(exc, 160)}); use a larger batch") from None

@@ -9,20 +9,16 @@ data set here, so each is resolved the same way everywhere and fails with the sa
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from resnetlab.data import DataOptions, DataSource, load_data
-from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, one_line
-from resnetlab.networks.net import ResNet
+from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.settings.config import Config, config_from_dict
-from resnetlab.training.distributed import World
 from resnetlab.training.evaluation import check_fits
-from resnetlab.training.fast import channels_last_default
 
 
 # ---- devices and threads --------------------------------------------------------------------------------
@@ -43,13 +39,6 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
-def rank_device(device: torch.device, world: World) -> torch.device:
-    """Each process of a multi-GPU run trains on its own GPU (its local rank)."""
-    if world.active and device.type == "cuda":
-        return torch.device("cuda", world.local_rank)
-    return device
-
-
 def configure_runtime(cfg: Config, device: torch.device) -> None:
     """Threads and the deterministic/autotuned kernel choice, process-wide, before anything is built."""
     if cfg.run.threads:
@@ -62,17 +51,6 @@ def configure_runtime(cfg: Config, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def use_channels_last(cfg: Config, device: torch.device) -> bool:
-    value = cfg.run.channels_last
-    return channels_last_default(device) if value == "auto" else bool(value)
-
-
-def autocast(cfg: Config, device: torch.device) -> Any:
-    if cfg.run.amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -83,20 +61,6 @@ def device_name(device: torch.device) -> str:
 def data_options(cfg: Config) -> DataOptions:
     """The config's data section as the data loaders' options (validated when the config was built)."""
     return cfg.data.options()  # type: ignore[no-any-return]
-
-
-def check_trainable(spec: ResNetSpec, batch: int, size: int) -> None:
-    """A training step of `batch` images of side `size` runs through the net: batch norm in training mode needs
-    more than one value per channel, which a batch of one image fails where a stage's maps are 1x1. Checked on
-    the meta device (no memory, no compute) before a run starts."""
-
-    try:
-        with torch.device("meta"):
-            ResNet(spec).train()(torch.empty(batch, spec.in_channels, size, size))
-    except (ValueError, RuntimeError) as exc:
-        first = one_line(exc, 160)
-        raise ConfigError(f"optim.batch_size: a step of {batch} image(s) of {size}x{size} cannot train "
-                          f"{spec.name or 'this net'} ({first}); use a larger batch") from None
 
 
 def evaluation_source(spec: ResNetSpec, config: dict[str, Any] | None, norm: Any, data: str | None,

@@ -74,15 +74,12 @@ class Trainer:
             "spec": self.spec.to_dict(), "device": str(self.device), "compile": self.compile.mode}
 
     # checkpoints ---------------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        return run_state(self.spec, self.model, self.optimizer, self.progress, self.source, self.cfg,
-                         self.schedule, self.device)
-
     def restore(self, payload: dict[str, Any]) -> None:
         self.progress = restore_state(payload, self.spec, self.model, self.optimizer, self.device)
 
     def save(self, best: bool = False) -> None:
-        payload = self.state()
+        payload = run_state(self.spec, self.model, self.optimizer, self.progress, self.source, self.cfg,
+                            self.schedule, self.device)
         save_checkpoint(self.run.step_checkpoint(self.progress.step), payload)
         if best:
             save_checkpoint(self.run.best, payload)
