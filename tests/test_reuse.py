@@ -225,3 +225,16 @@ def test_an_old_out_holding_more_seeds_is_not_narrowed(tmp_path: Path, capsys: p
     assert main(["experiment", str(suite), *SMALL, "--collect", "--out", str(out)]) == 2
     assert "holds a/seed1, more seeds than this call's 1 (give --seeds 2)" in capsys.readouterr().err
     assert main(["experiment", str(suite), *SMALL, "--seeds", "2", "--collect", "--out", str(out)]) == 0
+
+
+def test_a_member_left_out_by_only_may_not_build(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--set model.depth=8 cannot build a bottleneck net (9n+2): a call that trains only the members it fits
+    runs them; a call that asks for the other is refused before any work."""
+    suite = _suite(tmp_path, "mixed", TINY.replace(
+        ']\n', '  { label = "b", model = "resnet164", small = { depth = 11 } },\n]\n'))
+    out = tmp_path / "out"
+    fits = ["experiment", str(suite), *SMALL, "--set", "model.depth=8", "--out", str(out)]
+    assert main([*fits, "--only", "a"]) == 0
+    assert json.loads((out / "suite.json").read_text())["trainings"]["b/seed0"].startswith("does not build")
+    capsys.readouterr()
+    assert main(fits) == 2 and "member 'b'" in capsys.readouterr().err

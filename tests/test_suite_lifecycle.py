@@ -138,7 +138,7 @@ def test_out_naming_the_current_directory_or_nothing_is_one_line(tmp_path: Path,
     if not out.strip():
         with pytest.raises(SystemExit) as exc:
             main(["experiment", str(_suite(tmp_path)), "--scale", "small", "--data", "synthetic:16", "--out", out])
-        assert exc.value.code == 2 and "argument --out: an empty path" in capsys.readouterr().err
+        assert exc.value.code == 2 and "--out: an empty path" in capsys.readouterr().err
         assert not (here / "experiments").exists()
 
 

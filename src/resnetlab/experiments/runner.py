@@ -91,7 +91,7 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
     if jobs != 1 or devices:
         plan_slots(jobs, devices, device)  # --jobs and --devices checked before any work
     work = SuiteWork(run, log)
-    call = work.call()  # every member's config built and keyed: a bad --set stops the call here
+    call = work.call(chosen)  # every member's config built and keyed: a bad --set stops the call here
     if run.scale in ("small", "cpu"):
         log(SMALL_NOTE if run.scale == "small" else CPU_NOTE)
     suite_dir = SuiteDir(run.out)

@@ -103,15 +103,24 @@ class SuiteWork:
             self._keys[member.slug, seed] = training_key(cfg.to_dict(), self._seen)
         return self._keys[member.slug, seed]
 
-    def call(self) -> dict[str, Any]:
+    def call(self, chosen: tuple[Member, ...]) -> dict[str, Any]:
         """The whole call, as `suite.json` keeps it: what it asks for, its file inputs by content and the key
-        of every member's training (every member of the suite at this scale and every seed)."""
-        run = self.run
-        keys = {f"{m.slug}/seed{s}": self.key(m, s) for m in self.suite.members for s in range(run.seeds)}
-        first = self.suite.members[0]
+        of every member's training (every member of the suite at this scale and every seed). A chosen member
+        (`--only`) whose config does not build stops the call (ConfigError); another is recorded as such and
+        has no training."""
+        run, keys, built = self.run, {}, None
+        for m in self.suite.members:
+            for s in range(run.seeds):
+                try:
+                    keys[f"{m.slug}/seed{s}"] = self.key(m, s)
+                    built = built or run.config(m, s)
+                except ConfigError as exc:
+                    if m in chosen:
+                        raise
+                    keys[f"{m.slug}/seed{s}"] = f"does not build: {exc}"[:200]
         return {"suite": self.suite.name, "scale": run.scale, "data": run.data, "recipe": run.recipe,
                 "epochs": run.epochs, "iters": run.iters, "seeds": run.seeds, "settings": run.settings,
-                "contents": contents(run.config(first, 0).to_dict(), self._seen), "trainings": keys}
+                "contents": contents(built.to_dict(), self._seen) if built else {}, "trainings": keys}
 
     def holds(self, call: dict[str, Any]) -> str | None:
         """For an --out made before calls were kept whole: the first member run in it that is not the
@@ -126,8 +135,11 @@ class SuiteWork:
             for seed in range(self.run.seeds):
                 own = self.out / member.slug / f"seed{seed}"
                 found = key_of_run(own) if (own / "config.json").exists() else None
-                if found is None or found == call["trainings"][f"{member.slug}/seed{seed}"]:
+                wanted = call["trainings"][f"{member.slug}/seed{seed}"]
+                if found is None or found == wanted:
                     continue
+                if wanted.startswith("does not build"):
+                    return f"holds {member.slug}/seed{seed}, a training this call {wanted[:150]}"
                 try:
                     theirs = identity(parse_json(read_file(own / "config.json"), str(own / "config.json")))
                 except (OSError, ValueError, TypeError, AttributeError, ResnetlabError):
