@@ -36,7 +36,7 @@ def _entry(name: str) -> _typing.Any:
                               if weights is None else f"{name}: best= is True or False, got {best!r}")
         if weights is None:
             return _create_model(name, **overrides)
-        from resnetlab.weights.export import load_pretrained
+        from resnetlab.weights.pretrained import load_pretrained
 
         if overrides:
             raise ValueError(f"{name}: spec overrides do not apply with weights (the file holds its net)")

@@ -42,7 +42,8 @@ def settings(name: str, batch: int, ort_threads: int, tmp: Path) -> tuple[dict[s
     from benchmarks.plain import plain_model
     from resnetlab import create_model
     from resnetlab.networks.folding import fold_bn
-    from resnetlab.weights.export import Pretrained, export
+    from resnetlab.weights.export import export
+    from resnetlab.weights.pretrained import Pretrained
 
     torch.manual_seed(0)
     net = create_model(name).eval()

@@ -17,8 +17,9 @@ from PIL import Image
 from conftest import write_pets
 from resnetlab.cli import main
 from resnetlab.errors import CheckpointError, ConfigError
-from resnetlab.weights.export import ATOL, RTOL, Pretrained, export, load_image, load_pretrained
+from resnetlab.weights.export import ATOL, RTOL, export
 from resnetlab.weights.formats import model_for
+from resnetlab.weights.pretrained import Pretrained, load_image, load_pretrained
 from resnetlab.weights.resolve import resolve
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ import resnetlab.training.trainer
 from resnetlab.cli import main
 from resnetlab.runs.directory import RunDir
 from resnetlab.weights.checkpoint import load_checkpoint
-from resnetlab.weights.export import load_pretrained
+from resnetlab.weights.pretrained import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 # resnet20 as the registry builds it (the hub entry point checks the net), on 32x32 synthetic images: 4 steps an

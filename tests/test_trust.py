@@ -213,7 +213,7 @@ def test_elongated_images_are_refused_before_resizing(tmp_path: Path) -> None:
     from resnetlab import create_model
     from resnetlab.data.images import shorter_side_to
     from resnetlab.errors import DataError
-    from resnetlab.weights.export import Pretrained, load_image
+    from resnetlab.weights.pretrained import Pretrained, load_image
 
     Image.fromarray(np.zeros((1, 500_000, 3), np.uint8)).save(tmp_path / "line.png")
     pre = Pretrained(create_model("resnet20").eval(), torch.zeros(3, 1, 1), torch.ones(3, 1, 1),
@@ -357,7 +357,7 @@ def test_names_scripts_need_are_kept_and_hiding_ones_refused(made: dict[str, Pat
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """A joiner that Persian or Devanagari names need is a class name; a bidi override, which reorders what a
     terminal shows, is not; an undecodable file name is printed escaped, not a UnicodeEncodeError."""
-    from resnetlab.data.base import printable
+    from resnetlab.errors import printable
 
     assert printable("\u0645\u06cc\u200c\u0631\u0648\u062f") == "\u0645\u06cc\u200c\u0631\u0648\u062f"  # ZWNJ
     assert printable("a\u202eb\nc") == "a\\u202eb\\nc"

@@ -340,7 +340,7 @@ def _predict_oracle(rows: list[dict[str, Any]], ckpt: Path) -> str | None:
     """The top class and probability each image gets from `ckpt`'s weights (the library's own preprocessing)."""
     import torch
 
-    from resnetlab.weights.export import load_image, load_pretrained
+    from resnetlab.weights.pretrained import load_image, load_pretrained
 
     pre = load_pretrained(ckpt)
     for row in rows:

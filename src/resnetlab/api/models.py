@@ -17,14 +17,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from resnetlab.data.images import image_files
 from resnetlab.errors import CheckpointError, ConfigError, DataError
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import create_model as registry_model
 from resnetlab.networks.registry import get_spec
 from resnetlab.training.setup import resolve_device
-from resnetlab.weights.export import ATOL, RTOL, Pretrained, image_files, load_image, load_pretrained
+from resnetlab.weights.export import ATOL, RTOL
 from resnetlab.weights.export import export as export_net
 from resnetlab.weights.formats import model_for
+from resnetlab.weights.pretrained import Pretrained, load_image, load_pretrained
 from resnetlab.weights.resolve import resolve
 
 __all__ = ["Trained", "create_model", "load"]

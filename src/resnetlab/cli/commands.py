@@ -234,7 +234,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from resnetlab.api import load
-    from resnetlab.weights.export import image_files
+    from resnetlab.data.images import image_files
     from resnetlab.weights.resolve import note_skipped
 
     if args.top_k < 1:

@@ -20,6 +20,7 @@ import os
 import warnings
 import zlib
 from collections.abc import Callable, Container, Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -240,3 +241,22 @@ def eval_dir(found: Container[str], root: str) -> str:
     if not present:
         raise DataError(f"{root}: missing val/ or test/ with class folders")
     return present[0]
+
+
+def image_files(inputs: list[str]) -> list[Path]:
+    """Image files named or found (recursively, sorted) in the folders named; errors name the input."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"{p}: no JPEG or PNG images in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        elif p.exists():
+            raise DataError(f"{p}: not a regular file or folder")
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return files

@@ -52,7 +52,8 @@ from resnetlab.files.reading import read_file
 from resnetlab.runs.directory import RunDir
 from resnetlab.settings import trackers as settings
 from resnetlab.training.tracker_kinds import KINDS, Tracker, numbers
-from resnetlab.weights.export import export, load_pretrained
+from resnetlab.weights.export import export
+from resnetlab.weights.pretrained import load_pretrained
 
 Log = Callable[[str], None]
 
