@@ -129,8 +129,8 @@ class RunConfig:
     keep_checkpoints: int = 2  # rolling checkpoints kept besides best.pt
     channels_last: bool | str = "auto"  # memory format (auto: on for CPU and CUDA, measured faster on both)
     amp: str = "none"  # none | bf16 (autocast; CUDA)
-    # torch.compile of the training forward: off | default | reduce-overhead | max-autotune | auto (compile on
-    # CPU when the lowest measured gain repays the compile time, fast.choose_compile; eager on CUDA)
+    # torch.compile of the training forward: off | default | reduce-overhead | max-autotune | auto (eager on every
+    # device: no measured sure gain on CPU, and on CUDA compiled steps would change the numbers; training/fast.py)
     compile: str = "auto"
     tensorboard: bool | str = "auto"  # write TensorBoard events when tensorboard is installed
     progress: bool | str = "auto"  # progress bar (auto: when stderr is a terminal)
