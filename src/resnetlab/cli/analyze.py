@@ -7,7 +7,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from resnetlab.api import propagation
+from resnetlab.cli.commands import print_json
 from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.experiments.propagation import FIGURE_FORMATS
+from resnetlab.runs.outputs import check_output
+from resnetlab.settings.overrides import parse_assignments
+from resnetlab.weights.resolve import note_skipped
 
 
 def cmd_propagation(args: argparse.Namespace) -> int:
@@ -25,10 +31,6 @@ def run_propagation_cli(models: list[str], overrides: list[str], checkpoint: str
     `batch_size` images of the test split, normalised as training normalises them. `json`: the numbers as
     JSON on stdout instead of the table.
     """
-    from resnetlab.api import propagation
-    from resnetlab.cli.commands import print_json
-    from resnetlab.weights.resolve import note_skipped
-
     spec_overrides, figure = _checked(models, overrides, checkpoint, batch_size, out)
     found = propagation(models, checkpoint, data, batch_size, seed, eval_mode, **spec_overrides)
     if json:
@@ -62,10 +64,6 @@ def _make_folder(figure: Path) -> None:
 def _checked(models: list[str], overrides: list[str], checkpoint: str | None, batch_size: int,
              out: str | None) -> tuple[dict[str, Any], Path]:
     """The arguments checked before anything is loaded: the spec overrides and the figure's path."""
-    from resnetlab.experiments.propagation import FIGURE_FORMATS
-    from resnetlab.runs.outputs import check_output
-    from resnetlab.settings.overrides import parse_assignments
-
     if not models and checkpoint is None:
         raise ConfigError("give at least one --model NAME or a --checkpoint RUN_OR_WEIGHTS")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

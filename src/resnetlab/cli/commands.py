@@ -1,25 +1,36 @@
-"""The commands' bodies: each takes the parsed arguments, calls the library and prints what the user sees.
-
-Imports of the layers below are made inside each command, so a command loads only what it uses (`resnetlab
-models` loads no data, training, experiments or exporters) and a bad argument answers before any of it (the
-package's only lazy resnetlab imports; tests/test_layers.py allows them here)."""
+"""The commands' bodies: each takes the parsed arguments, calls the library (the public API, `resnetlab.api`,
+where it has the command's work) and prints what the user sees."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import math
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from resnetlab.api import Run, evaluate, experiment, list_suites, load, train
+from resnetlab.api.runs import train_overrides
+from resnetlab.data.fetch import archive_hashes, fetch
+from resnetlab.data.images import image_files
 from resnetlab.errors import EXIT_DIVERGED, EXIT_STOPPED, ConfigError, ResnetlabError, printable
+from resnetlab.experiments.report import build_report
+from resnetlab.experiments.results import kendall_tau
+from resnetlab.experiments.slurm import launch
+from resnetlab.experiments.suite import load_suite
+from resnetlab.networks.counting import count_macs, count_params
+from resnetlab.networks.describe import format_table, unit_rows, zoo_rows
+from resnetlab.networks.registry import create_model
+from resnetlab.runs.records import WorkerResult
+from resnetlab.settings.overrides import parse_assignments
+from resnetlab.weights.resolve import note_skipped
 
 
 def print_json(value: Any) -> None:
     """`value` as strict JSON on stdout: NaN and Inf as null (RFC 8259 has neither), paths as strings."""
-    import json
-    import math
-
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             return None
@@ -46,8 +57,6 @@ def _check_input_size(size: int | None) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from resnetlab.networks.describe import format_table, zoo_rows
-
     _check_input_size(args.input_size)
 
     rows = zoo_rows(args.filter, args.input_size)
@@ -67,11 +76,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from resnetlab.networks.counting import count_macs, count_params
-    from resnetlab.networks.describe import format_table, unit_rows
-    from resnetlab.networks.registry import create_model
-    from resnetlab.settings.overrides import parse_assignments
-
     _check_input_size(args.input_size)
     model = create_model(args.name, **parse_assignments(args.override, "--override"))
     spec = model.spec
@@ -95,11 +99,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from resnetlab.api import Run, train
-    from resnetlab.api.runs import train_overrides
-    from resnetlab.runs.records import WorkerResult
-    from resnetlab.settings.overrides import parse_assignments
-
     overrides = parse_assignments(args.overrides, "--set")
     if args.resume:
         named = train_overrides(args.epochs, args.iters, args.seed, None, None, args.val_split, overrides)
@@ -137,9 +136,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from resnetlab.api import evaluate
-    from resnetlab.weights.resolve import note_skipped
-
     source = _source(args)
     if args.best and args.weights is not None:
         raise ResnetlabError("--best picks a run directory's best.pt; it does not apply to --weights")
@@ -161,13 +157,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from resnetlab.api import experiment, list_suites
-    from resnetlab.experiments.results import kendall_tau
-    from resnetlab.experiments.suite import load_suite
-    from resnetlab.settings.overrides import parse_assignments
-
     if args.suite == "list":
         suites = [(name, load_suite(name)) for name in list_suites()]
         if args.json:
@@ -183,8 +172,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise ConfigError("--json reports the rows of a suite run here; with --launcher, run the same call "
                           "with --collect --json once the tasks have ended")
     if args.launcher != "here":  # Slurm (or submitit's local executor): workers in submitted tasks
-        from resnetlab.experiments.slurm import launch
-
         kwargs = dict(data=args.data, seeds=args.seeds, epochs=args.epochs, iters=args.iters, scale=args.scale,
                       device=args.device, settings=settings, only=args.only, results=not args.no_results,
                       jobs=args.jobs, devices=args.devices, trainings=args.trainings, train=not args.collect,
@@ -213,9 +200,6 @@ def _source(args: argparse.Namespace) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from resnetlab.api import load
-    from resnetlab.weights.resolve import note_skipped
-
     trained = load(_source(args), best=args.best, model=args.model, device=args.device)
     with json_mode(args):
         result = trained.export(args.format, args.out)  # written from a CPU float32 copy whatever --device says
@@ -233,10 +217,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from resnetlab.api import load
-    from resnetlab.data.images import image_files
-    from resnetlab.weights.resolve import note_skipped
-
     if args.top_k < 1:
         raise ResnetlabError(f"--top-k must be >= 1, got {args.top_k}")
     images = list(args.images)
@@ -262,16 +242,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from resnetlab.experiments.report import build_report
-
     out = build_report(args.dirs, args.out or "report.html")
     print(f"report: {out}")
     return 0
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from resnetlab.data.fetch import archive_hashes, fetch
-
     path = fetch(args.name, args.out, mirror=args.mirror)  # its lines and bar go to stderr
     md5, sha, recorded = archive_hashes(path)
     if args.json:
