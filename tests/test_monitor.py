@@ -1,21 +1,16 @@
-"""The loop's parts on their own, in-process: the divergence monitor, the stop reasons, the records,
-the progress bookkeeping and the linear-scaling schedule."""
+"""The training loop's watchers on their own, in-process: the divergence monitor (which step a NaN is reported
+at, with either lag, and across ranks) and the stop reasons and flag (issue 32: the records, progress,
+schedule and config tests that shared this file went to files of their own)."""
 
 from __future__ import annotations
 
-import json
 import signal
 
 import pytest
 import torch
 
-from resnetlab.errors import ConfigError
-from resnetlab.runs.records import DivergenceRow, MetricsRow, Summary, best_of, evaluation_rows, row_from_dict
-from resnetlab.settings.config import build_config
 from resnetlab.training.distributed import World
 from resnetlab.training.monitor import DivergenceMonitor, StopFlag, StopReason
-from resnetlab.training.progress import Progress
-from resnetlab.training.schedule import build_schedule
 
 FINITE, NAN = torch.tensor(True), torch.tensor(False)
 
@@ -109,72 +104,3 @@ def test_stop_flag_catches_sigterm_and_restores_the_handler() -> None:
         signal.raise_signal(signal.SIGTERM)
         assert stop.signal == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == before
-
-
-# ---- records ---------------------------------------------------------------------------------------------
-ROW = {"epoch": 1, "step": 44, "lr": 0.1, "train_loss": 0.5, "train_error": 0.1, "test_loss": 0.4,
-       "test_error": 0.08, "test_top5_error": 0.0, "images_per_s": 100.0, "eval_images_per_s": 900.0,
-       "epoch_time_s": 1.5, "wall_time_s": 2.0}
-VAL = {"val_loss": 0.45, "val_error": 0.09, "val_top5_error": 0.01}
-
-
-def test_metrics_rows_round_trip_with_the_same_keys_in_the_same_order() -> None:
-    with_val = {**{k: ROW[k] for k in list(ROW)[:8]}, **VAL, **{k: ROW[k] for k in list(ROW)[8:]}}
-    for data in (ROW, with_val):
-        row = row_from_dict(json.loads(json.dumps(data)))
-        assert isinstance(row, MetricsRow)
-        assert json.dumps(row.to_dict()) == json.dumps(data)
-
-
-def test_divergence_rows_and_other_lines() -> None:
-    data = {"epoch": 1, "step": 12, "diverged": True, "diverged_at_step": 11, "lr": 0.1}
-    row = row_from_dict(data)
-    assert isinstance(row, DivergenceRow) and json.dumps(row.to_dict()) == json.dumps(data)
-    assert row_from_dict({"note": 1}) is None and row_from_dict({"test_error": 0.1}) is None
-    assert evaluation_rows([ROW, data, {"x": 1}]) == [MetricsRow(**ROW)]
-
-
-def test_best_and_final_are_selected_as_before() -> None:
-    row = MetricsRow(**ROW)
-    assert best_of(row) == {"epoch": 1, "step": 44, "test_error": 0.08, "test_top5_error": 0.0,
-                            "selected_on": "test"}
-    assert list(row.final()) == ["test_error", "test_top5_error", "test_loss", "train_error", "train_loss"]
-    held = MetricsRow(**ROW, **VAL)
-    assert best_of(held)["selected_on"] == "val" and held.final()["val_error"] == 0.09
-
-
-def test_old_summaries_read_and_unknown_keys_are_ignored() -> None:
-    old = {"model": "resnet20", "status": "finished", "final": {"test_error": 0.1}, "extra": 1}
-    summary = Summary.from_dict(old)
-    assert summary.status == "finished" and summary.final == {"test_error": 0.1} and summary.params is None
-    assert list(Summary().to_dict())[:4] == ["model", "data", "recipe", "status"]
-
-
-# ---- progress and schedule ---------------------------------------------------------------------------------
-def test_progress_checkpoints_only_its_fields() -> None:
-    p = Progress(step=5, seen=10)
-    p.start_session()
-    p.tick()
-    assert set(p.to_dict()) == {"step", "warmup_end", "loss_sum", "wrong", "seen", "train_time", "elapsed", "best"}
-    assert Progress(**p.to_dict()) == p
-    p.loss_sum, p.wrong = 1.0, 3
-    p.reset_epoch()
-    assert (p.loss_sum, p.wrong, p.seen, p.train_time) == (0.0, 0, 0, 0.0)
-    assert Progress(step=88).epoch_label(44) == 2 and Progress(step=60).epoch_label(44) == 1.364
-
-
-def test_linear_scaling_is_part_of_the_schedule() -> None:
-    cfg = build_config(overrides={"optim.linear_scaling": True})
-    one, four = build_schedule(cfg, 10, 20), build_schedule(cfg, 10, 20, world_size=4)
-    assert four.base_lr == 4 * one.base_lr and four.warmup_lr == 4 * one.warmup_lr
-    plain = build_config()
-    assert build_schedule(plain, 10, 20, world_size=4).base_lr == plain.optim.lr
-
-
-def test_bad_model_settings_fail_when_the_config_is_built() -> None:
-    with pytest.raises(ConfigError, match="shortcut"):
-        build_config(overrides={"model.shortcut": "sideways"})
-    with pytest.raises(ConfigError, match="unknown model"):
-        build_config(model="resnet21x")
-    with pytest.raises(ConfigError, match=r"^data\.normalize: 'zca' is not one of"):
-        build_config(overrides={"data.normalize": "zca"})
