@@ -9,7 +9,7 @@ which stops the worker (each training writes its checkpoint), and requeues the t
 members when it starts again. Tasks are submitted with `--requeue`, so a preempted or failed node's task
 comes back as well; any member it held is taken over by the next worker that passes.
 
-`--dry-run` prints the sbatch script submitit would submit (no cluster needed); `--launcher
+`--dry-run` prints what is given to submitit, as sbatch lines (no cluster needed); `--launcher
 submitit-local` runs the same tasks with submitit's local executor, on this machine. submitit is an
 optional dependency: `pip install 'resnetlab[slurm]'`.
 """
@@ -24,7 +24,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -114,7 +113,7 @@ def slurm_parameters(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
         extra[key.strip().lstrip("-")] = value if sep else True
     params: dict[str, Any] = {"job_name": f"resnetlab-{suite.name}", "time": _minutes(args.time), "nodes": 1,
                               "ntasks_per_node": 1, "signal_delay_s": SIGNAL_DELAY_S,
-                              "additional_parameters": extra}
+                              "array_parallelism": args.workers, "additional_parameters": extra}
     for key, value in (("partition", args.partition), ("gpus_per_node", args.gpus_per_worker),
                        ("cpus_per_task", args.cpus_per_worker), ("account", args.account), ("qos", args.qos),
                        ("constraint", args.constraint), ("setup", args.setup)):
@@ -175,12 +174,21 @@ def _require_slurm() -> None:
                           "--dry-run prints the script, --launcher submitit-local runs the tasks on this machine")
 
 
-def sbatch_script(params: dict[str, Any], folder: Path, workers: int) -> str:
-    """The script submitit's SlurmExecutor writes for an array of `workers` tasks with these options."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return _make_sbatch_string(command=command, folder=folder, map_count=workers, **params)
+def dry_run(params: dict[str, Any], folder: Path, workers: int, spec: dict[str, Any]) -> str:
+    """What `launch` gives submitit's SlurmExecutor, as sbatch lines: the options (sbatch's names, quoted as
+    submitit quotes them), the array of `workers` tasks, the setup lines and the command each task runs."""
+    flags = {k: v for k, v in params.items() if k not in ("setup", "signal_delay_s", "additional_parameters",
+                                                         "array_parallelism")}
+    flags["signal"] = f"USR2@{params['signal_delay_s']}"  # submitit's signal for checkpoint-and-requeue
+    if workers > 1:  # one task is one job; more are an array, all running at once
+        flags["array"] = f"0-{workers - 1}%{workers}"
+    flags.update(params["additional_parameters"])
+    lines = [f"# through submitit, which adds its log paths under {shlex.quote(str(folder.parent))}"]
+    lines += [f"#SBATCH --{k.replace('_', '-')}" + ("" if v is True else f"={shlex.quote(str(v))}")
+              for k, v in sorted(flags.items())]
+    lines += ["", "# setup", *params.get("setup", [])] if params.get("setup") else []
+    lines += ["", "# each task runs (in a child process)", shlex.join(worker_command(spec))]
+    return "\n".join(lines)
 
 
 def _executor(args: argparse.Namespace, folder: Path, params: dict[str, Any]) -> Any:
@@ -207,15 +215,15 @@ def launch(suite: Suite, out: Path, kwargs: dict[str, Any], args: argparse.Names
     folder = Path(os.path.abspath(out)) / "submitit" / "%j"
     _check_out(folder)
     params = slurm_parameters(args, suite)
+    spec = {"suite": suite_to_dict(suite), "out": os.path.abspath(out),
+            "kwargs": {**kwargs, "trainings": os.path.abspath(kwargs["trainings"]) if kwargs.get("trainings")
+                       else None}}
     if args.dry_run:
-        print(sbatch_script(params, folder, args.workers))
+        print(dry_run(params, folder, args.workers, spec))
         return 0
     if args.launcher == "slurm":
         _require_slurm()
     run_suite(suite, out, **{**kwargs, "train": False, "results": False})  # checks it all, claims --out
-    spec = {"suite": suite_to_dict(suite), "out": os.path.abspath(out),
-            "kwargs": {**kwargs, "trainings": os.path.abspath(kwargs["trainings"]) if kwargs.get("trainings")
-                       else None}}
     try:
         executor = _executor(args, folder, params)
         with executor.batch():
