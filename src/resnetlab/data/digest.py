@@ -22,13 +22,13 @@ import os
 import stat
 from pathlib import Path
 
+from resnetlab.data.downloads import hashes
 from resnetlab.data.loading import parse_data_spec
 from resnetlab.errors import DataError, ResnetlabError
 from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.jsondoc import parse_json
 
 DIGEST_VERSION = 1
-CHUNK = 1 << 20
 
 Stamp = list[int]
 
@@ -123,11 +123,7 @@ class _Record:
 
 
 def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
+        return hashes(path, "sha256")[0]
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return h.hexdigest()

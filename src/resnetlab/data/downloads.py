@@ -347,22 +347,14 @@ def mirrored(remote: Remote, mirror: str | None) -> Remote:
 CHUNK = 1 << 20
 
 
-def hashes(path: Path) -> tuple[str, str]:
-    """The MD5 and SHA-256 of ``path``, in one read."""
-    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+def hashes(path: Path, *names: str) -> list[str]:
+    """The hex digests ``names`` (hashlib's: "md5", "sha256") of ``path``, in one read."""
+    digests = [hashlib.new(name, usedforsecurity=False) for name in names]
     with open(path, "rb") as f:
         while block := f.read(CHUNK):
-            md5.update(block)
-            sha.update(block)
-    return md5.hexdigest(), sha.hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            sha.update(block)
-    return sha.hexdigest()
+            for digest in digests:
+                digest.update(block)
+    return [digest.hexdigest() for digest in digests]
 
 
 def size_of(path: Path) -> int:

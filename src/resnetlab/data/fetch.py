@@ -57,7 +57,6 @@ from resnetlab.data.downloads import (
     network_problem,
     opener,
     progress_bar,
-    sha256_of,
     size_of,
     strerror,
     url_problem,
@@ -87,15 +86,10 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def download_dir(options: DataOptions | None = None) -> Path:
-    """Where fetched archives are kept: ``downloads/`` in the data cache."""
-    return cache_dir(options or DataOptions()) / "downloads"
-
-
 def fetch(kind: str, directory: str | Path | None = None, *, options: DataOptions | None = None,
           timeout: float = DEFAULT_TIMEOUT, log: Log = _stderr, progress: bool | str = "auto",
           remote: Remote | None = None, mirror: str | None = None) -> Path:
-    """The path of the verified ``kind`` archive in ``directory`` (default: :func:`download_dir`),
+    """The path of the verified ``kind`` archive in ``directory`` (default: ``downloads/`` in the data cache),
     downloaded first unless a good copy is there. ``remote`` replaces the table's entry (tests); ``mirror`` (else
     ``$RESNETLAB_DATA_MIRROR``) is a base URL the table's file is fetched from instead of the publisher's.
 
@@ -107,7 +101,8 @@ def fetch(kind: str, directory: str | Path | None = None, *, options: DataOption
         remote = mirrored(REMOTES[kind], mirror)
     limits = bounds(timeout)
     try:
-        folder = Path(directory).expanduser() if directory is not None else download_dir(options)
+        folder = (Path(directory).expanduser() if directory is not None
+                  else cache_dir(options or DataOptions()) / "downloads")
     except DataError as exc:  # no home for the default cache
         raise fail(remote, str(exc)) from None
     final = folder / remote.filename
@@ -130,9 +125,9 @@ def record_path(final: Path) -> Path:
     return final.with_name(final.name + ".json")
 
 
-def _read_record(final: Path) -> dict[str, object] | None:
-    """The record beside ``final``; None when there is none, or none that reads: not a regular file (a FIFO
-    would block the read), not JSON, nested too deeply, or not of the record's fields."""
+def read_record(final: Path) -> dict[str, object] | None:
+    """The record beside a fetched archive; None when there is none, or none that reads: not a regular file (a
+    FIFO would block the read), not JSON, nested too deeply, or not of the record's fields."""
     where = record_path(final)
     try:
         record = parse_json(read_file(where, "record"), str(where))
@@ -148,12 +143,12 @@ def _good_copy(final: Path, remote: Remote, log: Log) -> bool:
         return False
     if not final.is_file():
         raise fail(remote, f"{final} exists and is not a regular file; remove it")
-    record = _read_record(final)
+    record = read_record(final)
     try:
         if (record is not None and record.get("md5") == remote.md5 and final.stat().st_size == record["bytes"]
-                and sha256_of(final) == record["sha256"]):
+                and hashes(final, "sha256")[0] == record["sha256"]):
             return True
-        md5, sha = hashes(final)
+        md5, sha = hashes(final, "md5", "sha256")
         if md5 == remote.md5:  # placed by hand, a record lost or wrong: the archive is good, record it if we can
             with contextlib.suppress(OSError, ResnetlabError):
                 _write_record(final, remote, sha, final.stat().st_size)
@@ -164,8 +159,8 @@ def _good_copy(final: Path, remote: Remote, log: Log) -> bool:
         raise fail(remote, f"cannot read {final} ({one_line(exc.strerror or exc)})") from None
     recorded = " (nor the SHA-256 recorded when it was downloaded)" if record is not None else ""
     log(f"{final} has MD5 {md5}, not the published {remote.md5}{recorded}: removed, downloading it again")
-    _remove(record_path(final))
-    _remove(final)
+    record_path(final).unlink(missing_ok=True)
+    final.unlink(missing_ok=True)
     return False
 
 
@@ -176,29 +171,20 @@ def _write_record(final: Path, remote: Remote, sha256: str, size: int) -> None:
     replace_with(record_path(final), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def read_record(final: Path) -> dict[str, object] | None:
-    """The record of a fetched archive (None when there is none)."""
-    return _read_record(final)
-
-
 def archive_hashes(final: Path) -> tuple[str, str, bool]:
     """The MD5 and SHA-256 of a fetched archive, and whether its record holds them: without one (a record that
     could not be written beside it) they are computed from the file."""
-    record = _read_record(final)
+    record = read_record(final)
     if record is not None and isinstance(record.get("md5"), str):
         return str(record["md5"]), str(record["sha256"]), True
     try:
-        md5, sha = hashes(final)
+        md5, sha = hashes(final, "md5", "sha256")
     except OSError as exc:
         raise DataError(f"cannot read {final} ({strerror(exc)})") from None
     return md5, sha, False
 
 
 # ---- the download --------------------------------------------------------------------------------------
-class _CutShort(Exception):
-    """The body ended (or the connection dropped) before the length the server announced."""
-
-
 class _Restart(Exception):
     """The part on disk cannot be continued: start it again from the first byte."""
 
@@ -212,7 +198,7 @@ def _download(remote: Remote, final: Path, limits: Bounds, log: Log, progress: b
             try:
                 size, resumed = _within(watch, remote, part, log, progress)
             except _Restart:
-                _remove(part)
+                part.unlink(missing_ok=True)
                 continue
             md5, sha = _check(remote, part)
             if md5 == remote.md5:
@@ -226,7 +212,7 @@ def _download(remote: Remote, final: Path, limits: Bounds, log: Log, progress: b
             raise fail(remote, f"{host_of(remote.url)} answered the resumed download inconsistently; the part was "
                                "removed")
     try:
-        _remove(record_path(final))
+        record_path(final).unlink(missing_ok=True)
         os.replace(part, final)
         fsync_dir(final.parent)
     except OSError as exc:
@@ -243,12 +229,12 @@ def _download(remote: Remote, final: Path, limits: Bounds, log: Log, progress: b
 def _check(remote: Remote, part: Path) -> tuple[str, str]:
     """The MD5 and SHA-256 of a downloaded part; a part without the published MD5 is removed."""
     try:
-        md5, sha = hashes(part)
+        md5, sha = hashes(part, "md5", "sha256")
     except OSError as exc:
-        _remove(part)
+        part.unlink(missing_ok=True)
         raise fail(remote, f"cannot read back {part} ({strerror(exc)})") from None
     if md5 != remote.md5:
-        _remove(part)
+        part.unlink(missing_ok=True)
     return md5, sha
 
 
@@ -262,7 +248,7 @@ def _within(watch: Watch, remote: Remote, part: Path, log: Log, progress: bool |
             raise
     if watch.why is not None:
         if not size_of(part):
-            _remove(part)
+            part.unlink(missing_ok=True)
             raise fail(remote, f"{watch.why}{via_proxy(remote.url)}; run the same command again")
         raise fail(remote, f"{watch.why}{via_proxy(remote.url)}, at {mib(size_of(part))}; run the same command "
                            f"again to resume it ({part} is kept)")
@@ -293,7 +279,7 @@ def _transfer(watch: Watch, remote: Remote, part: Path, log: Log, progress: bool
         if start != have:  # a whole body (Range ignored) or another range: write it from its first byte
             if start != 0:
                 raise _Restart
-            _remove(part)
+            part.unlink(missing_ok=True)
             have = 0
         if total is not None and total > MAX_BYTES:
             raise fail(remote, f"{remote.url} announces {mib(total)}, more than any CIFAR archive; not downloaded")
@@ -354,7 +340,7 @@ def _receive(response: Any, part: Path, have: int, total: int | None, remote: Re
             if not block:
                 break
             if received + len(block) > MAX_BYTES:
-                _remove(part)
+                part.unlink(missing_ok=True)
                 raise fail(remote, f"{remote.url} sent more than {mib(MAX_BYTES)}, more than any CIFAR "
                                     "archive; the download was removed")
             _write_all(fd, block)
@@ -366,7 +352,7 @@ def _receive(response: Any, part: Path, have: int, total: int | None, remote: Re
     except OSError as exc:  # writing: a full disk, an I/O error
         os.close(fd)
         fd = -1
-        _remove(part)
+        part.unlink(missing_ok=True)
         raise fail(remote, write_problem(exc, part)) from None
     finally:
         if fd >= 0:
@@ -381,9 +367,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-# ---- words --------------------------------------------------------------------------------------------------
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
