@@ -24,6 +24,13 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+def member_name(name: str) -> str:
+    """A member's name without its leading ``./`` (``tar -C dir .`` writes them)."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
 def members(tar: tarfile.TarFile, archive: Path) -> Iterator[tarfile.TarInfo]:
     """The archive's members in order, stopping with a one-line error past the member or byte bounds."""
     total = 0

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from resnetlab.data.archives import members, read_member, read_regular_file
+from resnetlab.data.archives import member_name, members, read_member, read_regular_file
 from resnetlab.data.base import ArrayDataset, DataOptions
 from resnetlab.data.cache import Splits, cached, file_stamp
 from resnetlab.data.safe_pickle import safe_loads
@@ -76,12 +76,6 @@ def _read_dir(batches: Path, fmt: CifarFormat) -> dict[str, tuple[str, bytes]]:
     return out
 
 
-def _member_name(name: str) -> str:
-    while name.startswith("./"):
-        name = name[2:]
-    return name
-
-
 def _read_tar(archive: Path, fmt: CifarFormat) -> dict[str, tuple[str, bytes]]:
     lookup = {}
     for name in fmt.members:
@@ -91,10 +85,10 @@ def _read_tar(archive: Path, fmt: CifarFormat) -> dict[str, tuple[str, bytes]]:
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in members(tar, archive):  # sequential: no seeking back in a gzip stream
-                key = lookup.get(_member_name(member.name))
+                key = lookup.get(member_name(member.name))
                 if key is None or not member.isfile() or key in out:
                     continue
-                out[key] = (f"{archive}:{_member_name(member.name)}", read_member(tar, member, archive))
+                out[key] = (f"{archive}:{member_name(member.name)}", read_member(tar, member, archive))
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{archive}: not a readable tar archive ({one_line(exc)})") from None
     for name in fmt.members:
@@ -110,11 +104,16 @@ def _get(obj: dict[Any, Any], key: bytes, source: str) -> Any:
     raise DataError(f"{source}: missing key {key!r}")
 
 
-def _parse_batch(blob: bytes, source: str, fmt: CifarFormat) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one pickled batch."""
+def _load_dict(blob: bytes, source: str) -> dict[Any, Any]:
     obj = safe_loads(blob, source)
     if not isinstance(obj, dict):
         raise DataError(f"{source}: expected a pickled dict, got {type(obj).__name__}")
+    return obj
+
+
+def _parse_batch(blob: bytes, source: str, fmt: CifarFormat) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one pickled batch."""
+    obj = _load_dict(blob, source)
     data = _get(obj, b"data", source)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
@@ -136,9 +135,7 @@ def _parse_batch(blob: bytes, source: str, fmt: CifarFormat) -> tuple[np.ndarray
 
 
 def _parse_meta(blob: bytes, source: str, fmt: CifarFormat) -> list[str]:
-    obj = safe_loads(blob, source)
-    if not isinstance(obj, dict):
-        raise DataError(f"{source}: expected a pickled dict, got {type(obj).__name__}")
+    obj = _load_dict(blob, source)
     names = _get(obj, fmt.names_key, source)
     if not isinstance(names, (list, tuple)) or len(names) != fmt.num_classes:
         raise DataError(f"{source}: {fmt.names_key!r} must list {fmt.num_classes} class names")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnetlab.data.archives import members, read_member
+from resnetlab.data.archives import member_name, members, read_member
 from resnetlab.data.base import ArrayDataset, DataOptions
 from resnetlab.data.cache import Splits, cached, file_stamp
 from resnetlab.data.images import SPLIT_DIRS, decode_image, eval_dir, is_image_name
@@ -59,19 +59,13 @@ def scan_dir(root: Path) -> Layout:
     return layout
 
 
-def _member_parts(name: str) -> list[str]:
-    while name.startswith("./"):
-        name = name[2:]
-    return [p for p in name.split("/") if p]
-
-
 def scan_tar(archive: Path) -> Layout:
     """The layout of an image-folder tarball, with every image member read into memory."""
     found: dict[str | None, Layout] = {}
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in members(tar, archive):
-                parts = _member_parts(member.name)
+                parts = [p for p in member_name(member.name).split("/") if p]
                 if parts and parts[0] in SPLIT_DIRS:
                     prefix, rest = None, parts
                 elif len(parts) >= 2 and parts[1] in SPLIT_DIRS:
@@ -104,11 +98,9 @@ def scan_tar(archive: Path) -> Layout:
 def _decode_all(items: list[tuple[str, str | bytes]], ref: tuple[str, tuple[int, ...]]) -> np.ndarray:
     ref_where, ref_shape = ref
     out = np.empty((len(items), *ref_shape), dtype=np.uint8)
+    for i, (where, source) in enumerate(items):
 
-    def work(i: int) -> None:
-        where, source = items[i]
-
-        def same_size(size: tuple[int, int]) -> None:  # from the header, before decoding
+        def same_size(size: tuple[int, int], where: str = where) -> None:  # from the header, before decoding
             if size != (ref_shape[1], ref_shape[0]):
                 raise DataError(
                     f"{where}: image is {size[0]}x{size[1]} but the first training image {ref_where} "
@@ -116,9 +108,6 @@ def _decode_all(items: list[tuple[str, str | bytes]], ref: tuple[str, tuple[int,
                 )
 
         out[i] = decode_image(source, where, same_size)
-
-    for i in range(len(items)):  # threads do not help: decoding small images is GIL-bound
-        work(i)
     return out.transpose(0, 3, 1, 2).copy()
 
 

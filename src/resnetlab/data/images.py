@@ -62,11 +62,6 @@ def to_mode(img: Image.Image, mode: str = "RGB") -> Image.Image:
     return img.convert(mode)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """``img`` as an 8-bit RGB image."""
-    return to_mode(img, "RGB")
-
-
 # The most pixels resnetlab decodes from one image file: 64 Mi (8192 x 8192), above any photograph of the
 # papers' data sets (ImageNet's largest are a few megapixels). A file that claims more is refused from its
 # header, before decoding: a 400 KB PNG can claim 12,000 x 12,000 pixels and take 1.6 GB to decode.
@@ -217,7 +212,7 @@ def open_rgb(source: str | bytes, where: str | None = None,
     a DataError it raises passes through as it is."""
     try:
         with opened(source, check) as img:
-            return to_rgb(img)
+            return to_mode(img, "RGB")
     except DataError:
         raise
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
