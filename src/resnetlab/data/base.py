@@ -76,9 +76,7 @@ class DataOptions:
         if lo < self.crop_size:
             raise DataError(f"DataOptions.scale lower bound {lo} is smaller than crop_size {self.crop_size}")
         if self.test_resize < self.crop_size:
-            raise DataError(
-                f"DataOptions.test_resize {self.test_resize} is smaller than crop_size {self.crop_size}"
-            )
+            raise DataError(f"DataOptions.test_resize {self.test_resize} is smaller than crop_size {self.crop_size}")
         object.__setattr__(self, "scale", (lo, hi))
         if self.cache_dir is not None and not isinstance(self.cache_dir, str):
             object.__setattr__(self, "cache_dir", str(self.cache_dir))
@@ -97,24 +95,18 @@ class ArrayDataset:
         self.labels = torch.as_tensor(self.labels)
         self.classes = [str(c) for c in self.classes]
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise DataError(
-                f"ArrayDataset: images must be uint8 (N, C, H, W), got {self.images.dtype} "
-                f"{tuple(self.images.shape)}"
-            )
+            raise DataError(f"ArrayDataset: images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                            f"{tuple(self.images.shape)}")
         if self.labels.dim() != 1 or len(self.labels) != len(self.images):
-            raise DataError(
-                f"ArrayDataset: {len(self.images)} images but labels of shape {tuple(self.labels.shape)}"
-            )
+            raise DataError(f"ArrayDataset: {len(self.images)} images but labels of shape {tuple(self.labels.shape)}")
         if self.labels.dtype.is_floating_point or self.labels.dtype == torch.bool:
             raise DataError(f"ArrayDataset: labels must be integers, got {self.labels.dtype}")
         self.labels = self.labels.to(torch.int64)
         if not self.classes:
             raise DataError("ArrayDataset: no class names")
         if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
-            raise DataError(
-                f"ArrayDataset: labels must lie in [0, {len(self.classes) - 1}], got "
-                f"[{int(self.labels.min())}, {int(self.labels.max())}]"
-            )
+            raise DataError(f"ArrayDataset: labels must lie in [0, {len(self.classes) - 1}], got "
+                            f"[{int(self.labels.min())}, {int(self.labels.max())}]")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -181,10 +173,8 @@ def hold_out(where: str, labels: np.ndarray, options: DataOptions) -> tuple[np.n
     """Indices (kept, held out) of the training images for ``options.val_split`` (:func:`stratified_holdout`
     with ``options.split_seed``); a DataError naming ``where`` unless some training images are kept."""
     if options.val_split >= len(labels):
-        raise DataError(
-            f"{where}: DataOptions.val_split={options.val_split} must be smaller than the "
-            f"{len(labels)} training images"
-        )
+        raise DataError(f"{where}: DataOptions.val_split={options.val_split} must be smaller than the "
+                        f"{len(labels)} training images")
     return stratified_holdout(labels, options.val_split, options.split_seed)
 
 
@@ -222,6 +212,8 @@ class DataSource(ABC):
     train_size: int
     classes: list[str]
     has_val: bool
+    _mean: torch.Tensor
+    _std: torch.Tensor
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Number of (drop-last) steps in an epoch of global batch ``batch_size``; at least 1."""
@@ -255,9 +247,9 @@ class DataSource(ABC):
     def eval_size(self, split: str) -> int:
         """Number of images in ``split``."""
 
-    @abstractmethod
     def norm_state(self) -> dict[str, torch.Tensor]:
         """Normalisation statistics, to be stored with a checkpoint."""
+        return {"mean": self._mean.clone(), "std": self._std.clone()}
 
     @abstractmethod
     def load_norm_state(self, state: dict[str, torch.Tensor]) -> None:

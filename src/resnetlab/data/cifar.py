@@ -123,10 +123,8 @@ def _parse_batch(blob: bytes, source: str, fmt: CifarFormat) -> tuple[np.ndarray
     except (ValueError, TypeError, OverflowError):  # ragged or non-numeric label lists
         raise DataError(f"{source}: {fmt.label_key!r} is not a flat list of integer labels") from None
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
-        raise DataError(
-            f"{source}: {fmt.label_key!r} must be {len(data)} integer labels, "
-            f"got {labels.dtype} {labels.shape}"
-        )
+        raise DataError(f"{source}: {fmt.label_key!r} must be {len(data)} integer labels, "
+                        f"got {labels.dtype} {labels.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() >= fmt.num_classes):
         raise DataError(
             f"{source}: labels must lie in [0, {fmt.num_classes - 1}], got [{labels.min()}, {labels.max()}]"

@@ -102,10 +102,8 @@ def _decode_all(items: list[tuple[str, str | bytes]], ref: tuple[str, tuple[int,
 
         def same_size(size: tuple[int, int], where: str = where) -> None:  # from the header, before decoding
             if size != (ref_shape[1], ref_shape[0]):
-                raise DataError(
-                    f"{where}: image is {size[0]}x{size[1]} but the first training image {ref_where} "
-                    f"is {ref_shape[1]}x{ref_shape[0]}; all images must share one size"
-                )
+                raise DataError(f"{where}: image is {size[0]}x{size[1]} but the first training image {ref_where} "
+                                f"is {ref_shape[1]}x{ref_shape[0]}; all images must share one size")
 
         out[i] = decode_image(source, where, same_size)
     return out.transpose(0, 3, 1, 2).copy()

@@ -213,8 +213,5 @@ class ImageNetSource(DataSource):
         self._check_split(split)
         return len(self._files[split][0])
 
-    def norm_state(self) -> dict[str, torch.Tensor]:
-        return {"mean": self._mean.clone(), "std": self._std.clone()}
-
     def load_norm_state(self, state: dict[str, torch.Tensor]) -> None:
         self._mean, self._std = check_norm_state(self.name, state, [(3, 1, 1)])

@@ -33,9 +33,7 @@ def read_digits() -> Splits:
         raise DataError(f"digits: cannot load scikit-learn's digits data ({one_line(exc)})") from None
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
     labels = bunch.target.astype(np.int64)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0
-    )
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0)
     classes = [str(i) for i in range(10)]
     return (ArrayDataset(images[train_idx], labels[train_idx], classes),
             ArrayDataset(images[test_idx], labels[test_idx], classes))

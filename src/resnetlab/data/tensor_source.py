@@ -65,10 +65,8 @@ class TensorSource(DataSource):
         if len(train) == 0:
             raise DataError(f"{name}: the training split is empty")
         if train.images.shape[1:] != test.images.shape[1:]:
-            raise DataError(
-                f"{name}: test images have shape {tuple(test.images.shape[1:])} but training images "
-                f"{tuple(train.images.shape[1:])}"
-            )
+            raise DataError(f"{name}: test images have shape {tuple(test.images.shape[1:])} but training images "
+                            f"{tuple(train.images.shape[1:])}")
         if test.classes != train.classes:
             raise DataError(f"{name}: the test split's class names differ from the training split's")
         if train.images.shape[2] != train.images.shape[3]:
@@ -148,9 +146,6 @@ class TensorSource(DataSource):
     def eval_size(self, split: str) -> int:
         self._check_split(split)
         return len(self._splits[split])
-
-    def norm_state(self) -> dict[str, torch.Tensor]:
-        return {"mean": self._mean.clone(), "std": self._std.clone()}
 
     def load_norm_state(self, state: dict[str, torch.Tensor]) -> None:
         c, s = self.channels, self.image_size
