@@ -26,12 +26,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from resnetlab.errors import ConfigError, ResnetlabError
-from resnetlab.experiments.suite import Member, SuiteStopped, suite_to_dict
+from resnetlab.experiments.suite import Member, SuiteStopped
 from resnetlab.experiments.work import DONE, SuiteWork, outcome
 
 STATUS_EVERY_S = 60.0  # the progress line's period when the output is not a terminal
@@ -112,7 +112,7 @@ def run_jobs(work: SuiteWork, chosen: tuple[Member, ...], jobs: int, devices: li
     if not left:
         work.log(f"[{work.suite.name}] all {len(tasks)} runs are done")
         return []
-    spec = {"suite": suite_to_dict(work.suite), "out": str(work.out),
+    spec = {"suite": asdict(work.suite), "out": str(work.out),
             "kwargs": {"data": run.data, "seeds": run.seeds, "epochs": run.epochs, "iters": run.iters,
                        "scale": run.scale, "settings": run.settings, "only": run.only, "results": False,
                        "trainings": str(work.index.root)}}

@@ -31,15 +31,12 @@ def train_members(run: SuiteRun, chosen: tuple[Member, ...], work: SuiteWork, lo
             _clear_failure(run_dir, tag, log)
             try:
                 summary = _train_one(run, member, seed, run_dir, tag, log)
-            except RunDirError as exc:  # e.g. in use by another process: not this member's fault, no error.txt
-                log(f"{tag}: failed: {exc}")
-                failed.append(f"{member.label} seed {seed} ({exc})")
-                continue
             except ResnetlabError as exc:  # the suite carries on; the member is reported as failed
                 log(f"{tag}: failed: {exc}")
                 failed.append(f"{member.label} seed {seed} ({exc})")
-                run_dir.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(run_dir / "error.txt", str(exc) + "\n")
+                if not isinstance(exc, RunDirError):  # e.g. in use by another process: not the member's fault
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    write_text_atomic(run_dir / "error.txt", str(exc) + "\n")
                 continue
             if summary.status == "stopped":  # a signal: the checkpoint is written, stop the suite here
                 raise SuiteStopped(f"{tag}: stopped by a signal; rerun the same command to resume")

@@ -90,17 +90,14 @@ def _member_result(member: Member, out: Path, scale: str, seeds: int) -> MemberR
         override=override, params=summaries[0].params if summaries else None, runs=len(errors),
         diverged=diverged, errors=failed, median=median, mean=statistics.fmean(errors) if errors else None,
         std=statistics.stdev(errors) if len(errors) > 1 else 0.0 if errors else None, paper=member.paper,
-        fail=(median is None and (diverged > 0)) or (median is not None and median > 20.0) or (
-            diverged > 0 and diverged >= len(errors)),
+        fail=(median is not None and median > 20.0) or (diverged > 0 and diverged >= len(errors)),
         paper_fail=member.paper == "fail" or (isinstance(member.paper, int | float) and member.paper > 20),
         wall_time_s=sum(s.wall_time_s or 0.0 for s in summaries))
 
 
 def _rank_value(error: Any, diverged: int) -> float | None:
     """What a rank sorts by: the error; a fail, or no median where a run diverged, ranks last; else none."""
-    if error is None and diverged:
-        return math.inf
-    if error == "fail":
+    if error == "fail" or (error is None and diverged):
         return math.inf
     return float(error) if isinstance(error, int | float) else None
 
@@ -150,13 +147,13 @@ def write_results(run: SuiteRun, rows: list[MemberResult]) -> None:
                          for h in headers])
     write_text_atomic(out / "results.csv", table.getvalue())
     tau, n = kendall_tau(rows)
-    lines = [f"# {suite.title}", "", f"Paper: {suite.source}. Scale: {meta['scale']}; data: {meta['data']}; "
-             f"recipe: {meta['recipe']}; seeds: {meta['seeds']} (seed0..seed{run.seeds - 1} of each member, this "
+    lines = [f"# {suite.title}", "", f"Paper: {suite.source}. Scale: {run.scale}; data: {run.data}; "
+             f"recipe: {run.recipe}; seeds: {run.seeds} (seed0..seed{run.seeds - 1} of each member, this "
              f"call's); budget: {_budget(meta)}; --set: "
              f"{', '.join(f'{k}={v}' for k, v in run.settings.items()) or 'none'}. Errors are test errors in "
              "percent; 'fail' is the papers' verdict (above 20%).", ""]
-    if meta["scale"] in ("small", "cpu"):
-        lines += [f"**{SMALL_NOTE if meta['scale'] == 'small' else CPU_NOTE}**", ""]
+    if run.scale in ("small", "cpu"):
+        lines += [f"**{SMALL_NOTE if run.scale == 'small' else CPU_NOTE}**", ""]
     lines += ["| member | model | params | runs | median | mean ± std | diverged | paper | fail (ours / paper) "
               "| rank (ours / paper) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -184,7 +181,6 @@ def _budget(meta: dict[str, Any]) -> str:
 
 
 def _figures(suite: Suite, out: Path, rows: list[MemberResult]) -> None:
-
     curves = {}
     for member in suite.members:
         metrics = evaluation_rows(RunDir(out / member.slug / "seed0").read_metrics())

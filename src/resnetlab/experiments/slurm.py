@@ -25,13 +25,14 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import ConfigError, ResnetlabError
 from resnetlab.experiments.jobs import worker_command
 from resnetlab.experiments.runner import run_suite
-from resnetlab.experiments.suite import Suite, suite_to_dict
+from resnetlab.experiments.suite import Suite
 
 SIGNAL_DELAY_S = 120  # Slurm's warning before the time limit; the worker must checkpoint within it
 STOP_GRACE_S = 100.0  # how long a task waits for its worker to checkpoint and exit
@@ -92,14 +93,8 @@ def _minutes(text: str) -> int:
     if not (days == "" or days.isdigit()) or not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
         raise ConfigError(f"--time: {text!r} is not MINUTES, H:MM:SS or D-H:MM:SS")
     nums = [int(p) for p in parts]
-    if days:
-        hours, minutes, seconds = (nums + [0, 0])[:3]
-    elif len(nums) == 1:
-        hours, minutes, seconds = 0, nums[0], 0
-    elif len(nums) == 2:
-        hours, minutes, seconds = 0, nums[0], nums[1]
-    else:
-        hours, minutes, seconds = nums
+    # with days: D-H[:MM[:SS]]; without: MINUTES, MINUTES:SECONDS or H:MM:SS
+    hours, minutes, seconds = (nums + [0, 0])[:3] if days else ([0, *nums, 0][:3] if len(nums) < 3 else nums)
     return max(1, int(days or 0) * 1440 + hours * 60 + minutes + (seconds + 59) // 60)
 
 
@@ -215,7 +210,7 @@ def launch(suite: Suite, out: Path, kwargs: dict[str, Any], args: argparse.Names
     folder = Path(os.path.abspath(out)) / "submitit" / "%j"
     _check_out(folder)
     params = slurm_parameters(args, suite)
-    spec = {"suite": suite_to_dict(suite), "out": os.path.abspath(out),
+    spec = {"suite": asdict(suite), "out": os.path.abspath(out),
             "kwargs": {**kwargs, "trainings": os.path.abspath(kwargs["trainings"]) if kwargs.get("trainings")
                        else None}}
     if args.dry_run:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +222,7 @@ def _read_member(raw: Any, where: str) -> Member:
     return member
 
 
-def suite_to_dict(suite: Suite) -> dict[str, Any]:
-    """A suite as plain data, for a worker in another process or on another machine."""
-    return asdict(suite)
-
-
 def suite_from_dict(data: dict[str, Any]) -> Suite:
+    """A suite from `dataclasses.asdict(suite)`: how a worker in another process or machine gets it."""
     members = tuple(Member(**m) for m in data["members"])
     return Suite(data["name"], data["title"], data["source"], data["recipe"], members)

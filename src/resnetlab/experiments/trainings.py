@@ -31,8 +31,6 @@ from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.jsondoc import parse_json
 from resnetlab.training.identity import key_of_run
 
-__all__ = ["INDEX_NAME", "Claim", "TrainingIndex", "default_index", "link"]
-
 INDEX_NAME = ".trainings"
 
 

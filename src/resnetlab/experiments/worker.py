@@ -15,7 +15,6 @@ from resnetlab.experiments.suite import suite_from_dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One worker process: `python -m resnetlab.experiments.worker SPEC` (JSON: suite, out, run_suite's kwargs)."""
     preempt = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
     if os.environ.get("SUBMITIT_EXECUTOR") and hasattr(signal, f"SIG{preempt}"):
         signal.signal(getattr(signal, f"SIG{preempt}"), signal.SIG_IGN)  # Slurm's warning is for the task
