@@ -60,11 +60,6 @@ def _preserved(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _stage_of_units(model: ResNet) -> list[int]:
-    """The 1-based stage number of each unit, in `model.units()` order."""
-    return [s for s, stage in enumerate(model.stages, start=1) for _ in stage]
-
-
 def propagation(model: ResNet, x: Tensor, y: Tensor, *, eval_mode: bool = False) -> list[Row]:
     """Forward signal and loss gradient at each unit input x_1..x_L and at the last unit's output.
 
@@ -80,7 +75,7 @@ def propagation(model: ResNet, x: Tensor, y: Tensor, *, eval_mode: bool = False)
     units = list(model.units())
     if not units:
         raise ResnetlabError("propagation: the model has no residual units")
-    stages = _stage_of_units(model)
+    stages = [s for s, stage in enumerate(model.stages, start=1) for _ in stage]  # 1-based, in units() order
     last = len(units) - 1
     captured: dict[int, Tensor] = {}
 
@@ -112,13 +107,8 @@ def propagation(model: ResNet, x: Tensor, y: Tensor, *, eval_mode: bool = False)
     with torch.no_grad():
         for k, (t, g) in enumerate(zip(tensors, grads, strict=True)):
             t = t.detach().float()
-            rows.append({
-                "index": k + 1,
-                "stage": stages[min(k, last)],
-                "std": t.std().item(),
-                "norm": t.flatten(1).norm(dim=1).mean().item(),
-                "grad_norm": g.float().norm().item(),
-            })
+            rows.append({"index": k + 1, "stage": stages[min(k, last)], "std": t.std().item(),
+                         "norm": t.flatten(1).norm(dim=1).mean().item(), "grad_norm": g.float().norm().item()})
     return rows
 
 
@@ -135,16 +125,10 @@ def summarize(rows: list[Row]) -> dict[str, float]:
     """
     first, final = rows[0], rows[-1]
     grads = [r["grad_norm"] for r in rows]
-    return {
-        "units": len(rows) - 1,
-        "std_first": first["std"],
-        "std_last": final["std"],
-        "std_ratio": _ratio(final["std"], first["std"]),
-        "grad_first": first["grad_norm"],
-        "grad_last": final["grad_norm"],
-        "grad_ratio": _ratio(first["grad_norm"], final["grad_norm"]),
-        "grad_spread": _ratio(max(grads), min(grads)),
-    }
+    return {"units": len(rows) - 1, "std_first": first["std"], "std_last": final["std"],
+            "std_ratio": _ratio(final["std"], first["std"]), "grad_first": first["grad_norm"],
+            "grad_last": final["grad_norm"], "grad_ratio": _ratio(first["grad_norm"], final["grad_norm"]),
+            "grad_spread": _ratio(max(grads), min(grads))}
 
 
 def _ratio(a: float, b: float) -> float:
@@ -160,7 +144,6 @@ SUMMARY_HEADERS = ["model", "units", "std x_1", "std x_L", "std x_L/x_1",
 
 def format_propagation(results: dict[str, list[Row]]) -> str:
     """One line per model: forward std and gradient norm at x_1 and x_L, their ratios, the gradient spread."""
-
     table = []
     for name, rows in results.items():
         s = summarize(rows)

@@ -29,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.errors import ConfigError, ResnetlabError, one_line
 from resnetlab.experiments.jobs import worker_command
 from resnetlab.experiments.runner import run_suite
 from resnetlab.experiments.suite import Suite
@@ -224,8 +224,7 @@ def launch(suite: Suite, out: Path, kwargs: dict[str, Any], args: argparse.Names
         with executor.batch():
             jobs = [executor.submit(SuiteTask(spec)) for _ in range(args.workers)]
     except (RuntimeError, OSError) as exc:  # sbatch refused the job, or could not be run
-        lines = str(exc).strip().splitlines()
-        raise ResnetlabError(f"--launcher {args.launcher}: submitting failed ({lines[-1][:300] if lines else exc}); "
+        raise ResnetlabError(f"--launcher {args.launcher}: submitting failed ({_last_line(exc)}); "
                              f"{out} is claimed and nothing runs on it: submit again") from None
     print(f"[{suite.name}] submitted {args.workers} worker(s) on {out}: job(s) {', '.join(j.job_id for j in jobs)}; "
           f"their output: {folder.parent}")
@@ -233,6 +232,11 @@ def launch(suite: Suite, out: Path, kwargs: dict[str, Any], args: argparse.Names
         print(f"the last of them writes {out / 'results.md'}; `--collect` writes it from what has finished")
         return 0
     return _wait(jobs, out)
+
+
+def _last_line(exc: BaseException) -> str:
+    """submitit's errors end with what went wrong: sbatch's answer, the last line of the task's traceback."""
+    return one_line(str(exc).strip().rpartition("\n")[2] or exc, 300)
 
 
 def _wait(jobs: list[Any], out: Path) -> int:
@@ -244,7 +248,7 @@ def _wait(jobs: list[Any], out: Path) -> int:
             print(f"job {job.job_id}: {job.result()}")
         except Exception as exc:  # submitit re-raises the task's error, whatever its type
             failed += 1
-            print(f"job {job.job_id}: failed: {str(exc).strip().splitlines()[-1][:300] if str(exc) else exc}")
+            print(f"job {job.job_id}: failed: {_last_line(exc)}")
     if (out / "results.md").exists():
         print(f"results: {out / 'results.md'}")
     return 1 if failed else 0

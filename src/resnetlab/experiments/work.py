@@ -73,7 +73,7 @@ class SuiteWork:
     """One worker's view of a suite at one scale and budget: its tasks and the claims it holds."""
 
     def __init__(self, run: SuiteRun, log: Callable[[str], Any]) -> None:
-        self.run, self.suite, self.out, self.scale, self.log = run, run.suite, Path(run.out), run.scale, log
+        self.run, self.suite, self.out, self.log = run, run.suite, Path(run.out), log
         self.index = TrainingIndex(Path(run.trainings) if run.trainings else default_index(self.out))
         self.name = os.environ.get("RESNETLAB_WORKER") or f"{socket.gethostname()} pid {os.getpid()}"
         self.events = Path(os.environ.get("RESNETLAB_EVENTS")
@@ -151,7 +151,7 @@ class SuiteWork:
 
     def _cost(self, member: Member) -> int:
         """Multiply-adds per image of the member's net: the order in which workers take members."""
-        model, override = member.at(self.scale)
+        model, override = member.at(self.run.scale)
         name = json.dumps([model, override], sort_keys=True, default=str)
         if name not in self._costs:
             try:
