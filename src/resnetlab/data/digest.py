@@ -30,8 +30,6 @@ from resnetlab.files.jsondoc import parse_json
 
 DIGEST_VERSION = 1
 
-Stamp = list[int]
-
 
 def source_digest(spec: str, cache: Path | None = None) -> str | None:
     """``"sha256:HEX"`` of what a data spec's path holds; None for a spec without a path (digits,
@@ -105,7 +103,7 @@ class _Record:
             st = os.stat(path)
         except OSError as exc:
             raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        stamp: Stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         kept = self.old.get(rel)
         if isinstance(kept, list) and len(kept) == 2 and kept[0] == stamp and isinstance(kept[1], str):
             digest = kept[1]
