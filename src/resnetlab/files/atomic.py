@@ -37,7 +37,8 @@ def _size(name: str) -> int:
     return len(os.fsencode(name))
 
 
-def _name_max(folder: Path) -> int:
+def name_max(folder: Path | str) -> int:
+    """The longest name, in bytes, a file in `folder` may have."""
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError):
@@ -53,7 +54,7 @@ def temp_path(path: Path, suffix: str | None = None) -> Path:
     path = Path(path)
     suffix = path.suffix if suffix is None else suffix
     mark = f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    limit = _name_max(path.parent)
+    limit = name_max(path.parent)
     if 1 + _size(mark) + _size(suffix) > limit:
         suffix = ""
     stem = path.name

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from resnetlab.errors import ResnetlabError
-from resnetlab.files.atomic import refuse_special
+from resnetlab.files.atomic import name_max, refuse_special
 from resnetlab.runs.directory import RunDir
 
 SUITE_FILE = "suite.json"  # what makes a folder a suite's output (experiments.suite_dir.SuiteDir writes it)
@@ -34,10 +34,7 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     if not out.name:  # ".", "/", "": a folder, and no name to write beside it
         raise ResnetlabError(f"{out}: names a folder, not a file to write")
     parent = out.parent
-    try:
-        limit = os.pathconf(parent if parent.is_dir() else ".", "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
+    limit = name_max(parent if parent.is_dir() else ".")
     if len(os.fsencode(out.name)) > limit:  # its temporary names fit wherever it fits (`files.atomic.temp_path`)
         raise ResnetlabError(f"{out}: the file name is too long ({len(os.fsencode(out.name))} bytes; this file "
                              f"system takes {limit})")
