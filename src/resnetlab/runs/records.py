@@ -9,6 +9,8 @@ earlier versions, so old run directories still read.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,12 +152,13 @@ class Summary:
         object, or a known field of another type, is a one-line error naming `where` and the field."""
         if not isinstance(data, dict):
             raise ResnetlabError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        for name, kinds in _SUMMARY_TYPES.items():
+        for name, hint in typing.get_type_hints(cls).items():  # each field as its type says (`X | None`: X)
+            declared = typing.get_args(hint)[0] if isinstance(hint, types.UnionType) else hint
+            kinds, words = _KINDS[typing.get_origin(declared) or declared]
             value = data.get(name)
             if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool)
                                                                         and bool not in kinds)):
-                raise ResnetlabError(f"{where}: field {name!r}: expected {_KIND_NAMES[kinds]}, got "
-                                     f"{type(value).__name__}")
+                raise ResnetlabError(f"{where}: field {name!r}: expected {words}, got {type(value).__name__}")
         for name in ("final", "best"):
             for key, value in (data.get(name) or {}).items():
                 if value is not None and not isinstance(value, int | float | str):
@@ -164,14 +167,10 @@ class Summary:
         return cls.from_dict(data)
 
 
-_NUMBER = (int, float)
-_SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,), "data": (str,), "recipe": (str,), "status": (str,), "diverged": (bool,),
-    "diverged_at_step": (int,), "steps": (int,), "total_steps": (int,), "epochs": _NUMBER, "final": (dict,),
-    "best": (dict,), "fail": (bool,), "params": (int,), "wall_time_s": _NUMBER, "images_per_s": _NUMBER,
-    "device": (str,), "torch": (str,), "resnetlab": (str,), "threads": (int,)}
-_KIND_NAMES = {(str,): "a string", (bool,): "true or false", (int,): "an integer", _NUMBER: "a number",
-               (dict,): "an object"}
+# what a summary field's declared type accepts in a document (an int where a float is declared), and its words
+_KINDS: dict[type, tuple[tuple[type, ...], str]] = {
+    str: ((str,), "a string"), bool: ((bool,), "true or false"), int: ((int,), "an integer"),
+    float: ((int, float), "a number"), dict: ((dict,), "an object")}
 
 
 def read_summary(path: Path) -> Summary:
