@@ -23,7 +23,7 @@ from resnetlab.files.jsondoc import MAX_NESTING, check_nesting
 from resnetlab.networks.registry import get_spec
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.settings.trackers import check_settings as check_tracking
-from resnetlab.settings.trackers import require_installed
+from resnetlab.settings.trackers import require
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -165,7 +165,8 @@ CHOICES = {
     ("run", "progress"): (True, False, "auto"),
 }
 NON_NEGATIVE = {("data", "pad"), ("data", "val_split"), ("data", "workers"), ("optim", "weight_decay"),
-                ("optim", "momentum"), ("run", "threads"), ("run", "checkpoint_every"), ("warmup", "iters")}
+                ("optim", "momentum"), ("run", "seed"), ("run", "threads"), ("run", "checkpoint_every"),
+                ("warmup", "iters")}
 # bounds on what would allocate or run without end, far above any real run: a value beyond one is a typo
 # or an attack (issue 14), refused before any work starts
 AT_MOST = {("optim", "batch_size"): 2**20, ("optim", "accumulate"): 2**12, ("schedule", "total"): 10**9,
@@ -218,7 +219,7 @@ def build_config(
         cfg.model.name = model
     _apply(cfg, overrides or {}, origin="override")
     validate(cfg)
-    require_installed(cfg.run)  # a new run's trackers (not a config read back for evaluation)
+    require(cfg.run.tracker)  # a new run's trackers (not a config read back for evaluation)
     return cfg
 
 
@@ -367,8 +368,6 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value is not None and value > limit:
             raise ConfigError(f"{section}.{name}: {value} is beyond the largest resnetlab accepts ({limit:,})")
-    if cfg.run.seed < 0:
-        raise ConfigError("run.seed: must not be negative")
     if milestones := [m for m in cfg.schedule.milestones if m > 10**9]:
         raise ConfigError(f"schedule.milestones: {milestones[0]} is beyond the largest resnetlab accepts (10**9)")
     o, s, w, r = cfg.optim, cfg.schedule, cfg.warmup, cfg.run

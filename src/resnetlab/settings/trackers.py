@@ -15,7 +15,6 @@ _INSTALL = {"tensorboard": "pip install tensorboard", "mlflow": "pip install 're
             "wandb": "pip install 'resnetlab[wandb]'"}
 
 
-# ---- the settings, checked when the config is built -----------------------------------------------------------
 def check_settings(run: Any) -> None:
     """`run.tracker`, `run.tracker_tags` and `run.tensorboard` make sense together (no imports: this also
     checks configs read back for evaluation)."""
@@ -29,12 +28,8 @@ def check_settings(run: Any) -> None:
     tags_of(run.tracker_tags)
 
 
-def require_installed(run: Any) -> None:
-    """A one-line ConfigError naming the package of the first asked-for tracker that is not installed."""
-    require(run.tracker)
-
-
 def require(names: Iterable[str]) -> None:
+    """A one-line ConfigError naming the package of the first tracker in `names` that is not installed."""
     for name in names:
         if name not in TRACKERS:
             raise ConfigError(f"run.tracker: {name!r} is not one of {', '.join(TRACKERS)}")
