@@ -11,6 +11,7 @@ or not at all.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import shutil
@@ -34,15 +35,12 @@ ATOL, RTOL = 1e-4, 1e-4
 
 
 def _need(module: str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(f"this needs the {module.split('.')[0]} package: pip install 'resnetlab[export]'") from None
 
 
-# ---- exporting --------------------------------------------------------------------------------------------
 def export(pre: Pretrained, fmt: str, out: str | Path) -> dict[str, Any]:
     """Write `pre` as `fmt` to `out` (atomically); returns what was written and, for graphs, the check."""
     if fmt not in WRITERS:
@@ -116,11 +114,6 @@ def _sorted_metadata(raw: bytes) -> bytes:
     return raw[:8] + text.ljust(size, b" ") + raw[8 + size:]
 
 
-def _check_batch(pre: Pretrained, n: int = 4) -> Tensor:
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(n, pre.channels, pre.image_size, pre.image_size, generator=g)
-
-
 def _within(got: np.ndarray, want: Tensor, what: str) -> float:
     diff = float(np.abs(got - want.numpy()).max())
     bound = ATOL + RTOL * float(want.abs().max())
@@ -129,8 +122,9 @@ def _within(got: np.ndarray, want: Tensor, what: str) -> float:
     return diff
 
 
-def _eval_graph(pre: Pretrained) -> torch.nn.Module:
-    """The eval net with BN folded and the input normalisation inside: it takes pixels in [0, 1]."""
+def _eval_graph(pre: Pretrained) -> tuple[torch.nn.Module, Tensor, dict[str, Any]]:
+    """The eval net with BN folded and the input normalisation inside (it takes pixels in [0, 1]), a batch of 4
+    images to trace and check it with, and its dynamic batch axis."""
 
     class WithInput(torch.nn.Module):
         def __init__(self) -> None:
@@ -142,18 +136,25 @@ def _eval_graph(pre: Pretrained) -> torch.nn.Module:
         def forward(self, pixels: Tensor) -> Tensor:
             return self.net((pixels - self.mean) / self.std)
 
-    return WithInput().eval()
+    x = torch.rand(4, pre.channels, pre.image_size, pre.image_size, generator=torch.Generator().manual_seed(0))
+    return WithInput().eval(), x, {"pixels": {0: torch.export.Dim("batch", min=1, max=65536)}}
+
+
+def _checked(pre: Pretrained, x: Tensor, run: Callable[[Tensor], np.ndarray], what: str) -> dict[str, Any]:
+    """The exported graph's outputs (`run`) against PyTorch's, at two batch sizes: the batch axis is dynamic."""
+    with torch.no_grad():
+        want = pre.model(pre.normalise(x))
+        diff = max(_within(run(xb), wb, what) for xb, wb in ((x, want), (x[:1], want[:1])))
+    return {"max_abs_diff": diff, "tolerance": f"{ATOL} + {RTOL} x max|logit|"}
 
 
 def _write_onnx(pre: Pretrained, path: Path) -> dict[str, Any]:
     onnx = _need("onnx")
     ort = _need("onnxruntime")
     _need("onnxscript")
-    graph = _eval_graph(pre)
-    x = _check_batch(pre)
+    graph, x, batch = _eval_graph(pre)
     torch.onnx.export(graph, (x,), str(path), input_names=["pixels"], output_names=["logits"],
-                      dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=65536)}},
-                      dynamo=True, verbose=False)
+                      dynamic_shapes=batch, dynamo=True, verbose=False)
     proto = onnx.load(str(path))
     for key, value in {"resnetlab": json.dumps(pre.metadata()),
                        "input": "pixels: float32 (N, C, S, S) in [0, 1]; normalisation is inside the graph"}.items():
@@ -161,28 +162,19 @@ def _write_onnx(pre: Pretrained, path: Path) -> dict[str, Any]:
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        want = pre.model(pre.normalise(x))
-    diffs = [_within(session.run(None, {"pixels": xb.numpy()})[0], wb, "onnx")
-             for xb, wb in ((x, want), (x[:1], want[:1]))]  # two batch sizes: the batch axis is dynamic
-    return {"max_abs_diff": max(diffs), "tolerance": f"{ATOL} + {RTOL} x max|logit|"}
+    return _checked(pre, x, lambda xb: session.run(None, {"pixels": xb.numpy()})[0], "onnx")
 
 
 def _write_pt2(pre: Pretrained, path: Path) -> dict[str, Any]:
-    graph = _eval_graph(pre)
-    x = _check_batch(pre)
-    program = torch.export.export(graph, (x,),
-                                  dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=65536)}})
+    graph, x, batch = _eval_graph(pre)
+    program = torch.export.export(graph, (x,), dynamic_shapes=batch)
     # saved in memory, then written by Python: torch's own file writer aborts the process on a full disk
     buf = io.BytesIO()
     torch.export.save(program, buf, extra_files={"resnetlab.json": json.dumps(pre.metadata())})
     path.write_bytes(buf.getvalue())
     buf.seek(0)
     loaded = torch.export.load(buf).module()
-    with torch.no_grad():
-        want = pre.model(pre.normalise(x))
-        diff = max(_within(loaded(xb).numpy(), wb, "pt2") for xb, wb in ((x, want), (x[:1], want[:1])))
-    return {"max_abs_diff": diff, "tolerance": f"{ATOL} + {RTOL} x max|logit|"}
+    return _checked(pre, x, lambda xb: loaded(xb).numpy(), "pt2")
 
 
 # every format `resnetlab export` writes -> its writer (`formats.READERS` reads the safetensors back)
