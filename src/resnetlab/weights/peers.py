@@ -33,34 +33,19 @@ from resnetlab.weights.checkpoint import load_state
 TORCHVISION = "torchvision"
 CIFAR_PEER = "pytorch_resnet_cifar10"
 
-_TO_OURS = [
-    (re.compile(r"^conv1\.(.+)$"), r"stem.conv.\1"),
-    (re.compile(r"^bn1\.(.+)$"), r"stem.bn.\1"),
-    (re.compile(r"^fc\.(.+)$"), r"head.fc.\1"),
-    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.0\.(.+)$"), r"stages.{s}.\2.shortcut.match.conv.\3"),
-    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.1\.(.+)$"), r"stages.{s}.\2.shortcut.match.bn.\3"),
-    (re.compile(r"^layer(\d)\.(\d+)\.((?:conv|bn)\d)\.(.+)$"), r"stages.{s}.\2.branch.\3.\4"),
-]
-_TO_TV = [
-    (re.compile(r"^stem\.conv\.(.+)$"), r"conv1.\1"),
-    (re.compile(r"^stem\.bn\.(.+)$"), r"bn1.\1"),
-    (re.compile(r"^head\.fc\.(.+)$"), r"fc.\1"),
-    (re.compile(r"^stages\.(\d)\.(\d+)\.shortcut\.match\.conv\.(.+)$"), r"layer{s}.\2.downsample.0.\3"),
-    (re.compile(r"^stages\.(\d)\.(\d+)\.shortcut\.match\.bn\.(.+)$"), r"layer{s}.\2.downsample.1.\3"),
-    (re.compile(r"^stages\.(\d)\.(\d+)\.branch\.((?:conv|bn)\d)\.(.+)$"), r"layer{s}.\2.\3.\4"),
-]
+# torchvision's names and ours, one row a layer (the parameter's own name follows): {s} is the stage (torchvision's
+# layer1..4, our stages.0..3), {i} the unit in it, {layer} a conv or BN of the unit's branch
+_NAMES = [("conv1", "stem.conv"), ("bn1", "stem.bn"), ("fc", "head.fc"),
+          ("layer{s}.{i}.downsample.0", "stages.{s}.{i}.shortcut.match.conv"),
+          ("layer{s}.{i}.downsample.1", "stages.{s}.{i}.shortcut.match.bn"),
+          ("layer{s}.{i}.{layer}", "stages.{s}.{i}.branch.{layer}")]
+_PARTS = {"s": r"(?P<s>\d)", "i": r"(?P<i>\d+)", "layer": r"(?P<layer>(?:conv|bn)\d)"}
 _PEER_UNIT = re.compile(r"^layer([1-3])\.(\d+)\.(conv[12]|bn[12])\.(.+)$")
 
 
 def imagenet_norm() -> dict[str, Tensor]:
     """The input normalisation both formats were trained with: pixels in [0, 1], ImageNet's channel statistics."""
     return {"mean": torch.tensor(IMAGENET_MEAN).view(3, 1, 1), "std": torch.tensor(IMAGENET_STD).view(3, 1, 1)}
-
-
-def read_state_file(path: str | Path) -> Any:
-    """The object in a `torch.save` file (zip or legacy format), loaded without running code."""
-    path = Path(path)
-    return load_state_bytes(read_file(path, "weights file"), path)
 
 
 def load_state_bytes(raw: bytes, path: Path) -> Any:
@@ -84,17 +69,22 @@ def state_dict_of(obj: Any, where: str) -> dict[str, Tensor]:
 
 
 def _as_state_dict(source: Mapping[str, Tensor] | str | Path) -> dict[str, Tensor]:
+    """The tensors of a state_dict given as a mapping, or as a `torch.save` file (loaded without running code)."""
     if isinstance(source, Mapping):
         return state_dict_of(source, "state_dict")
-    return state_dict_of(read_state_file(source), str(source))
+    return state_dict_of(load_state_bytes(read_file(Path(source), "weights file"), Path(source)), str(source))
 
 
-def _rename(key: str, rules: list[tuple[re.Pattern[str], str]], stage_shift: int) -> str | None:
-    for pattern, template in rules:
-        m = pattern.match(key)
+def _rename(key: str, to_ours: bool) -> str | None:
+    """`key` under the other naming (torchvision's to ours, or ours to torchvision's); None where it has none."""
+    for tv, ours in _NAMES:
+        source, target = (tv, ours) if to_ours else (ours, tv)
+        m = re.match(source.replace(".", r"\.").format(**_PARTS) + r"\.(?P<leaf>.+)$", key)
         if m:
-            stage = str(int(m.group(1)) + stage_shift) if "{s}" in template else ""
-            return m.expand(template.replace("{s}", stage))
+            parts = m.groupdict()
+            if "s" in parts:
+                parts["s"] = str(int(parts["s"]) + (-1 if to_ours else 1))
+            return f"{target.format(**parts)}.{parts['leaf']}"
     return None
 
 
@@ -132,7 +122,7 @@ def to_torchvision(model: ResNet) -> dict[str, Tensor]:
     check_compatible(model)
     out = {}
     for key, value in model.state_dict().items():
-        new = _rename(key, _TO_TV, +1)
+        new = _rename(key, to_ours=False)
         if new is None:
             raise CheckpointError(f"{key}: no torchvision name for this parameter")
         out[new] = value
@@ -146,7 +136,7 @@ def load_torchvision(model: ResNet, source: Mapping[str, Tensor] | str | Path) -
     ours = model.state_dict()
     renamed = {}
     for key, value in state.items():
-        new = _rename(key.removeprefix("module."), _TO_OURS, -1)
+        new = _rename(key.removeprefix("module."), to_ours=True)
         if new is None or new not in ours:
             raise CheckpointError(f"{key}: not a key of a torchvision {model.spec.name or 'ResNet'} state_dict")
         _check_shape(key, value, ours[new], model)
