@@ -39,8 +39,6 @@ def read_file(path: Path, what: str = "checkpoint") -> bytes:
     try:
         info = os.stat(path)
         kind = file_kind(info.st_mode)
-        if kind == "a directory":
-            raise IsADirectoryError
         if kind is not None:
             raise CheckpointError(f"{path}: is {kind}, not a {_noun(what)}")
         if info.st_size > MAX_FILE_BYTES:

@@ -45,11 +45,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 REQUIRED_TABLES = ("spec", "norm", "config")
 
 
-def is_checkpoint(raw: bytes) -> bool:
-    """Whether file contents end as a resnetlab checkpoint does (checked fully by `parse_checkpoint`)."""
-    return raw.endswith(MAGIC)
-
-
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Read and verify a checkpoint; any problem is a one-line CheckpointError naming the file."""
     path = Path(path)
@@ -101,7 +96,7 @@ def load_state(model: torch.nn.Module, state: Any) -> None:
     ours = model.state_dict()
     for key, value in state.items():
         target = ours.get(key)
-        if target is not None and isinstance(value, torch.Tensor) and value.dtype != target.dtype:
+        if target is not None and value.dtype != target.dtype:
             raise CheckpointError(f"tensor {key} is {str(value.dtype).removeprefix('torch.')}, the model's is "
                                   f"{str(target.dtype).removeprefix('torch.')}; weights are not converted silently")
     model.load_state_dict(state)

@@ -31,7 +31,7 @@ from resnetlab.files.reading import read_file
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import get_spec
 from resnetlab.networks.spec import ResNetSpec
-from resnetlab.weights.checkpoint import is_checkpoint, is_tensor_map, load_state, parse_checkpoint
+from resnetlab.weights.checkpoint import MAGIC, is_tensor_map, load_state, parse_checkpoint
 from resnetlab.weights.checks import checked, checked_norm
 from resnetlab.weights.contents import RESNETLAB, Weights
 from resnetlab.weights.peers import (
@@ -102,7 +102,7 @@ _OTHER_KINDS = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG
 def sniff(raw: bytes) -> str:
     """What the contents of a file are: "checkpoint" (ours), "safetensors", "torch" (a `torch.save` zip or
     legacy pickle), or words for anything else ("a PNG image", "an ONNX model", "an empty file", ...)."""
-    if is_checkpoint(raw):
+    if raw.endswith(MAGIC):  # checked fully by `parse_checkpoint`
         return "checkpoint"
     if is_safetensors(raw):
         return "safetensors"
@@ -241,8 +241,6 @@ def _check_same_net(held: ResNetSpec, spec: ResNetSpec) -> None:
         if field not in _NOT_THE_FUNCTION and a[field] != b[field]:
             raise CheckpointError(f"holds {held.name or 'a net'} with {field}={a[field]!r}, but "
                                   f"{spec.name or 'the model'} has {field}={b[field]!r}")
-
-
 
 
 def _load_ours(model: ResNet, weights: Weights) -> None:

@@ -17,6 +17,7 @@ from resnetlab.errors import ConfigError, DataError, one_line
 from resnetlab.networks.net import ResNet
 from resnetlab.version import __version__
 from resnetlab.weights.formats import model_for
+from resnetlab.weights.peers import CIFAR_PEER
 from resnetlab.weights.resolve import resolve
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -60,7 +61,6 @@ class Pretrained:
                 for pv, iv in zip(p, idx, strict=True)]
 
 
-# ---- loading ----------------------------------------------------------------------------------------------
 def load_pretrained(path: str | Path, model: str | None = None, best: bool = False) -> Pretrained:
     """A ready model from a run directory (its newest good checkpoint, or best.pt), a checkpoint or weights
     file: what `weights.resolve` says the path means, as `eval` sees it. An empty path is a one-line error: it
@@ -79,7 +79,7 @@ def load_pretrained(path: str | Path, model: str | None = None, best: bool = Fal
 def _classes(names: Any, k: int, fmt: str) -> list[str]:
     if names is not None:  # checked when the file was read (`weights.check_class_names`)
         return list(names)
-    if fmt == "pytorch_resnet_cifar10" and k == 10:
+    if fmt == CIFAR_PEER and k == 10:
         return list(CIFAR10_CLASSES)
     return [str(i) for i in range(k)]  # a file that names no classes: their indices
 
@@ -97,7 +97,6 @@ def load_image(path: Path, pre: Pretrained) -> Tensor:
     """One image as the net was trained to see it: shorter side resized to the training size (ImageNet nets:
     to 256/224 of it, as the test resize), centre crop, the net's channels; pixels in [0, 1], (C, S, S)."""
     from PIL import Image
-
 
     s = pre.image_size
     try:
