@@ -121,7 +121,7 @@ class RunDir:
     # files -----------------------------------------------------------------------------------------------
     def write_json(self, path: Path, data: Any) -> None:
         """`data` as indented JSON, atomically; an OSError as it comes (`create` words it)."""
-        text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+        text = json.dumps(data, indent=2) + "\n"
         replace_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def read_config(self) -> dict[str, Any]:

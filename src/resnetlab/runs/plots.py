@@ -58,7 +58,7 @@ def plot_errors(bars: list[ErrorBar], path: Path, title: str = "") -> Path:
     ys = range(len(bars))
     ours = [b.ours if b.ours is not None else 0.0 for b in bars]
     ax.barh(list(ys), ours, color="#4c72b0", alpha=0.8, label="ours (median)")
-    top = max([v for v in ours] + [b.paper for b in bars if isinstance(b.paper, int | float)] + [20.0])
+    top = max(ours + [b.paper for b in bars if isinstance(b.paper, int | float)] + [20.0])
     for y, b in zip(ys, bars, strict=True):
         if isinstance(b.paper, int | float):
             ax.plot(b.paper, y, "x", color="#c44e52", markersize=8)
