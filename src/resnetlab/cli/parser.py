@@ -294,5 +294,6 @@ def _add_launcher(p: argparse.ArgumentParser) -> None:
     g.add_argument("--requeues", type=int, default=10, metavar="R",
                    help="how many times a task may be requeued after its time limit (default 10)")
     g.add_argument("--local-signal-delay", type=int, default=None, help=argparse.SUPPRESS)  # seconds
-    g.add_argument("--dry-run", action="store_true", help="print the sbatch script and submit nothing")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print what would be submitted (#SBATCH options, set-up lines, task command); submit nothing")
     g.add_argument("--wait", action="store_true", help="wait for the tasks to end, then report")
