@@ -1,4 +1,4 @@
-"""Bounds on what an archive may make resnetlab read (issue 14): a 1 MB ``.tar.gz`` holding a 1 GiB member
+"""Bounds on what an archive may make resnetlab read: a 1 MB ``.tar.gz`` holding a 1 GiB member
 took over 1 GB of memory, and a 30 MB one would have exhausted the machine.
 
 Every tar member's header states its decompressed size, and ``extractfile`` reads exactly that many bytes,

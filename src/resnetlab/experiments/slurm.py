@@ -1,5 +1,5 @@
 """A suite on a cluster: `resnetlab experiment SUITE --launcher slurm --workers K ...` submits a Slurm job
-array of K tasks through submitit, each task one worker of the suite (`suite_work.py`) on the `--out` the
+array of K tasks through submitit, each task one worker of the suite (`work.py`) on the `--out` the
 cluster shares.
 
 Each task runs the worker in a child process (`python -m resnetlab.experiments.jobs`, with `--jobs N` as many

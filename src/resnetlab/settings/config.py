@@ -136,7 +136,7 @@ class RunConfig:
     progress: bool | str = "auto"  # progress bar (auto: when stderr is a terminal)
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA/NCCL only)
     init: str | None = None  # weights file to start from (resnetlab, pytorch_resnet_cifar10 or torchvision)
-    tracker: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow, wandb (tracking.py)
+    tracker: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow, wandb
     tracker_tags: list[str] = field(default_factory=list)  # KEY=VALUE tags of the tracker runs (a suite adds its own)
 
 
@@ -168,7 +168,7 @@ NON_NEGATIVE = {("data", "pad"), ("data", "val_split"), ("data", "workers"), ("o
                 ("optim", "momentum"), ("run", "seed"), ("run", "threads"), ("run", "checkpoint_every"),
                 ("warmup", "iters")}
 # bounds on what would allocate or run without end, far above any real run: a value beyond one is a typo
-# or an attack (issue 14), refused before any work starts
+# or an attack, refused before any work starts
 AT_MOST = {("optim", "batch_size"): 2**20, ("optim", "accumulate"): 2**12, ("schedule", "total"): 10**9,
            ("schedule", "iters"): 10**9, ("schedule", "epochs"): 10**6, ("warmup", "iters"): 10**9,
            ("run", "threads"): 1024, ("run", "seed"): 2**64 - 1, ("run", "eval_every"): 10**6,

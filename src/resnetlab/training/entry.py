@@ -113,7 +113,7 @@ def _check_resumable(run: RunDir) -> bool:
 
 
 def _start_from(trainer: Trainer, cfg: Config, sha256: str | None = None) -> dict[str, Any]:
-    """`run.init`: the weights file the run starts from, loaded with its input normalisation (`weights.py`)."""
+    """`run.init`: the weights file the run starts from, loaded with its input normalisation (`start_from`)."""
     if cfg.run.init is None:
         return {}
     return {"init": start_from(trainer.model, trainer.source, cfg.run.init, sha256)}

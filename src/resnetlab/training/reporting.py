@@ -1,5 +1,5 @@
 """What a run tells the person watching it: log lines, the progress bar, the summary, the figure, and the
-experiment trackers (TensorBoard, MLflow, W&B: `tracking.py`), each fed from here.
+experiment trackers (TensorBoard, MLflow, W&B: `trackers.py`), each fed from here.
 
 Only rank 0 of a multi-process run reports; the others get a silent log. Nothing here changes the
 training: a run with every output turned off trains exactly the same net.

@@ -14,7 +14,7 @@ or Weights & Biases (`run.tracker`, a list), besides the run directory, which st
   tracker runs, with the same tracking URI / project, rather than starting new ones. W&B's folder is recorded
   relative to the run directory, so a run directory moved or copied elsewhere keeps writing inside itself. A
   trackers.json that is not a regular file (a FIFO would block), not JSON or nested too deeply is no record.
-- Each step reaches each tracker once, whatever kills the run and when (issue 30): a metrics row is sent only
+- Each step reaches each tracker once, whatever kills the run and when: a metrics row is sent only
   after the checkpoint that keeps it is written (a run killed before it computes the row again and sends it
   then), and a resumed run first sends each tracker the rows of metrics.jsonl its tracker run lacks, so the
   tracker's history equals the run directory's. What a tracker holds is asked of the tracker: MLflow's metric

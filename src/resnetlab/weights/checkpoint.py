@@ -90,7 +90,7 @@ def is_tensor_map(state: Any) -> bool:
 
 def load_state(model: torch.nn.Module, state: Any) -> None:
     """`model.load_state_dict(state)`, refusing tensors whose dtype is not the model's: PyTorch would cast an
-    int8, bool or float16 file into the float32 model without a word (issue 14), changing what was trained."""
+    int8, bool or float16 file into the float32 model without a word, changing what was trained."""
     if not is_tensor_map(state):
         raise CheckpointError(f"its weights are not a mapping of names to tensors ({type(state).__name__})")
     ours = model.state_dict()
