@@ -32,7 +32,7 @@ from resnetlab.weights.resolve import resolve
 __all__ = ["Run", "evaluate", "train", "train_overrides"]
 
 
-def _silent(_line: str) -> None:
+def silent(_line: str) -> None:
     """The log of a call that asked for no output."""
 
 
@@ -65,7 +65,7 @@ def train(model: str | None = None, data: str | None = None, recipe: str | None 
     if progress != "auto":
         overrides.setdefault("run.progress", bool(progress))
     cfg = build_config(recipe=recipe, model=model, data=data, overrides=overrides)
-    run, summary = entry.train(cfg, out, log=print if progress else _silent)
+    run, summary = entry.train(cfg, out, log=print if progress else silent)
     return Run(run.path, summary)
 
 
@@ -130,7 +130,7 @@ class Run:
     def resume(self, device: str | None = None, progress: bool = False, model: str | None = None) -> Run:
         """Continue the run from its newest good checkpoint (`resnetlab train --resume`); `model`, where given,
         must be the net the run trains."""
-        _, summary = entry.resume(self.path, model=model, device=device, log=print if progress else _silent)
+        _, summary = entry.resume(self.path, model=model, device=device, log=print if progress else silent)
         self._summary = summary
         return self
 

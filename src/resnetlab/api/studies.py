@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from resnetlab.api.runs import silent
 from resnetlab.data import load_data
 from resnetlab.errors import ConfigError, ResnetlabError, one_line
 from resnetlab.experiments.propagation import Row, format_propagation, plot_propagation, summarize
@@ -31,10 +32,6 @@ def list_suites() -> list[str]:
     return suite_names()
 
 
-def _silent(_line: str) -> None:
-    """The log of a call that asked for no output."""
-
-
 def experiment(suite: str, scale: str = "paper", data: str | None = None, seeds: int = 1, *,
                out: str | Path | None = None, epochs: float | None = None, iters: int | None = None,
                device: str | None = None, set: dict[str, Any] | None = None,  # noqa: A002 - the --set flag
@@ -48,7 +45,7 @@ def experiment(suite: str, scale: str = "paper", data: str | None = None, seeds:
     where = Path(out) if out is not None else Path(f"experiments/{chosen.name}-{scale}")
     return run_suite(chosen, where, data=data, seeds=seeds, epochs=epochs, iters=iters, scale=scale,
                      device=device, settings=dict(set or {}), only=only, results=results,
-                     log=print if progress else _silent, jobs=jobs, devices=devices, trainings=trainings,
+                     log=print if progress else silent, jobs=jobs, devices=devices, trainings=trainings,
                      train=not collect, add_seeds=add_seeds)
 
 
