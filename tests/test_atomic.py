@@ -150,7 +150,7 @@ def test_a_replaced_file_keeps_its_mode(tmp_path: Path, umask: Callable[[int], N
 def test_a_legal_name_is_never_refused_for_its_temporary(tmp_path: Path, name: str) -> None:
     """Issue 30: `.NAME.tmp-PID-RANDOM.SUFFIX` passed the OS's 255-byte limit on a name (NAME_MAX) for a legal
     240-character output name, which was then refused. The temporary's name is shortened where it must be, and
-    stays what the sweepers look for: a leading dot and `.tmp-` (`RunDir.sweep_temporaries`, scripts/fuzz.py)."""
+    stays what the sweepers look for: a leading dot and `.tmp-` (`RunDir.sweep_temporaries`, tests/fuzz/judge.py)."""
     target = tmp_path / name
     assert len(os.fsencode(name)) <= 255
     tmp = temp_path(target)
