@@ -238,3 +238,19 @@ def test_a_member_left_out_by_only_may_not_build(tmp_path: Path, capsys: pytest.
     assert json.loads((out / "suite.json").read_text())["trainings"]["b/seed0"].startswith("does not build")
     capsys.readouterr()
     assert main(fits) == 2 and "member 'b'" in capsys.readouterr().err
+
+
+def test_a_member_folder_holding_another_training_is_not_reported(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """A run directory put in an --out by hand (another call's, lr 0.05) was taken as this call's finished
+    member and its numbers reported ("already done, skipped"): the member's folder is checked by its key."""
+    suite, other = _suite(tmp_path), _suite(tmp_path, "other")
+    out = tmp_path / "out"
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 0
+    assert main(["experiment", str(other), *SMALL, "--set", "optim.lr=0.05", "--out", str(tmp_path / "b")]) == 0
+    shutil.rmtree(out / "a" / "seed0")
+    shutil.copytree(tmp_path / "b" / "a" / "seed0", out / "a" / "seed0")
+    capsys.readouterr()
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds another training" in err

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resnetlab.errors import ConfigError, ResnetlabError
+from resnetlab.errors import ConfigError, ResnetlabError, RunDirError
 from resnetlab.experiments.results import read_summary
 from resnetlab.experiments.suite import Member, SuiteRun
 from resnetlab.experiments.trainings import Claim, TrainingIndex, default_index, link
@@ -220,13 +220,17 @@ class SuiteWork:
             target = Path(os.path.realpath(own))
             if found is not None and os.path.realpath(found) != str(target):
                 link(own, found)
-            elif found is None and target.is_dir():
+            elif found is None and target.is_dir() and key_of_run(target) == task.key:
                 found = target
                 self._record(task, target)
             elif found is None:
-                own.unlink()  # a link to a run that is gone, and no record: train here
+                own.unlink()  # a link to a run that is gone or holds another training, and no record: train here
         elif own.exists():
-            if found is None and key_of_run(own) in (task.key, None):
+            held = key_of_run(own)
+            if held not in (task.key, None):  # put there by hand: never reported as this call's training
+                raise RunDirError(f"{own}: holds another training (key {held}) than this call makes "
+                                  f"({task.key}); move it away or give another --out")
+            if found is None:
                 self._record(task, own)
             return own, _mode(own)
         elif found is not None:
