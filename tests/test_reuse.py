@@ -254,3 +254,5 @@ def test_a_member_folder_holding_another_training_is_not_reported(tmp_path: Path
     assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds another training" in err
+    assert main(["experiment", str(suite), *SMALL, "--collect", "--out", str(out)]) == 0  # results: not counted
+    assert json.loads((out / "results.json").read_text())["rows"][0]["runs"] == 0

@@ -33,6 +33,7 @@ from typing import IO, Any
 from resnetlab.errors import ConfigError, ResnetlabError
 from resnetlab.experiments.suite import Member, SuiteStopped
 from resnetlab.experiments.work import DONE, SuiteWork, outcome
+from resnetlab.training.identity import key_of_run
 
 STATUS_EVERY_S = 60.0  # the progress line's period when the output is not a terminal
 RESTARTS = 3  # jobs that die other than by a signal of ours are replaced this many times per slot
@@ -107,7 +108,7 @@ def run_jobs(work: SuiteWork, chosen: tuple[Member, ...], jobs: int, devices: li
     "label seed N (reason)". SuiteStopped when a signal stopped them (checkpoints written)."""
     run = work.run
     tasks = work.tasks(chosen, run.seeds)
-    left = [t for t in tasks if outcome(t.own)["status"] not in DONE]
+    left = [t for t in tasks if outcome(t.own)["status"] not in DONE or key_of_run(t.own) not in (t.key, None)]
     slots = plan_slots(min(jobs, len(left)) if left else 1, devices, run.device)
     if not left:
         work.log(f"[{work.suite.name}] all {len(tasks)} runs are done")

@@ -18,6 +18,7 @@ from resnetlab.files.jsondoc import parse_json
 from resnetlab.runs.directory import RunDir
 from resnetlab.runs.plots import ErrorBar, plot_curves, plot_errors
 from resnetlab.runs.records import Summary, evaluation_rows
+from resnetlab.training.identity import key_of_run
 
 SMALL_NOTE = ("This is a small-scale run: shallower nets, a short budget and small data. It checks the "
               "mechanism of the experiment, not the paper's numbers.")
@@ -67,17 +68,18 @@ class MemberResult:
         return cls(**{"member": "", **{k: v for k, v in row.items() if k in known}})
 
 
-def collect(suite: Suite, out: Path, scale: str, seeds: int) -> list[MemberResult]:
+def collect(suite: Suite, out: Path, scale: str, seeds: int, trainings: dict[str, str]) -> list[MemberResult]:
     """One row per member: our errors over the call's seeds 0..seeds-1 (median, mean, spread), the paper's,
     the verdicts. Other seed folders in `out` are not this call's and are not counted."""
-    rows = [_member_result(member, out, scale, seeds) for member in suite.members]
+    rows = [_member_result(member, out, scale, seeds, trainings) for member in suite.members]
     ranks = _ranks([_rank_value(r.median, r.diverged) for r in rows])
     paper_ranks = _ranks([_rank_value(r.paper, 0) for r in rows])
     return [replace(r, rank=a, paper_rank=b) for r, a, b in zip(rows, ranks, paper_ranks, strict=True)]
 
 
-def _member_result(member: Member, out: Path, scale: str, seeds: int) -> MemberResult:
-    runs = [r for r in (out / member.slug / f"seed{s}" for s in range(seeds)) if r.exists()]
+def _member_result(member: Member, out: Path, scale: str, seeds: int, trainings: dict[str, str]) -> MemberResult:
+    runs = [r for s in range(seeds) if (r := out / member.slug / f"seed{s}").exists()
+            and key_of_run(r) in (trainings.get(f"{member.slug}/seed{s}"), None)]  # this call's trainings only
     summaries = [s for s in (read_summary(r) for r in runs) if s is not None]
     errors = [100 * s.final["test_error"] for s in summaries
               if s.status == "finished" and s.final.get("test_error") is not None]

@@ -103,7 +103,7 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
             failed = run_jobs(work, chosen, jobs, devices)
         else:
             failed = train_members(run, chosen, work, log)
-        rows = collect(run.suite, run.out, run.scale, run.seeds)
+        rows = collect(run.suite, run.out, run.scale, run.seeds, call["trainings"])
         if results:
             write_when_last(suite_dir, run.out, lambda: write_results(run, rows), log, now=not train)
     finally:
