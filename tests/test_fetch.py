@@ -569,6 +569,13 @@ def test_a_mirror_serves_both_commands(served: Server, archive: bytes, monkeypat
     with pytest.raises(DataError):  # cifar100 from the same mirror, under its own name (served bytes: CIFAR-10's)
         fetch("cifar100", tmp_path / "c100", log=quiet, progress=False)
     assert served.requests[2]["path"] == "/datasets/cifar/cifar-100-python.tar.gz"
+    import resnetlab  # the same from Python: the public API's fetch, quiet, with the mirror as an argument
+
+    monkeypatch.delenv("RESNETLAB_DATA_MIRROR")
+    capsys.readouterr()
+    got = resnetlab.fetch("cifar10", tmp_path / "api", mirror=base)
+    assert got.read_bytes() == archive and served.requests[3]["path"] == f"/datasets/cifar/{NAME}"
+    assert capsys.readouterr() == ("", "")
 
 
 @pytest.mark.parametrize("mirror, needle", [("", "empty"), ("mirror.lab/cifar", "no scheme"),

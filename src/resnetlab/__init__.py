@@ -2,7 +2,7 @@
 
 Everything the command line does is here (`resnetlab.api`): build or load a net (`create_model`, `load`), train
 one (`train` -> `Run`), open, evaluate, export and predict with a run (`Run.open`, `evaluate`), run the
-papers' experiments (`experiment`) and the propagation analysis (`propagation`).
+papers' experiments (`experiment`), the propagation analysis (`propagation`) and fetch CIFAR (`fetch`).
 """
 
 from resnetlab.api import (
@@ -12,6 +12,7 @@ from resnetlab.api import (
     create_model,
     evaluate,
     experiment,
+    fetch,
     list_suites,
     load,
     propagation,
@@ -41,6 +42,7 @@ __all__ = [
     "create_model",
     "evaluate",
     "experiment",
+    "fetch",
     "get_spec",
     "list_models",
     "list_suites",

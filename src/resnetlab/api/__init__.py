@@ -4,7 +4,8 @@
   size, `preprocess`, `predict`);
 - training: `train(model=..., data=..., ...)` -> `Run`, `Run.open(path)`; a `Run` gives its `config`,
   `metrics`, `summary`, `model()`, `evaluate()`, `export()`, `predict()`, `resume()`; `evaluate(path)`;
-- studies: `experiment(suite, ...)` -> the results rows (`MemberResult`), `propagation(...)` -> `Propagation`.
+- studies: `experiment(suite, ...)` -> the results rows (`MemberResult`), `propagation(...)` -> `Propagation`,
+  `fetch(name)` -> the path of a verified CIFAR archive.
 
 Keywords are the command line's flags and the config's keys; errors are the same one-line `ResnetlabError`s;
 nothing prints unless `progress=True`.
@@ -14,7 +15,7 @@ May import: errors, version, files, networks, data, runs, settings, weights, tra
 
 from resnetlab.api.models import Trained, create_model, load
 from resnetlab.api.runs import Run, evaluate, train
-from resnetlab.api.studies import Propagation, experiment, list_suites, propagation
+from resnetlab.api.studies import Propagation, experiment, fetch, list_suites, propagation
 
-__all__ = ["Propagation", "Run", "Trained", "create_model", "evaluate", "experiment", "list_suites", "load",
+__all__ = ["Propagation", "Run", "Trained", "create_model", "evaluate", "experiment", "fetch", "list_suites", "load",
            "propagation", "train"]

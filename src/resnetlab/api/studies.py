@@ -12,6 +12,7 @@ import torch
 
 from resnetlab.api.runs import silent
 from resnetlab.data import load_data
+from resnetlab.data.fetch import fetch as fetch_archive
 from resnetlab.errors import ConfigError, ResnetlabError, one_line
 from resnetlab.experiments.propagation import Row, format_propagation, plot_propagation, summarize
 from resnetlab.experiments.propagation import propagation as propagation_rows
@@ -24,12 +25,21 @@ from resnetlab.training.setup import data_options, evaluation_source
 from resnetlab.weights.formats import model_for
 from resnetlab.weights.resolve import resolve
 
-__all__ = ["Propagation", "experiment", "list_suites", "propagation"]
+__all__ = ["Propagation", "experiment", "fetch", "list_suites", "propagation"]
 
 
 def list_suites() -> list[str]:
     """The suites shipped with resnetlab, one per paper table or figure."""
     return suite_names()
+
+
+def fetch(name: str = "cifar10", out: str | Path | None = None, mirror: str | None = None,
+          progress: bool | str = False) -> Path:
+    """The verified archive of a published data set (`resnetlab data fetch`: cifar10, cifar100), downloaded into
+    `out` (default: the data cache) unless a good copy is there; `mirror` (else `$RESNETLAB_DATA_MIRROR`) is a
+    base URL it is fetched from instead. Checked against the published MD5."""
+    return fetch_archive(name, out, mirror=mirror, progress=progress,
+                         **({} if progress else {"log": silent}))
 
 
 def experiment(suite: str, scale: str = "paper", data: str | None = None, seeds: int = 1, *,

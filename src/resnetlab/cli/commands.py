@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from resnetlab.api import Run, evaluate, experiment, list_suites, load, train
+from resnetlab.api import Run, evaluate, experiment, fetch, list_suites, load, train
 from resnetlab.api.runs import train_overrides
-from resnetlab.data.fetch import archive_hashes, fetch
+from resnetlab.data.fetch import archive_hashes
 from resnetlab.data.images import image_files
 from resnetlab.errors import EXIT_DIVERGED, EXIT_STOPPED, ConfigError, ResnetlabError, printable
 from resnetlab.experiments.report import build_report
@@ -248,7 +248,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    path = fetch(args.name, args.out, mirror=args.mirror)  # its lines and bar go to stderr
+    path = fetch(args.name, args.out, mirror=args.mirror, progress="auto")  # its lines and bar go to stderr
     md5, sha, recorded = archive_hashes(path)
     if args.json:
         print_json({"name": args.name, "path": str(path), "md5": md5, "sha256": sha, "recorded": recorded})
