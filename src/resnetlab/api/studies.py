@@ -25,7 +25,7 @@ from resnetlab.training.setup import data_options, evaluation_source
 from resnetlab.weights.formats import model_for
 from resnetlab.weights.resolve import resolve
 
-__all__ = ["Propagation", "experiment", "fetch", "list_suites", "propagation"]
+__all__ = ["Propagation", "check_propagation", "experiment", "fetch", "list_suites", "propagation"]
 
 
 def list_suites() -> list[str]:
@@ -89,6 +89,24 @@ class Propagation:
                                 title=f"{names} on {self.data} (batch {self.batch}, {self.mode})")
 
 
+def check_propagation(models: list[str], checkpoint: str | Path | None, batch_size: Any,
+                      overrides: dict[str, Any]) -> None:
+    """The arguments of a propagation analysis, checked before anything is loaded (the API and `resnetlab
+    analyze propagation` alike); a one-line ConfigError naming the keyword and the command's flag."""
+    if not models and checkpoint is None:
+        raise ConfigError("give at least one model (--model NAME) or a checkpoint (--checkpoint RUN_OR_WEIGHTS)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size (--batch-size): expected an integer >= 1, got {batch_size!r}")
+    repeated = sorted({m for m in models if models.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"model {repeated[0]} given twice")
+    if overrides and not models:
+        raise ConfigError("overrides (--override) apply to registry models; a checkpoint keeps its own spec")
+    for key in ("in_channels", "num_classes"):
+        if key in overrides:
+            raise ConfigError(f"override {key}: set from the data, not by hand")
+
+
 def propagation(models: list[str] | tuple[str, ...] = (), checkpoint: str | Path | None = None,
                 data: str | None = None, batch_size: int = 128, seed: int = 0, eval_mode: bool = False,
                 **overrides: Any) -> Propagation:
@@ -97,18 +115,7 @@ def propagation(models: list[str] | tuple[str, ...] = (), checkpoint: str | Path
     weights file), on the first `batch_size` test images of `data` (default: the checkpoint's, else synthetic),
     normalised as training normalises them."""
     models = list(models)
-    if not models and checkpoint is None:
-        raise ConfigError("give at least one model name or a checkpoint")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
-    repeated = sorted({m for m in models if models.count(m) > 1})
-    if repeated:
-        raise ConfigError(f"model {repeated[0]} given twice")
-    if overrides and not models:
-        raise ConfigError("overrides apply to registry models; a checkpoint keeps its own spec")
-    for key in ("in_channels", "num_classes"):
-        if key in overrides:
-            raise ConfigError(f"override {key}: set from the data, not by hand")
+    check_propagation(models, checkpoint, batch_size, overrides)
     named, source, weights = _networks(models, overrides, checkpoint, data, seed)
     x, y = next(iter(source.eval_batches("test", batch_size)))
     results: dict[str, list[Row]] = {}

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from resnetlab.api import propagation
+from resnetlab.api.studies import check_propagation, propagation
 from resnetlab.cli.commands import print_json
 from resnetlab.errors import ConfigError, ResnetlabError
 from resnetlab.experiments.propagation import FIGURE_FORMATS
@@ -64,19 +64,8 @@ def _make_folder(figure: Path) -> None:
 def _checked(models: list[str], overrides: list[str], checkpoint: str | None, batch_size: int,
              out: str | None) -> tuple[dict[str, Any], Path]:
     """The arguments checked before anything is loaded: the spec overrides and the figure's path."""
-    if not models and checkpoint is None:
-        raise ConfigError("give at least one --model NAME or a --checkpoint RUN_OR_WEIGHTS")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
-    repeated = sorted({m for m in models if models.count(m) > 1})
-    if repeated:
-        raise ConfigError(f"--model {repeated[0]} given twice")
     spec_overrides = parse_assignments(overrides, "--override")
-    if spec_overrides and not models:
-        raise ConfigError("--override applies to --model networks; a checkpoint keeps its own spec")
-    for key in ("in_channels", "num_classes"):
-        if key in spec_overrides:
-            raise ConfigError(f"--override {key}: set from the data, not by hand")
+    check_propagation(models, checkpoint, batch_size, spec_overrides)
     figure = Path(out) if out else Path("propagation.png")
     if figure.suffix.lower() not in FIGURE_FORMATS:
         raise ConfigError(f"--out {figure}: figure must end with {', '.join(FIGURE_FORMATS)}")
