@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from resnetlab.data.images import image_files
-from resnetlab.errors import CheckpointError, ConfigError, DataError
+from resnetlab.errors import CheckpointError, ConfigError, DataError, one_line
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import create_model as registry_model
 from resnetlab.networks.registry import get_spec
@@ -26,7 +26,7 @@ from resnetlab.training.setup import resolve_device
 from resnetlab.weights.export import ATOL, RTOL
 from resnetlab.weights.export import export as export_net
 from resnetlab.weights.formats import model_for
-from resnetlab.weights.pretrained import Pretrained, load_image, load_pretrained
+from resnetlab.weights.pretrained import Pretrained, image_tensor, load_image, load_pretrained
 from resnetlab.weights.resolve import resolve
 
 __all__ = ["Trained", "create_model", "load"]
@@ -164,17 +164,15 @@ class Trained:
         return x.float()
 
     def _from_pil(self, image: Image) -> Tensor:
-        import tempfile
+        from PIL import Image as PILImage
 
+        if not isinstance(image, PILImage.Image):
+            raise DataError(f"predict: {type(image).__name__} is not an image (a path, a PIL image or a tensor)")
         try:
-            save = image.save
-        except AttributeError:
-            raise DataError(f"predict: {type(image).__name__} is not an image (a path, a PIL image or a tensor)") \
-                from None
-        with tempfile.TemporaryDirectory(prefix="resnetlab-image-") as tmp:
-            path = Path(tmp) / "image.png"
-            save(path, format="PNG")  # the path the command line reads, so both give the same tensor
-            return load_image(path, self.pretrained)
+            return image_tensor(image, self.pretrained)  # what the command line makes of the file's pixels
+        except Exception as exc:  # PIL raises many kinds
+            raise DataError(f"predict: a PIL image it cannot take ({type(exc).__name__}: {one_line(exc, 120)})"
+                            ) from None
 
 
 @torch.no_grad()

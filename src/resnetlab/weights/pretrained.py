@@ -94,23 +94,27 @@ def _image_size(size: Any, norm: dict[str, Tensor], net: ResNet) -> int:
 
 
 def load_image(path: Path, pre: Pretrained) -> Tensor:
-    """One image as the net was trained to see it: shorter side resized to the training size (ImageNet nets:
+    """One image file as the net was trained to see it (`image_tensor`); a DataError naming the file."""
+    try:
+        with opened(path) as img:
+            return image_tensor(img, pre)
+    except Exception as exc:  # PIL raises many kinds
+        raise DataError(f"{path}: cannot read as an image ({type(exc).__name__}: {one_line(exc, 120)})"
+                        ) from None
+
+
+def image_tensor(img: Any, pre: Pretrained) -> Tensor:
+    """A PIL image as the net was trained to see it: shorter side resized to the training size (ImageNet nets:
     to 256/224 of it, as the test resize), centre crop, the net's channels; pixels in [0, 1], (C, S, S)."""
     from PIL import Image
 
     s = pre.image_size
-    try:
-        with opened(path) as img:
-            img = to_mode(img, "L" if pre.channels == 1 else "RGB")  # 16-bit scaled by its range, not clipped
-            w, h = img.size
-            short = s if pre.model.spec.stem == "cifar" else round(s * 256 / 224)
-            img = img.resize(shorter_side_to(w, h, short), Image.BILINEAR)
-            w, h = img.size
-            left, top = (w - s) // 2, (h - s) // 2
-            img = img.crop((left, top, left + s, top + s))
-            arr = np.asarray(img, dtype=np.uint8)
-    except Exception as exc:  # PIL raises many kinds
-        raise DataError(f"{path}: cannot read as an image ({type(exc).__name__}: {one_line(exc, 120)})"
-                        ) from None
+    img = to_mode(img, "L" if pre.channels == 1 else "RGB")  # 16-bit scaled by its range, not clipped
+    w, h = img.size
+    short = s if pre.model.spec.stem == "cifar" else round(s * 256 / 224)
+    img = img.resize(shorter_side_to(w, h, short), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - s) // 2, (h - s) // 2
+    arr = np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
     t = torch.from_numpy(arr.copy()).float().div_(255.0)
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1)
