@@ -155,26 +155,21 @@ class Config:
 
 
 SECTIONS = ("data", "optim", "schedule", "warmup", "run")
-CHOICES = {
-    ("schedule", "unit"): ("iter", "epoch"),
-    ("run", "amp"): ("none", "bf16"),
-    ("run", "compile"): ("auto", "off", "default", "reduce-overhead", "max-autotune"),
-    ("warmup", "enabled"): (True, False, "auto"),
-    ("run", "channels_last"): (True, False, "auto"),
-    ("run", "tensorboard"): (True, False, "auto"),
-    ("run", "progress"): (True, False, "auto"),
-}
-NON_NEGATIVE = {("data", "pad"), ("data", "val_split"), ("data", "workers"), ("optim", "weight_decay"),
-                ("optim", "momentum"), ("run", "seed"), ("run", "threads"), ("run", "checkpoint_every"),
-                ("warmup", "iters")}
+# Each setting's own bounds, checked in this order when a config is built; what settings mean together is the
+# table in `validate`.
+CHOICES = {"schedule.unit": ("iter", "epoch"), "run.amp": ("none", "bf16"),
+           "run.compile": ("auto", "off", "default", "reduce-overhead", "max-autotune"),
+           **dict.fromkeys(("warmup.enabled", "run.channels_last", "run.tensorboard", "run.progress"),
+                           (True, False, "auto"))}
+NON_NEGATIVE = ("data.pad", "data.val_split", "data.workers", "optim.weight_decay", "optim.momentum", "run.seed",
+                "run.threads", "run.checkpoint_every", "warmup.iters")
 # bounds on what would allocate or run without end, far above any real run: a value beyond one is a typo
 # or an attack, refused before any work starts
-AT_MOST = {("optim", "batch_size"): 2**20, ("optim", "accumulate"): 2**12, ("schedule", "total"): 10**9,
-           ("schedule", "iters"): 10**9, ("schedule", "epochs"): 10**6, ("warmup", "iters"): 10**9,
-           ("run", "threads"): 1024, ("run", "seed"): 2**64 - 1, ("run", "eval_every"): 10**6,
-           ("run", "checkpoint_every"): 10**9, ("run", "keep_checkpoints"): 10**6, ("data", "workers"): 256,
-           ("data", "pad"): 1024, ("data", "val_split"): 10**8, ("data", "crop_size"): 4096,
-           ("data", "test_resize"): 8192}
+AT_MOST = {"optim.batch_size": 2**20, "optim.accumulate": 2**12, "schedule.total": 10**9, "schedule.iters": 10**9,
+           "schedule.epochs": 10**6, "warmup.iters": 10**9, "run.threads": 1024, "run.seed": 2**64 - 1,
+           "run.eval_every": 10**6, "run.checkpoint_every": 10**9, "run.keep_checkpoints": 10**6,
+           "data.workers": 256, "data.pad": 1024, "data.val_split": 10**8, "data.crop_size": 4096,
+           "data.test_resize": 8192}
 
 
 def default_recipe(source: str) -> str:
@@ -290,32 +285,30 @@ def _apply(cfg: Config, flat: dict[str, Any], origin: str) -> None:
             raise ConfigError(f"{origin} {key!r}: expected SECTION.KEY with SECTION in "
                               f"{', '.join(SECTIONS)}, model{hint}")
         target = getattr(cfg, section)
-        fields = {f.name: f for f in dataclasses.fields(target)}
-        if name not in fields:
-            close = difflib.get_close_matches(name, list(fields), n=1)
+        kinds = _kinds(type(target))
+        if name not in kinds:
+            close = difflib.get_close_matches(name, list(kinds), n=1)
             hint = f" (did you mean {section}.{close[0]}?)" if close else ""
             raise ConfigError(f"{origin} {key!r}: unknown setting{hint}")
-        setattr(target, name, _coerce(f"{section}.{name}", value, _types(type(target))[name]))
+        setattr(target, name, _coerce(key, value, kinds[name]))
 
 
 @functools.cache
-def _types(section: type) -> dict[str, Any]:
-    """A section's field types as types (`int | None`, `list[str]`, ...), not annotation text."""
-    return typing.get_type_hints(section)
+def _kinds(section: type) -> dict[str, tuple[Any, ...]]:
+    """A section's fields, each as the types it accepts (`int | None`: int and NoneType; `list[str]`)."""
+    return {name: typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+            for name, hint in typing.get_type_hints(section).items()}
 
 
-def _coerce(key: str, value: Any, kind: Any) -> Any:
-    """Check a value against a field's type; ints are accepted where floats are expected."""
-    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+def _coerce(key: str, value: Any, options: tuple[Any, ...]) -> Any:
+    """Check a value against a field's types; ints are accepted where floats are expected."""
     if value is None and type(None) in options:
         return None
     for option in options:
         if typing.get_origin(option) in (list, tuple):
             return _as_list(key, value, typing.get_args(option)[0])
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if option in (bool, int, str) and isinstance(value, option) and not (option is int and isinstance(value, bool)):
+            return value  # (a bool is an int to Python, never to a setting)
         if option is float and isinstance(value, int | float) and not isinstance(value, bool):
             try:
                 number = float(value)
@@ -324,8 +317,6 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             if not math.isfinite(number):
                 raise ConfigError(f"{key}: expected a finite number, got {value!r}")
             return number
-        if option is str and isinstance(value, str):
-            return value
     expected = " or ".join("none" if o is type(None) else o.__name__ for o in options)
     raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
@@ -334,11 +325,11 @@ def takes_text(key: str, value: Any) -> bool:
     """Whether `value`, parsed from an override `key=TEXT`, is to be TEXT: the setting takes text but not this
     value (`data.normalize=none`, `run.init=true`, `data.source=folder:a,b`; `run.init=none` stays unset)."""
     section, _, name = key.partition(".")
-    kind = _types(_types(Config)[section]).get(name) if section in SECTIONS and not isinstance(value, str) else None
-    if str not in (typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)):
+    options = _kinds(_kinds(Config)[section][0]).get(name, ()) if section in SECTIONS else ()
+    if isinstance(value, str) or str not in options:
         return False
     try:
-        _coerce(key, value, kind)
+        _coerce(key, value, options)
     except ConfigError:
         return True
     return False
@@ -348,51 +339,48 @@ def _as_list(key: str, value: Any, item: type) -> list[Any]:
     """A list setting: names (one name alone is a list of one, none an empty list) or integers."""
     if item is str:
         value = [] if value is None else [value] if isinstance(value, str) else value
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
-        return list(value)
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ConfigError(f"{key}: expected a list of integers, got {value!r}")
+    if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{key}: expected a list of {'strings' if item is str else 'integers'}, got {value!r}")
     return list(value)
 
 
 def validate(cfg: Config) -> None:
-    for (section, name), allowed in CHOICES.items():
-        value = getattr(getattr(cfg, section), name)
-        if value not in allowed:
-            raise ConfigError(f"{section}.{name}: {value!r} is not one of {', '.join(map(str, allowed))}")
-    for section, name in NON_NEGATIVE:
-        if getattr(getattr(cfg, section), name) < 0:
-            raise ConfigError(f"{section}.{name}: must not be negative")
-    for (section, name), limit in AT_MOST.items():
-        value = getattr(getattr(cfg, section), name)
-        if value is not None and value > limit:
-            raise ConfigError(f"{section}.{name}: {value} is beyond the largest resnetlab accepts ({limit:,})")
-    if milestones := [m for m in cfg.schedule.milestones if m > 10**9]:
-        raise ConfigError(f"schedule.milestones: {milestones[0]} is beyond the largest resnetlab accepts (10**9)")
+    """Each setting's bounds (the tables above), then the rules on settings together; the first broken is the
+    one-line ConfigError. The data options, trackers and model spec are checked by their own code."""
+    def value(key: str) -> Any:
+        section, _, name = key.partition(".")
+        return getattr(getattr(cfg, section), name)
+
+    for key, allowed in CHOICES.items():
+        if value(key) not in allowed:
+            raise ConfigError(f"{key}: {value(key)!r} is not one of {', '.join(map(str, allowed))}")
+    for key in NON_NEGATIVE:
+        if value(key) < 0:
+            raise ConfigError(f"{key}: must not be negative")
+    for key, limit in AT_MOST.items():
+        if value(key) is not None and value(key) > limit:
+            raise ConfigError(f"{key}: {value(key)} is beyond the largest resnetlab accepts ({limit:,})")
     o, s, w, r = cfg.optim, cfg.schedule, cfg.warmup, cfg.run
-    if not s.gamma >= 0:  # a negative factor trained with a negative learning rate
-        raise ConfigError(f"schedule.gamma: the lr factor at each milestone must not be negative, got {s.gamma}")
-    if o.accumulate < 1:
-        raise ConfigError("optim.accumulate: must be at least 1")
-    if o.batch_size < 1:
-        raise ConfigError("optim.batch_size: must be at least 1")
-    if not o.lr > 0:
-        raise ConfigError("optim.lr: must be positive")
-    if s.total < 1:
-        raise ConfigError("schedule.total: must be at least 1")
-    if sorted(s.milestones) != s.milestones or any(m < 0 for m in s.milestones):
-        raise ConfigError(f"schedule.milestones: must be increasing and non-negative, got {s.milestones}")
-    if s.epochs is not None and s.iters is not None:
-        raise ConfigError("schedule.epochs and schedule.iters: give one budget, not both")
-    if (s.epochs is not None and not s.epochs > 0) or (s.iters is not None and s.iters < 1):
-        raise ConfigError("schedule budget: epochs/iters must be positive")
-    if not 0 < w.until_error <= 1 or not w.lr > 0:
-        raise ConfigError("warmup: lr must be positive and until_error in (0, 1]")
-    if r.init is not None and not r.init.strip():
-        raise ConfigError("run.init: an empty path (leave it unset to train from the papers' initialisation)")
-    if r.eval_every < 1 or r.keep_checkpoints < 1:
-        raise ConfigError("run.eval_every and run.keep_checkpoints: must be at least 1")
+    if beyond := [m for m in s.milestones if m > 10**9]:
+        raise ConfigError(f"schedule.milestones: {beyond[0]} is beyond the largest resnetlab accepts (10**9)")
+    for broken, error in (
+        (not s.gamma >= 0, f"schedule.gamma: the lr factor at each milestone must not be negative, got {s.gamma}"),
+        (o.accumulate < 1, "optim.accumulate: must be at least 1"),
+        (o.batch_size < 1, "optim.batch_size: must be at least 1"),
+        (not o.lr > 0, "optim.lr: must be positive"),
+        (s.total < 1, "schedule.total: must be at least 1"),
+        (sorted(s.milestones) != s.milestones or any(m < 0 for m in s.milestones),
+         f"schedule.milestones: must be increasing and non-negative, got {s.milestones}"),
+        (s.epochs is not None and s.iters is not None, "schedule.epochs and schedule.iters: give one budget, not both"),
+        ((s.epochs is not None and not s.epochs > 0) or (s.iters is not None and s.iters < 1),
+         "schedule budget: epochs/iters must be positive"),
+        (not 0 < w.until_error <= 1 or not w.lr > 0, "warmup: lr must be positive and until_error in (0, 1]"),
+        (r.init is not None and not r.init.strip(),
+         "run.init: an empty path (leave it unset to train from the papers' initialisation)"),
+        (r.eval_every < 1 or r.keep_checkpoints < 1, "run.eval_every and run.keep_checkpoints: must be at least 1"),
+    ):
+        if broken:
+            raise ConfigError(error)
     cfg.data.options()
     check_tracking(cfg.run)
     cfg.model.spec()  # a bad `model.KEY` fails when the config is built, not when the run starts
