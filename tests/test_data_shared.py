@@ -86,7 +86,7 @@ def test_both_readers_hold_out_the_same_validation_images(make_folder, data_opts
     files = sorted((root / "train").glob("*/*.png"))
     train_pixels = [torch.from_numpy(decode_image(str(f), str(f)).copy()).permute(2, 0, 1) for f in files]
     picked = [i for i, p in enumerate(train_pixels) if any(torch.equal(p, h) for h in held)]
-    assert imagenet._files["val"][0] == [str(files[i]) for i in picked]
+    assert [file for file, _ in imagenet._splits["val"]] == [str(files[i]) for i in picked]
 
 
 @pytest.mark.parametrize("scheme", ["folder", "imagenet"])

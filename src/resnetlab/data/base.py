@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -141,32 +141,35 @@ def check_count(caller: str, field: str, value: Any, minimum: int = 1) -> None:
         raise DataError(f"{caller}: {field} must be an integer >= {minimum}, got {value!r}")
 
 
-def check_train_args(train_size: int, batch_size: int, start_step: int, rank: int, world_size: int) -> int:
-    """Validate the arguments of ``train_batches``; returns the number of steps in an epoch."""
-    for field, value, minimum in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
-                                  ("rank", rank, 0), ("start_step", start_step, 0)):
-        check_count("train_batches", field, value, minimum)
-    if rank >= world_size:
-        raise DataError(f"train_batches: rank {rank} is not below world_size {world_size}")
-    if batch_size % world_size:
-        raise DataError(f"train_batches: batch_size {batch_size} is not divisible by world_size {world_size}")
-    steps = max(1, train_size // batch_size)
-    if start_step > steps:
-        raise DataError(f"train_batches: start_step {start_step} is past the {steps} steps of an epoch")
-    return steps
+class Share(NamedTuple):
+    """One rank's part of global batch ``step`` (``n`` samples): positions ``[lo, hi)`` of the batch, which are
+    the training images ``indices``."""
+
+    step: int
+    n: int
+    lo: int
+    hi: int
+    indices: torch.Tensor
 
 
-def global_batch_bounds(step: int, batch_size: int, train_size: int) -> tuple[int, int]:
-    """Positions ``[lo, hi)`` of the epoch permutation that form global batch ``step``."""
-    lo = step * batch_size
-    return lo, min(lo + batch_size, train_size)
-
-
-def rank_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous share ``[lo, hi)`` of a global batch of ``n`` samples that ``rank`` gets."""
+def batch_share(perm: torch.Tensor, step: int, batch_size: int, rank: int, world_size: int) -> Share:
+    """Rank ``rank``'s contiguous share of global batch ``step`` of the epoch permutation ``perm``; the first
+    ``n % world_size`` ranks get one sample more."""
+    start = step * batch_size
+    n = min(start + batch_size, len(perm)) - start
     base, extra = divmod(n, world_size)
     lo = rank * base + min(rank, extra)
-    return lo, lo + base + (1 if rank < extra else 0)
+    hi = lo + base + (1 if rank < extra else 0)
+    return Share(step, n, lo, hi, perm[start + lo:start + hi])
+
+
+def device_slot(device: torch.device | str) -> torch.device:
+    """`device` with the current CUDA index filled in: data caches keep one slot per GPU, so "cuda" and
+    "cuda:0" must name the same one."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 def hold_out(where: str, labels: np.ndarray, options: DataOptions) -> tuple[np.ndarray, np.ndarray]:
@@ -212,6 +215,7 @@ class DataSource(ABC):
     train_size: int
     classes: list[str]
     has_val: bool
+    _splits: dict[str, Sized]
     _mean: torch.Tensor
     _std: torch.Tensor
 
@@ -220,32 +224,52 @@ class DataSource(ABC):
         check_count("steps_per_epoch", "batch_size", batch_size)
         return max(1, self.train_size // batch_size)
 
-    def _check_eval_args(self, split: str, batch_size: int) -> int:
-        """Validate the arguments of ``eval_batches``; returns the number of images in ``split``."""
-        size = self.eval_size(split)
-        check_count("eval_batches", "batch_size", batch_size)
-        return size
-
     def _check_split(self, split: str) -> None:
         if split not in EVAL_SPLITS:
             raise DataError(f"{self.name}: unknown split {split!r}; valid: {', '.join(EVAL_SPLITS)}")
         if split == "val" and not self.has_val:
             raise DataError(f"{self.name}: no 'val' split (set DataOptions.val_split > 0 to hold one out)")
 
-    @abstractmethod
     def train_batches(self, epoch: int, batch_size: int, *, seed: int, device: torch.device | str = "cpu",
                       start_step: int = 0, rank: int = 0,
                       world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Augmented, normalised batches ``start_step, start_step+1, ...`` of epoch ``epoch``."""
+        for field, value, minimum in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
+                                      ("rank", rank, 0), ("start_step", start_step, 0)):
+            check_count("train_batches", field, value, minimum)
+        if rank >= world_size:
+            raise DataError(f"train_batches: rank {rank} is not below world_size {world_size}")
+        if batch_size % world_size:
+            raise DataError(f"train_batches: batch_size {batch_size} is not divisible by world_size {world_size}")
+        steps = max(1, self.train_size // batch_size)
+        if start_step > steps:
+            raise DataError(f"train_batches: start_step {start_step} is past the {steps} steps of an epoch")
+        perm = epoch_permutation(self.train_size, seed, epoch)
+        shares = (batch_share(perm, step, batch_size, rank, world_size) for step in range(start_step, steps))
+        return self._train(shares, seed, epoch, device_slot(device))
 
     @abstractmethod
+    def _train(self, shares: Iterator[Share], seed: int, epoch: int,
+               device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of :meth:`train_batches`, one per share."""
+
     def eval_batches(self, split: str, batch_size: int, *,
                      device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Normalised, unaugmented batches of ``split`` ("test" or "val"), in a fixed order."""
+        size = self.eval_size(split)
+        check_count("eval_batches", "batch_size", batch_size)
+        bounds = [(lo, min(lo + batch_size, size)) for lo in range(0, size, batch_size)]
+        return self._eval(split, bounds, device_slot(device))
 
     @abstractmethod
+    def _eval(self, split: str, bounds: list[tuple[int, int]],
+              device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of :meth:`eval_batches`, images ``[lo, hi)`` of ``split`` for each of ``bounds``."""
+
     def eval_size(self, split: str) -> int:
         """Number of images in ``split``."""
+        self._check_split(split)
+        return len(self._splits[split])
 
     def norm_state(self) -> dict[str, torch.Tensor]:
         """Normalisation statistics, to be stored with a checkpoint."""

@@ -16,7 +16,7 @@ replays identically for any number of workers.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from resnetlab.data.base import (
-    DataOptions,
-    DataSource,
-    check_norm_state,
-    check_train_args,
-    derive_seed,
-    epoch_permutation,
-    global_batch_bounds,
-    hold_out,
-    rank_bounds,
-)
+from resnetlab.data.base import DataOptions, DataSource, Share, check_norm_state, derive_seed, hold_out
 from resnetlab.data.folder import scan_dir
 from resnetlab.data.images import eval_dir, open_rgb, shorter_side_to
 from resnetlab.errors import DataError
@@ -65,16 +55,10 @@ def to_tensor(img: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.
     return x.sub_(mean).div_(std)
 
 
-class _Failure:
-    """A decode failure carried back from a worker as data, to be raised as one-line DataError."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
 def _collate(items: list[object]) -> object:
+    """Stack a batch; a decode failure (a message, see ``ImageFiles``) stands for the whole batch."""
     for item in items:
-        if isinstance(item, _Failure):
+        if isinstance(item, str):
             return item
     xs = torch.stack([item[0] for item in items])  # type: ignore[index]
     ys = torch.tensor([item[1] for item in items], dtype=torch.int64)  # type: ignore[index]
@@ -82,15 +66,16 @@ def _collate(items: list[object]) -> object:
 
 
 class ImageFiles(Dataset):
-    """Image files with labels; an item key is ``index`` (eval) or ``(index, seed, epoch)`` (train)."""
+    """Image files with labels; an item key is ``index`` (eval) or ``(index, seed, epoch)`` (train). A file
+    that cannot be decoded gives its one-line message, not an exception: a worker's exception would come back
+    with its traceback in the message."""
 
-    def __init__(self, files: list[str], labels: list[int], options: DataOptions,
-                 mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.files, self.labels, self.options = files, labels, options
-        self.mean, self.std = mean, std
+    def __init__(self, items: list[tuple[str, int]], options: DataOptions, mean: torch.Tensor,
+                 std: torch.Tensor) -> None:
+        self.items, self.options, self.mean, self.std = items, options, mean, std
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.items)
 
     def _train_view(self, img: Image.Image, index: int, seed: int, epoch: int) -> torch.Tensor:
         opts = self.options
@@ -113,33 +98,15 @@ class ImageFiles(Dataset):
         return to_tensor(img.crop((left, top, left + size, top + size)), self.mean, self.std)
 
     def __getitem__(self, key: int | tuple[int, int, int]) -> object:
-        index = key[0] if isinstance(key, tuple) else key
+        file, label = self.items[key[0] if isinstance(key, tuple) else key]
         try:
-            img = open_rgb(self.files[index])
+            img = open_rgb(file)
             x = self._train_view(img, *key) if isinstance(key, tuple) else self._eval_view(img)
         except DataError as exc:
-            return _Failure(str(exc))
+            return str(exc)
         except ValueError as exc:  # shorter_side_to: an image too elongated to resize
-            return _Failure(f"{self.files[index]}: {exc}")
-        return x, self.labels[index]
-
-
-class _EpochBatches:
-    """The per-rank index keys of steps ``start..steps-1`` of one epoch, built lazily."""
-
-    def __init__(self, perm: torch.Tensor, seed: int, epoch: int, batch_size: int, rank: int,
-                 world_size: int, start: int, steps: int) -> None:
-        self.perm, self.seed, self.epoch, self.batch_size = perm, seed, epoch, batch_size
-        self.rank, self.world_size, self.start, self.steps = rank, world_size, start, steps
-
-    def __len__(self) -> int:
-        return self.steps - self.start
-
-    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        for step in range(self.start, self.steps):
-            lo, hi = global_batch_bounds(step, self.batch_size, len(self.perm))
-            r_lo, r_hi = rank_bounds(hi - lo, self.rank, self.world_size)
-            yield [(int(i), self.seed, self.epoch) for i in self.perm[lo + r_lo:lo + r_hi]]
+            return f"{file}: {exc}"
+        return x, label
 
 
 class ImageNetSource(DataSource):
@@ -156,62 +123,47 @@ class ImageNetSource(DataSource):
         eval_split = eval_dir(layout, str(root))
         self.classes = sorted(train)
         label_of = {c: i for i, c in enumerate(self.classes)}
-        split_files: dict[str, tuple[list[str], list[int]]] = {}
+        self._splits: dict[str, list[tuple[str, int]]] = {}
         for split, class_map in (("train", train), ("test", layout[eval_split])):
-            files, labels = [], []
+            items = self._splits[split] = []
             for cls in sorted(class_map):
                 if not class_map[cls]:
                     raise DataError(f"{root / (eval_split if split == 'test' else 'train') / cls}: no images")
                 if cls not in label_of:
                     raise DataError(f"{root / eval_split / cls}: not a class of train/")
-                files += [where for where, _ in class_map[cls]]
-                labels += [label_of[cls]] * len(class_map[cls])
-            split_files[split] = (files, labels)
+                items += [(where, label_of[cls]) for where, _ in class_map[cls]]
         if options.val_split:
-            files, labels = split_files["train"]
-            keep, held = hold_out(str(root), np.asarray(labels), options)
-            split_files["val"] = ([files[i] for i in held], [labels[i] for i in held])
-            split_files["train"] = ([files[i] for i in keep], [labels[i] for i in keep])
+            items = self._splits["train"]
+            keep, held = hold_out(str(root), np.asarray([label for _, label in items]), options)
+            self._splits["val"] = [items[i] for i in held]
+            self._splits["train"] = [items[i] for i in keep]
         self.name = name
         self.num_classes, self.channels, self.image_size = len(self.classes), 3, options.crop_size
-        self.train_size = len(split_files["train"][0])
-        self.has_val = "val" in split_files
-        self._files = split_files
+        self.train_size = len(self._splits["train"])
+        self.has_val = "val" in self._splits
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
-    def _dataset(self, split: str) -> ImageFiles:
-        files, labels = self._files[split]
-        return ImageFiles(files, labels, self.options, self._mean, self._std)
-
-    def _stream(self, dataset: ImageFiles, batches: object,
+    def _stream(self, split: str, batches: Iterable[list[object]],
                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        dataset = ImageFiles(self._splits[split], self.options, self._mean, self._std)
         loader = DataLoader(dataset, batch_sampler=batches,  # type: ignore[arg-type]
                             num_workers=self.options.workers, collate_fn=_collate,
                             pin_memory=device.type == "cuda")
         for batch in loader:
-            if isinstance(batch, _Failure):
-                raise DataError(batch.message)
+            if isinstance(batch, str):
+                raise DataError(batch)
             x, y = batch
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    def train_batches(self, epoch: int, batch_size: int, *, seed: int, device: torch.device | str = "cpu",
-                      start_step: int = 0, rank: int = 0,
-                      world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        steps = check_train_args(self.train_size, batch_size, start_step, rank, world_size)
-        perm = epoch_permutation(self.train_size, seed, epoch)
-        batches = _EpochBatches(perm, seed, epoch, batch_size, rank, world_size, start_step, steps)
-        return self._stream(self._dataset("train"), batches, torch.device(device))
+    def _train(self, shares: Iterator[Share], seed: int, epoch: int,
+               device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        keys = ([(int(i), seed, epoch) for i in share.indices] for share in shares)
+        return self._stream("train", keys, device)
 
-    def eval_batches(self, split: str, batch_size: int, *,
-                     device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self._check_eval_args(split, batch_size)
-        batches = [list(range(lo, min(lo + batch_size, n))) for lo in range(0, n, batch_size)]
-        return self._stream(self._dataset(split), batches, torch.device(device))
-
-    def eval_size(self, split: str) -> int:
-        self._check_split(split)
-        return len(self._files[split][0])
+    def _eval(self, split: str, bounds: list[tuple[int, int]],
+              device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._stream(split, [list(range(lo, hi)) for lo, hi in bounds], device)
 
     def load_norm_state(self, state: dict[str, torch.Tensor]) -> None:
         self._mean, self._std = check_norm_state(self.name, state, [(3, 1, 1)])

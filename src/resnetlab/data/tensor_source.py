@@ -12,18 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from resnetlab.data.augment import draw_params, pad_crop_flip
-from resnetlab.data.base import (
-    ArrayDataset,
-    DataOptions,
-    DataSource,
-    check_norm_state,
-    check_train_args,
-    cpu_generator,
-    epoch_permutation,
-    global_batch_bounds,
-    hold_out,
-    rank_bounds,
-)
+from resnetlab.data.base import ArrayDataset, DataOptions, DataSource, Share, check_norm_state, cpu_generator, hold_out
 from resnetlab.errors import DataError
 
 _CHUNK = 4096
@@ -111,52 +100,25 @@ class TensorSource(DataSource):
         x = images.index_select(0, idx.to(device)).to(torch.float32).div_(255.0)
         return x.sub_(self._device_tensor("mean", device)).div_(self._device_tensor("std", device))
 
-    def train_batches(self, epoch: int, batch_size: int, *, seed: int, device: torch.device | str = "cpu",
-                      start_step: int = 0, rank: int = 0,
-                      world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        steps = check_train_args(self.train_size, batch_size, start_step, rank, world_size)
-        return self._train_iter(epoch, batch_size, seed, device_slot(device), start_step, steps,
-                                rank, world_size)
-
-    def _train_iter(self, epoch: int, batch_size: int, seed: int, device: torch.device, start_step: int,
-                    steps: int, rank: int, world_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        perm = epoch_permutation(self.train_size, seed, epoch)
+    def _train(self, shares: Iterator[Share], seed: int, epoch: int,
+               device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         labels = self._device_tensor("train.labels", device)
         pad, flip = self.options.pad, self.options.flip
-        for step in range(start_step, steps):
-            lo, hi = global_batch_bounds(step, batch_size, self.train_size)
-            params = draw_params(hi - lo, pad, flip, cpu_generator("augment", seed, epoch, step))
-            r_lo, r_hi = rank_bounds(hi - lo, rank, world_size)
-            idx = perm[lo + r_lo:lo + r_hi].to(device)
-            x = pad_crop_flip(self._normalised("train", idx, device), pad, params[r_lo:r_hi].to(device))
+        for share in shares:
+            params = draw_params(share.n, pad, flip, cpu_generator("augment", seed, epoch, share.step))
+            idx = share.indices.to(device)
+            x = pad_crop_flip(self._normalised("train", idx, device), pad, params[share.lo:share.hi].to(device))
             yield x, labels.index_select(0, idx)
 
-    def eval_batches(self, split: str, batch_size: int, *,
-                     device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._check_eval_args(split, batch_size)
-        return self._eval_iter(split, batch_size, device_slot(device))
-
-    def _eval_iter(self, split: str, batch_size: int,
-                   device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _eval(self, split: str, bounds: list[tuple[int, int]],
+              device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         labels = self._device_tensor(f"{split}.labels", device)
-        for start in range(0, self.eval_size(split), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(labels)), device=device)
+        for lo, hi in bounds:
+            idx = torch.arange(lo, hi, device=device)
             yield self._normalised(split, idx, device), labels.index_select(0, idx)
-
-    def eval_size(self, split: str) -> int:
-        self._check_split(split)
-        return len(self._splits[split])
 
     def load_norm_state(self, state: dict[str, torch.Tensor]) -> None:
         c, s = self.channels, self.image_size
         self._mean, self._std = check_norm_state(self.name, state, [(c, 1, 1), (c, s, s)])
         self._on_device = {k: v for k, v in self._on_device.items() if k[0] not in ("mean", "std")}
 
-
-def device_slot(device: torch.device | str) -> torch.device:
-    """`device` with the current CUDA index filled in: data caches keep one slot per GPU, so "cuda" and
-    "cuda:0" must name the same one."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
