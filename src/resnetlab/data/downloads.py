@@ -1,21 +1,7 @@
-"""A published archive (`Remote`: URL, file name, the publisher's MD5), the bounds on fetching it, and the words
-for whatever goes wrong: each failure one line that says what happened and how to pass a local file instead.
+"""A published archive (:class:`Remote`), the bounds on fetching it and the one-line words for what goes wrong.
 
-The settings, read from the environment when a fetch starts (a value of bad form is one line):
-
-- ``RESNETLAB_FETCH_DEADLINE`` (seconds, default 3600): the longest a download may take in all, connecting,
-  headers and body; past it the connection is shut and the part is kept for the next call to resume.
-- ``RESNETLAB_FETCH_MIN_RATE`` (bytes a second, default 1024; 0 turns it off): a server that sends fewer bytes
-  than this over any span of the read timeout (30 s) is given up on, as one that sends nothing is: a server
-  that trickles a byte a second never lets a read time out.
-- ``RESNETLAB_DATA_MIRROR`` (a base URL, http://, https:// or file://; unset or empty: the publisher's URL):
-  the archives are fetched from BASE/FILENAME (``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``) and
-  checked against the published MD5 as ever. ``resnetlab data fetch --mirror URL`` sets it for one call.
-
-A process that finds another downloading into the same folder waits for it at most the deadline and twice the
-read timeout (the other's download is bounded by its own deadline, then verified), then gives up in one line.
-The bounds are kept by :class:`Watch`, a thread that shuts the download's connections once it runs past them
-(a read blocked on a trickling server, or on headers that never end, returns then).
+The bounds are read from the environment when a fetch starts (README, "Data"): ``RESNETLAB_FETCH_DEADLINE`` and
+``RESNETLAB_FETCH_MIN_RATE``; :class:`Watch`, a thread, shuts the download's connections once it runs past them.
 """
 
 from __future__ import annotations
@@ -25,25 +11,27 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
-import http.client
 import math
 import os
 import socket
-import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import DataError, one_line
 
+CHUNK = 1 << 20
+DEADLINE_VAR, MIN_RATE_VAR, MIRROR_VAR = "RESNETLAB_FETCH_DEADLINE", "RESNETLAB_FETCH_MIN_RATE", "RESNETLAB_DATA_MIRROR"
+DEFAULT_DEADLINE = 3600.0  # seconds: CIFAR-10's 163 MiB at 46 KiB/s; a slower link resumes in a second call
+DEFAULT_MIN_RATE = 1024.0  # bytes a second over each read-timeout span
 
-@dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True)
 class Remote:
     """Where one archive is published and the checksum its publisher gives for it."""
 
@@ -60,26 +48,36 @@ def fail(remote: Remote, what: str) -> DataError:
                      f"and pass --data {remote.kind}:PATH")
 
 
-def _split(url: str) -> urllib.parse.SplitResult | None:
-    """``url``'s parts; None for a URL that cannot be split (``http://[::1``: an unclosed IPv6 bracket)."""
-    try:
-        return urllib.parse.urlsplit(url)
-    except ValueError:
-        return None
-
-
-def url_problem(url: str) -> str | None:
-    """Why the table's URL cannot be requested at all (empty, no scheme, cannot be split); None if it can be."""
+def url_problem(url: str, *, base: bool = False) -> str | None:
+    """Why ``url`` cannot be requested, or with ``base`` why it is not a mirror's base URL; None if it is fine."""
     if not url.strip():
-        return "the download URL is empty"
+        return f"{'it' if base else 'the download URL'} is empty"
+    if base and any(c.isspace() or ord(c) < 32 for c in url):
+        return "it holds a space or control character"
+    subject = "it" if base else f"the download URL {url!r}"
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - a port that is not a number, or out of range, raises here
     except ValueError as exc:
-        return f"the download URL {url!r} is malformed ({one_line(exc)})"
+        return f"{subject} is malformed ({one_line(exc)})"
     if not parts.scheme:
-        return f"the download URL {url!r} has no scheme (http:// or https://)"
+        return f"{subject} has no scheme" + ("" if base else " (http:// or https://)")
+    if not base:
+        return None
+    if parts.scheme not in ("http", "https", "file"):
+        return f"its scheme is {parts.scheme}:, not http, https or file"
+    if parts.scheme != "file" and not parts.hostname:
+        return "it has no host"
+    if parts.query or parts.fragment:
+        return "it has a query or fragment (the archive's name is appended to it)"
     return None
+
+
+def _split(url: str) -> urllib.parse.SplitResult | None:
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError:  # http://[::1 (an unclosed IPv6 bracket)
+        return None
 
 
 def host_of(url: str) -> str:
@@ -87,25 +85,20 @@ def host_of(url: str) -> str:
     return (parts.netloc if parts is not None else "") or url
 
 
-def _proxy_for(url: str) -> str | None:
-    """The proxy urllib sends ``url`` through, if any (from the *_proxy environment variables)."""
+def _proxy_for(url: str) -> tuple[str, str] | None:
+    """The proxy urllib sends ``url`` through (the *_proxy environment variables) and its scheme, if any."""
     parts = _split(url)
-    if parts is None:
-        return None
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(parts.scheme)
-    if not proxy:
+    if parts is None or not (proxy := urllib.request.getproxies().get(parts.scheme)):
         return None
     with contextlib.suppress(Exception):
         if urllib.request.proxy_bypass(parts.hostname or ""):
             return None
-    return proxy
+    return proxy, parts.scheme
 
 
 def via_proxy(url: str) -> str:
     proxy = _proxy_for(url)
-    parts = _split(url)
-    return f" (through the proxy {host_of(proxy)} of ${parts.scheme if parts else ''}_proxy)" if proxy else ""
+    return f" (through the proxy {host_of(proxy[0])} of ${proxy[1]}_proxy)" if proxy else ""
 
 
 def network_problem(exc: BaseException, remote: Remote, timeout: float) -> str:
@@ -116,11 +109,11 @@ def network_problem(exc: BaseException, remote: Remote, timeout: float) -> str:
     if isinstance(reason, socket.gaierror):
         return f"cannot resolve {host}{via} (offline? {one_line(reason.strerror or reason)})"
     if isinstance(reason, ConnectionRefusedError):
-        refused = host_of(_proxy_for(remote.url) or remote.url)
-        return f"connection refused by {refused}{via} (offline, or no server there)"
+        proxy = _proxy_for(remote.url)
+        return f"connection refused by {host_of(proxy[0]) if proxy else host}{via} (offline, or no server there)"
     if isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
         return f"no route to {host}{via} (offline?)"
-    text = one_line(getattr(reason, "strerror", None) or reason)
+    text = strerror(reason)
     if "Tunnel connection failed" in text:  # https through a proxy that refused the CONNECT
         return f"the proxy refused the connection to {host}{via}: {text}"
     return f"cannot download {remote.url}{via} ({text})"
@@ -142,31 +135,10 @@ def mib(n: int) -> str:
 
 
 # ---- the bounds --------------------------------------------------------------------------------------------------
-DEADLINE_VAR, MIN_RATE_VAR, MIRROR_VAR = "RESNETLAB_FETCH_DEADLINE", "RESNETLAB_FETCH_MIN_RATE", "RESNETLAB_DATA_MIRROR"
-DEFAULT_DEADLINE = 3600.0  # seconds: CIFAR-10's 163 MiB at 46 KiB/s; a slower link resumes in a second call
-DEFAULT_MIN_RATE = 1024.0  # bytes a second over each read-timeout span
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """How long a download may go on: ``timeout`` s without a byte, fewer than ``min_rate`` bytes a second over
-    any ``timeout`` s, ``deadline`` s in all; a wait for another process's download, ``wait`` s."""
-
-    timeout: float
-    deadline: float
-    min_rate: float
-
-    @property
-    def wait(self) -> float:
-        return self.deadline + 2 * self.timeout
-
-
 def _setting(var: str, default: float, what: str, *, zero: bool) -> float:
     raw = os.environ.get(var, "")
-    if not raw.strip():
-        return default
     try:
-        value = float(raw)
+        value = float(raw) if raw.strip() else default
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
@@ -174,20 +146,18 @@ def _setting(var: str, default: float, what: str, *, zero: bool) -> float:
     return value
 
 
-def bounds(timeout: float) -> Bounds:
-    """The bounds of a download whose reads time out after ``timeout`` s, from the environment."""
-    return Bounds(timeout, _setting(DEADLINE_VAR, DEFAULT_DEADLINE, "a number of seconds above 0", zero=False),
-                  _setting(MIN_RATE_VAR, DEFAULT_MIN_RATE, "a number of bytes a second (0: no minimum)", zero=True))
-
-
 class Watch:
-    """A download's clock, kept by a thread: once the download runs past ``bounds`` it says why (``why``) and
-    shuts every connection the download opened, so that a read blocked on a trickle returns."""
+    """A download's bounds: ``timeout`` s without a byte (the socket's), and from the environment ``deadline`` s
+    in all and ``min_rate`` bytes a second over any ``timeout`` s. In a ``with``, a thread keeps them: past one,
+    it says why (``why``) and shuts every connection the download opened, so that a read blocked on a trickle
+    (a byte a second never lets a read time out) returns."""
 
-    def __init__(self, bounds: Bounds, host: str) -> None:
-        self.bounds, self.host = bounds, host
+    def __init__(self, timeout: float, host: str) -> None:
+        self.timeout, self.host = timeout, host
+        self.deadline = _setting(DEADLINE_VAR, DEFAULT_DEADLINE, "a number of seconds above 0", zero=False)
+        self.min_rate = _setting(MIN_RATE_VAR, DEFAULT_MIN_RATE, "a number of bytes a second (0: no minimum)",
+                                 zero=True)
         self.why: str | None = None
-        self.start = self.window = time.monotonic()
         self.window_bytes = 0
         self._open: list[Any] = []  # connections while they connect, then their sockets
         self._lock = threading.Lock()
@@ -195,6 +165,7 @@ class Watch:
         self._thread = threading.Thread(target=self._run, name="resnetlab-fetch-watch", daemon=True)
 
     def __enter__(self) -> Watch:
+        self.start = self.window = time.monotonic()
         self._thread.start()
         return self
 
@@ -213,41 +184,23 @@ class Watch:
             if self.why is not None:
                 _shut(conn)
 
-    def _verdict(self, now: float) -> str | None:
-        b = self.bounds
-        if now - self.start >= b.deadline:
-            return f"{self.host} took more than {b.deadline:g} s ({DEADLINE_VAR})"
-        span = now - self.window
-        if span < b.timeout:
-            return None
-        if self.window_bytes < b.min_rate * span:
-            return (f"{self.host} sent {self.window_bytes} bytes of the archive in {span:.1f} s ("
-                    f"{'too slow' if self.window_bytes else 'stalled'}: below {MIN_RATE_VAR}={b.min_rate:g} bytes "
-                    "a second)")
-        self.window, self.window_bytes = now, 0
-        return None
-
     def _run(self) -> None:
-        tick = min(0.25, self.bounds.timeout / 4, self.bounds.deadline / 4)
-        while not self._stop.wait(tick):
+        while not self._stop.wait(min(0.25, self.timeout / 4, self.deadline / 4)):
             with self._lock:
-                self.why = self._verdict(time.monotonic())
+                now = time.monotonic()
+                span, sent = now - self.window, self.window_bytes
+                if now - self.start >= self.deadline:
+                    self.why = f"{self.host} took more than {self.deadline:g} s ({DEADLINE_VAR})"
+                elif span >= self.timeout and sent < self.min_rate * span:
+                    self.why = (f"{self.host} sent {sent} bytes of the archive in {span:.1f} s ("
+                                f"{'too slow' if sent else 'stalled'}: below {MIN_RATE_VAR}={self.min_rate:g} bytes "
+                                "a second)")
+                elif span >= self.timeout:
+                    self.window, self.window_bytes = now, 0
                 if self.why is not None:
                     for conn in self._open:
                         _shut(conn)
                     return
-
-    def connection(self, cls: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
-        """``cls`` whose instances this watch can shut: while connecting (a TLS handshake too) and after."""
-        watch = self
-
-        class Watched(cls):  # type: ignore[valid-type, misc]
-            def connect(self) -> None:
-                watch.add(self)
-                super().connect()
-                watch.add(self.sock)  # urllib drops the connection's reference once the response is read
-
-        return Watched
 
 
 def _shut(conn: Any) -> None:
@@ -258,16 +211,24 @@ def _shut(conn: Any) -> None:
 
 
 def opener(watch: Watch) -> urllib.request.OpenerDirector:
-    """urllib's opener with connections ``watch`` can shut; a fresh one, so that its ProxyHandler reads the
-    *_proxy variables now (urlopen's global one kept the first)."""
+    """urllib's opener whose connections ``watch`` can shut, while connecting (a TLS handshake too) and after; a
+    fresh one, so that its ProxyHandler reads the *_proxy variables now (urlopen's global one kept the first)."""
 
-    class HTTP(urllib.request.HTTPHandler):
+    class Watched(urllib.request.AbstractHTTPHandler):
         def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
-            return super().do_open(watch.connection(http_class), req, **kw)
+            class Connection(http_class):  # type: ignore[valid-type, misc]
+                def connect(self) -> None:
+                    watch.add(self)
+                    super().connect()
+                    watch.add(self.sock)  # urllib drops the connection's reference once the response is read
 
-    class HTTPS(urllib.request.HTTPSHandler):
-        def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
-            return super().do_open(watch.connection(http_class), req, **kw)
+            return super().do_open(Connection, req, **kw)
+
+    class HTTP(Watched, urllib.request.HTTPHandler):
+        pass
+
+    class HTTPS(Watched, urllib.request.HTTPSHandler):
+        pass
 
     return urllib.request.build_opener(HTTP, HTTPS)
 
@@ -282,69 +243,38 @@ def locked(path: Path, remote: Remote, wait: float, log: Callable[[str], None]) 
         yield
         return
     try:
-        if not _lock(fd, 0.0):
-            log(f"waiting for another resnetlab process downloading into {path.parent}")
-            if not _lock(fd, wait):
-                raise fail(remote, f"another resnetlab process has been downloading into {path.parent} for more "
-                                   f"than {wait:g} s (it holds {path.name}); stop it, or wait and run the same "
-                                   "command again")
+        give_up, waiting = time.monotonic() + wait, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if waiting and time.monotonic() >= give_up:
+                    raise fail(remote, f"another resnetlab process has been downloading into {path.parent} for "
+                                       f"more than {wait:g} s (it holds {path.name}); stop it, or wait and run the "
+                                       "same command again") from None
+                if not waiting:
+                    log(f"waiting for another resnetlab process downloading into {path.parent}")
+                    waiting = True
+            except OSError:  # no locks here (ENOLCK, EOPNOTSUPP): the MD5 check still guards the archive
+                break
+            time.sleep(min(0.2, max(wait / 10, 0.01)))
         yield
     finally:
         os.close(fd)
 
 
-def _lock(fd: int, wait: float) -> bool:
-    """Whether the lock on ``fd`` was taken within ``wait`` s (a file system without locks: taken as if)."""
-    give_up = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= give_up:
-                return False
-        except OSError:  # no locks here (ENOLCK, EOPNOTSUPP): the MD5 check still guards the archive
-            return True
-        time.sleep(min(0.2, max(wait / 10, 0.01)))
-
-
-# ---- a mirror ------------------------------------------------------------------------------------------------------
-def mirror_problem(base: str) -> str | None:
-    """Why ``base`` is not a mirror's base URL; None if it is."""
-    if not base.strip():
-        return "it is empty"
-    if any(c.isspace() or ord(c) < 32 for c in base):
-        return "it holds a space or control character"
-    try:
-        parts = urllib.parse.urlsplit(base)
-        parts.port  # noqa: B018 - a port that is not a number, or out of range, raises here
-    except ValueError as exc:
-        return f"it is malformed ({one_line(exc)})"
-    if not parts.scheme:
-        return "it has no scheme"
-    if parts.scheme not in ("http", "https", "file"):
-        return f"its scheme is {parts.scheme}:, not http, https or file"
-    if parts.scheme != "file" and not parts.hostname:
-        return "it has no host"
-    if parts.query or parts.fragment:
-        return "it has a query or fragment (the archive's name is appended to it)"
-    return None
-
-
 def mirrored(remote: Remote, mirror: str | None) -> Remote:
-    """``remote`` fetched from the mirror ``mirror`` (None: ``$RESNETLAB_DATA_MIRROR``; unset or empty: none)."""
+    """``remote`` fetched from the mirror ``mirror`` (None: ``$RESNETLAB_DATA_MIRROR``; unset or empty: none),
+    a base URL that holds the archives under their published names."""
     base, setting = (os.environ.get(MIRROR_VAR) or None, MIRROR_VAR) if mirror is None else (mirror, "mirror")
     if base is None:
         return remote
-    problem = mirror_problem(base)
+    problem = url_problem(base, base=True)
     if problem:
         raise DataError(f"the data mirror {base!r} ({setting}) is not a base URL: {problem}; give one such as "
                         "https://mirror.example/cifar/ that holds the archives under their published names")
     return dataclasses.replace(remote, url=base + ("" if base.endswith("/") else "/") + remote.filename)
-
-
-# ---- files ---------------------------------------------------------------------------------------------------------
-CHUNK = 1 << 20
 
 
 def hashes(path: Path, *names: str) -> list[str]:
@@ -355,20 +285,3 @@ def hashes(path: Path, *names: str) -> list[str]:
             for digest in digests:
                 digest.update(block)
     return [digest.hexdigest() for digest in digests]
-
-
-def size_of(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def progress_bar(progress: bool | str, total: int | None, have: int, name: str) -> Any:
-    """A tqdm bar on stderr (``progress`` "auto": when stderr is a terminal), or None."""
-    if progress is False or (progress == "auto" and not sys.stderr.isatty()):
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-                file=sys.stderr, leave=False, dynamic_ncols=True)

@@ -1,28 +1,7 @@
-"""The CIFAR python-version archives fetched on first use: ``--data cifar10`` (or ``cifar100``) with no path.
+"""The CIFAR python-version archives fetched on first use (``--data cifar10`` or ``cifar100`` with no path).
 
-One table, :data:`REMOTES`, holds each archive's URL, file name and published MD5. :func:`fetch` returns the
-path of a verified archive in ``CACHE/downloads/`` (``cache.cache_dir``: ``data.cache_dir``,
-``$RESNETLAB_CACHE`` or ``~/.cache/resnetlab``) or in a directory of the caller's:
-
-- a copy already there is used without touching the network: its size and the SHA-256 recorded when it was
-  downloaded (``NAME.json`` beside it) are checked, and a copy that fails that check, or has no record, is
-  judged by the published MD5, which alone decides: a copy with it is kept and its record (re)written, only a
-  copy without it is removed and downloaded again;
-- otherwise the archive is downloaded into ``NAME.part`` (a progress bar on a terminal; the bounds of
-  :mod:`resnetlab.data.downloads`: a socket timeout on the connect and every read, a minimum rate and an overall
-  deadline, so a stalled or trickling server is an error, not a hang), resumed with an HTTP Range
-  request when an earlier attempt left a part; its MD5 is checked against the table, its SHA-256 recorded,
-  and only then is it renamed to ``NAME``. ``RESNETLAB_DATA_MIRROR`` (or ``mirror=``) fetches it from a mirror.
-
-Every failure (offline, a proxy's error, an HTTP error such as 404, a stall, a download cut short, a
-checksum mismatch, a full disk, a table URL of bad form) is one :class:`DataError` line that says what happened
-and how to pass a local copy instead; the notes of the way there (downloading, resuming, a bad copy removed)
-are said only once the archive is in place, so that a failure is that one line. A record file that is not a
-regular file (a FIFO would block its reader), not JSON or nested too deeply is taken as no record. Nothing
-but a verified archive ever lies at ``NAME``: a part cut short or stalled is kept to be resumed by the next
-call; a part with wrong bytes, or one that filled the disk, is removed. One process downloads at a time (a
-lock beside the file); the others wait, bounded, and then use its copy. HTTP is the standard library's ``urllib``,
-which honours the ``http_proxy``/``https_proxy``/``no_proxy`` variables.
+:data:`REMOTES` holds each archive's URL, file name and published MD5; :func:`fetch` returns the path of a verified
+copy, downloaded (resumed, within :mod:`resnetlab.data.downloads`' bounds) only when no good copy is there.
 """
 
 from __future__ import annotations
@@ -43,10 +22,8 @@ from resnetlab.data.base import DataOptions
 from resnetlab.data.cache import cache_dir
 from resnetlab.data.downloads import (
     CHUNK,
-    Bounds,
     Remote,
     Watch,
-    bounds,
     fail,
     hashes,
     host_of,
@@ -55,8 +32,6 @@ from resnetlab.data.downloads import (
     mirrored,
     network_problem,
     opener,
-    progress_bar,
-    size_of,
     strerror,
     url_problem,
     via_proxy,
@@ -93,12 +68,13 @@ def fetch(kind: str, directory: str | Path | None = None, *, options: DataOption
     ``$RESNETLAB_DATA_MIRROR``) is a base URL the table's file is fetched from instead of the publisher's.
 
     ``log`` gets the notes of the way there (downloading, resuming, a bad copy removed, waiting for another
-    process) once the archive is in place; a failure raises its one DataError line and says nothing else."""
+    process) once the archive is in place, so that a failure is its one DataError line and nothing else. One
+    process downloads into a folder at a time (a lock beside the file); the others wait, bounded."""
     if remote is None:
         if kind not in REMOTES:
             raise DataError(f"{kind!r}: resnetlab downloads {', '.join(REMOTES)} only")
         remote = mirrored(REMOTES[kind], mirror)
-    limits = bounds(timeout)
+    watch = Watch(timeout, host_of(remote.url))  # a bad RESNETLAB_FETCH_* setting is refused here
     try:
         folder = (Path(directory).expanduser() if directory is not None
                   else cache_dir(options or DataOptions()) / "downloads")
@@ -108,11 +84,12 @@ def fetch(kind: str, directory: str | Path | None = None, *, options: DataOption
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise fail(remote, f"cannot create {folder} ({one_line(exc.strerror or exc)})") from None
+        raise fail(remote, f"cannot create {folder} ({strerror(exc)})") from None
     notes: list[str] = []
-    with locked(folder / f".{remote.filename}.lock", remote, limits.wait, notes.append):
+    wait = watch.deadline + 2 * timeout  # the other's download is bounded by its deadline, then verified
+    with locked(folder / f".{remote.filename}.lock", remote, wait, notes.append):
         if not _good_copy(final, remote, notes.append):
-            _download(remote, final, limits, notes.append, progress)
+            _download(remote, final, watch, notes.append, progress)
     for note in notes:
         log(note)
     return final
@@ -137,7 +114,8 @@ def read_record(final: Path) -> dict[str, object] | None:
 
 
 def _good_copy(final: Path, remote: Remote, log: Log) -> bool:
-    """Whether ``final`` holds the archive (checked as the module docstring says); a bad copy is removed."""
+    """Whether ``final`` holds the archive: its size and SHA-256 as recorded, else the published MD5, which alone
+    decides (a good copy's missing or wrong record is rewritten). A copy without that MD5 is removed."""
     if not final.exists():
         return False
     if not final.is_file():
@@ -155,7 +133,7 @@ def _good_copy(final: Path, remote: Remote, log: Log) -> bool:
                 log(f"{final}: MD5 {md5} as published; its record did not match and was rewritten")
             return True
     except OSError as exc:
-        raise fail(remote, f"cannot read {final} ({one_line(exc.strerror or exc)})") from None
+        raise fail(remote, f"cannot read {final} ({strerror(exc)})") from None
     recorded = " (nor the SHA-256 recorded when it was downloaded)" if record is not None else ""
     log(f"{final} has MD5 {md5}, not the published {remote.md5}{recorded}: removed, downloading it again")
     record_path(final).unlink(missing_ok=True)
@@ -183,25 +161,32 @@ def archive_hashes(final: Path) -> tuple[str, str, bool]:
     return md5, sha, False
 
 
-# ---- the download --------------------------------------------------------------------------------------
+# ---- the download: into NAME.part, renamed to NAME once its MD5 is the published one ---------------------------
 class _Restart(Exception):
     """The part on disk cannot be continued: start it again from the first byte."""
 
 
-def _download(remote: Remote, final: Path, limits: Bounds, log: Log, progress: bool | str) -> None:
+def _download(remote: Remote, final: Path, watch: Watch, log: Log, progress: bool | str) -> None:
     part = final.with_name(final.name + ".part")
     if part.exists() and not part.is_file():
         raise fail(remote, f"{part} exists and is not a regular file; remove it")
-    with Watch(limits, host_of(remote.url)) as watch:
+    if malformed := url_problem(remote.url):
+        raise fail(remote, malformed)
+    with watch:
         for _attempt in range(2):
             try:
                 size, resumed = _within(watch, remote, part, log, progress)
             except _Restart:
                 part.unlink(missing_ok=True)
                 continue
-            md5, sha = _check(remote, part)
+            try:
+                md5, sha = hashes(part, "md5", "sha256")
+            except OSError as exc:
+                part.unlink(missing_ok=True)
+                raise fail(remote, f"cannot read back {part} ({strerror(exc)})") from None
             if md5 == remote.md5:
                 break
+            part.unlink(missing_ok=True)  # wrong bytes are never resumed
             if not resumed:
                 raise fail(remote, f"the downloaded file's MD5 is {md5}, not the published {remote.md5} (corrupt, "
                                    "or not the official archive); it was removed")
@@ -225,42 +210,27 @@ def _download(remote: Remote, final: Path, limits: Bounds, log: Log, progress: b
     log(f"{remote.kind}: {final} ({mib(size)}), MD5 {md5} as published, SHA-256 {sha} recorded")
 
 
-def _check(remote: Remote, part: Path) -> tuple[str, str]:
-    """The MD5 and SHA-256 of a downloaded part; a part without the published MD5 is removed."""
-    try:
-        md5, sha = hashes(part, "md5", "sha256")
-    except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise fail(remote, f"cannot read back {part} ({strerror(exc)})") from None
-    if md5 != remote.md5:
-        part.unlink(missing_ok=True)
-    return md5, sha
-
-
 def _within(watch: Watch, remote: Remote, part: Path, log: Log, progress: bool | str) -> tuple[int, bool]:
     """:func:`_transfer` within the watch's bounds: once they are passed, whatever the transfer made of its
-    shut connection (an end, a break, an error), the part is kept and the bound is the one line."""
+    shut connection (an end, a break, an error), the bound is the one line and the part is kept to resume."""
     try:
         result = _transfer(watch, remote, part, log, progress)
     except (DataError, _Restart):
         if watch.why is None:
             raise
-    if watch.why is not None:
-        if not size_of(part):
-            part.unlink(missing_ok=True)
-            raise fail(remote, f"{watch.why}{via_proxy(remote.url)}; run the same command again")
-        raise fail(remote, f"{watch.why}{via_proxy(remote.url)}, at {mib(size_of(part))}; run the same command "
-                           f"again to resume it ({part} is kept)")
-    return result
+    if watch.why is None:
+        return result
+    if kept := (part.stat().st_size if part.exists() else 0):
+        raise fail(remote, f"{watch.why}{via_proxy(remote.url)}, at {mib(kept)}; run the same command again to "
+                           f"resume it ({part} is kept)")
+    part.unlink(missing_ok=True)
+    raise fail(remote, f"{watch.why}{via_proxy(remote.url)}; run the same command again")
 
 
 def _transfer(watch: Watch, remote: Remote, part: Path, log: Log, progress: bool | str) -> tuple[int, bool]:
     """Download into ``part``, continuing it if it holds bytes already: the part's final size, and whether
     bytes of an earlier attempt are in it."""
-    have, timeout = (part.stat().st_size if part.exists() else 0), watch.bounds.timeout
-    malformed = url_problem(remote.url)
-    if malformed:
-        raise fail(remote, malformed)
+    have, timeout = (part.stat().st_size if part.exists() else 0), watch.timeout
     try:
         request = urllib.request.Request(remote.url, headers={"User-Agent": "resnetlab"})
         if have:
@@ -271,7 +241,7 @@ def _transfer(watch: Watch, remote: Remote, part: Path, log: Log, progress: bool
         if exc.code == 416 and have:  # the part already holds every byte: verify it as it is
             return have, True
         raise fail(remote, f"HTTP {exc.code} {exc.reason} from {remote.url}{via_proxy(remote.url)}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
         raise fail(remote, network_problem(exc, remote, timeout)) from None
     with response:
         total, start = _extent(response, have)
@@ -300,9 +270,8 @@ def _extent(response: http.client.HTTPResponse, have: int) -> tuple[int | None, 
     body = int(length) if length and length.strip().isdigit() else None
     if response.status != 206:
         return body, 0
-    content_range = response.headers.get("Content-Range", "")
-    try:  # bytes START-END/TOTAL
-        span, _, whole = content_range.removeprefix("bytes ").partition("/")
+    try:  # Content-Range: bytes START-END/TOTAL
+        span, _, whole = response.headers.get("Content-Range", "").removeprefix("bytes ").partition("/")
         start = int(span.partition("-")[0])
         total = int(whole) if whole.strip() != "*" else (start + body if body is not None else None)
     except ValueError:
@@ -312,52 +281,52 @@ def _extent(response: http.client.HTTPResponse, have: int) -> tuple[int | None, 
 
 def _receive(response: Any, part: Path, have: int, total: int | None, remote: Remote,
              watch: Watch, progress: bool | str) -> int:
-    """Append the body to ``part``; the part's size when the body ends."""
-    received = have
+    """Append the body to ``part``; the part's size when the body ends (a break with the size known is left to
+    the caller to call cut short)."""
+    from tqdm import tqdm
+
+    received, host = have, host_of(remote.url)
     read = getattr(response, "read1", response.read)  # what has arrived: a stall loses none of it
-    bar = progress_bar(progress, total, have, remote.filename)
     try:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     except OSError as exc:
         raise fail(remote, write_problem(exc, part)) from None
+    shown = progress is not False and (progress != "auto" or sys.stderr.isatty())
+    bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=remote.filename,
+               file=sys.stderr, leave=False, dynamic_ncols=True, disable=not shown)
     try:
         while True:
             try:
                 block = read(CHUNK)
             except TimeoutError:
-                raise fail(remote, f"{host_of(remote.url)} sent nothing for {watch.bounds.timeout:g} s (stalled) at "
-                                    f"{mib(received)}{via_proxy(remote.url)}; run the same command again to resume "
-                                    f"({part} is kept)") from None
-            except (http.client.IncompleteRead, ConnectionError, http.client.HTTPException, OSError) as exc:
-                if isinstance(exc, http.client.IncompleteRead) and exc.partial:
-                    _write_all(fd, exc.partial)
-                    received += len(exc.partial)
+                raise fail(remote, f"{host} sent nothing for {watch.timeout:g} s (stalled) at {mib(received)}"
+                                   f"{via_proxy(remote.url)}; run the same command again to resume ({part} is "
+                                   "kept)") from None
+            except (http.client.HTTPException, OSError) as exc:  # a break (IncompleteRead: what came is kept)
+                partial = exc.partial if isinstance(exc, http.client.IncompleteRead) else b""
+                _write_all(fd, partial)
+                received += len(partial)
                 if total is None:
-                    raise fail(remote, f"the connection to {host_of(remote.url)} broke at {mib(received)} "
-                                        f"({one_line(exc)}); run the same command again to resume it") from None
-                break  # cut short: said below, with the sizes
+                    raise fail(remote, f"the connection to {host} broke at {mib(received)} ({one_line(exc)}); run "
+                                       "the same command again to resume it") from None
+                break
             if not block:
                 break
             if received + len(block) > MAX_BYTES:
                 part.unlink(missing_ok=True)
-                raise fail(remote, f"{remote.url} sent more than {mib(MAX_BYTES)}, more than any CIFAR "
-                                    "archive; the download was removed")
+                raise fail(remote, f"{remote.url} sent more than {mib(MAX_BYTES)}, more than any CIFAR archive; "
+                                   "the download was removed")
             _write_all(fd, block)
             received += len(block)
             watch.got(len(block))
-            if bar is not None:
-                bar.update(len(block))
+            bar.update(len(block))
         os.fsync(fd)
     except OSError as exc:  # writing: a full disk, an I/O error
-        os.close(fd)
-        fd = -1
         part.unlink(missing_ok=True)
         raise fail(remote, write_problem(exc, part)) from None
     finally:
-        if fd >= 0:
-            os.close(fd)
-        if bar is not None:
-            bar.close()
+        os.close(fd)
+        bar.close()
     return received
 
 
