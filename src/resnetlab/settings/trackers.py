@@ -1,6 +1,5 @@
-"""The `run.tracker` settings: which trackers exist, the sense of `run.tracker`, `run.tracker_tags` and
-`run.tensorboard` together, and whether a tracker's package is installed. Checked when a config is built;
-`training.trackers` sends the runs."""
+"""The `run.tracker` settings, checked when a config is built: which trackers exist, the sense of `run.tracker`,
+`run.tracker_tags` and `run.tensorboard` together, whether a tracker's package is installed."""
 
 from __future__ import annotations
 
@@ -29,10 +28,9 @@ def check_settings(run: Any) -> None:
 
 
 def require(names: Iterable[str]) -> None:
-    """A one-line ConfigError naming the package of the first tracker in `names` that is not installed."""
+    """A one-line ConfigError naming the package of the first tracker in `names` (checked by `check_settings`)
+    that is not installed."""
     for name in names:
-        if name not in TRACKERS:
-            raise ConfigError(f"run.tracker: {name!r} is not one of {', '.join(TRACKERS)}")
         if not installed(name):
             raise ConfigError(f"run.tracker: {name} is not installed ({_INSTALL[name]})")
 

@@ -1,11 +1,6 @@
-"""The trackers a run can report to, one class each behind one interface (`Tracker`): TensorBoard, MLflow and
-Weights & Biases (`KINDS`). `trackers.Trackers` starts them on a run, feeds them and drops one that fails.
-
-Each says which steps its run already holds (`Tracker.held`), so that a resumed run sends a tracker exactly
-the rows of metrics.jsonl it lacks: MLflow from the run's metric history, W&B offline from the transaction
-logs of the run's earlier sessions (`wandb_steps`: a killed session's log holds what W&B had flushed when
-the kill came, from nothing to most of it), TensorBoard by purging its earlier events (`purge_step`) so that
-everything is sent again; W&B online cannot tell (None: the run's record of acknowledged steps decides)."""
+"""The trackers a run can report to, one class each (`KINDS`): TensorBoard, MLflow and Weights & Biases. Each
+says which steps its run already holds (`held`), so that a resumed run sends it exactly the rows of metrics.jsonl
+it lacks; `trackers.Trackers` starts them on a run, feeds them and drops one that fails."""
 
 from __future__ import annotations
 
@@ -30,11 +25,9 @@ _MAX_PARAM = 500  # characters of an MLflow parameter value (the limit of older 
 _MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "stopped": "KILLED"}
 
 
-# ---- one tracker ------------------------------------------------------------------------------------------------
 class Tracker:
     """What every tracker takes; each method may raise (the caller drops a tracker on its first failure)."""
 
-    name = ""
     takes_files = False
 
     def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
@@ -43,8 +36,7 @@ class Tracker:
         return {}
 
     def held(self) -> set[int] | None:
-        """The steps of metrics rows this tracker's run holds already (after `start`), from the tracker itself;
-        None: it cannot tell."""
+        """The steps of metrics rows a reopened run holds, asked of the tracker; None: it cannot tell."""
         return set()
 
     def metrics(self, values: dict[str, float], step: int) -> None: ...
@@ -57,20 +49,16 @@ class Tracker:
 
 
 class TensorBoard(Tracker):
-    """Events in RUN/tensorboard: the scalars TensorBoard always had (losses, errors, lr).
-
-    An event file only holds what was flushed when its process ended, so a later session opens its writer with
-    `purge_step=0`: TensorBoard then hides every earlier event, and this session sends every row again."""
-
-    name = "tensorboard"
+    """Events in RUN/tensorboard: the scalars TensorBoard always had (losses, errors, lr). An event file holds only
+    what was flushed when its process ended, so a later session opens its writer with `purge_step=0` (TensorBoard
+    then hides every earlier event) and sends every row again."""
 
     def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
               state: dict[str, Any] | None) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter
 
         folder = run_dir / "tensorboard"
-        earlier = folder.is_dir() and any(folder.glob("*tfevents*"))
-        self.writer = SummaryWriter(str(folder), purge_step=0 if earlier else None)
+        self.writer = SummaryWriter(str(folder), purge_step=0 if any(folder.glob("*tfevents*")) else None)
         return {}
 
     def metrics(self, values: dict[str, float], step: int) -> None:
@@ -86,7 +74,6 @@ class MLflow(Tracker):
     """An MLflow run: parameters (the flattened config), metrics by step, the summary as `summary.*` metrics
     and tags, config.json, summary.json, the figure and the weights as artifacts."""
 
-    name = "mlflow"
     takes_files = True
 
     def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
@@ -97,17 +84,14 @@ class MLflow(Tracker):
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        self.resumed = bool(state)
+        uri = state["tracking_uri"] if state else mlflow.get_tracking_uri()
+        _check_sqlite(uri)
+        self.client = MlflowClient(uri)
         if state:
-            _check_sqlite(state["tracking_uri"])
-            self.client = MlflowClient(state["tracking_uri"])
             self.run_id = state["run_id"]
             self.client.get_run(self.run_id)  # there still: else this tracker stops here, with a warning
             self.client.update_run(self.run_id, status="RUNNING")
             return dict(state)
-        uri = mlflow.get_tracking_uri()
-        _check_sqlite(uri)
-        self.client = MlflowClient(uri)
         experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
         if not experiment:
             title = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
@@ -125,8 +109,6 @@ class MLflow(Tracker):
 
     def held(self) -> set[int] | None:
         """The steps in the run's metric history (the `summary.*` metrics aside)."""
-        if not self.resumed:
-            return set()
         keys = [k for k in self.client.get_run(self.run_id).data.metrics if not k.startswith("summary.")]
         return {m.step for k in keys for m in self.client.get_metric_history(self.run_id, k)}
 
@@ -139,12 +121,11 @@ class MLflow(Tracker):
     def summary(self, values: dict[str, Any], step: int) -> None:
         from mlflow.entities import Metric, RunTag
 
-        now = int(time.time() * 1000)
-        flat, finite = flatten(values, limit=None), numbers(values)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(f"summary.{k}", v, now, step) for k, v in finite.items()],
-            tags=[RunTag(f"summary.{k}", str(v)[:_MAX_PARAM]) for k, v in flat.items()
-                  if k not in finite and v is not None])
+        now, finite = int(time.time() * 1000), numbers(values)
+        tags = [RunTag(f"summary.{k}", str(v)[:_MAX_PARAM]) for k, v in flatten(values, limit=None).items()
+                if k not in finite and v is not None]
+        self.client.log_batch(self.run_id, metrics=[Metric(f"summary.{k}", v, now, step) for k, v in finite.items()],
+                              tags=tags)
 
     def files(self, paths: Sequence[Path], weights: Path | None) -> None:
         for path in paths:
@@ -160,7 +141,6 @@ class WandB(Tracker):
     """A W&B run: the config, metrics against `step`, the summary, the figure and summary.json as files,
     the weights as a model artifact."""
 
-    name = "wandb"
     takes_files = True
 
     def start(self, run_dir: Path, name: str, config: dict[str, Any], tags: dict[str, str],
@@ -180,21 +160,20 @@ class WandB(Tracker):
                                   group=tags.get("suite"), job_type=tags.get("member"), **where)
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
-        self.resumed = bool(state)
         return {"id": self.run.id, "project": self.run.project, "entity": getattr(self.run, "entity", None),
                 "dir": "." if where.get("dir") else None}  # relative to the run directory
 
     def held(self) -> set[int] | None:
         """Offline: the steps in the transaction logs of this run's earlier sessions (what `wandb sync` would
-        send). Online the server is not asked: None."""
+        send; a SIGKILLed session's log holds what W&B had flushed, from nothing to most of it). Online the
+        server is not asked: None."""
         settings = self.run.settings
         if settings.mode not in ("offline", "dryrun"):
             return None
-        if not self.resumed:
-            return set()
         mine = Path(settings.sync_file).resolve()
         logs = Path(settings.wandb_dir).glob(f"offline-run-*/run-{self.run.id}.wandb")
-        return {step for log in logs if log.resolve() != mine for step in wandb_steps(log)}
+        return {step for log in logs if log.resolve() != mine for row in wandb_history(log)
+                if (step := whole(row.get("step"))) is not None}
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         self.run.log(values | {"step": step})
@@ -222,12 +201,6 @@ KINDS: dict[str, type[Tracker]] = dict(zip(TRACKERS, (TensorBoard, MLflow, WandB
 
 # ---- what a W&B transaction log holds ----------------------------------------------------------------------------
 _BLOCK = 32768  # W&B's log is LevelDB's log format: blocks of 32 KiB, records of a 7-byte header and a payload
-
-
-def wandb_steps(path: Path) -> set[int]:
-    """The `step` of every history record in a W&B transaction log (`run-ID.wandb`)."""
-    return {step for row in wandb_history(path) if isinstance(step := row.get("step"), int)
-            and not isinstance(step, bool)}
 
 
 def wandb_history(path: Path) -> list[dict[str, Any]]:
@@ -277,6 +250,12 @@ def _log_records(data: bytes) -> list[bytes]:
     return out
 
 
+# ---- values -------------------------------------------------------------------------------------------------------
+def whole(value: Any) -> int | None:
+    """`value` if it is a whole number (not a boolean): a metrics row's step, trackers.json's `acked`."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def flatten(data: dict[str, Any], prefix: str = "", limit: int | None = _MAX_PARAM) -> dict[str, Any]:
     """Nested dicts as `a.b.c` keys; other values as text of at most `limit` characters (None: as they are)."""
     out: dict[str, Any] = {}
@@ -287,8 +266,7 @@ def flatten(data: dict[str, Any], prefix: str = "", limit: int | None = _MAX_PAR
         elif limit is None:
             out[name] = value
         else:
-            text = value if isinstance(value, str) else json.dumps(value)
-            out[name] = text[:limit]
+            out[name] = (value if isinstance(value, str) else json.dumps(value))[:limit]
     return out
 
 
@@ -302,10 +280,8 @@ _SQLITE = re.compile(r"sqlite(\+\w+)?:///")
 
 
 def _check_sqlite(uri: object) -> None:
-    """A ConfigError for an MLflow SQLite store (`sqlite:///PATH`) that SQLite cannot open: PATH a folder or
-    not a regular file, below something that is not a folder, in a folder that cannot be written. MLflow would
-    try to open it ten times, sleeping between (about 100 s, a warning each time). A missing folder is fine:
-    MLflow creates it."""
+    """A ConfigError for an MLflow SQLite store (`sqlite:///PATH`) that SQLite cannot open, where MLflow would
+    try ten times with sleeps (about 100 s, a warning each time). A missing folder is fine: MLflow creates it."""
     if not isinstance(uri, str) or not _SQLITE.match(uri):
         return
     try:
@@ -317,26 +293,23 @@ def _check_sqlite(uri: object) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     target = Path(os.path.abspath(database))
+    folder = target.parent
+    while not os.path.lexists(folder) and folder != folder.parent:  # MLflow creates the missing folders
+        folder = folder.parent
     problem = None
     try:
-        info = os.stat(target)
-    except FileNotFoundError:
-        info = None
-    except OSError as exc:  # below a file, a link loop, no permission
-        info, problem = None, f"cannot be reached ({exc.strerror or exc})"
-    if info is not None:
-        kind = file_kind(info.st_mode)
+        kind = file_kind(os.stat(target).st_mode)
         if kind is not None:
             problem = f"is {kind}, not an SQLite database file"
         elif not os.access(target, os.R_OK | os.W_OK):
             problem = "cannot be read and written"
-    if problem is None:
-        folder = target.parent
-        while not os.path.lexists(folder) and folder != folder.parent:  # MLflow creates the missing folders
-            folder = folder.parent
-        if not folder.is_dir():
-            problem = f"is below {folder}, which is not a folder"
-        elif not os.access(folder, os.W_OK | os.X_OK):
-            problem = f"is in a folder that cannot be written ({folder})"
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # below a file, a link loop, no permission
+        problem = f"cannot be reached ({exc.strerror or exc})"
+    if problem is None and not folder.is_dir():
+        problem = f"is below {folder}, which is not a folder"
+    elif problem is None and not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"is in a folder that cannot be written ({folder})"
     if problem is not None:
         raise ConfigError(f"the MLflow store {target} {problem}")
