@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +41,9 @@ def print_json(value: Any) -> None:
     print(json.dumps(clean(value), indent=1, allow_nan=False, default=str))
 
 
-@contextlib.contextmanager
-def json_mode(args: argparse.Namespace) -> Iterator[None]:
+def json_mode(args: argparse.Namespace) -> contextlib.AbstractContextManager[Any]:
     """With --json, what the work prints (log lines, progress) goes to stderr: stdout holds the JSON only."""
-    if not getattr(args, "json", False):
-        yield
-        return
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+    return contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
 
 
 def _check_input_size(size: int | None) -> None:
@@ -58,13 +53,10 @@ def _check_input_size(size: int | None) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     _check_input_size(args.input_size)
-
     rows = zoo_rows(args.filter, args.input_size)
     if not rows:
         raise ResnetlabError(f"no model name contains {args.filter!r}")
     if args.json:
-        import dataclasses
-
         print_json([dataclasses.asdict(r) for r in rows])
         return 0
     table = [
@@ -124,14 +116,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"run": str(run.path), "figure": str(figure) if figure.exists() else None,
                     "summary": summary.to_dict()})
-        return EXIT_DIVERGED if summary.diverged else 0
-    final = summary.final.get("test_error")
-    verdict = "diverged (fail)" if summary.diverged else (
-        f"test error {final:.2%}" + (" (fail: above 20%)" if summary.fail else "") if final is not None else "")
-    print(f"done: {summary.model} on {summary.data}, {verdict}, {summary.wall_time_s:.1f} s")
-    print(f"run directory: {run.path}")
-    if figure.exists():
-        print(f"figure: {figure}")
+    else:
+        final = summary.final.get("test_error")
+        verdict = "diverged (fail)" if summary.diverged else (
+            f"test error {final:.2%}" + (" (fail: above 20%)" if summary.fail else "") if final is not None else "")
+        print(f"done: {summary.model} on {summary.data}, {verdict}, {summary.wall_time_s:.1f} s")
+        print(f"run directory: {run.path}")
+        if figure.exists():
+            print(f"figure: {figure}")
     return EXIT_DIVERGED if summary.diverged else 0  # recorded, but not a success
 
 
@@ -145,13 +137,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     path, claimed = result["path"], result["claimed_error"]
     if args.json:
         print_json({k: v for k, v in result.items() if k != "skipped"} | {"split": args.split})
-        note_skipped(tuple(result["skipped"]), path)
-        return 0
-    print(f"{path}: {result['model']} on {result['data']} ({args.split}, {result['images']} images): "
-          f"top-1 error {result['error']:.2%}, top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
-    if claimed is not None:
-        print(f"{path}: the file's own record (best_prec1, on the original CIFAR-10 test set): "
-              f"top-1 error {claimed:.2%}")
+    else:
+        print(f"{path}: {result['model']} on {result['data']} ({args.split}, {result['images']} images): top-1 "
+              f"error {result['error']:.2%}, top-5 error {result['top5_error']:.2%}, loss {result['loss']:.4f}")
+        if claimed is not None:
+            print(f"{path}: the file's own record (best_prec1, on the original CIFAR-10 test set): "
+                  f"top-1 error {claimed:.2%}")
     note_skipped(tuple(result["skipped"]), path)
     return 0
 
@@ -203,15 +194,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     trained = load(_source(args), best=args.best, model=args.model, device=args.device)
     with json_mode(args):
         result = trained.export(args.format, args.out)  # written from a CPU float32 copy whatever --device says
-    if args.json:
-        print_json(result)
-        note_skipped(trained.skipped, trained.source)
-        return 0
     check = (f"; outputs within {result['max_abs_diff']:.2g} of PyTorch's (bound {result['tolerance']})"
              if "max_abs_diff" in result else "")
     if "device_max_abs_diff" in result:
         check += f"; PyTorch's on {result['device']} within {result['device_max_abs_diff']:.2g} of its CPU's"
-    print(f"exported {args.format}: {printable(result['path'])} ({result['bytes']:,} bytes){check}")
+    if args.json:
+        print_json(result)
+    else:
+        print(f"exported {args.format}: {printable(result['path'])} ({result['bytes']:,} bytes){check}")
     note_skipped(trained.skipped, trained.source)
     return 0
 
@@ -220,13 +210,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ResnetlabError(f"--top-k must be >= 1, got {args.top_k}")
     images = list(args.images)
-    if args.weights is None:  # the first positional argument is the run directory or checkpoint
-        if len(images) < 2:
-            raise ResnetlabError("give a run directory or checkpoint and at least one image (or --weights FILE)")
-        args.source = images.pop(0)
-    else:
-        args.source = None
-    trained = load(_source(args), best=args.best, model=args.model, device=args.device)
+    if args.weights is None and len(images) < 2:  # the first positional argument is the run or checkpoint
+        raise ResnetlabError("give a run directory or checkpoint and at least one image (or --weights FILE)")
+    source = args.weights if args.weights is not None else images.pop(0)
+    trained = load(source, best=args.best, model=args.model, device=args.device)
     files = image_files(images)
     answers = trained.predict(files, args.top_k)  # every image read before anything is printed
     rows = [{"image": str(f), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}

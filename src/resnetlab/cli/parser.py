@@ -44,31 +44,19 @@ def _nonempty(what: str) -> Callable[[str], str]:
 _path, _name = _nonempty("path"), _nonempty("name")
 
 
-def exit_codes_text() -> str:
-    """`errors.EXIT_CODES` as the epilog of `resnetlab --help`."""
-    lines = ["exit codes:"]
-    for code, meaning in EXIT_CODES:
-        lines += textwrap.wrap(meaning, 100, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
-    return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    codes = ["exit codes:"]  # `errors.EXIT_CODES`, as the epilog of `resnetlab --help`
+    for code, meaning in EXIT_CODES:
+        codes += textwrap.wrap(meaning, 100, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
     parser = _Parser(prog=PROG, description="Deep residual networks of He et al. (2016): build, train, study.",
-                     epilog=exit_codes_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                     epilog="\n".join(codes), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
                                 help="what to do (resnetlab COMMAND --help for its options)")
-    _add_models(sub)
-    _add_info(sub)
-    _add_train(sub)
-    _add_eval(sub)
-    _add_experiment(sub)
-    _add_export(sub)
-    _add_predict(sub)
-    _add_report(sub)
-    _add_analyze(sub)
-    _add_data(sub)
+    for add in (_add_models, _add_info, _add_train, _add_eval, _add_experiment, _add_export, _add_predict,
+                _add_report, _add_analyze, _add_data):
+        add(sub)
     return parser
 
 
@@ -190,7 +178,7 @@ def _add_experiment(sub: Any) -> None:
                    help="train only; leave results.md/csv and the figures to a later run (parallel members)")
     _add_set(p, "config override for every member")
     _add_json(p, "the results rows and the ranking's Kendall tau (the suites, with list)")
-    _add_suite_jobs(p)  # --jobs, --devices, --collect, --trainings, --launcher and Slurm's options
+    _add_suite_jobs(p)
     p.set_defaults(func=commands.cmd_experiment)
 
 
@@ -256,7 +244,8 @@ def _add_data(sub: Any) -> None:
 
 
 def _add_suite_jobs(p: Any) -> None:
-    """The `experiment` command's options for many processes (`experiments/jobs.py`) and machines (`slurm.py`)."""
+    """The `experiment` command's options for many processes (`experiments/jobs.py`) and machines (Slurm through
+    submitit, `experiments/slurm.py`)."""
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train up to N members (or seeds) at once, each in its own process (CPU: the cores "
                         "split between them; GPUs: one device each, in turn, of --devices)")
@@ -268,10 +257,6 @@ def _add_suite_jobs(p: Any) -> None:
     p.add_argument("--trainings", default=None, metavar="DIR",
                    help="index of trainings shared by suites, so an identical member is trained once "
                         "(default: .trainings beside --out)")
-    _add_launcher(p)
-
-
-def _add_launcher(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("many machines (Slurm, through submitit)")
     g.add_argument("--launcher", choices=["here", "slurm", "submitit-local"], default="here",
                    help="here (default): this process is a worker; slurm: submit --workers tasks, each a "
