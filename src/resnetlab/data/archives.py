@@ -1,11 +1,6 @@
-"""Bounds on what an archive may make resnetlab read: a 1 MB ``.tar.gz`` holding a 1 GiB member
-took over 1 GB of memory, and a 30 MB one would have exhausted the machine.
-
-Every tar member's header states its decompressed size, and ``extractfile`` reads exactly that many bytes,
-so checking the header before reading bounds the memory; walking past skipped members still decompresses
-them, so their total is bounded too. The bounds are far above the data sets resnetlab reads (a CIFAR batch
-file is 31 MB, CIFAR-100's training file 155 MB, an ImageNet image rarely above 15 MB; ImageNet's 1.28M
-training images are read from folders, not archives)."""
+"""Bounds on what an archive may make resnetlab read: a member by its header's stated size before reading it (a
+1 MB ``.tar.gz`` holding a 1 GiB member took over 1 GB of memory), and the members walked, by count and by total
+size (skipping one still decompresses it). The bounds are far above any data set resnetlab reads from archives."""
 
 from __future__ import annotations
 
@@ -15,7 +10,7 @@ from pathlib import Path
 
 from resnetlab.errors import DataError
 
-MAX_MEMBER_BYTES = 512 * 2**20  # one member read into memory
+MAX_MEMBER_BYTES = 512 * 2**20  # one member read into memory (CIFAR-100's training file: 155 MB)
 MAX_TOTAL_BYTES = 16 * 2**30  # all members walked (read or skipped), decompressed
 MAX_MEMBERS = 3_000_000  # members listed (tarfile keeps an entry per member)
 

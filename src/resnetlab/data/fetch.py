@@ -286,7 +286,6 @@ def _receive(response: Any, part: Path, have: int, total: int | None, remote: Re
     from tqdm import tqdm
 
     received, host = have, host_of(remote.url)
-    read = getattr(response, "read1", response.read)  # what has arrived: a stall loses none of it
     try:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     except OSError as exc:
@@ -297,7 +296,7 @@ def _receive(response: Any, part: Path, have: int, total: int | None, remote: Re
     try:
         while True:
             try:
-                block = read(CHUNK)
+                block = response.read1(CHUNK)  # what has arrived: a stall loses none of it
             except TimeoutError:
                 raise fail(remote, f"{host} sent nothing for {watch.timeout:g} s (stalled) at {mib(received)}"
                                    f"{via_proxy(remote.url)}; run the same command again to resume ({part} is "
