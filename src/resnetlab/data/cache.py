@@ -1,14 +1,6 @@
-"""A disk cache of decoded data sets, so an archive or image folder is decoded only once.
-
-An entry holds the uint8 train and test arrays of one source, saved with ``torch.save`` and read back
-with ``torch.load(weights_only=True)`` (plain tensors and strings only). Its key hashes the format
-version, the reader, the absolute path and the size, mtime, ctime and inode of every input file, so a changed input
-misses the cache. Entries are written atomically (:mod:`resnetlab.files.atomic`); an unreadable or
-malformed entry is ignored and rebuilt, and a cache that cannot be used only costs a one-line note on stderr
-(the run goes on without the cache): a read-only folder or a full disk (``torch.save`` says both with a
-RuntimeError, its temporary removed), a folder without permission to look in, a path below a file, or
-``~/.cache/resnetlab`` for a user without a home directory (containers: set ``RESNETLAB_CACHE``).
-"""
+"""A disk cache of decoded data sets (uint8 tensors, keyed by the reader, the path and every input file's
+stamp), so an archive or image folder is decoded once. A malformed entry is rebuilt; a cache that cannot be
+used (read-only, full, below a file, no home directory) costs a one-line note on stderr, not the run."""
 
 from __future__ import annotations
 
@@ -45,9 +37,8 @@ def cache_dir(options: DataOptions) -> Path:
 
 
 def file_stamp(path: Path, name: str | None = None) -> list[object]:
-    """``[name (default: the absolute path), size, mtime_ns, ctime_ns, inode]`` of ``path``, for a cache key.
-    The ctime and inode are there because a file rewritten with its old size and mtime (``touch -r``, a copy
-    that keeps times, ``os.utime``) must miss the cache; no user can set a ctime back."""
+    """``[name (default: the absolute path), size, mtime_ns, ctime_ns, inode]`` of ``path``, for a cache key: a file
+    rewritten with its old size and mtime (``touch -r``) still misses, as no user can set a ctime back."""
     try:
         st = path.stat()
     except OSError as exc:
@@ -55,35 +46,20 @@ def file_stamp(path: Path, name: str | None = None) -> list[object]:
     return [str(path.resolve()) if name is None else name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def cache_key(reader: str, path: Path, stamps: Iterable[list[object]]) -> str:
-    """A hex digest naming the entry of ``reader`` on ``path`` with the given input file stamps."""
-    blob = json.dumps([CACHE_VERSION, reader, str(path.resolve()), list(stamps)], separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _pack(splits: Splits) -> dict[str, object]:
-    train, test = splits
-    return {"version": CACHE_VERSION, "classes": list(train.classes),
-            "train_images": train.images.contiguous(), "train_labels": train.labels,
-            "test_images": test.images.contiguous(), "test_labels": test.labels}
-
-
-def _unpack(blob: object) -> Splits:
-    if not isinstance(blob, dict) or blob.get("version") != CACHE_VERSION:
-        raise ValueError("not a cache entry of this version")
-    classes = blob["classes"]
-    if not isinstance(classes, list):
-        raise ValueError("bad class list")
-    return (ArrayDataset(blob["train_images"], blob["train_labels"], classes),
-            ArrayDataset(blob["test_images"], blob["test_labels"], classes))
-
-
 def load_entry(file: Path) -> Splits | None:
-    """The splits stored in ``file``, or None when it is missing, unreadable or malformed."""
+    """The splits stored in ``file`` (plain tensors and strings, read with weights_only), or None when it is
+    missing, unreadable or malformed."""
     try:
         if not file.is_file():  # is_file raises for a folder without search permission
             return None
-        return _unpack(torch_load(file))
+        blob = torch_load(file)
+        if not isinstance(blob, dict) or blob.get("version") != CACHE_VERSION:
+            raise ValueError("not a cache entry of this version")
+        classes = blob["classes"]
+        if not isinstance(classes, list):
+            raise ValueError("bad class list")
+        return (ArrayDataset(blob["train_images"], blob["train_labels"], classes),
+                ArrayDataset(blob["test_images"], blob["test_labels"], classes))
     except Exception as exc:  # any corruption means: rebuild
         log.info("ignoring corrupt data cache %s: %s", file, one_line(exc))
         return None
@@ -91,9 +67,13 @@ def load_entry(file: Path) -> Splits | None:
 
 def save_entry(file: Path, splits: Splits) -> None:
     """Write ``splits`` to ``file`` atomically; failure to write is a one-line note on stderr, not an error."""
+    train, test = splits
+    blob = {"version": CACHE_VERSION, "classes": list(train.classes),
+            "train_images": train.images.contiguous(), "train_labels": train.labels,
+            "test_images": test.images.contiguous(), "test_labels": test.labels}
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        replace_with(file, lambda tmp: torch.save(_pack(splits), tmp))
+        replace_with(file, lambda tmp: torch.save(blob, tmp))
     except (OSError, RuntimeError, ResnetlabError) as exc:  # torch.save: RuntimeError for a full or read-only disk
         _note(f"cannot write the data cache {file} ({_why_not(file, exc)})")
 
@@ -120,10 +100,12 @@ def cached(reader: str, path: Path, stamps: Iterable[list[object]], options: Dat
            decode: Callable[[], Splits]) -> Splits:
     """The splits of ``reader`` on ``path`` from the cache, decoding and storing them on a miss."""
     try:
-        file = cache_dir(options) / f"{reader}-{cache_key(reader, path, stamps)}.pt"
+        folder = cache_dir(options)
     except DataError as exc:  # no folder for it at all
         _note(f"no data cache: {exc}")
         return decode()
+    key = json.dumps([CACHE_VERSION, reader, str(path.resolve()), list(stamps)], separators=(",", ":"))
+    file = folder / f"{reader}-{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
     hit = load_entry(file)
     if hit is not None:
         return hit

@@ -1,11 +1,6 @@
-"""Reader of the CIFAR-10 and CIFAR-100 python-version archives, as users download them.
-
-PATH may be the ``.tar.gz`` archive (read member by member, never extracted), the extracted batches
-directory (``cifar-10-batches-py`` / ``cifar-100-python``) or its parent. Each batch file is a pickled
-dict with bytes keys: ``b'data'`` is an N x 3072 uint8 array (row-major R, G, B planes of 32 x 32) and
-``b'labels'`` (CIFAR-10) or ``b'fine_labels'`` (CIFAR-100) the labels; the meta file holds the class
-names. The pickles are read with the restricted unpickler of :mod:`resnetlab.data.safe_pickle`.
-"""
+"""Reader of the CIFAR-10 and CIFAR-100 python-version archives: the ``.tar.gz`` (read in place), the batches
+directory or its parent. Each batch is a pickled dict (read with :mod:`resnetlab.data.safe_pickle`) of an
+N x 3072 uint8 ``b'data'`` array (R, G, B planes of 32 x 32) and its labels; the meta file names the classes."""
 
 from __future__ import annotations
 
@@ -28,7 +23,6 @@ from resnetlab.errors import DataError, one_line
 class CifarFormat:
     """Member names and keys of one CIFAR variant."""
 
-    kind: str
     dirname: str
     train: tuple[str, ...]
     test: tuple[str, ...]
@@ -43,10 +37,10 @@ class CifarFormat:
 
 
 FORMATS = {
-    "cifar10": CifarFormat("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-                           ("test_batch",), "batches.meta", b"labels", b"label_names", 10),
-    "cifar100": CifarFormat("cifar100", "cifar-100-python", ("train",), ("test",), "meta",
-                            b"fine_labels", b"fine_label_names", 100),
+    "cifar10": CifarFormat("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                           "batches.meta", b"labels", b"label_names", 10),
+    "cifar100": CifarFormat("cifar-100-python", ("train",), ("test",), "meta", b"fine_labels", b"fine_label_names",
+                            100),
 }
 
 
@@ -143,19 +137,16 @@ def _parse_meta(blob: bytes, source: str, fmt: CifarFormat) -> list[str]:
         raise DataError(f"{source}: class names are not UTF-8") from None
 
 
-def _join(parts: list[tuple[np.ndarray, np.ndarray]], classes: list[str]) -> ArrayDataset:
-    images = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    return ArrayDataset(images, labels, classes)
-
-
 def decode_cifar(mode: str, where: Path, fmt: CifarFormat) -> Splits:
     """Read and check every member of the archive or directory ``where``."""
     files = _read_tar(where, fmt) if mode == "tar" else _read_dir(where, fmt)
     classes = _parse_meta(files[fmt.meta][1], files[fmt.meta][0], fmt)
-    train = [_parse_batch(files[n][1], files[n][0], fmt) for n in fmt.train]
-    test = [_parse_batch(files[n][1], files[n][0], fmt) for n in fmt.test]
-    return _join(train, classes), _join(test, classes)
+
+    def split(names: tuple[str, ...]) -> ArrayDataset:
+        parts = [_parse_batch(files[n][1], files[n][0], fmt) for n in names]
+        return ArrayDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), classes)
+
+    return split(fmt.train), split(fmt.test)
 
 
 def read_cifar(kind: str, path: Path, options: DataOptions) -> Splits:

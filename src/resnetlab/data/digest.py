@@ -1,17 +1,6 @@
-"""What a data set's files hold, as one SHA-256: the content half of a training's identity.
-
-A training is reused only when it would compute the same thing (`training.identity`), so a data set given
-by path (``cifar10:PATH``, ``folder:PATH``, ``imagenet:PATH``) is known by what is behind the path, never
-by the path: the same images under another name are the same data; other images under the same name are
-not. A file (an archive) is its bytes' SHA-256; a folder is the SHA-256 of its manifest, one line per
-regular file below it (relative path, size, SHA-256 of the bytes), sorted by path. Anything that is not a
-regular file (a FIFO, a socket, a device) is listed by name and kind, never opened.
-
-Hashing reads every byte once; the per-file digests are then kept in the data cache
-(``CACHE/digests/*.json``) under each file's stamp (size, mtime, ctime, inode), so a later key of an
-unchanged folder only stats it. The ctime cannot be set back by a user, so a file rewritten with its old
-size and mtime is still read again. A cache that cannot be read or written only costs the hashing.
-"""
+"""A data set given by path known by what is behind the path, as one SHA-256 (the content half of a training's
+identity): a file's bytes, or a folder's manifest. Per-file digests are kept in the data cache under each file's
+stamp (size, mtime, ctime, inode), so a later key of an unchanged folder only stats it."""
 
 from __future__ import annotations
 
@@ -48,7 +37,9 @@ def source_digest(spec: str, cache: Path | None = None) -> str | None:
 
 
 def content_digest(path: Path, cache: Path | None = None) -> str:
-    """The SHA-256 of a file's bytes, or of a folder's manifest (see the module's docstring)."""
+    """The SHA-256 of a file's bytes, or of a folder's manifest: one line per regular file below it (relative
+    path, size, SHA-256 of the bytes), sorted by path; anything else (a FIFO, a device) by name and kind, never
+    opened."""
     path = Path(os.path.abspath(path))
     record = _Record(cache, path)
     if path.is_file():
@@ -101,14 +92,14 @@ class _Record:
     def file_digest(self, path: Path, rel: str) -> str:
         try:
             st = os.stat(path)
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+            kept = self.old.get(rel)
+            if isinstance(kept, list) and len(kept) == 2 and kept[0] == stamp and isinstance(kept[1], str):
+                digest = kept[1]
+            else:
+                digest = hashes(path, "sha256")[0]
         except OSError as exc:
             raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-        kept = self.old.get(rel)
-        if isinstance(kept, list) and len(kept) == 2 and kept[0] == stamp and isinstance(kept[1], str):
-            digest = kept[1]
-        else:
-            digest = _hash_file(path)
         self.new[rel] = [stamp, digest]
         return digest
 
@@ -118,10 +109,3 @@ class _Record:
         with contextlib.suppress(OSError, ValueError, ResnetlabError):  # no cache: the next key hashes again
             self.file.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.file, json.dumps({"version": DIGEST_VERSION, "files": self.new}))
-
-
-def _hash_file(path: Path) -> str:
-    try:
-        return hashes(path, "sha256")[0]
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None

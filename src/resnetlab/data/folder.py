@@ -1,15 +1,6 @@
-"""Reader of small image-folder data sets: ``train/<class>/*`` and ``val/<class>/*`` or ``test/<class>/*``.
-
-PATH is a directory or a ``.tar.gz``/``.tgz`` of that layout (members are read straight from the
-archive, in archive order; one top-level directory around the layout is allowed). The evaluation split is
-whichever of ``val/`` and ``test/`` is there; both, or neither, is an error (the rule of the ImageNet reader
-too: :func:`resnetlab.data.images.eval_dir`). Only JPEG and PNG files are read (extensions in any case);
-other files are ignored. Classes are the sorted names of ``train/``'s sub-folders; test classes must be a
-subset. Every image is decoded as :mod:`resnetlab.data.images` says (16-bit scaled by its range, RGB). All
-images must have the size of the first training image (sorted order). Symlinked directories are not
-followed: a symlinked split folder is an error, a symlinked class folder is skipped. Decoded arrays are
-cached (:mod:`resnetlab.data.cache`).
-"""
+"""Reader of small image-folder data sets, ``train/<class>/*`` and ``val/<class>/*`` or ``test/<class>/*``, as
+a directory or a ``.tar.gz`` read in place (one top-level directory around the layout allowed); decoded once
+and cached (:mod:`resnetlab.data.cache`)."""
 
 from __future__ import annotations
 
@@ -32,14 +23,9 @@ from resnetlab.errors import DataError, one_line, printable, unsafe_char
 Layout = dict[str, dict[str, list[tuple[str, "str | bytes"]]]]
 
 
-def _scan_class_dir(path: str) -> list[tuple[str, str | bytes]]:
-    with os.scandir(path) as entries:
-        names = sorted(e.name for e in entries if is_image_name(e.name) and e.is_file())
-    return [(os.path.join(path, n), os.path.join(path, n)) for n in names]
-
-
 def scan_dir(root: Path) -> Layout:
-    """The layout of an image-folder directory (files listed, not read)."""
+    """The layout of an image-folder directory (JPEG and PNG files listed, not read); a symlinked split folder
+    is an error, a symlinked class folder is skipped."""
     layout: Layout = {}
     for split in SPLIT_DIRS:
         split_dir = root / split
@@ -47,15 +33,17 @@ def scan_dir(root: Path) -> Layout:
             raise DataError(f"{split_dir}: is a symbolic link; symlinked directories are not followed")
         if not split_dir.is_dir():
             continue
-        classes: dict[str, list[tuple[str, str | bytes]]] = {}
+        classes = layout[split] = {}
         try:
             with os.scandir(split_dir) as entries:
-                class_dirs = sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))
+                class_dirs = sorted(e.path for e in entries if e.is_dir(follow_symlinks=False))  # no symlinks
             for class_dir in class_dirs:
-                classes[os.path.basename(class_dir)] = _scan_class_dir(class_dir)
+                with os.scandir(class_dir) as entries:
+                    names = sorted(e.name for e in entries if is_image_name(e.name) and e.is_file())
+                paths = [os.path.join(class_dir, n) for n in names]
+                classes[os.path.basename(class_dir)] = [(p, p) for p in paths]  # named by the path they are read from
         except OSError as exc:
             raise DataError(f"{split_dir}: cannot list ({one_line(exc.strerror or exc)})") from None
-        layout[split] = classes
     return layout
 
 
@@ -110,7 +98,8 @@ def _decode_all(items: list[tuple[str, str | bytes]], ref: tuple[str, tuple[int,
 
 
 def build_splits(root: str, layout: Layout) -> Splits:
-    """Check a scanned layout and decode it into train and test arrays; ``root`` prefixes messages."""
+    """Check a scanned layout and decode it into train and test arrays; ``root`` prefixes messages. Classes are
+    the sorted folders of ``train/``; every image must have the size of the first training image."""
     train = layout.get("train")
     if not train:
         raise DataError(f"{root[:-1]}: missing train/ with class folders (expected train/<class>/<image>)")
@@ -151,9 +140,6 @@ def read_folder(path: Path, options: DataOptions) -> Splits:
     if not path.is_dir():
         raise DataError(f"{path}: no such file or directory")
     layout = scan_dir(path)
-    stamps: list[list[object]] = []
-    for classes in layout.values():
-        for files in classes.values():
-            for where, _ in files:
-                stamps.append(file_stamp(Path(where), os.path.relpath(where, path)))
+    stamps = [file_stamp(Path(where), os.path.relpath(where, path))
+              for classes in layout.values() for files in classes.values() for where, _ in files]
     return cached("folder", path, stamps, options, lambda: build_splits(f"{path}/", layout))

@@ -1,17 +1,6 @@
-"""The streaming data source for ImageNet-style folders: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*``.
-
-The evaluation split is whichever of ``val/`` and ``test/`` is there; both, or neither, is an error (the
-rule of the folder reader too: :func:`resnetlab.data.images.eval_dir`). Images are decoded as
-:mod:`resnetlab.data.images` says (16-bit scaled by its range, RGB).
-
-Images are decoded per batch by a ``torch.utils.data.DataLoader`` with ``options.workers`` workers and
-the PIL transforms of the ResNet paper written here. Train: resize the shorter side to a random size in
-``options.scale``, take a random ``crop_size`` crop, flip with p = 1/2. Test: resize the shorter side to
-``test_resize`` and take the centre crop (or the ten crops: four corners and centre, and their mirror
-images). Pixels are scaled to [0, 1] and normalised with the ImageNet channel mean and std. The random
-numbers of a sample come from ``(seed, epoch, index)`` alone, never from worker state, so an epoch
-replays identically for any number of workers.
-"""
+"""The streaming source of ImageNet-style folders (``train/<wnid>/*`` and ``val/`` or ``test/``), decoded per
+batch by a DataLoader with the ResNet paper's transforms. A sample's random numbers come from ``(seed, epoch,
+index)`` alone, never from worker state, so an epoch replays identically for any number of workers."""
 
 from __future__ import annotations
 
@@ -110,7 +99,13 @@ class ImageFiles(Dataset):
 
 
 class ImageNetSource(DataSource):
-    """ImageNet-style image folders streamed from disk; see the module docstring."""
+    """ImageNet-style image folders streamed from disk.
+
+    Train: the shorter side resized to a random size in ``options.scale``, a random ``crop_size`` crop,
+    flipped with p = 1/2. Test: the shorter side resized to ``test_resize``, the centre crop (or ten crops:
+    four corners and centre, and their mirror images). Pixels in [0, 1] normalised with the ImageNet channel
+    mean and std.
+    """
 
     def __init__(self, root: Path, options: DataOptions | None = None, name: str = "imagenet") -> None:
         self.options = options = options if options is not None else DataOptions()

@@ -1,15 +1,6 @@
-"""Image files on disk, for the folder and ImageNet readers: which files are images, how one is decoded, and
-which folder holds the evaluation split.
-
-Decoding: 16-bit grey is scaled to 8 bits by its range (65535 -> 255); floating-point images and 32-bit
-integers beyond 16 bits are refused (no known range); then every image is converted to RGB: grey is
-replicated into three channels, an alpha channel is dropped (colour kept, no compositing), palette images
-are expanded through their palette (through RGBA when they have a transparent colour).
-
-Layout: ``train/<class>/<image>`` and one evaluation split, ``val/<class>/<image>`` or
-``test/<class>/<image>``. Both readers accept either name; a data set with both is refused rather than one
-of them silently ignored, since which one a user meant is a guess (see :func:`eval_dir`).
-"""
+"""Image files for the folder and ImageNet readers: which files are images, how one is decoded (16-bit grey
+scaled by its range, then RGB: grey replicated, alpha dropped, palettes expanded), which folder is the
+evaluation split."""
 
 from __future__ import annotations
 
@@ -128,41 +119,33 @@ def _png_short_by(raw: bytes) -> str | None:
     return f"its pixel data ends early ({have:,} of the {want:,} bytes its {w}x{h} header needs): truncated"
 
 
-def _jpeg_short_by(raw_size: int, img: Image.Image, head: bytes) -> str | None:
-    """Whether a JPEG is too small to code every block its frame claims: Huffman coding spends at least one
-    bit on each 8x8 block of each component (the DC code), so a file under that cannot hold its image (libjpeg
-    fills the missing blocks with grey without a word). Arithmetic-coded files are not measured."""
-    layers = getattr(img, "layer", None)
-    if img.format != "JPEG" or not layers or any(m in head for m in _ARITHMETIC_SOF):
-        return None
-    w, h = img.size
-    hmax, vmax = max(lay[1] for lay in layers), max(lay[2] for lay in layers)
-    blocks = sum(math.ceil(math.ceil(w * lay[1] / hmax) / 8) * math.ceil(math.ceil(h * lay[2] / vmax) / 8)
-                 for lay in layers)
-    if raw_size * 8 < blocks:
-        return (f"{raw_size:,} bytes cannot code the {blocks:,} blocks of its {w}x{h} frame (at least one bit "
-                "each): its data ends early")
-    return None
-
-
 def _jpeg_ends_early(raw: bytes, img: Image.Image) -> str | None:
-    """Whether a JPEG's data ends before the last row of its frame. libjpeg takes an early end-of-image marker
-    as the end of the data and fills the missing rows with grey, warning only to itself. For a one-scan
-    (baseline) file the end marker is replaced by a few zero bytes and the file decoded again, at 1/8 scale
-    (every coefficient is still read): a complete file finishes its rows, one that ends early runs out of data
-    and PIL says it is truncated. Files of several scans (progressive) are measured by `_jpeg_short_by`."""
+    """Whether a JPEG's data ends before the last row of its frame, which libjpeg fills with grey, warning only
+    to itself. A one-scan (baseline) file is decoded again at 1/8 scale (every coefficient still read) with its
+    end marker replaced by zero bytes: one that ends early then runs out of data. A file of several scans
+    (progressive) is measured instead: Huffman coding spends at least one bit on each 8x8 block of each
+    component, so a file under that cannot hold its frame (arithmetic-coded files are not measured)."""
     if img.format != "JPEG":
         return None
+    w, h = img.size
     if raw.count(b"\xff\xda") != 1:  # start-of-scan markers; 0xFF in scan data is always followed by 0x00
-        return _jpeg_short_by(len(raw), img, raw[:65536])
+        layers = getattr(img, "layer", None)
+        if not layers or any(m in raw[:65536] for m in _ARITHMETIC_SOF):
+            return None
+        hmax, vmax = max(lay[1] for lay in layers), max(lay[2] for lay in layers)
+        blocks = sum(math.ceil(math.ceil(w * lay[1] / hmax) / 8) * math.ceil(math.ceil(h * lay[2] / vmax) / 8)
+                     for lay in layers)
+        if len(raw) * 8 < blocks:
+            return (f"{len(raw):,} bytes cannot code the {blocks:,} blocks of its {w}x{h} frame (at least one bit "
+                    "each): its data ends early")
+        return None
     end = raw.rfind(b"\xff\xd9")
     try:
         probe = Image.open(io.BytesIO(raw[:end] + bytes(64)))
-        probe.draft(probe.mode, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+        probe.draft(probe.mode, (max(1, w // 8), max(1, h // 8)))
         probe.load()
     except OSError as exc:
         if "truncated" in str(exc):
-            w, h = img.size
             return f"its data ends before the last row of its {w}x{h} frame (a cut or damaged JPEG)"
     except Exception:  # noqa: BLE001 - the probe is a second opinion; the real decode already succeeded
         return None
@@ -172,11 +155,9 @@ def _jpeg_ends_early(raw: bytes, img: Image.Image) -> str | None:
 @contextlib.contextmanager
 def opened(source: str | bytes | os.PathLike[str], check: Callable[[tuple[int, int]], None] | None = None
            ) -> Iterator[Image.Image]:
-    """An image file opened and fully decoded, once its header's size has been checked: at most MAX_PIXELS
-    (PIL's own decompression-bomb warning becomes that error, never a warning on stderr), then `check(size)`
-    (e.g. the size every image of a data set must share). A file whose pixel data ends before its header's
-    frame does (a truncated PNG or JPEG that PIL would fill in silently) is refused. Raises what PIL raises,
-    or ValueError."""
+    """An image file opened and fully decoded once its header's size is checked: at most MAX_PIXELS (never PIL's
+    warning on stderr), then `check(size)`. A truncated PNG or JPEG, which PIL would fill in silently, is
+    refused. Raises what PIL raises, or ValueError."""
     if not isinstance(source, bytes):
         if os.stat(source).st_size > MAX_FILE_BYTES:
             raise ValueError(f"the file is beyond the {MAX_FILE_BYTES >> 20} MiB resnetlab reads as one image")
@@ -207,9 +188,8 @@ def opened(source: str | bytes | os.PathLike[str], check: Callable[[tuple[int, i
 
 def open_rgb(source: str | bytes, where: str | None = None,
              check: Callable[[tuple[int, int]], None] | None = None) -> Image.Image:
-    """Open and fully decode one image file (a path or its bytes) as RGB; a DataError naming ``where``
-    (default: the path) if it cannot be decoded. `check(size)` runs before decoding (see :func:`opened`);
-    a DataError it raises passes through as it is."""
+    """One image file (a path or its bytes) decoded as RGB (see :func:`opened`); a DataError naming ``where``
+    (default: the path) if it cannot be."""
     try:
         with opened(source, check) as img:
             return to_mode(img, "RGB")
@@ -226,10 +206,8 @@ def decode_image(source: str | bytes, where: str,
 
 
 def eval_dir(found: Container[str], root: str) -> str:
-    """The evaluation split's folder among the split folders ``found`` (names): ``val`` or ``test``.
-
-    One rule for every reader: exactly one of them must be there; both, or neither, is a one-line DataError
-    naming ``root``."""
+    """The evaluation split's folder among the split folders ``found``: ``val`` or ``test``, exactly one of
+    them (which of both a user meant would be a guess); else a DataError naming ``root``."""
     present = [name for name in EVAL_DIRS if name in found]
     if len(present) == 2:
         raise DataError(f"{root}: has both val/ and test/; keep one of them as the evaluation split")
@@ -244,7 +222,7 @@ def image_files(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f.name))
             if not found:
                 raise DataError(f"{p}: no JPEG or PNG images in this folder")
             files += found
