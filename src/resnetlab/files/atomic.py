@@ -1,16 +1,7 @@
-"""Atomic file writes: every file resnetlab writes is replaced whole or not at all.
-
-The new contents go to a temporary file beside the target (``.NAME.tmp-PID-RANDOM.SUFFIX``: the same
-directory, so the rename is atomic, and the target's suffix, so writers that pick a format by extension pick
-the right one; NAME is shortened where the whole would pass the file system's limit on a name, so any name
-that fits as the target fits as its temporary). It is flushed to disk, given the mode a plain ``open()``
-gives (0666 & ~umask for a new file, the old file's mode for a replaced one, whatever mode the writer
-created it with), renamed over the target, and the directory is synced. On any error, in the writer or
-after it, the temporary file is removed and the target is left as it was. A target that exists and is not
-a regular file (a device such as /dev/null, a FIFO, a directory) is never replaced.
-
-Appended files (``metrics.jsonl``, ``log.txt``) are not written here: appending a line is their format.
-"""
+"""Atomic file writes: every file resnetlab writes goes to a temporary beside it (`temp_path`), is flushed, given
+the mode a plain ``open()`` would give and renamed over the target; on any error the target is as it was, and a
+target that is not a regular file (/dev/null, a FIFO, a folder) is never replaced. Appended files (metrics.jsonl,
+log.txt) are not written here: appending a line is their format."""
 
 from __future__ import annotations
 
@@ -63,23 +54,18 @@ def temp_path(path: Path, suffix: str | None = None) -> Path:
     return path.with_name(f".{stem}{mark}{suffix}")
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where the OS tells it (Linux), else set and restored."""
+def output_mode(path: Path) -> int:
+    """The permission bits ``open(path, "w")`` leaves: an existing file's own, else 0666 & ~umask (the umask read
+    without changing it where the OS tells it, Linux; else set and restored)."""
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(os.stat(path).st_mode)
     with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
         for line in status:
             if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
+                return 0o666 & ~int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
-
-
-def output_mode(path: Path) -> int:
-    """The permission bits ``open(path, "w")`` leaves: an existing file's own, else 0666 & ~umask."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return 0o666 & ~_umask()
+    return 0o666 & ~mask
 
 
 def _fsync(path: Path) -> None:

@@ -14,17 +14,6 @@ from resnetlab.runs.directory import RunDir
 SUITE_FILE = "suite.json"  # what makes a folder a suite's output (experiments.suite_dir.SuiteDir writes it)
 
 
-def held_by(path: Path) -> tuple[str, Path] | None:
-    """The run or suite directory `path` lies in, if any: ("run", dir) or ("suite", dir)."""
-    for folder in path.parents:
-        run = RunDir(folder)
-        if run.config.is_file() and run.checkpoints.is_dir():
-            return "run", folder
-        if (folder / SUITE_FILE).is_file():
-            return "suite", folder
-    return None
-
-
 def check_output(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """The checks made on a file a command will write, before any work: it must not be one of the command's
     `inputs` (nor a link to one), nor replace a file of a run or suite directory, nor go into a run's
@@ -50,12 +39,18 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
         given = Path(given).expanduser()
         if given.exists() and (target == given.resolve() or (out.exists() and os.path.samefile(out, given))):
             raise ResnetlabError(f"{out}: is this command's input {given}; an output never replaces its input")
-    held = held_by(target)
-    if held is not None:
-        kind, folder = held
-        if kind == "run" and (folder / "checkpoints") in (target, *target.parents):
-            raise ResnetlabError(f"{out}: inside the checkpoints/ of run {folder}; write it elsewhere")
+    for folder in target.parents:  # the nearest run or suite directory it lies in, if any
+        run = RunDir(folder)
+        if run.config.is_file() and run.checkpoints.is_dir():
+            if run.checkpoints in (target, *target.parents):
+                raise ResnetlabError(f"{out}: inside the checkpoints/ of run {folder}; write it elsewhere")
+            kind = "run"
+        elif (folder / SUITE_FILE).is_file():
+            kind = "suite"
+        else:
+            continue
         if out.exists():
             raise ResnetlabError(f"{out}: a file of {kind} directory {folder}; an output never replaces one "
                                  "(give a new name)")
+        break
     return out

@@ -1,10 +1,6 @@
-"""What a run writes and everything else reads: a metrics row per evaluation and the run's summary.
-
-The trainer writes these records; the figures (plots.py), suites (experiments.py), the HTML report
-(report.py) and the command line read them back through the same types. On disk they are the JSON of
-`to_dict()` (metrics.jsonl, one row a line, and summary.json), whose keys and key order are those of
-earlier versions, so old run directories still read.
-"""
+"""What a run writes and everything else reads: a metrics row per evaluation and the run's summary. On disk they
+are the JSON of `to_dict()` (metrics.jsonl, a row a line, and summary.json), in the keys and key order of earlier
+versions, so old run directories still read."""
 
 from __future__ import annotations
 
@@ -55,11 +51,7 @@ class MetricsRow:
         return self.val_error is not None
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        if not self.has_val:
-            for key in ("val_loss", "val_error", "val_top5_error"):
-                del out[key]
-        return out
+        return {k: v for k, v in dataclasses.asdict(self).items() if self.has_val or not k.startswith("val_")}
 
     def final(self) -> dict[str, Any]:
         """The errors summary.json reports as "final"."""
@@ -99,19 +91,15 @@ def row_from_dict(data: dict[str, Any]) -> MetricsRow | DivergenceRow | None:
 
 def evaluation_rows(rows: list[dict[str, Any]]) -> list[MetricsRow]:
     """The evaluation rows of a run's metrics, typed, in order."""
-    out = [row_from_dict(r) for r in rows if isinstance(r, dict)]
-    return [r for r in out if isinstance(r, MetricsRow)]
+    return [r for r in map(row_from_dict, rows) if isinstance(r, MetricsRow)]
 
 
 def best_of(row: MetricsRow) -> dict[str, Any]:
     """The record of the best evaluation so far (kept in the checkpointed progress as plain data):
     selected on the held-out split when there is one, else on the test set."""
-    best = {"epoch": row.epoch, "step": row.step, "test_error": row.test_error,
-            "test_top5_error": row.test_top5_error}
-    if row.has_val:
-        best["val_error"] = row.val_error
-    best["selected_on"] = "val" if row.has_val else "test"
-    return best
+    val = {"val_error": row.val_error} if row.has_val else {}
+    return {"epoch": row.epoch, "step": row.step, "test_error": row.test_error, "test_top5_error": row.test_top5_error,
+            **val, "selected_on": "val" if row.has_val else "test"}
 
 
 @dataclass(kw_only=True)
