@@ -1,18 +1,11 @@
-"""Data sets for training and evaluating residual networks.
-
-``load_data(spec, options)`` turns a spec such as ``cifar10:PATH``, ``folder:PATH``, ``imagenet:PATH``,
-``digits`` or ``synthetic:N`` into a :class:`DataSource`: deterministic, normalised and augmented train
-batches (a pure function of seed, epoch and step, sliced per DDP rank) and plain eval batches. Small data
-sets are decoded once (and cached on disk) into uint8 tensors (:class:`TensorSource`); ImageNet is
-streamed through a DataLoader (:class:`ImageNetSource`). Every data problem raises a one-line
-:class:`~resnetlab.errors.DataError`.
+"""Data sets: ``load_data(spec, options)`` turns ``cifar10:PATH``, ``digits``, ... into a :class:`DataSource`
+(in memory, :class:`TensorSource`, or streamed, :class:`ImageNetSource`); every problem is a one-line DataError.
 
 May import: errors, version, files.
 """
 
 from __future__ import annotations
 
-from resnetlab.data.augment import AugParams, draw_params, pad_crop_flip
 from resnetlab.data.base import (
     ArrayDataset,
     DataOptions,
@@ -22,10 +15,10 @@ from resnetlab.data.base import (
     stratified_holdout,
 )
 from resnetlab.data.cache import cache_dir
+from resnetlab.data.cifar import RestrictedUnpickler, safe_loads
 from resnetlab.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetSource
 from resnetlab.data.loading import SCHEMES, DataSpec, load_data, parse_data_spec
-from resnetlab.data.safe_pickle import RestrictedUnpickler, safe_loads
-from resnetlab.data.tensor_source import TensorSource, normalisation_stats
+from resnetlab.data.tensor_source import AugParams, TensorSource, draw_params, normalisation_stats, pad_crop_flip
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -1,10 +1,6 @@
-"""Core data types: the options a run loads data with, in-memory image arrays, and the source interface.
-
-Every data source the trainer sees implements :class:`DataSource`. The helpers here (seed derivation,
-argument checks, batch and rank bounds, the stratified hold-out of ``val_split``) are shared by the
-in-memory and the streaming sources so that both check alike and replay an epoch identically for a given
-``(seed, epoch, step)``.
-"""
+"""Core data types: the options a run loads data with, in-memory image arrays, and :class:`DataSource`, which
+checks and slices batches alike for the in-memory and the streaming sources, so that both replay an epoch
+identically for a given ``(seed, epoch, step)``."""
 
 from __future__ import annotations
 
@@ -21,13 +17,6 @@ from resnetlab.errors import DataError
 
 NORMALIZE_MODES = ("pixel_mean", "channel", "none")
 EVAL_SPLITS = ("test", "val")
-
-
-def _require_int(field: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"DataOptions.{field} must be an integer, got {value!r}")
-    if value < minimum:
-        raise DataError(f"DataOptions.{field} must be >= {minimum}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -55,14 +44,16 @@ class DataOptions:
     test_resize: int = 256
     cache_dir: str | None = None
 
-    def __post_init__(self) -> None:
-        """The one validation of the data options; a config's data section is checked here too (config.py
-        reports these errors as ``data.FIELD: ...``)."""
+    def __post_init__(self) -> None:  # the one check of the options, a config's data section's too
         if self.normalize not in NORMALIZE_MODES:
             raise DataError(f"DataOptions.normalize: {self.normalize!r} is not one of {', '.join(NORMALIZE_MODES)}")
         for field, minimum in (("pad", 0), ("val_split", 0), ("split_seed", 0), ("workers", 0),
                                ("crop_size", 1), ("test_resize", 1)):
-            _require_int(field, getattr(self, field), minimum)
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise DataError(f"DataOptions.{field} must be an integer, got {value!r}")
+            if value < minimum:
+                raise DataError(f"DataOptions.{field} must be >= {minimum}, got {value}")
         for field in ("flip", "ten_crop"):
             if not isinstance(getattr(self, field), bool):
                 raise DataError(f"DataOptions.{field} must be true or false, got {getattr(self, field)!r}")
@@ -125,9 +116,7 @@ def derive_seed(*parts: int | str) -> int:
 
 def cpu_generator(*parts: int | str) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded from ``derive_seed(*parts)``."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(derive_seed(*parts))
-    return gen
+    return torch.Generator(device="cpu").manual_seed(derive_seed(*parts))
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -1,17 +1,15 @@
-"""The in-memory data source for small data sets (digits, synthetic, CIFAR, image folders).
-
-The decoded uint8 images live in one tensor per split, copied once to each device a run asks for. A train
-batch gathers its images on the device, normalises them and augments the whole batch at once; everything
-random comes from CPU generators seeded from ``(seed, epoch)`` and ``(seed, epoch, step)``.
-"""
+"""The in-memory data source for small data sets (digits, synthetic, CIFAR, image folders): uint8 tensors
+copied once to each device; a train batch is gathered, normalised and augmented (the CIFAR papers' pad, crop
+and flip) on its device as a whole, from random numbers drawn on the CPU from ``(seed, epoch, step)``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from resnetlab.data.augment import draw_params, pad_crop_flip
 from resnetlab.data.base import ArrayDataset, DataOptions, DataSource, Share, check_norm_state, cpu_generator, hold_out
 from resnetlab.errors import DataError
 
@@ -43,8 +41,49 @@ def normalisation_stats(images: torch.Tensor, mode: str) -> tuple[torch.Tensor, 
     return mean.float().view(c, 1, 1), std.float().view(c, 1, 1)
 
 
+@dataclass(frozen=True)
+class AugParams:
+    """Per-sample crop offsets (row ``oy``, column ``ox``, in padded coordinates) and flip flags."""
+
+    oy: torch.Tensor
+    ox: torch.Tensor
+    flip: torch.Tensor
+
+    def __getitem__(self, sl: slice) -> AugParams:
+        return AugParams(self.oy[sl], self.ox[sl], self.flip[sl])
+
+
+def draw_params(n: int, pad: int, flip: bool, generator: torch.Generator) -> AugParams:
+    """Draw the augmentation of ``n`` samples: offsets uniform in ``[0, 2*pad]``, flips with p = 1/2."""
+    if pad > 0:
+        offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, dtype=torch.int64)
+    else:
+        offsets = torch.zeros((2, n), dtype=torch.int64)
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return AugParams(offsets[0], offsets[1], flips)
+
+
+def pad_crop_flip(x: torch.Tensor, pad: int, params: AugParams) -> torch.Tensor:
+    """Zero-pad ``x`` (N, C, H, W) by ``pad``, crop H x W at the per-sample offsets, then flip.
+
+    Sample ``i`` becomes ``padded[i, :, oy:oy+H, ox:ox+W]``, mirrored left-right where ``flip[i]``.
+    """
+    n, c, h, w = x.shape
+    if pad == 0 and not bool(params.flip.any()):
+        return x
+    if pad > 0:
+        x = F.pad(x, (pad, pad, pad, pad))
+    device = x.device
+    rows = params.oy.to(device)[:, None] + torch.arange(h, device=device)[None, :]
+    cols = params.ox.to(device)[:, None] + torch.arange(w, device=device)[None, :]
+    cols = torch.where(params.flip.to(device)[:, None], cols.flip(1), cols)
+    padded_w = x.shape[3]
+    x = x.gather(2, rows[:, None, :, None].expand(n, c, h, padded_w))
+    return x.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
 class TensorSource(DataSource):
-    """A data set held in memory as uint8 tensors; see the module docstring."""
+    """A data set held in memory as uint8 tensors."""
 
     def __init__(self, name: str, train: ArrayDataset, test: ArrayDataset,
                  options: DataOptions | None = None) -> None:
@@ -107,7 +146,7 @@ class TensorSource(DataSource):
         for share in shares:
             params = draw_params(share.n, pad, flip, cpu_generator("augment", seed, epoch, share.step))
             idx = share.indices.to(device)
-            x = pad_crop_flip(self._normalised("train", idx, device), pad, params[share.lo:share.hi].to(device))
+            x = pad_crop_flip(self._normalised("train", idx, device), pad, params[share.lo:share.hi])
             yield x, labels.index_select(0, idx)
 
     def _eval(self, split: str, bounds: list[tuple[int, int]],
