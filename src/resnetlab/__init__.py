@@ -27,26 +27,6 @@ from resnetlab.networks.spec import ResNetSpec
 from resnetlab.runs.records import Summary
 from resnetlab.version import __version__
 
-__all__ = [
-    "__version__",
-    "MemberResult",
-    "Propagation",
-    "ResNet",
-    "ResNetSpec",
-    "ResnetlabError",
-    "Run",
-    "Summary",
-    "Trained",
-    "count_macs",
-    "count_params",
-    "create_model",
-    "evaluate",
-    "experiment",
-    "fetch",
-    "get_spec",
-    "list_models",
-    "list_suites",
-    "load",
-    "propagation",
-    "train",
-]
+__all__ = ["__version__", "MemberResult", "Propagation", "ResNet", "ResNetSpec", "ResnetlabError", "Run", "Summary",
+           "Trained", "count_macs", "count_params", "create_model", "evaluate", "experiment", "fetch", "get_spec",
+           "list_models", "list_suites", "load", "propagation", "train"]

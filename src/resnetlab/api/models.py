@@ -1,10 +1,6 @@
-"""Nets from Python: built from the registry, or loaded with their weights and everything using them needs.
-
-`create_model(name, weights=...)` is the registry's net, with the weights of a run directory, checkpoint,
-exported `.safetensors` or a foreign file (torchvision's, the CIFAR reference's) where given. `load(path)` is
-a `Trained` net: the module, its class names, its image size and a `preprocess` that turns a file path or a
-PIL image into the tensor the net was trained to see, as torchvision's weights carry their `transforms()`.
-"""
+"""Nets from Python: the registry's (`create_model`, with any weights `eval` reads), or a `Trained` net loaded with
+what using it needs (`load`): class names, image size and a `preprocess`, as torchvision's weights carry their
+`transforms()`."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
 """Training and runs from Python: `train(...)` returns a `Run`, `Run.open(path)` reads one; each step is the one
 the command line takes (`resnetlab train`, `eval`, `export`, `predict`, `train --resume`), so the numbers and
-files are the same.
-
-Keywords are the command line's flags (`model`, `data`, `recipe`, `out`, `epochs`, `iters`, `seed`, `device`,
-`init`, `val_split`) and `set`, the `--set` settings by their config keys (`{"optim.lr": 0.05}`); errors are the
-same one-line `ResnetlabError`s. Nothing is printed unless `progress=True` (the log lines, and a progress bar
-where the output is a terminal).
-"""
+files are the same. `set` is `--set` by config keys (`{"optim.lr": 0.05}`)."""
 
 from __future__ import annotations
 
