@@ -203,34 +203,35 @@ class Watch:
                     return
 
 
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib's opener whose connections this watch can shut, while connecting (a TLS handshake too) and after;
+        a fresh one, so that its ProxyHandler reads the *_proxy variables now (urlopen's global one kept the first)."""
+        watch = self
+
+        class Watched(urllib.request.AbstractHTTPHandler):
+            def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
+                class Connection(http_class):  # type: ignore[valid-type, misc]
+                    def connect(self) -> None:
+                        watch.add(self)
+                        super().connect()
+                        watch.add(self.sock)  # urllib drops the connection's reference once the response is read
+
+                return super().do_open(Connection, req, **kw)
+
+        class HTTP(Watched, urllib.request.HTTPHandler):
+            pass
+
+        class HTTPS(Watched, urllib.request.HTTPSHandler):
+            pass
+
+        return urllib.request.build_opener(HTTP, HTTPS)
+
+
 def _shut(conn: Any) -> None:
     sock = getattr(conn, "sock", conn)
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):  # closed already; socket.socket's own, not SSLSocket's, shutdown
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-def opener(watch: Watch) -> urllib.request.OpenerDirector:
-    """urllib's opener whose connections ``watch`` can shut, while connecting (a TLS handshake too) and after; a
-    fresh one, so that its ProxyHandler reads the *_proxy variables now (urlopen's global one kept the first)."""
-
-    class Watched(urllib.request.AbstractHTTPHandler):
-        def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
-            class Connection(http_class):  # type: ignore[valid-type, misc]
-                def connect(self) -> None:
-                    watch.add(self)
-                    super().connect()
-                    watch.add(self.sock)  # urllib drops the connection's reference once the response is read
-
-            return super().do_open(Connection, req, **kw)
-
-    class HTTP(Watched, urllib.request.HTTPHandler):
-        pass
-
-    class HTTPS(Watched, urllib.request.HTTPSHandler):
-        pass
-
-    return urllib.request.build_opener(HTTP, HTTPS)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,6 @@ from resnetlab.data.downloads import (
     mib,
     mirrored,
     network_problem,
-    opener,
     strerror,
     url_problem,
     via_proxy,
@@ -235,7 +234,7 @@ def _transfer(watch: Watch, remote: Remote, part: Path, log: Log, progress: bool
         request = urllib.request.Request(remote.url, headers={"User-Agent": "resnetlab"})
         if have:
             request.add_header("Range", f"bytes={have}-")
-        response = opener(watch).open(request, timeout=timeout)
+        response = watch.opener().open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code == 416 and have:  # the part already holds every byte: verify it as it is
