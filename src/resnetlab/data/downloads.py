@@ -250,13 +250,13 @@ def locked(path: Path, remote: Remote, wait: float, log: Callable[[str], None]) 
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if waiting and time.monotonic() >= give_up:
+                if not waiting:
+                    log(f"waiting for another resnetlab process downloading into {path.parent}")
+                elif time.monotonic() >= give_up:
                     raise fail(remote, f"another resnetlab process has been downloading into {path.parent} for "
                                        f"more than {wait:g} s (it holds {path.name}); stop it, or wait and run the "
                                        "same command again") from None
-                if not waiting:
-                    log(f"waiting for another resnetlab process downloading into {path.parent}")
-                    waiting = True
+                waiting = True
             except OSError:  # no locks here (ENOLCK, EOPNOTSUPP): the MD5 check still guards the archive
                 break
             time.sleep(min(0.2, max(wait / 10, 0.01)))
