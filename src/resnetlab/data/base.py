@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -207,6 +207,7 @@ class DataSource(ABC):
     _splits: dict[str, Sized]
     _mean: torch.Tensor
     _std: torch.Tensor
+    _norm_shapes: list[tuple[int, ...]]  # what load_norm_state accepts
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Number of (drop-last) steps in an epoch of global batch ``batch_size``; at least 1."""
@@ -264,24 +265,19 @@ class DataSource(ABC):
         """Normalisation statistics, to be stored with a checkpoint."""
         return {"mean": self._mean.clone(), "std": self._std.clone()}
 
-    @abstractmethod
     def load_norm_state(self, state: dict[str, torch.Tensor]) -> None:
         """Use the normalisation statistics of a training run (from ``norm_state``)."""
-
-
-def check_norm_state(source: str, state: Any,
-                     shapes: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a ``norm_state`` dict; ``mean`` and ``std`` must each have one of ``shapes``."""
-    if not isinstance(state, dict) or "mean" not in state or "std" not in state:
-        raise DataError(f"{source}: normalisation state must be a dict with 'mean' and 'std'")
-    out, shapes = [], [tuple(s) for s in shapes]
-    for key in ("mean", "std"):
-        value = state[key]
-        if not isinstance(value, torch.Tensor) or tuple(value.shape) not in shapes:
-            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise DataError(f"{source}: normalisation '{key}' has shape {got}, expected one of {shapes}")
-        value = value.detach().to("cpu", torch.float32).clone()
-        if not torch.isfinite(value).all() or (key == "std" and not (value > 0).all()):
-            raise DataError(f"{source}: normalisation '{key}' has non-finite or non-positive values")
-        out.append(value)
-    return out[0], out[1]
+        if not isinstance(state, dict) or "mean" not in state or "std" not in state:
+            raise DataError(f"{self.name}: normalisation state must be a dict with 'mean' and 'std'")
+        loaded = []
+        for key in ("mean", "std"):
+            value = state[key]
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) not in self._norm_shapes:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise DataError(f"{self.name}: normalisation '{key}' has shape {got}, expected one of "
+                                f"{self._norm_shapes}")
+            value = value.detach().to("cpu", torch.float32).clone()
+            if not torch.isfinite(value).all() or (key == "std" and not (value > 0).all()):
+                raise DataError(f"{self.name}: normalisation '{key}' has non-finite or non-positive values")
+            loaded.append(value)
+        self._mean, self._std = loaded

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from resnetlab.data.base import DataOptions, DataSource, Share, check_norm_state, derive_seed, hold_out
+from resnetlab.data.base import DataOptions, DataSource, Share, derive_seed, hold_out
 from resnetlab.data.folder import scan_dir
 from resnetlab.data.images import eval_dir, open_rgb, shorter_side_to
 from resnetlab.errors import DataError
@@ -138,6 +138,7 @@ class ImageNetSource(DataSource):
         self.has_val = "val" in self._splits
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self._norm_shapes = [(3, 1, 1)]
 
     def _stream(self, split: str, batches: Iterable[list[object]],
                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -159,6 +160,3 @@ class ImageNetSource(DataSource):
     def _eval(self, split: str, bounds: list[tuple[int, int]],
               device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self._stream(split, [list(range(lo, hi)) for lo, hi in bounds], device)
-
-    def load_norm_state(self, state: dict[str, torch.Tensor]) -> None:
-        self._mean, self._std = check_norm_state(self.name, state, [(3, 1, 1)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,14 +53,6 @@ def parse_data_spec(spec: str) -> DataSpec:
     return DataSpec(scheme, arg)
 
 
-def _folder_name(path: Path) -> str:
-    name = path.resolve().name
-    for suffix in (".tar.gz", ".tgz", ".tar"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def load_data(spec: str, options: DataOptions | None = None) -> DataSource:
     """Load the data set named by ``spec`` (see :func:`parse_data_spec`) with ``options``.
 
@@ -88,7 +81,8 @@ def load_data(spec: str, options: DataOptions | None = None) -> DataSource:
         if scheme == "imagenet":
             return ImageNetSource(path, options)
         if scheme == "folder":
-            return TensorSource(_folder_name(path), *read_folder(path, options), options)
+            name = re.sub(r"(\.tar\.gz|\.tgz|\.tar)$", "", path.resolve().name, flags=re.IGNORECASE)
+            return TensorSource(name, *read_folder(path, options), options)
         return TensorSource(scheme, *read_cifar(scheme, path, options), options)
     except OSError as exc:  # a last guard: file-system failures the readers did not name themselves
         where = getattr(exc, "filename", None) or parsed.arg or spec

@@ -20,10 +20,8 @@ SYNTHETIC_SEED = 20160
 
 
 def read_digits() -> Splits:
-    """scikit-learn's 1,797 8x8 digits as one-channel uint8 images, with a fixed stratified 80/20 split.
-
-    Pixel values 0..16 become round(v * 255 / 16). Class names are "0".."9".
-    """
+    """scikit-learn's 1,797 8x8 digits as one-channel uint8 images (0..16 scaled to 0..255), classes "0".."9",
+    with a fixed stratified 80/20 split."""
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -39,13 +37,6 @@ def read_digits() -> Splits:
             ArrayDataset(images[test_idx], labels[test_idx], classes))
 
 
-def _class_palette() -> np.ndarray:
-    """Ten distinct colours (RGB in [0, 1]) evenly spaced around the hue circle."""
-    hues = np.arange(SYNTHETIC_CLASSES) / SYNTHETIC_CLASSES
-    channels = [np.clip(np.abs(((hues * 6 + shift) % 6) - 3) - 1, 0, 1) for shift in (0, 4, 2)]
-    return np.stack(channels, axis=1)
-
-
 def _synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Images whose class sets a mean colour and a stripe angle/frequency; random phase and noise."""
     n, s = len(labels), SYNTHETIC_SIZE
@@ -55,7 +46,9 @@ def _synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarra
     phase = rng.uniform(0, 2 * math.pi, size=n)
     coord = xx[None] * np.cos(angle)[:, None, None] + yy[None] * np.sin(angle)[:, None, None]
     wave = np.sin(2 * math.pi * freq[:, None, None] * coord + phase[:, None, None])
-    colour = _class_palette()[labels]
+    hues = np.arange(SYNTHETIC_CLASSES) / SYNTHETIC_CLASSES  # ten colours evenly spaced around the hue circle
+    palette = np.stack([np.clip(np.abs(((hues * 6 + shift) % 6) - 3) - 1, 0, 1) for shift in (0, 4, 2)], axis=1)
+    colour = palette[labels]
     images = 60.0 + 120.0 * colour[:, :, None, None] + 45.0 * wave[:, None, :, :]
     images += rng.normal(0.0, 20.0, size=images.shape)
     return np.clip(np.round(images), 0, 255).astype(np.uint8)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from resnetlab.data.base import ArrayDataset, DataOptions, DataSource, Share, check_norm_state, cpu_generator, hold_out
+from resnetlab.data.base import ArrayDataset, DataOptions, DataSource, Share, cpu_generator, hold_out
 from resnetlab.errors import DataError
 
 _CHUNK = 4096
@@ -114,6 +114,7 @@ class TensorSource(DataSource):
         self.has_val = "val" in splits
         self._splits = {"train": train, **splits}
         self._mean, self._std = normalisation_stats(train.images, options.normalize)
+        self._norm_shapes = [(self.channels, 1, 1), (self.channels, self.image_size, self.image_size)]
         self._on_device: dict[tuple[str, str], torch.Tensor] = {}
 
     def split(self, split: str) -> ArrayDataset:
@@ -157,7 +158,6 @@ class TensorSource(DataSource):
             yield self._normalised(split, idx, device), labels.index_select(0, idx)
 
     def load_norm_state(self, state: dict[str, torch.Tensor]) -> None:
-        c, s = self.channels, self.image_size
-        self._mean, self._std = check_norm_state(self.name, state, [(c, 1, 1), (c, s, s)])
+        super().load_norm_state(state)
         self._on_device = {k: v for k, v in self._on_device.items() if k[0] not in ("mean", "std")}
 
