@@ -30,6 +30,7 @@ from resnetlab.training.fast import (
     make_sgd,
     use_compile_cache,
 )
+from resnetlab.training.progress import EpochSums
 from resnetlab.training.reporting import Log, Reporter, quiet
 from resnetlab.training.schedule import build_schedule
 from resnetlab.training.setup import configure_runtime, data_options, resolve_device
@@ -76,7 +77,8 @@ def build_trainer(cfg: Config, run: RunDir | str | Path | None = None, *, world:
     return Trainer(cfg=cfg, run=run, world=world, device=torch_device, source=source, spec=spec, model=model,
                    train_model=train_model, eager_model=eager_model,
                    channels_last=channels_last, batch=batch, steps_per_epoch=steps_per_epoch, optimizer=optimizer,
-                   schedule=schedule, compile=compile_choice, amp=amp, reporter=reporter)
+                   schedule=schedule, compile=compile_choice, amp=amp, reporter=reporter,
+                   sums=EpochSums(torch_device))
 
 
 def _net(cfg: Config, spec: ResNetSpec, device: torch.device, world: World) -> tuple[ResNet, bool]:

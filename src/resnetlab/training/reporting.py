@@ -77,9 +77,6 @@ class Reporter:
         """Start the trackers on the run directory (its config.json is their parameters)."""
         self.trackers.start(self.run.path)
 
-    def close(self) -> None:
-        """The loop has ended; the trackers end with the summary (`summary`), or at exit after a crash."""
-
     def evaluation(self, row: MetricsRow) -> None:
         val = f" val err {row.val_error:.2%}" if row.has_val else ""
         self.log(f"epoch {row.epoch}/{self.total_epochs} step {row.step}/{self.total_steps} "

@@ -1,12 +1,7 @@
 """Training with the papers' recipes: SGD with momentum and step decay, evaluation, checkpoints, resume.
 
-The loop is iteration-based (v1 sec. 4.2 counts iterations). Everything random is a function of the seed
-and the iteration (data order, augmentation, dropout), and the checkpoint holds the model, optimizer,
-schedule position and epoch accumulators, so a resumed run continues exactly where the killed one stopped.
-
-The trainer owns the model, the optimizer, the step and the epoch; it is built by `build.build_trainer` and
-leaves the stop decisions to `monitor`, the outputs to `reporting` and the records' shapes to `runs.records`.
-"""
+The loop counts iterations (v1 sec. 4.2). Everything random is a function of the seed and the iteration, and a
+checkpoint holds all the loop's state, so a resumed run continues exactly where the killed one stopped."""
 
 from __future__ import annotations
 
@@ -21,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.data import DataSource, derive_seed
+from resnetlab.errors import CheckpointError, one_line
 from resnetlab.networks.counting import count_params
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.spec import ResNetSpec
@@ -34,8 +30,8 @@ from resnetlab.training.monitor import DivergenceMonitor, StopFlag, StopReason
 from resnetlab.training.progress import EpochSums, Progress
 from resnetlab.training.reporting import Reporter
 from resnetlab.training.schedule import Schedule
-from resnetlab.training.state import restore_state, run_state
-from resnetlab.weights.checkpoint import save_checkpoint
+from resnetlab.version import __version__
+from resnetlab.weights.checkpoint import load_state, save_checkpoint
 
 EXIT_STOPPED = 3  # SIGTERM/SIGINT: checkpoint written, resume with --resume
 
@@ -61,11 +57,8 @@ class Trainer:
     compile: CompileChoice
     amp: Any  # the autocast context of the forward
     reporter: Reporter
+    sums: EpochSums  # the epoch's loss and error sums, on the device
     progress: Progress = field(default_factory=Progress)
-    sums: EpochSums = field(init=False)  # the epoch's loss and error sums, on the device
-
-    def __post_init__(self) -> None:
-        self.sums = EpochSums(self.device)
 
     def resolved(self) -> dict[str, Any]:
         """What the config resolved to on this run, written beside it in config.json."""
@@ -75,11 +68,23 @@ class Trainer:
 
     # checkpoints ---------------------------------------------------------------------------------------
     def restore(self, payload: dict[str, Any]) -> None:
-        self.progress = restore_state(payload, self.spec, self.model, self.optimizer, self.device)
+        """Take back a checkpoint's state; one of another net or shape is a one-line CheckpointError."""
+        try:
+            saved = ResNetSpec.from_dict(payload["spec"])
+            if saved != self.spec:
+                raise CheckpointError(f"checkpoint is a {saved.name or 'different'} net, not this run's model")
+            load_state(self.model, payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            progress = Progress(**payload["progress"])
+            torch.set_rng_state(payload["rng"]["cpu"])
+            if "cuda" in payload["rng"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not fit this run ({one_line(exc, 200)})") from None
+        self.progress = progress
 
     def save(self, best: bool = False) -> None:
-        payload = run_state(self.spec, self.model, self.optimizer, self.progress, self.source, self.cfg,
-                            self.schedule, self.device)
+        payload = checkpoint(self)
         save_checkpoint(self.run.step_checkpoint(self.progress.step), payload)
         if best:
             save_checkpoint(self.run.best, payload)
@@ -106,7 +111,6 @@ class Trainer:
                     self.reporter.stopped(stop.signal, progress.step)
                 elif self._evaluation_due(epoch):
                     self._evaluate(epoch)
-        self.reporter.close()
         barrier(world)
         if not world.main:
             return WorkerResult(reason.status, reason is StopReason.DIVERGED, world.rank)
@@ -139,9 +143,7 @@ class Trainer:
                 reason = StopReason.STOPPED
                 break
             if self._mid_epoch_checkpoint_due():
-                self._sync_time(clock)
-                clock = time.perf_counter()
-                progress.tick()
+                clock = self._sync_time(clock)
                 if world.main:
                     self.save()
         late = monitor.drain()
@@ -150,7 +152,6 @@ class Trainer:
         self._sync_time(clock)
         if bar is not None:
             bar.close()
-        progress.tick()
         return reason, diverged_at
 
     def _mid_epoch_checkpoint_due(self) -> bool:
@@ -201,16 +202,19 @@ class Trainer:
         """Move the device-side epoch sums into the (checkpointed) progress record."""
         self.sums.flush(self.progress, lambda sums: all_reduce_sum(sums, self.world))
 
-    def _sync_time(self, clock: float) -> None:
-        self._flush_sums()  # a host sync: the elapsed time below covers finished work
-        self.progress.train_time += time.perf_counter() - clock
+    def _sync_time(self, clock: float) -> float:
+        """Add the training time since `clock` and bring the wall time up to now; now, the next clock."""
+        self._flush_sums()  # a host sync: the time below covers finished work
+        now = time.perf_counter()
+        self.progress.train_time += now - clock
+        self.progress.tick()
+        return now
 
     # evaluation and the records ------------------------------------------------------------------------
     def _evaluate(self, epoch: int) -> None:
-        """Rank 0 evaluates, writes the row and checkpoints, and only then logs the row and sends it to the
-        trackers: a row a tracker holds is one the checkpoint keeps, so a resumed run never computes it again
-        (a kill before the checkpoint: the resumed run sends the row it computes anew; a kill after it: the
-        trackers get the row from metrics.jsonl when the run resumes). The others wait at the next collective."""
+        """Rank 0 evaluates, writes the row and checkpoints, and only then reports the row: a row a tracker holds
+        is one the checkpoint keeps, so a resumed run never computes it again. The others wait at the next
+        collective."""
         progress = self.progress
         if not self.world.main:
             progress.reset_epoch()
@@ -233,6 +237,19 @@ class Trainer:
                             lr=self.schedule.lr(max(progress.step - 1, 0), progress.warmup_end))
         self.run.append_metrics(row.to_dict())
         self.reporter.divergence(row)
+
+
+def checkpoint(t: Trainer) -> dict[str, Any]:
+    """What a checkpoint holds: the loop's state, and what the net needs to be used elsewhere (config, spec,
+    normalisation, classes)."""
+    rng = {"cpu": torch.get_rng_state()}
+    if t.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(t.device)
+    return {"spec": t.spec.to_dict(), "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+            "progress": t.progress.to_dict(), "norm": t.source.norm_state(), "rng": rng, "config": t.cfg.to_dict(),
+            "schedule": t.schedule.to_dict(), "version": __version__,
+            "data": {"classes": list(t.source.classes), "image_size": t.source.image_size,
+                     "channels": t.source.channels}}
 
 
 @contextmanager
