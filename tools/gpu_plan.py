@@ -1,30 +1,24 @@
-"""The plan for a lent GPU (issue 16): every CUDA path checked, the speed targets measured, the papers' CIFAR-10
-tables trained, each call ending well inside the device's 10-minute limit with its results under --out.
+"""The plan for a lent GPU: every CUDA path checked, the speed targets measured, the papers' CIFAR-10 tables
+trained, each call ending well inside the device's 10-minute limit with its results under --out.
 
     python tools/gpu_plan.py setup check bench --out "$OUT"          # first call
     python tools/gpu_plan.py setup train --groups 1 2 --epochs 40 --deadline 480 --out "$OUT"
 
 Stages, run in the order given:
-  setup        environment (torch, CUDA, GPU, nvidia-smi), the package importable without fetching anything,
-               the data decoded once into the cache (so parallel trainings do not each decode it)
-  check        the CUDA-marked tests (tests/test_cuda.py and the GPU data path): `pytest -m cuda`
-  bench        benchmarks.run on the device (ours vs the plain net: step, epoch, eval, memory, share of the
-               measured copy bandwidth and bf16 rate), eager bf16 for the five models and reduce-overhead
-               (CUDA graphs) for resnet110; the recomputation sweep of preact_resnet1001 at batch 128
+  setup        environment (torch, CUDA, GPU), the package importable, the data decoded once into the cache
+  check        the CUDA-marked tests: `pytest -m cuda`
+  bench        benchmarks.run on the device (eager bf16 for the five models, CUDA graphs for resnet110) and the
+               recomputation sweep of preact_resnet1001 at batch 128
   concurrency  total training throughput of 1..N trainings sharing the device (benchmarks.concurrent)
-  train        the reproduction runs (GROUPS below, in order of value): each suite in turn as one
-               `resnetlab experiment SUITE --only MEMBERS --jobs PARALLEL` (its members side by side on the
-               device); runs already finished are skipped, interrupted ones resume, and a member that trains
-               what another suite's member trained links to that run (the product's index of trainings,
-               results/<data>/.trainings); at --deadline seconds the running suite gets SIGTERM (its jobs
-               checkpoint, exit 3) so the next call resumes them; then each suite's results table is
-               written from what has finished (`--collect`)
-  pack         results/<data>/ as .tar.gz parts of at most --part-mb under --out: configs, metrics,
-               summaries, figures, logs; checkpoints only of runs not finished (to resume next call)
+  train        the reproduction runs (GROUPS, in order of value): each suite as one `resnetlab experiment SUITE
+               --only MEMBERS --jobs PARALLEL`; finished runs are skipped, interrupted ones resume, a training
+               another suite made is linked; at --deadline the running suite gets SIGTERM (its jobs checkpoint,
+               exit 3) for the next call to resume; then each suite's results table (`--collect`)
+  pack         results/<data>/ as .tar.gz parts of at most --part-mb under --out (checkpoints only of runs not
+               finished, to resume next call)
 
-Every stage logs to plan.log and records what it did in plan.json, in a work folder (--work); at the end the
-work folder goes to --out as plan.tar.gz beside plan.log and the results parts (the device returns at most 8
-files). A stage that fails is recorded and the next stage still runs, so one broken piece does not cost the call.
+Every stage logs to plan.log and records what it did in plan.json, in a work folder (--work), packed to --out as
+plan.tar.gz after every stage; a stage that fails is recorded and the next stage still runs.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
-"""The first families (issue 14): hostile argument lists and settings, and a run's files replaced.
-
-- `args`: argument lists of every command, with hostile numbers, names and paths (FIFOs, devices, symlink
-  loops, 300-character names, empty strings);
-- `set`: `train --set KEY=VALUE` over every config field;
-- `config` / `summary`: a finished run whose config.json, summary.json or metrics.jsonl is replaced by generated
-  JSON (or one field of it changed);
-- `checkpoint`: a payload of generated shape in resnetlab's checksummed frame (or a real checkpoint with one
-  field changed or deleted), given wherever a checkpoint or weights file is read;
-- `suite`: a generated suite TOML.
-"""
+"""The first families: hostile argument lists (`args`) and `--set` values (`set`); a finished run whose
+config.json (`config`), summary.json or metrics.jsonl (`summary`) is replaced; checkpoint payloads of generated
+shape (`checkpoint`); generated suite TOML (`suite`)."""
 
 from __future__ import annotations
 
@@ -113,8 +105,9 @@ RUN_COMMANDS = [["eval", "{root}/run"], ["train", "--resume", "{root}/run"], ["r
 
 def config_cases() -> st.SearchStrategy[Case]:
     """A finished tiny run whose config.json is replaced by another JSON document (or a field of it)."""
-    return st.builds(_config_case,
-                     JSON_VALUES | st.builds(_patched_config, st.sampled_from(config_fields()), JSON_VALUES),
+    patched = st.builds(lambda key, value: ("patch", key, value), st.sampled_from(config_fields()), JSON_VALUES)
+    return st.builds(lambda doc, cmd: Case("config", cmd, steps=(doc,)) if isinstance(doc, tuple)
+                     else Case("config", cmd, {"run/config.json": doc}), JSON_VALUES | patched,
                      st.sampled_from(RUN_COMMANDS))
 
 
@@ -164,17 +157,6 @@ def suite_cases() -> st.SearchStrategy[Case]:
     return st.builds(lambda t: Case("suite", ["experiment", "{root}/s.toml", "--scale", "small", "--data",
                                               "synthetic:8", "--iters", "1", "--out", "{root}/suite"],
                                     {"s.toml": t}), text)
-
-
-def _patched_config(key: str, value: Any) -> tuple[str, str, Any]:
-    return ("patch", key, value)
-
-
-def _config_case(doc: Any, cmd: list[str]) -> Case:
-    """config.json replaced by `doc`, or (a `_patched_config`) with one field changed."""
-    if isinstance(doc, tuple):
-        return Case("config", cmd, steps=(doc,))
-    return Case("config", cmd, {"run/config.json": doc})
 
 
 def _tensor(kind: str) -> Any:

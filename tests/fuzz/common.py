@@ -10,8 +10,8 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Any
 
 from tests.fuzz.craft import damaged_state, image_tree
 
@@ -20,8 +20,6 @@ TINY = ["--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8"
 PROXIES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "ftp_proxy", "FTP_PROXY", "all_proxy",
            "ALL_PROXY", "no_proxy", "NO_PROXY")  # unset around every case that reaches the network
 STEPS = [f"step-{i:08d}.pt" for i in (1, 2, 3)]  # the checkpoints of the `multi` template, oldest first
-_TEMPLATES: dict[str, Path] = {}
-_ONCE: dict[str, Any] = {}
 
 
 def quiet_main(argv: list[str]) -> tuple[int, str]:
@@ -33,36 +31,42 @@ def quiet_main(argv: list[str]) -> tuple[int, str]:
         return main(argv), err.getvalue()
 
 
+def template_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-template-"))
+
+
+def trained(argv: list[str]) -> None:
+    """`resnetlab train ARGV`, quietly; it must succeed (the templates are made with it)."""
+    rc, err = quiet_main(["train", *argv])
+    assert rc == 0, f"a template training failed: {argv}: {err.strip()[-300:]}"
+
+
+@cache
 def template_run() -> Path:
     """A finished tiny run (trained once per process) that run-reading cases copy and damage."""
-    if "run" not in _TEMPLATES:
-        where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-template-")) / "run"
-        assert quiet_main(["train", *TINY, "--out", str(where)])[0] == 0
-        _TEMPLATES["run"] = where
-    return _TEMPLATES["run"]
+    where = template_dir() / "run"
+    trained([*TINY, "--out", str(where)])
+    return where
 
 
+@cache
 def template_folder_run() -> Path:
     """A finished tiny run trained on a good two-class image folder (cat, dog), for eval/predict cases."""
-    if "folder_run" not in _TEMPLATES:
-        where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-template-"))
-        for name, data in image_tree([], 0, "train").items():
-            (where / name).parent.mkdir(parents=True, exist_ok=True)
-            (where / name).write_bytes(data)
-        assert quiet_main(["train", "--model", "resnet20", "--set", "model.depth=8", "--iters", "1", "--data",
-                           f"folder:{where / 'data'}", "--out", str(where / "run")])[0] == 0
-        _TEMPLATES["folder_run"] = where / "run"
-    return _TEMPLATES["folder_run"]
+    where = template_dir()
+    for name, data in image_tree([], 0, "train").items():
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_bytes(data)
+    trained([*TINY[:4], "--iters", "1", "--data", f"folder:{where / 'data'}", "--out", str(where / "run")])
+    return where / "run"
 
 
-def image_folder(where: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 3, size: int = 8,
-                 seed: int = 0) -> Path:
+def image_folder(where: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 3, size: int = 8) -> Path:
     """An image-folder data set (train/ and test/) of random RGB PNGs, all `size` x `size`: one colour
     channel brighter per class, so a net can learn something. Returns the folder."""
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     for split in ("train", "test"):
         for c, cls in enumerate(classes):
             (where / split / cls).mkdir(parents=True, exist_ok=True)
@@ -75,27 +79,21 @@ def image_folder(where: Path, classes: tuple[str, ...] = ("cat", "dog"), per_cla
 
 def tiny_run(out: Path, data: str, epochs: int = 3, keep: int = 3, depth: int = 8) -> Path:
     """A ResNet-`depth` trained for `epochs` one-step epochs, keeping `keep` step checkpoints (and best.pt)."""
-    argv = ["train", "--model", "resnet20", "--set", f"model.depth={depth}", "--data", data, "--epochs",
-            str(epochs), "--set", f"run.keep_checkpoints={keep}", "--out", str(out)]
-    rc, err = quiet_main(argv)
-    assert rc == 0, f"the template run failed: {argv}: {err.strip()[-300:]}"
+    trained(["--model", "resnet20", "--set", f"model.depth={depth}", "--data", data, "--epochs", str(epochs),
+             "--set", f"run.keep_checkpoints={keep}", "--out", str(out)])
     return out
 
 
+@cache
 def multi_run(depth: int = 8) -> Path:
     """A run on synthetic:8 (10 classes, 32x32) with step-00000001..3.pt and best.pt, all different. Depth 8
     is fast; depth 20 is the registry's resnet20 itself, which hub's `resnet20` entry accepts."""
-    if f"multi{depth}" not in _TEMPLATES:
-        where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-template-")) / "run"
-        _TEMPLATES[f"multi{depth}"] = tiny_run(where, "synthetic:8", depth=depth)
-    return _TEMPLATES[f"multi{depth}"]
+    return tiny_run(template_dir() / "run", "synthetic:8", depth=depth)
 
 
 def safetensors_of(ckpt: Path) -> bytes:
-    """Checkpoint `ckpt` in the layout `resnetlab export --format safetensors` writes (export.py
-    `_write_safetensors`): its tensors, `normalization.mean`/`.std`, and metadata {"format": "resnetlab",
-    "resnetlab": JSON of spec, classes, image size, version}. Written here, from the checkpoint file, so the
-    fuzzer's inputs do not depend on the exporter under test."""
+    """Checkpoint `ckpt` in the layout `resnetlab export --format safetensors` writes, from the checkpoint
+    file here, so that the fuzzer's inputs do not depend on the exporter under test."""
     import safetensors.torch as stt
 
     from resnetlab.version import __version__
@@ -111,13 +109,10 @@ def safetensors_of(ckpt: Path) -> bytes:
     return stt.save(tensors, metadata={"format": "resnetlab", "resnetlab": json.dumps(info)})
 
 
+@cache
 def exported_bytes() -> bytes:
     """The newest checkpoint of `multi_run` as an exported .safetensors file."""
-    if "safetensors" not in _TEMPLATES:
-        out = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-template-")) / "w.safetensors"
-        out.write_bytes(safetensors_of(multi_run() / "checkpoints" / STEPS[-1]))
-        _TEMPLATES["safetensors"] = out
-    return _TEMPLATES["safetensors"].read_bytes()
+    return safetensors_of(multi_run() / "checkpoints" / STEPS[-1])
 
 
 def foreign_bytes() -> bytes:
@@ -129,26 +124,24 @@ def foreign_bytes() -> bytes:
     return buf.getvalue()
 
 
+@cache
 def closed_port() -> int:
     """A loopback port nobody listens on (bound, then closed)."""
-    if "closed" not in _ONCE:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            _ONCE["closed"] = sock.getsockname()[1]
-    return _ONCE["closed"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
+@cache
 def store_template() -> Path:
     """A migrated, empty MLflow SQLite store (its creation takes seconds: once per process, then copied)."""
-    if "store" not in _ONCE:
-        from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient
 
-        where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-mlflow-"))
-        # its default artifact root, ./mlruns, is taken from the cwd
-        with working_directory(where), contextlib.redirect_stderr(io.StringIO()):
-            MlflowClient(f"sqlite:///{where / 'mlflow.db'}").search_experiments()
-        _ONCE["store"] = where / "mlflow.db"
-    return _ONCE["store"]
+    where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-mlflow-"))
+    # its default artifact root, ./mlruns, is taken from the cwd
+    with working_directory(where), contextlib.redirect_stderr(io.StringIO()):
+        MlflowClient(f"sqlite:///{where / 'mlflow.db'}").search_experiments()
+    return where / "mlflow.db"
 
 
 def installed(name: str) -> bool:
@@ -156,6 +149,13 @@ def installed(name: str) -> bool:
     from resnetlab.settings.trackers import installed as found
 
     return found(name) and (name != "mlflow" or found("sqlalchemy"))
+
+
+def wandb_env(home: Path | str, closed: int | str) -> dict[str, str]:
+    """W&B offline, quiet and kept in `home` (never online: its server is the closed loopback port `closed`)."""
+    return {"WANDB_SILENT": "true", "WANDB_CONSOLE": "off", "WANDB_BASE_URL": f"http://127.0.0.1:{closed}",
+            "WANDB_DATA_DIR": f"{home}/data", "WANDB_CACHE_DIR": f"{home}/cache",
+            "WANDB_CONFIG_DIR": f"{home}/config", "WANDB_ARTIFACT_DIR": f"{home}/artifacts"}
 
 
 @contextlib.contextmanager

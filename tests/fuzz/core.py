@@ -1,16 +1,5 @@
-"""The fuzzer's core: what a case is, how it ended, and the registry of families.
-
-A family is a hypothesis strategy of `Case`s and optional hooks, registered by name (`register`), so that the
-running (`tests.fuzz.running`) and the judge (`tests.fuzz.judge`) never name a family:
-
-- `setup(root, step)`: carries out one of the case's set-up steps (`Case.steps`) in its directory;
-- `around(case, root)`: a context manager around the command (a server's plan, a process-wide state);
-- `after(ended)`: the family's own checks, once the command has passed the common judge;
-- `main(argv)`: what the argument list is given to, where it is not `resnetlab.cli.main`;
-- `run(case, root)`: a family that runs and judges its cases itself (child processes), returning an `Outcome`.
-
-`tests.fuzz.families` imports every family module (each registers its own) and lists them in campaign order.
-"""
+"""The fuzzer's core: what a case is, how it ended, and the registry of families (each a hypothesis strategy of
+`Case`s with optional hooks, registered by name, so that the running and the judge never name a family)."""
 
 from __future__ import annotations
 
@@ -72,13 +61,13 @@ def path_arg() -> st.SearchStrategy[str]:
 
 @dataclass
 class Outcome:
-    """How a case ended."""
+    """How a case ended; `problem` None: as bad input should."""
 
     argv: list[str]
     rc: int | None
     err: str
     seconds: float
-    problem: str | None  # None: the case ended as bad input should
+    problem: str | None
 
 
 @dataclass
@@ -108,15 +97,15 @@ class Ended:
 
 @dataclass(frozen=True)
 class Family:
-    """A family of cases: its strategy and the hooks the running and the judge call (see the module's text)."""
+    """A family of cases: its strategy and the hooks the running and the judge call."""
 
     name: str
     strategy: Callable[[], st.SearchStrategy[Case]]
-    setup: Callable[[Path, Any], None] | None = None
-    around: Callable[[Case, Path], AbstractContextManager[None]] | None = None
-    after: Callable[[Ended], str | None] | None = None
-    main: Callable[[list[str]], int] | None = None
-    run: Callable[[Case, Path], Outcome] | None = None
+    setup: Callable[[Path, Any], None] | None = None  # carries out one of `Case.steps` in the case's directory
+    around: Callable[[Case, Path], AbstractContextManager[None]] | None = None  # around the command
+    after: Callable[[Ended], str | None] | None = None  # its own checks, once the common judge has passed
+    main: Callable[[list[str]], int] | None = None  # what the argv is given to (not `resnetlab.cli.main`)
+    run: Callable[[Case, Path], Outcome] | None = None  # runs and judges its cases itself (child processes)
 
 
 FAMILIES: dict[str, Family] = {}
@@ -126,16 +115,6 @@ def register(*families: Family) -> None:
     """Add families to the registry (a module registers its own when imported)."""
     for family in families:
         FAMILIES[family.name] = family
-
-
-def family_of(name: str) -> Family:
-    """The registered family `name` (a hand-made case of an unknown family: no hooks)."""
-    return FAMILIES.get(name) or Family(name, lambda: st.nothing())
-
-
-def setups(*steps: Any) -> tuple[Any, ...]:
-    """A case's set-up steps, in the order its family's `setup` carries them out."""
-    return steps
 
 
 _AT_END: list[Callable[[], None]] = []
@@ -150,9 +129,3 @@ def end_case() -> None:
     """Call what the case asked to be called at its end (the running calls it)."""
     while _AT_END:
         _AT_END.pop()()
-
-
-def signature(outcome: Outcome) -> str:
-    """What makes two findings the same: the kind and the message with numbers and paths blurred."""
-    text = re.sub(r"/\S+", "PATH", outcome.problem or "")
-    return re.sub(r"\d+", "N", text)[:160]

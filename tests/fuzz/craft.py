@@ -4,6 +4,7 @@ and state_dicts in the peers' layouts."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -187,3 +188,15 @@ def damaged_state(edit: tuple[str, str, int]) -> tuple[Any, bool]:
     if layout == "torchvision":
         obj = state
     return obj, layout == "peer_legacy"
+
+
+def safetensors_parts(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """A safetensors file's header (its JSON) and the bytes after it."""
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def safetensors_join(header: dict[str, Any] | bytes, body: bytes) -> bytes:
+    """A safetensors file of `header` (JSON, or its bytes as given) and `body`."""
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + body

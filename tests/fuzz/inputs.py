@@ -1,35 +1,26 @@
-"""Families of hostile input files (issue 14, second round):
-
-- `images`: image folders and their tarballs holding hostile files (every PIL mode, truncated files,
-  decompression bombs, other formats under a PNG/JPEG name), trained on, evaluated on and predicted;
-- `weights`: safetensors files written by `resnetlab export` with a damaged header, metadata or tensor entry,
-  or cut; state_dicts in the CIFAR peer's or torchvision's layout with keys missing, extra, reshaped or of
-  another dtype, some in PyTorch's legacy serialization and other pickle protocols;
-- `cifar`: a CIFAR-10 archive in the original python layout with one member replaced by a batch of other dtypes,
-  shapes or labels, another pickle protocol, junk, a pickle that calls code, or none.
-"""
+"""Families of hostile input files: image folders and tarballs of hostile images (`images`), damaged safetensors
+and peers' state_dicts (`weights`), a CIFAR-10 archive with one member replaced (`cifar`)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tarfile
-import tempfile
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.fuzz.common import TINY, quiet_main, template_folder_run, template_run
+from tests.fuzz import craft
+from tests.fuzz.common import TINY, quiet_main, template_dir, template_folder_run, template_run
 from tests.fuzz.core import Case, Family, register
-from tests.fuzz.craft import CIFAR10_MEMBERS, IMAGE_KINDS, cifar_member, damaged_state, image_bytes, image_tree
 
 
 def image_cases() -> st.SearchStrategy[Case]:
     """Image folders and tarballs holding hostile image files (modes, truncation, bombs, other formats under a
     JPEG/PNG name), trained on, evaluated on and predicted: each file is decoded as RGB or named in one line."""
     tiny = ["--model", "resnet20", "--set", "model.depth=8", "--iters", "1"]
-    kinds = st.lists(st.sampled_from(IMAGE_KINDS), min_size=1, max_size=3)
+    kinds = st.lists(st.sampled_from(craft.IMAGE_KINDS), min_size=1, max_size=3)
     commands = {
         "train": ["train", *tiny, "--data", "folder:{root}/data", "--out", "{root}/run2"],
         "train_tar": ["train", *tiny, "--data", "folder:{root}/data.tar.gz", "--out", "{root}/run2"],
@@ -40,7 +31,7 @@ def image_cases() -> st.SearchStrategy[Case]:
     def build(k: list[str], seed: int, where: str, command: str) -> Case:
         argv = list(commands[command])
         if command == "predict_files":  # each hostile file by name
-            argv += ["{root}/" + name for name in image_tree(k, seed, where) if "/bad" in name]
+            argv += ["{root}/" + name for name in craft.image_tree(k, seed, where) if "/bad" in name]
         return Case("images", argv, steps=(("images", k, seed, where),))
 
     return st.builds(build, kinds, st.integers(0, 2**16), st.sampled_from(["train", "test", "both"]),
@@ -60,12 +51,12 @@ def cifar_cases() -> st.SearchStrategy[Case]:
                                                                                5])})
     meta = st.sampled_from(["ten", "nine", "ints", "not_utf8", "str_key", "list"])
     replaced = st.one_of(
-        st.builds(lambda m, b, proto: ("batch", m, b, proto), st.sampled_from(CIFAR10_MEMBERS[:-1]), batch,
+        st.builds(lambda m, b, proto: ("batch", m, b, proto), st.sampled_from(craft.CIFAR10_MEMBERS[:-1]), batch,
                   st.integers(0, 5)),
         st.builds(lambda m, proto: ("meta", m, proto), meta, st.integers(0, 5)),
-        st.builds(lambda m, junk: ("junk", m, junk), st.sampled_from(CIFAR10_MEMBERS),
+        st.builds(lambda m, junk: ("junk", m, junk), st.sampled_from(craft.CIFAR10_MEMBERS),
                   st.sampled_from([b"", b"\x80\x05junk", b"cos\nsystem\n(S'true'\ntR.", b"\x80\x02]q\x00."])),
-        st.builds(lambda m: ("missing", m), st.sampled_from(CIFAR10_MEMBERS)))
+        st.builds(lambda m: ("missing", m), st.sampled_from(craft.CIFAR10_MEMBERS)))
     cmd = st.sampled_from([["train", *TINY[:4], "--iters", "1", "--data", "cifar10:{root}/cifar-10-python.tar.gz",
                             "--out", "{root}/run2"],
                            ["train", *TINY[:4], "--iters", "1", "--data", "cifar10:{root}/cifar-10-batches-py",
@@ -106,25 +97,23 @@ def weights_cases() -> st.SearchStrategy[Case]:
     return safetensors | state
 
 
-def _exported(root: Path) -> bytes:
+@cache
+def _exported() -> bytes:
     """The template run's weights as `resnetlab export` writes them (made once per process)."""
-    if "safetensors" not in _EXPORTED:
-        out = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-template-")) / "w.safetensors"
-        assert quiet_main(["export", str(template_run()), "--format", "safetensors", "-o", str(out)])[0] == 0
-        _EXPORTED["safetensors"] = out
-    return _EXPORTED["safetensors"].read_bytes()
+    out = template_dir() / "w.safetensors"
+    assert quiet_main(["export", str(template_run()), "--format", "safetensors", "-o", str(out)])[0] == 0
+    return out.read_bytes()
 
 
 def damaged_safetensors(edit: tuple[str, Any, Any]) -> bytes:
     """The template run's exported weights changed by `edit` (its header, metadata or a tensor entry; or cut)."""
-    raw = _exported(Path())
-    n = int.from_bytes(raw[:8], "little")
-    header, body = json.loads(raw[8:8 + n]), raw[8 + n:]
+    raw = _exported()
     what, key, value = edit
     if what == "cut":
         return raw[: min(key, len(raw) - 1)]
     if what == "length":
         return key.to_bytes(8, "little") + raw[8:]
+    header, body = craft.safetensors_parts(raw)
     if what == "meta":
         header.setdefault("__metadata__", {})[key] = value
     elif what == "drop":
@@ -135,8 +124,7 @@ def damaged_safetensors(edit: tuple[str, Any, Any]) -> bytes:
             header[name] = value
         else:
             header[name][key] = value
-    text = json.dumps(header).encode()
-    return len(text).to_bytes(8, "little") + text + body
+    return craft.safetensors_join(header, body)
 
 
 def setup(root: Path, step: tuple[Any, ...]) -> None:
@@ -146,7 +134,7 @@ def setup(root: Path, step: tuple[Any, ...]) -> None:
     if step[0] == "images":
         shutil.rmtree(root / "run", ignore_errors=True)
         shutil.copytree(template_folder_run(), root / "run", ignore=shutil.ignore_patterns(".lock"))
-        for name, data in image_tree(*step[1:]).items():
+        for name, data in craft.image_tree(*step[1:]).items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_bytes(data)
         with tarfile.open(root / "data.tar.gz", "w:gz") as tar:
@@ -157,8 +145,8 @@ def setup(root: Path, step: tuple[Any, ...]) -> None:
         rng = np.random.default_rng(0)
         folder = root / "cifar-10-batches-py"
         folder.mkdir()
-        for name in CIFAR10_MEMBERS:
-            data = cifar_member(step[1], name, rng)
+        for name in craft.CIFAR10_MEMBERS:
+            data = craft.cifar_member(step[1], name, rng)
             if data is not None:
                 (folder / name).write_bytes(data)
         with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
@@ -166,16 +154,15 @@ def setup(root: Path, step: tuple[Any, ...]) -> None:
     else:
         import torch
 
-        (root / "img.png").write_bytes(image_bytes("rgb", 0))
+        (root / "img.png").write_bytes(craft.image_bytes("rgb", 0))
         _, kind, edit = step
         if kind == "safetensors":
             (root / "w.safetensors").write_bytes(damaged_safetensors(edit))
         else:
-            obj, legacy = damaged_state(edit)
+            obj, legacy = craft.damaged_state(edit)
             torch.save(obj, root / "w.th", pickle_protocol=edit[2],
                        **({"_use_new_zipfile_serialization": False} if legacy else {}))
 
 
-_EXPORTED: dict[str, Path] = {}
 register(Family("images", image_cases, setup), Family("weights", weights_cases, setup),
          Family("cifar", cifar_cases, setup))

@@ -1,16 +1,6 @@
-"""The common judge, for every family: how a command must end, and the checks exit codes cannot make.
-
-- exit 0, or exit 2 with exactly one line `resnetlab: error: ...` on stderr (exit 1 only for a suite whose
-  members failed, exit 4 only for a diverged training); no traceback, no warning reaching the user (`exit_problem`);
-- no half-written output: no temporary file (`.NAME.tmp...`) the case did not make left behind;
-- inputs unchanged afterwards (size and SHA-256 of every file the case made, unless the case declares it
-  writable); stdout of a successful command holds no NaN or Inf as a number, no control character (nor stderr:
-  an error naming a hostile file name must not carry its escape sequences to the terminal), and --json output is
-  strict JSON of the documented shape; an export leaves its output whole on success and none on failure; and
-  where the answer is known, it is the right one: export, predict and eval use the weights of the run's newest
-  checkpoint that verifies (or best.pt with --best). A case may declare its input invalid (`Case.invalid`):
-  exit 0 on it is a silent wrong answer.
-"""
+"""The common judge, for every family: how a command must end (exit 0, or 2 with one line `resnetlab: error:`),
+and what exit codes cannot show: half-written output, inputs changed, stdout unclean or not strict JSON, an
+invalid input accepted, and (where the answer is known) another checkpoint's weights used (docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -62,12 +52,11 @@ def _snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
         for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
             path = os.path.join(folder, name)
             rel = os.path.relpath(path, root)
-            st_ = os.lstat(path)
             if os.path.islink(path):
                 found[rel] = ("link", os.readlink(path))
             elif os.path.isfile(path):
-                with open(path, "rb") as f:
-                    found[rel] = ("file", st_.st_size, hashlib.sha256(f.read()).hexdigest())
+                data = Path(path).read_bytes()
+                found[rel] = ("file", len(data), hashlib.sha256(data).hexdigest())
             else:
                 found[rel] = ("special",)
     return found
@@ -85,12 +74,10 @@ def _option(argv: list[str], *names: str) -> str | None:
 
 
 def _derived_writable(argv: list[str], root: Path) -> tuple[str, ...]:
-    """For a case of the older families, which declare nothing: the targets of its output and --resume options."""
-    found = []
-    for value in (_option(argv, "-o", "--output"), _option(argv, "--out"), _option(argv, "--resume")):
-        if value:  # paths as given (not resolved: one may be a symlink loop)
-            found.append(os.path.relpath(os.path.join(root, value), root))
-    return tuple(found)
+    """For a case of the older families, which declare nothing: the targets of its output and --resume options,
+    as given (not resolved: one may be a symlink loop)."""
+    values = (_option(argv, "-o", "--output"), _option(argv, "--out"), _option(argv, "--resume"))
+    return tuple(os.path.relpath(os.path.join(root, value), root) for value in values if value)
 
 
 def newest_good(run: Path) -> Path | None:

@@ -1,38 +1,7 @@
-"""The fuzzer's `killtrack` family (issue 30): a tracked run SIGKILLed at the moments around its metrics rows,
-checkpoints and tracker sends, resumed until it ends; then every tracker's history must equal the run
-directory's metrics.jsonl. The family runs and judges its cases itself (its `run` hook);
-tests.fuzz.killtrack_session is the child side.
-
-A case (`Plan`) is a tiny training (`--model resnet20 --set model.depth=8 --data synthetic:8`, deterministic,
-one thread) of 3 to 5 iterations with an evaluation at each epoch's end (one step an epoch, or two with
-`optim.batch_size=4` and a checkpoint after every step), reporting to MLflow (a local SQLite store), W&B
-(offline) and/or TensorBoard (a stand-in SummaryWriter that writes each call at once: every event flushed, the
-most a kill can leave), and one or two kills. Each session is a child process, forked from a fork server that
-has imported torch, MLflow, W&B and resnetlab once (`serve`: a fresh interpreter spends seconds on imports a
-session); a killed one SIGKILLs itself (a real `kill -9`: W&B's core process then stops without writing what it
-holds) at one moment of its session:
-
-- `before_row` / `row`: before / after the Nth metrics row is appended to metrics.jsonl (its checkpoint not yet
-  written);
-- `checkpoint`: after the Nth checkpoint write (Trainer.save), before the row reaches any tracker;
-- `send`: after the Nth row reached one tracker (counted over the trackers: with two, between them; in a resumed
-  session, also while it sends the rows a tracker lacks);
-- `end`: when the run's end reaches the trackers (summary.json written, the tracker runs not yet closed).
-
-A kill that never comes (N past the session's end) lets the session end normally. After the last kill the run is
-resumed (`train --resume`) until it exits 0.
-
-The judge (`judge`): every session exits 0 or by its own SIGKILL, the last with 0 and a finished
-summary.json; metrics.jsonl holds each evaluation step once; each tracker's history as (step, metric, value)
-equals metrics.jsonl's rows (every finite number but the step; TensorBoard's own scalars), with no (step, metric)
-twice: MLflow's metric history of the run in trackers.json (the only run of its experiment that holds
-metrics), W&B's history records in all offline session logs of its run (what `wandb sync` would send; read with
-`tracker_kinds.wandb_history`, which tests/test_tracking.py's own reader backs), the
-TensorBoard stand-in's events as TensorBoard reads them (a session's `purge_step` hides the earlier events at
-or after it); no tracker failed (log.txt).
-
-    python tools/fuzz_campaign.py --families killtrack --cases 50     # a campaign of this family
-"""
+"""The `killtrack` family: a tracked tiny run (MLflow, W&B offline, a TensorBoard stand-in) SIGKILLed at the
+moments around its metrics rows, checkpoints and tracker sends (tests.fuzz.killtrack_session, the child side),
+resumed until it ends; then every tracker's history must equal metrics.jsonl (docs/reliability.md). The family
+runs and judges its cases itself (its `run` hook)."""
 
 from __future__ import annotations
 
@@ -51,20 +20,15 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.fuzz.common import REPO, closed_port, store_template
-from tests.fuzz.common import installed as _installed
+from tests.fuzz.common import REPO, closed_port, installed, store_template, wandb_env
 from tests.fuzz.core import Case, Family, Outcome, register
 
+# where a session kills itself: before / after the Nth metrics row, after the Nth checkpoint, after the Nth row
+# reached one tracker (counted over the trackers), when the run's end reaches the trackers
 POINTS = ("before_row", "row", "checkpoint", "send", "end")
-
-
 TB_KEYS = ("train_loss", "train_error", "test_loss", "test_error", "val_error", "lr")  # TensorBoard's scalars
-
-
 SESSION_TIMEOUT_S = 120.0
-
-
-_ONCE: dict[str, Any] = {}
+_ONCE: dict[str, Any] = {}  # the fork server, started again if it has gone
 
 
 @dataclass(frozen=True)
@@ -85,15 +49,10 @@ class Plan:
                 "{root}/run"]
 
 
-def installed(name: str) -> bool:
-    """Whether tracker `name` can run here (TensorBoard always: the stand-in)."""
-    return name == "tensorboard" or _installed(name)
-
-
 def plans() -> st.SearchStrategy[Plan]:
     """Plans over the trackers installed here (TensorBoard always: the stand-in)."""
     choices = [t for t in (("mlflow",), ("wandb",), ("mlflow", "wandb"), ("tensorboard",),
-                           ("tensorboard", "mlflow", "wandb")) if all(installed(n) for n in t)]
+                           ("tensorboard", "mlflow", "wandb")) if all(n == "tensorboard" or installed(n) for n in t)]
     kill = st.tuples(st.sampled_from(POINTS), st.integers(1, 6))
     return st.builds(Plan, st.sampled_from(choices), st.integers(3, 5), st.booleans(),
                      st.lists(kill, min_size=1, max_size=2).map(tuple))
@@ -102,13 +61,9 @@ def plans() -> st.SearchStrategy[Plan]:
 def environment(root: Path) -> dict[str, str]:
     """The sessions' environment: MLflow's store and W&B (offline, never online) inside the case."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_")) and "proxy" not in k.lower()}
-    home = root / "wandb-home"
-    return env | {
+    return env | wandb_env(root / "wandb-home", closed_port()) | {
         "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "MLFLOW_EXPERIMENT_NAME": "killtrack", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-        "WANDB_CONSOLE": "off", "WANDB_PROJECT": "killtrack", "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}",
-        "WANDB_DATA_DIR": str(home / "data"), "WANDB_CACHE_DIR": str(home / "cache"),
-        "WANDB_CONFIG_DIR": str(home / "config"), "WANDB_ARTIFACT_DIR": str(home / "artifacts")}
+        "MLFLOW_EXPERIMENT_NAME": "killtrack", "WANDB_MODE": "offline", "WANDB_PROJECT": "killtrack"}
 
 
 def _server() -> subprocess.Popen[bytes]:
@@ -153,9 +108,9 @@ def _session(kill: tuple[str, int] | None, argv: list[str], root: Path, env: dic
     return int(rc), output.read_text(errors="replace") if output.exists() else ""
 
 
-def run_plan(plan: Plan, root: Path) -> dict[str, Any]:
-    """Run `plan` in the directory `root`: the killed sessions, the resume to the end, the judge. The fields of
-    `Outcome`."""
+def run_plan(case: Case, root: Path) -> Outcome:
+    """Run the case's plan in the directory `root`: the killed sessions, the resume to the end, the judge."""
+    plan = case.steps[0]
     root.mkdir(parents=True, exist_ok=True)
     argv = [a.replace("{root}", str(root)) for a in plan.argv()]
     if "mlflow" in plan.trackers:
@@ -179,8 +134,7 @@ def run_plan(plan: Plan, root: Path) -> dict[str, Any]:
             problem = judge(root / "run", root, plan.trackers)
         except Exception as exc:  # noqa: BLE001 - the judge's own failure, named as such
             problem = f"judge failed: {type(exc).__name__}: {_last(str(exc))}"
-    return {"argv": [*argv, "+ kills", *map(str, plan.kills)], "rc": rc, "err": _last(err),
-            "seconds": time.perf_counter() - start, "problem": problem}
+    return Outcome([*argv, "+ kills", *map(str, plan.kills)], rc, _last(err), time.perf_counter() - start, problem)
 
 
 def _last(text: str) -> str:
@@ -262,9 +216,5 @@ def judge(run: Path, root: Path, trackers: tuple[str, ...]) -> str | None:
     return None
 
 
-def _run(case: Case, root: Path) -> Outcome:
-    return Outcome(**run_plan(case.steps[0], root))
-
-
 register(Family("killtrack", lambda: plans().map(lambda plan: Case("killtrack", plan.argv(), steps=(plan,))),
-                run=_run))
+                run=run_plan))

@@ -1,8 +1,6 @@
-"""The child side of the `killtrack` family (tests.fuzz.killtrack): a fork server that imports torch, MLflow,
-W&B and resnetlab once, and the sessions it forks, each a `resnetlab` command that SIGKILLs itself at one
-moment (before/after a metrics row, after a checkpoint, after a tracker send, at the run's end). It imports
-nothing of the fuzz package: `python -m tests.fuzz.killtrack_session` starts the server.
-"""
+"""The child side of the `killtrack` family: a fork server (`python -m tests.fuzz.killtrack_session`) that imports
+torch, MLflow, W&B and resnetlab once, and forks sessions, each a `resnetlab` command that SIGKILLs itself at one
+moment. It imports nothing of the fuzz package."""
 
 from __future__ import annotations
 

@@ -8,37 +8,38 @@ import contextlib
 import hashlib
 import io
 import threading
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from tests.fuzz.common import closed_port
 from tests.fuzz.craft import CIFAR10_MEMBERS, cifar_member
 
 FETCH_TIMEOUT_S = 1.5  # the download's read timeout for a case (fetch's default is 30 s: a stall costs that)
 TRICKLE_S = 0.05  # a trickling answer's pause between bytes: never a read timeout
-_ONCE: dict[str, Any] = {}
+FIXED = {"empty_reply": b"", "not_http": b"SSH-2.0-OpenSSH_9.6\r\n", "cut_headers": b"HTTP/1.1 200 OK\r\nContent-Le",
+         "bad_status": b"HTTP/1.1 2OO OK\r\nContent-Length: 5\r\n\r\nhello"}  # answers of fixed bytes
 
 
+@cache
 def archive() -> bytes:
     """A CIFAR-10 archive in the original python layout (3 images a batch), made once per process."""
-    if "archive" not in _ONCE:
-        import tarfile
+    import tarfile
 
-        import numpy as np
+    import numpy as np
 
-        rng = np.random.default_rng(0)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for name in CIFAR10_MEMBERS:
-                data = cifar_member(("none",), name, rng)
-                assert data is not None
-                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        _ONCE["archive"] = buf.getvalue()
-    return _ONCE["archive"]
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in CIFAR10_MEMBERS:
+            data = cifar_member(("none",), name, rng)
+            assert data is not None
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
+@cache
 def archive_md5() -> str:
     """The MD5 of `archive()`, put in the table for a case."""
     return hashlib.md5(archive(), usedforsecurity=False).hexdigest()
@@ -66,7 +67,8 @@ class Server:
                         server.plan.pop(0) if len(server.plan) > 1 else server.plan[0])
                     release = server.release
                 with contextlib.suppress(ConnectionError, OSError):  # the client gave up (its timeout)
-                    server.answer(self, mode, release)
+                    if not _answer_whole(self, mode, release):
+                        _answer_body(self, mode, release)
                 self.close_connection = True
 
             do_POST = do_GET  # noqa: N815 - MLflow's REST calls, when a case points MLflow here
@@ -82,19 +84,13 @@ class Server:
             self.release.set()  # any answer still stalled from an earlier case ends now
             self.release = threading.Event()
 
-    def answer(self, h: BaseHTTPRequestHandler, mode: str, release: threading.Event) -> None:
-        """Answer one request the way `mode` says."""
-        raw = h.wfile.write
 
-        def head(status: str, headers: list[tuple[str, str]]) -> None:
-            raw(f"HTTP/1.1 {status}\r\n".encode() + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers)
-                + b"\r\n")
-
-        if not _answer_whole(h, mode, release, head):
-            _answer_body(h, mode, release, head)
+def _head(h: BaseHTTPRequestHandler, status: str, headers: list[tuple[str, str]]) -> None:
+    h.wfile.write(f"HTTP/1.1 {status}\r\n".encode() + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers)
+                  + b"\r\n")
 
 
-def _answer_whole(h: BaseHTTPRequestHandler, mode: str, release: threading.Event, head: Any) -> bool:
+def _answer_whole(h: BaseHTTPRequestHandler, mode: str, release: threading.Event) -> bool:
     """The answers that ignore the request's Range (errors, redirects, broken headers, stalls); False: another mode."""
     raw = h.wfile.write
     body = archive()
@@ -103,36 +99,28 @@ def _answer_whole(h: BaseHTTPRequestHandler, mode: str, release: threading.Event
         return True
     if mode == "html":  # a captive portal: 200 with a page
         page = b"<html><body>Please log in to the network</body></html>"
-        head("200 OK", [("Content-Type", "text/html"), ("Content-Length", str(len(page)))])
+        _head(h, "200 OK", [("Content-Type", "text/html"), ("Content-Length", str(len(page)))])
         raw(page)
         return True
     if mode == "huge":
-        head("200 OK", [("Content-Length", str(2 << 30))])
+        _head(h, "200 OK", [("Content-Length", str(2 << 30))])
         raw(body[:1000])
         return True
     if mode.startswith("redirect"):
         where = {"redirect_self": h.path, "redirect_good": "/ok" + h.path,
                  "redirect_ftp": f"ftp://127.0.0.1:{closed_port()}/x.tar.gz", "redirect_file": "file:///etc/hostname",
                  "redirect_bad": "http://[::1/x", "redirect_empty": "", "redirect_none": None}[mode]
-        head("302 Found", [("Content-Length", "0")] + ([("Location", where)] if where is not None else []))
+        _head(h, "302 Found", [("Content-Length", "0")] + ([("Location", where)] if where is not None else []))
         return True
-    if mode == "empty_reply":
-        return True
-    if mode == "not_http":
-        raw(b"SSH-2.0-OpenSSH_9.6\r\n")
-        return True
-    if mode == "bad_status":
-        raw(b"HTTP/1.1 2OO OK\r\nContent-Length: 5\r\n\r\nhello")
-        return True
-    if mode == "cut_headers":
-        raw(b"HTTP/1.1 200 OK\r\nContent-Le")
+    if mode in FIXED:
+        raw(FIXED[mode])
         return True
     if mode == "long_header":
-        head("200 OK", [("X-Long", "x" * 70_000), ("Content-Length", str(len(body)))])
+        _head(h, "200 OK", [("X-Long", "x" * 70_000), ("Content-Length", str(len(body)))])
         raw(body)
         return True
     if mode == "many_headers":
-        head("200 OK", [(f"X-H{i}", "1") for i in range(150)] + [("Content-Length", str(len(body)))])
+        _head(h, "200 OK", [(f"X-H{i}", "1") for i in range(150)] + [("Content-Length", str(len(body)))])
         raw(body)
         return True
     if mode == "stall_headers":  # the request read, then silence
@@ -147,7 +135,7 @@ def _answer_whole(h: BaseHTTPRequestHandler, mode: str, release: threading.Event
     return False
 
 
-def _answer_body(h: BaseHTTPRequestHandler, mode: str, release: threading.Event, head: Any) -> None:
+def _answer_body(h: BaseHTTPRequestHandler, mode: str, release: threading.Event) -> None:
     """The archive's bytes from the requested offset: whole, wrong, cut, stalled, trickled, chunked or mislabelled."""
     raw = h.wfile.write
     body = archive()
@@ -158,7 +146,7 @@ def _answer_body(h: BaseHTTPRequestHandler, mode: str, release: threading.Event,
         with contextlib.suppress(ValueError):
             start = int(rng.removeprefix("bytes=").rstrip("-"))
         if start >= len(body):
-            head("416 Range Not Satisfiable", [("Content-Range", f"bytes */{len(body)}"), ("Content-Length", "0")])
+            _head(h, "416 Range Not Satisfiable", [("Content-Range", f"bytes */{len(body)}"), ("Content-Length", "0")])
             return
     data = body[start:]
     if mode == "wrong":
@@ -175,20 +163,20 @@ def _answer_body(h: BaseHTTPRequestHandler, mode: str, release: threading.Event,
         status, headers = "206 Partial Content", [("Content-Range", f"bytes 7-{len(body) - 1}/{len(body)}")]
         data = body[7:]
     if mode == "chunked":
-        head(status, headers + [("Transfer-Encoding", "chunked")])
+        _head(h, status, headers + [("Transfer-Encoding", "chunked")])
         for i in range(0, len(data), 4096):
             piece = data[i:i + 4096]
             raw(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
         raw(b"0\r\n\r\n")
         return
     if mode == "no_length":
-        head(status, headers)
+        _head(h, status, headers)
     elif mode == "bad_length":
-        head(status, headers + [("Content-Length", "-5"), ("Content-Length", "12abc")])
+        _head(h, status, headers + [("Content-Length", "-5"), ("Content-Length", "12abc")])
     elif mode == "short_length":  # announces less than it sends
-        head(status, headers + [("Content-Length", str(len(data) // 2))])
+        _head(h, status, headers + [("Content-Length", str(len(data) // 2))])
     else:
-        head(status, headers + [("Content-Length", str(len(data)))])
+        _head(h, status, headers + [("Content-Length", str(len(data)))])
     if mode in ("cut", "stall", "trickle"):
         raw(data[: len(data) // 2])
         h.wfile.flush()
@@ -203,8 +191,7 @@ def _answer_body(h: BaseHTTPRequestHandler, mode: str, release: threading.Event,
     raw(data)
 
 
+@cache
 def server() -> Server:
     """The process's loopback server (started on first use)."""
-    if "server" not in _ONCE:
-        _ONCE["server"] = Server()
-    return _ONCE["server"]
+    return Server()

@@ -1,27 +1,6 @@
-"""The fuzzer's family for reused work (issue 30): reuse must happen exactly when the computation is the same.
-
-A case is two calls of `resnetlab experiment`
-on a one-member suite (resnet20 of depth 8, one or two steps, one thread) that share an index of trainings:
-
-1. set-up: call A (`--data digits` or an image folder, maybe `--set run.init=w.pt`) trains its member into
-   `experiments/one`; then one generated change: a `--set` of any config field (session fields included), the
-   weights file replaced behind its path, copied elsewhere, or named by the same relative path from another
-   folder; an image of the folder replaced (same name and size), the folder touched or copied; or A's --out
-   deleted and made again by a call with another --set;
-2. the command: call B, with the change, on A's --out or on a new one beside it.
-
-The checks (`after`), beyond the common judge's (one line, no traceback, no half-written output):
-
-- B exits 0: the run its results report holds exactly the weights and final metrics of a fresh training of
-  B's config made alone (`reference`): reused work that is not B's computation is the finding this family
-  exists for ("reused another training");
-- B exits 2 (refused): only on A's --out when B's call differs from A's (the --out keeps its call), or when
-  B's config is invalid (a fresh training refuses it too); a refusal of a valid call on a new --out is a
-  finding;
-- B exits 1 (a member failed): only if the fresh training fails too;
-- the same computation trained twice is a finding where the change provably leaves it the same (nothing
-  changed, a copied or touched file, a session field, `--set run.seed`, which a suite's seed overrides).
-"""
+"""The `reuse` family: reuse must happen exactly when the computation is the same. A case is two calls of
+`resnetlab experiment` on a one-member suite sharing an index of trainings, with one generated change between
+them; call B's result is judged against a fresh training of its config made alone (docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -32,12 +11,13 @@ import os
 import shutil
 import tempfile
 from contextlib import AbstractContextManager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.fuzz.common import environ, quiet_main, working_directory
+from tests.fuzz.common import environ, quiet_main, template_dir, trained, working_directory
 from tests.fuzz.core import Case, Ended, Family, register
 
 SUITE = """title = "reused"
@@ -68,8 +48,6 @@ CHANGED_FILES = ("init_replaced", "init_relative_other", "data_changed")
 INIT_KINDS = ("init_replaced", "init_copied", "init_relative_same", "init_relative_other")
 DATA_KINDS = ("data_changed", "data_touched", "data_copied")
 
-_CURRENT: dict[str, Any] = {}
-_ONCE: dict[str, Any] = {}
 
 
 def reuse_cases() -> st.SearchStrategy[Case]:
@@ -112,17 +90,15 @@ def _call(p: dict[str, Any], b: bool, root: str = "{root}", init: str = "w.pt") 
 
 
 # -- set-up: call A and the change -------------------------------------------------------------------------
+@cache
 def _checkpoints() -> list[Path]:
     """Two weights files for digits (one step of two seeds), made once per process."""
-    if "weights" not in _ONCE:
-        where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-reuse-"))
-        for seed in (0, 1):
-            rc, text = quiet_main(["train", "--model", "resnet20", "--data", "digits", "--iters", "1", "--set",
-                               "model.depth=8", "--set", f"run.seed={seed}", "--set", "run.progress=false",
-                               "--set", "run.tensorboard=false", "--out", str(where / str(seed))])
-            assert rc == 0, text[-300:]
-        _ONCE["weights"] = [next((where / str(s) / "checkpoints").glob("step-*.pt")) for s in (0, 1)]
-    return _ONCE["weights"]
+    where = template_dir()
+    for seed in (0, 1):
+        trained(["--model", "resnet20", "--data", "digits", "--iters", "1", "--set", "model.depth=8", "--set",
+                 f"run.seed={seed}", "--set", "run.progress=false", "--set", "run.tensorboard=false", "--out",
+                 str(where / str(seed))])
+    return [next((where / str(s) / "checkpoints").glob("step-*.pt")) for s in (0, 1)]
 
 
 def _pets(root: Path) -> None:
@@ -140,8 +116,6 @@ def _pets(root: Path) -> None:
 
 def setup(root: Path, step: tuple[str, dict[str, Any]]) -> None:
     _, p = step
-    _CURRENT.clear()
-    _CURRENT.update(params=p)
     (root / "reused.toml").write_text(SUITE)
     (root / "one").mkdir()
     (root / "two").mkdir()
@@ -155,7 +129,6 @@ def setup(root: Path, step: tuple[str, dict[str, Any]]) -> None:
     with working_directory(root / "one" if relative else root), _cache(root):
         rc, text = quiet_main(["experiment", *a])
     assert rc == 0, f"call A failed: {text[-300:]}"
-    _CURRENT["a"] = ["experiment", *_call(p, b=False, root="{root}")]
     _change(root, p, weights, a)
 
 
@@ -237,11 +210,9 @@ def _same(a: tuple[dict[str, Any], dict[str, Any]], b: tuple[dict[str, Any], dic
 def after(ended: Ended) -> str | None:
     """B's outcome against a fresh training of its config made alone (see the module's text)."""
     argv, root, rc, stdout = ended.argv, ended.root, ended.rc, ended.stdout
-    if "params" not in _CURRENT:
-        return None
-    p = _CURRENT["params"]
+    p = ended.case.steps[0][1]
     kind, status = p["kind"], None
-    same_call = [a.replace("{root}", str(root)) for a in _CURRENT["a"]] == argv and kind != "init_relative_same"
+    same_call = ["experiment", *_call(p, b=False, root=str(root))] == argv and kind != "init_relative_same"
     verdict, ref = _reference(root, argv)
     if rc == 2:
         if verdict == "invalid" or (p["same_out"] and not same_call) or (p["same_out"] and kind in CHANGED_FILES):

@@ -11,13 +11,15 @@ import shutil
 import signal
 import time
 import warnings
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from hypothesis import strategies as st
+
+from resnetlab.errors import one_line
 from tests.fuzz import judge
 from tests.fuzz.common import environ, template_run
-from tests.fuzz.core import Case, Ended, Family, Outcome, end_case, family_of
+from tests.fuzz.core import FAMILIES, Case, Ended, Family, Outcome, end_case
 
 # the categories Python's default warning filters hide from a user (outside __main__): not findings
 HIDDEN_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
@@ -42,11 +44,6 @@ def write_case(root: Path, case: Case, family: Family) -> None:
         family.setup(root, step)
 
 
-def environment(case: Case, root: Path) -> AbstractContextManager[None]:
-    """`case.env` set for the duration ({root} filled in; None unsets a variable), then restored."""
-    return environ({k: None if v is None else v.replace("{root}", str(root)) for k, v in case.env.items()})
-
-
 class _Timeout(Exception):
     pass
 
@@ -63,21 +60,21 @@ def _cli_main(argv: list[str]) -> int:
 
 def _execute(case: Case, family: Family, argv: list[str], root: Path) -> tuple[int | None, str, str, str | None]:
     """Run the command in `root` within the time bound: (exit code, stdout, stderr, problem)."""
-    main = family.main or _cli_main
     out, err = io.StringIO(), io.StringIO()
     rc: int | None = None
     problem = None
+    env = {k: None if v is None else v.replace("{root}", str(root)) for k, v in case.env.items()}
     around = family.around(case, root) if family.around else contextlib.nullcontext()
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, TIME_BOUND_S)
     cwd = os.getcwd()
     try:
         os.chdir(root)  # a relative default output (runs/, ./propagation.png) lands in the case's directory
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), environment(case, root), \
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), environ(env), \
                 around, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # every warning the user would see, even under pytest's recorder
             try:
-                rc = main(argv)
+                rc = (family.main or _cli_main)(argv)
             except SystemExit as exc:  # argparse's one-line usage error
                 rc = exc.code if isinstance(exc.code, int) else 2
             for w in caught:  # as Python shows them: deprecation, import and resource warnings are hidden
@@ -86,7 +83,7 @@ def _execute(case: Case, family: Family, argv: list[str], root: Path) -> tuple[i
     except _Timeout:
         problem = f"timeout: still running after {TIME_BOUND_S:.0f} s"
     except BaseException as exc:  # noqa: BLE001 - anything escaping main is the finding
-        problem = f"exception: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        problem = f"exception: {type(exc).__name__}: {one_line(exc, 160)}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -97,8 +94,8 @@ def _execute(case: Case, family: Family, argv: list[str], root: Path) -> tuple[i
 
 def run_case(case: Case, root: Path) -> Outcome:
     """Run `case` in the empty directory `root` and judge how it ended."""
-    family = family_of(case.family)
-    if family.run is not None:  # a family that runs and judges its cases itself
+    family = FAMILIES.get(case.family) or Family(case.family, st.nothing)  # a hand-made case: no hooks
+    if family.run is not None:
         return family.run(case, root)
     root.mkdir(parents=True, exist_ok=True)
     try:
@@ -118,5 +115,5 @@ def run_case(case: Case, root: Path) -> Outcome:
         try:
             problem = judge.after(ended) or (family.after(ended) if family.after else None)
         except Exception as exc:  # noqa: BLE001 - the judge's own failure, named so it is not taken for the product's
-            problem = f"judge failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+            problem = f"judge failed: {type(exc).__name__}: {one_line(exc, 120)}"
     return Outcome(argv, rc, text.strip().splitlines()[-1][:200] if text.strip() else "", seconds, problem)

@@ -22,7 +22,7 @@ from tests.fuzz.common import (
     template_folder_run,
 )
 from tests.fuzz.core import at_case_end
-from tests.fuzz.craft import crafted_png, png_chunk
+from tests.fuzz.craft import crafted_png, png_chunk, safetensors_join, safetensors_parts
 
 
 def setup(root: Path, step: tuple[Any, ...]) -> None:
@@ -256,20 +256,18 @@ def _edited_frame(raw: bytes, n: int, edit: tuple[Any, ...]) -> bytes | None:
         return raw + edit[1]
     if what not in ("header_nested", "offsets"):
         return None
-    header = json.loads(raw[8:8 + n])
+    header, body = safetensors_parts(raw)
     if what == "header_nested":
-        text = (json.dumps(header)[:-1] + ', "x": ' + "[" * edit[1] + "]" * edit[1] + "}").encode()
-        return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+        return safetensors_join((json.dumps(header)[:-1] + ', "x": ' + "[" * edit[1] + "]" * edit[1] + "}").encode(),
+                                body)
     names = [k for k in header if k != "__metadata__"]  # offsets: the second tensor's data inside the first one's
     a, b = header[names[0]], header[names[1]]
     length = b["data_offsets"][1] - b["data_offsets"][0]
     b["data_offsets"] = [a["data_offsets"][0], a["data_offsets"][0] + length]
-    text = json.dumps(header).encode()
-    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+    return safetensors_join(header, body)
 
 
 MODES = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I", "F", "CMYK"]
-
 
 IMAGE_KINDS = ([f"mode {m}" for m in MODES]
                + ["1x1", "1x100000", "100000x1", "declared 100000x100000", "declared 8193x8192", "png missing rows",

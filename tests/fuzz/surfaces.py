@@ -1,22 +1,6 @@
-"""The fuzzer's reach into issue 22's surfaces: six families whose cases the common judge checks for silent
-wrong answers and lost data (tests.fuzz.judge), set up by tests.fuzz.surface_files.
-
-- `export`: every format x every source kind (a run directory, with --best, a step checkpoint, best.pt, an
-  exported .safetensors or a foreign state_dict as --weights, and damaged ones) x hostile -o targets (the
-  run's own checkpoint or config.json, the input itself, a link to it, a directory, a missing folder, a
-  300-character name, a FIFO, /dev/null);
-- `predict`: generated images of every PIL mode, of extreme shapes and declared sizes, corrupt in ways PIL
-  itself does not notice, under hostile file names, by name or in nested folders; with run directories,
-  checkpoints and .safetensors (good, or with hostile metadata) as the net; text and --json output;
-- `hub`: hubconf's entry points called in-process (and through `torch.hub.load`) with weights of every kind
-  (`hub_main` runs them, `hub_after` checks the model);
-- `safetensors`: exported files with generated metadata (image size, classes, spec, deep nesting), odd
-  normalisation tensors, NaN weights, lying header lengths and cuts; read by eval, predict, export, train --init;
-- `rundir`: run directories in the states a crash or a live trainer leaves (newest checkpoint corrupt or cut,
-  a temporary file, no checkpoints, a locked run, a deeply nested config.json); read by every command;
-- `env`: RESNETLAB_CACHE and HOME pointing at files, unwritable or missing folders, or unset, around commands
-  that use the data cache or `~`.
-"""
+"""Six families on the surfaces of issue 22, whose cases the common judge checks for silent wrong answers and lost
+data: `export`, `predict`, `hub` (hubconf's entry points, run in-process by `hub_main`), `safetensors`, `rundir`
+and `env` (docs/reliability.md); their set-up is tests.fuzz.surface_files."""
 
 from __future__ import annotations
 
@@ -28,7 +12,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from tests.fuzz.common import REPO, STEPS, TINY
-from tests.fuzz.core import Case, Ended, Family, register, setups
+from tests.fuzz.core import Case, Ended, Family, register
 from tests.fuzz.judge import same_state, state_of
 from tests.fuzz.surface_files import (
     IMAGE_KINDS,
@@ -41,7 +25,6 @@ from tests.fuzz.surface_files import (
 )
 
 FORMATS = st.sampled_from(["safetensors"] * 16 + ["pt2"] * 3 + ["onnx"])  # onnx: ~2-8 s a case; pt2: ~1 s
-
 
 _RUN = ("run", "multi", "none")
 
@@ -68,7 +51,6 @@ SOURCES: dict[str, tuple[list[str], list[tuple[Any, ...]], str]] = {
                                                "edited", ("nan", "conv", float("nan"))),
     "garbage": _weights_source(["--weights", "{root}/in/w.pt"], "in/w.pt", "garbage"),
 }
-
 
 TARGETS = ["new", "existing file", "own step checkpoint", "own best.pt", "own config.json", "input", "link to input",
            "directory", "missing folder", "300-character name", "fifo", "/dev/null", "run directory"]
@@ -99,7 +81,7 @@ def export_cases() -> st.SearchStrategy[Case]:
     def build(source: str, fmt: str, target: str) -> Case:
         argv_part, steps, input_rel = SOURCES[source]
         out, extra, writable = _target(target, fmt, input_rel)
-        return Case("export", ["export", *argv_part, "--format", fmt, "-o", out], steps=setups(*steps, *extra),
+        return Case("export", ["export", *argv_part, "--format", fmt, "-o", out], steps=(*steps, *extra),
                     writable=writable)
 
     # a new file half the time, so that successful exports (and their weights) are checked as often as refusals
@@ -118,20 +100,14 @@ PREDICT_NETS: dict[str, tuple[list[str], list[str], list[tuple[Any, ...]]]] = {
     "safetensors": ([], ["--weights", "{root}/w.safetensors"], [("weights", "w.safetensors", "export", None)]),
 }
 
-
 HOSTILE_METADATA = ["classes: newline", "classes: escape", "classes: 2 names for 10 outputs", "image_size=1",
                     "image_size=0", "image_size=10**9", "image_size='32'", "weights: NaN conv",
                     "norm: mean 1-D", "norm: NaN mean", "weights: Inf bias"]
 
 
 def predict_cases() -> st.SearchStrategy[Case]:
-    """`resnetlab predict` on generated images: every PIL mode, 1x1 and 1x100000 pixels, huge declared sizes,
-    corruption PIL does not notice (a PNG missing rows, a JPEG frame its scan does not fill: must be refused),
-    wrong extensions, empty files, folders nested two deep, and file names with a newline, a carriage return or
-    a terminal escape sequence; the net a run directory, a checkpoint, or an exported .safetensors (good or with
-    hostile metadata); text and --json output with --top-k values. The judge checks one output line (or JSON
-    row) per image, no control character or NaN in stdout, and, where a run or checkpoint names the weights,
-    the probabilities those weights give."""
+    """`resnetlab predict` on generated images (every PIL mode, extreme and declared sizes, corruption PIL does not
+    notice, hostile file names, nested folders) with every kind of net, text and --json output."""
     # plain RGB a third of the time, so that a case with a hostile name or a second image reaches the output
     kinds = st.sampled_from(["mode RGB"] * (len(IMAGE_KINDS) // 2) + IMAGE_KINDS)
     image = st.tuples(kinds, st.sampled_from(NAMES), st.sampled_from(["arg", "folder", "nested"]),
@@ -163,7 +139,7 @@ def predict_cases() -> st.SearchStrategy[Case]:
         if any(w != "arg" for _, _, w, _ in images):
             args.append("{root}/imgs")
         argv = ["predict", *net[0], *args, *net[1], *(["--top-k", k] if k else []), *(["--json"] if as_json else [])]
-        return Case("predict", argv, steps=setups(*net[2], ("images", tuple(files))), writable=(),
+        return Case("predict", argv, steps=(*net[2], ("images", tuple(files))), writable=(),
                     invalid="; ".join(sorted(set(invalid))))
 
     return st.builds(build, nets, st.lists(image, min_size=1, max_size=3), top_k, st.booleans())
@@ -191,16 +167,13 @@ HUB_WEIGHTS: dict[str, tuple[str | None, list[tuple[Any, ...]], str]] = {
     "fifo": ("{fifo}", [], "a FIFO"), "devnull": ("/dev/null", [], "a device"), "loop": ("{loop}", [], "a loop"),
 }
 
-
 HUB_OVERRIDES = [{}] * 8 + [{"depth": 8}, {"num_classes": 3}, {"nope": 1}, {"depth": -1}, {"depth": 10**9},
                              {"widths": "x"}, {"shortcut": "nope"}, {"num_classes": 0}]
 
 
 def hub_cases() -> st.SearchStrategy[Case]:
-    """hubconf's entry points called in-process (`hubconf.NAME(weights=..., **overrides)`, sometimes through
-    `torch.hub.load(repo, NAME, source="local")`), with weights of every kind and spec overrides with and
-    without weights. A bad input must raise a resnetlab error or ValueError of one line; a good one must give
-    a model in eval mode whose weights are the run's newest good checkpoint (or the file's)."""
+    """hubconf's entry points called in-process (sometimes through `torch.hub.load`) with weights of every kind and
+    spec overrides: a bad input is one line; a good one is a model in eval mode holding the expected weights."""
     names = st.sampled_from(["resnet20"] * 4 + ["resnet56", "plain20", "preact_resnet20", "resnet18"])
 
     def build(via: str, name: str, weights: str, overrides: dict[str, Any], as_path: bool) -> Case:
@@ -209,17 +182,15 @@ def hub_cases() -> st.SearchStrategy[Case]:
         if arg is not None:
             kwargs.insert(0, f"weights{':path' if as_path else ''}={arg}")
         invalid = why if arg is not None and name == "resnet20" and not overrides else ""
-        return Case("hub", [via, name, *kwargs], steps=setups(*steps), writable=(), invalid=invalid)
+        return Case("hub", [via, name, *kwargs], steps=tuple(steps), writable=(), invalid=invalid)
 
     return st.builds(build, st.sampled_from(["hub"] * 3 + ["hub.load"]), names, st.sampled_from(sorted(HUB_WEIGHTS)),
                      st.sampled_from(HUB_OVERRIDES), st.booleans())
 
 
 def safetensors_cases() -> st.SearchStrategy[Case]:
-    """An exported .safetensors with one generated change (SAFETENSORS_EDITS: metadata values, spec fields,
-    nesting, normalisation tensors, NaN weights, header lengths, cuts at every kind of offset), read by eval
-    --weights, predict --weights, export --weights and train --init. Where the change makes the file invalid,
-    exit 0 is a finding (the file's claims are believed, or silently replaced by defaults)."""
+    """An exported .safetensors with one change of SAFETENSORS_EDITS read by eval, predict, export and train --init:
+    where the change makes the file invalid, exit 0 is a finding."""
     commands = {
         "eval": ["eval", "--weights", "{root}/w.safetensors", "--data", "synthetic:8"],
         "predict": ["predict", "--weights", "{root}/w.safetensors", "{root}/img.png"],
@@ -236,18 +207,15 @@ def safetensors_cases() -> st.SearchStrategy[Case]:
         if why and change[0] in ("image_size", "classes") and command not in uses_meta:
             why = None
         return Case("safetensors", list(commands[command]),
-                    steps=setups(("weights", "w.safetensors", "edited", change),
-                                 ("images", (("img.png", "mode RGB", 0),))), writable=(), invalid=why or "")
+                    steps=(("weights", "w.safetensors", "edited", change),
+                           ("images", (("img.png", "mode RGB", 0),))), writable=(), invalid=why or "")
 
     return st.builds(build, st.sampled_from(sorted(SAFETENSORS_EDITS)), st.sampled_from(sorted(commands)))
 
 
 def rundir_cases() -> st.SearchStrategy[Case]:
-    """A run directory in an odd state (RUN_DAMAGES: the newest checkpoint corrupt, cut, empty or a folder; a
-    temporary file of a killed write; no checkpoints; no best.pt; config.json nested 100,000 deep or missing a
-    section; a run locked by a live trainer), given to eval, export, predict, train --resume and report. The
-    judge checks the readers' answers come from the newest checkpoint that verifies and nothing is changed,
-    except by --resume, which may write its own run (and must not when it refuses)."""
+    """A run directory in an odd state (RUN_DAMAGES) given to every command that reads one: answers from the newest
+    checkpoint that verifies, nothing changed but by a --resume that does not refuse."""
     commands = {
         "eval": ["eval", "{root}/run"], "eval --best": ["eval", "{root}/run", "--best"],
         "export": ["export", "{root}/run", "--format", "safetensors", "-o", "{root}/out.safetensors"],
@@ -259,7 +227,7 @@ def rundir_cases() -> st.SearchStrategy[Case]:
     def build(damage: str, command: str) -> Case:
         writable = ("run",) if command == "resume" and damage != "locked" else ()
         return Case("rundir", list(commands[command]),
-                    steps=setups(("run", "multi", damage), ("images", (("img.png", "mode RGB", 0),))),
+                    steps=(("run", "multi", damage), ("images", (("img.png", "mode RGB", 0),))),
                     writable=writable)
 
     return st.builds(build, st.sampled_from(RUN_DAMAGES), st.sampled_from(sorted(commands)))
@@ -269,17 +237,13 @@ CACHE_VALUES = {"unset": None, "a file": "{root}/cachefile", "below a file": "{r
                 "unwritable (0o500)": "{root}/ro", "missing deep path": "{root}/a/b/c/d", "empty": "",
                 "relative": "rel/cache", "~/cache": "~/cache", "normal": "{root}/cache"}
 
-
 HOME_VALUES = {"unset": None, "a file": "{root}/homefile", "missing": "{root}/nohome/x", "empty": "",
                "normal": "{root}/home"}
 
 
 def env_cases() -> st.SearchStrategy[Case]:
-    """The environment: RESNETLAB_CACHE a file, below a file, an unwritable folder (0o500: root writes there
-    anyway, so `below a file` is the case that bites every user), a missing deep path, empty or relative; HOME
-    unset, a file, missing or empty; around commands that use the data cache (train and eval on `folder:`
-    data) or expand `~` (--out ~/run, folder:~/data). The cache file given as RESNETLAB_CACHE must be left as
-    it was. HOME unset with no cache variable is not generated: the cache would go to the real home."""
+    """RESNETLAB_CACHE and HOME hostile (a file, below a file, unwritable, missing, empty, relative, unset) around
+    commands that use the data cache or `~`; never the real home (HOME unset with no cache variable)."""
     tiny = ["--model", "resnet20", "--set", "model.depth=8", "--iters", "1"]
     commands = {
         "train folder": ["train", *tiny, "--data", "folder:{root}/data", "--out", "{root}/run2"],
@@ -298,7 +262,7 @@ def env_cases() -> st.SearchStrategy[Case]:
         if command == "eval folder":
             steps.insert(0, ("run", "folder", "none"))
         env = {"RESNETLAB_CACHE": CACHE_VALUES[cache], "HOME": HOME_VALUES[home]}
-        return Case("env", list(commands[command]), steps=setups(*steps), env=env, writable=())
+        return Case("env", list(commands[command]), steps=tuple(steps), env=env, writable=())
 
     return st.builds(build, st.sampled_from(sorted(CACHE_VALUES)), st.sampled_from(sorted(HOME_VALUES)),
                      st.sampled_from(sorted(commands)))
@@ -310,9 +274,8 @@ _HUB: dict[str, Any] = {}  # the model the last hub case returned, for `after`
 
 
 def hub_main(argv: list[str]) -> int:
-    """A hub case as a command: `hub NAME [weights[:path]=W] [K=JSON]...` calls `hubconf.NAME(...)` in-process
-    (`hub.load`: through torch.hub.load). A resnetlab error or ValueError is printed as `resnetlab: error:`
-    (all its lines: the judge wants one) and exits 2; any other exception escapes (a finding)."""
+    """A hub case as a command: `hub|hub.load NAME [weights[:path]=W] [K=JSON]...` calls `hubconf.NAME(...)`; a
+    resnetlab error or ValueError is `resnetlab: error:` and exit 2, any other exception escapes (a finding)."""
     import torch
 
     from resnetlab.errors import ResnetlabError

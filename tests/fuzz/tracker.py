@@ -1,20 +1,6 @@
-"""The `tracker` family (issue 25): the experiment trackers (MLflow, W&B, TensorBoard) of a tiny training.
-
-A tiny training (`train ... --data synthetic:8 --iters 2`) with generated `run.tracker` and `run.tracker_tags`
-values (unknown names, duplicates, numbers, lists, empty, huge tags, tags with = and control characters) and
-environments (MLFLOW_TRACKING_URI a good store, a SQLite file that is not a database, one in a missing or
-read-only folder, a folder, file: of a file, a closed port, an HTTP server that is not MLflow (tests.fuzz.loopback),
-an unknown scheme; WANDB_MODE odd values; WANDB_DIR a file, below a file, missing); or `train --resume` of a
-finished (or cut back) run trained with MLflow and W&B whose trackers.json is damaged (not JSON, nested deeply,
-entries of other types, a missing MLflow run, W&B's folder elsewhere, a folder, a FIFO, a link). W&B never goes
-online: WANDB_BASE_URL is a closed loopback port and no API key is set.
-
-The checks (`after`), beyond the common judge: a training that exits 0 ends with the same final metrics as the
-same training without trackers (for --resume, the template run's own); a tracker failure is at most one line
-(`tracker NAME failed ...` in log.txt; nothing on stderr but MLflow's INFO notes), never a traceback (stdout and
-log.txt too); nothing is written outside the case directory (the repository's top level, the tracker template,
-the home directory's W&B and MLflow places).
-"""
+"""The `tracker` family: the experiment trackers (MLflow, W&B offline, TensorBoard) of a tiny training with
+generated settings and environments, or its `--resume` with trackers.json damaged; a training that exits 0 ends
+as one without trackers, a tracker's failure is one line, nothing is written outside the case (docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -25,8 +11,9 @@ import os
 import re
 import shutil
 import sqlite3
-import tempfile
+import sys
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -38,29 +25,25 @@ from tests.fuzz.common import (
     closed_port,
     environ,
     installed,
-    quiet_main,
     store_template,
+    template_dir,
+    trained,
+    wandb_env,
     working_directory,
 )
-from tests.fuzz.core import Case, Ended, Family, register, setups
+from tests.fuzz.core import Case, Ended, Family, register
 from tests.fuzz.loopback import server
 
-_CURRENT: dict[str, Any] = {}  # the running case's parameters (set by `setup`, used by `around` and `after`)
-_ONCE: dict[str, Any] = {}  # made once per process: the reference metrics and the resume template
-
-
+_OUTSIDE: dict[str, Any] = {}  # what lay outside the case before the command, for `after`
 TINY_TRAIN = ["train", "--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8", "--iters", "2"]
-
 
 TRACKER_VALUES = ["mlflow"] * 3 + ["wandb"] * 3 + ["mlflow,wandb", "wandb,mlflow", "tensorboard", "mlflow,mlflow",
                   "nope", "MLflow", "", "[]", "5", "[1,2]", "none", "mlflow,", ",", '["mlflow", 5]', '{"a": 1}',
                   "mlflow wandb", " wandb ", "wandb\x1b[31m", "ml\nflow", "x" * 1000, "wandb,tensorboard"]
 
-
 TAG_VALUES = [None] * 4 + ["team=vision", "a=1,b=2", "a=1,a=2", "=x", "novalue", "a=b=c", "k=" + "v" * 6000,
               "k" * 300 + "=v", "k=\x1b[31mred", "k=line\nbreak", "k=\ttab", "ünï=cödé", '["a=1", 5]', "5", "[]",
               "k= spaced ", " =v", "a=1,,b=2", "k=" + "v" * 4999, "x=" + "é" * 100]
-
 
 MLFLOW_URIS = {"store": "sqlite:///{root}/mlflow.db", "not a database": "sqlite:///{root}/garbage.db",
                "missing folder": "sqlite:///{root}/missing/deep/mlflow.db",
@@ -71,17 +54,13 @@ MLFLOW_URIS = {"store": "sqlite:///{root}/mlflow.db", "not a database": "sqlite:
                "unknown scheme": "nope://nowhere", "postgresql, no driver": "postgresql://u:p@127.0.0.1:{closed}/db",
                "unset": None}
 
-
 MLFLOW_WEIGHTS = ["store"] * 6 + [k for k in MLFLOW_URIS if k not in ("store", "unset", "closed port")] \
     + ["closed port", "unset"]  # the default store (./mlflow.db, created: ~10 s) and retries are the slow ones
 
-
 WANDB_MODES = ["offline"] * 6 + ["dryrun", "disabled", "sometimes", "", "OFFLINE", " offline", "offline\n"]
-
 
 WANDB_DIRS = {"unset": None, "normal": "{root}/wandb", "a file": "{root}/afile", "below a file": "{root}/afile/sub",
               "missing deep path": "{root}/w/x/y", "read-only": "{root}/ro"}
-
 
 DAMAGES = ["none", "none", "not JSON", "empty", "a list", "nested deep", "mlflow run missing", "mlflow run_id a number",
            "mlflow a string", "mlflow without its URI", "mlflow URI a closed port", "mlflow URI not a database",
@@ -102,7 +81,7 @@ def tracker_cases() -> st.SearchStrategy[Case]:
         if resume:
             params = {"resume": True, "damage": damage, "cut_back": cut_back, "uri": uri, "wandb_dir": wdir,
                       "needs": [n for n in ("mlflow", "wandb") if installed(n)]}
-            return Case("tracker", ["train", "--resume", "{root}/prev"], steps=setups(("tracker", params)), env=env,
+            return Case("tracker", ["train", "--resume", "{root}/prev"], steps=(("tracker", params),), env=env,
                         writable=TRACKER_WRITABLE)
         argv = [*TINY_TRAIN, "--set", f"run.tracker={tracker}", "--out", "{root}/out/run"]
         if tags is not None:
@@ -111,7 +90,7 @@ def tracker_cases() -> st.SearchStrategy[Case]:
         if any(not installed(n) for n in names):  # the package is absent: the one-line refusal is what is judged
             argv = [*TINY_TRAIN, "--set", "run.tracker=nope", "--out", "{root}/out/run"]
         params = {"resume": False, "uri": uri, "wandb_dir": wdir, "needs": sorted(names)}
-        return Case("tracker", argv, steps=setups(("tracker", params)), env=env, writable=TRACKER_WRITABLE)
+        return Case("tracker", argv, steps=(("tracker", params),), env=env, writable=TRACKER_WRITABLE)
 
     return st.builds(build, st.sampled_from([False, False, True]), st.sampled_from(TRACKER_VALUES),
                      st.sampled_from(TAG_VALUES), st.sampled_from(MLFLOW_WEIGHTS), st.sampled_from(WANDB_MODES),
@@ -126,58 +105,44 @@ def tracker_env() -> dict[str, str | None]:
     """What every tracker case sets: W&B offline, quiet and kept in the case (never online: its server is a
     closed loopback port, no key), no proxies, no experiment names from outside."""
     env: dict[str, str | None] = {k: None for k in PROXIES}
-    env |= {"WANDB_SILENT": "true", "WANDB_CONSOLE": "off", "WANDB_BASE_URL": "http://127.0.0.1:{closed}",
-            "WANDB_API_KEY": None, "WANDB_PROJECT": None, "WANDB_ENTITY": None, "WANDB_RUN_ID": None,
-            "WANDB_RESUME": None, "WANDB_NOTES": None, "WANDB_TAGS": None, "WANDB_RUN_GROUP": None,
-            "WANDB_DATA_DIR": "{root}/wandb-home/data", "WANDB_CACHE_DIR": "{root}/wandb-home/cache",
-            "WANDB_CONFIG_DIR": "{root}/wandb-home/config", "WANDB_ARTIFACT_DIR": "{root}/wandb-home/artifacts",
-            "MLFLOW_EXPERIMENT_NAME": None, "MLFLOW_EXPERIMENT_ID": None, "MLFLOW_RUN_ID": None,
-            "RESNETLAB_CACHE": "{root}/cache"}
-    return env
+    env |= {k: None for k in ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID", "WANDB_RESUME",
+                              "WANDB_NOTES", "WANDB_TAGS", "WANDB_RUN_GROUP", "MLFLOW_EXPERIMENT_NAME",
+                              "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    return env | wandb_env("{root}/wandb-home", "{closed}") | {"RESNETLAB_CACHE": "{root}/cache"}
 
 
 def _wandb_teardown() -> None:
-    import sys
-
     if "wandb" in sys.modules:
         with contextlib.suppress(Exception), contextlib.redirect_stderr(io.StringIO()), \
                 contextlib.redirect_stdout(io.StringIO()):
             sys.modules["wandb"].teardown()
 
 
-def _quiet_train(argv: list[str]) -> None:
-    rc, err = quiet_main(argv)
-    assert rc == 0, f"a template training failed: {argv}: {err[-300:]}"
-
-
+@cache
 def reference_final() -> dict[str, Any]:
     """The final metrics of the tiny training without trackers (once per process)."""
-    if "reference" not in _ONCE:
-        where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-template-")) / "run"
-        _quiet_train([*TINY_TRAIN, "--out", str(where)])
-        _ONCE["reference"] = json.loads((where / "summary.json").read_text())["final"]
-    return _ONCE["reference"]
+    where = template_dir() / "run"
+    trained([*TINY_TRAIN[1:], "--out", str(where)])
+    return json.loads((where / "summary.json").read_text())["final"]
 
 
+@cache
 def resume_template() -> Path:
     """A folder holding `prev` (the tiny training, run with MLflow and W&B where installed), its MLflow store
     (`mlflow.db`, `mlruns/`) and W&B's home (`wandb-home`): copied into a case and re-pointed there."""
-    if "resume" not in _ONCE:
-        where = Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-tracked-"))
-        names = [n for n in ("mlflow", "wandb") if installed(n)]
-        env = {k: (v.replace("{root}", str(where)).replace("{closed}", str(closed_port())) if v else v)
-               for k, v in tracker_env().items()}
-        env |= {"WANDB_MODE": "offline", "WANDB_DIR": None, "MLFLOW_TRACKING_URI": f"sqlite:///{where / 'mlflow.db'}"}
-        if "mlflow" in names:
-            shutil.copy(store_template(), where / "mlflow.db")
-        try:
-            with working_directory(where), environ(env):
-                _quiet_train([*TINY_TRAIN, "--set", f"run.tracker={','.join(names) or '[]'}", "--out",
-                              str(where / "prev")])
-        finally:
-            _wandb_teardown()
-        _ONCE["resume"] = where
-    return _ONCE["resume"]
+    where = template_dir()
+    names = [n for n in ("mlflow", "wandb") if installed(n)]
+    env = {k: (v.replace("{root}", str(where)).replace("{closed}", str(closed_port())) if v else v)
+           for k, v in tracker_env().items()}
+    env |= {"WANDB_MODE": "offline", "WANDB_DIR": None, "MLFLOW_TRACKING_URI": f"sqlite:///{where / 'mlflow.db'}"}
+    if "mlflow" in names:
+        shutil.copy(store_template(), where / "mlflow.db")
+    try:
+        with working_directory(where), environ(env):
+            trained([*TINY_TRAIN[1:], "--set", f"run.tracker={','.join(names) or '[]'}", "--out", str(where / "prev")])
+    finally:
+        _wandb_teardown()
+    return where
 
 
 def _copy_resume_template(root: Path, p: dict[str, Any]) -> None:
@@ -206,71 +171,36 @@ def _copy_resume_template(root: Path, p: dict[str, Any]) -> None:
 
 
 def _damage_record(root: Path, state_file: Path, state: dict[str, Any], moved: dict[str, Any], damage: str) -> None:
-    """trackers.json as `damage` says: not JSON, nested, a folder, a FIFO, a link, or an entry changed."""
-    text: str | None = json.dumps(moved)
-    if damage == "not JSON":
-        text = "{not json"
-    elif damage == "empty":
-        text = ""
-    elif damage == "a list":
-        text = "[1, 2]"
-    elif damage == "nested deep":
-        text = '{"mlflow": ' * 50_000 + "1" + "}" * 50_000
-    elif damage == "wandb dir moved":  # a run directory copied from elsewhere: its record names the old place
-        text = json.dumps(state)
-    elif damage == "a folder":
-        text = None
+    """trackers.json as `damage` says: other text, a folder, a FIFO (read as a file, it blocks until a writer
+    comes), a link, or an entry changed (`None`: its field deleted; no field: the whole entry)."""
+    texts = {"not JSON": "{not json", "empty": "", "a list": "[1, 2]",
+             "nested deep": '{"mlflow": ' * 50_000 + "1" + "}" * 50_000,
+             "wandb dir moved": json.dumps(state)}  # a run directory copied from elsewhere: the old place named
+    things = {"a folder": state_file.mkdir, "a FIFO": lambda: os.mkfifo(state_file),
+              "a link to a file": lambda: state_file.symlink_to(root / "afile")}
+    edits = {"mlflow run missing": ("mlflow", "run_id", "0" * 32), "mlflow run_id a number": ("mlflow", "run_id", 5),
+             "mlflow without its URI": ("mlflow", "tracking_uri", None),
+             "mlflow URI a closed port": ("mlflow", "tracking_uri", f"http://127.0.0.1:{closed_port()}"),
+             "mlflow URI not a database": ("mlflow", "tracking_uri", f"sqlite:///{root / 'garbage.db'}"),
+             "wandb id with a slash": ("wandb", "id", "../../escape"), "wandb id a number": ("wandb", "id", 5),
+             "wandb id huge": ("wandb", "id", "x" * 5000), "wandb dir a file": ("wandb", "dir", str(root / "afile")),
+             "wandb project a list": ("wandb", "project", ["a"]), "mlflow a string": ("mlflow", "x"),
+             "unknown tracker": ("nope", {"id": 1})}
+    if damage in things:
         state_file.unlink(missing_ok=True)
-        state_file.mkdir()
-    elif damage == "a FIFO":  # read as a file, it would block until a writer comes
-        text = None
-        state_file.unlink(missing_ok=True)
-        os.mkfifo(state_file)
-    elif damage == "a link to a file":
-        text = None
-        state_file.unlink(missing_ok=True)
-        state_file.symlink_to(root / "afile")
-    else:
-        edits = {"mlflow run missing": ("mlflow", "run_id", "0" * 32),
-                 "mlflow run_id a number": ("mlflow", "run_id", 5),
-                 "mlflow without its URI": ("mlflow", "tracking_uri", "__delete__"),
-                 "mlflow URI a closed port": ("mlflow", "tracking_uri", f"http://127.0.0.1:{closed_port()}"),
-                 "mlflow URI not a database": ("mlflow", "tracking_uri", f"sqlite:///{root / 'garbage.db'}"),
-                 "wandb id with a slash": ("wandb", "id", "../../escape"), "wandb id a number": ("wandb", "id", 5),
-                 "wandb id huge": ("wandb", "id", "x" * 5000),
-                 "wandb dir a file": ("wandb", "dir", str(root / "afile")),
-                 "wandb project a list": ("wandb", "project", ["a"])}
-        if damage in edits:
-            tracker, key, value = edits[damage]
-            entry = moved.setdefault(tracker, {}) if isinstance(moved.get(tracker), dict) else {}
-            if value == "__delete__":
-                entry.pop(key, None)
-            else:
-                entry[key] = value
-            moved[tracker] = entry
-        elif damage == "mlflow a string":
-            moved["mlflow"] = "x"
-        elif damage == "unknown tracker":
-            moved["nope"] = {"id": 1}
-        text = json.dumps(moved)
-    if text is not None:
-        state_file.write_text(text)
-
-
-def _tracker_setup(root: Path, p: dict[str, Any]) -> None:
-    import numpy as np
-
-    (root / "afile").write_text("not a folder\n")
-    (root / "garbage.db").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    (root / "adir").mkdir()
-    if p["resume"]:
-        _copy_resume_template(root, p)
-    elif installed("mlflow") and "mlflow" in p["needs"]:
-        shutil.copy(store_template(), root / "mlflow.db")
-    (root / "ro").mkdir()
-    if installed("mlflow") and "mlflow" in p["needs"]:
-        shutil.copy(store_template(), root / "ro" / "mlflow.db")
-    os.chmod(root / "ro", 0o500)
+        things[damage]()
+        return
+    if damage in edits:
+        tracker, *change = edits[damage]
+        entry = moved[tracker] if isinstance(moved.get(tracker), dict) else {}
+        if len(change) == 1:
+            entry = change[0]
+        elif change[1] is None:
+            entry.pop(change[0], None)
+        else:
+            entry[change[0]] = change[1]
+        moved[tracker] = entry
+    state_file.write_text(texts[damage] if damage in texts else json.dumps(moved))
 
 
 def _outside() -> dict[str, Any]:
@@ -281,20 +211,24 @@ def _outside() -> dict[str, Any]:
     for rel in (".config/wandb", ".cache/wandb", ".local/share/wandb", "mlruns", "mlflow.db", ".netrc", "wandb",
                 ".cache/resnetlab"):
         seen[rel] = (home / rel).exists()
-    if "resume" in _ONCE:
-        seen["template"] = sorted(str(p.relative_to(_ONCE["resume"])) for p in _ONCE["resume"].rglob("*"))
+    if resume_template.cache_info().currsize:  # made already (not made here)
+        template = resume_template()
+        seen["template"] = sorted(str(p.relative_to(template)) for p in template.rglob("*"))
     return seen
 
 
 @contextlib.contextmanager
-def _tracker_around(root: Path, p: dict[str, Any]) -> Iterator[None]:
+def around(case: Case, root: Path) -> Iterator[None]:
+    """Inside the case's environment, around the command: the ports filled in, W&B's process-wide state ended
+    before and after, the places outside the case recorded."""
     srv = server()
     srv.reset(["404"])  # the "HTTP server that is not MLflow"
     for key, value in list(os.environ.items()):  # the ports in the case's environment
         if "{closed}" in value or "{port}" in value:
             os.environ[key] = value.replace("{closed}", str(closed_port())).replace("{port}", str(srv.port))
     _wandb_teardown()
-    _CURRENT["outside"] = _outside()
+    _OUTSIDE.clear()
+    _OUTSIDE.update(_outside())
     try:
         yield
     finally:
@@ -312,10 +246,11 @@ def _lines(path: Path) -> list[str]:
         return []
 
 
-def _tracker_problem(root: Path, p: dict[str, Any], argv: list[str], rc: int | None, stdout: str,
-                     stderr: str) -> str | None:
+def after(ended: Ended) -> str | None:
+    """The family's checks, once the command has ended and passed the common judge."""
+    root, rc, stdout, stderr, p = ended.root, ended.rc, ended.stdout, ended.stderr, ended.case.steps[0][1]
     now = _outside()
-    for key, was in _CURRENT.get("outside", {}).items():
+    for key, was in _OUTSIDE.items():
         if now.get(key) != was:
             new = sorted(set(now.get(key) or []) - set(was or [])) if isinstance(was, list) else key
             return f"written outside the case directory: {key}: {str(new)[:120]}"
@@ -344,34 +279,25 @@ def _tracker_problem(root: Path, p: dict[str, Any], argv: list[str], rc: int | N
 
 
 def setup(root: Path, step: tuple[str, dict[str, Any]]) -> None:
-    """The case's one set-up step: the reference metrics (made before the case's clock starts), its files, and
-    its parameters remembered for `around` and `after`."""
-    kind, params = step
-    _CURRENT.clear()
-    _CURRENT.update(kind=kind, params=params)
-    if params["resume"]:
-        params["reference"] = json.loads((resume_template() / "prev" / "summary.json").read_text())["final"]
+    """The case's one set-up step: the reference metrics (made before the case's clock starts) and its files."""
+    import numpy as np
+
+    p = step[1]
+    if p["resume"]:
+        p["reference"] = json.loads((resume_template() / "prev" / "summary.json").read_text())["final"]
     else:
         reference_final()
-    _tracker_setup(root, params)
-
-
-@contextlib.contextmanager
-def around(case: Case, root: Path) -> Iterator[None]:
-    """Inside the case's environment, around the command: W&B's process-wide state and the places outside the
-    case, recorded."""
-    if _CURRENT.get("kind") != case.family:
-        yield
-        return
-    with _tracker_around(root, _CURRENT["params"]):
-        yield
-
-
-def after(ended: Ended) -> str | None:
-    """The family's checks, once the command has ended and passed the common judge."""
-    if _CURRENT.get("kind") != ended.case.family:
-        return None
-    return _tracker_problem(ended.root, _CURRENT["params"], ended.argv, ended.rc, ended.stdout, ended.stderr)
+    (root / "afile").write_text("not a folder\n")
+    (root / "garbage.db").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (root / "adir").mkdir()
+    if p["resume"]:
+        _copy_resume_template(root, p)
+    elif installed("mlflow") and "mlflow" in p["needs"]:
+        shutil.copy(store_template(), root / "mlflow.db")
+    (root / "ro").mkdir()
+    if installed("mlflow") and "mlflow" in p["needs"]:
+        shutil.copy(store_template(), root / "ro" / "mlflow.db")
+    os.chmod(root / "ro", 0o500)
 
 
 register(Family("tracker", tracker_cases, setup, around, after))
