@@ -219,25 +219,21 @@ def build_config(
 
 
 def config_from_dict(data: Any, where: str | None = None) -> Config:
-    """Rebuild a config written to a run directory (or a checkpoint); `where` names that file in errors.
-
-    A document of another shape (not an object, a model that is not an object with a registry name, a
-    section that is not an object of settings) is a one-line ConfigError naming the file and the field."""
+    """Rebuild a config written to a run directory (or a checkpoint); `where` names that file in errors. A
+    document of another shape is a one-line ConfigError naming the file and the field."""
     label = where or "config"
     if not isinstance(data, dict):
         raise ConfigError(f"{label}: expected a JSON object of sections, got {type(data).__name__}")
     cfg = Config()
-    model = data.get("model", cfg.model)
-    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
-        raise ConfigError(f"{label}: field 'model': expected an object with a registry 'name', got "
-                          f"{str(model)[:60]}")
-    recipe = data.get("recipe", cfg.recipe)
-    if not isinstance(recipe, str):
-        raise ConfigError(f"{label}: field 'recipe': expected a name, got {str(recipe)[:60]}")
-    for section in SECTIONS:
-        if data.get(section) is not None and not isinstance(data[section], dict):
-            raise ConfigError(f"{label}: field {section!r}: expected an object of settings, got "
-                              f"{str(data[section])[:60]}")
+    model, recipe = data.get("model", cfg.model), data.get("recipe", cfg.recipe)
+    for name, value, fits, expected in (
+        ("model", model, isinstance(model, dict) and isinstance(model.get("name"), str),
+         "an object with a registry 'name'"),
+        ("recipe", recipe, isinstance(recipe, str), "a name"),
+        *((s, data.get(s), isinstance(data.get(s), dict | None), "an object of settings") for s in SECTIONS),
+    ):
+        if not fits:
+            raise ConfigError(f"{label}: field {name!r}: expected {expected}, got {str(value)[:60]}")
     cfg.model = ModelConfig(model["name"], {k: v for k, v in model.items() if k != "name"})
     cfg.recipe = recipe
     flat = {f"{s}.{k}": v for s in SECTIONS for k, v in (data.get(s) or {}).items()}
