@@ -1,19 +1,7 @@
 """`resnetlab experiment SUITE --jobs N`: up to N members (or seeds) training at once on one machine, each in
-a process of its own.
-
-The jobs are workers of the suite (`work.py`) started by this process, which holds the suite too and
-writes the results when they are done. On CPU the machine's cores are split between the jobs (each gets
-cores // N threads, so N jobs never ask for more cores than there are); on GPUs each job gets one device
-of `--devices` in turn (`--jobs 8 --devices cuda:0 cuda:1` puts four on each), seen by the job as its only
-GPU. A job's member trains exactly as alone: the same config, seed and code in a fresh process (CPU
-threads are not in the config: a deterministic run is bit-identical at the same thread count).
-
-This process logs which member starts and ends on which job, keeps a live line of the suite's progress on
-a terminal (a line a minute otherwise), and stops every job cleanly on Ctrl-C or SIGTERM: each checkpoints
-and exits, and the same command resumes them. A job that dies otherwise (killed, out of memory) is
-replaced; the new one takes its member over from the checkpoint. Each job's output is in
-`OUT/workers/HOST-PID-jobK.log`; `python -m resnetlab.experiments.jobs SPEC` is the job's own entry point.
-"""
+a worker process of its own (`worker.py`) on a slot: cores // N CPU threads, and one GPU of `--devices` in turn
+(seen by the job as its only one). This process logs where each member starts and ends, keeps a progress line,
+replaces a job that dies (its member resumes from the checkpoint) and stops them all on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -67,25 +55,19 @@ def plan_slots(jobs: int, devices: list[str] | None, device: str | None) -> list
 
 def _gpus(names: list[str]) -> list[str | None]:
     """Each device name as a GPU number as this machine numbers them (CUDA_VISIBLE_DEVICES), or None (CPU)."""
+    count, env = _cuda_count(), os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = [v.strip() for v in env.split(",") if v.strip()][:count] if env is not None else \
+        [str(k) for k in range(count)]
     wanted: list[str | None] = []
-    visible: list[str] | None = None
     for name in names:
         text = name.strip().lower()
-        if text == "cpu" or (text == "auto" and _cuda_count() == 0):
+        number = text.removeprefix("cuda:")
+        if text == "cpu" or (text == "auto" and count == 0):
             wanted.append(None)
             continue
-        if visible is None:
-            env = os.environ.get("CUDA_VISIBLE_DEVICES")
-            visible = [v.strip() for v in env.split(",") if v.strip()] if env is not None else \
-                [str(k) for k in range(_cuda_count())]
-            visible = visible[:_cuda_count()]
-        if text in ("auto", "all", "cuda"):
-            indices = list(range(len(visible)))
-        else:
-            number = text.removeprefix("cuda:")
-            if not number.isdigit():
-                raise ConfigError(f"--devices: {name!r} is not a device (cpu, cuda, cuda:K, K or all)")
-            indices = [int(number)]
+        if text not in ("auto", "all", "cuda") and not number.isdigit():
+            raise ConfigError(f"--devices: {name!r} is not a device (cpu, cuda, cuda:K, K or all)")
+        indices = range(len(visible)) if text in ("auto", "all", "cuda") else [int(number)]
         if not visible or any(k >= len(visible) for k in indices):
             raise ConfigError(f"--devices: {name!r}: this machine has {len(visible)} GPU(s)")
         wanted += [visible[k] for k in indices]
@@ -107,7 +89,7 @@ def run_jobs(work: SuiteWork, chosen: tuple[Member, ...], jobs: int, devices: li
     """Train the chosen members' seeds in up to `jobs` worker processes; the failed ones, as
     "label seed N (reason)". SuiteStopped when a signal stopped them (checkpoints written)."""
     run = work.run
-    tasks = work.tasks(chosen, run.seeds)
+    tasks = work.tasks(chosen)
     left = [t for t in tasks if outcome(t.own)["status"] not in DONE or key_of_run(t.own) not in (t.key, None)]
     slots = plan_slots(min(jobs, len(left)) if left else 1, devices, run.device)
     if not left:
@@ -117,7 +99,7 @@ def run_jobs(work: SuiteWork, chosen: tuple[Member, ...], jobs: int, devices: li
             "kwargs": {"data": run.data, "seeds": run.seeds, "epochs": run.epochs, "iters": run.iters,
                        "scale": run.scale, "settings": run.settings, "only": run.only, "results": False,
                        "trainings": str(work.index.root)}}
-    pool = Pool(work, tasks, slots, spec, run.device)
+    pool = Pool(work, tasks, slots, spec)
     with _signals(pool.stop):
         pool.run()
     if pool.stopping or pool.stopped_jobs:
@@ -146,8 +128,7 @@ def _signals(stop: Callable[[], None]) -> Iterator[None]:
 class Job:
     slot: Slot
     proc: subprocess.Popen
-    log_path: Path
-    events: Path
+    name: str  # OUT/workers/HOST-PID-jobK[.RESTART]: its output in NAME.log, its worker's events in NAME.jsonl
     log_file: IO[str]
     offset: int = 0
     task: tuple[str, float] | None = None  # what it trains now, since when
@@ -161,7 +142,6 @@ class Pool:
     tasks: list
     slots: list[Slot]
     spec: dict[str, Any]
-    device: str | None  # the call's --device; a job's is the same, or the one GPU it sees
     base: Path = Path()  # OUT/workers/HOST-PID: the jobs' logs and events are named from it
     jobs: list[Job] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
@@ -198,15 +178,15 @@ class Pool:
         # the job sees its GPU as its only one, or none: `auto` (no --device) then means that device, and
         # the members' configs say what they say in one process
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu or ""
-        given = None if self.device in (None, "auto") else "cpu" if slot.gpu is None else "cuda"
+        given = None if self.work.run.device in (None, "auto") else "cpu" if slot.gpu is None else "cuda"
         spec = {**self.spec, "kwargs": {**self.spec["kwargs"], "device": given}}
         log_file = open(f"{name}.log", "a")  # noqa: SIM115 - closed when the job ends
         proc = subprocess.Popen(worker_command(spec), stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        self.jobs.append(Job(slot, proc, Path(f"{name}.log"), Path(f"{name}.jsonl"), log_file))
+        self.jobs.append(Job(slot, proc, name, log_file))
 
     def read_events(self, job: Job) -> None:
         try:
-            with open(job.events) as f:
+            with open(f"{job.name}.jsonl") as f:
                 f.seek(job.offset)
                 text = f.read()
         except OSError:
@@ -242,21 +222,17 @@ class Pool:
         if code in (3, 130) or self.stopping:
             self.stopped_jobs += code in (3, 130)
             return
-        last = _last_line(job.log_path)
-        if code == 2:  # a config or input error: the same for every job, not retried
-            self.broken.append(last)
-            self.failed.append(f"job {slot.index} ({last})")
-            self.log(f"job {slot.index} failed: {last}")
-            return
-        if slot.restarts < RESTARTS:
+        last = _last_line(Path(f"{job.name}.log"))
+        if code != 2 and slot.restarts < RESTARTS:  # 2: a config or input error, the same for every job
             slot.restarts += 1
             self.log(f"job {slot.index} ended with {_exit(code)}; a new job takes its place (and its member, "
                      f"from the checkpoint)")
             self.start(slot)
-        else:
-            self.broken.append(last)
-            self.failed.append(f"job {slot.index} ({last})")
-            self.log(f"job {slot.index} ended with {_exit(code)} {RESTARTS + 1} times; not replaced ({last})")
+            return
+        self.broken.append(last)
+        self.failed.append(f"job {slot.index} ({last})")
+        self.log(f"job {slot.index} failed: {last}" if code == 2 else
+                 f"job {slot.index} ended with {_exit(code)} {RESTARTS + 1} times; not replaced ({last})")
 
     def stop(self) -> None:
         """A first signal asks every job to checkpoint and exit; a second one kills them."""

@@ -126,16 +126,25 @@ class SuiteDir:
             raise ConfigError(f"{held}: expected a JSON object, got {type(before).__name__}")
         return before
 
-    def last(self) -> bool:
-        """Whether no other worker holds the directory now (this one then writes the results); the lock is
-        given up either way."""
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
-            return True
-        except (OSError, TypeError):
-            return False
-        finally:
+    def write_when_last(self, write: Callable[[], None], log: Callable[[str], Any], now: bool = False) -> bool:
+        """`write` the results if no other worker holds the directory now (or `now`, for `--collect`); the
+        lock is given up either way, and the writers of one suite take turns (`.results.lock`)."""
+        if not now:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
+            except (OSError, TypeError):
+                self.release()
+                log(f"results: left to the last worker on {self.path} (others are still training)")
+                return False
             self.release()
+        fd = os.open(self.path / ".results.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            write()
+        finally:
+            os.close(fd)
+        log(f"results: {self.path / 'results.md'} (and results.csv, curves.png, errors.png)")
+        return True
 
     def release(self) -> None:
         if self._fd is not None:
@@ -187,19 +196,3 @@ def _shown(value: Any) -> str:
     text = "none" if value is None else "unset" if value == "-" else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
-
-def write_when_last(suite_dir: SuiteDir, out: Path, write: Callable[[], None], log: Callable[[str], Any],
-                    now: bool = False) -> bool:
-    """Write the results if this worker is the last one on the suite (or `now`, for `--collect`); the
-    writers of one suite take turns (`.results.lock`). Whether they were written."""
-    if not now and not suite_dir.last():
-        log(f"results: left to the last worker on {out} (others are still training)")
-        return False
-    fd = os.open(Path(out) / ".results.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        write()
-    finally:
-        os.close(fd)
-    log(f"results: {Path(out) / 'results.md'} (and results.csv, curves.png, errors.png)")
-    return True

@@ -1,20 +1,14 @@
-"""One training, once: what identifies a training, and the index of the trainings made beside the suites.
-
-A suite member trains one config: its spec, data, recipe, overrides, seed and budget. Another member (the
-`activations` suite's unit (a) is the `degradation` suite's resnet56 at cpu scale) or a later call with
-another list of suites may train the very same config. The index says where each training lives, so such a
-member gets a relative symlink to that run directory instead of a second training (no copy of the weights).
+"""One training, once: the index of the trainings made beside the suites, so that a member whose training
+another member or suite already made (the `activations` suite's unit (a) is the `degradation` suite's
+resnet56 at cpu scale) gets a relative symlink to that run directory, not a second training.
 
     INDEX/KEY.json     where the training lives: {"run": its directory relative to INDEX, "suite", "member"}
     INDEX/KEY.claim    flock'ed by the one worker that trains (or checks) that training right now
 
-KEY is the training's identity (`training.identity.training_key`): the config as the network it builds, its
-data and initial weights by content, without what only says where or how a run executes and reports. A
-record is trusted only while the run directory it names still holds that training (`key_of_run`: the key the
-run recorded when it started), so an `--out` deleted and reused for another training is never linked. A claim
-is dropped by the OS when its holder dies, even by SIGKILL, so another worker takes the training over and
-resumes it from its newest checkpoint. flock holds across machines on NFSv4 and on Lustre mounted with
-`-o flock`; the index must be on the filesystem the workers share, as the suite's `--out` is.
+KEY is `training.identity.training_key`. A record is trusted only while the run directory it names still
+holds that training (`key_of_run`), so an `--out` deleted and reused for another training is never linked. A
+claim is dropped by the OS when its holder dies, even by SIGKILL, so another worker takes the training over.
+flock holds across machines on NFSv4 and on Lustre mounted with `-o flock`.
 """
 
 from __future__ import annotations
@@ -42,26 +36,11 @@ def default_index(out: Path) -> Path:
 def link(own: Path, home: Path) -> None:
     """`own` becomes a relative symlink to the run directory `home` (replacing a link that was there)."""
     own.parent.mkdir(parents=True, exist_ok=True)
-    target = os.path.relpath(home, own.parent)
     tmp = own.with_name(f".{own.name}.link-{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    os.symlink(target, tmp)
+    os.symlink(os.path.relpath(home, own.parent), tmp)
     os.replace(tmp, own)  # atomic: a reader sees the old entry or the link
-
-
-class Claim:
-    """One training held by this process (an open, flock'ed file); `release` or the process's end frees it."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)
-            self._fd = None
 
 
 class TrainingIndex:
@@ -70,8 +49,9 @@ class TrainingIndex:
     def __init__(self, root: Path) -> None:
         self.root = Path(os.path.abspath(root))
 
-    def claim(self, key: str, who: str) -> Claim | None:
-        """The training `key` for this process, or None while another process holds it."""
+    def claim(self, key: str, who: str) -> int | None:
+        """The training `key` for this process: an open, flock'ed file that `release` (or the process's end)
+        frees; None while another process holds it."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / f"{key}.claim", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -81,7 +61,13 @@ class TrainingIndex:
             return None
         os.ftruncate(fd, 0)
         os.write(fd, f"{who} (host {socket.gethostname()}, pid {os.getpid()})".encode())
-        return Claim(fd)
+        return fd
+
+    @staticmethod
+    def release(fd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
 
     def holder(self, key: str) -> str:
         """Who holds `key`, as the holder wrote it (empty when unknown)."""

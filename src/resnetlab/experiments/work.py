@@ -1,41 +1,33 @@
-"""A suite's work shared by any number of workers: which member and seed a worker trains next, where that
-training lives, and which worker writes the results.
-
-Every `resnetlab experiment SUITE --out DIR` process is a worker: on one machine or on many sharing the
-filesystem, started by hand, by `--jobs N` (`jobs.py`) or by Slurm (`slurm.py`). A worker takes the
-members' seeds longest first (multiply-adds of the net; the same budget for all) and trains each one whose
-training it can claim (`trainings.TrainingIndex`): one that is finished or claimed by another worker is
-not trained again. A claim dies with its holder, so a killed worker's member is taken over by the next
-worker that passes and resumed from its checkpoint. A member whose training was made for another suite
-(or another call) gets a link to that run directory.
-
-Workers hold the suite directory's lock shared (`suite_dir.SuiteDir`); the one that finds no other holder
-when it is done is the last and writes the results (`suite_dir.write_when_last`), as `--collect` does at any time.
-Each worker records what it trains where in `OUT/workers/*.jsonl` (one JSON line per start and end).
-"""
+"""A suite's work shared by any number of workers (calls on one `--out`, here or on machines sharing it; the
+jobs of `--jobs`; Slurm tasks): each takes the members' seeds longest first and trains those whose training it
+can claim (`trainings.py`), and records what it trains where in `OUT/workers/*.jsonl`."""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
+import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import ConfigError, ResnetlabError, RunDirError
 from resnetlab.experiments.results import read_summary
-from resnetlab.experiments.suite import Member, SuiteRun
-from resnetlab.experiments.trainings import Claim, TrainingIndex, default_index, link
+from resnetlab.experiments.suite import Member, SuiteRun, SuiteStopped
+from resnetlab.experiments.trainings import TrainingIndex, default_index, link
+from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.jsondoc import parse_json
 from resnetlab.files.reading import read_file
 from resnetlab.networks.counting import count_macs
 from resnetlab.networks.registry import create_model
+from resnetlab.runs.directory import RunDir
+from resnetlab.training.entry import resume, train
 from resnetlab.training.identity import contents, differences, identity, key_of_run, training_key
+from resnetlab.training.trackers import with_suite_tags
 
 DONE = ("finished", "diverged")
 
@@ -49,10 +41,6 @@ class Task:
     key: str
     own: Path
     cost: int
-
-    @property
-    def id(self) -> tuple[str, int]:
-        return self.member.slug, self.seed
 
 
 def outcome(run: Path) -> dict[str, Any]:
@@ -70,7 +58,7 @@ def outcome(run: Path) -> dict[str, Any]:
 
 
 class SuiteWork:
-    """One worker's view of a suite at one scale and budget: its tasks and the claims it holds."""
+    """One worker's view of a suite at one scale and budget: its tasks, and the trainings it claims in turn."""
 
     def __init__(self, run: SuiteRun, log: Callable[[str], Any]) -> None:
         self.run, self.suite, self.out, self.log = run, run.suite, Path(run.out), log
@@ -78,18 +66,15 @@ class SuiteWork:
         self.name = os.environ.get("RESNETLAB_WORKER") or f"{socket.gethostname()} pid {os.getpid()}"
         self.events = Path(os.environ.get("RESNETLAB_EVENTS")
                            or self.out / "workers" / f"{socket.gethostname()}-{os.getpid()}.jsonl")
-        self.taken: set[tuple[str, int]] = set()  # tasks this worker claimed (trained, resumed or found done)
-        self.held: dict[tuple[str, int], str] = {}  # tasks other workers held when this one passed
-        self._claim: Claim | None = None
-        self._costs: dict[str, int] = {}
+        self.held: set[tuple[str, int]] = set()  # tasks other workers held when this one passed (said once)
         self._keys: dict[tuple[str, int], str] = {}
         self._seen: dict[str, str] = {}  # file inputs by content, read once for all of this call's keys
 
-    # ---- the tasks, longest first ----------------------------------------------------------------------
-    def tasks(self, chosen: tuple[Member, ...], seeds: int) -> list[Task]:
+    def tasks(self, chosen: tuple[Member, ...]) -> list[Task]:
+        """The chosen members' seeds, longest first (multiply-adds of the net: every member has one budget)."""
         order = {m.slug: i for i, m in enumerate(chosen)}
-        tasks = [Task(m, s, self.key(m, s), self.out / m.slug / f"seed{s}", self._cost(m))
-                 for m in chosen for s in range(seeds)]
+        tasks = [Task(m, s, self.key(m, s), self.out / m.slug / f"seed{s}", _cost(*m.at(self.run.scale)))
+                 for m in chosen for s in range(self.run.seeds)]
         return sorted(tasks, key=lambda t: (-t.cost, t.seed, order[t.member.slug]))
 
     def key(self, member: Member, seed: int) -> str:
@@ -148,67 +133,53 @@ class SuiteWork:
                 return f"holds another training in {member.slug}/seed{seed} than this call makes ({why})"
         return None
 
-    def _cost(self, member: Member) -> int:
-        """Multiply-adds per image of the member's net: the order in which workers take members."""
-        model, override = member.at(self.run.scale)
-        name = json.dumps([model, override], sort_keys=True, default=str)
-        if name not in self._costs:
-            try:
-                net = create_model(model, **override)
-                self._costs[name] = count_macs(net, net.spec.input_size)
-            except (ResnetlabError, RuntimeError):  # a bad member fails in its training, not here
-                self._costs[name] = 0
-        return self._costs[name]
-
-    # ---- claiming ------------------------------------------------------------------------------------
-    def members(self, chosen: tuple[Member, ...], seeds: int) -> Iterator[tuple[Member, Iterator[tuple[int, Path]]]]:
-        """(member, the seeds of it this worker claims, each with the run directory it trains in), longest
-        first. After a pass that trained something, the tasks other workers held are tried again: a holder
-        that died in the meantime has left its member to take over."""
-        left = self.tasks(chosen, seeds)
+    def train(self, chosen: tuple[Member, ...]) -> list[str]:
+        """Train or resume each chosen member and seed whose training this worker can claim, longest first; the
+        failed ones as "label seed N (reason)". After a pass that trained something, the tasks other workers
+        held are tried again: a holder that died in the meantime has left its member to take over."""
+        failed: list[str] = []
+        left = self.tasks(chosen)
         while left:
-            before = len(left)
-            for _, group in itertools.groupby(left, key=lambda t: t.member.slug):
-                tasks = list(group)
-                yield tasks[0].member, self._claimed(tasks)
-            left = [t for t in left if t.id not in self.taken]
-            if len(left) == before:
-                return
-
-    def _claimed(self, tasks: list[Task]) -> Iterator[tuple[int, Path]]:
-        for task in tasks:
-            claim = self.index.claim(task.key, self.name)
-            if claim is None:
-                self._held(task)
-                continue
-            self.held.pop(task.id, None)
-            self.taken.add(task.id)
-            self._claim = claim
-            started = time.time()
-            try:
-                home, mode = self._home(task)
-                self._event("start", task, mode=mode, run=str(home))
+            held = []
+            for task in left:
+                fd = self.index.claim(task.key, self.name)
+                if fd is None:
+                    self._held(task)
+                    held.append(task)
+                    continue
                 try:
-                    yield task.seed, home
-                except GeneratorExit:  # a signal (the run says "stopped") or an error ended the worker here
-                    status = "stopped" if outcome(home)["status"] == "stopped" else "interrupted"
-                    self._event("end", task, status=status, seconds=round(time.time() - started, 1))
-                    raise
-                self._event("end", task, seconds=round(time.time() - started, 1), **outcome(home))
-            finally:
-                claim.release()
-                self._claim = None
+                    failed += self._claimed(task)
+                finally:
+                    self.index.release(fd)
+            if len(held) == len(left):
+                break
+            left = held
+        return failed
+
+    def _claimed(self, task: Task) -> list[str]:
+        """With the claim held: the task trained, resumed or found done, between a start and an end event."""
+        started = time.time()
+        home, mode = self._home(task)
+        self._event("start", task, mode=mode, run=str(home))
+        try:
+            failed = _train(self.run, task, home, self.log)
+        except BaseException:  # a signal (the run says "stopped") or an error ended the worker here
+            status = "stopped" if outcome(home)["status"] == "stopped" else "interrupted"
+            self._event("end", task, status=status, seconds=round(time.time() - started, 1))
+            raise
+        self._event("end", task, seconds=round(time.time() - started, 1), **outcome(home))
+        return failed
 
     def _held(self, task: Task) -> None:
         """Another worker holds `task`: say so once, and link a training made for another suite, so that
         this suite's results find it once it is done."""
-        if task.id in self.held:
+        if (task.member.slug, task.seed) in self.held:
             return
-        self.held[task.id] = self.index.holder(task.key) or "another worker"
+        self.held.add((task.member.slug, task.seed))
         home = self.index.home(task.key)
         if home is not None and not (task.own.exists() or task.own.is_symlink()):
             link(task.own, home)
-        self.log(f"{self.tag(task)}: held by {self.held[task.id]}; left to it")
+        self.log(f"{self.tag(task)}: held by {self.index.holder(task.key) or 'another worker'}; left to it")
 
     def _home(self, task: Task) -> tuple[Path, str]:
         """With the claim held: the run directory where this task's training lives, and what the body will
@@ -244,15 +215,14 @@ class SuiteWork:
         self.index.record(task.key, run, {"suite": self.suite.name, "member": task.member.label,
                                           "seed": task.seed})
 
-    def link_trained(self, chosen: tuple[Member, ...], seeds: int) -> list[str]:
+    def link_trained(self, chosen: tuple[Member, ...]) -> None:
         """`--collect`: link the members whose training another suite has finished; nothing is trained."""
-        for task in self.tasks(chosen, seeds):
+        for task in self.tasks(chosen):
             home = self.index.home(task.key)
             if home is not None and not (task.own.exists() or task.own.is_symlink()) and \
                     outcome(home)["status"] in DONE:
                 link(task.own, home)
                 self.log(f"{self.tag(task)}: the same training as {home} (linked)")
-        return []
 
     def tag(self, task: Task) -> str:
         return f"[{self.suite.name}] {task.member.label} seed {task.seed}"
@@ -265,13 +235,63 @@ class SuiteWork:
             with open(self.events, "a") as f:
                 f.write(json.dumps(row, default=str) + "\n")
 
-    def close(self) -> None:
-        if self._claim is not None:
-            self._claim.release()
-            self._claim = None
+
+def _train(run: SuiteRun, task: Task, home: Path, log: Callable[[str], Any]) -> list[str]:
+    """Train, resume or skip one claimed task in `home`; its failure as ["label seed N (reason)"] (the suite
+    carries on), or SuiteStopped when a signal stopped it (its checkpoint written)."""
+    member, seed = task.member, task.seed
+    tag = f"[{run.suite.name}] {member.label} seed {seed}"
+    done = read_summary(home)
+    if done is not None and done.status in DONE:
+        log(f"{tag}: already done, skipped")
+        return []
+    if (home / "error.txt").exists():  # failed on an earlier call: retried from its checkpoint, or anew
+        if RunDir(home).has_checkpoint():
+            (home / "error.txt").unlink()
+        else:
+            log(f"{tag}: failed before, retrying from the start")
+            shutil.rmtree(home)
+    try:
+        if (home / "config.json").exists():
+            log(f"{tag}: resuming")
+            summary = resume(home, device=run.device, log=log)[1]
+        else:
+            overrides = run.overrides(member, seed)
+            overrides["run.tracker_tags"] = with_suite_tags(overrides.get("run.tracker_tags"), run.suite.name,
+                                                            member.label, seed, run.scale)
+            if run.device is not None:
+                overrides["run.device"] = run.device
+            model, override = member.at(run.scale)
+            log(f"{tag}: training {model} {override or ''}")
+            summary = train(run.config(member, seed, overrides), home, log=log)[1]
+    except ResnetlabError as exc:
+        log(f"{tag}: failed: {exc}")
+        if not isinstance(exc, RunDirError):  # e.g. in use by another process: not the member's fault
+            home.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(home / "error.txt", str(exc) + "\n")
+        return [f"{member.label} seed {seed} ({exc})"]
+    if summary.status == "stopped":
+        raise SuiteStopped(f"{tag}: stopped by a signal; rerun the same command to resume")
+    return []
 
 
 def _mode(run: Path) -> str:
     if outcome(run)["status"] in DONE:
         return "done"
     return "resume" if (run / "config.json").exists() else "train"
+
+
+_COSTS: dict[str, int] = {}
+
+
+def _cost(model: str, override: dict[str, Any]) -> int:
+    """Multiply-adds per image of a member's net, the order in which workers take members (0 for a net that
+    does not build: it fails in its training, not here)."""
+    name = json.dumps([model, override], sort_keys=True, default=str)
+    if name not in _COSTS:
+        try:
+            net = create_model(model, **override)
+            _COSTS[name] = count_macs(net, net.spec.input_size)
+        except (ResnetlabError, RuntimeError):
+            _COSTS[name] = 0
+    return _COSTS[name]
