@@ -171,11 +171,8 @@ def hold_out(where: str, labels: np.ndarray, options: DataOptions) -> tuple[np.n
 
 
 def stratified_holdout(labels: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices into (kept, held_out) with ``count`` held out, each class in proportion.
-
-    Class quotas use the largest-remainder rule; within a class the held-out images are drawn with a
-    generator fixed by ``seed``. Both index arrays are sorted.
-    """
+    """Sorted indices (kept, held_out) with ``count`` held out, each class in proportion (largest-remainder
+    quotas), drawn within a class by a generator fixed by ``seed``."""
     labels = np.asarray(labels)
     classes, counts = np.unique(labels, return_counts=True)
     quota = counts * (count / len(labels))

@@ -55,9 +55,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         found = _ALLOWED.get((module, name))
         if found is None:
-            raise DataError(
-                f"{self._source}: refusing to unpickle global {module}.{name} (not part of the data format)"
-            )
+            raise DataError(f"{self._source}: refusing to unpickle global {module}.{name} (not part of the data "
+                            "format)")
         return found
 
 
@@ -123,10 +122,7 @@ def _read_dir(batches: Path, fmt: CifarFormat) -> dict[str, tuple[str, bytes]]:
 
 
 def _read_tar(archive: Path, fmt: CifarFormat) -> dict[str, tuple[str, bytes]]:
-    lookup = {}
-    for name in fmt.members:
-        lookup[f"{fmt.dirname}/{name}"] = name
-        lookup.setdefault(name, name)
+    lookup = {key: name for name in fmt.members for key in (name, f"{fmt.dirname}/{name}")}  # member -> name
     out: dict[str, tuple[str, bytes]] = {}
     try:
         with tarfile.open(archive, "r:*") as tar:
@@ -172,9 +168,8 @@ def _parse_batch(blob: bytes, source: str, fmt: CifarFormat) -> tuple[np.ndarray
         raise DataError(f"{source}: {fmt.label_key!r} must be {len(data)} integer labels, "
                         f"got {labels.dtype} {labels.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() >= fmt.num_classes):
-        raise DataError(
-            f"{source}: labels must lie in [0, {fmt.num_classes - 1}], got [{labels.min()}, {labels.max()}]"
-        )
+        raise DataError(f"{source}: labels must lie in [0, {fmt.num_classes - 1}], got [{labels.min()}, "
+                        f"{labels.max()}]")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 

@@ -64,10 +64,8 @@ def draw_params(n: int, pad: int, flip: bool, generator: torch.Generator) -> Aug
 
 
 def pad_crop_flip(x: torch.Tensor, pad: int, params: AugParams) -> torch.Tensor:
-    """Zero-pad ``x`` (N, C, H, W) by ``pad``, crop H x W at the per-sample offsets, then flip.
-
-    Sample ``i`` becomes ``padded[i, :, oy:oy+H, ox:ox+W]``, mirrored left-right where ``flip[i]``.
-    """
+    """Zero-pad ``x`` (N, C, H, W) by ``pad``; sample ``i`` becomes ``padded[i, :, oy:oy+H, ox:ox+W]``, mirrored
+    left-right where ``flip[i]``."""
     n, c, h, w = x.shape
     if pad == 0 and not bool(params.flip.any()):
         return x
