@@ -1,18 +1,8 @@
-"""A suite on a cluster: `resnetlab experiment SUITE --launcher slurm --workers K ...` submits a Slurm job
-array of K tasks through submitit, each task one worker of the suite (`work.py`) on the `--out` the
-cluster shares.
-
-Each task runs the worker in a child process (`python -m resnetlab.experiments.jobs`, with `--jobs N` as many
-jobs as asked, e.g. one per GPU of its node). Slurm warns a task 120 s before its time limit or, where the
-cluster signals it, before a preemption (`--signal=USR2@120`); submitit then calls `SuiteTask.checkpoint`,
-which stops the worker (each training writes its checkpoint), and requeues the task, which resumes its
-members when it starts again. Tasks are submitted with `--requeue`, so a preempted or failed node's task
-comes back as well; any member it held is taken over by the next worker that passes.
-
-`--dry-run` prints what is given to submitit, as sbatch lines (no cluster needed); `--launcher
-submitit-local` runs the same tasks with submitit's local executor, on this machine. submitit is an
-optional dependency: `pip install 'resnetlab[slurm]'`.
-"""
+"""A suite on a cluster: `--launcher slurm --workers K` submits a job array of K tasks through submitit, each
+task one worker of the suite (`work.py`) on the `--out` the cluster shares. Slurm warns a task before its time
+limit or a preemption (`--signal=USR2@120`); `SuiteTask.checkpoint` then stops the worker, whose trainings
+checkpoint, and requeues the task. `--dry-run` prints what submitit is given, as sbatch lines; `--launcher
+submitit-local` runs the tasks on this machine. submitit: `pip install 'resnetlab[slurm]'`."""
 
 from __future__ import annotations
 
@@ -150,25 +140,6 @@ def _check_script_values(params: dict[str, Any]) -> None:
                 raise ConfigError(f"{option} {text!r}: holds {why}, which a line of the sbatch script cannot hold")
 
 
-def _check_out(folder: Path) -> None:
-    """The log paths Slurm writes (under --out) are file-name patterns to it: `%` is a pattern (%j, %A) and a
-    backslash turns patterns off; with a newline the `#SBATCH --output` line would break. One line instead."""
-    text = str(folder.parent.parent)
-    why = _unwritable(text) or ("a '%', which Slurm reads as a pattern in log paths (%j: the job id)"
-                                if "%" in text else None)
-    if why:
-        raise ConfigError(f"--out {text!r}: holds {why}; give the suite a path without it")
-
-
-def _require_slurm() -> None:
-    """Submitting needs Slurm's commands on this machine: without them, one line (not submitit's traceback),
-    before anything is written."""
-    missing = [name for name in ("sbatch", "srun") if shutil.which(name) is None]
-    if missing:
-        raise ConfigError(f"--launcher slurm: {' and '.join(missing)} not found on PATH (not a Slurm login node?); "
-                          "--dry-run prints the script, --launcher submitit-local runs the tasks on this machine")
-
-
 def dry_run(params: dict[str, Any], folder: Path, workers: int, spec: dict[str, Any]) -> str:
     """What `launch` gives submitit's SlurmExecutor, as sbatch lines: the options (sbatch's names, quoted as
     submitit quotes them), the array of `workers` tasks, the setup lines and the command each task runs."""
@@ -207,17 +178,23 @@ def launch(suite: Suite, out: Path, kwargs: dict[str, Any], args: argparse.Names
         import submitit  # noqa: F401
     except ImportError:
         raise ConfigError("--launcher: needs submitit (pip install 'resnetlab[slurm]')") from None
-    folder = Path(os.path.abspath(out)) / "submitit" / "%j"
-    _check_out(folder)
+    where = os.path.abspath(out)  # Slurm reads the log paths under it as patterns: `%` is one (%j, %A)
+    why = _unwritable(where) or ("a '%', which Slurm reads as a pattern in log paths (%j: the job id)"
+                                 if "%" in where else None)
+    if why:
+        raise ConfigError(f"--out {where!r}: holds {why}; give the suite a path without it")
+    folder = Path(where) / "submitit" / "%j"
     params = slurm_parameters(args, suite)
-    spec = {"suite": asdict(suite), "out": os.path.abspath(out),
+    spec = {"suite": asdict(suite), "out": where,
             "kwargs": {**kwargs, "trainings": os.path.abspath(kwargs["trainings"]) if kwargs.get("trainings")
                        else None}}
     if args.dry_run:
         print(dry_run(params, folder, args.workers, spec))
         return 0
-    if args.launcher == "slurm":
-        _require_slurm()
+    missing = [name for name in ("sbatch", "srun") if shutil.which(name) is None]
+    if args.launcher == "slurm" and missing:  # one line (not submitit's traceback), before anything is written
+        raise ConfigError(f"--launcher slurm: {' and '.join(missing)} not found on PATH (not a Slurm login node?); "
+                          "--dry-run prints the script, --launcher submitit-local runs the tasks on this machine")
     run_suite(suite, out, **{**kwargs, "train": False, "results": False})  # checks it all, claims --out
     try:
         executor = _executor(args, folder, params)
