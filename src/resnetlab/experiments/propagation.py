@@ -1,26 +1,15 @@
-"""Signal and gradient propagation through the residual units of a network (v2 sec. 3, eq. 4-7).
-
-With identity shortcuts and an identity after-addition step, any deeper unit L is the shallower unit l plus
-a sum of residual functions (v2 eq. 4), and the gradient of the loss E reaches every shallower unit directly:
+"""Signal and gradient propagation through the residual units of a network (v2 sec. 3, eq. 4-7). With identity
+shortcuts any deeper unit L is the shallower unit l plus a sum of residual functions, and the gradient of the
+loss E reaches every shallower unit directly; a constant scaling lambda_i on each shortcut makes the direct
+term a product, which vanishes (lambda < 1) or explodes (lambda > 1) exponentially with depth:
 
     x_L = x_l + sum_{i=l}^{L-1} F(x_i, W_i)                                          (v2 eq. 4)
     dE/dx_l = dE/dx_L * (1 + d/dx_l sum_{i=l}^{L-1} F(x_i, W_i))                     (v2 eq. 5)
-
-With a constant scaling lambda_i on each shortcut (v2 eq. 6-7) the direct term becomes a product,
-
     x_L = (prod_{i=l}^{L-1} lambda_i) x_l + sum_i F^(x_i, W_i)                       (v2 eq. 6)
     dE/dx_l = dE/dx_L * (prod_{i=l}^{L-1} lambda_i + d/dx_l sum_i F^(x_i, W_i))      (v2 eq. 7)
 
-which vanishes (lambda < 1) or explodes (lambda > 1) exponentially with depth.
-
-`propagation` measures both sides of these equations on a real network and one batch: at the input x_l of
-every residual unit l = 1..L (in `ResNet.units()` order) and at the last unit's output, the forward signal
-(its std, and its per-sample L2 norm averaged over the batch) and the norm of the backward gradient dE/dx_l,
-with E the mean cross-entropy of the batch. Values are read from the model's own forward and backward pass
-(forward hooks capture the unit inputs; `torch.autograd.grad` differentiates E with respect to them), so
-parameter gradients, BN running statistics and the train/eval mode are left as they were.
-`compare`, `format_propagation` and `plot_propagation` put several models side by side, and
-`resnetlab analyze propagation` (cli/analyze.py) runs it on registry models or a trained run.
+`propagation` measures both sides on a real network and one batch (`docs/propagation.md`); `compare`,
+`format_propagation` and `plot_propagation` put several models side by side.
 """
 
 from __future__ import annotations

@@ -126,11 +126,11 @@ def kendall_tau(rows: list[MemberResult]) -> tuple[float | None, int]:
     return ((concordant - discordant) / pairs if pairs else None), len(both)
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
+def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:.2f}"
     return str(value)
 
 
@@ -149,9 +149,11 @@ def write_results(run: SuiteRun, rows: list[MemberResult]) -> None:
                          for h in headers])
     write_text_atomic(out / "results.csv", table.getvalue())
     tau, n = kendall_tau(rows)
+    budget = f"{run.epochs} epochs" if run.epochs is not None else \
+        f"{run.iters} iterations" if run.iters is not None else "the recipe's"
     lines = [f"# {suite.title}", "", f"Paper: {suite.source}. Scale: {run.scale}; data: {run.data}; "
              f"recipe: {run.recipe}; seeds: {run.seeds} (seed0..seed{run.seeds - 1} of each member, this "
-             f"call's); budget: {_budget(meta)}; --set: "
+             f"call's); budget: {budget}; --set: "
              f"{', '.join(f'{k}={v}' for k, v in run.settings.items()) or 'none'}. Errors are test errors in "
              "percent; 'fail' is the papers' verdict (above 20%).", ""]
     if run.scale in ("small", "cpu"):
@@ -172,14 +174,6 @@ def write_results(run: SuiteRun, rows: list[MemberResult]) -> None:
     document = {"suite": suite.name, "meta": meta, "rows": [r.to_dict() for r in rows], "kendall_tau": tau}
     write_text_atomic(out / "results.json", json.dumps(document, indent=2, default=str))
     _figures(suite, out, rows)
-
-
-def _budget(meta: dict[str, Any]) -> str:
-    if meta.get("epochs") is not None:
-        return f"{meta['epochs']} epochs"
-    if meta.get("iters") is not None:
-        return f"{meta['iters']} iterations"
-    return "the recipe's"
 
 
 def _figures(suite: Suite, out: Path, rows: list[MemberResult]) -> None:

@@ -1,13 +1,5 @@
-"""The papers' experiments as suites: each table or figure is a data file, run with one command.
-
-`resnetlab experiment SUITE` trains every member with the same recipe and seeds, skips members already
-finished (a rerun resumes the suite), carries on after a member fails or diverges, and writes
-`results.md` / `results.csv` with our errors beside the paper's, and the figures. Any number of such calls
-may work on one suite at once, `--jobs N` starts N of them, and Slurm K: `work.py` says how they share.
-
-This module holds what a suite is (`Suite`, `Member`, read from `suites/*.toml`) and what one call makes of it
-(`SuiteRun`); `runner.run_suite` carries a call out.
-"""
+"""The papers' experiments as suites, each table or figure a data file: what a suite is (`Suite`, `Member`, read
+from `suites/*.toml`) and what one call makes of it (`SuiteRun`); `runner.run_suite` carries a call out."""
 
 from __future__ import annotations
 
