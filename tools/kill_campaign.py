@@ -2,10 +2,8 @@
 
     python tools/kill_campaign.py --kills 50 --seed 0 --out results/kill-campaign.json
 
-One uninterrupted reference run of the deterministic recipe, then runs that are SIGKILLed at moments drawn
-uniformly over the reference's wall time (start-up included) and resumed with the normal CLI until they
-finish, as many runs as needed to reach --kills. After every kill each checkpoint on disk is verified;
-at the end of every run its final weights and momentum buffers must be bit-identical to the reference.
+A reference run of the deterministic recipe, then runs SIGKILLed at moments drawn over its wall time and resumed
+until they finish; every checkpoint must verify after each kill, and each run end bit-identical to the reference.
 """
 
 from __future__ import annotations
@@ -43,9 +41,8 @@ def final_state(run: Path, iters: int) -> dict[str, torch.Tensor]:
 
 
 def corrupt_checkpoints(run: Path) -> list[str]:
-    """The checkpoints on disk that do not verify: the step checkpoints and best.pt. A write's temporary
-    (`.step-N.pt.tmp-PID-X.pt`, which a kill mid-write leaves) is no checkpoint: nothing reads it, and the
-    resumed run removes it (`leftovers` checks that at the end)."""
+    """The step checkpoints and best.pt that do not verify (a write's temporary, which a kill mid-write leaves, is
+    no checkpoint: the resumed run removes it, `leftovers` checks that)."""
     bad = []
     rundir = RunDir(run)
     for path in [*rundir.step_checkpoints(), *([rundir.best] if rundir.best.is_file() else [])]:

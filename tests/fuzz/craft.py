@@ -5,22 +5,27 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
-IMAGE_KINDS = ["rgb", "rgb_1x1", "rgb_tall", "grey", "grey_alpha", "bilevel", "palette", "palette_transparent",
-               "rgba", "cmyk_jpeg", "grey16", "int32", "float_tiff_as_png", "truncated_png", "truncated_jpeg",
-               "garbage", "empty", "text", "gif_animated", "webp_as_png", "bmp_as_jpg", "bomb_png",
-               "huge_header_png", "zero_width_png", "png_bad_crc", "jpeg_header_only"]
-
-
-def png_chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
-    """One PNG chunk: length, kind, data and CRC (or the `crc` given)."""
-    import struct
-    import zlib
-
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) if crc is None else crc))
+MODES = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I", "F", "CMYK"]
+IMAGE_KINDS = ([f"mode {m}" for m in MODES]  # predict's kinds
+               + ["1x1", "1x100000", "100000x1", "declared 100000x100000", "declared 8193x8192", "png missing rows",
+                  "jpeg partial frame", "png cut in its data", "zero bytes", "png named .jpg", "jpeg named .png",
+                  "text", "animated gif", "exif rotated jpeg"])
+# the `images` family's kinds, in an 8x8 data set: every mode to 32-bit integer and float, the bombs (PIL's
+# error threshold; below it, a 300 MB decode from a few hundred bytes), other formats under a misleading name
+FOLDER_KINDS = ["mode RGB", "1x1", "1x300", "mode L", "mode LA", "mode 1", "mode P", "palette transparent",
+                "mode RGBA", "cmyk jpeg", "mode I;16", "int32 tiff", "mode F", "png cut at random",
+                "jpeg cut at random", "garbage", "zero bytes", "text", "animated gif", "webp named .png",
+                "bmp named .jpg", "declared 200000x200000", "declared 10000x10000", "declared 0x8", "png bad crc",
+                "jpeg header only"]
+INVALID_IMAGES = {"png missing rows": "a PNG whose data covers half its rows",
+                  "jpeg partial frame": "a JPEG whose scan covers a quarter of its declared frame",
+                  "png cut in its data": "a PNG cut inside its image data", "zero bytes": "an empty image file",
+                  "text": "a text file as an image"}
+NAMES = ["img", "new\nline", "\x1b[31mred", "car\rriage", "tab\tname", "sp ace ", "ünïcödé", "bell\x07"]
 
 
 def crafted_png(width: int, height: int, rows: bytes, bad_crc: bool = False) -> bytes:
@@ -28,60 +33,88 @@ def crafted_png(width: int, height: int, rows: bytes, bad_crc: bool = False) -> 
     import struct
     import zlib
 
+    def chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) if crc is None else crc))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(rows),
-                                                                        1 if bad_crc else None)
-            + png_chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows), 1 if bad_crc else None)
+            + chunk(b"IEND", b""))
 
 
-def image_bytes(kind: str, seed: int) -> bytes:
-    """The bytes of one hostile (or merely unusual) image file of `kind`."""
+def _save(img: Any, fmt: str, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def image_file(kind: str, seed: int, shape: tuple[int, int] = (12, 10)) -> tuple[bytes, str]:
+    """The bytes of an image file of `kind` (of `shape` pixels where it has none of its own; not square, the
+    crop matters) and the suffix its name gets."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-
-    def save(img: Image.Image, fmt: str, **kw: Any) -> bytes:
-        buf = io.BytesIO()
-        img.save(buf, fmt, **kw)
-        return buf.getvalue()
-
-    png = save(Image.fromarray(rgb), "PNG")
-    jpeg = save(Image.fromarray(rgb), "JPEG")
-    makers: dict[str, Callable[[], bytes]] = {
-        "rgb": lambda: png,
-        "rgb_1x1": lambda: save(Image.fromarray(rgb[:1, :1]), "PNG"),
-        "rgb_tall": lambda: save(Image.fromarray(rng.integers(0, 256, (300, 1, 3), dtype=np.uint8)), "PNG"),
-        "grey": lambda: save(Image.fromarray(rgb[..., 0], "L"), "PNG"),
-        "grey_alpha": lambda: save(Image.fromarray(rgb[..., :2].copy(), "LA"), "PNG"),
-        "bilevel": lambda: save(Image.fromarray(rgb[..., 0]).convert("1"), "PNG"),
-        "palette": lambda: save(Image.fromarray(rgb).convert("P"), "PNG"),
-        "palette_transparent": lambda: save(Image.fromarray(rgb).convert("P"), "PNG", transparency=0),
-        "rgba": lambda: save(Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA"), "PNG"),
-        "cmyk_jpeg": lambda: save(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
-        "grey16": lambda: save(Image.fromarray(rng.integers(0, 65536, (8, 8), dtype=np.uint16)), "PNG"),
-        "int32": lambda: save(Image.fromarray(rng.integers(-2**31, 2**31 - 1, (8, 8), dtype=np.int32), "I"),
-                              "TIFF"),
-        "float_tiff_as_png": lambda: save(Image.fromarray(rng.random((8, 8), dtype=np.float32), "F"), "TIFF"),
-        "truncated_png": lambda: png[: int(rng.integers(1, len(png)))],
-        "truncated_jpeg": lambda: jpeg[: int(rng.integers(1, len(jpeg)))],
-        "garbage": lambda: rng.integers(0, 256, int(rng.integers(1, 600)), dtype=np.uint8).tobytes(),
-        "empty": lambda: b"",
-        "text": lambda: b"this is not an image\n",
-        "gif_animated": lambda: save(Image.fromarray(rgb), "GIF", save_all=True,
-                                     append_images=[Image.fromarray(255 - rgb)]),
-        "webp_as_png": lambda: save(Image.fromarray(rgb), "WEBP"),
-        "bmp_as_jpg": lambda: save(Image.fromarray(rgb), "BMP"),
-        # 200,000 x 200,000 pixels claimed by a 100-byte file: PIL's bomb check must stop it before decoding
-        "bomb_png": lambda: crafted_png(200_000, 200_000, b"\x00" * 64),
-        # 10,000 x 10,000 (below PIL's error threshold): a 300 MB decode from a file of a few hundred bytes
-        "huge_header_png": lambda: crafted_png(10_000, 10_000, b"\x00" * 64),
-        "zero_width_png": lambda: crafted_png(0, 8, b""),
-        "png_bad_crc": lambda: crafted_png(8, 8, b"\x00" * (8 * 25), bad_crc=True),
-        "jpeg_header_only": lambda: jpeg[:20],
+    rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    if kind.startswith("mode "):
+        return _mode_image(kind[5:], rgb, rng), ".png"
+    if re.fullmatch(r"\d+x\d+", kind):
+        w, h = (int(v) for v in kind.split("x"))
+        return _save(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), "PNG"), ".png"
+    if kind.startswith("declared "):
+        w, h = (int(v) for v in kind.split()[1].split("x"))
+        return crafted_png(w, h, b"\x00" * 64), ".png"
+    png, jpeg = _save(Image.fromarray(rgb), "PNG"), _save(Image.fromarray(rgb), "JPEG")
+    if kind == "png missing rows":  # IDAT holds half the rows; PIL fills the rest without an error
+        rows = b"".join(b"\x00" + rgb[r].tobytes() for r in range(shape[0] // 2))
+        return crafted_png(shape[1], shape[0], rows), ".png"
+    if kind == "jpeg partial frame":  # the frame header claims 4x the rows its scan holds; PIL pads with grey
+        sof = jpeg.find(b"\xff\xc0")
+        return jpeg[:sof + 5] + (shape[0] * 4).to_bytes(2, "big") + jpeg[sof + 7:], ".jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90
+    makers: dict[str, Callable[[], tuple[bytes, str]]] = {
+        "png cut in its data": lambda: (png[: png.find(b"IDAT") + 20], ".png"),
+        "png cut at random": lambda: (png[: int(rng.integers(1, len(png)))], ".png"),
+        "jpeg cut at random": lambda: (jpeg[: int(rng.integers(1, len(jpeg)))], ".jpg"),
+        "jpeg header only": lambda: (jpeg[:20], ".jpg"),
+        "png bad crc": lambda: (crafted_png(8, 8, b"\x00" * (8 * 25), bad_crc=True), ".png"),
+        "zero bytes": lambda: (b"", ".png"), "text": lambda: (b"not an image\n", ".png"),
+        "garbage": lambda: (rng.integers(0, 256, int(rng.integers(1, 600)), dtype=np.uint8).tobytes(), ".png"),
+        "png named .jpg": lambda: (png, ".jpg"), "jpeg named .png": lambda: (jpeg, ".png"),
+        "webp named .png": lambda: (_save(Image.fromarray(rgb), "WEBP"), ".png"),
+        "bmp named .jpg": lambda: (_save(Image.fromarray(rgb), "BMP"), ".jpg"),
+        "cmyk jpeg": lambda: (_save(Image.fromarray(rgb).convert("CMYK"), "JPEG"), ".jpg"),
+        "palette transparent": lambda: (_save(Image.fromarray(rgb).convert("P"), "PNG", transparency=0), ".png"),
+        "int32 tiff": lambda: (_save(Image.fromarray(rng.integers(-2**31, 2**31 - 1, shape, dtype=np.int32), "I"),
+                                     "TIFF"), ".png"),
+        "animated gif": lambda: (_save(Image.fromarray(rgb), "GIF", save_all=True,
+                                       append_images=[Image.fromarray(255 - rgb)]), ".png"),
+        "exif rotated jpeg": lambda: (_save(Image.fromarray(rgb), "JPEG", exif=exif), ".jpg"),
     }
     return makers[kind]()
+
+
+def _mode_image(mode: str, rgb: Any, rng: Any) -> bytes:
+    """An image of PIL mode `mode` as PNG, or TIFF (under a .png name) where PNG cannot hold the mode."""
+    import numpy as np
+    from PIL import Image
+
+    shape = rgb.shape[:2]
+    arrays = {"1": rgb[..., 0] > 127, "L": rgb[..., 0], "LA": rgb[..., :2].copy(), "RGB": rgb,
+              "RGBA": rng.integers(0, 256, (*shape, 4), dtype=np.uint8),
+              "I;16": rng.integers(0, 65536, shape, dtype=np.uint16),
+              "I": rng.integers(0, 65536, shape, dtype=np.int32),
+              "F": rng.random(shape, dtype=np.float32)}
+    if mode in ("P", "PA", "CMYK"):
+        img = Image.fromarray(rgb).convert("P" if mode == "PA" else mode)
+        img = img.convert("PA") if mode == "PA" else img
+    else:
+        img = Image.fromarray(arrays[mode], mode if mode in ("LA", "RGBA") else None)
+    try:
+        return _save(img, "PNG")
+    except OSError:  # PA, I, F, CMYK: TIFF, under a .png name (content decides, not the suffix)
+        return _save(img, "TIFF")
 
 
 def image_tree(kinds: list[str], seed: int, where: str) -> dict[str, bytes]:
@@ -91,11 +124,11 @@ def image_tree(kinds: list[str], seed: int, where: str) -> dict[str, bytes]:
     for split in ("train", "test"):
         for cls in ("cat", "dog"):
             for j in range(2):
-                files[f"data/{split}/{cls}/{j}.png"] = image_bytes("rgb", seed + j + (cls == "dog") * 7)
+                files[f"data/{split}/{cls}/{j}.png"] = image_file("mode RGB", seed + j + (cls == "dog") * 7, (8, 8))[0]
     for i, kind in enumerate(kinds):
         split = where if where != "both" else ("train", "test")[i % 2]
-        suffix = ".jpg" if "jpeg" in kind or kind == "bmp_as_jpg" else ".png"
-        files[f"data/{split}/{('cat', 'dog')[i % 2]}/bad{i}{suffix}"] = image_bytes(kind, seed + i)
+        data, suffix = image_file(kind, seed + i, (8, 8))
+        files[f"data/{split}/{('cat', 'dog')[i % 2]}/bad{i}{suffix}"] = data
     return files
 
 

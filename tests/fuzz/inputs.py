@@ -20,7 +20,7 @@ def image_cases() -> st.SearchStrategy[Case]:
     """Image folders and tarballs holding hostile image files (modes, truncation, bombs, other formats under a
     JPEG/PNG name), trained on, evaluated on and predicted: each file is decoded as RGB or named in one line."""
     tiny = ["--model", "resnet20", "--set", "model.depth=8", "--iters", "1"]
-    kinds = st.lists(st.sampled_from(craft.IMAGE_KINDS), min_size=1, max_size=3)
+    kinds = st.lists(st.sampled_from(craft.FOLDER_KINDS), min_size=1, max_size=3)
     commands = {
         "train": ["train", *tiny, "--data", "folder:{root}/data", "--out", "{root}/run2"],
         "train_tar": ["train", *tiny, "--data", "folder:{root}/data.tar.gz", "--out", "{root}/run2"],
@@ -154,7 +154,7 @@ def setup(root: Path, step: tuple[Any, ...]) -> None:
     else:
         import torch
 
-        (root / "img.png").write_bytes(craft.image_bytes("rgb", 0))
+        (root / "img.png").write_bytes(craft.image_file("mode RGB", 0, (8, 8))[0])
         _, kind, edit = step
         if kind == "safetensors":
             (root / "w.safetensors").write_bytes(damaged_safetensors(edit))

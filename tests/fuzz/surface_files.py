@@ -5,7 +5,6 @@ every kind, each made by one set-up step of a case."""
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from tests.fuzz.common import (
     template_folder_run,
 )
 from tests.fuzz.core import at_case_end
-from tests.fuzz.craft import crafted_png, png_chunk, safetensors_join, safetensors_parts
+from tests.fuzz.craft import image_file, safetensors_join, safetensors_parts
 
 
 def setup(root: Path, step: tuple[Any, ...]) -> None:
@@ -117,27 +116,16 @@ def damage_run(run: Path, damage: str) -> None:
 
 
 def weights_bytes(what: str, edit: Any = None) -> bytes:
-    """A weights file: `export` (good .safetensors; `export20` of the depth-20 template), `edited`
-    (safetensors changed by `edit`, see `edited_safetensors`), `foreign` (pytorch_resnet_cifar10 layout),
-    `step`/`best` (a template checkpoint, `edit` = "cut" or "flip" damages it), `garbage`, `empty`."""
-    if what == "export":
-        return exported_bytes()
-    if what == "export20":  # the depth-20 template's newest checkpoint (hub's resnet20 entry takes it)
-        return safetensors_of(multi_run(20) / "checkpoints" / STEPS[-1])
-    if what == "edited":
-        return edited_safetensors(edit)
-    if what == "foreign":
-        return foreign_bytes()
-    if what in ("step", "best"):
-        raw = (multi_run() / "checkpoints" / (STEPS[-1] if what == "step" else "best.pt")).read_bytes()
-        if edit == "cut":
-            return raw[: len(raw) * 2 // 3]
-        if edit == "flip":
-            return raw[:1000] + bytes([raw[1000] ^ 1]) + raw[1001:]
-        return raw
-    if what == "garbage":
-        return os.urandom(300)
-    return b""
+    """A weights file: `export` (good .safetensors; `export20` of the depth-20 template, which hub's resnet20
+    entry takes), `edited` (see `edited_safetensors`), `foreign` (pytorch_resnet_cifar10 layout), `step` (the
+    newest template checkpoint; `edit` "cut" or "flip" damages it), `garbage`."""
+    if what == "step":
+        raw = (multi_run() / "checkpoints" / STEPS[-1]).read_bytes()
+        damaged = {"cut": raw[: len(raw) * 2 // 3], "flip": raw[:1000] + bytes([raw[1000] ^ 1]) + raw[1001:]}
+        return damaged.get(edit, raw)
+    makers = {"export": exported_bytes, "export20": lambda: safetensors_of(multi_run(20) / "checkpoints" / STEPS[-1]),
+              "edited": lambda: edited_safetensors(edit), "foreign": foreign_bytes, "garbage": lambda: os.urandom(300)}
+    return makers[what]()
 
 
 SAFETENSORS_EDITS: dict[str, tuple[tuple[Any, ...], str | None]] = {
@@ -198,19 +186,16 @@ def edited_safetensors(edit: tuple[Any, ...]) -> bytes:
     import torch
 
     raw = exported_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    framed = _edited_frame(raw, n, edit)
+    framed = _edited_frame(raw, int.from_bytes(raw[:8], "little"), edit)
     if framed is not None:
         return framed
     what = edit[0]
-    header = json.loads(raw[8:8 + n])
+    header = safetensors_parts(raw)[0]
     tensors = stt.load(raw)
     meta = dict(header["__metadata__"])
     info = json.loads(meta["resnetlab"])
-    if what == "image_size":
-        info["image_size"] = edit[1]
-    elif what == "classes":
-        info["classes"] = edit[1]
+    if what in ("image_size", "classes"):
+        info[what] = edit[1]
     elif what == "spec":
         info["spec"][edit[1]] = edit[2]
     elif what == "spec_drop":
@@ -265,99 +250,3 @@ def _edited_frame(raw: bytes, n: int, edit: tuple[Any, ...]) -> bytes | None:
     length = b["data_offsets"][1] - b["data_offsets"][0]
     b["data_offsets"] = [a["data_offsets"][0], a["data_offsets"][0] + length]
     return safetensors_join(header, body)
-
-
-MODES = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I", "F", "CMYK"]
-
-IMAGE_KINDS = ([f"mode {m}" for m in MODES]
-               + ["1x1", "1x100000", "100000x1", "declared 100000x100000", "declared 8193x8192", "png missing rows",
-                  "jpeg partial frame", "png cut in its data", "zero bytes", "png named .jpg", "jpeg named .png",
-                  "text", "animated gif", "exif rotated jpeg"])
-
-INVALID_IMAGES = {"png missing rows": "a PNG whose data covers half its rows",
-                  "jpeg partial frame": "a JPEG whose scan covers a quarter of its declared frame",
-                  "png cut in its data": "a PNG cut inside its image data", "zero bytes": "an empty image file",
-                  "text": "a text file as an image"}
-
-
-def image_file(kind: str, seed: int) -> tuple[bytes, str]:
-    """The bytes of an image file of `kind` and the suffix its name gets."""
-    import struct
-    import zlib
-
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    rgb = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)  # not square: the crop matters
-
-    def save(img: Image.Image, fmt: str, **kw: Any) -> bytes:
-        buf = io.BytesIO()
-        img.save(buf, fmt, **kw)
-        return buf.getvalue()
-
-    if kind.startswith("mode "):
-        return _mode_image(kind[5:], rgb, rng, save), ".png"
-    if kind in ("1x1", "1x100000", "100000x1"):
-        w, h = (int(v) for v in kind.split("x"))
-        return save(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), "PNG"), ".png"
-    if kind.startswith("declared "):
-        w, h = (int(v) for v in kind.split()[1].split("x"))
-        return crafted_png(w, h, b"\x00" * 64), ".png"
-    if kind == "png missing rows":  # IDAT holds 6 of 12 rows; PIL fills the rest without an error
-        rows = b"".join(b"\x00" + rgb[r].tobytes() for r in range(6))
-        ihdr = struct.pack(">IIBBBBB", 10, 12, 8, 2, 0, 0, 0)
-        return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(rows))
-                + png_chunk(b"IEND", b"")), ".png"
-    if kind == "jpeg partial frame":  # the frame header claims 4x the rows its scan holds; PIL pads with grey
-        jpeg = bytearray(save(Image.fromarray(rgb), "JPEG"))
-        sof = jpeg.find(b"\xff\xc0")
-        jpeg[sof + 5:sof + 7] = (48).to_bytes(2, "big")
-        return bytes(jpeg), ".jpg"
-    if kind == "png cut in its data":
-        png = save(Image.fromarray(rgb), "PNG")
-        return png[: png.find(b"IDAT") + 20], ".png"
-    if kind == "zero bytes":
-        return b"", ".png"
-    if kind == "png named .jpg":
-        return save(Image.fromarray(rgb), "PNG"), ".jpg"
-    if kind == "jpeg named .png":
-        return save(Image.fromarray(rgb), "JPEG"), ".png"
-    if kind == "text":
-        return b"not an image\n", ".png"
-    if kind == "animated gif":
-        return save(Image.fromarray(rgb), "GIF", save_all=True, append_images=[Image.fromarray(255 - rgb)]), ".png"
-    if kind == "exif rotated jpeg":
-        exif = Image.Exif()
-        exif[0x0112] = 6  # orientation: rotate 90
-        return save(Image.fromarray(rgb), "JPEG", exif=exif), ".jpg"
-    raise ValueError(kind)
-
-
-def _mode_image(mode: str, rgb: Any, rng: Any, save: Any) -> bytes:
-    """An image of PIL mode `mode` as PNG, or TIFF (under a .png name) where PNG cannot hold the mode."""
-    import numpy as np
-    from PIL import Image
-
-    arrays = {"1": rgb[..., 0] > 127, "L": rgb[..., 0], "LA": rgb[..., :2].copy(), "RGB": rgb,
-              "RGBA": rng.integers(0, 256, (12, 10, 4), dtype=np.uint8),
-              "I;16": rng.integers(0, 65536, (12, 10), dtype=np.uint16),
-              "I": rng.integers(0, 65536, (12, 10), dtype=np.int32),
-              "F": rng.random((12, 10), dtype=np.float32)}
-    if mode == "P":
-        img = Image.fromarray(rgb).convert("P")
-    elif mode == "PA":
-        img = Image.fromarray(rgb).convert("P").convert("PA")
-    elif mode == "CMYK":
-        img = Image.fromarray(rgb).convert("CMYK")
-    elif mode == "1":
-        img = Image.fromarray(arrays["1"])
-    else:
-        img = Image.fromarray(arrays[mode], mode if mode in ("LA", "RGBA") else None)
-    try:
-        return save(img, "PNG")
-    except OSError:  # PA, I, F, CMYK: TIFF, under a .png name (content decides, not the suffix)
-        return save(img, "TIFF")
-
-
-NAMES = ["img", "new\nline", "\x1b[31mred", "car\rriage", "tab\tname", "sp ace ", "ünïcödé", "bell\x07"]

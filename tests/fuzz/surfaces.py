@@ -13,16 +13,9 @@ from hypothesis import strategies as st
 
 from tests.fuzz.common import REPO, STEPS, TINY
 from tests.fuzz.core import Case, Ended, Family, register
+from tests.fuzz.craft import IMAGE_KINDS, INVALID_IMAGES, NAMES, image_file
 from tests.fuzz.judge import same_state, state_of
-from tests.fuzz.surface_files import (
-    IMAGE_KINDS,
-    INVALID_IMAGES,
-    NAMES,
-    RUN_DAMAGES,
-    SAFETENSORS_EDITS,
-    image_file,
-    setup,
-)
+from tests.fuzz.surface_files import RUN_DAMAGES, SAFETENSORS_EDITS, setup
 
 FORMATS = st.sampled_from(["safetensors"] * 16 + ["pt2"] * 3 + ["onnx"])  # onnx: ~2-8 s a case; pt2: ~1 s
 
