@@ -30,21 +30,15 @@ def count_macs(model: nn.Module, input_size: int | tuple[int, int], in_channels:
         in_channels = spec.in_channels if spec is not None else 3
     total = 0
 
-    def on_conv(m: nn.Conv2d, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+    def count(m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal total
-        kh, kw = m.kernel_size
-        total += out[0].numel() * (m.in_channels // m.groups) * kh * kw
-
-    def on_linear(m: nn.Linear, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        total += out[0].numel() * m.in_features
-
-    handles = []
-    for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(on_conv))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(on_linear))
+            kh, kw = m.kernel_size
+            total += out[0].numel() * (m.in_channels // m.groups) * kh * kw
+        else:
+            total += out[0].numel() * m.in_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     was_training = model.training
     try:
         model.eval()

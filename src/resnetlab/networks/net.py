@@ -81,9 +81,8 @@ class ResNet(nn.Module):
         if step and self.training and torch.is_grad_enabled():
             for i in range(0, len(units), step):
                 segment = units[i : i + step]
-                x = checkpoint(
-                    _run, segment, x, use_reentrant=False, context_fn=lambda seg=segment: _contexts(seg)
-                )
+                x = checkpoint(_run, segment, x, use_reentrant=False,
+                               context_fn=lambda seg=segment: (contextlib.nullcontext(), _keep_bn_stats(seg)))
             return x
         return _run(units, x)
 
@@ -111,6 +110,3 @@ def _keep_bn_stats(units: list[Unit]) -> Iterator[None]:
                 m.running_var.copy_(var)
                 m.num_batches_tracked.copy_(count)
 
-
-def _contexts(units: list[Unit]) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
-    return contextlib.nullcontext(), _keep_bn_stats(units)

@@ -156,15 +156,6 @@ SHORTCUTS: dict[str, ShortcutKind] = {
 }
 
 
-def param_fields() -> dict[str, list[str]]:
-    """Each spec field some kind reads -> the kinds that read it."""
-    users: dict[str, list[str]] = {}
-    for name, kind in SHORTCUTS.items():
-        for param in kind.params:
-            users.setdefault(param.field, []).append(name)
-    return users
-
-
 def make_shortcut(kind: str, option: str, params: dict[str, float], cin: int, cout: int, stride: int) -> Shortcut:
     """The shortcut `h` of one unit: the kind's row with the dimension-increase option (v1 sec. 3.3): A
     zero-pads where dimensions change, B projects where they change, C projects everywhere."""
@@ -181,17 +172,3 @@ def make_shortcut(kind: str, option: str, params: dict[str, float], cin: int, co
     shortcut = row.build(match, cin, cout, stride, **params)
     shortcut.projects = projects
     return shortcut
-
-
-def describe_shortcut(shortcut: Shortcut, kind: str, params: dict[str, float]) -> str:
-    """One line for `resnetlab describe`: the matching piece, then the kind's own text."""
-    match = shortcut.match
-    if isinstance(match, PadShortcut):
-        base = "A: zero-pad"
-    elif isinstance(match, Projection):
-        base = "projection"
-    elif isinstance(match, nn.Conv2d):
-        base = "1x1 conv"
-    else:
-        base = "identity"
-    return SHORTCUTS[kind].text.format(base=base, **params)

@@ -13,7 +13,6 @@ from typing import Any
 
 from resnetlab.errors import SpecError
 from resnetlab.networks.shortcuts import SHORTCUTS as SHORTCUT_KINDS
-from resnetlab.networks.shortcuts import param_fields
 
 STEMS = ("cifar", "imagenet")
 BLOCKS = ("basic", "bottleneck")
@@ -22,6 +21,9 @@ UNITS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "preact")
 OPTIONS = ("A", "B", "C")  # v1 sec. 3.3 / 4.1: dimension-increase shortcuts
 STRIDE_ON = ("1x1", "3x3")  # bottleneck stride: "1x1" = paper (MSRA), "3x3" = torchvision's "v1.5"
 
+# the checked choices; the shortcut kinds are read from their table at each check
+_CHOICES = {"stem": STEMS, "block": BLOCKS, "unit": UNITS, "shortcut": SHORTCUT_KINDS, "option": OPTIONS,
+            "stride_on": STRIDE_ON}
 MAX_DEPTH = 10_000  # layers; the papers' deepest is 1,202
 MAX_WIDTH = 16_384  # channels of a stage's base width; the papers' widest is 512 (2,048 after expansion)
 
@@ -57,22 +59,14 @@ class ResNetSpec:
     name: str = field(default="", compare=False)  # registry name, for display only
 
     def __post_init__(self) -> None:
-        _check_choice("stem", self.stem, STEMS)
-        _check_choice("block", self.block, BLOCKS)
-        _check_choice("unit", self.unit, UNITS)
-        _check_choice("shortcut", self.shortcut, tuple(SHORTCUT_KINDS))  # the table as it is now
-        _check_choice("option", self.option, OPTIONS)
-        _check_choice("stride_on", self.stride_on, STRIDE_ON)
-        _check_int("depth", self.depth, 3)
-        _check_int("num_classes", self.num_classes, 1)
-        _check_int("in_channels", self.in_channels, 1)
-        _check_int("expansion", self.expansion, 1)
-        _check_int("recompute", self.recompute, 0)
-        if not isinstance(self.residual, bool):
-            raise SpecError(f"residual: expected true or false, got {self.residual!r}")
-        if not isinstance(self.zero_init_residual, bool):
-            raise SpecError(f"zero_init_residual: expected true or false, got {self.zero_init_residual!r}")
-        per_unit = self.layers_per_unit
+        for fname, choices in _CHOICES.items():
+            _check_choice(fname, getattr(self, fname), tuple(choices))
+        for fname, least in (("depth", 3), ("num_classes", 1), ("in_channels", 1), ("expansion", 1), ("recompute", 0)):
+            _check_int(fname, getattr(self, fname), least)
+        for fname in ("residual", "zero_init_residual"):
+            if not isinstance(getattr(self, fname), bool):
+                raise SpecError(f"{fname}: expected true or false, got {getattr(self, fname)!r}")
+        per_unit = 2 if self.block == "basic" else 3  # weight layers per unit
         if self.units is None:
             if self.stem != "cifar":
                 raise SpecError("units: required for stem 'imagenet' (units per stage, e.g. (3, 4, 6, 3))")
@@ -95,8 +89,8 @@ class ResNetSpec:
                     f"({per_unit} layers each + 2 gives {expected})"
                 )
         stages = len(self.units)
-        default_widths = (16, 32, 64) if self.stem == "cifar" else (64, 128, 256, 512)
-        widths = self.widths if self.widths is not None else _extend(default_widths, stages)
+        base = 16 if self.stem == "cifar" else 64  # doubling at each stage: 16/32/64 (CIFAR), 64..512 (ImageNet)
+        widths = self.widths if self.widths is not None else tuple(base * 2**s for s in range(stages))
         strides = self.strides if self.strides is not None else (1,) + (2,) * (stages - 1)
         for fname, value in (("widths", widths), ("strides", strides)):
             if not isinstance(value, list | tuple):
@@ -134,7 +128,8 @@ class ResNetSpec:
         take their defaults and are checked."""
         if not self.residual and self.shortcut != "identity":
             raise SpecError(f"shortcut: a plain net (residual=false) has no shortcut, got {self.shortcut!r}")
-        for fname, users in param_fields().items():
+        for fname in dict.fromkeys(param.field for kind in SHORTCUT_KINDS.values() for param in kind.params):
+            users = [name for name, kind in SHORTCUT_KINDS.items() if fname in (p.field for p in kind.params)]
             if getattr(self, fname) is not None and self.shortcut not in users:
                 kinds = " or ".join(repr(kind) for kind in users)
                 raise SpecError(f"{fname}: only used by shortcut {kinds}, not {self.shortcut!r}")
@@ -151,11 +146,6 @@ class ResNetSpec:
     def shortcut_params(self) -> dict[str, float]:
         """The parameters of this spec's shortcut kind (its row's fields, resolved), e.g. {"gate_bias": -6.0}."""
         return {param.field: getattr(self, param.field) for param in SHORTCUT_KINDS[self.shortcut].params}
-
-    # derived facts -------------------------------------------------------------------------------------
-    @property
-    def layers_per_unit(self) -> int:
-        return 2 if self.block == "basic" else 3
 
     @property
     def out_widths(self) -> tuple[int, ...]:
@@ -195,13 +185,6 @@ class ResNetSpec:
             raise SpecError(f"{unknown[0]}: not a spec field")
         tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
         return cls(**{**data, **tuples})
-
-
-def _extend(base: tuple[int, ...], stages: int) -> tuple[int, ...]:
-    widths = list(base[:stages])
-    while len(widths) < stages:
-        widths.append(widths[-1] * 2)
-    return tuple(widths)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
