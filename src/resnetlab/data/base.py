@@ -211,12 +211,6 @@ class DataSource(ABC):
         check_count("steps_per_epoch", "batch_size", batch_size)
         return max(1, self.train_size // batch_size)
 
-    def _check_split(self, split: str) -> None:
-        if split not in EVAL_SPLITS:
-            raise DataError(f"{self.name}: unknown split {split!r}; valid: {', '.join(EVAL_SPLITS)}")
-        if split == "val" and not self.has_val:
-            raise DataError(f"{self.name}: no 'val' split (set DataOptions.val_split > 0 to hold one out)")
-
     def train_batches(self, epoch: int, batch_size: int, *, seed: int, device: torch.device | str = "cpu",
                       start_step: int = 0, rank: int = 0,
                       world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -255,7 +249,10 @@ class DataSource(ABC):
 
     def eval_size(self, split: str) -> int:
         """Number of images in ``split``."""
-        self._check_split(split)
+        if split not in EVAL_SPLITS:
+            raise DataError(f"{self.name}: unknown split {split!r}; valid: {', '.join(EVAL_SPLITS)}")
+        if split == "val" and not self.has_val:
+            raise DataError(f"{self.name}: no 'val' split (set DataOptions.val_split > 0 to hold one out)")
         return len(self._splits[split])
 
     def norm_state(self) -> dict[str, torch.Tensor]:

@@ -118,7 +118,7 @@ class TensorSource(DataSource):
     def split(self, split: str) -> ArrayDataset:
         """The raw uint8 images of ``split`` ("train", "test" or "val")."""
         if split != "train":
-            self._check_split(split)
+            self.eval_size(split)  # a DataError for an unknown split or a missing val
         return self._splits[split]
 
     def _device_tensor(self, key: str, device: torch.device) -> torch.Tensor:
