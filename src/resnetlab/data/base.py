@@ -44,7 +44,7 @@ class DataOptions:
     test_resize: int = 256
     cache_dir: str | None = None
 
-    def __post_init__(self) -> None:  # the one check of the options, a config's data section's too
+    def __post_init__(self) -> None:  # the one check of the options: a config's data section comes here too
         if self.normalize not in NORMALIZE_MODES:
             raise DataError(f"DataOptions.normalize: {self.normalize!r} is not one of {', '.join(NORMALIZE_MODES)}")
         for field, minimum in (("pad", 0), ("val_split", 0), ("split_seed", 0), ("workers", 0),
