@@ -36,11 +36,6 @@ class Slot:
     threads: int
     restarts: int = 0
 
-    @property
-    def where(self) -> str:
-        return f"{f'GPU {self.gpu}' if self.gpu is not None else 'cpu'}, {self.threads} " \
-               f"thread{'s' if self.threads > 1 else ''}"
-
 
 def plan_slots(jobs: int, devices: list[str] | None, device: str | None) -> list[Slot]:
     """`jobs` slots over `devices` (cpu, cuda, cuda:K, K, all; default: `device`, else every GPU, else the
@@ -198,8 +193,9 @@ class Pool:
                 self.event(job, json.loads(line))
 
     def event(self, job: Job, row: dict[str, Any]) -> None:
-        tag, where = f"[{self.work.suite.name}] {row.get('member')} seed {row.get('seed')}", \
-            f"job {job.slot.index} ({job.slot.where})"
+        slot, tag = job.slot, f"[{self.work.suite.name}] {row.get('member')} seed {row.get('seed')}"
+        where = f"job {slot.index} ({f'GPU {slot.gpu}' if slot.gpu is not None else 'cpu'}, {slot.threads} " \
+                f"thread{'s' if slot.threads > 1 else ''})"
         if row.get("event") == "start" and row.get("mode") in ("train", "resume"):
             job.task = (f"{row.get('slug')} s{row.get('seed')}", time.time())
             self.log(f"{tag}: {'training' if row['mode'] == 'train' else 'resuming'} on {where}")

@@ -23,19 +23,13 @@ FIRST_FIELDS = ("suite", "scale", "recipe", "epochs", "iters")  # what suite.jso
 
 
 class SuiteDir:
-    """A suite's output directory: which call made it, and who is writing into it.
+    """A suite's output directory: `suite.json`, the whole call that made it (what it asks for, the contents of
+    the files it names, every member's training key), so that a call or worker that asks for anything else is
+    refused in one line naming what differs; and `.suite.lock`, flock'ed shared by every worker for its call
+    (dropped by the OS when the process dies) and taken exclusively for an instant by a worker that is done, to
+    learn whether it is the last (which writes the results)."""
 
-    `suite.json` holds the whole call that made it: suite, scale, data, recipe, budget, seeds, every `--set`,
-    the content of the files it names (`contents`) and the key of every member's training (`trainings`). A
-    later call, or a worker, that asks for anything else is refused with one line naming what differs, so
-    one --out never mixes two calls' trainings or results; only an --out that holds no training yet (its
-    members failed before training began) is taken over by a call with other input, and `--add-seeds` extends
-    the recorded call's seeds. A lock (flock on `.suite.lock`, dropped by the OS when the process dies) is
-    held shared by every worker for its call (`work.py`: a per-training claim keeps two workers off one
-    member); a worker that is done takes it exclusively for an instant, to learn whether it is the last
-    (`last`), and so writes the results."""
-
-    WAIT_S = 2.0  # how long a worker waits for an exclusive holder (another worker asking `last`)
+    WAIT_S = 2.0  # how long a worker waits for an exclusive holder (another worker asking if it is the last)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -84,9 +78,7 @@ class SuiteDir:
 
     def _rewrite(self, held: Path, call: dict[str, Any]) -> bool:
         """`call` into suite.json, if no other worker holds the directory now (False otherwise)."""
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
-        except OSError:
+        if not self._alone():
             return False
         try:
             write_text_atomic(held, json.dumps(call, indent=2) + "\n")
@@ -126,17 +118,23 @@ class SuiteDir:
             raise ConfigError(f"{held}: expected a JSON object, got {type(before).__name__}")
         return before
 
-    def write_when_last(self, write: Callable[[], None], log: Callable[[str], Any], now: bool = False) -> bool:
-        """`write` the results if no other worker holds the directory now (or `now`, for `--collect`); the
-        lock is given up either way, and the writers of one suite take turns (`.results.lock`)."""
+    def _alone(self) -> bool:
+        """Whether no other worker holds the directory now (this one then holds it exclusively)."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            return False
+        return True
+
+    def write_when_last(self, write: Callable[[], None], log: Callable[[str], Any], now: bool = False) -> None:
+        """`write` the results if this worker is the last on the suite (or `now`, for `--collect`); the lock is
+        given up either way, and the writers of one suite take turns (`.results.lock`)."""
         if not now:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
-            except (OSError, TypeError):
-                self.release()
-                log(f"results: left to the last worker on {self.path} (others are still training)")
-                return False
+            last = self._alone()
             self.release()
+            if not last:
+                log(f"results: left to the last worker on {self.path} (others are still training)")
+                return
         fd = os.open(self.path / ".results.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -144,7 +142,6 @@ class SuiteDir:
         finally:
             os.close(fd)
         log(f"results: {self.path / 'results.md'} (and results.csv, curves.png, errors.png)")
-        return True
 
     def release(self) -> None:
         if self._fd is not None:
@@ -161,10 +158,9 @@ def _compare(before: dict[str, Any], call: dict[str, Any], fields: tuple[str, ..
             continue
         if k == "trainings" and isinstance(old, dict) and isinstance(new, dict):
             other = sorted(t for t in set(old) | set(new) if old.get(t) != new.get(t))
-            return (f"holds other trainings for {other[0]} (and {len(other) - 1} more) than this call makes "
-                    "(the suite's file or resnetlab changed since)" if len(other) > 1 else
-                    f"holds another training for {other[0]} than this call makes (the suite's file or "
-                    "resnetlab changed since)")
+            more = f" (and {len(other) - 1} more)" if len(other) > 1 else ""
+            return (f"holds {'other trainings' if more else 'another training'} for {other[0]}{more} than this "
+                    "call makes (the suite's file or resnetlab changed since)")
         if k == "contents":
             changed = sorted(n for n in set(old or {}) | set(new or {}) if (old or {}).get(n) != (new or {}).get(n))
             return f"was made from other contents of {', '.join(changed)} (the files behind the path changed)"
