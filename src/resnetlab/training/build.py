@@ -1,13 +1,9 @@
-"""From a config to a ready trainer, in one function: `build_trainer`.
-
-It resolves where the run executes (device, threads, kernels), loads the data, fits the model's spec to it,
-then builds the trainer's parts in the order that fixes the random state (the seed, then the net's init): the
-net and its wrappings (channels-last, SyncBN, DDP, torch.compile), the batch arithmetic, the optimizer, the
-schedule and the reporter. `train`, `resume`, the benchmarks and the tests all build their trainer here.
-"""
+"""From a config to a ready trainer, in one function: `build_trainer`, which `train`, `resume`, the benchmarks
+and the tests all call. It builds the parts in the order that fixes the random state: the seed, then the net."""
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,17 +19,11 @@ from resnetlab.networks.spec import ResNetSpec
 from resnetlab.runs.directory import RunDir
 from resnetlab.settings.config import Config
 from resnetlab.training.distributed import World, broadcast
-from resnetlab.training.fast import (
-    channels_last_default,
-    choose_compile,
-    compile_module,
-    make_sgd,
-    use_compile_cache,
-)
+from resnetlab.training.fast import channels_last_default, choose_compile, compile_module, make_sgd
 from resnetlab.training.progress import EpochSums
 from resnetlab.training.reporting import Log, Reporter, quiet
 from resnetlab.training.schedule import build_schedule
-from resnetlab.training.setup import configure_runtime, data_options, resolve_device
+from resnetlab.training.setup import data_options, resolve_device
 from resnetlab.training.trainer import Trainer
 
 
@@ -67,18 +57,27 @@ def build_trainer(cfg: Config, run: RunDir | str | Path | None = None, *, world:
     steps_per_epoch = source.steps_per_epoch(batch)
     schedule = build_schedule(cfg, steps_per_epoch, spec.depth, world.size)
     compile_choice = choose_compile(cfg.run.compile, torch_device)
-    if compile_choice.mode != "off":
-        use_compile_cache(cache_dir(data_options(cfg)))
-    train_model = compile_module(eager_model, compile_choice.mode, torch_device)
+    train_model = compile_module(eager_model, compile_choice.mode, torch_device, cache_dir(data_options(cfg)))
     reporter = Reporter(run, log if world.main else quiet, tensorboard=cfg.run.tensorboard,
                         progress=cfg.run.progress, total_steps=schedule.total, steps_per_epoch=steps_per_epoch,
                         batch=batch, trackers=cfg.run.tracker if world.main else None)
     amp = torch.autocast(torch_device.type, dtype=torch.bfloat16) if cfg.run.amp == "bf16" else nullcontext()
     return Trainer(cfg=cfg, run=run, world=world, device=torch_device, source=source, spec=spec, model=model,
-                   train_model=train_model, eager_model=eager_model,
-                   channels_last=channels_last, batch=batch, steps_per_epoch=steps_per_epoch, optimizer=optimizer,
-                   schedule=schedule, compile=compile_choice, amp=amp, reporter=reporter,
-                   sums=EpochSums(torch_device))
+                   train_model=train_model, eager_model=eager_model, channels_last=channels_last, batch=batch,
+                   steps_per_epoch=steps_per_epoch, optimizer=optimizer, schedule=schedule, compile=compile_choice,
+                   amp=amp, reporter=reporter, sums=EpochSums(torch_device))
+
+
+def configure_runtime(cfg: Config, device: torch.device) -> None:
+    """Threads and the deterministic/autotuned kernel choice, process-wide, before anything is built."""
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    if cfg.run.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def _net(cfg: Config, spec: ResNetSpec, device: torch.device, world: World) -> tuple[ResNet, bool]:

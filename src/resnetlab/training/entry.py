@@ -14,7 +14,7 @@ from resnetlab.settings.config import Config, config_from_dict
 from resnetlab.training.build import build_trainer
 from resnetlab.training.distributed import barrier, init_from_env, shutdown
 from resnetlab.training.identity import training_key
-from resnetlab.training.reporting import Log, started, tee
+from resnetlab.training.reporting import Log, tee
 from resnetlab.training.trainer import Trainer
 from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.weights.resolve import resolve, start_from
@@ -33,9 +33,8 @@ def train(cfg: Config, out: str | Path | None = None, log: Log = print) -> tuple
             run.create(cfg.to_dict() | {"resolved": trainer.resolved() | init | {"key": key}})
             trainer.reporter.log = log = tee(log, run.log)
         try:
-            started(trainer.reporter, name=trainer.spec.name, params=count_params(trainer.model),
-                    source=trainer.source, total=trainer.schedule.total, steps_per_epoch=trainer.steps_per_epoch,
-                    device=trainer.device, processes=world.size)
+            trainer.reporter.started(trainer.spec.name, count_params(trainer.model), trainer.source, trainer.device,
+                                     world.size)
             log(trainer.compile.reason)
             if init:
                 log("initial weights: " + ", ".join(f"{name} {value}" for name, value in init["init"].items()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,15 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.data import DataSource
-from resnetlab.errors import CheckpointError
 from resnetlab.networks.folding import fold_bn
-from resnetlab.networks.spec import ResNetSpec
 from resnetlab.runs.records import MetricsRow
 from resnetlab.training.progress import Progress
 from resnetlab.training.schedule import Schedule
 
 
-# ---- evaluation ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: nn.Module, source: DataSource, split: str, batch_size: int, device: torch.device,
              amp: Any = None, channels_last: bool = False, fold: bool = True) -> dict[str, float]:
@@ -59,15 +55,6 @@ def evaluate(model: nn.Module, source: DataSource, split: str, batch_size: int, 
     n = max(seen, 1)
     return {"loss": loss_sum.item() / n, "error": wrong1.item() / n, "top5_error": wrong5.item() / n,
             "images_per_s": seen / elapsed if elapsed > 0 else 0.0}
-
-
-
-
-def check_fits(spec: ResNetSpec, source: DataSource, where: Path) -> None:
-    if (spec.in_channels, spec.num_classes) != (source.channels, source.num_classes):
-        raise CheckpointError(
-            f"{where}: {spec.name or 'the model'} takes {spec.in_channels} channel(s) and {spec.num_classes} "
-            f"classes; data {source.name!r} has {source.channels} and {source.num_classes}")
 
 
 def metrics_row(progress: Progress, steps_per_epoch: int, schedule: Schedule, model: nn.Module, source: DataSource,

@@ -1,17 +1,6 @@
-"""Fast paths that keep the mathematics: memory format, folded batch norm for inference, the optimizer step.
-
-Each one is kept because `python -m benchmarks.run` measured it faster (docs/benchmarks.md), and
-tests/test_fast.py checks that it computes what the plain path computes, to float32 rounding:
-
-- channels-last memory format, on CPU and CUDA: 1.24-1.47x training steps on the 2-core CPU;
-- batch norm folded into the convolution before it, for evaluation only (in training BN normalises with the
-  batch's statistics, so it cannot be folded): conv-BN in the original units, stems and projections, and the
-  BN after each conv inside a pre-activation branch;
-- the fused SGD step on CUDA (one kernel for all parameters instead of one per tensor);
-- `torch.compile` of the training forward (`run.compile`): generated kernels that fuse BN, ReLU and the
-  addition. A named mode compiles, with PyTorch's on-disk cache under the resnetlab cache directory so that a
-  second run compiles from the cache; `auto` (the default) is eager on every device (`choose_compile` says why).
-"""
+"""Fast paths that keep the mathematics, each kept because `python -m benchmarks.run` measured it faster
+(docs/benchmarks.md) and checked by tests/test_fast.py to compute what the plain path computes, to float32
+rounding: channels-last, the fused SGD step on CUDA, `torch.compile` of the training forward (`run.compile`)."""
 
 from __future__ import annotations
 
@@ -73,29 +62,23 @@ def has_cxx_compiler() -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
-def use_compile_cache(cache_root: Path) -> Path:
-    """PyTorch's on-disk compile caches (FX graphs, AOT autograd) under `cache_root`/inductor, unless
-    TORCHINDUCTOR_CACHE_DIR is already set: a second run of the same net loads the compiled code."""
-    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root / "inductor")))
-    import torch._functorch.config as functorch
-    import torch._inductor.config as inductor
-
-    inductor.fx_graph_cache = True
-    if hasattr(functorch, "enable_autograd_cache"):
-        functorch.enable_autograd_cache = True
-    return path
-
-
-def compile_module(module: nn.Module, mode: str, device: torch.device) -> nn.Module:
+def compile_module(module: nn.Module, mode: str, device: torch.device, cache_root: Path) -> nn.Module:
     """`module` compiled with torch.compile in `mode` (default, reduce-overhead, max-autotune); "off": as is.
 
-    Random operations (dropout shortcuts) fall back to PyTorch's own generator, so a compiled step draws
-    the same masks as the eager one and resumes reproduce them."""
+    PyTorch's on-disk caches (FX graphs, AOT autograd) go under `cache_root`/inductor unless
+    TORCHINDUCTOR_CACHE_DIR is set, so a second run of the same net loads the compiled code. Random operations
+    (dropout shortcuts) fall back to PyTorch's own generator, so a compiled step draws the same masks as the
+    eager one and resumes reproduce them."""
     if mode == "off":
         return module
     if device.type == "cpu" and not has_cxx_compiler():
         raise ConfigError("run.compile: torch.compile on CPU needs a C++ compiler (g++ or clang++) on PATH")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root / "inductor"))
+    import torch._functorch.config as functorch
     import torch._inductor.config as inductor
 
+    inductor.fx_graph_cache = True
     inductor.fallback_random = True
+    if hasattr(functorch, "enable_autograd_cache"):
+        functorch.enable_autograd_cache = True
     return torch.compile(module, mode=None if mode == "default" else mode)

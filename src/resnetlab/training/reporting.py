@@ -1,9 +1,5 @@
-"""What a run tells the person watching it: log lines, the progress bar, the summary, the figure, and the
-experiment trackers (TensorBoard, MLflow, W&B: `trackers.py`), each fed from here.
-
-Only rank 0 of a multi-process run reports; the others get a silent log. Nothing here changes the
-training: a run with every output turned off trains exactly the same net.
-"""
+"""What a run tells the person watching it: log lines, the progress bar, the summary, the figure and the
+experiment trackers (`trackers.py`). Only rank 0 reports; nothing here changes the training."""
 
 from __future__ import annotations
 
@@ -18,7 +14,6 @@ import torch
 from resnetlab.runs.directory import RunDir
 from resnetlab.runs.plots import plot_curves
 from resnetlab.runs.records import FAIL_ERROR, DivergenceRow, MetricsRow, Summary, evaluation_rows
-from resnetlab.training.setup import device_name
 from resnetlab.training.trackers import Trackers
 from resnetlab.version import __version__
 
@@ -47,9 +42,7 @@ class Reporter:
 
     def __init__(self, run: RunDir, log: Log, *, tensorboard: bool | str, progress: bool | str,
                  total_steps: int, steps_per_epoch: int, batch: int, trackers: Sequence[str] | None = ()) -> None:
-        self._log = log
-        self.run = run
-        self.tensorboard, self.progress = tensorboard, progress
+        self._log, self.run, self.progress = log, run, progress
         self.total_steps, self.steps_per_epoch, self.batch = total_steps, steps_per_epoch, batch
         self.total_epochs = math.ceil(total_steps / steps_per_epoch)
         self.trackers = Trackers(trackers, tensorboard, log)
@@ -73,9 +66,12 @@ class Reporter:
                     desc=f"epoch {epoch + 1}/{self.total_epochs}", file=sys.stderr, dynamic_ncols=True)
 
     # log lines and trackers ------------------------------------------------------------------------------
-    def open(self) -> None:
-        """Start the trackers on the run directory (its config.json is their parameters)."""
-        self.trackers.start(self.run.path)
+    def started(self, name: str | None, params: int, source: Any, device: torch.device, processes: int) -> None:
+        """The run's first line: the net, the data, the budget and the hardware."""
+        total = self.total_steps
+        self.log(f"{name} ({params:,} parameters) on {source.name}: {source.train_size} training images, "
+                 f"{total} iterations ({total / self.steps_per_epoch:.1f} epochs) on {device_name(device)}"
+                 + (f" x {processes} processes" if processes > 1 else ""))
 
     def evaluation(self, row: MetricsRow) -> None:
         val = f" val err {row.val_error:.2%}" if row.has_val else ""
@@ -117,15 +113,13 @@ class Reporter:
         return summary
 
 
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def _median(values: list[float]) -> float | None:
     values = sorted(v for v in values if v)
     return values[len(values) // 2] if values else None
-
-
-def started(reporter: Reporter, *, name: str | None, params: int, source: Any, total: int, steps_per_epoch: int,
-            device: torch.device, processes: int) -> None:
-    """The run's first line: the net, the data, the budget and the hardware."""
-    reporter.log(f"{name} ({params:,} parameters) on {source.name}: {source.train_size} training images, "
-                 f"{total} iterations ({total / steps_per_epoch:.1f} epochs) on {device_name(device)}"
-                 + (f" x {processes} processes" if processes > 1 else ""))
 

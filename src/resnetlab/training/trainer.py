@@ -94,7 +94,7 @@ class Trainer:
     def fit(self) -> Summary | WorkerResult:
         """Epochs until the schedule ends, a signal stops the run or the loss diverges."""
         progress, world = self.progress, self.world
-        self.reporter.open()
+        self.reporter.trackers.start(self.run.path)  # the run's config.json is their parameters
         progress.start_session()
         monitor = DivergenceMonitor.for_device(self.device, world)
         reason, diverged_at = StopReason.RUNNING, None
