@@ -51,8 +51,8 @@ class Trackers:
         if names is None:
             return
         settings.require(names)
-        self.wanted = [n for n in settings.TRACKERS if n in names or (
-            n == "tensorboard" and tensorboard is not False and settings.installed(n))]
+        board = tensorboard is not False and settings.installed("tensorboard")  # TensorBoard as before trackers
+        self.wanted = [n for n in settings.TRACKERS if n in names or (n == "tensorboard" and board)]
         self.tb_missing = tensorboard is True and "tensorboard" not in self.wanted
 
     def start(self, run_dir: Path) -> None:
