@@ -57,6 +57,7 @@ RUN_SETTINGS = {"run.amp": "bf16", "run.threads": 2, "run.eval_every": 2, "run.k
 class Plan:
     def __init__(self, out: Path, args: argparse.Namespace) -> None:
         self.out, self.args = out, args  # out: the work folder
+        self.dest, self.results = Path(args.out).resolve(), ROOT / args.results  # what comes back; the runs
         self.record: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "stages"},
                                        "stages": {}}
         self.t0 = time.time()
@@ -80,7 +81,7 @@ class Plan:
                 f.write(f"\n(timed out after {timeout} s)\n")
                 return 124
             finally:
-                pack_work(self.out, Path(self.args.out).resolve())  # what this command wrote comes back
+                pack_work(self.out, self.dest)  # what this command wrote comes back
 
     def save(self) -> None:
         (self.out / "plan.json").write_text(json.dumps(self.record, indent=1, default=str))
@@ -148,11 +149,8 @@ class Plan:
         return train_suites(self, plan_suites(self.args.groups, self.args.only))
 
     def pack(self) -> dict[str, Any]:
-        return pack_results(self.results_root(), self.args.results, Path(self.args.out).resolve(), self.args.part_mb,
-                            self.log, with_checkpoints=self.args.pack_checkpoints == "on")
-
-    def results_root(self) -> Path:
-        return ROOT / self.args.results
+        return pack_results(self.results, self.args.results, self.dest, self.args.part_mb, self.log,
+                            with_checkpoints=self.args.pack_checkpoints == "on")
 
 
 # ---- the training -----------------------------------------------------------------------------------------
@@ -197,7 +195,7 @@ def experiment_command(a: argparse.Namespace, suite: str, root: Path) -> list[st
 def train_suites(plan: Plan, suites: list[tuple[str, list[str]]]) -> dict[str, Any]:
     """Each suite in turn, --parallel jobs at once; at --deadline the running suite is stopped (its jobs
     checkpoint) and no later one starts; then every suite's results from what has finished."""
-    a, root = plan.args, plan.results_root()
+    a, root = plan.args, plan.results
     deadline = plan.t0 + a.deadline
     report: dict[str, Any] = {}
     for suite, slugs in suites:
@@ -235,7 +233,7 @@ def run_until(plan: Plan, cmd: list[str], log_name: str, deadline: float, grace:
                 proc.kill()
                 proc.wait()
     plan.log(f"{cmd[4]}: exit {proc.returncode}")
-    pack_work(plan.out, Path(plan.args.out).resolve())
+    pack_work(plan.out, plan.dest)
     return proc.returncode
 
 

@@ -13,27 +13,24 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-PATH_KEYS = ["missing", "dir", "empty", "garbage", "text", "json", "fifo", "loop", "devnull", "devzero", "dot",
-             "blank", "long", "deep"]
+# the hostile paths a case may name as {NAME}: made once per case directory ({root})
+PATHS = {"missing": "{root}/missing", "dir": "{root}/dir", "empty": "{root}/empty.pt", "garbage": "{root}/garbage.pt",
+         "text": "{root}/text.toml", "json": "{root}/doc.json", "fifo": "{root}/fifo", "loop": "{root}/loop",
+         "devnull": "/dev/null", "devzero": "/dev/zero", "dot": ".", "blank": "", "long": "{root}/" + "a" * 300,
+         "deep": "{root}/dir/x/y/z.png"}
 
 
 def _paths(root: Path) -> dict[str, str]:
-    """Hostile paths, made once per case directory."""
     (root / "dir").mkdir(exist_ok=True)
     (root / "empty.pt").write_bytes(b"")
     (root / "garbage.pt").write_bytes(os.urandom(257))
     (root / "text.toml").write_text("this is = not [toml\n")
     (root / "doc.json").write_text('{"model": 5}')
-    fifo = root / "fifo"
-    if not fifo.exists():
-        os.mkfifo(fifo)
-    loop = root / "loop"
-    if not loop.is_symlink():
-        loop.symlink_to(loop)
-    return {"missing": str(root / "missing"), "dir": str(root / "dir"), "empty": str(root / "empty.pt"),
-            "garbage": str(root / "garbage.pt"), "text": str(root / "text.toml"), "json": str(root / "doc.json"),
-            "fifo": str(fifo), "loop": str(loop), "devnull": "/dev/null", "devzero": "/dev/zero", "dot": ".",
-            "blank": "", "long": str(root / ("a" * 300)), "deep": str(root / "dir" / "x" / "y" / "z.png")}
+    if not (root / "fifo").exists():
+        os.mkfifo(root / "fifo")
+    if not (root / "loop").is_symlink():
+        (root / "loop").symlink_to(root / "loop")
+    return {k: v.replace("{root}", str(root)) for k, v in PATHS.items()}
 
 
 @dataclass
@@ -56,7 +53,7 @@ class Case:
 
 def path_arg() -> st.SearchStrategy[str]:
     """One of the hostile paths, as its placeholder."""
-    return st.sampled_from([f"{{{k}}}" for k in PATH_KEYS])
+    return st.sampled_from([f"{{{k}}}" for k in PATHS])
 
 
 @dataclass

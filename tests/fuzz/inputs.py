@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import shutil
 import tarfile
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
 
 from tests.fuzz import craft
-from tests.fuzz.common import TINY, quiet_main, template_dir, template_folder_run, template_run
+from tests.fuzz.common import TINY, exported_bytes, template_folder_run
 from tests.fuzz.core import Case, Family, register
 
 
@@ -65,9 +64,9 @@ def cifar_cases() -> st.SearchStrategy[Case]:
 
 
 def weights_cases() -> st.SearchStrategy[Case]:
-    """Weights files in the other formats resnetlab reads, damaged: a safetensors file written by `resnetlab
-    export` with its header, metadata or a tensor changed, or cut; state_dicts in the CIFAR peer's or
-    torchvision's layout with keys missing, extra, reshaped or of another dtype."""
+    """Weights files in the other formats resnetlab reads, damaged: an exported safetensors file with its header,
+    metadata or a tensor changed, or cut; state_dicts in the CIFAR peer's or torchvision's layout with keys
+    missing, extra, reshaped or of another dtype."""
     header_edit = st.one_of(
         st.builds(lambda k, v: ("meta", k, v), st.sampled_from(["format", "resnetlab", "nope"]),
                   st.sampled_from(["", "resnetlab", "{}", "[]", "5", '{"spec": 5}', '{"spec": {"depth": -1}}',
@@ -97,17 +96,9 @@ def weights_cases() -> st.SearchStrategy[Case]:
     return safetensors | state
 
 
-@cache
-def _exported() -> bytes:
-    """The template run's weights as `resnetlab export` writes them (made once per process)."""
-    out = template_dir() / "w.safetensors"
-    assert quiet_main(["export", str(template_run()), "--format", "safetensors", "-o", str(out)])[0] == 0
-    return out.read_bytes()
-
-
 def damaged_safetensors(edit: tuple[str, Any, Any]) -> bytes:
-    """The template run's exported weights changed by `edit` (its header, metadata or a tensor entry; or cut)."""
-    raw = _exported()
+    """Exported weights (`exported_bytes`) changed by `edit`: its header, metadata or a tensor entry; or cut."""
+    raw = exported_bytes()
     what, key, value = edit
     if what == "cut":
         return raw[: min(key, len(raw) - 1)]

@@ -97,14 +97,15 @@ def _answer_whole(h: BaseHTTPRequestHandler, mode: str, release: threading.Event
     if mode in ("404", "500", "502", "416"):
         h.send_error(int(mode))
         return True
-    if mode == "html":  # a captive portal: 200 with a page
-        page = b"<html><body>Please log in to the network</body></html>"
-        _head(h, "200 OK", [("Content-Type", "text/html"), ("Content-Length", str(len(page)))])
-        raw(page)
-        return True
-    if mode == "huge":
-        _head(h, "200 OK", [("Content-Length", str(2 << 30))])
-        raw(body[:1000])
+    page = b"<html><body>Please log in to the network</body></html>"  # a captive portal: 200 with a page
+    length = ("Content-Length", str(len(body)))
+    whole = {"html": ([("Content-Type", "text/html"), ("Content-Length", str(len(page)))], page),
+             "huge": ([("Content-Length", str(2 << 30))], body[:1000]),
+             "long_header": ([("X-Long", "x" * 70_000), length], body),
+             "many_headers": ([(f"X-H{i}", "1") for i in range(150)] + [length], body)}
+    if mode in whole:
+        _head(h, "200 OK", whole[mode][0])
+        raw(whole[mode][1])
         return True
     if mode.startswith("redirect"):
         where = {"redirect_self": h.path, "redirect_good": "/ok" + h.path,
@@ -114,14 +115,6 @@ def _answer_whole(h: BaseHTTPRequestHandler, mode: str, release: threading.Event
         return True
     if mode in FIXED:
         raw(FIXED[mode])
-        return True
-    if mode == "long_header":
-        _head(h, "200 OK", [("X-Long", "x" * 70_000), ("Content-Length", str(len(body)))])
-        raw(body)
-        return True
-    if mode == "many_headers":
-        _head(h, "200 OK", [(f"X-H{i}", "1") for i in range(150)] + [("Content-Length", str(len(body)))])
-        raw(body)
         return True
     if mode == "stall_headers":  # the request read, then silence
         release.wait(3 * FETCH_TIMEOUT_S)
@@ -169,14 +162,9 @@ def _answer_body(h: BaseHTTPRequestHandler, mode: str, release: threading.Event)
             raw(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
         raw(b"0\r\n\r\n")
         return
-    if mode == "no_length":
-        _head(h, status, headers)
-    elif mode == "bad_length":
-        _head(h, status, headers + [("Content-Length", "-5"), ("Content-Length", "12abc")])
-    elif mode == "short_length":  # announces less than it sends
-        _head(h, status, headers + [("Content-Length", str(len(data) // 2))])
-    else:
-        _head(h, status, headers + [("Content-Length", str(len(data)))])
+    lengths = {"no_length": [], "bad_length": [("Content-Length", "-5"), ("Content-Length", "12abc")],
+               "short_length": [("Content-Length", str(len(data) // 2))]}  # short: announces less than it sends
+    _head(h, status, headers + lengths.get(mode, [("Content-Length", str(len(data)))]))
     if mode in ("cut", "stall", "trickle"):
         raw(data[: len(data) // 2])
         h.wfile.flush()

@@ -17,7 +17,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.fuzz.common import environ, quiet_main, template_dir, trained, working_directory
+from tests.fuzz.common import environ, image_folder, quiet_main, template_dir, trained, working_directory
 from tests.fuzz.core import Case, Ended, Family, register
 
 SUITE = """title = "reused"
@@ -101,19 +101,6 @@ def _checkpoints() -> list[Path]:
     return [next((where / str(s) / "checkpoints").glob("step-*.pt")) for s in (0, 1)]
 
 
-def _pets(root: Path) -> None:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 4), ("test", 2)):
-        for cls in ("cat", "dog"):
-            for i in range(n):
-                path = root / "pets" / split / cls / f"{i}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
-
-
 def setup(root: Path, step: tuple[str, dict[str, Any]]) -> None:
     _, p = step
     (root / "reused.toml").write_text(SUITE)
@@ -121,7 +108,7 @@ def setup(root: Path, step: tuple[str, dict[str, Any]]) -> None:
     (root / "two").mkdir()
     weights = _checkpoints()
     if p["data"] == "folder":
-        _pets(root)
+        image_folder(root / "pets")
     if p["init"]:
         shutil.copy(weights[0], root / "one" / "w.pt" if p["kind"].startswith("init_relative") else root / "w.pt")
     relative = p["kind"].startswith("init_relative")

@@ -22,6 +22,11 @@ FORMATS = st.sampled_from(["safetensors"] * 16 + ["pt2"] * 3 + ["onnx"])  # onnx
 _RUN = ("run", "multi", "none")
 
 
+def _edited(edit: str, name: str = "w.safetensors") -> tuple[Any, ...]:
+    """The set-up step of the exported file `name` changed by SAFETENSORS_EDITS[edit]."""
+    return ("weights", name, "edited", SAFETENSORS_EDITS[edit][0])
+
+
 def _weights_source(argv: list[str], name: str, what: str, edit: Any = None) -> tuple[list[str], list[Any], str]:
     return argv, [_RUN, ("weights", name, what, edit)], name
 
@@ -40,8 +45,8 @@ SOURCES: dict[str, tuple[list[str], list[tuple[Any, ...]], str]] = {
     "foreign": _weights_source(["--weights", "{root}/in/w.th"], "in/w.th", "foreign"),
     "checkpoint cut": _weights_source(["--weights", "{root}/in/w.pt"], "in/w.pt", "step", "cut"),
     "checkpoint flipped": _weights_source(["{root}/in/w.pt"], "in/w.pt", "step", "flip"),
-    "safetensors NaN weights": _weights_source(["--weights", "{root}/in/w.safetensors"], "in/w.safetensors",
-                                               "edited", ("nan", "conv", float("nan"))),
+    "safetensors NaN weights": (["--weights", "{root}/in/w.safetensors"],
+                                [_RUN, _edited("weights: NaN conv", "in/w.safetensors")], "in/w.safetensors"),
     "garbage": _weights_source(["--weights", "{root}/in/w.pt"], "in/w.pt", "garbage"),
 }
 
@@ -109,8 +114,7 @@ def predict_cases() -> st.SearchStrategy[Case]:
     def net(name: str) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
         if name in PREDICT_NETS:
             return PREDICT_NETS[name]
-        return [], ["--weights", "{root}/w.safetensors"], [("weights", "w.safetensors", "edited",
-                                                               SAFETENSORS_EDITS[name][0])]
+        return [], ["--weights", "{root}/w.safetensors"], [_edited(name)]
 
     # mostly good nets and --top-k values, so that the images are what is tested
     nets = st.sampled_from([n for n in sorted(PREDICT_NETS) if "before" not in n] * 4
@@ -146,14 +150,9 @@ HUB_WEIGHTS: dict[str, tuple[str | None, list[tuple[Any, ...]], str]] = {
     "run with no steps": ("{root}/run", [("run", "multi20", "summary_no_checkpoints")], "no checkpoint"),
     "checkpoint": (f"{{root}}/run/checkpoints/{STEPS[1]}", [("run", "multi20", "none")], ""),
     "safetensors": ("{root}/w.safetensors", [("weights", "w.safetensors", "export20", None)], ""),
-    "safetensors NaN": ("{root}/w.safetensors",
-                        [("weights", "w.safetensors", "edited", SAFETENSORS_EDITS["weights: NaN conv"][0])],
-                        "NaN weights"),
-    "safetensors nested": ("{root}/w.safetensors",
-                           [("weights", "w.safetensors", "edited", SAFETENSORS_EDITS["info: nested 100000"][0])],
-                           "metadata nested beyond reason"),
-    "safetensors cut": ("{root}/w.safetensors",
-                        [("weights", "w.safetensors", "edited", SAFETENSORS_EDITS["cut at data/2"][0])], "truncated"),
+    "safetensors NaN": ("{root}/w.safetensors", [_edited("weights: NaN conv")], "NaN weights"),
+    "safetensors nested": ("{root}/w.safetensors", [_edited("info: nested 100000")], "metadata nested beyond reason"),
+    "safetensors cut": ("{root}/w.safetensors", [_edited("cut at data/2")], "truncated"),
     "foreign": ("{root}/w.th", [("weights", "w.th", "foreign", None)], ""),
     "garbage": ("{garbage}", [], "garbage"), "missing": ("{missing}", [], "missing"),
     "empty": ("{empty}", [], "empty"), "directory": ("{dir}", [], "a plain folder"),
@@ -200,7 +199,7 @@ def safetensors_cases() -> st.SearchStrategy[Case]:
         if why and change[0] in ("image_size", "classes") and command not in uses_meta:
             why = None
         return Case("safetensors", list(commands[command]),
-                    steps=(("weights", "w.safetensors", "edited", change),
+                    steps=(_edited(edit),
                            ("images", (("img.png", "mode RGB", 0),))), writable=(), invalid=why or "")
 
     return st.builds(build, st.sampled_from(sorted(SAFETENSORS_EDITS)), st.sampled_from(sorted(commands)))

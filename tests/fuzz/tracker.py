@@ -74,22 +74,20 @@ def tracker_cases() -> st.SearchStrategy[Case]:
 
     def build(resume: bool, tracker: str, tags: str | None, uri: str, mode: str, wdir: str, damage: str,
               cut_back: bool) -> Case:
-        env = tracker_env()
-        env["MLFLOW_TRACKING_URI"] = MLFLOW_URIS[uri]
-        env["WANDB_MODE"] = mode
-        env["WANDB_DIR"] = WANDB_DIRS[wdir]
+        env = tracker_env() | {"MLFLOW_TRACKING_URI": MLFLOW_URIS[uri], "WANDB_MODE": mode,
+                               "WANDB_DIR": WANDB_DIRS[wdir]}
         if resume:
-            params = {"resume": True, "damage": damage, "cut_back": cut_back, "uri": uri, "wandb_dir": wdir,
+            argv = ["train", "--resume", "{root}/prev"]
+            params = {"resume": True, "damage": damage, "cut_back": cut_back,
                       "needs": [n for n in ("mlflow", "wandb") if installed(n)]}
-            return Case("tracker", ["train", "--resume", "{root}/prev"], steps=(("tracker", params),), env=env,
-                        writable=TRACKER_WRITABLE)
-        argv = [*TINY_TRAIN, "--set", f"run.tracker={tracker}", "--out", "{root}/out/run"]
-        if tags is not None:
-            argv[-2:-2] = ["--set", f"run.tracker_tags={tags}"]
-        names = {n for n in ("mlflow", "wandb") if n in tracker}
-        if any(not installed(n) for n in names):  # the package is absent: the one-line refusal is what is judged
-            argv = [*TINY_TRAIN, "--set", "run.tracker=nope", "--out", "{root}/out/run"]
-        params = {"resume": False, "uri": uri, "wandb_dir": wdir, "needs": sorted(names)}
+        else:
+            argv = [*TINY_TRAIN, "--set", f"run.tracker={tracker}", "--out", "{root}/out/run"]
+            if tags is not None:
+                argv[-2:-2] = ["--set", f"run.tracker_tags={tags}"]
+            names = {n for n in ("mlflow", "wandb") if n in tracker}
+            if any(not installed(n) for n in names):  # the package is absent: the one-line refusal is judged
+                argv = [*TINY_TRAIN, "--set", "run.tracker=nope", "--out", "{root}/out/run"]
+            params = {"resume": False, "needs": sorted(names)}
         return Case("tracker", argv, steps=(("tracker", params),), env=env, writable=TRACKER_WRITABLE)
 
     return st.builds(build, st.sampled_from([False, False, True]), st.sampled_from(TRACKER_VALUES),
