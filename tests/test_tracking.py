@@ -1,4 +1,5 @@
-"""Experiment trackers (training/trackers.py, tracker_kinds.py): MLflow against a real local store (SQLite in tmp), W&B in
+"""Experiment trackers (training/trackers.py, tracker_kinds.py): MLflow against a real local store (SQLite in
+tmp), W&B in
 offline mode (its files read back), TensorBoard through a stand-in SummaryWriter; resume continuing the same
 tracker run; a tracker failing mid-run warned once, with the training unchanged; bad settings as one line.
 
