@@ -1,7 +1,6 @@
 """Experiment trackers (training/trackers.py, tracker_kinds.py): MLflow against a real local store (SQLite in
-tmp), W&B in
-offline mode (its files read back), TensorBoard through a stand-in SummaryWriter; resume continuing the same
-tracker run; a tracker failing mid-run warned once, with the training unchanged; bad settings as one line.
+tmp), W&B in offline mode (its files read back), TensorBoard through a stand-in SummaryWriter; resume continuing
+the same tracker run; a tracker failing mid-run warned once, with the training unchanged; bad settings as one line.
 
 Each MLflow / W&B test skips when its package is absent; `make setup` installs both (the `mlflow`, `wandb`
 extras)."""
