@@ -1,7 +1,6 @@
-"""Weights in and out: what a path means (`resolve`: a run directory, a checkpoint, a weights file), the table of
-formats read and loaded into a net (`formats`), our checkpoints (`checkpoint`), the peers' layouts (`peers`:
-torchvision, the CIFAR reference files), and a trained net written out for others (`export`: safetensors,
-ONNX, .pt2; the hub and `predict` load through it).
+"""Weights in and out: what a path means (`resolve`), the formats read and loaded into a net (`formats`), our
+checkpoints (`checkpoint`), the peers' layouts (`peers`), a trained net ready to use (`pretrained`) and written out
+for others (`export`).
 
 May import: errors, version, files, networks, data, runs, settings.
 """

@@ -1,9 +1,6 @@
-"""Checkpoints: tensors and plain data only, written atomically, verified by a checksum on load.
-
-File layout: the bytes of `torch.save(payload)`, then the payload's SHA-256, then a magic trailer. A write
-goes to a temporary file that is flushed, fsynced and renamed, so a crash leaves the old file or the new
-one, never half of one. Loading uses `torch.load(weights_only=True)`: no code from the file ever runs.
-"""
+"""Checkpoints: the bytes of `torch.save(payload)` (tensors and plain data only), their SHA-256, then a magic
+trailer; written atomically (a crash leaves the old file or the new one, never half of one), checksum verified on
+load, and loaded with `torch.load(weights_only=True)`: no code from the file ever runs."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
-"""Trained networks out of the project: `export(pre, fmt, out)` writes a `weights.pretrained.Pretrained` as
-`safetensors` (weights; spec, class names and image size in the metadata; the normalisation as two tensors),
-`onnx` (the eval graph with BN folded, dynamic batch, checked in onnxruntime against PyTorch on export) or `pt2`
-(a `torch.export` program, loadable with `torch.export.load` without this package, checked the same way).
-
-The exporters' libraries are the `export` extra (`pip install resnetlab[export]`); without them the command
-says in one line what to install. Every output is written to a temporary name and renamed: it exists whole
-or not at all.
-"""
+"""Trained networks out of the project: `export(pre, fmt, out)` writes a `Pretrained` as `safetensors` (weights;
+spec, class names and image size in the metadata; the normalisation as two tensors), `onnx` or `pt2` (a
+`torch.export` program): the eval graph with BN folded and a dynamic batch, checked against PyTorch on export.
+The exporters' libraries are the `export` extra; every output exists whole or not at all."""
 
 from __future__ import annotations
 
@@ -14,7 +9,9 @@ import contextlib
 import importlib
 import io
 import json
+import logging
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ from resnetlab.errors import ConfigError, ResnetlabError, one_line
 from resnetlab.files.atomic import replace_with, temp_path
 from resnetlab.networks.folding import fold_bn
 from resnetlab.runs.outputs import check_output
-from resnetlab.weights.contents import RESNETLAB
+from resnetlab.weights.formats import RESNETLAB
 from resnetlab.weights.pretrained import Pretrained
 
 # stated tolerance of the exported graphs: max |logit difference| <= ATOL + RTOL * max |logit|
@@ -75,9 +72,6 @@ def export(pre: Pretrained, fmt: str, out: str | Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """The exporters' chatter (warnings, log lines about packages they do not need) kept off the terminal."""
-    import logging
-    import warnings
-
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -114,14 +108,6 @@ def _sorted_metadata(raw: bytes) -> bytes:
     return raw[:8] + text.ljust(size, b" ") + raw[8 + size:]
 
 
-def _within(got: np.ndarray, want: Tensor, what: str) -> float:
-    diff = float(np.abs(got - want.numpy()).max())
-    bound = ATOL + RTOL * float(want.abs().max())
-    if not diff <= bound:
-        raise ConfigError(f"{what}: exported outputs differ from PyTorch's by {diff:.3g} (bound {bound:.3g})")
-    return diff
-
-
 def _eval_graph(pre: Pretrained) -> tuple[torch.nn.Module, Tensor, dict[str, Any]]:
     """The eval net with BN folded and the input normalisation inside (it takes pixels in [0, 1]), a batch of 4
     images to trace and check it with, and its dynamic batch axis."""
@@ -142,10 +128,15 @@ def _eval_graph(pre: Pretrained) -> tuple[torch.nn.Module, Tensor, dict[str, Any
 
 def _checked(pre: Pretrained, x: Tensor, run: Callable[[Tensor], np.ndarray], what: str) -> dict[str, Any]:
     """The exported graph's outputs (`run`) against PyTorch's, at two batch sizes: the batch axis is dynamic."""
+    diffs = []
     with torch.no_grad():
         want = pre.model(pre.normalise(x))
-        diff = max(_within(run(xb), wb, what) for xb, wb in ((x, want), (x[:1], want[:1])))
-    return {"max_abs_diff": diff, "tolerance": f"{ATOL} + {RTOL} x max|logit|"}
+        for xb, wb in ((x, want), (x[:1], want[:1])):
+            diff, bound = float(np.abs(run(xb) - wb.numpy()).max()), ATOL + RTOL * float(wb.abs().max())
+            if not diff <= bound:
+                raise ConfigError(f"{what}: exported outputs differ from PyTorch's by {diff:.3g} (bound {bound:.3g})")
+            diffs.append(diff)
+    return {"max_abs_diff": max(diffs), "tolerance": f"{ATOL} + {RTOL} x max|logit|"}
 
 
 def _write_onnx(pre: Pretrained, path: Path) -> dict[str, Any]:

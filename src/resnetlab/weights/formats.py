@@ -1,16 +1,7 @@
-"""Weights files of every format resnetlab reads, told apart by their content and read without running code:
-`READERS` (the containers, by their first bytes) and `LAYOUTS` (how a format's tensors are named and loaded
-into a net) are the table; `export.WRITERS` is the other direction.
-
-- `resnetlab`: our checkpoint (`checkpoint.py`): spec, weights, and the input normalisation of its run;
-- `pytorch_resnet_cifar10`: an option-A CIFAR ResNet-20..1202 of that project (`peers.py`);
-- `torchvision`: a torchvision-style ResNet state_dict (`peers.py`).
-The two foreign formats were trained on pixels in [0, 1] normalised with ImageNet's channel mean and std, so
-that is the normalisation they carry here: evaluating them computes what their own code computes. The file's
-SHA-256 names exactly which weights a run started from.
-
-What a path means (a run directory, a checkpoint, a weights file) is `resolve.resolve`. Everything a file says
-about itself is checked against its tensors and against itself when it is read (`checks.py`).
+"""A weights file of any format resnetlab reads, told apart by its content and read without running code:
+`READERS` (the containers, by their first bytes) and `LAYOUTS` (how a format's tensors are named and loaded into a
+net); `export.WRITERS` is the other direction. What a resnetlab file says about itself is checked when it is read
+(`checked`); the file's SHA-256 names exactly which weights a run started from.
 """
 
 from __future__ import annotations
@@ -24,16 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from resnetlab.data import DataSource
-from resnetlab.errors import CheckpointError, ResnetlabError, one_line
+from resnetlab.errors import CheckpointError, ResnetlabError, one_line, printable, unsafe_char
 from resnetlab.files.jsondoc import JSONDocError, check_nesting, parse_json
 from resnetlab.files.reading import read_file
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import get_spec
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.weights.checkpoint import MAGIC, is_tensor_map, load_state, parse_checkpoint
-from resnetlab.weights.checks import checked, checked_norm
-from resnetlab.weights.contents import RESNETLAB, Weights
 from resnetlab.weights.peers import (
     CIFAR_PEER,
     TORCHVISION,
@@ -45,6 +33,37 @@ from resnetlab.weights.peers import (
     load_torchvision,
     state_dict_of,
 )
+
+RESNETLAB = "resnetlab"
+MIN_SIDE, MAX_SIDE = 8, 4096  # the image sizes a net is used at (as --input-size): digits are 8x8
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The contents of one weights file: tensors under the file's own names, the input normalisation they were
+    trained with, and what the file says of its net and its run."""
+
+    path: Path
+    sha256: str
+    format: str  # RESNETLAB, CIFAR_PEER or TORCHVISION
+    state: dict[str, Tensor]  # under the file's own key names
+    norm: dict[str, Tensor]  # the input normalisation the weights were trained with
+    spec: ResNetSpec | None  # the net the file holds, where it says (not torchvision's files)
+    config: dict[str, Any] | None = None  # our checkpoint's run config
+    claimed_error: float | None = None  # the file's own top-1 test error, where it records one
+    data: dict[str, Any] | None = None  # our checkpoint's class names, image size and channels, where it has them
+    payload: dict[str, Any] | None = None  # the whole checkpoint (optimizer, progress, ...), for resuming
+    skipped: tuple[str, ...] = ()  # newer checkpoints of a run directory that did not verify, and why
+
+    def record(self) -> dict[str, Any]:
+        """Where a run's weights came from, for its config.json."""
+        mean, std = self.norm["mean"], self.norm["std"]
+        if mean.dim() == 3 and mean.shape[1:] == (1, 1) and std.shape[1:] == (1, 1):
+            norm = (f"channel mean ({', '.join(f'{v:.4g}' for v in mean.flatten().tolist())}), "
+                    f"std ({', '.join(f'{v:.4g}' for v in std.flatten().tolist())})")
+        else:
+            norm = f"per-pixel mean image {tuple(mean.shape)}" + ("" if bool((std == 1).all()) else ", per-pixel std")
+        return {"path": str(self.path), "sha256": self.sha256, "format": self.format, "normalization": norm}
 
 
 def read_weights(path: str | Path) -> Weights:
@@ -104,8 +123,8 @@ def sniff(raw: bytes) -> str:
     legacy pickle), or words for anything else ("a PNG image", "an ONNX model", "an empty file", ...)."""
     if raw.endswith(MAGIC):  # checked fully by `parse_checkpoint`
         return "checkpoint"
-    if is_safetensors(raw):
-        return "safetensors"
+    if raw[8:10] in (b'{"', b"{}") and 2 <= int.from_bytes(raw[:8], "little") < 100_000_000:
+        return "safetensors"  # whole or cut short: an 8-byte little-endian header length, then the JSON header
     if raw.startswith(b"PK\x03\x04") or (raw[:1] == b"\x80" and raw[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         return "torch"
     if not raw:
@@ -122,11 +141,6 @@ def sniff(raw: bytes) -> str:
     except UnicodeDecodeError:
         return "a file of unknown format"
     return "a text file" if all(ch.isprintable() or ch in "\n\r\t" for ch in head) else "a file of unknown format"
-
-
-def is_safetensors(raw: bytes) -> bool:
-    """A safetensors file (whole or cut short): an 8-byte little-endian header length, then the JSON header."""
-    return raw[8:10] in (b'{"', b"{}") and 2 <= int.from_bytes(raw[:8], "little") < 100_000_000
 
 
 def _read_safetensors(raw: bytes, path: Path, sha256: str) -> Weights:
@@ -162,11 +176,93 @@ def _read_safetensors(raw: bytes, path: Path, sha256: str) -> Weights:
                               ) from None
     if not isinstance(data.get("classes", []), list):
         raise CheckpointError(f"{path}: its metadata's 'classes' is {type(data['classes']).__name__}, not a list")
-    try:
-        norm = checked_norm(norm)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
     return checked(Weights(path, sha256, RESNETLAB, tensors, norm, spec, data=data))
+
+
+def checked(weights: Weights) -> Weights:
+    """A resnetlab file's claims checked against its tensors and against each other before any are believed:
+    tensors (names, shapes) against the spec, the normalisation's shape against the spec's channels and the
+    image size, class names against the classifier; and the spec's net must run at that image size."""
+    try:
+        checked_norm(weights.norm)
+        _check_resnetlab(weights)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{weights.path}: {exc}") from None
+    return weights
+
+
+def _check_resnetlab(weights: Weights) -> None:
+    spec = weights.spec
+    assert spec is not None
+    with torch.device("meta"):  # no memory spent: the shapes a net of this spec has
+        net = ResNet(spec)
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.state.items()}
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or extra:
+        what = f"lacks {missing[0]}" if missing else f"has {extra[0]}, which it does not have"
+        raise CheckpointError(f"its tensors do not fit its own spec ({spec.name or 'the net'} {what})")
+    for key, shape in want.items():
+        if have[key] != shape:
+            raise CheckpointError(f"its tensors do not fit its own spec ({key}: {have[key]}, the spec's net has "
+                                  f"{shape})")
+    mean, std = weights.norm["mean"], weights.norm["std"]
+    sides = {int(t.shape[1]) for t in (mean, std) if t.dim() == 3} - {1}  # per-pixel statistics' side
+    if any(t.dim() != 3 or t.shape[0] != spec.in_channels or t.shape[1] != t.shape[2] for t in (mean, std)) \
+            or len(sides) > 1:
+        raise CheckpointError(f"its normalisation (mean {tuple(mean.shape)}, std {tuple(std.shape)}) does not fit "
+                              f"a {spec.in_channels}-channel net: expected ({spec.in_channels}, 1, 1) per channel "
+                              f"or ({spec.in_channels}, S, S) per pixel, of one side S")
+    pixel_side = sides.pop() if sides else None
+    data = weights.data or {}
+    size = data.get("image_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or not MIN_SIDE <= size <= MAX_SIDE:
+            raise CheckpointError(f"its image_size {str(size)[:40]!r} is not a side in {MIN_SIDE}..{MAX_SIDE} "
+                                  "pixels")
+        if pixel_side is not None and pixel_side != size:
+            raise CheckpointError(f"its image_size is {size} but its per-pixel normalisation is {pixel_side}x"
+                                  f"{pixel_side}")
+    channels = data.get("channels")
+    if channels is not None and channels != spec.in_channels:
+        raise CheckpointError(f"its data has {str(channels)[:20]} channel(s), its net takes {spec.in_channels}")
+    if data.get("classes") is not None:
+        check_class_names(data["classes"], spec.num_classes)
+    side = size or pixel_side or spec.input_size
+    try:
+        with torch.device("meta"), torch.no_grad():
+            net.eval()(torch.empty(2, spec.in_channels, side, side))
+    except RuntimeError as exc:
+        raise CheckpointError(f"its net cannot take {side}x{side} images ({one_line(exc, 120)})"
+                              ) from None
+
+
+def check_class_names(names: Any, k: int) -> None:
+    """Class names as a trained net's file may hold them: `k` distinct strings (one per classifier row), each
+    printable (no control or formatting characters, which could forge or hide lines of output)."""
+    if not isinstance(names, list) or len(names) != k:
+        size = f"{len(names)} names" if isinstance(names, list) else type(names).__name__
+        raise CheckpointError(f"its class names ({size}) do not match its classifier's {k} classes")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(f"its class name {str(name)[:40]!r} is not a non-empty string")
+        if any(unsafe_char(ch) for ch in name):
+            raise CheckpointError(f"its class name {printable(name[:40])!r} holds control or formatting characters")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise CheckpointError(f"its class name {twice[:40]!r} names two classifier rows")
+
+
+def checked_norm(norm: Any) -> dict[str, Tensor]:
+    """The input normalisation of a file: 'mean' and 'std' tensors, finite, std above zero (its shape is
+    checked against the data when it is used)."""
+    if not isinstance(norm, dict) or not all(isinstance(norm.get(k), Tensor) for k in ("mean", "std")):
+        raise CheckpointError("field 'norm': expected 'mean' and 'std' tensors")
+    mean, std = norm["mean"], norm["std"]
+    if not (mean.is_floating_point() and std.is_floating_point() and mean.numel() and std.numel()
+            and torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise CheckpointError("field 'norm': 'mean' and 'std' must be finite floats, 'std' above zero")
+    return {"mean": mean, "std": std}
 
 
 def _peer_error(obj: Any) -> float | None:
@@ -222,14 +318,6 @@ def model_for(weights: Weights, name: str | None = None) -> ResNet:
     return load_into(ResNet(spec), weights)
 
 
-def use_norm(source: DataSource, weights: Weights) -> None:
-    """Normalise the source's images as the weights were trained to see them."""
-    try:
-        source.load_norm_state(weights.norm)
-    except ResnetlabError as exc:
-        raise CheckpointError(f"{weights.path}: its input normalisation does not fit the data ({exc})") from None
-
-
 # spec fields that do not change what a trained net computes: its name, how memory is saved, how it was initialised
 _NOT_THE_FUNCTION = ("name", "recompute", "zero_init_residual", "gate_bias")
 
@@ -249,10 +337,6 @@ def _load_ours(model: ResNet, weights: Weights) -> None:
     load_state(model, weights.state)
 
 
-def _is_torchvision(state: dict[str, Tensor]) -> bool:
-    return any(k.removeprefix("module.") == "fc.weight" for k in state)
-
-
 @dataclass(frozen=True)
 class Layout:
     """How one format's tensors are named: whether a torch.save state_dict is of it (by its keys; None: never a
@@ -264,13 +348,12 @@ class Layout:
     claimed_error: Callable[[Any], float | None] | None = None  # the test error the file records of itself
 
 
-# every weights format resnetlab reads: the containers told by their first bytes, then the layouts of their
-# tensors; `export.WRITERS` holds what it writes
 READERS: dict[str, Callable[[bytes, Path, str], Weights]] = {
     "checkpoint": _read_checkpoint, "safetensors": _read_safetensors, "torch": _read_torch}
 LAYOUTS: dict[str, Layout] = {
     RESNETLAB: Layout(None, None, _load_ours),  # our checkpoints and exported .safetensors
     CIFAR_PEER: Layout(is_cifar_peer, cifar_peer_spec, lambda m, w: load_pytorch_resnet_cifar10(m, w.state),
                        _peer_error),
-    TORCHVISION: Layout(_is_torchvision, None, lambda m, w: load_torchvision(m, w.state)),
+    TORCHVISION: Layout(lambda state: any(k.removeprefix("module.") == "fc.weight" for k in state), None,
+                        lambda m, w: load_torchvision(m, w.state)),
 }

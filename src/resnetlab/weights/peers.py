@@ -1,16 +1,6 @@
-"""Load ResNet weights written by other code (a user's files) into the matching resnetlab model.
-
-torchvision: conv1/bn1 (stem), layer{1-4}.{i}.conv{j}/bn{j}, layer{k}.{i}.downsample.{0,1}, fc. Its
-bottleneck puts the stride on the 3x3 conv ("v1.5"), a departure from v1's first-1x1 stride, so bottleneck
-models must be built with `stride_on="3x3"` to compute what the weights were trained for.
-
-pytorch_resnet_cifar10: the option-A CIFAR ResNet-20..1202 of v1 sec. 4.2, files such as
-`resnet20-12fca82f.th` holding {"state_dict", "best_prec1"}: conv1/bn1, layer{1-3}.{i}.conv{1,2}/bn{1,2},
-linear. Its option A pads the new channels of a widened shortcut half before and half after the old ones; ours
-appends them after, as the original Torch code does. Both are the paper's option A; the nets differ by a
-relabelling of the residual stream's channels, which the load undoes (`load_pytorch_resnet_cifar10`). Those
-nets were trained on pixels in [0, 1] normalised with ImageNet's channel mean and std (`imagenet_norm`).
-"""
+"""Weights written by other code, loaded into the matching resnetlab model: torchvision's ImageNet ResNets (their
+bottleneck strides the 3x3 conv, "v1.5": built with `stride_on="3x3"`) and pytorch_resnet_cifar10's option-A CIFAR
+ResNets, whose channels are relabelled (`cifar_peer_orders`). Both were trained on ImageNet-normalised pixels."""
 
 from __future__ import annotations
 
@@ -106,13 +96,12 @@ def _load_complete(model: ResNet, renamed: dict[str, Tensor], optional: str = ""
 # ---- torchvision ----------------------------------------------------------------------------------------
 def check_compatible(model: ResNet) -> None:
     spec = model.spec
-    problems = []
-    if spec.stem != "imagenet" or spec.unit != "original" or spec.shortcut != "identity" or not spec.residual:
-        problems.append("an ImageNet ResNet with original units and identity shortcuts")
-    if spec.option != "B":
-        problems.append("option B")
-    if spec.block == "bottleneck" and spec.stride_on != "3x3":
-        problems.append('stride_on="3x3" (torchvision\'s "v1.5" stride placement)')
+    needs = {"an ImageNet ResNet with original units and identity shortcuts":
+             spec.stem != "imagenet" or spec.unit != "original" or spec.shortcut != "identity" or not spec.residual,
+             "option B": spec.option != "B",
+             'stride_on="3x3" (torchvision\'s "v1.5" stride placement)':
+             spec.block == "bottleneck" and spec.stride_on != "3x3"}
+    problems = [need for need, unmet in needs.items() if unmet]
     if problems:
         raise CheckpointError(f"torchvision ResNet weights need {' and '.join(problems)} (model {spec.name!r})")
 
@@ -180,10 +169,10 @@ def check_cifar_peer(model: ResNet, held: ResNetSpec) -> None:
 def cifar_peer_orders(spec: ResNetSpec) -> list[Tensor]:
     """Per point of the residual stream (after the stem, after each stage), the peer's index of our channels.
 
-    Where a stage widens from c to w = 2c, the peer's shortcut is [w/4 zeros, the c old channels, w/4 zeros]
-    and ours [the c old channels, w - c zeros]: our old channel k is the peer's channel w/4 + order[k], our
-    new channels are the peer's front pad then its back pad. `ours = peer.index_select(dim, order)`.
-    """
+    Where a stage widens from c to w = 2c, the peer's option A shortcut is [w/4 zeros, the c old channels, w/4
+    zeros], ours (as the original Torch code) [the c old channels, w - c zeros]: both are the paper's option A, one
+    a relabelling of the other's channels. Our old channel k is the peer's w/4 + order[k], our new channels its
+    front pad then its back pad: `ours = peer.index_select(dim, order)`."""
     order, cin, orders = torch.arange(spec.stem_width), spec.stem_width, []
     orders.append(order)
     for width in spec.widths:
@@ -218,12 +207,9 @@ def _peer_target(key: str, orders: list[Tensor]) -> tuple[str, int, Tensor | Non
 
 def load_pytorch_resnet_cifar10(model: ResNet, source: Mapping[str, Tensor] | str | Path) -> ResNet:
     """Copy a pytorch_resnet_cifar10 state_dict (a mapping, or a file loaded without running code) into
-    `model`, an option-A CIFAR ResNet of the same depth, so that it computes the same logits.
-
-    Every tensor that writes the residual stream (stem conv and BN, each unit's conv2 and bn2) has its output
-    channels permuted, every one that reads it (each unit's conv1, the classifier) its input channels
-    (`cifar_peer_orders`); element-wise steps (addition, ReLU, pooling) commute with the permutation.
-    """
+    `model`, an option-A CIFAR ResNet of the same depth, so that it computes the same logits: the tensors that
+    write the residual stream have their output channels permuted, those that read it their input channels
+    (`cifar_peer_orders`); element-wise steps (addition, ReLU, pooling) commute with the permutation."""
     state = _as_state_dict(source)
     check_cifar_peer(model, cifar_peer_spec(state))
     orders, ours = cifar_peer_orders(model.spec), model.state_dict()

@@ -69,28 +69,16 @@ def load_pretrained(path: str | Path, model: str | None = None, best: bool = Fal
         raise ConfigError(f"weights path {path!r} is empty: give a run directory or a weights file")
     weights = resolve(path, best)
     net = model_for(weights, model).eval()
-    data = weights.data or {}
-    classes = _classes(data.get("classes"), net.spec.num_classes, weights.format)
-    size = _image_size(data.get("image_size"), weights.norm, net)
-    return Pretrained(net, weights.norm["mean"].float(), weights.norm["std"].float(), classes, size,
-                      str(weights.path), weights.skipped)
-
-
-def _classes(names: Any, k: int, fmt: str) -> list[str]:
-    if names is not None:  # checked when the file was read (`weights.check_class_names`)
-        return list(names)
-    if fmt == CIFAR_PEER and k == 10:
-        return list(CIFAR10_CLASSES)
-    return [str(i) for i in range(k)]  # a file that names no classes: their indices
-
-
-def _image_size(size: Any, norm: dict[str, Tensor], net: ResNet) -> int:
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        return size
-    mean = norm["mean"]
-    if mean.dim() == 3 and mean.shape[1] > 1:
-        return int(mean.shape[1])  # a per-pixel mean has the training images' size
-    return 32 if net.spec.stem == "cifar" else 224
+    data, k, mean = weights.data or {}, net.spec.num_classes, weights.norm["mean"]
+    classes = data.get("classes")  # checked when the file was read (`formats.check_class_names`)
+    if classes is None:  # a file that names no classes: their indices, or CIFAR-10's for the CIFAR peer's nets
+        classes = CIFAR10_CLASSES if weights.format == CIFAR_PEER and k == 10 else [str(i) for i in range(k)]
+    size = data.get("image_size")
+    if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+        # a per-pixel mean has the training images' size; else the papers' size for the stem
+        size = int(mean.shape[1]) if mean.dim() == 3 and mean.shape[1] > 1 else net.spec.input_size
+    return Pretrained(net, mean.float(), weights.norm["std"].float(), list(classes), size, str(weights.path),
+                      weights.skipped)
 
 
 def load_image(path: Path, pre: Pretrained) -> Tensor:

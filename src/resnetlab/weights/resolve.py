@@ -1,7 +1,6 @@
-"""What a path means, once for every command: a run directory is its newest checkpoint that verifies (or `best.pt`
-with --best), a file is its own format (`formats.read_weights`). `eval`, `train --resume` and `--init`,
-`export`, `predict`, `analyze --checkpoint`, `torch.hub` and `load_pretrained` all call `resolve`, so a path
-means one net everywhere."""
+"""What a path means, once for every command (`eval`, `train --resume` and `--init`, `export`, `predict`, `analyze
+--checkpoint`, the hub): a run directory is its newest checkpoint that verifies (or `best.pt` with --best), a file
+is its own format (`formats.read_weights`)."""
 
 from __future__ import annotations
 
@@ -11,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.data import DataSource
-from resnetlab.errors import CheckpointError, ConfigError
+from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
 from resnetlab.networks.net import ResNet
 from resnetlab.runs.directory import RunDir
-from resnetlab.weights.contents import Weights
-from resnetlab.weights.formats import load_into, read_weights, use_norm
+from resnetlab.weights.formats import Weights, load_into, read_weights
 
 
 def resolve(path: str | Path, best: bool = False) -> Weights:
@@ -50,7 +48,10 @@ def start_from(model: ResNet, source: DataSource, path: str | Path, sha256: str 
         raise CheckpointError(f"{weights.path}: changed since the run started (SHA-256 {weights.sha256[:16]}..., "
                               f"recorded {sha256[:16]}...)")
     load_into(model, weights)
-    use_norm(source, weights)
+    try:  # the source's images normalised as the weights were trained to see them
+        source.load_norm_state(weights.norm)
+    except ResnetlabError as exc:
+        raise CheckpointError(f"{weights.path}: its input normalisation does not fit the data ({exc})") from None
     return weights.record()
 
 
