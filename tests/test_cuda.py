@@ -135,7 +135,7 @@ def test_trainer_step_on_cuda_follows_the_cpu_step(tmp_path: Path) -> None:
         x, y = next(iter(trainer.source.train_batches(0, 32, seed=0, device=dev)))
         assert x.device.type == dev.type
         trainer.train_step(x.double(), y, seed=0)
-        trainer._flush_sums()
+        trainer.sums.flush(trainer.progress, trainer.world)
     assert ((_flat(gpu.model) - _flat(cpu.model)).norm() / _flat(cpu.model).norm()).item() < 1e-6
     assert gpu.progress.loss_sum == pytest.approx(cpu.progress.loss_sum, rel=1e-6)
     gpu.model.float(), cpu.model.float()
@@ -236,7 +236,7 @@ def test_nccl_ddp_sync_bn_steps_equal_single_process_steps(tmp_path: Path) -> No
             for step, (x, y) in zip(range(3), trainer.source.train_batches(0, 32, seed=0, device=CUDA),
                                     strict=False):
                 assert bool(trainer.train_step(x, y, seed=step))
-            trainer._flush_sums()
+            trainer.sums.flush(trainer.progress, trainer.world)
         assert ((_flat(ddp.model) - _flat(single.model)).norm() / _flat(single.model).norm()).item() < 1e-4
         assert ddp.progress.loss_sum == pytest.approx(single.progress.loss_sum, rel=1e-4)
     finally:

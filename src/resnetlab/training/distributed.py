@@ -1,9 +1,5 @@
-"""Many processes through PyTorch's own engine: `torchrun --nproc_per_node=N -m resnetlab train ...`.
-
-torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; the process group uses NCCL on GPUs and gloo on CPU. Each
-rank trains on its slice of the global batch (DistributedDataParallel averages the gradients), and only
-rank 0 writes the run directory.
-"""
+"""Many processes through PyTorch's own engine: `torchrun --nproc_per_node=N -m resnetlab train ...` (NCCL on
+GPUs, gloo on CPU). Each rank trains on its slice of the global batch; only rank 0 writes the run directory."""
 
 from __future__ import annotations
 
@@ -48,15 +44,10 @@ def init_from_env(device: str) -> World:
     return World(rank, size, local)
 
 
-def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
+def all_reduce(tensor: torch.Tensor, world: World, op: str = "sum") -> torch.Tensor:
+    """`tensor` summed (or `op`: "max") over the ranks, in place."""
     if world.active:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def all_reduce_max(tensor: torch.Tensor, world: World) -> torch.Tensor:
-    if world.active:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op.upper()))
     return tensor
 
 

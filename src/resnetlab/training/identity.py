@@ -1,21 +1,6 @@
-"""A training's identity: everything that determines what it computes, with each file input by its content.
-
-Work is reused (a suite member linked to a training another suite made, a finished member skipped) only
-when the identities are equal, so the identity must change whenever the computation could, and stay the
-same when only where or how the run executes changes:
-
-- the config as `config.json` holds it, without `resolved` and the session fields (device, threads,
-  progress bar, trackers and their tags, checkpoint cadence, data loader workers and cache folder);
-- the model as the fields of the spec it builds (`resnet110` with depth 56 is `resnet56`), less the
-  recomputation (memory only);
-- a data set given by path as the SHA-256 of its files (`data.digest`), not the path;
-- `run.init` as the SHA-256 of the weights it resolves to (a run directory's newest good checkpoint, or
-  the file), not the path: the SHA-256 a run recorded when it started (`resolved.init`) where there is one.
-
-`training_key` is the identity's digest. A run records its key when it starts (`resolved.key` in its
-config.json), so the key of a run directory (`key_of_run`) is what it trained on, even after the files
-behind its paths have changed.
-"""
+"""A training's identity: everything that determines what it computes, each file input by its content. Work is
+reused (a suite member linked to another suite's training, a finished member skipped) only when the identities
+are equal, so it changes whenever the computation could, and stays the same when only where or how it runs does."""
 
 from __future__ import annotations
 
@@ -46,11 +31,16 @@ ADDED_LATER = {"data": {"split_seed": 0}}
 
 
 def identity(config: dict[str, Any], seen: dict[str, str] | None = None) -> dict[str, Any]:
-    """What determines a training (see the module's docstring), as plain data. `seen`: the contents already
-    read in this call, by path (a suite keys many configs on one data set; pass one dict for them all)."""
+    """What determines a training, as plain data: the config as `config.json` holds it, without `resolved` and
+    the `SESSION_FIELDS`; the model as the fields of the spec it builds (`resnet110` with depth 56 is
+    `resnet56`), less the recomputation (memory only); a data set given by path as the SHA-256 of its files
+    (`data.digest`); `run.init` as the SHA-256 of the weights it resolves to, or the one a run recorded when it
+    started (`resolved.init`). `seen`: the contents already read in this call, by path (a suite keys many
+    configs on one data set; pass one dict for them all)."""
     kept = copy.deepcopy({k: v for k, v in config.items() if k != "resolved"})
     seen = {} if seen is None else seen
-    cache = _cache(config)
+    given = config["data"].get("cache_dir") if isinstance(config.get("data"), dict) else None
+    cache = cache_dir(DataOptions(cache_dir=given if isinstance(given, str) else None))
     for section, fields in SESSION_FIELDS.items():
         for name in fields:
             if isinstance(kept.get(section), dict):
@@ -73,6 +63,7 @@ def identity(config: dict[str, Any], seen: dict[str, str] | None = None) -> dict
 
 
 def training_key(config: dict[str, Any], seen: dict[str, str] | None = None) -> str:
+    """The identity's digest, which a run records when it starts (`resolved.key` in its config.json)."""
     text = json.dumps(identity(config, seen), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -93,7 +84,7 @@ def key_of_run(run: Path) -> str | None:
         return None
     if not isinstance(config, dict):
         return None
-    recorded = (config.get("resolved") or {}).get("key") if isinstance(config.get("resolved"), dict) else None
+    recorded = config["resolved"].get("key") if isinstance(config.get("resolved"), dict) else None
     if isinstance(recorded, str):
         return recorded
     try:
@@ -115,12 +106,6 @@ def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _cache(config: dict[str, Any]) -> Path:
-    data = config.get("data")
-    given = data.get("cache_dir") if isinstance(data, dict) else None
-    return cache_dir(DataOptions(cache_dir=given if isinstance(given, str) else None))
 
 
 def _data(source: str, cache: Path) -> str:

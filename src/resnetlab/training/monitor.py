@@ -1,24 +1,19 @@
-"""Why the training loop stops: the schedule's end, a signal, or a loss that is no longer finite.
-
-Divergence is the papers' "fail" taken to its end (v1 sec. 4.2: ResNet-110 without warm-up "fails to
-start converging" at lr 0.1): the run is recorded as diverged rather than crashing. Checking the loss
-for NaN/Inf costs a host-device synchronisation, so on CUDA the flag of a step is read one step later,
-when the GPU has long finished it; on the CPU there is nothing to hide and the lag is 0. In a
-multi-process run every rank must stop at the same step, so the ranks agree on the flags (and on a
-signal received by any of them) with one all-reduce.
-"""
+"""Why the training loop stops: the schedule's end, a signal, or a loss that is no longer finite. Divergence is
+the papers' "fail" taken to its end (v1 sec. 4.2: ResNet-110 without warm-up "fails to start converging" at lr
+0.1): the run is recorded as diverged rather than crashing."""
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import signal
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from resnetlab.training.distributed import World, all_reduce_max
+from resnetlab.training.distributed import World, all_reduce
 
 
 class StopReason(enum.Enum):
@@ -56,19 +51,19 @@ class StopFlag:
             signal.signal(sig, old)
 
 
-Reduce = Callable[[torch.Tensor, World], torch.Tensor]
-
-
 class DivergenceMonitor:
-    """Finds the first step whose loss was not finite, `lag` steps late (1 on CUDA, 0 on the CPU).
+    """Finds the first step whose loss was not finite, `lag` steps late: reading the flag is a host-device sync,
+    so on CUDA a step's flag is read one step later, when the GPU has long finished it (0 on the CPU). Across
+    ranks, one all-reduce per step makes every rank stop at the same step, on a divergence or a signal anywhere.
 
     `after_step` takes the finite flag of the step just taken and `step`, the number of steps done
     including it; it returns the step number of a divergence once it is known, else None. A divergence
     is always reported as that number (the k-th step, counting from 1), whichever path finds it.
     """
 
-    def __init__(self, lag: int, world: World, reduce: Reduce = all_reduce_max) -> None:
-        self.world, self.reduce = world, reduce
+    def __init__(self, lag: int, world: World,
+                 reduce: Callable[[torch.Tensor, World], torch.Tensor] | None = None) -> None:
+        self.world, self.reduce = world, reduce or functools.partial(all_reduce, op="max")
         self.lag = 0 if world.active else lag  # the all-reduce synchronises anyway
         self._pending: list[tuple[int, torch.Tensor]] = []
 

@@ -1,17 +1,15 @@
-"""Where a run is: the step, the warm-up's end, the sums of the current epoch, the best evaluation, wall time.
-
-All of it is saved in every checkpoint (`to_dict`), so a resumed run continues the epoch's sums and the
-run's wall time where the killed one stopped; this is the one place they are reset and advanced.
-"""
+"""Where a run is: the step, the warm-up's end, the sums of the current epoch, the best evaluation, wall time;
+all saved in every checkpoint, so a resumed run continues the epoch's sums and wall time where it stopped."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
+
+from resnetlab.training.distributed import World, all_reduce
 
 
 @dataclass
@@ -50,7 +48,7 @@ class Progress:
 
 class EpochSums:
     """The epoch's training loss and error sums kept on the device (no host sync per step), moved into the
-    checkpointed `Progress` at a sync point (`flush`, summed over ranks by `reduce`)."""
+    checkpointed `Progress` at a sync point (`flush`, summed over the ranks)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -67,9 +65,9 @@ class EpochSums:
         """The loss summed over the epoch's images so far (a host sync; 0 before the first step)."""
         return self.sums[0].item() if self.sums is not None else 0.0
 
-    def flush(self, progress: Progress, reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def flush(self, progress: Progress, world: World) -> None:
         if self.sums is not None:
-            loss, wrong = (reduce(t) for t in self.sums)  # over all ranks
+            loss, wrong = (all_reduce(t, world) for t in self.sums)
             progress.loss_sum += loss.item()
             progress.wrong += int(wrong.item())
             self.sums = None

@@ -1,8 +1,6 @@
-"""The learning-rate schedule in iterations: step decay at milestones, with the papers' warm-up.
-
-v1 sec. 4.2: lr 0.1, divided by 10 at 32k and 48k iterations, stop at 64k; ResNet-110 warms up at 0.01
-until training error is below 80% (about 400 iterations). A shorter budget keeps the milestones' fractions.
-"""
+"""The learning-rate schedule in iterations: step decay at milestones, with the papers' warm-up. v1 sec. 4.2: lr
+0.1, divided by 10 at 32k and 48k iterations, stop at 64k; ResNet-110 warms up at 0.01 until training error is
+below 80% (about 400 iterations). A shorter budget keeps the milestones' fractions."""
 
 from __future__ import annotations
 
@@ -42,23 +40,14 @@ def build_schedule(cfg: Config, steps_per_epoch: int, depth: int, world_size: in
     With `optim.linear_scaling` on `world_size` processes each process takes the recipe's batch, so the
     global batch is `world_size` times the recipe's, and the learning rates (base and warm-up) scale with it:
     the linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch SGD", sec. 2.1)."""
-    s = cfg.schedule
+    s, warmup = cfg.schedule, cfg.warmup
     unit = steps_per_epoch if s.unit == "epoch" else 1
-    total = s.total * unit
-    milestones = [m * unit for m in s.milestones]
-    budget = None
-    if s.epochs is not None:
-        budget = max(1, round(s.epochs * steps_per_epoch))
-    elif s.iters is not None:
-        budget = s.iters
+    total, milestones = s.total * unit, [m * unit for m in s.milestones]
+    budget = max(1, round(s.epochs * steps_per_epoch)) if s.epochs is not None else s.iters
     if budget is not None and budget != total:
         milestones = [math.floor(m * budget / total + 0.5) for m in milestones]  # same fractions
         total = budget
-    enabled = cfg.warmup.enabled
-    warmup = depth >= 110 if enabled == "auto" else bool(enabled)
-    scale = world_size if cfg.optim.linear_scaling and world_size > 1 else 1
-    base_lr, warmup_lr = cfg.optim.lr, cfg.warmup.lr
-    if scale > 1:
-        base_lr, warmup_lr = base_lr * scale, warmup_lr * scale
-    return Schedule(base_lr, total, tuple(milestones), s.gamma, warmup, warmup_lr,
-                    cfg.warmup.iters, cfg.warmup.until_error)
+    scale = world_size if cfg.optim.linear_scaling else 1  # x 1 is exact: one process keeps the recipe's lr
+    return Schedule(cfg.optim.lr * scale, total, tuple(milestones), s.gamma,
+                    depth >= 110 if warmup.enabled == "auto" else bool(warmup.enabled), warmup.lr * scale,
+                    warmup.iters, warmup.until_error)

@@ -23,7 +23,7 @@ from resnetlab.networks.spec import ResNetSpec
 from resnetlab.runs.directory import RunDir
 from resnetlab.runs.records import DivergenceRow, Summary, WorkerResult, best_of
 from resnetlab.settings.config import Config
-from resnetlab.training.distributed import World, all_reduce_sum, barrier
+from resnetlab.training.distributed import World, all_reduce, barrier
 from resnetlab.training.evaluation import metrics_row
 from resnetlab.training.fast import CompileChoice
 from resnetlab.training.monitor import DivergenceMonitor, StopFlag, StopReason
@@ -191,20 +191,16 @@ class Trainer:
         self.sums.add(total * y.numel(), wrong)  # read back once per epoch
         in_warmup = schedule.warmup and progress.warmup_end is None and progress.step < schedule.warmup_iters
         if in_warmup:  # v1: warm up until the training error is below 80%
-            global_wrong = all_reduce_sum(wrong.clone(), world).item()
+            global_wrong = all_reduce(wrong.clone(), world).item()
             if global_wrong / (y.numel() * world.size) < schedule.warmup_until_error:
                 progress.warmup_end = progress.step + 1
         progress.seen += y.numel() * world.size
         progress.step += 1
         return torch.isfinite(total)
 
-    def _flush_sums(self) -> None:
-        """Move the device-side epoch sums into the (checkpointed) progress record."""
-        self.sums.flush(self.progress, lambda sums: all_reduce_sum(sums, self.world))
-
     def _sync_time(self, clock: float) -> float:
         """Add the training time since `clock` and bring the wall time up to now; now, the next clock."""
-        self._flush_sums()  # a host sync: the time below covers finished work
+        self.sums.flush(self.progress, self.world)  # a host sync: the time below covers finished work
         now = time.perf_counter()
         self.progress.train_time += now - clock
         self.progress.tick()
@@ -231,7 +227,7 @@ class Trainer:
         self.reporter.evaluation(row)
 
     def _record_divergence(self, epoch: int, step: int | None) -> None:
-        self._flush_sums()
+        self.sums.flush(self.progress, self.world)
         progress = self.progress
         row = DivergenceRow(epoch=epoch + 1, step=progress.step, diverged_at_step=step,
                             lr=self.schedule.lr(max(progress.step - 1, 0), progress.warmup_end))
