@@ -1,8 +1,5 @@
-"""Parameter and multiply-add counts measured on the real model with forward hooks (v1 table 1, 6).
-
-Multiply-adds count convolutions and fully-connected layers, the work the papers count; BN, ReLU, pooling
-and additions are left out, as there.
-"""
+"""Parameter and multiply-add counts measured on the real model with forward hooks (v1 table 1, 6). Multiply-adds
+count convolutions and fully-connected layers, the work the papers count (not BN, ReLU, pooling or additions)."""
 
 from __future__ import annotations
 

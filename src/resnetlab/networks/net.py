@@ -1,7 +1,5 @@
-"""The one network class: a stem, stages of residual units, and a pooled classifier, built from a spec.
-
-v1 sec. 3.4 / table 1 (ImageNet) and sec. 4.2 (CIFAR); v2 sec. 4 (pre-activation nets end with BN-ReLU).
-"""
+"""The one network class: a stem, stages of residual units, and a pooled classifier, built from a spec (v1 sec. 3.4 /
+table 1 (ImageNet) and sec. 4.2 (CIFAR); v2 sec. 4: pre-activation nets end with BN-ReLU)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The model zoo: the papers' names mapped to specs, each citing the table it comes from.
-
-`create_model(name, **overrides)` builds any entry with any spec field overridden, so every v2 ablation is
-reachable, e.g. `create_model("resnet110", shortcut="exclusive_gating", gate_bias=-6)`.
-"""
+"""The model zoo: the papers' names mapped to specs, each citing the table it comes from; any spec field can be
+overridden, so every v2 ablation is reachable, e.g. `create_model("resnet110", shortcut="scaling")`."""
 
 from __future__ import annotations
 

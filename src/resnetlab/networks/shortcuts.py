@@ -1,11 +1,6 @@
-"""The shortcut kinds of v2 table 1 / fig. 2 as one table: kind -> parameters, module, description.
-
-A unit's shortcut is two pieces: `match`, which computes `h(x)` (the identity, option A's zero-pad, option B/C's
-projection, or a kind's own piece such as the 1x1 conv of fig. 2e), and the kind's merge of `h(x)` with the
-branch `F` (a `Shortcut` subclass). Which input `h` takes is the unit's rule (`units.Unit.forward`). A new kind is
-one `Shortcut` subclass and one row of `SHORTCUTS`; the spec's checks (`spec.py`), the builder (`units.py`),
-`describe` and the init read the row.
-"""
+"""The shortcut kinds of v2 table 1 / fig. 2 as one table, `SHORTCUTS`: a unit's shortcut is `match`, which computes
+`h(x)` (identity, option A's zero-pad, a projection or a kind's own piece), and the kind's merge of `h(x)` with the
+branch `F` (a `Shortcut` subclass). A new kind is one subclass and one row; everything else reads the row."""
 
 from __future__ import annotations
 

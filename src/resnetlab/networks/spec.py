@@ -1,8 +1,5 @@
-"""A frozen description of one residual (or plain) network: every variant of both ResNet papers is data.
-
-v1 (He et al., CVPR 2016) sec. 3-4 and v2 (He et al., ECCV 2016) sec. 3-4. One `ResNetSpec` is consumed by
-the one network class in `net.py`; the registry (`registry.py`) is a table of named specs.
-"""
+"""A frozen description of one residual (or plain) network, so that every variant of both papers is data: v1 (He et
+al., CVPR 2016) sec. 3-4 and v2 (He et al., ECCV 2016) sec. 3-4, built by `net.ResNet`, named in `registry`."""
 
 from __future__ import annotations
 
@@ -84,12 +81,10 @@ class ResNetSpec:
             self._set("units", units)
             expected = sum(units) * per_unit + 2
             if self.depth != expected:
-                raise SpecError(
-                    f"depth: {self.depth} does not match units {units} of {self.block} blocks "
-                    f"({per_unit} layers each + 2 gives {expected})"
-                )
+                raise SpecError(f"depth: {self.depth} does not match units {units} of {self.block} blocks "
+                                f"({per_unit} layers each + 2 gives {expected})")
         stages = len(self.units)
-        base = 16 if self.stem == "cifar" else 64  # doubling at each stage: 16/32/64 (CIFAR), 64..512 (ImageNet)
+        base = 16 if self.stem == "cifar" else 64  # the stem's width, doubled at each stage: 16/32/64, 64..512
         widths = self.widths if self.widths is not None else tuple(base * 2**s for s in range(stages))
         strides = self.strides if self.strides is not None else (1,) + (2,) * (stages - 1)
         for fname, value in (("widths", widths), ("strides", strides)):
@@ -101,7 +96,7 @@ class ResNetSpec:
                 raise SpecError(f"{fname}: expected {stages} positive integers (one per stage), got {value!r}")
             self._set(fname, value)
         if self.stem_width is None:
-            self._set("stem_width", 16 if self.stem == "cifar" else 64)
+            self._set("stem_width", base)
         _check_int("stem_width", self.stem_width, 1)
         self._check_size()
         self._check_shortcut_fields()
