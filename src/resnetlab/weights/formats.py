@@ -21,18 +21,8 @@ from resnetlab.files.reading import read_file
 from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import get_spec
 from resnetlab.networks.spec import ResNetSpec
+from resnetlab.weights import peers
 from resnetlab.weights.checkpoint import MAGIC, is_tensor_map, load_state, parse_checkpoint
-from resnetlab.weights.peers import (
-    CIFAR_PEER,
-    TORCHVISION,
-    cifar_peer_spec,
-    imagenet_norm,
-    is_cifar_peer,
-    load_pytorch_resnet_cifar10,
-    load_state_bytes,
-    load_torchvision,
-    state_dict_of,
-)
 
 RESNETLAB = "resnetlab"
 MIN_SIDE, MAX_SIDE = 8, 4096  # the image sizes a net is used at (as --input-size): digits are 8x8
@@ -45,7 +35,7 @@ class Weights:
 
     path: Path
     sha256: str
-    format: str  # RESNETLAB, CIFAR_PEER or TORCHVISION
+    format: str  # RESNETLAB, CIFAR_PEER or TORCHVISION (`peers`)
     state: dict[str, Tensor]  # under the file's own key names
     norm: dict[str, Tensor]  # the input normalisation the weights were trained with
     spec: ResNetSpec | None  # the net the file holds, where it says (not torchvision's files)
@@ -97,8 +87,8 @@ def _read_checkpoint(raw: bytes, path: Path, sha256: str) -> Weights:
 
 def _read_torch(raw: bytes, path: Path, sha256: str) -> Weights:
     """A `torch.save` state_dict (or a dict holding one) of a layout in `LAYOUTS`, told by its keys."""
-    obj = load_state_bytes(raw, path)
-    state = state_dict_of(obj, str(path))
+    obj = peers.load_state_bytes(raw, path)
+    state = peers.state_dict_of(obj, str(path))
     for name, layout in LAYOUTS.items():
         if layout.matches is not None and layout.matches(state):
             try:
@@ -106,10 +96,10 @@ def _read_torch(raw: bytes, path: Path, sha256: str) -> Weights:
             except CheckpointError as exc:
                 raise CheckpointError(f"{path}: {exc}") from None
             claimed = layout.claimed_error(obj) if layout.claimed_error is not None else None
-            return Weights(path, sha256, name, state, imagenet_norm(), spec, claimed_error=claimed)
+            return Weights(path, sha256, name, state, peers.imagenet_norm(), spec, claimed_error=claimed)
     first = f"its first key is {next(iter(state))!r}" if state else "it holds no tensors"
-    raise CheckpointError(f"{path}: not a weights layout resnetlab knows (a resnetlab checkpoint, a {CIFAR_PEER} "
-                          f"CIFAR ResNet or a torchvision ResNet); {first}")
+    raise CheckpointError(f"{path}: not a weights layout resnetlab knows (a resnetlab checkpoint, a "
+                          f"{peers.CIFAR_PEER} CIFAR ResNet or a torchvision ResNet); {first}")
 
 
 # what else a file given as weights may be, by its first bytes (checked after our own formats)
@@ -265,16 +255,6 @@ def checked_norm(norm: Any) -> dict[str, Tensor]:
     return {"mean": mean, "std": std}
 
 
-def _peer_error(obj: Any) -> float | None:
-    """1 - best_prec1 / 100: the top-1 error the file's own training reported on CIFAR-10's test set."""
-    prec = obj.get("best_prec1") if isinstance(obj, dict) else None
-    if isinstance(prec, Tensor) and prec.numel() == 1:
-        prec = prec.item()
-    if isinstance(prec, int | float) and not isinstance(prec, bool) and 0 <= prec <= 100:
-        return 1 - float(prec) / 100
-    return None
-
-
 def load_into(model: ResNet, weights: Weights) -> ResNet:
     """Copy the weights into `model`, which must be the net they were trained as (checked). Weights holding
     NaN or Inf (a diverged net) are refused: nothing computed with them would mean anything."""
@@ -313,7 +293,7 @@ def model_for(weights: Weights, name: str | None = None) -> ResNet:
     else:  # the classes are the file's (its classifier's rows)
         fc = next(v for k, v in weights.state.items() if k.removeprefix("module.") in ("fc.weight", "linear.weight"))
         spec = get_spec(name, num_classes=int(fc.shape[0]))
-        if weights.format == TORCHVISION and spec.block == "bottleneck":
+        if weights.format == peers.TORCHVISION and spec.block == "bottleneck":
             spec = spec.replace(stride_on="3x3")
     return load_into(ResNet(spec), weights)
 
@@ -352,8 +332,7 @@ READERS: dict[str, Callable[[bytes, Path, str], Weights]] = {
     "checkpoint": _read_checkpoint, "safetensors": _read_safetensors, "torch": _read_torch}
 LAYOUTS: dict[str, Layout] = {
     RESNETLAB: Layout(None, None, _load_ours),  # our checkpoints and exported .safetensors
-    CIFAR_PEER: Layout(is_cifar_peer, cifar_peer_spec, lambda m, w: load_pytorch_resnet_cifar10(m, w.state),
-                       _peer_error),
-    TORCHVISION: Layout(lambda state: any(k.removeprefix("module.") == "fc.weight" for k in state), None,
-                        lambda m, w: load_torchvision(m, w.state)),
+    peers.CIFAR_PEER: Layout(peers.is_cifar_peer, peers.cifar_peer_spec,
+                             lambda m, w: peers.load_pytorch_resnet_cifar10(m, w.state), peers.claimed_error),
+    peers.TORCHVISION: Layout(peers.is_torchvision, None, lambda m, w: peers.load_torchvision(m, w.state)),
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +78,19 @@ def _rename(key: str, to_ours: bool) -> str | None:
     return None
 
 
-def _check_shape(key: str, value: Tensor, target: Tensor, model: ResNet) -> None:
-    if tuple(value.shape) != tuple(target.shape):
-        raise CheckpointError(f"{key}: shape {tuple(value.shape)} does not fit {model.spec.name or 'the model'} "
-                              f"(expects {tuple(target.shape)})")
-
-
-def _load_complete(model: ResNet, renamed: dict[str, Tensor], optional: str = "") -> ResNet:
-    ours = model.state_dict()
+def _load_renamed(model: ResNet, state: dict[str, Tensor], fmt: str,
+                  target: Callable[[str], tuple[str | None, int, Tensor | None]], optional: str = "") -> ResNet:
+    """Copy a state_dict of format `fmt` into `model`: `target(key)` (the key without "module.") is our name of the
+    tensor (None: it has none) and the dimension and order its channels are permuted by (None: as they are)."""
+    ours, renamed = model.state_dict(), {}
+    for key, value in state.items():
+        new, dim, order = target(key.removeprefix("module."))
+        if new is None or new not in ours:
+            raise CheckpointError(f"{key}: not a key of a {fmt} {model.spec.name or 'ResNet'} state_dict")
+        if tuple(value.shape) != tuple(ours[new].shape):
+            raise CheckpointError(f"{key}: shape {tuple(value.shape)} does not fit {model.spec.name or 'the model'} "
+                                  f"(expects {tuple(ours[new].shape)})")
+        renamed[new] = value.index_select(dim, order) if order is not None and value.dim() > 0 else value
     missing = sorted(k for k in set(ours) - set(renamed) if not (optional and k.endswith(optional)))
     if missing:
         raise CheckpointError(f"state_dict lacks {len(missing)} tensors of the model, e.g. {missing[0]}")
@@ -94,6 +99,10 @@ def _load_complete(model: ResNet, renamed: dict[str, Tensor], optional: str = ""
 
 
 # ---- torchvision ----------------------------------------------------------------------------------------
+def is_torchvision(state: Mapping[str, Tensor]) -> bool:
+    return any(k.removeprefix("module.") == "fc.weight" for k in state)
+
+
 def check_compatible(model: ResNet) -> None:
     spec = model.spec
     needs = {"an ImageNet ResNet with original units and identity shortcuts":
@@ -121,22 +130,23 @@ def to_torchvision(model: ResNet) -> dict[str, Tensor]:
 def load_torchvision(model: ResNet, source: Mapping[str, Tensor] | str | Path) -> ResNet:
     """Copy a torchvision-style state_dict (a mapping, or a file loaded without running code) into `model`."""
     check_compatible(model)
-    state = _as_state_dict(source)
-    ours = model.state_dict()
-    renamed = {}
-    for key, value in state.items():
-        new = _rename(key.removeprefix("module."), to_ours=True)
-        if new is None or new not in ours:
-            raise CheckpointError(f"{key}: not a key of a torchvision {model.spec.name or 'ResNet'} state_dict")
-        _check_shape(key, value, ours[new], model)
-        renamed[new] = value
-    return _load_complete(model, renamed)
+    return _load_renamed(model, _as_state_dict(source), TORCHVISION, lambda key: (_rename(key, to_ours=True), 0, None))
 
 
 # ---- pytorch_resnet_cifar10 -------------------------------------------------------------------------------
 def is_cifar_peer(state: Mapping[str, Tensor]) -> bool:
     keys = {k.removeprefix("module.") for k in state}
     return "linear.weight" in keys and "conv1.weight" in keys
+
+
+def claimed_error(obj: Any) -> float | None:
+    """1 - best_prec1 / 100: the top-1 error the file's own training reported on CIFAR-10's test set."""
+    prec = obj.get("best_prec1") if isinstance(obj, dict) else None
+    if isinstance(prec, Tensor) and prec.numel() == 1:
+        prec = prec.item()
+    if isinstance(prec, int | float) and not isinstance(prec, bool) and 0 <= prec <= 100:
+        return 1 - float(prec) / 100
+    return None
 
 
 def cifar_peer_spec(state: Mapping[str, Tensor]) -> ResNetSpec:
@@ -184,7 +194,7 @@ def cifar_peer_orders(spec: ResNetSpec) -> list[Tensor]:
     return orders
 
 
-def _peer_target(key: str, orders: list[Tensor]) -> tuple[str, int, Tensor | None] | None:
+def _peer_target(key: str, orders: list[Tensor]) -> tuple[str | None, int, Tensor | None]:
     """Our key for a peer key, and the dimension and order of the residual-stream channels it holds."""
     layer, _, leaf = key.partition(".")
     if layer == "conv1":
@@ -195,7 +205,7 @@ def _peer_target(key: str, orders: list[Tensor]) -> tuple[str, int, Tensor | Non
         return f"head.fc.{leaf}", 1, orders[-1] if leaf == "weight" else None  # reads the stream
     m = _PEER_UNIT.match(key)
     if m is None:
-        return None
+        return None, 0, None
     stage, i, name, leaf = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
     target = f"stages.{stage - 1}.{i}.branch.{name}.{leaf}"
     if name == "conv1":  # reads the stream: the stage's input for the first unit, else the stage's width
@@ -212,14 +222,6 @@ def load_pytorch_resnet_cifar10(model: ResNet, source: Mapping[str, Tensor] | st
     (`cifar_peer_orders`); element-wise steps (addition, ReLU, pooling) commute with the permutation."""
     state = _as_state_dict(source)
     check_cifar_peer(model, cifar_peer_spec(state))
-    orders, ours = cifar_peer_orders(model.spec), model.state_dict()
-    renamed = {}
-    for key, value in state.items():
-        short = key.removeprefix("module.")
-        found = _peer_target(short, orders)
-        if found is None or found[0] not in ours:
-            raise CheckpointError(f"{key}: not a key of a {CIFAR_PEER} {model.spec.name or 'ResNet'} state_dict")
-        new, dim, order = found
-        _check_shape(key, value, ours[new], model)
-        renamed[new] = value.index_select(dim, order) if order is not None and value.dim() > 0 else value
-    return _load_complete(model, renamed, optional="num_batches_tracked")  # the peer's files have none
+    orders = cifar_peer_orders(model.spec)
+    return _load_renamed(model, state, CIFAR_PEER, lambda key: _peer_target(key, orders),
+                         optional="num_batches_tracked")  # the peer's files have none

@@ -55,8 +55,7 @@ class Pretrained:
         if not bool(torch.isfinite(logits).all()):
             raise DataError(f"{self.source}: the net's outputs are not finite (NaN or Inf) on these images")
         probs = torch.softmax(logits, dim=1)
-        k = min(top_k, probs.shape[1])
-        p, idx = probs.topk(k, dim=1)
+        p, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
         return [[(self.classes[j], float(v)) for v, j in zip(pv.tolist(), iv.tolist(), strict=True)]
                 for pv, iv in zip(p, idx, strict=True)]
 
