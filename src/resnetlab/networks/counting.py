@@ -11,8 +11,7 @@ def count_params(model: nn.Module, weights_only: bool = False) -> int:
     """Number of parameters; `weights_only` counts conv and FC layers only, leaving out BN's scale and shift.
 
     The papers differ here: v1 table 6 counts every parameter (ResNet-1202: 19.4M, 19.3M without BN), v2
-    counts weight layers (pre-act ResNet-1001: 10.2M; 10.3M with BN).
-    """
+    counts weight layers (pre-act ResNet-1001: 10.2M; 10.3M with BN)."""
     if not weights_only:
         return sum(p.numel() for p in model.parameters())
     layers = (nn.Conv2d, nn.Linear)

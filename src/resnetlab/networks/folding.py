@@ -14,8 +14,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
 
     For y = BN(W * x) with running statistics (mu, var), scale s = gamma / sqrt(var + eps):
     y = (s W) * x + (beta - s mu). The copy is in eval mode and has the original's memory format; the
-    original is untouched. BNs that follow an addition or a ReLU (pre-activations, v2's final BN) stay.
-    """
+    original is untouched. BNs that follow an addition or a ReLU (pre-activations, v2's final BN) stay."""
     folded = copy.deepcopy(model).eval()
     for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)

@@ -74,9 +74,7 @@ class ScalingShortcut(Shortcut):
 
 class GatedShortcut(Shortcut):
     """Gating with `g = sigmoid(W_g x + b_g)`, a 1x1 conv gate (v2 fig. 2c, 2d); a weight layer, it reads x_preact.
-
-    exclusive: `y = (1 - g) * h(x) + g * F`;  shortcut-only: `y = (1 - g) * h(x) + F`.
-    """
+    exclusive: `y = (1 - g) * h(x) + g * F`;  shortcut-only: `y = (1 - g) * h(x) + F`."""
 
     def __init__(self, match: nn.Module, cin: int, cout: int, stride: int, *, gate_bias: float,
                  exclusive: bool) -> None:
@@ -95,11 +93,8 @@ class GatedShortcut(Shortcut):
 
 
 class DropoutShortcut(Shortcut):
-    """Dropout on the shortcut (v2 fig. 2f): `y = dropout(h(x)) + F`.
-
-    Convention: inverted dropout as in PyTorch and the v2 paper's Torch code; in training each element is
-    kept with probability 1-p and multiplied by 1/(1-p); in eval the shortcut is the identity.
-    """
+    """Dropout on the shortcut (v2 fig. 2f): `y = dropout(h(x)) + F`, inverted as in PyTorch and the v2 paper's
+    Torch code (in training kept with probability 1-p and scaled by 1/(1-p); in eval the identity)."""
 
     def __init__(self, match: nn.Module, cin: int, cout: int, stride: int, *, dropout: float) -> None:
         super().__init__(match)

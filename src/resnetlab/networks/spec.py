@@ -119,8 +119,7 @@ class ResNetSpec:
             raise SpecError(f"strides: {self.strides} go beyond 64")
 
     def _check_shortcut_fields(self) -> None:
-        """The shortcut parameters from the kind's row: another kind's field set is refused, the kind's own
-        take their defaults and are checked."""
+        """Another kind's parameter set is refused; the kind's own (its row's) take their defaults and are checked."""
         if not self.residual and self.shortcut != "identity":
             raise SpecError(f"shortcut: a plain net (residual=false) has no shortcut, got {self.shortcut!r}")
         for fname in dict.fromkeys(param.field for kind in SHORTCUT_KINDS.values() for param in kind.params):

@@ -284,12 +284,11 @@ def model_for(weights: Weights, name: str | None = None) -> ResNet:
         spec = weights.spec
     elif weights.format == RESNETLAB:  # the registry net `name`, compared field by field, not by name
         assert weights.spec is not None
-        held = weights.spec
+        spec = weights.spec
         try:
-            _check_same_net(held, get_spec(name, num_classes=held.num_classes, in_channels=held.in_channels))
+            _check_same_net(spec, get_spec(name, num_classes=spec.num_classes, in_channels=spec.in_channels))
         except CheckpointError as exc:
             raise CheckpointError(f"{weights.path}: not the registry's {name}: it {exc}") from None
-        spec = held
     else:  # the classes are the file's (its classifier's rows)
         fc = next(v for k, v in weights.state.items() if k.removeprefix("module.") in ("fc.weight", "linear.weight"))
         spec = get_spec(name, num_classes=int(fc.shape[0]))

@@ -41,7 +41,6 @@ def resolve(path: str | Path, best: bool = False) -> Weights:
 
 def start_from(model: ResNet, source: DataSource, path: str | Path, sha256: str | None = None) -> dict[str, Any]:
     """A new run's initial weights and input normalisation from a weights file; the record for config.json.
-
     `sha256`: the file must still be the one a run recorded when it started (a restart before any checkpoint)."""
     weights = resolve(path)
     if sha256 is not None and weights.sha256 != sha256:
