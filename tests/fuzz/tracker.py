@@ -170,7 +170,7 @@ def _copy_resume_template(root: Path, p: dict[str, Any]) -> None:
 
 def _damage_record(root: Path, state_file: Path, state: dict[str, Any], moved: dict[str, Any], damage: str) -> None:
     """trackers.json as `damage` says: other text, a folder, a FIFO (read as a file, it blocks until a writer
-    comes), a link, or an entry changed (`None`: its field deleted; no field: the whole entry)."""
+    comes), a link, or an entry's field changed (value None: deleted; field None: the whole entry)."""
     texts = {"not JSON": "{not json", "empty": "", "a list": "[1, 2]",
              "nested deep": '{"mlflow": ' * 50_000 + "1" + "}" * 50_000,
              "wandb dir moved": json.dumps(state)}  # a run directory copied from elsewhere: the old place named
@@ -182,21 +182,21 @@ def _damage_record(root: Path, state_file: Path, state: dict[str, Any], moved: d
              "mlflow URI not a database": ("mlflow", "tracking_uri", f"sqlite:///{root / 'garbage.db'}"),
              "wandb id with a slash": ("wandb", "id", "../../escape"), "wandb id a number": ("wandb", "id", 5),
              "wandb id huge": ("wandb", "id", "x" * 5000), "wandb dir a file": ("wandb", "dir", str(root / "afile")),
-             "wandb project a list": ("wandb", "project", ["a"]), "mlflow a string": ("mlflow", "x"),
-             "unknown tracker": ("nope", {"id": 1})}
+             "wandb project a list": ("wandb", "project", ["a"]), "mlflow a string": ("mlflow", None, "x"),
+             "unknown tracker": ("nope", None, {"id": 1})}
     if damage in things:
         state_file.unlink(missing_ok=True)
         things[damage]()
         return
     if damage in edits:
-        tracker, *change = edits[damage]
+        tracker, key, value = edits[damage]
         entry = moved[tracker] if isinstance(moved.get(tracker), dict) else {}
-        if len(change) == 1:
-            entry = change[0]
-        elif change[1] is None:
-            entry.pop(change[0], None)
+        if key is None:
+            entry = value
+        elif value is None:
+            entry.pop(key, None)
         else:
-            entry[change[0]] = change[1]
+            entry[key] = value
         moved[tracker] = entry
     state_file.write_text(texts[damage] if damage in texts else json.dumps(moved))
 
