@@ -1,9 +1,6 @@
-"""Residual units: the five activation placements of v2 table 2 / fig. 4 as one table (`PLACEMENTS`).
-
-A unit computes `y = h(x) + F(x)`, `x_next = f(y)` (v1 eq. 1-2, v2 eq. 1-2). `F` is the branch (two 3x3 convs,
-or a 1x1-3x3-1x1 bottleneck); `h` is the shortcut, a row of `shortcuts.SHORTCUTS`; `f` is what follows the
-addition. With `residual=False` there is no `h` and no addition: the plain net's layers (v1 fig. 3 middle).
-"""
+"""Residual units: `y = h(x) + F(x)`, `x_next = f(y)` (v1 eq. 1-2, v2 eq. 1-2), with `F` the branch (two 3x3 convs or
+a 1x1-3x3-1x1 bottleneck), `h` the shortcut (a row of `shortcuts.SHORTCUTS`; none in a plain net, v1 fig. 3 middle)
+and `f` what follows the addition; the five activation placements of v2 table 2 / fig. 4 are one table, `PLACEMENTS`."""
 
 from __future__ import annotations
 

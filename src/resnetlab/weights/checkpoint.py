@@ -73,10 +73,8 @@ def parse_checkpoint(raw: bytes, path: Path) -> dict[str, Any]:
 def trained_state(path: Path | str) -> dict[str, Any]:
     """A checkpoint's model tensors and SGD momentum buffers (`opt.N`), for bit-for-bit comparisons of runs."""
     payload = load_checkpoint(path)
-    state = dict(payload["model"])
-    for key, value in payload["optimizer"]["state"].items():
-        state[f"opt.{key}"] = value["momentum_buffer"]
-    return state
+    momentum = {f"opt.{key}": value["momentum_buffer"] for key, value in payload["optimizer"]["state"].items()}
+    return {**payload["model"], **momentum}
 
 
 def is_tensor_map(state: Any) -> bool:
