@@ -11,16 +11,10 @@ from typing import Any
 from resnetlab.errors import SpecError
 from resnetlab.networks.shortcuts import SHORTCUTS as SHORTCUT_KINDS
 
-STEMS = ("cifar", "imagenet")
-BLOCKS = ("basic", "bottleneck")
-# v2 table 2 / fig. 4 (a)-(e)
-UNITS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "preact")
-OPTIONS = ("A", "B", "C")  # v1 sec. 3.3 / 4.1: dimension-increase shortcuts
-STRIDE_ON = ("1x1", "3x3")  # bottleneck stride: "1x1" = paper (MSRA), "3x3" = torchvision's "v1.5"
-
-# the checked choices; the shortcut kinds are read from their table at each check
-_CHOICES = {"stem": STEMS, "block": BLOCKS, "unit": UNITS, "shortcut": SHORTCUT_KINDS, "option": OPTIONS,
-            "stride_on": STRIDE_ON}
+UNITS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "preact")  # v2 table 2 / fig. 4 (a)-(e)
+# the choices of the fields that take one (described beside the fields); the shortcut kinds are their table's rows
+_CHOICES = {"stem": ("cifar", "imagenet"), "block": ("basic", "bottleneck"), "unit": UNITS, "shortcut": SHORTCUT_KINDS,
+            "option": ("A", "B", "C"), "stride_on": ("1x1", "3x3")}
 MAX_DEPTH = 10_000  # layers; the papers' deepest is 1,202
 MAX_WIDTH = 16_384  # channels of a stage's base width; the papers' widest is 512 (2,048 after expansion)
 
@@ -166,19 +160,16 @@ class ResNetSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, numbers, strings) for configs and checkpoints."""
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResNetSpec:
         if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
             raise SpecError(f"spec: expected an object of spec fields, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise SpecError(f"{unknown[0]}: not a spec field")
-        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
-        return cls(**{**data, **tuples})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -147,10 +147,8 @@ def _write_onnx(pre: Pretrained, path: Path) -> dict[str, Any]:
     torch.onnx.export(graph, (x,), str(path), input_names=["pixels"], output_names=["logits"],
                       dynamic_shapes=batch, dynamo=True, verbose=False)
     proto = onnx.load(str(path))
-    for key, value in {"resnetlab": json.dumps(pre.metadata()),
-                       "input": "pixels: float32 (N, C, S, S) in [0, 1]; normalisation is inside the graph"}.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    note = "pixels: float32 (N, C, S, S) in [0, 1]; normalisation is inside the graph"
+    onnx.helper.set_model_props(proto, {"resnetlab": json.dumps(pre.metadata()), "input": note})
     onnx.save(proto, str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return _checked(pre, x, lambda xb: session.run(None, {"pixels": xb.numpy()})[0], "onnx")
