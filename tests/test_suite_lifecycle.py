@@ -198,3 +198,40 @@ def test_a_suite_file_of_another_shape_is_named_before_any_work(tmp_path: Path, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"resnetlab: error: suite {suite}") and message in err, err
     assert not out.exists()
+
+
+def test_two_workers_done_at_once_still_write_the_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # each asks whether it is the last while the other still holds the directory (`_alone` False for both, as
+    # when they finish at the same instant); the one that lets go last must still write the results
+    call = {"suite": "tiny", "seeds": 1, "trainings": {}}
+    first, second = SuiteDir(tmp_path), SuiteDir(tmp_path)
+    first.claim(call, shared=True)
+    second.claim(call, shared=True)
+    monkeypatch.setattr(SuiteDir, "_alone", lambda self: False)
+    written: list[str] = []
+    first.write_when_last(lambda: written.append("first"), lambda _line: None)
+    assert written == []  # the second still holds it: left to the second
+    second.write_when_last(lambda: written.append("second"), lambda _line: None)
+    assert written == ["second"]
+
+
+def test_a_claim_that_loses_the_race_to_create_suite_json_keeps_add_seeds(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # another worker's call with fewer seeds writes suite.json between this claim's look and its create
+    import resnetlab.experiments.suite_dir as suite_dir
+
+    before = {"suite": "tiny", "seeds": 1, "trainings": {"a/seed0": "k0"}}
+    call = {"suite": "tiny", "seeds": 2, "trainings": {"a/seed0": "k0", "a/seed1": "k1"}}
+    create = suite_dir.create_text_atomic
+
+    def theirs_first(path: Path, text: str) -> bool:
+        create(path, json.dumps(before))
+        return False
+
+    monkeypatch.setattr(suite_dir, "create_text_atomic", theirs_first)
+    (tmp_path / "a" / "seed0").mkdir(parents=True)
+    (tmp_path / "a" / "seed0" / "config.json").write_text("{}")  # their training began: not taken over
+    claimer = SuiteDir(tmp_path)
+    claimer.claim(call, shared=True, add_seeds=True)
+    claimer.release()
+    assert json.loads((tmp_path / "suite.json").read_text())["seeds"] == 2

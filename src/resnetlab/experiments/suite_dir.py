@@ -64,7 +64,7 @@ class SuiteDir:
                     raise ConfigError(f"--out {self.path} {problem}{hint}: give another --out")
             elif not create_text_atomic(held, json.dumps(call, indent=2) + "\n"):
                 self.release()  # another worker wrote it first: compare with theirs
-                self.claim(call, shared, holds)
+                self.claim(call, shared, holds, add_seeds)
         except BaseException:
             self.release()
             raise
@@ -126,13 +126,25 @@ class SuiteDir:
             return False
         return True
 
+    def _none_left(self) -> bool:
+        """Whether no worker holds the directory, asked after letting go: two workers done at once can each
+        find the other still holding it, and then the one that lets go last finds it free."""
+        fd = os.open(self.path / ".suite.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
     def write_when_last(self, write: Callable[[], None], log: Callable[[str], Any], now: bool = False) -> None:
         """`write` the results if this worker is the last on the suite (or `now`, for `--collect`); the lock is
         given up either way, and the writers of one suite take turns (`.results.lock`)."""
         if not now:
             last = self._alone()
             self.release()
-            if not last:
+            if not last and not self._none_left():
                 log(f"results: left to the last worker on {self.path} (others are still training)")
                 return
         fd = os.open(self.path / ".results.lock", os.O_RDWR | os.O_CREAT, 0o644)
