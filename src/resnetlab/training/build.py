@@ -47,7 +47,13 @@ def build_trainer(cfg: Config, run: RunDir | str | Path | None = None, *, world:
         run = RunDir(run if run is not None else broadcast(Path("runs") / name, world))
         run.check_new()
     torch.manual_seed(cfg.run.seed)
-    model, channels_last = _net(cfg, spec, torch_device, world)
+    model = ResNet(spec).to(torch_device)
+    channels_last = cfg.run.channels_last  # auto: on where it was measured faster
+    channels_last = channels_last_default(torch_device) if channels_last == "auto" else bool(channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.run.sync_bn and world.active and torch_device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     eager_model = model if not world.active else DistributedDataParallel(
         model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None)
     batch = global_batch(cfg, source, spec, world)
@@ -78,18 +84,6 @@ def configure_runtime(cfg: Config, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-
-def _net(cfg: Config, spec: ResNetSpec, device: torch.device, world: World) -> tuple[ResNet, bool]:
-    """The net on its device, in channels-last where that is faster, with SyncBN across CUDA processes."""
-    model = ResNet(spec).to(device)
-    setting = cfg.run.channels_last
-    channels_last = channels_last_default(device) if setting == "auto" else bool(setting)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.run.sync_bn and world.active and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model, channels_last
 
 
 def global_batch(cfg: Config, source: DataSource, spec: ResNetSpec, world: World) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from resnetlab.errors import ConfigError
+from resnetlab.training.setup import resolve_device
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,7 @@ def init_from_env(device: str) -> World:
     if size <= 1:
         return World()
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"run.device: {device!r} requested but CUDA is not available here")
+    use_cuda = resolve_device(device).type == "cuda"
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local)

@@ -47,10 +47,8 @@ def train(cfg: Config, out: str | Path | None = None, log: Log = print) -> tuple
 
 def resume(path: str | Path, model: str | None = None, device: str | None = None,
            log: Log = print) -> tuple[RunDir, Summary | WorkerResult]:
-    """Continue a run from its newest good checkpoint; architecture and config come from the run (read,
-    never changed: `device` only says where this session runs).
-
-    The step counts global batches, so a run may resume on a different number of processes."""
+    """Continue a run from its newest good checkpoint, with the run's config (`device` only says where this
+    session runs). The step counts global batches, so a run may resume on a different number of processes."""
     run = RunDir(path)
     saved = run.read_config()
     cfg = config_from_dict(saved, where=str(run.config))
@@ -72,7 +70,7 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
             log(f"{run.path}: no checkpoint yet, starting from the beginning")
             return run, trainer.fit()
         weights = resolve(run.path)  # what the run directory means to every command: its newest good checkpoint
-        ckpt_path, payload = weights.path, weights.payload
+        payload = weights.payload
         assert payload is not None  # a run directory's checkpoints are ours: read_weights keeps their payload
         for problem in weights.skipped:
             log(f"skipping bad checkpoint: {problem}")
@@ -86,7 +84,7 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
         if trainer.progress.step >= trainer.schedule.total:
             log(f"{run.path}: already finished at step {trainer.progress.step}")
         else:
-            log(f"resuming {run.path} from {ckpt_path.name} (step {trainer.progress.step})")
+            log(f"resuming {run.path} from {weights.path.name} (step {trainer.progress.step})")
         return run, trainer.fit()
     finally:
         run.unlock()
@@ -94,10 +92,8 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
 
 
 def _check_resumable(run: RunDir) -> bool:
-    """Whether `run` may be resumed, checked before anything is built: True when it died before its first
-    checkpoint (it starts again from the beginning). A run whose checkpoints are gone after it ended, or whose
-    checkpoints/ folder is gone, is refused: resuming would train it again from scratch and replace its
-    summary and metrics (or train the whole budget and only then fail to write)."""
+    """True when `run` died before its first checkpoint (it starts again). A run whose checkpoints are gone
+    is refused before anything is built: it would be trained again from scratch, replacing its records."""
     if not run.checkpoints.is_dir():
         raise RunDirError(f"{run.path}: its checkpoints/ folder is gone: nothing to resume from, nowhere to write")
     if run.step_checkpoints():

@@ -28,16 +28,12 @@ def make_sgd(params: Any, device: torch.device, **kwargs: Any) -> torch.optim.SG
     return torch.optim.SGD(params, **kwargs)
 
 
-# Why `run.compile = "auto"` is eager, per device, from docs/benchmarks.md. A measurement on the device at
-# hand cannot decide it cheaply: timing a compiled step means compiling first (24-100 s on this project's
-# CPUs, 84 s on an H100), longer than the whole default job (13-20 s).
+# Why `run.compile = "auto"` is eager, per device (the measurements: docs/benchmarks.md). A measurement on the
+# device at hand cannot decide it cheaply: timing a compiled step means compiling first, longer than the whole
+# default job (13-20 s); and compiled steps agree with eager ones to float32 rounding only.
 AUTO_EAGER = {
-    # compiled over eager training step, batch 128, timed in the same blocks (benchmarks.run --compile):
-    # Intel Xeon 1.10-1.19x on the basic-block nets, 0.90x on preact_resnet164; AMD EPYC 0.92-1.01x on all four
     "cpu": "compiled steps measured 0.90-1.19x eager on this project's two CPUs after 24-100 s of compiling, "
            "no sure gain (set run.compile=default to try)",
-    # resnet110, bf16, H100 (2026-11-24): eager 2,621 img/s, CUDA graphs 9,268 (3.5x) after 84 s of compiling;
-    # compiled steps agree with eager ones to float32 rounding only, so auto keeps the eager numbers
     "cuda": "CUDA graphs measured 3.5x eager on resnet110 (H100, bf16) after 84 s of compiling; "
             "set run.compile=reduce-overhead for long runs",
 }

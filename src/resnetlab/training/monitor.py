@@ -75,11 +75,7 @@ class DivergenceMonitor:
         if self.world.active:
             return self._agree(finite, step, stop)
         self._pending.append((step, finite))
-        if len(self._pending) > self.lag:
-            at, flag = self._pending.pop(0)
-            if not bool(flag):
-                return at
-        return None
+        return self.drain(keep=self.lag)
 
     def _agree(self, finite: torch.Tensor, step: int, stop: StopFlag) -> int | None:
         """All ranks stop together: at a divergence on any rank, or at a signal received by any rank."""
@@ -92,10 +88,8 @@ class DivergenceMonitor:
             stop.signal = signal.SIGTERM
         return None
 
-    def drain(self) -> int | None:
-        """The end of an epoch: check the flags not read yet (the last `lag` steps) and forget them."""
-        pending, self._pending = self._pending, []
-        for at, flag in pending:
-            if not bool(flag):
-                return at
-        return None
+    def drain(self, keep: int = 0) -> int | None:
+        """Read the flags not read yet but the newest `keep` (at an epoch's end: all of them) and forget them."""
+        cut = max(len(self._pending) - keep, 0)
+        ready, self._pending = self._pending[:cut], self._pending[cut:]
+        return next((at for at, flag in ready if not bool(flag)), None)

@@ -42,20 +42,11 @@ class Reporter:
 
     def __init__(self, run: RunDir, log: Log, *, tensorboard: bool | str, progress: bool | str,
                  total_steps: int, steps_per_epoch: int, batch: int, trackers: Sequence[str] | None = ()) -> None:
-        self._log, self.run, self.progress = log, run, progress
+        self.log, self.run, self.progress = log, run, progress  # entry tees the log into log.txt once it exists
         self.total_steps, self.steps_per_epoch, self.batch = total_steps, steps_per_epoch, batch
         self.total_epochs = math.ceil(total_steps / steps_per_epoch)
-        self.trackers = Trackers(trackers, tensorboard, log)
+        self.trackers = Trackers(trackers, tensorboard, lambda line: self.log(line))
 
-    @property
-    def log(self) -> Log:
-        return self._log
-
-    @log.setter
-    def log(self, log: Log) -> None:  # the trainer tees it into the run's log.txt once the directory exists
-        self._log = self.trackers.log = log
-
-    # progress bar --------------------------------------------------------------------------------------
     def bar(self, epoch: int, steps: int) -> Any:
         """A bar over the images of this epoch's remaining `steps` global batches (or None: no terminal)."""
         if self.progress is False or (self.progress == "auto" and not sys.stderr.isatty()):
@@ -65,7 +56,6 @@ class Reporter:
         return tqdm(total=steps * self.batch, unit="img", unit_scale=True, leave=False,
                     desc=f"epoch {epoch + 1}/{self.total_epochs}", file=sys.stderr, dynamic_ncols=True)
 
-    # log lines and trackers ------------------------------------------------------------------------------
     def started(self, name: str | None, params: int, source: Any, device: torch.device, processes: int) -> None:
         """The run's first line: the net, the data, the budget and the hardware."""
         total = self.total_steps
@@ -90,19 +80,19 @@ class Reporter:
         self.log(f"stopped by signal {signum} at step {step}: checkpoint written, "
                  f"continue with: resnetlab train --resume {self.run.path}")
 
-    # the end of a run ---------------------------------------------------------------------------------------
     def summary(self, *, status: str, diverged_at: int | None, progress: Any, model: str | None, data: str,
                 recipe: str, params: int, device: torch.device, title: str) -> Summary:
         """summary.json from the run's metrics and progress, and the figure of its error curves."""
         rows = evaluation_rows(self.run.read_metrics())
         final = rows[-1] if rows else None
+        speeds = sorted(r.images_per_s for r in rows if r.images_per_s)
         summary = Summary(
             model=model, data=data, recipe=recipe, status=status, diverged=status == "diverged",
             diverged_at_step=diverged_at, steps=progress.step, total_steps=self.total_steps,
             epochs=round(progress.step / self.steps_per_epoch, 3), final=final.final() if final else {},
             best=progress.best, fail=status == "diverged" or (final is not None and final.test_error > FAIL_ERROR),
             params=params, wall_time_s=round(progress.elapsed, 3),
-            images_per_s=_median([r.images_per_s for r in rows]),
+            images_per_s=speeds[len(speeds) // 2] if speeds else None,  # the median
             device=device_name(device), torch=torch.__version__, resnetlab=__version__,
             threads=torch.get_num_threads(),
         )
@@ -117,9 +107,3 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def _median(values: list[float]) -> float | None:
-    values = sorted(v for v in values if v)
-    return values[len(values) // 2] if values else None
-
