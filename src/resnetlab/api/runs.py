@@ -135,13 +135,18 @@ def evaluate(path: str | Path, split: str = "test", data: str | None = None, bat
     "path", "model", "claimed_error" (a file's own record, where it has one), "skipped"}."""
     if split not in ("test", "val"):
         raise ConfigError(f"split: {split!r} is not test or val")
-    weights = resolve(path, best=best)  # the same net export and predict see
-    net = model_for(weights, model)
-    source = evaluation_source(net.spec, weights.config, weights.norm, data, weights.path,
-                               (weights.data or {}).get("classes"))
+    weights, net, source = net_and_data(path, data, best, model)
     dev = resolve_device(device)
     cl = channels_last_default(dev)
     net = net.to(dev, memory_format=torch.channels_last if cl else torch.preserve_format)
     result = evaluation.evaluate(net, source, split, batch_size, dev, channels_last=cl)
     return {**result, "images": source.eval_size(split), "data": source.name, "path": str(weights.path),
             "model": net.spec.name, "claimed_error": weights.claimed_error, "skipped": list(weights.skipped)}
+
+
+def net_and_data(path: str | Path, data: str | None, best: bool = False, model: str | None = None) -> tuple[Any, ...]:
+    """The weights a path means (the net export and predict see), their net, and the data it is evaluated on."""
+    weights = resolve(path, best=best)
+    net = model_for(weights, model)
+    return weights, net, evaluation_source(net.spec, weights.config, weights.norm, data, weights.path,
+                                           (weights.data or {}).get("classes"))

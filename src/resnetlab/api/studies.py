@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from resnetlab.api.runs import silent
+from resnetlab.api.runs import net_and_data, silent
 from resnetlab.data import load_data
 from resnetlab.data.fetch import fetch as fetch_archive
 from resnetlab.errors import ConfigError, ResnetlabError, one_line
@@ -21,9 +21,7 @@ from resnetlab.experiments.runner import run_suite
 from resnetlab.experiments.suite import load_suite, suite_names
 from resnetlab.networks.registry import create_model
 from resnetlab.settings.config import build_config
-from resnetlab.training.setup import data_options, evaluation_source
-from resnetlab.weights.formats import model_for
-from resnetlab.weights.resolve import resolve
+from resnetlab.training.setup import data_options
 
 __all__ = ["Propagation", "check_propagation", "experiment", "fetch", "list_suites", "propagation"]
 
@@ -136,11 +134,8 @@ def _networks(models: list[str], overrides: dict[str, Any], checkpoint: str | Pa
     named: dict[str, Any] = {}
     weights = None
     if checkpoint is not None:
-        weights = resolve(checkpoint)
-        trained, where = model_for(weights), weights.path
-        source = evaluation_source(trained.spec, weights.config, weights.norm, data, where,
-                                   (weights.data or {}).get("classes"))
-        named[f"{trained.spec.name or 'model'} (trained: {where.name})"] = trained
+        weights, trained, source = net_and_data(checkpoint, data)
+        named[f"{trained.spec.name or 'model'} (trained: {weights.path.name})"] = trained
     else:
         data = data or "synthetic"
         source = load_data(data, data_options(build_config(data=data)))
