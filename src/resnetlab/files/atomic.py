@@ -24,7 +24,7 @@ def refuse_special(path: Path) -> None:
 NAME_MAX = 255  # bytes of one name, where the file system does not say (Linux, macOS)
 
 
-def _size(name: str) -> int:
+def name_bytes(name: str) -> int:
     return len(os.fsencode(name))
 
 
@@ -46,10 +46,10 @@ def temp_path(path: Path, suffix: str | None = None) -> Path:
     suffix = path.suffix if suffix is None else suffix
     mark = f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
     limit = name_max(path.parent)
-    if 1 + _size(mark) + _size(suffix) > limit:
+    if 1 + name_bytes(mark) + name_bytes(suffix) > limit:
         suffix = ""
     stem = path.name
-    while stem and _size(f".{stem}{mark}{suffix}") > limit:
+    while stem and name_bytes(f".{stem}{mark}{suffix}") > limit:
         stem = stem[:-1]
     return path.with_name(f".{stem}{mark}{suffix}")
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from resnetlab.errors import ResnetlabError
-from resnetlab.files.atomic import name_max, refuse_special
+from resnetlab.files.atomic import name_bytes, name_max, refuse_special
 from resnetlab.runs.directory import RunDir
 
 SUITE_FILE = "suite.json"  # what makes a folder a suite's output (experiments.suite_dir.SuiteDir writes it)
@@ -23,10 +23,9 @@ def check_output(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     if not out.name:  # ".", "/", "": a folder, and no name to write beside it
         raise ResnetlabError(f"{out}: names a folder, not a file to write")
     parent = out.parent
-    limit = name_max(parent if parent.is_dir() else ".")
-    if len(os.fsencode(out.name)) > limit:  # its temporary names fit wherever it fits (`files.atomic.temp_path`)
-        raise ResnetlabError(f"{out}: the file name is too long ({len(os.fsencode(out.name))} bytes; this file "
-                             f"system takes {limit})")
+    size, limit = name_bytes(out.name), name_max(parent if parent.is_dir() else ".")
+    if size > limit:  # its temporary names fit wherever it fits (`files.atomic.temp_path`)
+        raise ResnetlabError(f"{out}: the file name is too long ({size} bytes; this file system takes {limit})")
     if not parent.is_dir():
         raise ResnetlabError(f"{out}: no such directory {parent}")
     refuse_special(out)
