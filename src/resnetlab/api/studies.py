@@ -114,7 +114,17 @@ def propagation(models: list[str] | tuple[str, ...] = (), checkpoint: str | Path
     normalised as training normalises them."""
     models = list(models)
     check_propagation(models, checkpoint, batch_size, overrides)
-    named, source, weights = _networks(models, overrides, checkpoint, data, seed)
+    named: dict[str, Any] = {}  # the nets by their shown names
+    weights = None
+    if checkpoint is not None:
+        weights, trained, source = net_and_data(checkpoint, data)
+        named[f"{trained.spec.name or 'model'} (trained: {weights.path.name})"] = trained
+    else:
+        data = data or "synthetic"
+        source = load_data(data, data_options(build_config(data=data)))
+    for name in models:
+        torch.manual_seed(seed)
+        named[name] = create_model(name, in_channels=source.channels, num_classes=source.num_classes, **overrides)
     x, y = next(iter(source.eval_batches("test", batch_size)))
     results: dict[str, list[Row]] = {}
     for name, model in named.items():
@@ -127,19 +137,3 @@ def propagation(models: list[str] | tuple[str, ...] = (), checkpoint: str | Path
     return Propagation(results, source.name, len(y), eval_mode, seed, str(weights.path) if weights else None,
                        weights.skipped if weights else ())
 
-
-def _networks(models: list[str], overrides: dict[str, Any], checkpoint: str | Path | None, data: str | None,
-              seed: int) -> tuple[dict[str, Any], Any, Any]:
-    """The nets by their shown names, the data the batch comes from, and the checkpoint's weights (or None)."""
-    named: dict[str, Any] = {}
-    weights = None
-    if checkpoint is not None:
-        weights, trained, source = net_and_data(checkpoint, data)
-        named[f"{trained.spec.name or 'model'} (trained: {weights.path.name})"] = trained
-    else:
-        data = data or "synthetic"
-        source = load_data(data, data_options(build_config(data=data)))
-    for name in models:
-        torch.manual_seed(seed)
-        named[name] = create_model(name, in_channels=source.channels, num_classes=source.num_classes, **overrides)
-    return named, source, weights
