@@ -1,7 +1,6 @@
-"""`resnetlab experiment SUITE --jobs N`: up to N members (or seeds) training at once on one machine, each in
-a worker process of its own (`worker.py`) on a slot: cores // N CPU threads, and one GPU of `--devices` in turn
-(seen by the job as its only one). This process logs where each member starts and ends, keeps a progress line,
-replaces a job that dies (its member resumes from the checkpoint) and stops them all on Ctrl-C or SIGTERM."""
+"""`resnetlab experiment SUITE --jobs N`: up to N worker processes (`worker.py`) on one machine, each on cores // N
+CPU threads and one GPU of `--devices` in turn; this process logs their members, keeps a progress line, replaces
+a job that dies (its member resumes from the checkpoint) and stops them all on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -86,7 +84,6 @@ def run_jobs(work: SuiteWork, chosen: tuple[Member, ...], jobs: int, devices: li
     run = work.run
     tasks = work.tasks(chosen)
     left = [t for t in tasks if outcome(t.own)["status"] not in DONE or key_of_run(t.own) not in (t.key, None)]
-    slots = plan_slots(min(jobs, len(left)) if left else 1, devices, run.device)
     if not left:
         work.log(f"[{work.suite.name}] all {len(tasks)} runs are done")
         return []
@@ -94,29 +91,22 @@ def run_jobs(work: SuiteWork, chosen: tuple[Member, ...], jobs: int, devices: li
             "kwargs": {"data": run.data, "seeds": run.seeds, "epochs": run.epochs, "iters": run.iters,
                        "scale": run.scale, "settings": run.settings, "only": run.only, "results": False,
                        "trainings": str(work.index.root)}}
-    pool = Pool(work, tasks, slots, spec)
-    with _signals(pool.stop):
+    pool = Pool(work, tasks, plan_slots(min(jobs, len(left)), devices, run.device), spec)
+    old: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # a signal handler is set only where this is the main thread
+            old[sig] = signal.signal(sig, lambda *_: pool.stop())
+    try:
         pool.run()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     if pool.stopping or pool.stopped_jobs:
         raise SuiteStopped(f"[{work.suite.name}] stopped by a signal: the jobs wrote their checkpoints; rerun "
                            "the same command to resume")
     if pool.broken and not pool.trained:
         raise ResnetlabError(f"[{work.suite.name}] the jobs failed to start: {pool.broken[-1]}")
     return pool.failed
-
-
-@contextlib.contextmanager
-def _signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGINT/SIGTERM call `stop` while the jobs run (only where this is the main thread)."""
-    old: dict[int, Any] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ValueError):
-            old[sig] = signal.signal(sig, lambda *_: stop())
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 @dataclass
@@ -148,8 +138,7 @@ class Pool:
     shown: float = 0.0
 
     def run(self) -> None:
-        base = f"{socket.gethostname()}-{os.getpid()}"
-        self.base = self.work.out / "workers" / base
+        self.base = self.work.out / "workers" / f"{socket.gethostname()}-{os.getpid()}"
         self.base.parent.mkdir(parents=True, exist_ok=True)
         cores = self.slots[0].threads * len(self.slots)
         self.log(f"[{self.work.suite.name}] {len(self.slots)} jobs, {cores} CPU threads in all; logs "
@@ -218,13 +207,13 @@ class Pool:
         if code in (3, 130) or self.stopping:
             self.stopped_jobs += code in (3, 130)
             return
-        last = _last_line(Path(f"{job.name}.log"))
         if code != 2 and slot.restarts < RESTARTS:  # 2: a config or input error, the same for every job
             slot.restarts += 1
             self.log(f"job {slot.index} ended with {_exit(code)}; a new job takes its place (and its member, "
                      f"from the checkpoint)")
             self.start(slot)
             return
+        last = _last_line(Path(f"{job.name}.log"))
         self.broken.append(last)
         self.failed.append(f"job {slot.index} ({last})")
         self.log(f"job {slot.index} failed: {last}" if code == 2 else

@@ -53,16 +53,11 @@ def run_suite(suite: Suite, out: Path, data: str | None = None, seeds: int = 1, 
               settings: dict[str, Any] | None = None, only: list[str] | None = None, results: bool = True,
               log: Any = print, jobs: int = 1, devices: list[str] | None = None, trainings: str | None = None,
               train: bool = True, add_seeds: bool = False) -> list[MemberResult]:
-    """Train every member x seed (skipping finished runs, resuming interrupted ones); write the results.
-
-    Any number of calls may work on one `out` at once, here or on machines sharing it (`work.py`): each
-    trains what no other is training, and the last to finish writes the results (never one called with
-    `results=False`). `jobs` trains that many at once, each in a process of its own, on `devices`
-    (`jobs.py`); `train=False` trains nothing and writes the results of what has finished. `only` restricts
-    the training to members given by label or slug (the results table still lists every member);
-    `trainings` is the index of trainings shared with other suites (default: beside `out`). A member
-    stopped by SIGTERM/SIGINT stops the suite: SuiteStopped.
-    """
+    """Train every member x seed (skipping finished runs, resuming interrupted ones) as one of any number of
+    workers on `out`; the last to finish writes the results (unless `results=False`). `jobs`: that many worker
+    processes on `devices`; `train=False`: only the results of what has finished; `only`: the members (label or
+    slug) to train, the table still lists all; `trainings`: the index shared with other suites (default: beside
+    `out`). A member stopped by SIGTERM/SIGINT stops the suite: SuiteStopped."""
     run = plan(suite, out, data, seeds, epochs, iters, scale, device, settings, only, trainings)
     chosen = select_members(run.suite, only)
     if jobs != 1 or devices:

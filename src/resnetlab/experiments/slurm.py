@@ -1,8 +1,6 @@
-"""A suite on a cluster: `--launcher slurm --workers K` submits a job array of K tasks through submitit, each
-task one worker of the suite (`work.py`) on the `--out` the cluster shares. Slurm warns a task before its time
-limit or a preemption (`--signal=USR2@120`); `SuiteTask.checkpoint` then stops the worker, whose trainings
-checkpoint, and requeues the task. `--dry-run` prints what submitit is given, as sbatch lines; `--launcher
-submitit-local` runs the tasks on this machine. submitit: `pip install 'resnetlab[slurm]'`."""
+"""A suite on a cluster: `--launcher slurm --workers K` submits K tasks through submitit (`pip install
+'resnetlab[slurm]'`), each a worker of the suite (`work.py`) on the `--out` the cluster shares, stopped with its
+checkpoints and requeued on Slurm's warning; `--launcher submitit-local` runs the same tasks on this machine."""
 
 from __future__ import annotations
 
@@ -33,13 +31,7 @@ class SuiteTask:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
-        self._proc: subprocess.Popen | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.spec}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.spec, self._proc = state["spec"], None
+        self._proc: subprocess.Popen | None = None  # submitit pickles a task before it runs: always None there
 
     def __call__(self) -> str:
         task = os.environ.get("SLURM_ARRAY_TASK_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "?"
@@ -88,6 +80,11 @@ def _minutes(text: str) -> int:
     return max(1, int(days or 0) * 1440 + hours * 60 + minutes + (seconds + 59) // 60)
 
 
+_OPTION_OF = {"job_name": "the job name (from the suite's name)", "partition": "--partition",
+              "account": "--account", "qos": "--qos", "constraint": "--constraint", "setup": "--setup"}
+_SBATCH_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
 def slurm_parameters(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
     """The sbatch options of each task, as submitit's SlurmExecutor takes them."""
     extra: dict[str, Any] = {"requeue": True}
@@ -106,13 +103,17 @@ def slurm_parameters(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
             params[key] = value
     if args.mem_gb:
         params["mem"] = f"{args.mem_gb}GB"
-    _check_script_values(params)
+    # every value that goes into the script as text must fit on its line (submitit quotes spaces, quotes, |, #)
+    items = [(_OPTION_OF.get(k, k), v) for k, v in params.items() if k != "additional_parameters"]
+    for key, value in extra.items():
+        if not _SBATCH_KEY.fullmatch(key):
+            raise ConfigError(f"--sbatch {key!r}: not an sbatch option name (letters, digits, '-', '_')")
+        items.append((f"--sbatch {key}", value))
+    for option, value in items:
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and (why := _unwritable(text)):
+                raise ConfigError(f"{option} {text!r}: holds {why}, which a line of the sbatch script cannot hold")
     return params
-
-
-_OPTION_OF = {"job_name": "the job name (from the suite's name)", "partition": "--partition",
-              "account": "--account", "qos": "--qos", "constraint": "--constraint", "setup": "--setup"}
-_SBATCH_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 def _unwritable(text: str) -> str | None:
@@ -124,20 +125,6 @@ def _unwritable(text: str) -> str | None:
     if "\\" in text:
         return "a backslash"
     return None
-
-
-def _check_script_values(params: dict[str, Any]) -> None:
-    """Every value that goes into the sbatch script as text fits on its line, or a one-line ConfigError
-    naming the option (submitit quotes the rest: spaces, quotes, `|`, `#`)."""
-    items = [(_OPTION_OF.get(k, k), v) for k, v in params.items() if k != "additional_parameters"]
-    for key, value in params.get("additional_parameters", {}).items():
-        if not _SBATCH_KEY.fullmatch(key):
-            raise ConfigError(f"--sbatch {key!r}: not an sbatch option name (letters, digits, '-', '_')")
-        items.append((f"--sbatch {key}", value))
-    for option, value in items:
-        for text in value if isinstance(value, list) else [value]:
-            if isinstance(text, str) and (why := _unwritable(text)):
-                raise ConfigError(f"{option} {text!r}: holds {why}, which a line of the sbatch script cannot hold")
 
 
 def dry_run(params: dict[str, Any], folder: Path, workers: int, spec: dict[str, Any]) -> str:
@@ -157,25 +144,12 @@ def dry_run(params: dict[str, Any], folder: Path, workers: int, spec: dict[str, 
     return "\n".join(lines)
 
 
-def _executor(args: argparse.Namespace, folder: Path, params: dict[str, Any]) -> Any:
-    import submitit
-
-    if args.launcher == "slurm":
-        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.requeues)
-        executor.update_parameters(**params)
-        return executor
-    executor = submitit.LocalExecutor(folder=folder, max_num_timeout=args.requeues)
-    executor.update_parameters(timeout_min=params["time"], gpus_per_node=params.get("gpus_per_node", 0),
-                               signal_delay_s=min(SIGNAL_DELAY_S, args.local_signal_delay or SIGNAL_DELAY_S))
-    return executor
-
-
 def launch(suite: Suite, out: Path, kwargs: dict[str, Any], args: argparse.Namespace) -> int:
     """Submit the suite's workers (or print their sbatch with `--dry-run`); wait for them with `--wait`."""
     if args.workers < 1:
         raise ConfigError(f"--workers: {args.workers} is not >= 1")
     try:
-        import submitit  # noqa: F401
+        import submitit
     except ImportError:
         raise ConfigError("--launcher: needs submitit (pip install 'resnetlab[slurm]')") from None
     where = os.path.abspath(out)  # Slurm reads the log paths under it as patterns: `%` is one (%j, %A)
@@ -197,7 +171,13 @@ def launch(suite: Suite, out: Path, kwargs: dict[str, Any], args: argparse.Names
                           "--dry-run prints the script, --launcher submitit-local runs the tasks on this machine")
     run_suite(suite, out, **{**kwargs, "train": False, "results": False})  # checks it all, claims --out
     try:
-        executor = _executor(args, folder, params)
+        if args.launcher == "slurm":
+            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.requeues)
+            executor.update_parameters(**params)
+        else:
+            executor = submitit.LocalExecutor(folder=folder, max_num_timeout=args.requeues)
+            executor.update_parameters(timeout_min=params["time"], gpus_per_node=params.get("gpus_per_node", 0),
+                                       signal_delay_s=min(SIGNAL_DELAY_S, args.local_signal_delay or SIGNAL_DELAY_S))
         with executor.batch():
             jobs = [executor.submit(SuiteTask(spec)) for _ in range(args.workers)]
     except (RuntimeError, OSError) as exc:  # sbatch refused the job, or could not be run

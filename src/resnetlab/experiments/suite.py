@@ -216,5 +216,4 @@ def _read_member(raw: Any, where: str) -> Member:
 
 def suite_from_dict(data: dict[str, Any]) -> Suite:
     """A suite from `dataclasses.asdict(suite)`: how a worker in another process or machine gets it."""
-    members = tuple(Member(**m) for m in data["members"])
-    return Suite(data["name"], data["title"], data["source"], data["recipe"], members)
+    return Suite(**{**data, "members": tuple(Member(**m) for m in data["members"])})

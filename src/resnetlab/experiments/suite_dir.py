@@ -59,7 +59,7 @@ class SuiteDir:
                     if not self._rewrite(held, call):
                         raise ConfigError(f"--out {self.path}: workers of its call with {before['seeds']} seed(s) "
                                           "are running; add seeds once they are done")
-                elif problem and not self._take_over(held, call):
+                elif problem and (self._holds_work() or not self._rewrite(held, call)):
                     hint = " (--add-seeds trains more seeds into it)" if _more_seeds(before, call) else ""
                     raise ConfigError(f"--out {self.path} {problem}{hint}: give another --out")
             elif not create_text_atomic(held, json.dumps(call, indent=2) + "\n"):
@@ -69,12 +69,10 @@ class SuiteDir:
             self.release()
             raise
 
-    def _take_over(self, held: Path, call: dict[str, Any]) -> bool:
-        """An --out that holds no work of the call that made it (its members failed before any training
-        began, or never started) and that no other worker holds: this call takes it (True)."""
-        if any((run / "config.json").exists() or run.is_symlink() for run in self.path.glob("*/seed*")):
-            return False
-        return self._rewrite(held, call)
+    def _holds_work(self) -> bool:
+        """Whether any training of the recorded call began: an --out where none did (its members failed before,
+        or never started) is taken over by another call when no other worker holds it."""
+        return any((run / "config.json").exists() or run.is_symlink() for run in self.path.glob("*/seed*"))
 
     def _rewrite(self, held: Path, call: dict[str, Any]) -> bool:
         """`call` into suite.json, if no other worker holds the directory now (False otherwise)."""

@@ -30,12 +30,6 @@ from resnetlab.training.identity import contents, differences, identity, key_of_
 from resnetlab.training.trackers import with_suite_tags
 
 DONE = ("finished", "diverged")
-INDEX_NAME = ".trainings"
-
-
-def default_index(out: Path) -> Path:
-    """The index shared by the suites beside `out` (`experiments/.trainings` for the default outs)."""
-    return Path(os.path.abspath(out)).parent / INDEX_NAME
 
 
 def link(own: Path, home: Path) -> None:
@@ -118,7 +112,6 @@ class Task:
     seed: int
     key: str
     own: Path
-    cost: int
 
 
 def outcome(run: Path) -> dict[str, Any]:
@@ -140,7 +133,8 @@ class SuiteWork:
 
     def __init__(self, run: SuiteRun, log: Callable[[str], Any]) -> None:
         self.run, self.suite, self.out, self.log = run, run.suite, Path(run.out), log
-        self.index = TrainingIndex(Path(run.trainings) if run.trainings else default_index(self.out))
+        # by default the index shared by the suites beside --out (experiments/.trainings for the default outs)
+        self.index = TrainingIndex(Path(run.trainings or Path(os.path.abspath(self.out)).parent / ".trainings"))
         self.name = os.environ.get("RESNETLAB_WORKER") or f"{socket.gethostname()} pid {os.getpid()}"
         self.events = Path(os.environ.get("RESNETLAB_EVENTS")
                            or self.out / "workers" / f"{socket.gethostname()}-{os.getpid()}.jsonl")
@@ -151,9 +145,9 @@ class SuiteWork:
     def tasks(self, chosen: tuple[Member, ...]) -> list[Task]:
         """The chosen members' seeds, longest first (multiply-adds of the net: every member has one budget)."""
         order = {m.slug: i for i, m in enumerate(chosen)}
-        tasks = [Task(m, s, self.key(m, s), self.out / m.slug / f"seed{s}", _cost(*m.at(self.run.scale)))
+        tasks = [Task(m, s, self.key(m, s), self.out / m.slug / f"seed{s}")
                  for m in chosen for s in range(self.run.seeds)]
-        return sorted(tasks, key=lambda t: (-t.cost, t.seed, order[t.member.slug]))
+        return sorted(tasks, key=lambda t: (-_cost(*t.member.at(self.run.scale)), t.seed, order[t.member.slug]))
 
     def key(self, member: Member, seed: int) -> str:
         """The training this member and seed make (`training_key` of the config the call builds for it).
