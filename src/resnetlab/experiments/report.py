@@ -67,8 +67,8 @@ def _run_section(path: Path) -> str:
     meta = [
         ["model", summary.model], ["data", summary.data], ["recipe", summary.recipe],
         ["status", summary.status], ["steps", f"{summary.steps} / {summary.total_steps}"],
-        ["final test error (%)", _pct(final.get("test_error"))], ["final top-5 error (%)",
-                                                                  _pct(final.get("test_top5_error"))],
+        ["final test error (%)", _pct(final.get("test_error"))],
+        ["final top-5 error (%)", _pct(final.get("test_top5_error"))],
         ["best test error (%)", f"{_pct(best.get('test_error'))} (epoch {best.get('epoch')}, "
                                 f"selected on {best.get('selected_on')})"],
         ["paper's verdict", "fail (above 20%)" if summary.fail else "no fail"],
@@ -90,8 +90,8 @@ def _pct(value: Any) -> str:
 
 
 def _suite_section(path: Path) -> str:
-    data = _read_json(path / "results.json")
     where = path / "results.json"
+    data = _read_json(where)
     if not isinstance(data, dict):
         raise ResnetlabError(f"{where}: expected a JSON object, got {type(data).__name__}")
     meta, rows = data.get("meta", {}), data.get("rows", [])
@@ -99,13 +99,13 @@ def _suite_section(path: Path) -> str:
         raise ResnetlabError(f"{where}: field 'meta': expected an object, got {type(meta).__name__}")
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ResnetlabError(f"{where}: field 'rows': expected a list of objects")
-    if data.get("kendall_tau") is not None and not isinstance(data["kendall_tau"], int | float):
+    tau = data.get("kendall_tau")
+    if tau is not None and not isinstance(tau, int | float):
         raise ResnetlabError(f"{where}: field 'kendall_tau': expected a number")
     headers = ["member", "model", "runs", "median", "mean", "std", "diverged", "paper", "fail (ours)",
                "fail (paper)", "rank", "paper rank"]
     table = [[r.member, r.model, r.runs, r.median, r.mean, r.std, r.diverged, r.paper, "yes" if r.fail else "no",
               "yes" if r.paper_fail else "no", r.rank, r.paper_rank] for r in map(MemberResult.from_row, rows)]
-    tau = data.get("kendall_tau")
     parts = [f"<h2>Suite: {html.escape(str(data.get('suite')))} ({html.escape(path.name)})</h2>",
              f"<p>Scale {html.escape(str(meta.get('scale')))}, data {html.escape(str(meta.get('data')))}, "
              f"recipe {html.escape(str(meta.get('recipe')))}, seeds {meta.get('seeds')}. Test errors in percent "

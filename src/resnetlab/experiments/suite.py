@@ -36,7 +36,7 @@ class Member:
         """(registry model, spec overrides) at a scale."""
         if scale == "paper":
             return self.model, dict(self.override)
-        if scale == "cpu" and self.cpu is False:
+        if not self.runs_at(scale):
             raise ConfigError(f"member {self.label!r} is not run at cpu scale (cpu = false)")
         table = dict(self.cpu if scale == "cpu" and isinstance(self.cpu, dict) else self.small)
         return table.pop("model", self.model), {**self.override, **table}
@@ -190,9 +190,8 @@ def _read_member(raw: Any, where: str) -> Member:
     if not (isinstance(cpu, dict) or cpu is True or cpu is False):
         raise ConfigError(f"{where}: cpu must be a table or false, got {_shown(cpu)}")
     paper = raw.get("paper")
-    if paper is not None and not (isinstance(paper, str) or (isinstance(paper, int | float)
-                                                             and not isinstance(paper, bool)
-                                                             and 0 <= paper <= 100)):
+    percent = isinstance(paper, int | float) and not isinstance(paper, bool) and 0 <= paper <= 100
+    if not (paper is None or isinstance(paper, str) or percent):
         raise ConfigError(f"{where}: paper must be an error in percent (0..100) or a note, got {_shown(paper)}")
     for table in ("small", "cpu"):
         model = raw.get(table, {}).get("model") if isinstance(raw.get(table), dict) else None
