@@ -234,7 +234,7 @@ class SuiteWork:
         home, mode = self._home(task)
         self._event("start", task, mode=mode, run=str(home))
         try:
-            failed = _train(self.run, task, home, self.log)
+            failed = _train(self.run, task, home, self.log, self.tag(task))
         except BaseException:  # a signal (the run says "stopped") or an error ended the worker here
             status = "stopped" if outcome(home)["status"] == "stopped" else "interrupted"
             self._event("end", task, status=status, seconds=round(time.time() - started, 1))
@@ -308,11 +308,10 @@ class SuiteWork:
                 f.write(json.dumps(row, default=str) + "\n")
 
 
-def _train(run: SuiteRun, task: Task, home: Path, log: Callable[[str], Any]) -> list[str]:
+def _train(run: SuiteRun, task: Task, home: Path, log: Callable[[str], Any], tag: str) -> list[str]:
     """Train, resume or skip one claimed task in `home`; its failure as ["label seed N (reason)"] (the suite
     carries on), or SuiteStopped when a signal stopped it (its checkpoint written)."""
     member, seed = task.member, task.seed
-    tag = f"[{run.suite.name}] {member.label} seed {seed}"
     done = read_summary(home)
     if done is not None and done.status in DONE:
         log(f"{tag}: already done, skipped")
