@@ -21,7 +21,7 @@ from resnetlab.settings.config import Config
 from resnetlab.training.distributed import World, broadcast
 from resnetlab.training.fast import channels_last_default, choose_compile, compile_module, make_sgd
 from resnetlab.training.progress import EpochSums
-from resnetlab.training.reporting import Log, Reporter, quiet
+from resnetlab.training.reporting import Log, Reporter
 from resnetlab.training.schedule import build_schedule
 from resnetlab.training.setup import data_options, resolve_device
 from resnetlab.training.trainer import Trainer
@@ -29,9 +29,8 @@ from resnetlab.training.trainer import Trainer
 
 def build_trainer(cfg: Config, run: RunDir | str | Path | None = None, *, world: World | None = None,
                   device: str | None = None, log: Log = print) -> Trainer:
-    """The trainer of `cfg` in `run`: an existing `RunDir` (resume, benchmarks, tests) or a path that must not
-    hold a run yet (None: `runs/MODEL-DATA-TIME`), created later by `entry.train`. `device` replaces
-    `run.device` without touching the config. Everything a run checks before it writes is checked here."""
+    """The trainer of `cfg` in `run`: a `RunDir`, or a path that must not hold a run yet (None:
+    `runs/MODEL-DATA-TIME`), which `entry.train` creates. `device` replaces `run.device` for this session."""
     world = world or World()
     torch_device = resolve_device(device or cfg.run.device)
     if world.active and torch_device.type == "cuda":  # each process of a multi-GPU run on its own GPU
@@ -64,7 +63,7 @@ def build_trainer(cfg: Config, run: RunDir | str | Path | None = None, *, world:
     schedule = build_schedule(cfg, steps_per_epoch, spec.depth, world.size)
     compile_choice = choose_compile(cfg.run.compile, torch_device)
     train_model = compile_module(eager_model, compile_choice.mode, torch_device, cache_dir(data_options(cfg)))
-    reporter = Reporter(run, log if world.main else quiet, tensorboard=cfg.run.tensorboard,
+    reporter = Reporter(run, log if world.main else lambda _line: None, tensorboard=cfg.run.tensorboard,
                         progress=cfg.run.progress, total_steps=schedule.total, steps_per_epoch=steps_per_epoch,
                         batch=batch, trackers=cfg.run.tracker if world.main else None)
     amp = torch.autocast(torch_device.type, dtype=torch.bfloat16) if cfg.run.amp == "bf16" else nullcontext()
@@ -100,9 +99,8 @@ def global_batch(cfg: Config, source: DataSource, spec: ResNetSpec, world: World
 
 
 def check_trainable(spec: ResNetSpec, batch: int, size: int) -> None:
-    """A training step of `batch` images of side `size` runs through the net: batch norm in training mode needs
-    more than one value per channel, which a batch of one image fails where a stage's maps are 1x1. Checked on
-    the meta device (no memory, no compute) before a run starts."""
+    """A training step of `batch` images of side `size` runs through the net (BN in training needs more than one
+    value per channel, which one image fails where maps are 1x1): on the meta device, no memory, no compute."""
     try:
         with torch.device("meta"):
             ResNet(spec).train()(torch.empty(batch, spec.in_channels, size, size))

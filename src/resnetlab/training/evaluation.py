@@ -21,10 +21,8 @@ from resnetlab.training.schedule import Schedule
 @torch.no_grad()
 def evaluate(model: nn.Module, source: DataSource, split: str, batch_size: int, device: torch.device,
              amp: Any = None, channels_last: bool = False, fold: bool = True) -> dict[str, float]:
-    """Loss, top-1 and top-5 error on a split (multi-crop batches are averaged over the crops).
-
-    `fold` evaluates a copy with BN folded into the convs before it (`networks.folding.fold_bn`), the same function to
-    float32 rounding; `model` itself is left as it was."""
+    """Loss, top-1 and top-5 error on a split (multi-crop batches averaged over the crops). `fold`: of a copy with
+    BN folded into the convs before it (`networks.folding.fold_bn`), the same function to float32 rounding."""
     was_training = model.training
     model.eval()
     net = fold_bn(model) if fold else model

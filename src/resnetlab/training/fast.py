@@ -59,12 +59,9 @@ def has_cxx_compiler() -> bool:
 
 
 def compile_module(module: nn.Module, mode: str, device: torch.device, cache_root: Path) -> nn.Module:
-    """`module` compiled with torch.compile in `mode` (default, reduce-overhead, max-autotune); "off": as is.
-
-    PyTorch's on-disk caches (FX graphs, AOT autograd) go under `cache_root`/inductor unless
-    TORCHINDUCTOR_CACHE_DIR is set, so a second run of the same net loads the compiled code. Random operations
-    (dropout shortcuts) fall back to PyTorch's own generator, so a compiled step draws the same masks as the
-    eager one and resumes reproduce them."""
+    """`module` compiled in `mode` (default, reduce-overhead, max-autotune; "off": as is), with PyTorch's on-disk
+    caches under `cache_root`/inductor (or TORCHINDUCTOR_CACHE_DIR) so that a second run loads the compiled code.
+    Random operations (dropout shortcuts) use PyTorch's own generator: the same masks as eager, resumes too."""
     if mode == "off":
         return module
     if device.type == "cpu" and not has_cxx_compiler():

@@ -53,12 +53,18 @@ def identity(config: dict[str, Any], seen: dict[str, str] | None = None) -> dict
     data = kept.get("data")
     if isinstance(data, dict) and isinstance(data.get("source"), str):
         source = data["source"]
-        data["source"] = seen[source] if source in seen else seen.setdefault(source, _data(source, cache))
-    run = kept.get("run")
+        if source not in seen:  # its path replaced by what the path holds (as it is where there is no path)
+            digest = source_digest(source, cache)
+            seen[source] = source if digest is None else f"{source.partition(':')[0]}:{digest}"
+        data["source"] = seen[source]
+    run, resolved = kept.get("run"), config.get("resolved")
     if isinstance(run, dict) and isinstance(run.get("init"), str):
         init = run["init"]
-        recorded = _recorded_init(config.get("resolved"))
-        run["init"] = recorded or (seen[init] if init in seen else seen.setdefault(init, _init(init)))
+        recorded = resolved.get("init") if isinstance(resolved, dict) else None
+        if isinstance(recorded, dict) and isinstance(recorded.get("sha256"), str):  # as the run recorded it
+            run["init"] = "sha256:" + recorded["sha256"]
+        else:
+            run["init"] = seen[init] if init in seen else seen.setdefault(init, _init(init))
     return kept
 
 
@@ -106,20 +112,6 @@ def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _data(source: str, cache: Path) -> str:
-    """A data spec with its path replaced by what the path holds (as it is where there is no path)."""
-    digest = source_digest(source, cache)
-    return source if digest is None else f"{source.partition(':')[0]}:{digest}"
-
-
-def _recorded_init(resolved: Any) -> str | None:
-    """The SHA-256 of the weights a run started from, as it recorded them (None before it has started)."""
-    recorded = resolved.get("init") if isinstance(resolved, dict) else None
-    if isinstance(recorded, dict) and isinstance(recorded.get("sha256"), str):
-        return "sha256:" + recorded["sha256"]
-    return None
 
 
 def _init(path: str) -> str:

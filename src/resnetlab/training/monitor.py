@@ -55,11 +55,7 @@ class DivergenceMonitor:
     """Finds the first step whose loss was not finite, `lag` steps late: reading the flag is a host-device sync,
     so on CUDA a step's flag is read one step later, when the GPU has long finished it (0 on the CPU). Across
     ranks, one all-reduce per step makes every rank stop at the same step, on a divergence or a signal anywhere.
-
-    `after_step` takes the finite flag of the step just taken and `step`, the number of steps done
-    including it; it returns the step number of a divergence once it is known, else None. A divergence
-    is always reported as that number (the k-th step, counting from 1), whichever path finds it.
-    """
+    `after_step(finite, step, stop)` returns the step (counting from 1) of a divergence once it is known."""
 
     def __init__(self, lag: int, world: World,
                  reduce: Callable[[torch.Tensor, World], torch.Tensor] | None = None) -> None:

@@ -30,15 +30,9 @@ def tee(log: Log, path: Path) -> Log:
     return write
 
 
-def quiet(_line: str) -> None:
-    """The log of a rank other than 0."""
-
-
 class Reporter:
-    """The outputs of one run: `total_steps` and `steps_per_epoch` fix the "epoch E/N step S/T" labels.
-
-    `trackers`: the run's `run.tracker` (None: this process reports to none, TensorBoard included); a name
-    that is unknown or not installed is a ConfigError here, before the run starts."""
+    """The outputs of one run. `trackers`: the run's `run.tracker` (None: this process reports to none,
+    TensorBoard included); a name that is unknown or not installed is a ConfigError here, before the run starts."""
 
     def __init__(self, run: RunDir, log: Log, *, tensorboard: bool | str, progress: bool | str,
                  total_steps: int, steps_per_epoch: int, batch: int, trackers: Sequence[str] | None = ()) -> None:

@@ -5,7 +5,7 @@ below 80% (about 400 iterations). A shorter budget keeps the milestones' fractio
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from resnetlab.settings.config import Config
 
@@ -29,17 +29,14 @@ class Schedule:
         return self.base_lr * self.gamma ** sum(1 for m in self.milestones if step >= m)
 
     def to_dict(self) -> dict[str, object]:
-        return {"total_iters": self.total, "milestone_iters": list(self.milestones), "base_lr": self.base_lr,
-                "gamma": self.gamma, "warmup": self.warmup, "warmup_lr": self.warmup_lr,
-                "warmup_iters": self.warmup_iters, "warmup_until_error": self.warmup_until_error}
+        fields = asdict(self)
+        return {"total_iters": fields.pop("total"), "milestone_iters": list(fields.pop("milestones"))} | fields
 
 
 def build_schedule(cfg: Config, steps_per_epoch: int, depth: int, world_size: int = 1) -> Schedule:
-    """Resolve the recipe's schedule (in iterations or epochs) and budget into iterations.
-
-    With `optim.linear_scaling` on `world_size` processes each process takes the recipe's batch, so the
-    global batch is `world_size` times the recipe's, and the learning rates (base and warm-up) scale with it:
-    the linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch SGD", sec. 2.1)."""
+    """The recipe's schedule (in iterations or epochs) and budget in iterations. With `optim.linear_scaling` each
+    of `world_size` processes takes the recipe's batch and the learning rates scale with the global batch: the
+    linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch SGD", sec. 2.1)."""
     s, warmup = cfg.schedule, cfg.warmup
     unit = steps_per_epoch if s.unit == "epoch" else 1
     total, milestones = s.total * unit, [m * unit for m in s.milestones]

@@ -38,9 +38,8 @@ def data_options(cfg: Config) -> DataOptions:
 
 def evaluation_source(spec: ResNetSpec, config: dict[str, Any] | None, norm: Any, data: str | None,
                       where: Path, classes: Any = None) -> DataSource:
-    """The data a trained net is evaluated on: `data` or the run's own, loaded with the run's options (plain
-    options without a config), checked against the net, normalised with the run's statistics. Where the
-    net's class names are known (`classes`, kept in its checkpoint), other data must have the same ones."""
+    """The data a trained net is evaluated on: `data` or the run's own, loaded with the run's options, checked
+    against the net (and its `classes`, where its checkpoint keeps them), normalised with the run's statistics."""
     cfg = config_from_dict(config, where=f"{where} (its config)") if config is not None else None
     data = data or (cfg.data.source if cfg is not None else None)
     if data is None:

@@ -209,8 +209,7 @@ class Trainer:
     # evaluation and the records ------------------------------------------------------------------------
     def _evaluate(self, epoch: int) -> None:
         """Rank 0 evaluates, writes the row and checkpoints, and only then reports the row: a row a tracker holds
-        is one the checkpoint keeps, so a resumed run never computes it again. The others wait at the next
-        collective."""
+        is one the checkpoint keeps, so a resumed run never computes it again. The others wait."""
         progress = self.progress
         if not self.world.main:
             progress.reset_epoch()
@@ -236,8 +235,7 @@ class Trainer:
 
 
 def checkpoint(t: Trainer) -> dict[str, Any]:
-    """What a checkpoint holds: the loop's state, and what the net needs to be used elsewhere (config, spec,
-    normalisation, classes)."""
+    """What a checkpoint holds: the loop's state and what the net needs elsewhere (config, normalisation, ...)."""
     rng = {"cpu": torch.get_rng_state()}
     if t.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(t.device)
