@@ -234,16 +234,17 @@ class Trainer:
         self.reporter.divergence(row)
 
 
-def checkpoint(t: Trainer) -> dict[str, Any]:
+def checkpoint(trainer: Trainer) -> dict[str, Any]:
     """What a checkpoint holds: the loop's state and what the net needs elsewhere (config, normalisation, ...)."""
+    device, source = trainer.device, trainer.source
     rng = {"cpu": torch.get_rng_state()}
-    if t.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(t.device)
-    return {"spec": t.spec.to_dict(), "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
-            "progress": t.progress.to_dict(), "norm": t.source.norm_state(), "rng": rng, "config": t.cfg.to_dict(),
-            "schedule": t.schedule.to_dict(), "version": __version__,
-            "data": {"classes": list(t.source.classes), "image_size": t.source.image_size,
-                     "channels": t.source.channels}}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return {"spec": trainer.spec.to_dict(), "model": trainer.model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(), "progress": trainer.progress.to_dict(),
+            "norm": source.norm_state(), "rng": rng, "config": trainer.cfg.to_dict(),
+            "schedule": trainer.schedule.to_dict(), "version": __version__,
+            "data": {"classes": list(source.classes), "image_size": source.image_size, "channels": source.channels}}
 
 
 @contextmanager
