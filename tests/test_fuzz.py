@@ -179,5 +179,5 @@ def test_the_reuse_judge_sees_work_reused_by_path(tmp_path: Path, monkeypatch: p
                 steps=(("reuse", {"kind": "data_changed", "field": None, "same_out": False, "iters": 1,
                                   "data": "folder", "init": False}),))
     assert run_case(case, tmp_path / "fixed").problem is None
-    monkeypatch.setattr(identity, "_data", lambda source, cache: source)  # the path, not what is behind it
+    monkeypatch.setattr(identity, "source_digest", lambda source, cache: None)  # the path, not what is behind it
     assert run_case(case, tmp_path / "by-path").problem == "reused another training (data_changed , new --out)"
