@@ -138,10 +138,9 @@ def test_exit_codes_are_one_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert _readme_codes() == table
     assert [c for c, _ in table] == sorted({c for c, _ in table}) and len(table) >= 6
     from resnetlab.experiments.suite import SuiteFailed, SuiteStopped
-    from resnetlab.training.trainer import EXIT_STOPPED as TRAINER_STOPPED
 
-    assert (ResnetlabError.exit_code, SuiteFailed.exit_code, SuiteStopped.exit_code, TRAINER_STOPPED) == \
-        (2, EXIT_SUITE_FAILED, EXIT_STOPPED, EXIT_STOPPED)
+    assert (ResnetlabError.exit_code, SuiteFailed.exit_code, SuiteStopped.exit_code) == \
+        (2, EXIT_SUITE_FAILED, EXIT_STOPPED)
 
 
 def test_old_spellings_still_run_and_o_is_never_an_override(capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,8 +33,6 @@ from resnetlab.training.schedule import Schedule
 from resnetlab.version import __version__
 from resnetlab.weights.checkpoint import load_state, save_checkpoint
 
-EXIT_STOPPED = 3  # SIGTERM/SIGINT: checkpoint written, resume with --resume
-
 
 @dataclass(eq=False)
 class Trainer:
