@@ -142,11 +142,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from resnetlab.data import load_data
     from resnetlab.settings.config import build_config
-    from resnetlab.training.setup import data_options
 
     device = torch.device(args.device)
     cfg = build_config(recipe="cifar", data=args.data)
-    load_data(cfg.data.source, data_options(cfg))  # decode once into the cache; bad data fails here, in one line
+    load_data(cfg.data.source, cfg.data.options())  # decode once into the cache; bad data fails here, in one line
     common = ["--device", args.device, "--data", args.data, "--amp", args.amp, "--compile", args.compile,
               "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--block-s", str(args.block_s),
               "--min-steps", str(args.min_steps), "--epoch-steps", str(args.epoch_steps)]

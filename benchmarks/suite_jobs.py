@@ -59,8 +59,7 @@ def step_rows(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 def decode_once(data: str) -> float:
     """Decode the data set into the cache (what the first training would otherwise do); its seconds."""
     code = ("from resnetlab.settings.config import build_config; from resnetlab.data import load_data; "
-            "from resnetlab.training.setup import data_options; "
-            f"load_data({data!r}, data_options(build_config(data={data!r})))")
+            f"load_data({data!r}, build_config(data={data!r}).data.options())")
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=_env())
     return time.perf_counter() - t

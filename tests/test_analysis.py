@@ -24,7 +24,6 @@ from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import UnknownModelError, create_model
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.settings.config import build_config
-from resnetlab.training.setup import data_options
 from resnetlab.weights.checkpoint import save_checkpoint
 
 UNITS = 9  # residual units of the single-stage nets below
@@ -193,7 +192,7 @@ def test_cli_bad_input_is_a_resnetlab_error(tmp_path: Path, args: dict, error: t
 
 def test_cli_checkpoint_uses_its_data_and_weights(tmp_path: Path, capsys) -> None:
     cfg = build_config(data="digits")
-    source = load_data("digits", data_options(cfg))
+    source = load_data("digits", cfg.data.options())
     torch.manual_seed(0)  # the CLI builds its fresh preact_resnet20 under seed 0: the same weights
     model = create_model("preact_resnet20", in_channels=1)
     with torch.no_grad():

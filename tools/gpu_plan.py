@@ -106,10 +106,9 @@ class Plan:
             self.sh(["nvidia-smi"], "setup.log")
         from resnetlab.data import load_data
         from resnetlab.settings.config import build_config
-        from resnetlab.training.setup import data_options
 
         t = time.perf_counter()
-        source = load_data(self.args.data, data_options(build_config(data=self.args.data)))
+        source = load_data(self.args.data, build_config(data=self.args.data).data.options())
         info["data"] = {"source": self.args.data, "train": source.train_size, "classes": source.num_classes,
                         "decode_or_cache_s": round(time.perf_counter() - t, 1)}
         return info

@@ -21,7 +21,6 @@ from resnetlab.experiments.runner import run_suite
 from resnetlab.experiments.suite import load_suite, suite_names
 from resnetlab.networks.registry import create_model
 from resnetlab.settings.config import build_config
-from resnetlab.training.setup import data_options
 
 __all__ = ["Propagation", "check_propagation", "experiment", "fetch", "list_suites", "propagation"]
 
@@ -121,7 +120,7 @@ def propagation(models: list[str] | tuple[str, ...] = (), checkpoint: str | Path
         named[f"{trained.spec.name or 'model'} (trained: {weights.path.name})"] = trained
     else:
         data = data or "synthetic"
-        source = load_data(data, data_options(build_config(data=data)))
+        source = load_data(data, build_config(data=data).data.options())
     for name in models:
         torch.manual_seed(seed)
         named[name] = create_model(name, in_channels=source.channels, num_classes=source.num_classes, **overrides)

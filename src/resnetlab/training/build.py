@@ -23,7 +23,7 @@ from resnetlab.training.fast import channels_last_default, choose_compile, compi
 from resnetlab.training.progress import EpochSums
 from resnetlab.training.reporting import Log, Reporter
 from resnetlab.training.schedule import build_schedule
-from resnetlab.training.setup import data_options, resolve_device
+from resnetlab.training.setup import resolve_device
 from resnetlab.training.trainer import Trainer
 
 
@@ -36,7 +36,7 @@ def build_trainer(cfg: Config, run: RunDir | str | Path | None = None, *, world:
     if world.active and torch_device.type == "cuda":  # each process of a multi-GPU run on its own GPU
         torch_device = torch.device("cuda", world.local_rank)
     configure_runtime(cfg, torch_device)
-    source = load_data(cfg.data.source, data_options(cfg))
+    source = load_data(cfg.data.source, cfg.data.options())
     if cfg.data.pad > source.image_size:  # a crop could miss the image; the padded batch grows with pad squared
         raise ConfigError(f"data.pad: {cfg.data.pad} is more than the images' side ({source.image_size} pixels "
                           f"of {source.name}); the papers pad 4 on 32")
@@ -62,7 +62,7 @@ def build_trainer(cfg: Config, run: RunDir | str | Path | None = None, *, world:
     steps_per_epoch = source.steps_per_epoch(batch)
     schedule = build_schedule(cfg, steps_per_epoch, spec.depth, world.size)
     compile_choice = choose_compile(cfg.run.compile, torch_device)
-    train_model = compile_module(eager_model, compile_choice.mode, torch_device, cache_dir(data_options(cfg)))
+    train_model = compile_module(eager_model, compile_choice.mode, torch_device, cache_dir(cfg.data.options()))
     reporter = Reporter(run, log if world.main else lambda _line: None, tensorboard=cfg.run.tensorboard,
                         progress=cfg.run.progress, total_steps=schedule.total, steps_per_epoch=steps_per_epoch,
                         batch=batch, trackers=cfg.run.tracker if world.main else None)

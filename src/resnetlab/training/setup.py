@@ -11,7 +11,7 @@ import torch
 from resnetlab.data import DataOptions, DataSource, load_data
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
 from resnetlab.networks.spec import ResNetSpec
-from resnetlab.settings.config import Config, config_from_dict
+from resnetlab.settings.config import config_from_dict
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -31,11 +31,6 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
-def data_options(cfg: Config) -> DataOptions:
-    """The config's data section as the data loaders' options (validated when the config was built)."""
-    return cfg.data.options()  # type: ignore[no-any-return]
-
-
 def evaluation_source(spec: ResNetSpec, config: dict[str, Any] | None, norm: Any, data: str | None,
                       where: Path, classes: Any = None) -> DataSource:
     """The data a trained net is evaluated on: `data` or the run's own, loaded with the run's options, checked
@@ -44,7 +39,7 @@ def evaluation_source(spec: ResNetSpec, config: dict[str, Any] | None, norm: Any
     data = data or (cfg.data.source if cfg is not None else None)
     if data is None:
         raise ResnetlabError(f"{where}: names no data set; give --data")
-    source = load_data(data, data_options(cfg) if cfg is not None else DataOptions(normalize="none"))
+    source = load_data(data, cfg.data.options() if cfg is not None else DataOptions(normalize="none"))
     if (spec.in_channels, spec.num_classes) != (source.channels, source.num_classes):
         raise CheckpointError(
             f"{where}: {spec.name or 'the model'} takes {spec.in_channels} channel(s) and {spec.num_classes} "
