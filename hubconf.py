@@ -40,9 +40,9 @@ def _entry(name: str) -> _typing.Any:
 
         if overrides:
             raise ValueError(f"{name}: spec overrides do not apply with weights (the file holds its net)")
-        pre = load_pretrained(weights, model=name, best=bool(best))
-        pre.model.pretrained = pre  # normalisation, classes, image size
-        return pre.model
+        trained = load_pretrained(weights, model=name, best=bool(best))
+        trained.module.pretrained = trained  # normalisation, classes, image size
+        return trained.module
 
     build.__name__ = name
     build.__doc__ = (f"resnetlab's {name} (spec overrides as keywords, or weights=PATH for a trained one; "

@@ -99,7 +99,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     from resnetlab.networks.registry import get_spec
-    from resnetlab.training.setup import resolve_device
+    from resnetlab.settings.device import resolve_device
 
     try:
         args.device = str(resolve_device(args.device))

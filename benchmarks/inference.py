@@ -43,11 +43,11 @@ def settings(name: str, batch: int, ort_threads: int, tmp: Path) -> tuple[dict[s
     from resnetlab import create_model
     from resnetlab.networks.folding import fold_bn
     from resnetlab.weights.export import export
-    from resnetlab.weights.pretrained import Pretrained
+    from resnetlab.weights.pretrained import Trained
 
     torch.manual_seed(0)
     net = create_model(name).eval()
-    pre = Pretrained(net, torch.zeros(3, 1, 1), torch.ones(3, 1, 1), [str(i) for i in range(10)], 32, "random")
+    pre = Trained(net, torch.zeros(3, 1, 1), torch.ones(3, 1, 1), [str(i) for i in range(10)], 32, "random")
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     plain = plain_model(name).eval()
     ours = fold_bn(net).to(memory_format=torch.channels_last)

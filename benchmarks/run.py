@@ -100,7 +100,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-batch", type=int, default=None, help="batch of the memory probes")
     parser.add_argument("--out", default=None, help="write the results as JSON here and a table beside it (.md)")
     args = parser.parse_args(argv)
-    from resnetlab.training.setup import resolve_device
+    from resnetlab.settings.device import resolve_device
 
     try:
         device = resolve_device(args.device)

@@ -19,7 +19,7 @@ from resnetlab.cli import main
 from resnetlab.errors import CheckpointError, ConfigError
 from resnetlab.weights.export import ATOL, RTOL, export
 from resnetlab.weights.formats import model_for
-from resnetlab.weights.pretrained import Pretrained, load_image, load_pretrained
+from resnetlab.weights.pretrained import Trained, load_image, load_pretrained
 from resnetlab.weights.resolve import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +40,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _logits(pre, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
     with torch.no_grad():
-        return pre.model(pre.normalise(x))
+        return pre.module(pre.normalise(x))
 
 
 def test_a_run_comes_back_ready_with_its_classes(trained: Path) -> None:
     pre = load_pretrained(trained)
-    assert pre.classes == ["cat", "dog"] and pre.image_size == 8 and not pre.model.training
+    assert pre.classes == ["cat", "dog"] and pre.image_size == 8 and not pre.module.training
     weights = resolve(trained)
     model, payload = model_for(weights), weights.payload
     assert payload["data"] == {"classes": ["cat", "dog"], "image_size": 8, "channels": 3}
@@ -61,7 +61,7 @@ def test_safetensors_round_trip_from_the_file_alone(trained: Path, tmp_path: Pat
     export(pre, "safetensors", out)
     back = load_pretrained(out)
     assert back.classes == pre.classes and back.image_size == pre.image_size
-    assert back.model.spec == pre.model.spec
+    assert back.module.spec == pre.module.spec
     x = torch.rand(3, 3, 8, 8)
     assert torch.equal(_logits(back, x), _logits(pre, x))  # the same float32 weights: bit-identical
     from safetensors import safe_open
@@ -158,8 +158,8 @@ def test_torch_hub_builds_registry_models_and_loads_weights(trained: Path, tmp_p
     with pytest.raises(CheckpointError, match="not the registry's resnet20: it holds resnet20 with depth=8"):
         torch.hub.load(str(ROOT), "resnet20", source="local", weights=str(file))
     real = tmp_path / "r20.safetensors"
-    export(Pretrained(create_model("resnet20", num_classes=2).eval(), torch.zeros(3, 1, 1), torch.ones(3, 1, 1),
-                      ["cat", "dog"], 32, "test"), "safetensors", real)
+    export(Trained(create_model("resnet20", num_classes=2).eval(), torch.zeros(3, 1, 1), torch.ones(3, 1, 1),
+                   ["cat", "dog"], 32, "test"), "safetensors", real)
     net = torch.hub.load(str(ROOT), "resnet20", source="local", weights=str(real))
     assert not net.training and net.pretrained.classes == ["cat", "dog"] and net.spec.depth == 20
     hub = torch.hub._import_module("hubconf", str(ROOT / "hubconf.py"))
@@ -203,8 +203,8 @@ def test_an_export_is_readable_as_open_makes_files_and_may_have_a_long_name(tmp_
     limit on a name). The export gets 0666 & ~umask, as `open()` gives, under any name that fits."""
     from resnetlab import create_model
 
-    pre = Pretrained(create_model("resnet20", num_classes=2, depth=8).eval(), torch.zeros(3, 1, 1),
-                     torch.ones(3, 1, 1), ["cat", "dog"], 8, "test")
+    pre = Trained(create_model("resnet20", num_classes=2, depth=8).eval(), torch.zeros(3, 1, 1),
+                  torch.ones(3, 1, 1), ["cat", "dog"], 8, "test")
     old = os.umask(0o022)
     try:
         short, long = tmp_path / "n.safetensors", tmp_path / ("n" * 243 + ".safetensors")  # 255 bytes

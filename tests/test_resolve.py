@@ -76,7 +76,7 @@ def test_load_pretrained_and_hub_use_the_newest_good_checkpoint(runs: dict[str, 
     run, good = runs[kind]
     want = _state(good)
     pre = load_pretrained(run)
-    assert pre.source == str(good) and _same(pre.model.state_dict(), want)
+    assert pre.source == str(good) and _same(pre.module.state_dict(), want)
     assert bool(pre.skipped) == (kind == "corrupt")
     hub = torch.hub._import_module("hubconf", str(ROOT / "hubconf.py"))
     assert _same(hub.resnet20(weights=str(run)).state_dict(), want)
@@ -126,7 +126,7 @@ def test_predict_computes_with_the_newest_good_checkpoint(runs: dict[str, Any], 
     got = json.loads(capsys.readouterr().out)[0]["top"]
     payload = load_checkpoint(good)
     pre = load_pretrained(good)  # the checkpoint file itself: no run directory involved
-    assert _same(pre.model.state_dict(), payload["model"])
+    assert _same(pre.module.state_dict(), payload["model"])
     x = torch.from_numpy(np.asarray(Image.open(image), dtype=np.float32) / 255).permute(2, 0, 1)[None]
     want = pre.predict(x, 3)[0]
     assert [t["class"] for t in got] == [c for c, _ in want]

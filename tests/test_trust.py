@@ -213,11 +213,11 @@ def test_elongated_images_are_refused_before_resizing(tmp_path: Path) -> None:
     from resnetlab import create_model
     from resnetlab.data.images import shorter_side_to
     from resnetlab.errors import DataError
-    from resnetlab.weights.pretrained import Pretrained, load_image
+    from resnetlab.weights.pretrained import Trained, load_image
 
     Image.fromarray(np.zeros((1, 500_000, 3), np.uint8)).save(tmp_path / "line.png")
-    pre = Pretrained(create_model("resnet20").eval(), torch.zeros(3, 1, 1), torch.ones(3, 1, 1),
-                     [str(i) for i in range(10)], 32, "test")
+    pre = Trained(create_model("resnet20").eval(), torch.zeros(3, 1, 1), torch.ones(3, 1, 1),
+                  [str(i) for i in range(10)], 32, "test")
     with pytest.raises(DataError, match="too elongated"):
         load_image(tmp_path / "line.png", pre)
 

@@ -333,7 +333,7 @@ def _predict_oracle(rows: list[dict[str, Any]], ckpt: Path) -> str | None:
     for row in rows:
         x = load_image(Path(row["image"]), pre)[None]
         with torch.no_grad():
-            probs = torch.softmax(pre.model(pre.normalise(x)).float(), dim=1)[0]
+            probs = torch.softmax(pre.module(pre.normalise(x)).float(), dim=1)[0]
         got = row["top"][0]
         mine = [float(p) for c, p in zip(pre.classes, probs.tolist(), strict=True) if c == got["class"]]
         # the top class (a tie may name either) with its probability, to the 6 digits predict prints

@@ -11,16 +11,18 @@ from typing import Any
 
 import torch
 
-from resnetlab.api.models import ImageLike, Trained, load
+from resnetlab.api.models import Trained, load
 from resnetlab.errors import ConfigError
 from resnetlab.experiments.results import read_summary
 from resnetlab.runs.directory import RunDir
 from resnetlab.runs.records import Summary, WorkerResult
 from resnetlab.settings.config import build_config
+from resnetlab.settings.device import resolve_device
 from resnetlab.training import entry, evaluation
 from resnetlab.training.fast import channels_last_default
-from resnetlab.training.setup import evaluation_source, resolve_device
+from resnetlab.training.setup import evaluation_source
 from resnetlab.weights.formats import model_for
+from resnetlab.weights.pretrained import ImageLike
 from resnetlab.weights.resolve import resolve
 
 __all__ = ["Run", "evaluate", "train", "train_overrides"]

@@ -1,5 +1,6 @@
 """A run's settings, declared once: the config (`config`: defaults, recipe files, `--set` overrides, validated
-when built), `SECTION.KEY=VALUE` text (`overrides`) and the trackers' settings (`trackers`).
+when built), `run.device` as a torch device (`device`), `SECTION.KEY=VALUE` text (`overrides`) and the
+trackers' settings (`trackers`).
 
 May import: errors, version, files, networks, data, runs.
 """

@@ -18,12 +18,12 @@ from resnetlab.networks.net import ResNet
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.runs.directory import RunDir
 from resnetlab.settings.config import Config
+from resnetlab.settings.device import resolve_device
 from resnetlab.training.distributed import World, broadcast
 from resnetlab.training.fast import channels_last_default, choose_compile, compile_module, make_sgd
 from resnetlab.training.progress import EpochSums
 from resnetlab.training.reporting import Log, Reporter
 from resnetlab.training.schedule import build_schedule
-from resnetlab.training.setup import resolve_device
 from resnetlab.training.trainer import Trainer
 
 

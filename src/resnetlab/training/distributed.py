@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from resnetlab.training.setup import resolve_device
+from resnetlab.settings.device import resolve_device
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,15 @@
-"""The device, the data options and the data a trained net is evaluated on, resolved here for every command
-(`build.build_trainer`, `eval`, `analyze`) so that each fails with the same one-line error."""
+"""The data a trained net is evaluated on (`evaluation_source`), resolved here for `eval` and `analyze` so that each
+fails with the same one-line error."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from resnetlab.data import DataOptions, DataSource, load_data
-from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
+from resnetlab.errors import CheckpointError, ResnetlabError
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.settings.config import config_from_dict
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """`run.device` (auto, cpu, cuda, cuda:N) as a torch.device that exists here; one-line ConfigError."""
-    if isinstance(name, torch.device):
-        name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"run.device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device: {name!r} requested but CUDA is not available here")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"run.device: {name!r} is not supported (cpu or cuda)")
-    return device
 
 
 def evaluation_source(spec: ResNetSpec, config: dict[str, Any] | None, norm: Any, data: str | None,

@@ -1,4 +1,4 @@
-"""Trained networks out of the project: `export(pre, fmt, out)` writes a `Pretrained` as `safetensors` (weights;
+"""Trained networks out of the project: `export(pre, fmt, out)` writes a `pretrained.Trained` as `safetensors` (weights;
 spec, class names and image size in the metadata; the normalisation as two tensors), `onnx` or `pt2` (a
 `torch.export` program): the eval graph with BN folded and a dynamic batch, checked against PyTorch on export.
 The exporters' libraries are the `export` extra; every output exists whole or not at all."""
@@ -25,10 +25,11 @@ from resnetlab.files.atomic import replace_with, temp_path
 from resnetlab.networks.folding import fold_bn
 from resnetlab.runs.outputs import check_output
 from resnetlab.weights.formats import RESNETLAB
-from resnetlab.weights.pretrained import Pretrained
 
 # stated tolerance of the exported graphs: max |logit difference| <= ATOL + RTOL * max |logit|
 ATOL, RTOL = 1e-4, 1e-4
+
+Trained = Any  # a `pretrained.Trained`: that module imports this one (its `export` method), so it is named here
 
 
 def _need(module: str) -> Any:
@@ -38,7 +39,7 @@ def _need(module: str) -> Any:
         raise ConfigError(f"this needs the {module.split('.')[0]} package: pip install 'resnetlab[export]'") from None
 
 
-def export(pre: Pretrained, fmt: str, out: str | Path) -> dict[str, Any]:
+def export(pre: Trained, fmt: str, out: str | Path) -> dict[str, Any]:
     """Write `pre` as `fmt` to `out` (atomically); returns what was written and, for graphs, the check."""
     if fmt not in WRITERS:
         raise ConfigError(f"--format {fmt!r}: one of {', '.join(WRITERS)}")
@@ -85,9 +86,9 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _write_safetensors(pre: Pretrained, path: Path) -> dict[str, Any]:
+def _write_safetensors(pre: Trained, path: Path) -> dict[str, Any]:
     st = _need("safetensors.torch")
-    tensors = {k: v.detach().contiguous().clone() for k, v in pre.model.state_dict().items()}
+    tensors = {k: v.detach().contiguous().clone() for k, v in pre.module.state_dict().items()}
     tensors["normalization.mean"] = pre.mean.contiguous().clone()
     tensors["normalization.std"] = pre.std.contiguous().clone()
     raw = st.save(tensors, metadata={"format": RESNETLAB, "resnetlab": json.dumps(pre.metadata())})
@@ -108,14 +109,14 @@ def _sorted_metadata(raw: bytes) -> bytes:
     return raw[:8] + text.ljust(size, b" ") + raw[8 + size:]
 
 
-def _eval_graph(pre: Pretrained) -> tuple[torch.nn.Module, Tensor, dict[str, Any]]:
+def _eval_graph(pre: Trained) -> tuple[torch.nn.Module, Tensor, dict[str, Any]]:
     """The eval net with BN folded and the input normalisation inside (it takes pixels in [0, 1]), a batch of 4
     images to trace and check it with, and its dynamic batch axis."""
 
     class WithInput(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.net = fold_bn(pre.model).float()
+            self.net = fold_bn(pre.module).float()
             self.register_buffer("mean", pre.mean.clone())
             self.register_buffer("std", pre.std.clone())
 
@@ -126,11 +127,11 @@ def _eval_graph(pre: Pretrained) -> tuple[torch.nn.Module, Tensor, dict[str, Any
     return WithInput().eval(), x, {"pixels": {0: torch.export.Dim("batch", min=1, max=65536)}}
 
 
-def _checked(pre: Pretrained, x: Tensor, run: Callable[[Tensor], np.ndarray], what: str) -> dict[str, Any]:
+def _checked(pre: Trained, x: Tensor, run: Callable[[Tensor], np.ndarray], what: str) -> dict[str, Any]:
     """The exported graph's outputs (`run`) against PyTorch's, at two batch sizes: the batch axis is dynamic."""
     diffs = []
     with torch.no_grad():
-        want = pre.model(pre.normalise(x))
+        want = pre.module(pre.normalise(x))
         for xb, wb in ((x, want), (x[:1], want[:1])):
             diff, bound = float(np.abs(run(xb) - wb.numpy()).max()), ATOL + RTOL * float(wb.abs().max())
             if not diff <= bound:
@@ -139,7 +140,7 @@ def _checked(pre: Pretrained, x: Tensor, run: Callable[[Tensor], np.ndarray], wh
     return {"max_abs_diff": max(diffs), "tolerance": f"{ATOL} + {RTOL} x max|logit|"}
 
 
-def _write_onnx(pre: Pretrained, path: Path) -> dict[str, Any]:
+def _write_onnx(pre: Trained, path: Path) -> dict[str, Any]:
     onnx = _need("onnx")
     ort = _need("onnxruntime")
     _need("onnxscript")
@@ -154,7 +155,7 @@ def _write_onnx(pre: Pretrained, path: Path) -> dict[str, Any]:
     return _checked(pre, x, lambda xb: session.run(None, {"pixels": xb.numpy()})[0], "onnx")
 
 
-def _write_pt2(pre: Pretrained, path: Path) -> dict[str, Any]:
+def _write_pt2(pre: Trained, path: Path) -> dict[str, Any]:
     graph, x, batch = _eval_graph(pre)
     program = torch.export.export(graph, (x,), dynamic_shapes=batch)
     # saved in memory, then written by Python: torch's own file writer aborts the process on a full disk
@@ -167,5 +168,5 @@ def _write_pt2(pre: Pretrained, path: Path) -> dict[str, Any]:
 
 
 # every format `resnetlab export` writes -> its writer (`formats.READERS` reads the safetensors back)
-WRITERS: dict[str, Callable[[Pretrained, Path], dict[str, Any]]] = {
+WRITERS: dict[str, Callable[[Trained, Path], dict[str, Any]]] = {
     "safetensors": _write_safetensors, "onnx": _write_onnx, "pt2": _write_pt2}
