@@ -11,11 +11,12 @@ import os
 import stat
 from pathlib import Path
 
-from resnetlab.data.downloads import hashes
+from resnetlab.data.cache import file_stamp
 from resnetlab.data.loading import parse_data_spec
 from resnetlab.errors import DataError, ResnetlabError
 from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.jsondoc import parse_json
+from resnetlab.files.reading import hashes
 
 DIGEST_VERSION = 1
 
@@ -90,16 +91,15 @@ class _Record:
                     self.old = doc["files"]
 
     def file_digest(self, path: Path, rel: str) -> str:
-        try:
-            st = os.stat(path)
-            stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-            kept = self.old.get(rel)
-            if isinstance(kept, list) and len(kept) == 2 and kept[0] == stamp and isinstance(kept[1], str):
-                digest = kept[1]
-            else:
+        stamp = file_stamp(path, rel)[1:]  # size, mtime, ctime, inode
+        kept = self.old.get(rel)
+        if isinstance(kept, list) and len(kept) == 2 and kept[0] == stamp and isinstance(kept[1], str):
+            digest = kept[1]
+        else:
+            try:
                 digest = hashes(path, "sha256")[0]
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
         self.new[rel] = [stamp, digest]
         return digest
 

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
-import hashlib
 import math
 import os
 import socket
@@ -25,7 +24,6 @@ from typing import Any
 
 from resnetlab.errors import DataError, one_line
 
-CHUNK = 1 << 20
 DEADLINE_VAR, MIN_RATE_VAR, MIRROR_VAR = "RESNETLAB_FETCH_DEADLINE", "RESNETLAB_FETCH_MIN_RATE", "RESNETLAB_DATA_MIRROR"
 DEFAULT_DEADLINE = 3600.0  # seconds: CIFAR-10's 163 MiB at 46 KiB/s; a slower link resumes in a second call
 DEFAULT_MIN_RATE = 1024.0  # bytes a second over each read-timeout span
@@ -276,13 +274,3 @@ def mirrored(remote: Remote, mirror: str | None) -> Remote:
         raise DataError(f"the data mirror {base!r} ({setting}) is not a base URL: {problem}; give one such as "
                         "https://mirror.example/cifar/ that holds the archives under their published names")
     return dataclasses.replace(remote, url=base + ("" if base.endswith("/") else "/") + remote.filename)
-
-
-def hashes(path: Path, *names: str) -> list[str]:
-    """The hex digests ``names`` (hashlib's: "md5", "sha256") of ``path``, in one read."""
-    digests = [hashlib.new(name, usedforsecurity=False) for name in names]
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            for digest in digests:
-                digest.update(block)
-    return [digest.hexdigest() for digest in digests]

@@ -21,11 +21,9 @@ from typing import Any
 from resnetlab.data.base import DataOptions
 from resnetlab.data.cache import cache_dir
 from resnetlab.data.downloads import (
-    CHUNK,
     Remote,
     Watch,
     fail,
-    hashes,
     host_of,
     locked,
     mib,
@@ -39,7 +37,7 @@ from resnetlab.data.downloads import (
 from resnetlab.errors import DataError, ResnetlabError, one_line
 from resnetlab.files.atomic import fsync_dir, replace_with
 from resnetlab.files.jsondoc import parse_json
-from resnetlab.files.reading import read_file
+from resnetlab.files.reading import CHUNK, hashes, read_file
 
 Log = Callable[[str], None]
 

@@ -3,6 +3,7 @@ plain data only (no code from a file ever runs)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -13,6 +14,8 @@ from typing import Any
 import torch
 
 from resnetlab.errors import CheckpointError, one_line
+
+CHUNK = 1 << 20  # bytes a read takes at a time (hashing, downloads)
 
 
 def file_kind(mode: int) -> str | None:
@@ -78,3 +81,13 @@ def torch_load(source: Any) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def hashes(path: Path, *names: str) -> list[str]:
+    """The hex digests ``names`` (hashlib's: "md5", "sha256") of ``path``, in one read."""
+    digests = [hashlib.new(name, usedforsecurity=False) for name in names]
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            for digest in digests:
+                digest.update(block)
+    return [digest.hexdigest() for digest in digests]
