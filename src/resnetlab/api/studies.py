@@ -18,7 +18,7 @@ from resnetlab.experiments.propagation import Row, format_propagation, plot_prop
 from resnetlab.experiments.propagation import propagation as propagation_rows
 from resnetlab.experiments.results import MemberResult
 from resnetlab.experiments.runner import run_suite
-from resnetlab.experiments.suite import load_suite, suite_names
+from resnetlab.experiments.suite import Suite, load_suite, suite_names
 from resnetlab.networks.registry import create_model
 from resnetlab.settings.config import build_config
 
@@ -48,12 +48,23 @@ def experiment(suite: str, scale: str = "paper", data: str | None = None, seeds:
     """Run a suite (`resnetlab experiment SUITE`): train every member x seed not trained yet, into `out`
     (default `experiments/SUITE-SCALE`), and return one row per member with our errors beside the paper's.
     `collect=True` trains nothing and returns the rows of what has finished."""
+    chosen, where, call = suite_call(suite, scale, data, seeds, out=out, epochs=epochs, iters=iters, device=device,
+                                     set=set, only=only, jobs=jobs, devices=devices, trainings=trainings,
+                                     collect=collect, add_seeds=add_seeds, results=results)
+    return run_suite(chosen, where, **call, log=print if progress else silent)
+
+
+def suite_call(suite: str, scale: str, data: str | None, seeds: int, *, out: str | Path | None,
+               epochs: float | None, iters: int | None, device: str | None, set: dict[str, Any] | None,  # noqa: A002
+               only: list[str] | None, jobs: int, devices: list[str] | None, trainings: str | None, collect: bool,
+               add_seeds: bool, results: bool) -> tuple[Suite, Path, dict[str, Any]]:
+    """`experiment`'s arguments as the suite, its `--out` and `run_suite`'s keywords (less `log`): what a
+    call here and the workers `--launcher` submits both run."""
     chosen = load_suite(suite)
     where = Path(out) if out is not None else Path(f"experiments/{chosen.name}-{scale}")
-    return run_suite(chosen, where, data=data, seeds=seeds, epochs=epochs, iters=iters, scale=scale,
-                     device=device, settings=dict(set or {}), only=only, results=results,
-                     log=print if progress else silent, jobs=jobs, devices=devices, trainings=trainings,
-                     train=not collect, add_seeds=add_seeds)
+    return chosen, where, dict(data=data, seeds=seeds, epochs=epochs, iters=iters, scale=scale, device=device,
+                               settings=dict(set or {}), only=only, results=results, jobs=jobs, devices=devices,
+                               trainings=trainings, train=not collect, add_seeds=add_seeds)
 
 
 @dataclass

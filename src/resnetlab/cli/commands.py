@@ -9,11 +9,11 @@ import dataclasses
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from resnetlab.api import Run, evaluate, experiment, fetch, list_suites, load, train
 from resnetlab.api.runs import train_overrides
+from resnetlab.api.studies import suite_call
 from resnetlab.data.fetch import archive_hashes
 from resnetlab.data.images import image_files
 from resnetlab.errors import EXIT_DIVERGED, EXIT_STOPPED, ConfigError, ResnetlabError, printable
@@ -162,17 +162,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if args.json and args.launcher != "here":
         raise ConfigError("--json reports the rows of a suite run here; with --launcher, run the same call "
                           "with --collect --json once the tasks have ended")
+    call = dict(out=args.out, epochs=args.epochs, iters=args.iters, device=args.device, set=settings, only=args.only,
+                jobs=args.jobs, devices=args.devices, trainings=args.trainings, collect=args.collect,
+                add_seeds=args.add_seeds, results=not args.no_results)
     if args.launcher != "here":  # Slurm (or submitit's local executor): workers in submitted tasks
-        kwargs = dict(data=args.data, seeds=args.seeds, epochs=args.epochs, iters=args.iters, scale=args.scale,
-                      device=args.device, settings=settings, only=args.only, results=not args.no_results,
-                      jobs=args.jobs, devices=args.devices, trainings=args.trainings, train=not args.collect,
-                      add_seeds=args.add_seeds)
-        return launch(suite, Path(args.out or f"experiments/{suite.name}-{args.scale}"), kwargs, args)
+        return launch(*suite_call(args.suite, args.scale, args.data, args.seeds, **call), args)
     with json_mode(args):
-        rows = experiment(args.suite, args.scale, args.data, args.seeds, out=args.out, epochs=args.epochs,
-                          iters=args.iters, device=args.device, set=settings, only=args.only, jobs=args.jobs,
-                          devices=args.devices, trainings=args.trainings, collect=args.collect,
-                          add_seeds=args.add_seeds, results=not args.no_results, progress=True)
+        rows = experiment(args.suite, args.scale, args.data, args.seeds, **call, progress=True)
     tau, n = kendall_tau(rows)  # the run said where the results are, or that the last worker writes them
     if args.json:
         print_json({"suite": suite.name, "rows": [r.to_dict() for r in rows], "kendall_tau": tau, "tau_over": n})
