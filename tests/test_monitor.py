@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from resnetlab.training.distributed import World
-from resnetlab.training.monitor import DivergenceMonitor, StopFlag, StopReason
+from resnetlab.training.progress import DivergenceMonitor, StopFlag, StopReason
 
 FINITE, NAN = torch.tensor(True), torch.tensor(False)
 

@@ -1,11 +1,9 @@
-"""The checkpointed progress bookkeeping (`training/progress.py`) and the schedule's linear scaling
-(`training/schedule.py`) (moved from test_monitor.py, issue 32)."""
+"""The checkpointed progress bookkeeping and the schedule's linear scaling (`training/progress.py`)."""
 
 from __future__ import annotations
 
 from resnetlab.settings.config import build_config
-from resnetlab.training.progress import Progress
-from resnetlab.training.schedule import build_schedule
+from resnetlab.training.progress import Progress, build_schedule
 
 
 def test_progress_checkpoints_only_its_fields() -> None:

@@ -17,7 +17,7 @@ import torch
 from resnetlab.cli import main
 from resnetlab.errors import EXIT_DIVERGED
 from resnetlab.settings.config import build_config
-from resnetlab.training.schedule import build_schedule
+from resnetlab.training.progress import build_schedule
 from resnetlab.weights.checkpoint import load_checkpoint, trained_state
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}

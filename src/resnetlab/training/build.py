@@ -21,9 +21,8 @@ from resnetlab.settings.config import Config
 from resnetlab.settings.device import resolve_device
 from resnetlab.training.distributed import World, broadcast
 from resnetlab.training.fast import channels_last_default, choose_compile, compile_module, make_sgd
-from resnetlab.training.progress import EpochSums
+from resnetlab.training.progress import EpochSums, build_schedule
 from resnetlab.training.reporting import Log, Reporter
-from resnetlab.training.schedule import build_schedule
 from resnetlab.training.trainer import Trainer
 
 

@@ -26,10 +26,8 @@ from resnetlab.settings.config import Config
 from resnetlab.training.distributed import World, all_reduce, barrier
 from resnetlab.training.evaluation import metrics_row
 from resnetlab.training.fast import CompileChoice
-from resnetlab.training.monitor import DivergenceMonitor, StopFlag, StopReason
-from resnetlab.training.progress import EpochSums, Progress
+from resnetlab.training.progress import DivergenceMonitor, EpochSums, Progress, Schedule, StopFlag, StopReason
 from resnetlab.training.reporting import Reporter
-from resnetlab.training.schedule import Schedule
 from resnetlab.version import __version__
 from resnetlab.weights.checkpoint import load_state, save_checkpoint
 
