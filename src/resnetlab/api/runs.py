@@ -20,7 +20,6 @@ from resnetlab.settings.config import build_config
 from resnetlab.settings.device import resolve_device
 from resnetlab.training import entry, evaluation
 from resnetlab.training.fast import channels_last_default
-from resnetlab.training.setup import evaluation_source
 from resnetlab.weights.formats import model_for
 from resnetlab.weights.pretrained import ImageLike
 from resnetlab.weights.resolve import resolve
@@ -150,5 +149,5 @@ def net_and_data(path: str | Path, data: str | None, best: bool = False, model: 
     """The weights a path means (the net export and predict see), their net, and the data it is evaluated on."""
     weights = resolve(path, best=best)
     net = model_for(weights, model)
-    return weights, net, evaluation_source(net.spec, weights.config, weights.norm, data, weights.path,
+    return weights, net, evaluation.evaluation_source(net.spec, weights.config, weights.norm, data, weights.path,
                                            (weights.data or {}).get("classes"))
