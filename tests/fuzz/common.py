@@ -12,11 +12,13 @@ import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from unittest import mock
 
 from tests.fuzz.craft import damaged_state, image_tree
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--model", "resnet20", "--set", "model.depth=8", "--data", "synthetic:8", "--iters", "1"]
+TINY_NET = [*TINY[:4], "--iters", "1"]  # TINY without its data
 PROXIES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "ftp_proxy", "FTP_PROXY", "all_proxy",
            "ALL_PROXY", "no_proxy", "NO_PROXY")  # unset around every case that reaches the network
 STEPS = [f"step-{i:08d}.pt" for i in (1, 2, 3)]  # the checkpoints of the `multi` template, oldest first
@@ -35,29 +37,34 @@ def template_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="resnetlab-fuzz-template-"))
 
 
-def trained(argv: list[str]) -> None:
-    """`resnetlab train ARGV`, quietly; it must succeed (the templates are made with it)."""
-    rc, err = quiet_main(["train", *argv])
+def trained(argv: list[str], where: Path | None = None) -> Path:
+    """`resnetlab train ARGV --out WHERE` (default: a new template folder's `run`), quietly; it must succeed
+    (the templates are made with it)."""
+    where = where or template_dir() / "run"
+    rc, err = quiet_main(["train", *argv, "--out", str(where)])
     assert rc == 0, f"a template training failed: {argv}: {err.strip()[-300:]}"
+    return where
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> None:
+    """Each file of `files` (relative path -> bytes) under `root`, its folders made."""
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
 
 
 @cache
 def template_run() -> Path:
     """A finished tiny run (trained once per process) that run-reading cases copy and damage."""
-    where = template_dir() / "run"
-    trained([*TINY, "--out", str(where)])
-    return where
+    return trained(TINY)
 
 
 @cache
 def template_folder_run() -> Path:
     """A finished tiny run trained on a good two-class image folder (cat, dog), for eval/predict cases."""
     where = template_dir()
-    for name, data in image_tree([], 0, "train").items():
-        (where / name).parent.mkdir(parents=True, exist_ok=True)
-        (where / name).write_bytes(data)
-    trained([*TINY[:4], "--iters", "1", "--data", f"folder:{where / 'data'}", "--out", str(where / "run")])
-    return where / "run"
+    write_files(where, image_tree([], 0, "train"))
+    return trained([*TINY_NET, "--data", f"folder:{where / 'data'}"], where / "run")
 
 
 def image_folder(where: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 3, size: int = 8) -> Path:
@@ -79,9 +86,8 @@ def image_folder(where: Path, classes: tuple[str, ...] = ("cat", "dog"), per_cla
 
 def tiny_run(out: Path, data: str, epochs: int = 3, keep: int = 3, depth: int = 8) -> Path:
     """A ResNet-`depth` trained for `epochs` one-step epochs, keeping `keep` step checkpoints (and best.pt)."""
-    trained(["--model", "resnet20", "--set", f"model.depth={depth}", "--data", data, "--epochs", str(epochs),
-             "--set", f"run.keep_checkpoints={keep}", "--out", str(out)])
-    return out
+    return trained(["--model", "resnet20", "--set", f"model.depth={depth}", "--data", data, "--epochs", str(epochs),
+                    "--set", f"run.keep_checkpoints={keep}"], out)
 
 
 @cache
@@ -160,21 +166,14 @@ def wandb_env(home: Path | str, closed: int | str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def environ(values: dict[str, str | None]) -> Iterator[None]:
-    """`values` set in os.environ for the duration (None unsets), then restored."""
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        _set_environ(values)
+    """`values` set in os.environ for the duration (None unsets), then os.environ as it was."""
+    with mock.patch.dict(os.environ):
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         yield
-    finally:
-        _set_environ(saved)
-
-
-def _set_environ(values: dict[str, str | None]) -> None:
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @contextlib.contextmanager

@@ -233,3 +233,38 @@ def safetensors_join(header: dict[str, Any] | bytes, body: bytes) -> bytes:
     """A safetensors file of `header` (JSON, or its bytes as given) and `body`."""
     text = header if isinstance(header, bytes) else json.dumps(header).encode()
     return len(text).to_bytes(8, "little") + text + body
+
+
+def edited_frame(raw: bytes, edit: tuple[Any, ...]) -> bytes | None:
+    """The safetensors file `raw` with its frame or header changed by `edit`: the header length or a cut (at a
+    named place or a number), trailing bytes, a metadata field, a header entry dropped, a tensor entry's field,
+    the header nested deep, two tensors' data overlapping. None: `edit` is none of those."""
+    what, n = edit[0], int.from_bytes(raw[:8], "little")
+    named = {"+1": n + 1, "-1": n - 1, "0": 0, "file": len(raw), "2**63": 2**63, "2**64-1": 2**64 - 1,
+             "header/2": 8 + n // 2, "header end": 8 + n, "header end+1": 9 + n, "data/2": (8 + n + len(raw)) // 2,
+             "last byte": len(raw) - 1}
+    if what in ("length", "cut"):
+        at = int(named.get(edit[1], edit[1]))
+        return at.to_bytes(8, "little") + raw[8:] if what == "length" else raw[: min(at, len(raw) - 1)]
+    if what == "trailing":
+        return raw + edit[1]
+    if what not in ("meta", "drop", "tensor", "header_nested", "offsets"):
+        return None
+    header, body = safetensors_parts(raw)
+    names = [k for k in header if k != "__metadata__"]
+    if what == "header_nested":
+        nested = "[" * edit[1] + "]" * edit[1]
+        return safetensors_join((json.dumps(header)[:-1] + ', "x": ' + nested + "}").encode(), body)
+    if what == "meta":
+        header.setdefault("__metadata__", {})[edit[1]] = edit[2]
+    elif what == "drop":
+        header.pop(edit[1], None)
+    elif what == "tensor" and edit[1] == "whole":
+        header[names[0]] = edit[2]
+    elif what == "tensor":
+        header[names[0]][edit[1]] = edit[2]
+    else:  # offsets: the second tensor's data inside the first one's
+        a, b = header[names[0]], header[names[1]]
+        length = b["data_offsets"][1] - b["data_offsets"][0]
+        b["data_offsets"] = [a["data_offsets"][0], a["data_offsets"][0] + length]
+    return safetensors_join(header, body)

@@ -11,18 +11,17 @@ from typing import Any
 from hypothesis import strategies as st
 
 from tests.fuzz import craft
-from tests.fuzz.common import TINY, exported_bytes, template_folder_run
+from tests.fuzz.common import TINY, TINY_NET, exported_bytes, template_folder_run, write_files
 from tests.fuzz.core import Case, Family, register
 
 
 def image_cases() -> st.SearchStrategy[Case]:
     """Image folders and tarballs holding hostile image files (modes, truncation, bombs, other formats under a
     JPEG/PNG name), trained on, evaluated on and predicted: each file is decoded as RGB or named in one line."""
-    tiny = ["--model", "resnet20", "--set", "model.depth=8", "--iters", "1"]
     kinds = st.lists(st.sampled_from(craft.FOLDER_KINDS), min_size=1, max_size=3)
     commands = {
-        "train": ["train", *tiny, "--data", "folder:{root}/data", "--out", "{root}/run2"],
-        "train_tar": ["train", *tiny, "--data", "folder:{root}/data.tar.gz", "--out", "{root}/run2"],
+        "train": ["train", *TINY_NET, "--data", "folder:{root}/data", "--out", "{root}/run2"],
+        "train_tar": ["train", *TINY_NET, "--data", "folder:{root}/data.tar.gz", "--out", "{root}/run2"],
         "eval": ["eval", "{root}/run", "--data", "folder:{root}/data"],
         "predict_folder": ["predict", "{root}/run", "{root}/data/train", "{root}/data/test"],
         "predict_files": ["predict", "{root}/run", "--top-k", "2"]}
@@ -56,10 +55,8 @@ def cifar_cases() -> st.SearchStrategy[Case]:
         st.builds(lambda m, junk: ("junk", m, junk), st.sampled_from(craft.CIFAR10_MEMBERS),
                   st.sampled_from([b"", b"\x80\x05junk", b"cos\nsystem\n(S'true'\ntR.", b"\x80\x02]q\x00."])),
         st.builds(lambda m: ("missing", m), st.sampled_from(craft.CIFAR10_MEMBERS)))
-    cmd = st.sampled_from([["train", *TINY[:4], "--iters", "1", "--data", "cifar10:{root}/cifar-10-python.tar.gz",
-                            "--out", "{root}/run2"],
-                           ["train", *TINY[:4], "--iters", "1", "--data", "cifar10:{root}/cifar-10-batches-py",
-                            "--out", "{root}/run2"]])
+    cmd = st.sampled_from([["train", *TINY_NET, "--data", f"cifar10:{{root}}/{folder}", "--out", "{root}/run2"]
+                           for folder in ("cifar-10-python.tar.gz", "cifar-10-batches-py")])
     return st.builds(lambda r, c: Case("cifar", c, steps=(("cifar", r),)), replaced, cmd)
 
 
@@ -96,28 +93,6 @@ def weights_cases() -> st.SearchStrategy[Case]:
     return safetensors | state
 
 
-def damaged_safetensors(edit: tuple[str, Any, Any]) -> bytes:
-    """Exported weights (`exported_bytes`) changed by `edit`: its header, metadata or a tensor entry; or cut."""
-    raw = exported_bytes()
-    what, key, value = edit
-    if what == "cut":
-        return raw[: min(key, len(raw) - 1)]
-    if what == "length":
-        return key.to_bytes(8, "little") + raw[8:]
-    header, body = craft.safetensors_parts(raw)
-    if what == "meta":
-        header.setdefault("__metadata__", {})[key] = value
-    elif what == "drop":
-        header.pop(key, None)
-    else:  # one tensor entry's field
-        name = next(k for k in header if k != "__metadata__")
-        if key == "whole":
-            header[name] = value
-        else:
-            header[name][key] = value
-    return craft.safetensors_join(header, body)
-
-
 def setup(root: Path, step: tuple[Any, ...]) -> None:
     """`("images", KINDS, SEED, WHERE)`: an image folder (and its tarball) with hostile files, and a run to
     evaluate with; `("cifar", REPLACED)`: the CIFAR-10 python layout, extracted and as a tarball;
@@ -125,9 +100,7 @@ def setup(root: Path, step: tuple[Any, ...]) -> None:
     if step[0] == "images":
         shutil.rmtree(root / "run", ignore_errors=True)
         shutil.copytree(template_folder_run(), root / "run", ignore=shutil.ignore_patterns(".lock"))
-        for name, data in craft.image_tree(*step[1:]).items():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            (root / name).write_bytes(data)
+        write_files(root, craft.image_tree(*step[1:]))
         with tarfile.open(root / "data.tar.gz", "w:gz") as tar:
             tar.add(root / "data", arcname="data")
     elif step[0] == "cifar":
@@ -148,7 +121,7 @@ def setup(root: Path, step: tuple[Any, ...]) -> None:
         (root / "img.png").write_bytes(craft.image_file("mode RGB", 0, (8, 8))[0])
         _, kind, edit = step
         if kind == "safetensors":
-            (root / "w.safetensors").write_bytes(damaged_safetensors(edit))
+            (root / "w.safetensors").write_bytes(craft.edited_frame(exported_bytes(), edit))
         else:
             obj, legacy = craft.damaged_state(edit)
             torch.save(obj, root / "w.th", pickle_protocol=edit[2],

@@ -17,7 +17,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.fuzz.common import environ, image_folder, quiet_main, template_dir, trained, working_directory
+from tests.fuzz.common import environ, image_folder, quiet_main, trained, working_directory
 from tests.fuzz.core import Case, Ended, Family, register
 
 SUITE = """title = "reused"
@@ -93,12 +93,10 @@ def _call(p: dict[str, Any], b: bool, root: str = "{root}", init: str = "w.pt") 
 @cache
 def _checkpoints() -> list[Path]:
     """Two weights files for digits (one step of two seeds), made once per process."""
-    where = template_dir()
-    for seed in (0, 1):
-        trained(["--model", "resnet20", "--data", "digits", "--iters", "1", "--set", "model.depth=8", "--set",
-                 f"run.seed={seed}", "--set", "run.progress=false", "--set", "run.tensorboard=false", "--out",
-                 str(where / str(seed))])
-    return [next((where / str(s) / "checkpoints").glob("step-*.pt")) for s in (0, 1)]
+    runs = [trained(["--model", "resnet20", "--data", "digits", "--iters", "1", "--set", "model.depth=8", "--set",
+                     f"run.seed={seed}", "--set", "run.progress=false", "--set", "run.tensorboard=false"])
+            for seed in (0, 1)]
+    return [next((run / "checkpoints").glob("step-*.pt")) for run in runs]
 
 
 def setup(root: Path, step: tuple[str, dict[str, Any]]) -> None:

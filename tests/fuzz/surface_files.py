@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from tests.fuzz.common import (
     multi_run,
     safetensors_of,
     template_folder_run,
+    write_files,
 )
 from tests.fuzz.core import at_case_end
-from tests.fuzz.craft import image_file, safetensors_join, safetensors_parts
+from tests.fuzz.craft import edited_frame, image_file, safetensors_parts
 
 
 def setup(root: Path, step: tuple[Any, ...]) -> None:
@@ -35,30 +37,20 @@ def setup(root: Path, step: tuple[Any, ...]) -> None:
         damage_run(root / "run", damage)
     elif kind == "weights":  # a weights file: exported, foreign, edited safetensors, damaged checkpoint
         name, what, edit = args
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(weights_bytes(what, edit))
+        write_files(root, {name: weights_bytes(what, edit)})
     elif kind == "images":  # image files by relative name
-        for name, image_kind, seed in args[0]:
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            (root / name).write_bytes(image_file(image_kind, seed)[0])
+        write_files(root, {name: image_file(image_kind, seed)[0] for name, image_kind, seed in args[0]})
     elif kind == "folder":  # a good image-folder data set (for cache-touching commands)
         image_folder(root / args[0])
     elif kind == "link":
         (root / args[0]).symlink_to(root / args[1])
     elif kind == "bytes":
-        (root / args[0]).parent.mkdir(parents=True, exist_ok=True)
-        (root / args[0]).write_bytes(args[1])
+        write_files(root, {args[0]: args[1]})
     elif kind == "mkdir":
         (root / args[0]).mkdir(parents=True, exist_ok=True)
         os.chmod(root / args[0], args[1])
     else:
         raise ValueError(f"unknown set-up step {kind!r}")
-
-
-RUN_DAMAGES = ["none", "newest_corrupt", "newest_truncated", "newest_empty", "newest_is_dir", "oldest_corrupt",
-               "all_steps_corrupt", "tmp_leftover", "no_checkpoints_dir", "summary_no_checkpoints", "no_best",
-               "best_corrupt", "config_nested", "config_missing_model", "config_missing_run", "config_list",
-               "locked", "odd_names"]
 
 
 def _flip(path: Path) -> None:
@@ -67,52 +59,53 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
+def _config_without(run: Path, section: str) -> None:
+    doc = json.loads((run / "config.json").read_text())
+    doc.pop(section, None)
+    (run / "config.json").write_text(json.dumps(doc))
+
+
+def _locked(run: Path) -> None:
+    """A trainer holds the run: an flock on RUN/.lock from this process, until the case ends."""
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"4242")
+    at_case_end(lambda: os.close(fd))
+
+
+# the states a crash mid-write, a live trainer or a user leave a copied run in: what each does to the run, given
+# the run, its checkpoints/ and its step checkpoints (oldest first)
+RUN_DAMAGES: dict[str, Callable[[Path, Path, list[Path]], object]] = {
+    "none": lambda run, ckpts, steps: None,
+    "newest_corrupt": lambda run, ckpts, steps: _flip(steps[-1]),
+    "newest_truncated": lambda run, ckpts, steps: steps[-1].write_bytes(
+        steps[-1].read_bytes()[: steps[-1].stat().st_size // 2]),
+    # created, not yet written: a newer step than the good ones
+    "newest_empty": lambda run, ckpts, steps: (ckpts / "step-00000099.pt").write_bytes(b""),
+    "newest_is_dir": lambda run, ckpts, steps: (ckpts / "step-00000099.pt").mkdir(),
+    "oldest_corrupt": lambda run, ckpts, steps: _flip(steps[0]),
+    "all_steps_corrupt": lambda run, ckpts, steps: [_flip(p) for p in steps],
+    # a trainer killed while writing the next checkpoint
+    "tmp_leftover": lambda run, ckpts, steps: (ckpts / ".step-00000099.pt.tmp-4242").write_bytes(
+        steps[-1].read_bytes()[:5000]),
+    "no_checkpoints_dir": lambda run, ckpts, steps: shutil.rmtree(ckpts),
+    "summary_no_checkpoints": lambda run, ckpts, steps: [p.unlink() for p in list(ckpts.iterdir())],
+    "no_best": lambda run, ckpts, steps: (ckpts / "best.pt").unlink(),
+    "best_corrupt": lambda run, ckpts, steps: _flip(ckpts / "best.pt"),
+    "config_nested": lambda run, ckpts, steps: (run / "config.json").write_text(
+        '{"model": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+    "config_missing_model": lambda run, ckpts, steps: _config_without(run, "model"),
+    "config_missing_run": lambda run, ckpts, steps: _config_without(run, "run"),
+    "config_list": lambda run, ckpts, steps: (run / "config.json").write_text("[]"),
+    "locked": lambda run, ckpts, steps: _locked(run),
+    # files that look like checkpoints and are not: must be ignored
+    "odd_names": lambda run, ckpts, steps: write_files(ckpts, {"step-00000099.pt.bak": b"junk", "step-99.pt": b"junk"}),
+}
+
+
 def damage_run(run: Path, damage: str) -> None:
-    """Put a copied run directory in the state `damage` names (a crash mid-write, a live trainer, a user)."""
-    ckpts = run / "checkpoints"
-    steps = sorted(ckpts.glob("step-*.pt"))
-    if damage == "newest_corrupt":
-        _flip(steps[-1])
-    elif damage == "newest_truncated":
-        steps[-1].write_bytes(steps[-1].read_bytes()[: steps[-1].stat().st_size // 2])
-    elif damage == "newest_empty":  # created, not yet written: a newer step than the good ones
-        (ckpts / "step-00000099.pt").write_bytes(b"")
-    elif damage == "newest_is_dir":
-        (ckpts / "step-00000099.pt").mkdir()
-    elif damage == "oldest_corrupt":
-        _flip(steps[0])
-    elif damage == "all_steps_corrupt":
-        for p in steps:
-            _flip(p)
-    elif damage == "tmp_leftover":  # a trainer killed while writing the next checkpoint
-        (ckpts / ".step-00000099.pt.tmp-4242").write_bytes(steps[-1].read_bytes()[:5000])
-    elif damage == "no_checkpoints_dir":
-        shutil.rmtree(ckpts)
-    elif damage == "summary_no_checkpoints":
-        for p in ckpts.iterdir():
-            p.unlink()
-    elif damage == "no_best":
-        (ckpts / "best.pt").unlink()
-    elif damage == "best_corrupt":
-        _flip(ckpts / "best.pt")
-    elif damage == "config_nested":
-        (run / "config.json").write_text('{"model": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    elif damage in ("config_missing_model", "config_missing_run"):
-        doc = json.loads((run / "config.json").read_text())
-        doc.pop(damage.rsplit("_", 1)[1], None)
-        (run / "config.json").write_text(json.dumps(doc))
-    elif damage == "config_list":
-        (run / "config.json").write_text("[]")
-    elif damage == "locked":  # a trainer holds the run: an flock on RUN/.lock from this process
-        fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, b"4242")
-        at_case_end(lambda: os.close(fd))
-    elif damage == "odd_names":  # files that look like checkpoints and are not: must be ignored
-        (ckpts / "step-00000099.pt.bak").write_bytes(b"junk")
-        (ckpts / "step-99.pt").write_bytes(b"junk")
-    elif damage != "none":
-        raise ValueError(damage)
+    """Put a copied run directory in the state `damage` names (RUN_DAMAGES)."""
+    RUN_DAMAGES[damage](run, run / "checkpoints", sorted((run / "checkpoints").glob("step-*.pt")))
 
 
 def weights_bytes(what: str, edit: Any = None) -> bytes:
@@ -186,7 +179,7 @@ def edited_safetensors(edit: tuple[Any, ...]) -> bytes:
     import torch
 
     raw = exported_bytes()
-    framed = _edited_frame(raw, int.from_bytes(raw[:8], "little"), edit)
+    framed = edited_frame(raw, edit)
     if framed is not None:
         return framed
     what = edit[0]
@@ -225,28 +218,3 @@ def edited_safetensors(edit: tuple[Any, ...]) -> bytes:
     else:
         meta["resnetlab"] = json.dumps(info)  # allow_nan: an Infinity image size stays what the edit says
     return stt.save(tensors, metadata=meta)
-
-
-def _edited_frame(raw: bytes, n: int, edit: tuple[Any, ...]) -> bytes | None:
-    """The edits of the file's frame (header length, cuts, trailing bytes, the header's JSON); None: another edit."""
-    what = edit[0]
-    if what == "length":
-        value = {"+1": n + 1, "-1": n - 1, "0": 0, "file": len(raw), "2**63": 2**63, "2**64-1": 2**64 - 1}[edit[1]]
-        return value.to_bytes(8, "little") + raw[8:]
-    if what == "cut":
-        at = {"header/2": 8 + n // 2, "header end": 8 + n, "header end+1": 9 + n, "data/2": (8 + n + len(raw)) // 2,
-              "last byte": len(raw) - 1}.get(edit[1])
-        return raw[: int(edit[1]) if at is None else at]
-    if what == "trailing":
-        return raw + edit[1]
-    if what not in ("header_nested", "offsets"):
-        return None
-    header, body = safetensors_parts(raw)
-    if what == "header_nested":
-        return safetensors_join((json.dumps(header)[:-1] + ', "x": ' + "[" * edit[1] + "]" * edit[1] + "}").encode(),
-                                body)
-    names = [k for k in header if k != "__metadata__"]  # offsets: the second tensor's data inside the first one's
-    a, b = header[names[0]], header[names[1]]
-    length = b["data_offsets"][1] - b["data_offsets"][0]
-    b["data_offsets"] = [a["data_offsets"][0], a["data_offsets"][0] + length]
-    return safetensors_join(header, body)

@@ -11,7 +11,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.fuzz.common import REPO, STEPS, TINY
+from tests.fuzz.common import REPO, STEPS, TINY, TINY_NET
 from tests.fuzz.core import Case, Ended, Family, register
 from tests.fuzz.craft import IMAGE_KINDS, INVALID_IMAGES, NAMES, image_file
 from tests.fuzz.judge import same_state, state_of
@@ -222,7 +222,7 @@ def rundir_cases() -> st.SearchStrategy[Case]:
                     steps=(("run", "multi", damage), ("images", (("img.png", "mode RGB", 0),))),
                     writable=writable)
 
-    return st.builds(build, st.sampled_from(RUN_DAMAGES), st.sampled_from(sorted(commands)))
+    return st.builds(build, st.sampled_from(list(RUN_DAMAGES)), st.sampled_from(sorted(commands)))
 
 
 CACHE_VALUES = {"unset": None, "a file": "{root}/cachefile", "below a file": "{root}/cachefile/sub",
@@ -236,13 +236,12 @@ HOME_VALUES = {"unset": None, "a file": "{root}/homefile", "missing": "{root}/no
 def env_cases() -> st.SearchStrategy[Case]:
     """RESNETLAB_CACHE and HOME hostile (a file, below a file, unwritable, missing, empty, relative, unset) around
     commands that use the data cache or `~`; never the real home (HOME unset with no cache variable)."""
-    tiny = ["--model", "resnet20", "--set", "model.depth=8", "--iters", "1"]
     commands = {
-        "train folder": ["train", *tiny, "--data", "folder:{root}/data", "--out", "{root}/run2"],
-        "train folder:~": ["train", *tiny, "--data", "folder:~/data", "--out", "{root}/run2"],
+        "train folder": ["train", *TINY_NET, "--data", "folder:{root}/data", "--out", "{root}/run2"],
+        "train folder:~": ["train", *TINY_NET, "--data", "folder:~/data", "--out", "{root}/run2"],
         "train --out ~": ["train", *TINY, "--out", "~/run2"],
         "eval folder": ["eval", "{root}/run", "--data", "folder:{root}/data"],
-        "train digits": ["train", *tiny, "--data", "digits", "--out", "{root}/run2"]}
+        "train digits": ["train", *TINY_NET, "--data", "digits", "--out", "{root}/run2"]}
 
     def build(cache: str, home: str, command: str) -> Case:
         tilde = cache in ("unset", "empty", "~/cache") or "~" in " ".join(commands[command])

@@ -119,9 +119,7 @@ def _wandb_teardown() -> None:
 @cache
 def reference_final() -> dict[str, Any]:
     """The final metrics of the tiny training without trackers (once per process)."""
-    where = template_dir() / "run"
-    trained([*TINY_TRAIN[1:], "--out", str(where)])
-    return json.loads((where / "summary.json").read_text())["final"]
+    return json.loads((trained(TINY_TRAIN[1:]) / "summary.json").read_text())["final"]
 
 
 @cache
@@ -137,7 +135,7 @@ def resume_template() -> Path:
         shutil.copy(store_template(), where / "mlflow.db")
     try:
         with working_directory(where), environ(env):
-            trained([*TINY_TRAIN[1:], "--set", f"run.tracker={','.join(names) or '[]'}", "--out", str(where / "prev")])
+            trained([*TINY_TRAIN[1:], "--set", f"run.tracker={','.join(names) or '[]'}"], where / "prev")
     finally:
         _wandb_teardown()
     return where
