@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from tests.fuzz.core import Case, Outcome
-from tests.fuzz.families import STRATEGIES
+from tests.fuzz.families import FAMILIES
 from tests.fuzz.running import run_case
 
 CASES = {"args": 50, "set": 30, "config": 30, "summary": 30, "checkpoint": 30, "suite": 30, "images": 30, "cifar": 20,
@@ -40,7 +40,7 @@ def _judge(case: Case) -> Outcome:
 def test_generated_hostile_input_ends_in_one_line(family: str) -> None:
     @settings(max_examples=CASES[family], deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
-    @given(STRATEGIES[family]())
+    @given(FAMILIES[family].strategy())
     def check(case: Case) -> None:
         _judge(case)
 

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:  # run as a script: the repository's top level hol
     sys.path.insert(0, str(ROOT))
 
 from tests.fuzz.core import Case, Outcome  # noqa: E402
-from tests.fuzz.families import ORDER, STRATEGIES  # noqa: E402
+from tests.fuzz.families import FAMILIES, ORDER  # noqa: E402
 from tests.fuzz.running import run_case  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def _family_test(family: str, cases: int, seed: int, tally: dict[str, int],
     @hypothesis_seed(seed)
     @settings(max_examples=cases, deadline=None, database=None, print_blob=False,
               suppress_health_check=list(HealthCheck))
-    @given(STRATEGIES[family]())
+    @given(FAMILIES[family].strategy())
     def one(case: Case) -> None:
         with tempfile.TemporaryDirectory(prefix="resnetlab-fuzz-") as tmp:
             outcome = run_case(case, Path(tmp))

@@ -83,9 +83,6 @@ class Plan:
             finally:
                 pack_work(self.out, self.dest)  # what this command wrote comes back
 
-    def save(self) -> None:
-        (self.out / "plan.json").write_text(json.dumps(self.record, indent=1, default=str))
-
     # ---- stages -------------------------------------------------------------------------------------------
     def setup(self) -> dict[str, Any]:
         info: dict[str, Any] = {"python": sys.version.split()[0]}
@@ -120,22 +117,17 @@ class Plan:
         return {"exit": code}
 
     def bench(self) -> dict[str, Any]:
-        a, dev = self.args, self.args.device
-        common = ["--device", dev, "--data", a.data, "--repeats", str(a.repeats), "--epoch-steps", str(a.epoch_steps)]
-        res = {"eager": self.sh([sys.executable, "-m", "benchmarks.run", *common, "--amp", "bf16", "--memory",
-                                 a.bench_memory,
-                                 "--models", *a.bench_models, "--out", str(self.out / "bench-eager-bf16.json")],
-                                "bench.log", timeout=a.bench_timeout)}
-        res["graphs"] = self.sh([sys.executable, "-m", "benchmarks.run", *common, "--amp", "bf16",
-                                 "--compile", "reduce-overhead", "--memory", "off", "--models", *a.compiled_models,
-                                 "--out", str(self.out / "bench-graphs-bf16.json")], "bench.log",
-                                timeout=a.bench_timeout)
-        res["recompute"] = self.sh([sys.executable, "-m", "benchmarks.memory", "--model", a.recompute_model,
-                                    "--batch", str(a.recompute_batch), "--recompute", "0", "1", "4",
-                                    "--time-steps", "3", "--device", dev, "--data", a.data,
-                                    "--out", str(self.out / "recompute.json")],
-                                   "bench.log", timeout=a.bench_timeout)
-        return res
+        a = self.args
+        common = ["benchmarks.run", "--device", a.device, "--data", a.data, "--repeats", str(a.repeats),
+                  "--epoch-steps", str(a.epoch_steps), "--amp", "bf16"]
+        runs = {"eager": ([*common, "--memory", a.bench_memory, "--models", *a.bench_models], "bench-eager-bf16.json"),
+                "graphs": ([*common, "--compile", "reduce-overhead", "--memory", "off", "--models",
+                            *a.compiled_models], "bench-graphs-bf16.json"),
+                "recompute": (["benchmarks.memory", "--model", a.recompute_model, "--batch", str(a.recompute_batch),
+                               "--recompute", "0", "1", "4", "--time-steps", "3", "--device", a.device, "--data",
+                               a.data], "recompute.json")}
+        return {name: self.sh([sys.executable, "-m", *cmd, "--out", str(self.out / out)], "bench.log",
+                              timeout=a.bench_timeout) for name, (cmd, out) in runs.items()}
 
     def concurrency(self) -> dict[str, Any]:
         a = self.args
@@ -344,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             plan.log(f"{stage} failed: {result['error']}")
         result["seconds"] = round(time.perf_counter() - t, 1)
         plan.record["stages"][stage] = result
-        plan.save()
+        (work / "plan.json").write_text(json.dumps(plan.record, indent=1, default=str))
         plan.log(f"== {stage} done in {result['seconds']} s: {json.dumps(result, default=str)[:400]}")
         pack_work(work, out)  # after every stage: a call cut off at its limit still returns what was done
     return 1 if failed else 0

@@ -36,13 +36,9 @@ def recipe(iters: int) -> list[str]:
             "--set", "optim.batch_size=32"]
 
 
-def final_state(run: Path, iters: int) -> dict[str, torch.Tensor]:
-    return trained_state(run / "checkpoints" / f"step-{iters:08d}.pt")
-
-
 def corrupt_checkpoints(run: Path) -> list[str]:
     """The step checkpoints and best.pt that do not verify (a write's temporary, which a kill mid-write leaves, is
-    no checkpoint: the resumed run removes it, `leftovers` checks that)."""
+    no checkpoint: the resumed run removes it, the run's `leftover_temp_files` checks that)."""
     bad = []
     rundir = RunDir(run)
     for path in [*rundir.step_checkpoints(), *([rundir.best] if rundir.best.is_file() else [])]:
@@ -51,11 +47,6 @@ def corrupt_checkpoints(run: Path) -> list[str]:
         except CheckpointError as exc:
             bad.append(str(exc))
     return bad
-
-
-def leftovers(root: Path) -> list[str]:
-    """Temporary files or directories a killed process left (the resumed run should have removed them)."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".tmp" in p.name)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,14 +97,15 @@ def _one_run(run: Path, args: argparse.Namespace, rng: random.Random, ref_wall: 
         break
     this_run["exit_code"] = p.returncode
     if p.returncode == 0:
-        got = final_state(run, args.iters)
+        got = trained_state(run / "checkpoints" / f"step-{args.iters:08d}.pt")
         this_run["identical"] = got.keys() == ref.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
         steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
         this_run["metrics_steps"] = steps
         this_run["metrics_ok"] = steps == sorted(set(steps))
     else:
         this_run["identical"] = False
-    this_run["leftover_temp_files"] = leftovers(run) if run.exists() else []
+    # temporary files or folders a killed process left (the resumed run should have removed them)
+    this_run["leftover_temp_files"] = sorted(str(p.relative_to(run)) for p in run.rglob("*") if ".tmp" in p.name)
     return this_run
 
 
@@ -158,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         return 1
-    ref = final_state(reference, args.iters)
+    ref = trained_state(reference / "checkpoints" / f"step-{args.iters:08d}.pt")
 
     runs: list[dict] = []
     tally: dict = {"kills": 0, "log": [], "problems": []}

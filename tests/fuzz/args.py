@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from tests.fuzz.common import TINY, template_run
-from tests.fuzz.core import Case, Family, path_arg, register
+from tests.fuzz.core import PATH_ARG, Case, Family, register
 
 NUMBERS = ["0", "-1", "-3", "1", "2", "7", "1e9", "1e400", "-1e400", "nan", "inf", "-inf", "", "1.5", "-0.5",
            "999999999999999999999", "true", "false", "[1, 2]", "[]", "{}", "x", "'", "\"", "None", "0x10",
@@ -32,7 +32,7 @@ def _value() -> st.SearchStrategy[str]:
 def _data_arg() -> st.SearchStrategy[str]:
     schemes = st.sampled_from(["digits", "synthetic", "synthetic:", "cifar10:", "cifar100:", "folder:",
                                "imagenet:", "nope:", ":", "synthetic:-1", "synthetic:1e9", "synthetic:3"])
-    return st.one_of(schemes, st.builds(lambda s, p: s + p, schemes, path_arg()))
+    return st.one_of(schemes, st.builds(lambda s, p: s + p, schemes, PATH_ARG))
 
 
 def args_cases() -> st.SearchStrategy[Case]:
@@ -49,28 +49,28 @@ def args_cases() -> st.SearchStrategy[Case]:
     # a filter always: the whole table (every net to 1,202 layers, built to count) is slow, not hostile
     models = st.builds(lambda f, s: ["models", "--filter", f"resnet2{f}", *(["--input-size", s] if s else [])],
                        st.text(max_size=4), st.none() | _value())
-    evaluate = st.builds(lambda p, extra: ["eval", p, *extra], path_arg(), st.lists(
+    evaluate = st.builds(lambda p, extra: ["eval", p, *extra], PATH_ARG, st.lists(
         st.sampled_from(["--best", "--split=val", "--batch-size=0", "--batch-size=-1", "--data=digits",
                          "--device=cuda:9", "--model=nope"]), max_size=2))
     weights = st.builds(lambda p, d, m: ["eval", "--weights", p, "--data", d, *(["--model", m] if m else [])],
-                        path_arg(), _data_arg(), st.none() | model)
+                        PATH_ARG, _data_arg(), st.none() | model)
     export = st.builds(lambda p, f, o: ["export", "--weights", p, "--model", "resnet20", "--format", f, "-o", o],
-                       path_arg(), st.sampled_from(["safetensors", "onnx", "pt2", "zip", ""]), path_arg())
+                       PATH_ARG, st.sampled_from(["safetensors", "onnx", "pt2", "zip", ""]), PATH_ARG)
     predict = st.builds(lambda w, imgs, k: ["predict", "--weights", w, *imgs, "--top-k", k],
-                        path_arg(), st.lists(path_arg(), min_size=1, max_size=2), _value())
-    report = st.builds(lambda dirs, o: ["report", *dirs, "-o", o], st.lists(path_arg(), min_size=1, max_size=2),
-                       path_arg())
+                        PATH_ARG, st.lists(PATH_ARG, min_size=1, max_size=2), _value())
+    report = st.builds(lambda dirs, o: ["report", *dirs, "-o", o], st.lists(PATH_ARG, min_size=1, max_size=2),
+                       PATH_ARG)
     train = st.builds(lambda d, flag, v, out: ["train", *TINY[:4], "--data", d, flag, v, "--out", out],
                       _data_arg(), st.sampled_from(["--iters", "--epochs", "--seed", "--val-split", "--recipe",
                                                     "--device", "--init", "--resume"]),
-                      _value() | path_arg(), st.sampled_from(["{root}/run", "{dir}", "{devnull}", "{dot}",
+                      _value() | PATH_ARG, st.sampled_from(["{root}/run", "{dir}", "{devnull}", "{dot}",
                                                                "{blank}", "{fifo}"]))
     experiment = st.builds(lambda s, flag, v: ["experiment", s, "--scale", "small", "--data", "synthetic:8",
                                                "--iters", "1", "--only", "nope", flag, v, "--out", "{root}/suite"],
                            st.sampled_from(["degradation", "nope", "{text}", "{dir}", "{fifo}", "{json}", "list"]),
                            st.sampled_from(["--seeds", "--epochs", "--iters", "--scale"]), _value())
     analyze = st.builds(lambda m, b, o: ["analyze", "propagation", "--model", m, "--batch-size", b, "--out", o],
-                        model, _value(), path_arg())
+                        model, _value(), PATH_ARG)
     argv = st.one_of(info, models, evaluate, weights, export, predict, report, train, experiment, analyze)
     return st.builds(lambda a: Case("args", a), argv)
 

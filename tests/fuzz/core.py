@@ -18,6 +18,7 @@ PATHS = {"missing": "{root}/missing", "dir": "{root}/dir", "empty": "{root}/empt
          "text": "{root}/text.toml", "json": "{root}/doc.json", "fifo": "{root}/fifo", "loop": "{root}/loop",
          "devnull": "/dev/null", "devzero": "/dev/zero", "dot": ".", "blank": "", "long": "{root}/" + "a" * 300,
          "deep": "{root}/dir/x/y/z.png"}
+PATH_ARG = st.sampled_from([f"{{{k}}}" for k in PATHS])  # one of the hostile paths, as its placeholder
 
 
 def _paths(root: Path) -> dict[str, str]:
@@ -51,11 +52,6 @@ class Case:
         return [re.sub(r"\{(\w+)\}", lambda m: paths.get(m.group(1), m.group(0)), a) for a in self.argv]
 
 
-def path_arg() -> st.SearchStrategy[str]:
-    """One of the hostile paths, as its placeholder."""
-    return st.sampled_from([f"{{{k}}}" for k in PATHS])
-
-
 @dataclass
 class Outcome:
     """How a case ended; `problem` None: as bad input should."""
@@ -63,33 +59,26 @@ class Outcome:
     argv: list[str]
     rc: int | None
     err: str
-    seconds: float
     problem: str | None
 
 
 @dataclass
-class Before:
-    """What the case directory held before the command ran, and the answers known in advance."""
+class Ended:
+    """A case's command for the judge's checks: its case, rendered argv and directory, what the directory held
+    before the command ran and the answers known in advance; once it has ended, its exit code and output."""
 
+    case: Case
+    argv: list[str]
+    root: Path
     files: dict[str, tuple[Any, ...]]  # relative path -> ("file", size, sha256) | ("link", target) | (kind,)
     writable: tuple[str, ...]
     expected: Path | None = None  # the checkpoint (or weights file) a reader must use, where one is known
     images: list[str] | None = None  # predict: the image files it must answer for, in order
     output: str | None = None  # export: the -o path
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Ended:
-    """A command that has ended, for the judge's checks: its case, rendered argv, directory and output."""
-
-    case: Case
-    argv: list[str]
-    root: Path
-    rc: int | None
-    stdout: str
-    stderr: str
-    before: Before
+    rc: int | None = None
+    stdout: str = ""
+    stderr: str = ""
 
 
 @dataclass(frozen=True)

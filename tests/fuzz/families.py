@@ -1,15 +1,8 @@
 """Every family, registered by importing its module, in campaign order (the order they were written in)."""
 
-from __future__ import annotations
-
-from collections.abc import Callable
-
-from hypothesis import strategies as st
-
 from tests.fuzz import args, fetch, inputs, killtrack, reuse, surfaces, tracker  # noqa: F401 - each registers its own
-from tests.fuzz.core import FAMILIES, Case
+from tests.fuzz.core import FAMILIES
 
 ORDER = ("args", "set", "config", "summary", "checkpoint", "suite", "images", "weights", "cifar",
          "export", "predict", "hub", "safetensors", "rundir", "env", "fetch", "tracker", "reuse", "killtrack")
 assert set(ORDER) == set(FAMILIES), sorted(set(ORDER) ^ set(FAMILIES))
-STRATEGIES: dict[str, Callable[[], st.SearchStrategy[Case]]] = {name: FAMILIES[name].strategy for name in ORDER}

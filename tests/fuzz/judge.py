@@ -13,35 +13,33 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import EXIT_DIVERGED  # a diverged `train` (a reported result, not bad input)
-from tests.fuzz.core import Before, Case, Ended
+from tests.fuzz.core import Case, Ended
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def exit_problem(argv: list[str], rc: int | None, stdout: str, text: str) -> str | None:
+def exit_problem(ended: Ended) -> str | None:
     """The first problem with how the command ended: its exit code and its stderr."""
+    argv, rc, stdout, text = ended.argv, ended.rc, ended.stdout, ended.stderr
     lines = [ln for ln in text.splitlines() if ln.startswith("resnetlab") or "Traceback" in ln]
     warned = [ln for ln in text.splitlines() if re.match(r"\S+:\d+: \w+Warning: ", ln)]  # Python's format
-    if "Traceback" in text:
-        return "traceback on stderr"
-    if warned:  # a library's warning reaching the user (PIL's decompression-bomb warning, torch's)
-        return "warning on stderr: " + re.sub(r"^.*?(\w+Warning: )", r"\1", warned[0])[:120]
-    if rc not in (0, 1, EXIT_DIVERGED) and len([ln for ln in text.splitlines() if ln.strip()]) > 1:
-        return "more than one line on stderr"
-    if rc not in (0, 1, 2, EXIT_DIVERGED):
-        return f"exit {rc}"
-    if rc == 1 and "member run(s) failed" not in text:
-        return "exit 1 without a failed suite member"
-    if rc == EXIT_DIVERGED and (argv[:1] != ["train"] or "diverged" not in stdout):
-        return f"exit {EXIT_DIVERGED} without a diverged training"
-    if rc not in (0, EXIT_DIVERGED) and len(lines) != 1:
-        return f"{len(lines)} error lines, not one"
-    return None
+    rules = (
+        ("Traceback" in text, "traceback on stderr"),
+        # a library's warning reaching the user (PIL's decompression-bomb warning, torch's)
+        (warned, "warning on stderr: " + re.sub(r"^.*?(\w+Warning: )", r"\1", (warned or [""])[0])[:120]),
+        (rc not in (0, 1, EXIT_DIVERGED) and len([ln for ln in text.splitlines() if ln.strip()]) > 1,
+         "more than one line on stderr"),
+        (rc not in (0, 1, 2, EXIT_DIVERGED), f"exit {rc}"),
+        (rc == 1 and "member run(s) failed" not in text, "exit 1 without a failed suite member"),
+        (rc == EXIT_DIVERGED and (argv[:1] != ["train"] or "diverged" not in stdout),
+         f"exit {EXIT_DIVERGED} without a diverged training"),
+        (rc not in (0, EXIT_DIVERGED) and len(lines) != 1, f"{len(lines)} error lines, not one"))
+    return next((problem for broken, problem in rules if broken), None)
 
 
-def leftover_problem(root: Path, ran: Before) -> str | None:
+def leftover_problem(ran: Ended) -> str | None:
     """A temporary file left in the case's directory (one the case itself made, a killed trainer's, is an input)."""
-    leftovers = [rel for p in root.rglob(".*tmp*") if p.is_file() and (rel := str(p.relative_to(root)))
+    leftovers = [rel for p in ran.root.rglob(".*tmp*") if p.is_file() and (rel := str(p.relative_to(ran.root)))
                  not in ran.files]
     return f"half-written output left: {leftovers[0]}" if leftovers else None
 
@@ -63,14 +61,9 @@ def _snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
 
 
 def _option(argv: list[str], *names: str) -> str | None:
-    for i, a in enumerate(argv[:-1]):
-        if a in names:
-            return argv[i + 1]
-    for a in argv:
-        for n in names:
-            if n.startswith("--") and a.startswith(n + "="):
-                return a.split("=", 1)[1]
-    return None
+    """The value of the first of `names` given (`-o X`, `--out X`; else `--out=X`)."""
+    pairs = [*zip(argv, argv[1:], strict=False), *(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)]
+    return next((value for name, value in pairs if name in names), None)
 
 
 def _derived_writable(argv: list[str], root: Path) -> tuple[str, ...]:
@@ -99,15 +92,10 @@ def newest_good(run: Path) -> Path | None:
 
 def _source(argv: list[str]) -> tuple[str | None, bool]:
     """The run directory, checkpoint or weights file a reader command names, and whether --best is given."""
-    best = "--best" in argv
+    if argv[0] in ("hub", "hub.load"):
+        return next((a.split("=", 1)[1] for a in argv if a.startswith("weights")), None), False
     weights = _option(argv, "--weights")
-    if argv and argv[0] in ("hub", "hub.load"):
-        weights = next((a.split("=", 1)[1] for a in argv if a.startswith("weights")), None)
-        return weights, False
-    if weights is not None:
-        return weights, best
-    positional = _positionals(argv)
-    return (positional[0] if positional else None), best
+    return weights if weights is not None else next(iter(_positionals(argv)), None), "--best" in argv
 
 
 def _positionals(argv: list[str]) -> list[str]:
@@ -173,10 +161,10 @@ def _image_list(items: list[str]) -> list[str]:
     return files
 
 
-def before(case: Case, argv: list[str], root: Path) -> Before:
+def before(case: Case, argv: list[str], root: Path) -> Ended:
     """Record the case directory and what the answer must be, before the command runs."""
     writable = case.writable if case.writable is not None else _derived_writable(argv, root)
-    state = Before(_snapshot(root), tuple(writable))
+    state = Ended(case, argv, root, _snapshot(root), tuple(writable))
     command = argv[0] if argv else ""
     if command in ("export", "predict", "eval", "hub", "hub.load"):
         with contextlib.suppress(OSError):  # a path the OS refuses (a name too long, a loop): no answer known
@@ -204,30 +192,29 @@ def _inside(rel: str, prefixes: tuple[str, ...]) -> bool:
 
 def after(ended: Ended) -> str | None:
     """The first problem the checks of inputs, output and answers find once the command has ended."""
-    case, argv, root, rc, stdout, stderr, ran = (ended.case, ended.argv, ended.root, ended.rc, ended.stdout,
-                                                 ended.stderr, ended.before)
-    now = _snapshot(root)
-    for rel, was in ran.files.items():
-        if not _inside(rel, ran.writable) and now.get(rel) != was:
+    argv, rc, stdout = ended.argv, ended.rc, ended.stdout
+    now = _snapshot(ended.root)
+    for rel, was in ended.files.items():
+        if not _inside(rel, ended.writable) and now.get(rel) != was:
             return f"input replaced: {rel}" if rel in now else f"input removed: {rel}"
-    found = CONTROL.search(stderr)
+    found = CONTROL.search(ended.stderr)
     if found:  # an error naming a hostile file or value: the terminal would obey its escape sequences
         return f"control character {found.group()!r} on stderr"
-    if rc == 0 and case.invalid:
-        return f"accepted invalid input ({case.invalid})"
+    if rc == 0 and ended.case.invalid:
+        return f"accepted invalid input ({ended.case.invalid})"
     if rc == 0:
         problem = _stdout_problem(argv, stdout)
         if problem:
             return problem
     command = argv[0] if argv else ""
     if command == "export":
-        return _export_problem(argv, root, rc, ran)
+        return _export_problem(ended)
     if command == "predict" and rc == 0:
-        return _predict_problem(argv, stdout, ran)
-    if command == "eval" and rc == 0 and ran.expected is not None:
+        return _predict_problem(ended)
+    if command == "eval" and rc == 0 and ended.expected is not None:
         used = stdout.split(": ", 1)[0]
-        if "/checkpoints/" in used and Path(used) != ran.expected:
-            return f"eval used {Path(used).name}, not the newest good checkpoint {ran.expected.name}"
+        if "/checkpoints/" in used and Path(used) != ended.expected:
+            return f"eval used {Path(used).name}, not the newest good checkpoint {ended.expected.name}"
     return None
 
 
@@ -249,21 +236,21 @@ def _stdout_problem(argv: list[str], stdout: str) -> str | None:
     return None
 
 
-def _export_problem(argv: list[str], root: Path, rc: int | None, ran: Before) -> str | None:
-    out = ran.output
+def _export_problem(ran: Ended) -> str | None:
+    out, rc = ran.output, ran.rc
     if out is None or out in ("/dev/null",):
         return "export to /dev/null reported success" if rc == 0 and out == "/dev/null" else None
     if not out.strip():  # an empty -o is refused; Path("") would be the current folder, which exists anyway
         return "export to an empty path reported success" if rc == 0 else None
     path = Path(out)
-    rel = os.path.relpath(path, root) if path.is_absolute() else out
+    rel = os.path.relpath(path, ran.root) if path.is_absolute() else out
     if rc != 0:
         if os.path.lexists(path) and not ran.extra.get("output_existed"):
             return f"failed export left {rel}"
         return None
     if not path.is_file() or path.stat().st_size == 0:
         return f"export reported success but {rel} is not a whole file"
-    fmt = _option(argv, "--format")
+    fmt = _option(ran.argv, "--format")
     if fmt == "safetensors":
         import safetensors
 
@@ -294,16 +281,16 @@ def _export_problem(argv: list[str], root: Path, rc: int | None, ran: Before) ->
     return None
 
 
-def _predict_problem(argv: list[str], stdout: str, ran: Before) -> str | None:
+def _predict_problem(ran: Ended) -> str | None:
     images = ran.images
-    if ran.images is None:
+    if images is None:
         return None
-    if "--json" not in argv:
-        lines = stdout.splitlines()
+    if "--json" not in ran.argv:
+        lines = ran.stdout.splitlines()
         if len(lines) != len(images):
             return f"predict printed {len(lines)} lines for {len(images)} images"
         return None
-    rows = json.loads(stdout)
+    rows = json.loads(ran.stdout)
     if not isinstance(rows, list) or len(rows) != len(images):
         return f"predict --json gave {len(rows) if isinstance(rows, list) else '?'} rows for {len(images)} images"
     if sorted(str(r.get("image")) for r in rows) != sorted(images):

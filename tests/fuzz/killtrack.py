@@ -83,10 +83,7 @@ def _server() -> subprocess.Popen[bytes]:
 def _stop(server: subprocess.Popen[bytes]) -> None:
     """The fork server ended with this process (it idles between cases), its pipes closed."""
     server.kill()
-    server.wait()
-    for pipe in (server.stdin, server.stdout):
-        if pipe is not None:
-            pipe.close()
+    server.communicate()
 
 
 def _session(kill: tuple[str, int] | None, argv: list[str], root: Path, env: dict[str, str]) -> tuple[int, str]:
@@ -117,7 +114,6 @@ def run_plan(case: Case, root: Path) -> Outcome:
         shutil.copy(store_template(), root / "mlflow.db")
     env = environment(root)
     resume = ["train", "--resume", str(root / "run")]
-    start = time.perf_counter()
     rc, err, problem = None, "", None
     try:
         for i, kill in enumerate([*plan.kills, None]):
@@ -134,7 +130,7 @@ def run_plan(case: Case, root: Path) -> Outcome:
             problem = judge(root / "run", root, plan.trackers)
         except Exception as exc:  # noqa: BLE001 - the judge's own failure, named as such
             problem = f"judge failed: {type(exc).__name__}: {_last(str(exc))}"
-    return Outcome([*argv, "+ kills", *map(str, plan.kills)], rc, _last(err), time.perf_counter() - start, problem)
+    return Outcome([*argv, "+ kills", *map(str, plan.kills)], rc, _last(err), problem)
 
 
 def _last(text: str) -> str:

@@ -18,20 +18,25 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _kill_after(owner: Any, name: str, n: int, before: bool = False) -> None:
-    """`owner.name` SIGKILLs the process at its `n`th call, before or after the call itself."""
-    original, calls = getattr(owner, name), [0]
+def _kill_after(owners: list[Any], name: str, n: int, before: bool = False) -> None:
+    """`name` of each of `owners` SIGKILLs the process at the `n`th call (counted over all of them), before or
+    after the call itself."""
+    calls = [0]
 
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        if before and calls[0] == n:
-            _die()
-        out = original(*args, **kwargs)
-        if not before and calls[0] == n:
-            _die()
-        return out
+    def wrap(original: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[0] += 1
+            if before and calls[0] == n:
+                _die()
+            out = original(*args, **kwargs)
+            if not before and calls[0] == n:
+                _die()
+            return out
 
-    setattr(owner, name, wrapper)
+        return wrapper
+
+    for owner in owners:
+        setattr(owner, name, wrap(getattr(owner, name)))
 
 
 def _fake_tensorboard() -> None:
@@ -71,24 +76,13 @@ def child(point: str, n: int, argv: list[str]) -> int:
     from resnetlab.training.trainer import Trainer
 
     _fake_tensorboard()
-    if point in ("before_row", "row"):
-        _kill_after(RunDir, "append_metrics", n, before=point == "before_row")
-    elif point == "checkpoint":
-        _kill_after(Trainer, "save", n)
-    elif point == "send":
-        count = [0]
-        for kind in tracker_kinds.KINDS.values():
-            original = kind.metrics
-
-            def metrics(self: Any, *args: Any, original: Any = original) -> None:
-                original(self, *args)
-                count[0] += 1
-                if count[0] == n:
-                    _die()
-
-            kind.metrics = metrics  # type: ignore[method-assign]
-    elif point == "end":
-        _kill_after(trackers.Trackers, "end", 1, before=True)
+    # the kill points (killtrack.POINTS): a metrics row written (before_row, row), a checkpoint saved, a row sent
+    # to a tracker (counted over the trackers), the run's end sent to the trackers (before it)
+    where = {"before_row": ([RunDir], "append_metrics"), "row": ([RunDir], "append_metrics"),
+             "checkpoint": ([Trainer], "save"), "send": (list(tracker_kinds.KINDS.values()), "metrics"),
+             "end": ([trackers.Trackers], "end")}
+    if point in where:
+        _kill_after(*where[point], 1 if point == "end" else n, before=point in ("before_row", "end"))
     return main(argv)
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import AbstractContextManager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz.common import environ, image_folder, quiet_main, trained, working_directory
 from tests.fuzz.core import Case, Ended, Family, register
+from tests.fuzz.judge import same_state
 
 SUITE = """title = "reused"
 members = [
@@ -111,7 +111,8 @@ def setup(root: Path, step: tuple[str, dict[str, Any]]) -> None:
         shutil.copy(weights[0], root / "one" / "w.pt" if p["kind"].startswith("init_relative") else root / "w.pt")
     relative = p["kind"].startswith("init_relative")
     a = _call(p, b=False, root=str(root))
-    with working_directory(root / "one" if relative else root), _cache(root):
+    # the case's data cache, as `Case.env` sets it around call B
+    with working_directory(root / "one" if relative else root), environ({"RESNETLAB_CACHE": str(root / "cache")}):
         rc, text = quiet_main(["experiment", *a])
     assert rc == 0, f"call A failed: {text[-300:]}"
     _change(root, p, weights, a)
@@ -140,13 +141,8 @@ def _change(root: Path, p: dict[str, Any], weights: list[Path], a: list[str]) ->
     elif kind == "out_reused":
         shutil.rmtree(root / "experiments" / "one")
         again = [*a, "--set", f"{p['field']}={CHANGES[p['field']].replace('{root}', str(root))}"]
-        with working_directory(root), _cache(root):
+        with working_directory(root), environ({"RESNETLAB_CACHE": str(root / "cache")}):
             quiet_main(["experiment", *again])  # may be refused as invalid: then the --out is simply gone
-
-
-def _cache(root: Path) -> AbstractContextManager[None]:
-    """The case's data cache (as `Case.env` sets it around call B), around the set-up's calls."""
-    return environ({"RESNETLAB_CACHE": str(root / "cache")})
 
 
 # -- the judge ------------------------------------------------------------------------------------------------
@@ -163,7 +159,7 @@ def _reference(root: Path, argv: list[str]) -> tuple[str, Any]:
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     data = args[args.index("--data") + 1]
     iters = int(args[args.index("--iters") + 1])
-    with working_directory(root), _cache(root):
+    with working_directory(root), environ({"RESNETLAB_CACHE": str(root / "cache")}):
         try:
             run = plan(load_suite(str(root / "reused.toml")), root / "unused", data, iters=iters, scale="small",
                        settings=parse_assignments(sets, "--set"))
@@ -186,38 +182,31 @@ def _result(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return {k: v.clone() for k, v in resolve(run).state.items()}, final
 
 
-def _same(a: tuple[dict[str, Any], dict[str, Any]], b: tuple[dict[str, Any], dict[str, Any]]) -> bool:
-    import torch
-
-    return a[1] == b[1] and a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
-
-
 def after(ended: Ended) -> str | None:
     """B's outcome against a fresh training of its config made alone (see the module's text)."""
     argv, root, rc, stdout = ended.argv, ended.root, ended.rc, ended.stdout
     p = ended.case.steps[0][1]
-    kind, status = p["kind"], None
+    kind, what, out = p["kind"], f"{p['kind']} {p['field'] or ''}", "same --out" if p["same_out"] else "new --out"
     same_call = ["experiment", *_call(p, b=False, root=str(root))] == argv and kind != "init_relative_same"
     verdict, ref = _reference(root, argv)
     if rc == 2:
         if verdict == "invalid" or (p["same_out"] and not same_call) or (p["same_out"] and kind in CHANGED_FILES):
             return None
-        return f"refused a valid call ({kind} {p['field'] or ''}, {'same' if p['same_out'] else 'new'} --out)"
+        return f"refused a valid call ({what}, {out})"
     if rc == 1:
-        return None if verdict == "failed" else f"a member failed that trains alone ({kind} {p['field'] or ''})"
+        return None if verdict == "failed" else f"a member failed that trains alone ({what})"
     if verdict != "ok":
-        return f"exit 0 where a fresh training is {verdict} ({kind} {p['field'] or ''}): {str(ref)[:80]}"
+        return f"exit 0 where a fresh training is {verdict} ({what}): {str(ref)[:80]}"
     run = root / "experiments" / ("one" if p["same_out"] else "two") / "a" / "seed0"
     if not (run / "summary.json").exists():
         return f"no finished run at {run.relative_to(root)} after exit 0 ({kind})"
-    if not _same(_result(run), ref):
-        status = "reused another training" if ("the same training as" in stdout or "already done" in stdout
-                                               or run.is_symlink()) else "trained otherwise than alone"
-        return f"{status} ({kind} {p['field'] or ''}, {'same' if p['same_out'] else 'new'} --out)"
-    expected = kind in SAME_FILES or (kind == "field" and p["field"] in SESSION)
     reused = run.is_symlink() or "already done" in stdout or "the same training as" in stdout
+    state, final = _result(run)
+    if final != ref[1] or same_state(state, ref[0]):
+        return f"{'reused another training' if reused else 'trained otherwise than alone'} ({what}, {out})"
+    expected = kind in SAME_FILES or (kind == "field" and p["field"] in SESSION)
     if expected and not reused and not (p["same_out"] and not same_call):
-        return f"the same computation trained again ({kind} {p['field'] or ''})"
+        return f"the same computation trained again ({what})"
     return None
 
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shutil
 import signal
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from hypothesis import strategies as st
 
 from resnetlab.errors import one_line
 from tests.fuzz import judge
-from tests.fuzz.common import environ, template_run
+from tests.fuzz.common import environ, template_run, working_directory
 from tests.fuzz.core import FAMILIES, Case, Ended, Family, Outcome, end_case
 
 # the categories Python's default warning filters hide from a user (outside __main__): not findings
@@ -58,25 +56,24 @@ def _cli_main(argv: list[str]) -> int:
     return main(argv)
 
 
-def _execute(case: Case, family: Family, argv: list[str], root: Path) -> tuple[int | None, str, str, str | None]:
-    """Run the command in `root` within the time bound: (exit code, stdout, stderr, problem)."""
+def _execute(ended: Ended, family: Family) -> str | None:
+    """Run the case's command in its directory within the time bound, its exit code and output kept in `ended`;
+    the problem, where it did not end as a command should."""
+    case, root, problem = ended.case, ended.root, None
     out, err = io.StringIO(), io.StringIO()
-    rc: int | None = None
-    problem = None
     env = {k: None if v is None else v.replace("{root}", str(root)) for k, v in case.env.items()}
     around = family.around(case, root) if family.around else contextlib.nullcontext()
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, TIME_BOUND_S)
-    cwd = os.getcwd()
     try:
-        os.chdir(root)  # a relative default output (runs/, ./propagation.png) lands in the case's directory
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), environ(env), \
-                around, warnings.catch_warnings(record=True) as caught:
+        # in the case's directory: a relative default output (runs/, ./propagation.png) lands there
+        with working_directory(root), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                environ(env), around, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # every warning the user would see, even under pytest's recorder
             try:
-                rc = (family.main or _cli_main)(argv)
+                ended.rc = (family.main or _cli_main)(ended.argv)
             except SystemExit as exc:  # argparse's one-line usage error
-                rc = exc.code if isinstance(exc.code, int) else 2
+                ended.rc = exc.code if isinstance(exc.code, int) else 2
             for w in caught:  # as Python shows them: deprecation, import and resource warnings are hidden
                 if not issubclass(w.category, HIDDEN_WARNINGS):
                     print(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}", file=err)
@@ -87,9 +84,9 @@ def _execute(case: Case, family: Family, argv: list[str], root: Path) -> tuple[i
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-        os.chdir(cwd)
         end_case()
-    return rc, out.getvalue(), err.getvalue(), problem
+        ended.stdout, ended.stderr = out.getvalue(), err.getvalue()
+    return problem
 
 
 def run_case(case: Case, root: Path) -> Outcome:
@@ -101,19 +98,15 @@ def run_case(case: Case, root: Path) -> Outcome:
     try:
         write_case(root, case, family)
         argv = case.render(root)
-        ran = judge.before(case, argv, root)  # the inputs' hashes, the answer where it is known
+        ended = judge.before(case, argv, root)  # the inputs' hashes, the answer where it is known
     except BaseException:
         end_case()
         raise
-    start = time.perf_counter()
-    rc, stdout, text, problem = _execute(case, family, argv, root)
-    seconds = time.perf_counter() - start
+    problem = _execute(ended, family) or judge.exit_problem(ended) or judge.leftover_problem(ended)
     if problem is None:
-        problem = judge.exit_problem(argv, rc, stdout, text) or judge.leftover_problem(root, ran)
-    if problem is None:
-        ended = Ended(case, argv, root, rc, stdout, text, ran)
         try:
             problem = judge.after(ended) or (family.after(ended) if family.after else None)
         except Exception as exc:  # noqa: BLE001 - the judge's own failure, named so it is not taken for the product's
             problem = f"judge failed: {type(exc).__name__}: {one_line(exc, 120)}"
-    return Outcome(argv, rc, text.strip().splitlines()[-1][:200] if text.strip() else "", seconds, problem)
+    text = ended.stderr.strip()
+    return Outcome(argv, ended.rc, text.splitlines()[-1][:200] if text else "", problem)

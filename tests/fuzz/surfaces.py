@@ -303,13 +303,12 @@ def hub_main(argv: list[str]) -> int:
 
 def hub_after(ended: Ended) -> str | None:
     """A hub model that loaded must hold the weights the judge expects (the run's newest good checkpoint)."""
-    ran = ended.before
-    if ended.rc == 0 and ran.expected is not None and "model" in _HUB:
-        want = state_of(ran.expected)
+    if ended.rc == 0 and ended.expected is not None and "model" in _HUB:
+        want = state_of(ended.expected)
         if want is not None:
             diff = same_state(_HUB["model"].state_dict(), want)
             if diff:
-                return f"hub model is not the weights of {ran.expected.name}: {diff}"
+                return f"hub model is not the weights of {ended.expected.name}: {diff}"
     return None
 
 

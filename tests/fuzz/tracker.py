@@ -235,13 +235,6 @@ def around(case: Case, root: Path) -> Iterator[None]:
 MLFLOW_INFO = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO ")  # MLflow's own notes (a new store's tables)
 
 
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-
-
 def after(ended: Ended) -> str | None:
     """The family's checks, once the command has ended and passed the common judge."""
     root, rc, stdout, stderr, p = ended.root, ended.rc, ended.stdout, ended.stderr, ended.case.steps[0][1]
@@ -251,7 +244,9 @@ def after(ended: Ended) -> str | None:
             new = sorted(set(now.get(key) or []) - set(was or [])) if isinstance(was, list) else key
             return f"written outside the case directory: {key}: {str(new)[:120]}"
     run = root / ("prev" if p["resume"] else "out/run")
-    log = _lines(run / "log.txt")
+    log: list[str] = []
+    with contextlib.suppress(OSError):
+        log = (run / "log.txt").read_text(errors="replace").splitlines()
     for where, lines in (("stdout", stdout.splitlines()), ("log.txt", log)):
         if any("Traceback" in ln for ln in lines):
             return f"traceback in {where}"
