@@ -171,6 +171,15 @@ def cifar_member(rep: tuple[Any, ...], name: str, rng: Any) -> bytes | None:
     return pickle.dumps(good_meta if name == "batches.meta" else good_batch, protocol=2)
 
 
+def cifar_members(rep: tuple[Any, ...]) -> dict[str, bytes]:
+    """The CIFAR-10 python layout's files (cifar-10-batches-py/NAME): good ones, but for what `rep` replaces."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    members = {f"cifar-10-batches-py/{name}": cifar_member(rep, name, rng) for name in CIFAR10_MEMBERS}
+    return {name: data for name, data in members.items() if data is not None}
+
+
 def damaged_state(edit: tuple[str, str, int]) -> tuple[Any, bool]:
     """A state_dict file in the CIFAR peer's or torchvision's key layout, changed by `edit`; (object, legacy)."""
     import torch
@@ -180,19 +189,17 @@ def damaged_state(edit: tuple[str, str, int]) -> tuple[Any, bool]:
         state = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64),
                  "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
     else:  # the peer's option-A ResNet-20 layout
-        state = {"module.conv1.weight": torch.zeros(16, 3, 3, 3), "module.bn1.weight": torch.ones(16),
-                 "module.bn1.bias": torch.zeros(16), "module.bn1.running_mean": torch.zeros(16),
-                 "module.bn1.running_var": torch.ones(16)}
+        def bn(name: str, width: int) -> dict[str, Any]:
+            return {f"{name}.weight": torch.ones(width), f"{name}.bias": torch.zeros(width),
+                    f"{name}.running_mean": torch.zeros(width), f"{name}.running_var": torch.ones(width)}
+
+        state = {"module.conv1.weight": torch.zeros(16, 3, 3, 3), **bn("module.bn1", 16)}
         for stage, width in enumerate((16, 32, 64), start=1):
             for i in range(3):
                 cin = width // 2 if stage > 1 and i == 0 else width
                 for conv, c in (("conv1", cin), ("conv2", width)):
                     state[f"module.layer{stage}.{i}.{conv}.weight"] = torch.zeros(width, c, 3, 3)
-                    bn = conv.replace("conv", "bn")
-                    state[f"module.layer{stage}.{i}.{bn}.weight"] = torch.ones(width)
-                    state[f"module.layer{stage}.{i}.{bn}.bias"] = torch.zeros(width)
-                    state[f"module.layer{stage}.{i}.{bn}.running_mean"] = torch.zeros(width)
-                    state[f"module.layer{stage}.{i}.{bn}.running_var"] = torch.ones(width)
+                    state |= bn(f"module.layer{stage}.{i}.{conv.replace('conv', 'bn')}", width)
         state["module.linear.weight"] = torch.zeros(10, 64)
         state["module.linear.bias"] = torch.zeros(10)
     first = next(iter(state))

@@ -16,7 +16,7 @@ from unittest import mock
 
 from hypothesis import strategies as st
 
-from tests.fuzz.common import PROXIES, closed_port, environ
+from tests.fuzz.common import PROXIES, TINY, closed_port, environ, write_files
 from tests.fuzz.core import Case, Ended, Family, register
 from tests.fuzz.loopback import FETCH_TIMEOUT_S, archive, archive_md5, server
 
@@ -64,8 +64,7 @@ DIR_ARGS = {"dl": "{root}/dl", "missing deep path": "{root}/x/y/z/dl", "a file":
             "a symlink loop": "{loop}"}
 NOT_FOLDERS = tuple(DIR_ARGS)[2:]
 DIRS = ["dl", "dl", *DIR_ARGS]
-TRAIN_CIFAR = ["train", "--model", "resnet20", "--set", "model.depth=8", "--data", "cifar10", "--iters", "1",
-               "--out", "{root}/out"]
+TRAIN_CIFAR = ["train", *TINY[:4], "--data", "cifar10", "--iters", "1", "--out", "{root}/out"]
 
 
 def fetch_cases() -> st.SearchStrategy[Case]:
@@ -119,12 +118,10 @@ def setup(root: Path, step: tuple[str, dict[str, Any]]) -> None:
     p = step[1]
     rng = np.random.default_rng(p["seed"])
     body = archive()
-    (root / "afile").write_text("not a folder\n")
-    (root / "elsewhere.tar.gz").write_bytes(body)  # a good copy elsewhere (file: URLs, links)
-    (root / "wrong.tar.gz").write_bytes(body[:-1] + b"x")
-    (root / "mirror").mkdir()
-    for mirrored in NAMES.values():  # a file:// mirror (the MD5 of both table entries is this archive's)
-        (root / "mirror" / mirrored).write_bytes(body)
+    # a good copy elsewhere (file: URLs, links), a wrong one, a file:// mirror (the MD5 of both table entries is
+    # this archive's)
+    write_files(root, {"afile": b"not a folder\n", "elsewhere.tar.gz": body, "wrong.tar.gz": body[:-1] + b"x",
+                       **{f"mirror/{mirrored}": body for mirrored in NAMES.values()}})
     if p["folder"] is None:
         return
     folder = root / p["folder"]
@@ -214,12 +211,11 @@ def after(ended: Ended) -> str | None:
     p = ended.case.steps[0][1]
     want = archive_md5()
     name = NAMES[p["kind"]]
-    folder = root / p["folder"] if p["folder"] else None
-    final = folder / name if folder else None
-    if final is not None and final.is_file() and p["state"] != "final_fifo":
-        got = _md5_of(final)
-        if got != want and not (rc != 0 and _bad_mirror(p)):  # a bad mirror: refused before the folder is read
-            return f"an archive that is not the published one left at the final name (exit {rc})"
+    final = root / p["folder"] / name if p["folder"] else None
+    # (where a bad mirror was refused, the folder was never read: what lies there is not the command's)
+    if final is not None and final.is_file() and p["state"] != "final_fifo" and _md5_of(final) != want \
+            and not (rc != 0 and _bad_mirror(p)):
+        return f"an archive that is not the published one left at the final name (exit {rc})"
     problem = _bounds_problem(p, final, want, rc)
     if problem or rc != 0:
         return problem and f"{problem}: {stderr.strip()[-160:]}"
@@ -252,9 +248,7 @@ def _bad_mirror(p: dict[str, Any]) -> bool:
 
 def _served(p: dict[str, Any]) -> bool:
     """Whether the case's archive comes from the loopback server or a good mirror (not a table URL of bad form)."""
-    if _bad_mirror(p):
-        return False
-    return p["mirror"] in GOOD_MIRRORS or p["url"] in ("server", "server_query")
+    return not _bad_mirror(p) and (p["mirror"] in GOOD_MIRRORS or p["url"] in ("server", "server_query"))
 
 
 def _bounds_problem(p: dict[str, Any], final: Path | None, want: str, rc: int | None) -> str | None:

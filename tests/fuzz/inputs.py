@@ -104,17 +104,9 @@ def setup(root: Path, step: tuple[Any, ...]) -> None:
         with tarfile.open(root / "data.tar.gz", "w:gz") as tar:
             tar.add(root / "data", arcname="data")
     elif step[0] == "cifar":
-        import numpy as np
-
-        rng = np.random.default_rng(0)
-        folder = root / "cifar-10-batches-py"
-        folder.mkdir()
-        for name in craft.CIFAR10_MEMBERS:
-            data = craft.cifar_member(step[1], name, rng)
-            if data is not None:
-                (folder / name).write_bytes(data)
+        write_files(root, craft.cifar_members(step[1]))
         with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
-            tar.add(folder, arcname="cifar-10-batches-py")
+            tar.add(root / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     else:
         import torch
 

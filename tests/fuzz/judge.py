@@ -78,15 +78,11 @@ def newest_good(run: Path) -> Path | None:
     from resnetlab.errors import ResnetlabError
     from resnetlab.weights.checkpoint import is_tensor_map, load_checkpoint
 
-    folder = run / "checkpoints"
-    if not folder.is_dir():
-        return None
-    for path in sorted((p for p in folder.iterdir() if re.fullmatch(r"step-\d{8}\.pt", p.name)), reverse=True):
-        try:
+    steps = [p for p in (run / "checkpoints").glob("step-*.pt") if re.fullmatch(r"step-\d{8}\.pt", p.name)]
+    for path in sorted(steps, reverse=True):
+        with contextlib.suppress(ResnetlabError):
             if path.is_file() and is_tensor_map(load_checkpoint(path)["model"]):
                 return path
-        except ResnetlabError:
-            continue
     return None
 
 
@@ -140,6 +136,7 @@ def state_of(path: Path) -> dict[str, Any] | None:
 
 
 def same_state(got: dict[str, Any], want: dict[str, Any]) -> str | None:
+    """How the tensors `got` differ from `want` (None: the same names, shapes and values)."""
     import torch
 
     if set(got) != set(want):
@@ -148,6 +145,12 @@ def same_state(got: dict[str, Any], want: dict[str, Any]) -> str | None:
         if got[key].shape != want[key].shape or not torch.equal(got[key].float(), want[key].float()):
             return f"tensor {key} differs"
     return None
+
+
+def other_weights(got: dict[str, Any] | None, expected: Path | None) -> str | None:
+    """How the weights `got` differ from those of the file a reader must use (None: the same, or unknown)."""
+    want = state_of(expected) if expected is not None else None
+    return same_state(got, want) if got is not None and want is not None else None
 
 
 def _image_list(items: list[str]) -> list[str]:
@@ -260,12 +263,9 @@ def _export_problem(ran: Ended) -> str | None:
             json.loads(meta["resnetlab"])
         except Exception as exc:  # noqa: BLE001
             return f"exported safetensors unreadable: {type(exc).__name__}"
-        if ran.expected is not None:
-            want, got = state_of(ran.expected), state_of(path)
-            if want is not None and got is not None:
-                diff = same_state(got, want)
-                if diff:
-                    return f"export wrote other weights than {ran.expected.name}: {diff}"
+        diff = other_weights(state_of(path), ran.expected)
+        if diff:
+            return f"export wrote other weights than {ran.expected.name}: {diff}"
     elif fmt == "pt2":
         import zipfile
 

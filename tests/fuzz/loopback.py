@@ -12,7 +12,7 @@ from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.fuzz.common import closed_port
-from tests.fuzz.craft import CIFAR10_MEMBERS, cifar_member
+from tests.fuzz.craft import cifar_members
 
 FETCH_TIMEOUT_S = 1.5  # the download's read timeout for a case (fetch's default is 30 s: a stall costs that)
 TRICKLE_S = 0.05  # a trickling answer's pause between bytes: never a read timeout
@@ -25,15 +25,10 @@ def archive() -> bytes:
     """A CIFAR-10 archive in the original python layout (3 images a batch), made once per process."""
     import tarfile
 
-    import numpy as np
-
-    rng = np.random.default_rng(0)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name in CIFAR10_MEMBERS:
-            data = cifar_member(("none",), name, rng)
-            assert data is not None
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+        for name, data in cifar_members(("none",)).items():
+            info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()

@@ -120,14 +120,11 @@ def setup(root: Path, step: tuple[str, dict[str, Any]]) -> None:
 
 def _change(root: Path, p: dict[str, Any], weights: list[Path], a: list[str]) -> None:
     kind = p["kind"]
-    if kind == "init_replaced":
-        shutil.copy(weights[1], root / "w.pt")
-    elif kind == "init_copied":
-        shutil.copy(root / "w.pt", root / "two" / "w.pt")
-    elif kind == "init_relative_same":
-        shutil.copy(weights[0], root / "w.pt")  # B names w.pt from the case's folder: the same weights
-    elif kind == "init_relative_other":
-        shutil.copy(weights[1], root / "w.pt")
+    # the weights file replaced, copied, or (B names w.pt from the case's folder) the same or other weights there
+    copies = {"init_replaced": (weights[1], root / "w.pt"), "init_copied": (root / "w.pt", root / "two" / "w.pt"),
+              "init_relative_same": (weights[0], root / "w.pt"), "init_relative_other": (weights[1], root / "w.pt")}
+    if kind in copies:
+        shutil.copy(*copies[kind])
     elif kind == "data_changed":
         image = root / "pets" / "train" / "cat" / "0.png"
         stat = image.stat()

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tests.fuzz.common import REPO, STEPS, TINY, TINY_NET
 from tests.fuzz.core import Case, Ended, Family, register
 from tests.fuzz.craft import IMAGE_KINDS, INVALID_IMAGES, NAMES, image_file
-from tests.fuzz.judge import same_state, state_of
+from tests.fuzz.judge import other_weights
 from tests.fuzz.surface_files import RUN_DAMAGES, SAFETENSORS_EDITS, setup
 
 FORMATS = st.sampled_from(["safetensors"] * 16 + ["pt2"] * 3 + ["onnx"])  # onnx: ~2-8 s a case; pt2: ~1 s
@@ -259,7 +259,6 @@ def env_cases() -> st.SearchStrategy[Case]:
                      st.sampled_from(sorted(commands)))
 
 
-
 # -- the hub family's command and check ------------------------------------------------------------------
 _HUB: dict[str, Any] = {}  # the model the last hub case returned, for `after`
 
@@ -303,13 +302,8 @@ def hub_main(argv: list[str]) -> int:
 
 def hub_after(ended: Ended) -> str | None:
     """A hub model that loaded must hold the weights the judge expects (the run's newest good checkpoint)."""
-    if ended.rc == 0 and ended.expected is not None and "model" in _HUB:
-        want = state_of(ended.expected)
-        if want is not None:
-            diff = same_state(_HUB["model"].state_dict(), want)
-            if diff:
-                return f"hub model is not the weights of {ended.expected.name}: {diff}"
-    return None
+    diff = other_weights(_HUB["model"].state_dict(), ended.expected) if ended.rc == 0 and "model" in _HUB else None
+    return f"hub model is not the weights of {ended.expected.name}: {diff}" if diff else None
 
 
 register(Family("export", export_cases, setup), Family("predict", predict_cases, setup),
