@@ -68,15 +68,14 @@ class Plan:
         with open(self.out / "plan.log", "a") as f:
             f.write(stamp + "\n")
 
-    def sh(self, cmd: list[str], log_name: str, timeout: float | None = None, env: dict[str, str] | None = None) -> int:
+    def sh(self, cmd: list[str], log_name: str, timeout: float | None = None) -> int:
         """Run `cmd` in the repo, its output to --out/LOG_NAME; the exit code (124 when past `timeout`)."""
         self.log("$ " + " ".join(cmd))
         with open(self.out / log_name, "a") as f:
             f.write("$ " + " ".join(cmd) + "\n")
             f.flush()
             try:
-                return subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
-                                      env={**os.environ, **(env or {})}).returncode
+                return subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
             except subprocess.TimeoutExpired:
                 f.write(f"\n(timed out after {timeout} s)\n")
                 return 124

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -79,16 +78,15 @@ def _one_run(run: Path, args: argparse.Namespace, rng: random.Random, ref_wall: 
             try:
                 p.wait(timeout=at)
             except subprocess.TimeoutExpired:
-                p.send_signal(signal.SIGKILL)
-                p.wait()
-                p.stderr.close()
+                p.kill()
+                p.communicate()
                 tally["kills"] += 1
                 this_run["kills"] += 1
                 this_run["kill_times_s"].append(round(at, 3))
                 bad = corrupt_checkpoints(run)
                 tally["log"].append({"run": run.name, "at_s": round(at, 3), "config_existed": not fresh,
-                                     "checkpoints": sorted(q.name for q in (run / "checkpoints").glob("*.pt"))
-                                     if (run / "checkpoints").is_dir() else [], "corrupt": bad})
+                                     "checkpoints": sorted(q.name for q in (run / "checkpoints").glob("*.pt")),
+                                     "corrupt": bad})
                 tally["problems"].extend(bad)
                 continue
         _, err = p.communicate(timeout=600)

@@ -69,7 +69,7 @@ def _case(change: tuple[str, str | None], same_out: bool, iters: int, with_init:
                 writable=("experiments", "one", "two", "w.pt", "pets", "pets2", "cache", "cache2"))
 
 
-def _call(p: dict[str, Any], b: bool, root: str = "{root}", init: str = "w.pt") -> list[str]:
+def _call(p: dict[str, Any], b: bool, root: str = "{root}") -> list[str]:
     """Call A (or B, with the case's change) as arguments after `experiment`."""
     folder = "pets2" if b and p["kind"] == "data_copied" else "pets"
     data = "digits" if p["data"] == "digits" else f"folder:{root}/{folder}"
@@ -79,11 +79,8 @@ def _call(p: dict[str, Any], b: bool, root: str = "{root}", init: str = "w.pt") 
             "--out", f"{root}/experiments/{out}"]
     if p["data"] == "folder":
         argv += ["--set", "data.pad=0"]
-    if p["init"]:
-        path = init
-        if b and p["kind"] == "init_copied":
-            path = f"{root}/two/w.pt"
-        argv += ["--set", f"run.init={path}"]
+    if p["init"]:  # relative: from the folder the call runs in
+        argv += ["--set", f"run.init={root}/two/w.pt" if b and p["kind"] == "init_copied" else "run.init=w.pt"]
     if b and p["kind"] == "field":
         argv += ["--set", f"{p['field']}={CHANGES[p['field']].replace('{root}', root)}"]
     return argv
