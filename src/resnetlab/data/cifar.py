@@ -95,19 +95,6 @@ FORMATS = {
 }
 
 
-def _locate(path: Path, fmt: CifarFormat) -> tuple[str, Path]:
-    """("tar", archive) or ("dir", batches directory) for a user-given PATH."""
-    if path.is_file():
-        return "tar", path
-    if path.is_dir():
-        if (path / fmt.meta).is_file():
-            return "dir", path
-        if (path / fmt.dirname / fmt.meta).is_file():
-            return "dir", path / fmt.dirname
-        raise DataError(f"{path}: not a {fmt.dirname}/ directory or its parent (no {fmt.meta} file found)")
-    raise DataError(f"{path}: no such file or directory")
-
-
 def _read_dir(batches: Path, fmt: CifarFormat) -> dict[str, tuple[str, bytes]]:
     out = {}
     for name in fmt.members:
@@ -184,9 +171,8 @@ def _parse_meta(blob: bytes, source: str, fmt: CifarFormat) -> list[str]:
         raise DataError(f"{source}: class names are not UTF-8") from None
 
 
-def decode_cifar(mode: str, where: Path, fmt: CifarFormat) -> Splits:
-    """Read and check every member of the archive or directory ``where``."""
-    files = _read_tar(where, fmt) if mode == "tar" else _read_dir(where, fmt)
+def decode_cifar(files: dict[str, tuple[str, bytes]], fmt: CifarFormat) -> Splits:
+    """Check and decode the members read (name -> (where, bytes))."""
     classes = _parse_meta(files[fmt.meta][1], files[fmt.meta][0], fmt)
 
     def split(names: tuple[str, ...]) -> ArrayDataset:
@@ -197,8 +183,15 @@ def decode_cifar(mode: str, where: Path, fmt: CifarFormat) -> Splits:
 
 
 def read_cifar(kind: str, path: Path, options: DataOptions) -> Splits:
-    """The train and test splits of the ``kind`` ("cifar10"/"cifar100") data at ``path``, cached."""
+    """The train and test splits of the ``kind`` ("cifar10"/"cifar100") data at ``path`` (the archive, the
+    batches directory or its parent), cached."""
     fmt = FORMATS[kind]
-    mode, where = _locate(path, fmt)
-    stamps = [file_stamp(where)] if mode == "tar" else [file_stamp(where / n) for n in fmt.members]
-    return cached(kind, where, stamps, options, lambda: decode_cifar(mode, where, fmt))
+    if path.is_file():
+        return cached(kind, path, [file_stamp(path)], options, lambda: decode_cifar(_read_tar(path, fmt), fmt))
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or directory")
+    batches = path if (path / fmt.meta).is_file() else path / fmt.dirname
+    if not (batches / fmt.meta).is_file():
+        raise DataError(f"{path}: not a {fmt.dirname}/ directory or its parent (no {fmt.meta} file found)")
+    stamps = [file_stamp(batches / n) for n in fmt.members]
+    return cached(kind, batches, stamps, options, lambda: decode_cifar(_read_dir(batches, fmt), fmt))
