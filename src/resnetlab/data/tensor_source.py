@@ -121,26 +121,21 @@ class TensorSource(DataSource):
             self.eval_size(split)  # a DataError for an unknown split or a missing val
         return self._splits[split]
 
-    def _device_tensor(self, key: str, device: torch.device) -> torch.Tensor:
-        """The tensor ``key`` ("<split>.images", "<split>.labels", "mean", "std") on ``device``, cached."""
+    def _on(self, device: torch.device, key: str, value: torch.Tensor) -> torch.Tensor:
+        """``value`` on ``device``, copied there once (kept under ``key``)."""
         slot = (key, str(device))
         if slot not in self._on_device:
-            if key in ("mean", "std"):
-                value = self._mean if key == "mean" else self._std
-            else:
-                split, field = key.split(".")
-                value = getattr(self._splits[split], field)
             self._on_device[slot] = value.to(device)
         return self._on_device[slot]
 
     def _normalised(self, split: str, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-        images = self._device_tensor(f"{split}.images", device)
+        images = self._on(device, f"{split}.images", self._splits[split].images)
         x = images.index_select(0, idx.to(device)).to(torch.float32).div_(255.0)
-        return x.sub_(self._device_tensor("mean", device)).div_(self._device_tensor("std", device))
+        return x.sub_(self._on(device, "mean", self._mean)).div_(self._on(device, "std", self._std))
 
     def _train(self, shares: Iterator[Share], seed: int, epoch: int,
                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        labels = self._device_tensor("train.labels", device)
+        labels = self._on(device, "train.labels", self._splits["train"].labels)
         pad, flip = self.options.pad, self.options.flip
         for share in shares:
             params = draw_params(share.n, pad, flip, cpu_generator("augment", seed, epoch, share.step))
@@ -150,7 +145,7 @@ class TensorSource(DataSource):
 
     def _eval(self, split: str, bounds: list[tuple[int, int]],
               device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        labels = self._device_tensor(f"{split}.labels", device)
+        labels = self._on(device, f"{split}.labels", self._splits[split].labels)
         for lo, hi in bounds:
             idx = torch.arange(lo, hi, device=device)
             yield self._normalised(split, idx, device), labels.index_select(0, idx)
