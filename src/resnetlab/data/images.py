@@ -25,7 +25,6 @@ SPLIT_DIRS = ("train", "test", "val")
 
 
 def is_image_name(name: str) -> bool:
-    """Whether a file name has a JPEG or PNG extension (any case)."""
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
@@ -79,10 +78,8 @@ _ARITHMETIC_SOF = tuple(bytes([0xFF, m]) for m in (0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
 
 
 def _png_short_by(raw: bytes) -> str | None:
-    """Whether a PNG's pixel data (its IDAT stream) ends before every row its header claims is there: PIL
-    fills the missing rows with zeros without a word. None when complete (or not a PNG we can measure)."""
-    if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None
+    """Whether a PNG's pixel data (its IDAT stream, past the signature PIL checked) ends before every row its
+    header claims: PIL fills the missing rows with zeros without a word. None when complete (or not measurable)."""
     pos, idat, header = 8, [], None
     while pos + 8 <= len(raw):
         length, kind = int.from_bytes(raw[pos:pos + 4], "big"), raw[pos + 4:pos + 8]
