@@ -115,7 +115,6 @@ def derive_seed(*parts: int | str) -> int:
 
 
 def cpu_generator(*parts: int | str) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded from ``derive_seed(*parts)``."""
     return torch.Generator(device="cpu").manual_seed(derive_seed(*parts))
 
 
@@ -222,7 +221,7 @@ class DataSource(ABC):
             raise DataError(f"train_batches: rank {rank} is not below world_size {world_size}")
         if batch_size % world_size:
             raise DataError(f"train_batches: batch_size {batch_size} is not divisible by world_size {world_size}")
-        steps = max(1, self.train_size // batch_size)
+        steps = self.steps_per_epoch(batch_size)
         if start_step > steps:
             raise DataError(f"train_batches: start_step {start_step} is past the {steps} steps of an epoch")
         perm = epoch_permutation(self.train_size, seed, epoch)
