@@ -63,9 +63,6 @@ class ImageFiles(Dataset):
                  std: torch.Tensor) -> None:
         self.items, self.options, self.mean, self.std = items, options, mean, std
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def _train_view(self, img: Image.Image, index: int, seed: int, epoch: int) -> torch.Tensor:
         opts = self.options
         rng = random.Random(derive_seed("imagenet", seed, epoch, index))
