@@ -158,8 +158,7 @@ def opened(source: str | bytes | os.PathLike[str], check: Callable[[tuple[int, i
     if not isinstance(source, bytes):
         if os.stat(source).st_size > MAX_FILE_BYTES:
             raise ValueError(f"the file is beyond the {MAX_FILE_BYTES >> 20} MiB resnetlab reads as one image")
-        with open(source, "rb") as f:
-            source = f.read()
+        source = Path(source).read_bytes()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
