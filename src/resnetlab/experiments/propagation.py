@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resnetlab.errors import ConfigError, ResnetlabError
-from resnetlab.files.atomic import replace_with
 from resnetlab.networks.describe import format_table
 from resnetlab.networks.net import ResNet
+from resnetlab.runs.plots import save_figure
 
 Row = dict[str, Any]
 FIGURE_FORMATS = (".png", ".pdf", ".svg")
@@ -166,9 +166,7 @@ def plot_propagation(results: dict[str, list[Row]], path: Path | str, title: str
         ax.grid(alpha=0.3, which="both")
     ax_b.legend(fontsize=8)
     fig.suptitle(title or "signal propagation at one batch (v2 eq. 4-7)", fontsize=10)
-    fig.tight_layout()
     try:
-        replace_with(path, fig.savefig)  # the temporary keeps the suffix: savefig picks the format by it
+        return save_figure(fig, path)
     except OSError as exc:
         raise ResnetlabError(f"{path}: cannot write figure ({exc.strerror or exc})") from None
-    return path

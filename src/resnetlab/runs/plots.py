@@ -9,9 +9,8 @@ from resnetlab.files.atomic import replace_with
 from resnetlab.runs.records import MetricsRow
 
 
-def plot_curves(runs: dict[str, list[MetricsRow]], path: Path, title: str = "",
-                paper: dict[str, float] | None = None) -> Path:
-    """One line colour per run: training error dashed, test error solid; paper errors as dotted levels."""
+def plot_curves(runs: dict[str, list[MetricsRow]], path: Path, title: str = "") -> Path:
+    """One line colour per run: training error dashed, test error solid."""
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: a caller's backend (a notebook's) is left as it is
 
@@ -29,14 +28,12 @@ def plot_curves(runs: dict[str, list[MetricsRow]], path: Path, title: str = "",
                 markersize=3)
         ax.plot(steps, [100 * r.test_error for r in rows], "-", color=colour, linewidth=1.6, label=name,
                 marker=marker, markersize=3)
-        if paper and name in paper:
-            ax.axhline(paper[name], color=colour, linestyle=":", linewidth=1)
     ax.set_xlabel("iterations")
     ax.set_ylabel("error (%)")
     ax.set_title(title or "error (training dashed, test solid)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 class ErrorBar(NamedTuple):
@@ -74,11 +71,11 @@ def plot_errors(bars: list[ErrorBar], path: Path, title: str = "") -> Path:
     ax.set_xlabel("test error (%)  (dotted: the papers' 20% 'fail' line)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
-    """Write the figure atomically (temporary file, then rename)."""
+def save_figure(fig: Any, path: Path) -> Path:
+    """The figure laid out and written whole (a temporary, then a rename); an OSError as it comes."""
     fig.tight_layout()
     replace_with(path, fig.savefig)  # the temporary keeps the suffix: savefig picks the format by it
     return path
