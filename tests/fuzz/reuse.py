@@ -49,7 +49,6 @@ INIT_KINDS = ("init_replaced", "init_copied", "init_relative_same", "init_relati
 DATA_KINDS = ("data_changed", "data_touched", "data_copied")
 
 
-
 def reuse_cases() -> st.SearchStrategy[Case]:
     field = st.tuples(st.just("field"), st.sampled_from(sorted(CHANGES)))
     files = st.tuples(st.sampled_from(SAME_FILES + CHANGED_FILES), st.none())
