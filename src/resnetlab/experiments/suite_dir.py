@@ -22,6 +22,18 @@ CALL_FIELDS = ("suite", "scale", "data", "recipe", "epochs", "iters", "seeds", "
 FIRST_FIELDS = ("suite", "scale", "recipe", "epochs", "iters")  # what suite.json held before (and data, as given)
 
 
+def try_lock(path: Path, shared: bool = False) -> int | None:
+    """`path` (made if missing) opened and flock'ed without waiting: the open file, whose closing (or the
+    process's end, even by SIGKILL) drops the lock; None while another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class SuiteDir:
     """A suite's output directory: `suite.json`, the whole call that made it (what it asks for, the contents of
     the files it names, every member's training key), so that a call or worker that asks for anything else is
@@ -34,7 +46,6 @@ class SuiteDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
-        self._shared = True
 
     def claim(self, call: dict[str, Any], shared: bool,
               holds: Callable[[dict[str, Any]], str | None] | None = None, add_seeds: bool = False) -> None:
@@ -43,7 +54,6 @@ class SuiteDir:
         `add_seeds`: a call that differs from the recorded one only in asking for more seeds takes the --out
         over (`experiment --add-seeds`), once no worker of the recorded call is running."""
         self._lock(shared)
-        self._shared = shared
         try:
             held = self.path / SUITE_FILE
             if held.exists():
@@ -56,10 +66,10 @@ class SuiteDir:
                     return
                 problem = _compare(before, call, CALL_FIELDS + ("contents", "trainings"))
                 if problem and add_seeds and _more_seeds(before, call):
-                    if not self._rewrite(held, call):
+                    if not self._rewrite(held, call, shared):
                         raise ConfigError(f"--out {self.path}: workers of its call with {before['seeds']} seed(s) "
                                           "are running; add seeds once they are done")
-                elif problem and (self._holds_work() or not self._rewrite(held, call)):
+                elif problem and (self._holds_work() or not self._rewrite(held, call, shared)):
                     hint = " (--add-seeds trains more seeds into it)" if _more_seeds(before, call) else ""
                     raise ConfigError(f"--out {self.path} {problem}{hint}: give another --out")
             elif not create_text_atomic(held, json.dumps(call, indent=2) + "\n"):
@@ -74,14 +84,14 @@ class SuiteDir:
         or never started) is taken over by another call when no other worker holds it."""
         return any((run / "config.json").exists() or run.is_symlink() for run in self.path.glob("*/seed*"))
 
-    def _rewrite(self, held: Path, call: dict[str, Any]) -> bool:
+    def _rewrite(self, held: Path, call: dict[str, Any], shared: bool) -> bool:
         """`call` into suite.json, if no other worker holds the directory now (False otherwise)."""
         if not self._alone():
             return False
         try:
             write_text_atomic(held, json.dumps(call, indent=2) + "\n")
         finally:
-            if self._shared:
+            if shared:
                 fcntl.flock(self._fd, fcntl.LOCK_SH)  # type: ignore[arg-type]
         return True
 
@@ -92,18 +102,12 @@ class SuiteDir:
             raise ConfigError(f"--out {self.path}: cannot create ({exc.strerror or exc})") from None
         if not self.path.is_dir():
             raise ConfigError(f"--out {self.path}: is not a directory")
-        fd = os.open(self.path / ".suite.lock", os.O_RDWR | os.O_CREAT, 0o644)
         waited_until = time.monotonic() + self.WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() > waited_until:
-                    os.close(fd)
-                    raise ConfigError(f"--out {self.path}: another resnetlab experiment is writing into it "
-                                      "alone; wait for it or give another --out") from None
-                time.sleep(0.05)
+        while (fd := try_lock(self.path / ".suite.lock", shared)) is None:
+            if time.monotonic() > waited_until:
+                raise ConfigError(f"--out {self.path}: another resnetlab experiment is writing into it "
+                                  "alone; wait for it or give another --out")
+            time.sleep(0.05)
         self._fd = fd
 
     @staticmethod
@@ -127,14 +131,10 @@ class SuiteDir:
     def _none_left(self) -> bool:
         """Whether no worker holds the directory, asked after letting go: two workers done at once can each
         find the other still holding it, and then the one that lets go last finds it free."""
-        fd = os.open(self.path / ".suite.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
-        finally:
+        fd = try_lock(self.path / ".suite.lock")
+        if fd is not None:
             os.close(fd)
-        return True
+        return fd is not None
 
     def write_when_last(self, write: Callable[[], None], log: Callable[[str], Any], now: bool = False) -> None:
         """`write` the results if this worker is the last on the suite (or `now`, for `--collect`); the lock is

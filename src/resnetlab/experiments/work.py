@@ -5,7 +5,6 @@ can claim (`TrainingIndex`), and records what it trains where in `OUT/workers/*.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import Any
 from resnetlab.errors import ConfigError, ResnetlabError, RunDirError
 from resnetlab.experiments.results import read_summary
 from resnetlab.experiments.suite import Member, SuiteRun, SuiteStopped
+from resnetlab.experiments.suite_dir import try_lock
 from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.jsondoc import parse_json
 from resnetlab.files.reading import read_file
@@ -64,14 +64,10 @@ class TrainingIndex:
         """The training `key` for this process: an open, flock'ed file that `release` (or the process's end)
         frees; None while another process holds it."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / f"{key}.claim", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{who} (host {socket.gethostname()}, pid {os.getpid()})".encode())
+        fd = try_lock(self.root / f"{key}.claim")
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{who} (host {socket.gethostname()}, pid {os.getpid()})".encode())
         return fd
 
     @staticmethod
