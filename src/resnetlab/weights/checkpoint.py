@@ -42,14 +42,11 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 REQUIRED_TABLES = ("spec", "norm", "config")
 
 
-def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Read and verify a checkpoint; any problem is a one-line CheckpointError naming the file."""
+def load_checkpoint(path: Path | str, raw: bytes | None = None) -> dict[str, Any]:
+    """Read and verify a checkpoint (`raw`: its contents, where the caller has read them already); any problem is
+    a one-line CheckpointError naming the file."""
     path = Path(path)
-    return parse_checkpoint(read_file(path), path)
-
-
-def parse_checkpoint(raw: bytes, path: Path) -> dict[str, Any]:
-    """Verify and load the contents `raw` of checkpoint file `path`."""
+    raw = read_file(path) if raw is None else raw
     if not raw.endswith(MAGIC) or len(raw) < len(MAGIC) + _DIGEST:
         raise CheckpointError(f"{path}: not a resnetlab checkpoint, or truncated")
     body, digest = raw[: -len(MAGIC) - _DIGEST], raw[-len(MAGIC) - _DIGEST : -len(MAGIC)]

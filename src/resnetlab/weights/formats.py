@@ -22,7 +22,7 @@ from resnetlab.networks.net import ResNet
 from resnetlab.networks.registry import get_spec
 from resnetlab.networks.spec import ResNetSpec
 from resnetlab.weights import peers
-from resnetlab.weights.checkpoint import MAGIC, is_tensor_map, load_state, parse_checkpoint
+from resnetlab.weights.checkpoint import MAGIC, is_tensor_map, load_checkpoint, load_state
 
 RESNETLAB = "resnetlab"
 MIN_SIDE, MAX_SIDE = 8, 4096  # the image sizes a net is used at (as --input-size): digits are 8x8
@@ -70,11 +70,11 @@ def read_weights(path: str | Path) -> Weights:
 
 def _read_checkpoint(raw: bytes, path: Path, sha256: str) -> Weights:
     """Our checkpoint: spec, weights, input normalisation, the run's config and data (`checkpoint.py`)."""
-    payload = parse_checkpoint(raw, path)
+    payload = load_checkpoint(path, raw)
     try:
         spec = ResNetSpec.from_dict(payload["spec"])
         data = payload.get("data") if isinstance(payload.get("data"), dict) else None
-        config = check_nesting(payload["config"], "field 'config'")  # a mapping: parse_checkpoint checks it
+        config = check_nesting(payload["config"], "field 'config'")  # a mapping: load_checkpoint checks it
         state = payload["model"]
         if not is_tensor_map(state):
             raise CheckpointError(f"field 'model' is a {type(state).__name__}, not a mapping of names to tensors")
@@ -111,7 +111,7 @@ _OTHER_KINDS = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG
 def sniff(raw: bytes) -> str:
     """What the contents of a file are: "checkpoint" (ours), "safetensors", "torch" (a `torch.save` zip or
     legacy pickle), or words for anything else ("a PNG image", "an ONNX model", "an empty file", ...)."""
-    if raw.endswith(MAGIC):  # checked fully by `parse_checkpoint`
+    if raw.endswith(MAGIC):  # checked fully by `load_checkpoint`
         return "checkpoint"
     if raw[8:10] in (b'{"', b"{}") and 2 <= int.from_bytes(raw[:8], "little") < 100_000_000:
         return "safetensors"  # whole or cut short: an 8-byte little-endian header length, then the JSON header
