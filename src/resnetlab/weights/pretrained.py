@@ -112,7 +112,7 @@ class Trained:
             batches = [torch.stack([self.preprocess(i) for i in items[k:k + 256]]) for k in range(0, len(items), 256)]
         rows = []
         for batch in batches:
-            logits = self.module(self.normalise(batch.to(self.device))).float()
+            logits = self(batch.to(self.device)).float()
             if not bool(torch.isfinite(logits).all()):
                 raise DataError(f"{self.source}: the net's outputs are not finite (NaN or Inf) on these images")
             p, idx = torch.softmax(logits, dim=1).topk(min(top_k, logits.shape[1]), dim=1)
@@ -178,8 +178,8 @@ def load_pretrained(path: str | Path, model: str | None = None, best: bool = Fal
     classes = data.get("classes")  # checked when the file was read (`formats.check_class_names`)
     if classes is None:  # a file that names no classes: their indices, or CIFAR-10's for the CIFAR peer's nets
         classes = CIFAR10_CLASSES if weights.format == CIFAR_PEER and k == 10 else [str(i) for i in range(k)]
-    size = data.get("image_size")
-    if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+    size = data.get("image_size")  # checked when the file was read: a side in formats.MIN_SIDE..MAX_SIDE
+    if size is None:
         # a per-pixel mean has the training images' size; else the papers' size for the stem
         size = int(mean.shape[1]) if mean.dim() == 3 and mean.shape[1] > 1 else net.spec.input_size
     return Trained(net, mean.float(), weights.norm["std"].float(), list(classes), size, str(weights.path),
