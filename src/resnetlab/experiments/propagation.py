@@ -102,7 +102,6 @@ def propagation(model: ResNet, x: Tensor, y: Tensor, *, eval_mode: bool = False)
 
 
 def compare(models: dict[str, ResNet], x: Tensor, y: Tensor, *, eval_mode: bool = False) -> dict[str, list[Row]]:
-    """`propagation` of each named model on the same batch."""
     return {name: propagation(model, x, y, eval_mode=eval_mode) for name, model in models.items()}
 
 

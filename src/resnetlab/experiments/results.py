@@ -8,7 +8,7 @@ import io
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.jsondoc import parse_json
 from resnetlab.runs.directory import RunDir
 from resnetlab.runs.plots import ErrorBar, plot_curves, plot_errors
-from resnetlab.runs.records import Summary, evaluation_rows
+from resnetlab.runs.records import Summary, evaluation_rows, known_fields
 from resnetlab.training.identity import key_of_run
 
 SMALL_NOTE = ("This is a small-scale run: shallower nets, a short budget and small data. It checks the "
@@ -64,8 +64,7 @@ class MemberResult:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> MemberResult:
         """A row of a results.json as `to_dict` wrote it; a field it lacks takes its default, others are left."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{"member": "", **{k: v for k, v in row.items() if k in known}})
+        return cls(**{"member": "", **known_fields(cls, row)})
 
 
 def collect(suite: Suite, out: Path, scale: str, seeds: int, trainings: dict[str, str]) -> list[MemberResult]:

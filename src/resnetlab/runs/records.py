@@ -18,7 +18,7 @@ FAIL_ERROR = 0.20  # the papers' "fail": test error above 20%
 FINAL_KEYS = ("test_error", "test_top5_error", "test_loss", "train_error", "train_loss", "val_error")
 
 
-def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+def known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in data.items() if k in names}
 
@@ -78,9 +78,9 @@ def row_from_dict(data: dict[str, Any]) -> MetricsRow | DivergenceRow | None:
         return None
     try:
         if data.get("diverged"):
-            return DivergenceRow(**_known(DivergenceRow, data))
+            return DivergenceRow(**known_fields(DivergenceRow, data))
         if "test_error" in data:
-            row = _known(MetricsRow, data)
+            row = known_fields(MetricsRow, data)
             if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in row.values()):
                 return None  # a field of another type: skipped like a line cut by a crash
             return MetricsRow(**row)
@@ -90,7 +90,6 @@ def row_from_dict(data: dict[str, Any]) -> MetricsRow | DivergenceRow | None:
 
 
 def evaluation_rows(rows: list[dict[str, Any]]) -> list[MetricsRow]:
-    """The evaluation rows of a run's metrics, typed, in order."""
     return [r for r in map(row_from_dict, rows) if isinstance(r, MetricsRow)]
 
 
@@ -132,7 +131,7 @@ class Summary:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Summary:
         """A summary.json as written by this or an earlier version (missing keys read as unknown)."""
-        return cls(**_known(cls, data)) if isinstance(data, dict) else cls()
+        return cls(**known_fields(cls, data)) if isinstance(data, dict) else cls()
 
     @classmethod
     def checked(cls, data: Any, where: str) -> Summary:
