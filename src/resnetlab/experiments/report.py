@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import ResnetlabError
-from resnetlab.experiments.results import MemberResult
+from resnetlab.experiments.results import MemberResult, fmt
 from resnetlab.files.atomic import write_text_atomic
 from resnetlab.files.jsondoc import parse_json
 from resnetlab.runs.outputs import check_output
@@ -38,11 +38,9 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f'<td class="num">{value:.2f}</td>'
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f'<td class="num">{value}</td>'
-    return f"<td>{html.escape('-' if value is None else str(value))}</td>"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f'<td class="num">{fmt(value)}</td>'
+    return f"<td>{html.escape(fmt(value))}</td>"
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:

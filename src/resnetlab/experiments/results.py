@@ -125,7 +125,7 @@ def kendall_tau(rows: list[MemberResult]) -> tuple[float | None, int]:
     return ((concordant - discordant) / pairs if pairs else None), len(both)
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -161,11 +161,10 @@ def write_results(run: SuiteRun, rows: list[MemberResult]) -> None:
               "| rank (ours / paper) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         params = f"{r.params / 1e6:.3f}M" if r.params else "-"
-        spread = f"{_fmt(r.mean)} ± {_fmt(r.std)}" if r.mean is not None else "-"
-        paper = r.paper if isinstance(r.paper, str) else _fmt(r.paper)
-        lines.append(f"| {r.member} | {r.model} | {params} | {r.runs} | {_fmt(r.median)} | {spread} "
-                     f"| {r.diverged} | {paper} | {'yes' if r.fail else 'no'} / "
-                     f"{'yes' if r.paper_fail else 'no'} | {_fmt(r.rank)} / {_fmt(r.paper_rank)} |")
+        spread = f"{fmt(r.mean)} ± {fmt(r.std)}" if r.mean is not None else "-"
+        lines.append(f"| {r.member} | {r.model} | {params} | {r.runs} | {fmt(r.median)} | {spread} "
+                     f"| {r.diverged} | {fmt(r.paper)} | {'yes' if r.fail else 'no'} / "
+                     f"{'yes' if r.paper_fail else 'no'} | {fmt(r.rank)} / {fmt(r.paper_rank)} |")
     agreement = f"{tau:+.2f} over {n} members" if tau is not None else "not computable"
     lines += ["", f"Ranking agreement with the paper (Kendall tau, 1 = same order): {agreement}.", "",
               "![error curves](curves.png)", "", "![final errors](errors.png)", ""]
