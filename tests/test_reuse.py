@@ -256,3 +256,23 @@ def test_a_member_folder_holding_another_training_is_not_reported(tmp_path: Path
     assert len(err.splitlines()) == 1 and "holds another training" in err
     assert main(["experiment", str(suite), *SMALL, "--collect", "--out", str(out)]) == 0  # results: not counted
     assert json.loads((out / "results.json").read_text())["rows"][0]["runs"] == 0
+
+
+@pytest.mark.parametrize("field", ["contents", "trainings", "settings", "seeds", "data", "suite"])
+@pytest.mark.parametrize("value", [5, [1, "x"], "text", None, {"data": 7}])
+def test_a_damaged_suite_json_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, field: str,
+                                                      value: object) -> None:
+    """Any field of suite.json edited to another shape: the next call is refused in one line, naming --out, or
+    (the field as the call records it) taken up; never a traceback, and the runs stay as they were."""
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 0
+    recorded = json.loads((out / "suite.json").read_text())
+    (out / "suite.json").write_text(json.dumps(recorded | {field: value}))
+    key = key_of_run(out / "a" / "seed0")
+    capsys.readouterr()
+    code = main(["experiment", str(suite), *SMALL, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code in (0, 2), err
+    if code == 2:
+        assert len(err.splitlines()) == 1 and str(out) in err, err
+    assert key_of_run(out / "a" / "seed0") == key

@@ -163,8 +163,8 @@ def _compare(before: dict[str, Any], call: dict[str, Any], fields: tuple[str, ..
     """What the call recorded in `before` asks for that `call` does not, in words; None when they agree."""
     for k in fields:
         old, new = _plain(before.get(k)), _plain(call.get(k))
-        if old == new or (k == "data" and "data" in (before.get("contents") or {})
-                          and "data" in (call.get("contents") or {})):  # a path is the same data by content
+        if old == new or (k == "data" and "data" in _table(before.get("contents"))
+                          and "data" in _table(call.get("contents"))):  # a path is the same data by content
             continue
         if k == "trainings" and isinstance(old, dict) and isinstance(new, dict):
             other = sorted(t for t in set(old) | set(new) if old.get(t) != new.get(t))
@@ -172,10 +172,13 @@ def _compare(before: dict[str, Any], call: dict[str, Any], fields: tuple[str, ..
             return (f"holds {'other trainings' if more else 'another training'} for {other[0]}{more} than this "
                     "call makes (the suite's file or resnetlab changed since)")
         if k == "contents":
-            changed = sorted(n for n in set(old or {}) | set(new or {}) if (old or {}).get(n) != (new or {}).get(n))
+            if not isinstance(old, dict):
+                return f"has a damaged suite.json (contents: {_shown(old)}, not a record of files)"
+            new = _table(new)
+            changed = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
             return f"was made from other contents of {', '.join(changed)} (the files behind the path changed)"
         if isinstance(old, dict) or isinstance(new, dict):
-            old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+            old, new = _table(old), _table(new)
             changed = [f"{n}: {_shown(old.get(n, '-'))} -> {_shown(new.get(n, '-'))}"
                        for n in sorted(set(old) | set(new)) if old.get(n, "-") != new.get(n, "-")]
             more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
@@ -191,6 +194,11 @@ def _more_seeds(before: dict[str, Any], call: dict[str, Any]) -> bool:
     old, new = before.get("trainings"), call.get("trainings")
     return (same and isinstance(before.get("seeds"), int) and call["seeds"] > before["seeds"]
             and isinstance(old, dict) and isinstance(new, dict) and all(new.get(k) == v for k, v in old.items()))
+
+
+def _table(value: Any) -> dict[str, Any]:
+    """A recorded object field as a dict; another shape (a hand-edited suite.json) as an empty one."""
+    return value if isinstance(value, dict) else {}
 
 
 def _plain(value: Any) -> Any:
