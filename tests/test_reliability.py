@@ -481,6 +481,9 @@ def make_diverge(run: Path, record: dict) -> None:
     cfg_path = run / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["optim"]["lr"], cfg["schedule"]["iters"] = 1e30, 88  # a second epoch at an absurd learning rate
+    # a run from before training keys were recorded: nothing to hold the edit against (a keyed run's resume
+    # refuses a config.json that no longer gives the training it started)
+    cfg["resolved"].pop("key")
     cfg_path.write_text(json.dumps(cfg))
 
 

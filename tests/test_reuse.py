@@ -276,3 +276,35 @@ def test_a_damaged_suite_json_is_refused_in_one_line(tmp_path: Path, capsys: pyt
     if code == 2:
         assert len(err.splitlines()) == 1 and str(out) in err, err
     assert key_of_run(out / "a" / "seed0") == key
+
+
+@pytest.mark.parametrize("change", ["schedule_lost", "lr_edited", "data_changed", "none"])
+def test_a_run_resumes_only_the_training_it_started(tmp_path: Path, capsys: pytest.CaptureFixture, change: str,
+                                                    make_folder: Callable[..., Path]) -> None:
+    """`train --resume` continues the training the run recorded at its start (`resolved.key`): a config.json
+    that lost a section (read back as the defaults: 64k iterations), an edited setting or data files changed
+    behind the same path is refused in one line, and nothing is trained or rewritten."""
+    folder = make_folder(size=(8, 8))
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--set", "model.depth=8", "--data", f"folder:{folder}", "--iters",
+                 "2", "--set", "run.progress=false", "--set", "data.pad=0", "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    if change == "schedule_lost":
+        (run / "config.json").write_text(json.dumps(config | {"schedule": None}))
+    elif change == "lr_edited":
+        config["optim"]["lr"] = 0.2
+        (run / "config.json").write_text(json.dumps(config))
+    elif change == "data_changed":
+        shutil.copy(folder / "train" / "dog" / "000.png", folder / "train" / "cat" / "000.png")
+    before = {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())}
+    metrics = (run / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    code = main(["train", "--resume", str(run)])
+    captured = capsys.readouterr()
+    if change == "none":
+        assert code == 0 and "already finished" in captured.out
+    else:
+        assert code == 2
+        assert captured.err.count("\n") == 1 and "no longer give the training it started" in captured.err
+    assert {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())} == before
+    assert (run / "metrics.jsonl").read_bytes() == metrics

@@ -61,6 +61,7 @@ def resume(path: str | Path, model: str | None = None, device: str | None = None
             run.lock()
             run.sweep_temporaries()
         trainer = build_trainer(cfg, run, world=world, device=device, log=tee(log, run.log))
+        _check_same_training(run, saved, cfg)
         log = trainer.reporter.log
         log(trainer.compile.reason)
         if fresh:  # killed before its first checkpoint: start again
@@ -105,6 +106,22 @@ def _check_resumable(run: RunDir) -> bool:
         raise RunDirError(f"{run.path}: its step checkpoints are gone (only best.pt is left): nothing to resume "
                           "from; evaluate it with --best, or start a new run")
     return True
+
+
+def _check_same_training(run: RunDir, saved: dict[str, Any], cfg: Config) -> None:
+    """A run resumes the training it started: its config as read back (a section lost from config.json reads
+    as the defaults) and the files it names must still give the key it recorded at its start (`resolved.key`;
+    a run from before keys has none to check). Checked once its data has loaded, so a moved data set fails
+    with the data's own message."""
+    resolved = saved.get("resolved") if isinstance(saved.get("resolved"), dict) else {}
+    recorded = resolved.get("key")
+    if not isinstance(recorded, str):
+        return
+    now = training_key(cfg.to_dict() | {"resolved": resolved})
+    if now != recorded:
+        raise RunDirError(f"{run.path}: its config.json, or the files it names, no longer give the training it "
+                          f"started (key {recorded}, now {now}): resuming would continue another training; "
+                          "restore them, or start a new run (--init can take its weights)")
 
 
 def _start_from(trainer: Trainer, cfg: Config, sha256: str | None = None) -> dict[str, Any]:
