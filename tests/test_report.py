@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -45,6 +47,23 @@ def test_bad_report_input_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 2
     assert "not a run directory" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("value", ["x", True, [1], {"a": 1}])
+def test_an_error_of_another_kind_in_summary_json_is_shown_not_a_traceback(report: Path, tmp_path: Path,
+                                                                          value: object) -> None:
+    """summary.json's final and best errors as a run wrote them are numbers; one edited to text (or another
+    value the summary's check lets through) is shown as it is, or the check names it in one line."""
+    run = tmp_path / "run"
+    shutil.copytree(report.parent / "suite" / "residual" / "seed0", run, symlinks=True)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["final"]["test_error"] = summary["best"]["test_error"] = value
+    (run / "summary.json").write_text(json.dumps(summary))
+    code = main(["report", str(run), "-o", str(tmp_path / "r.html")])
+    if code == 0:
+        assert f"<td>{html.escape(str(value))}</td>" in (tmp_path / "r.html").read_text()
+    else:
+        assert code == 2 and not (tmp_path / "r.html").exists()
 
 
 def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
