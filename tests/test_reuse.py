@@ -308,3 +308,22 @@ def test_a_run_resumes_only_the_training_it_started(tmp_path: Path, capsys: pyte
         assert captured.err.count("\n") == 1 and "no longer give the training it started" in captured.err
     assert {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())} == before
     assert (run / "metrics.jsonl").read_bytes() == metrics
+
+
+@pytest.mark.parametrize("final", [None, {"test_error": "x"}, {"test_error": True}, {"test_error": [1]}])
+def test_a_members_summary_of_another_shape_is_one_line_or_no_result(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                    final: object) -> None:
+    """A member's summary.json whose `final` is null (read as none: the member has no result) or whose error is
+    not a number (one line naming the file): the suite's results and its rerun never end in a traceback."""
+    suite, out = _suite(tmp_path), tmp_path / "out"
+    assert main(["experiment", str(suite), *SMALL, "--out", str(out)]) == 0
+    path = out / "a" / "seed0" / "summary.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"final": final}))
+    capsys.readouterr()
+    for call in (["--collect"], []):
+        code = main(["experiment", str(suite), *SMALL, "--out", str(out), *call])
+        err = capsys.readouterr().err.strip()
+        if final is None:
+            assert code == 0 and json.loads((out / "results.json").read_text())["rows"][0]["runs"] == 0
+        else:
+            assert code == 2 and err.count("\n") == 0 and "final.test_error': expected a number" in err, err

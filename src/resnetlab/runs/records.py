@@ -130,8 +130,11 @@ class Summary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Summary:
-        """A summary.json as written by this or an earlier version (missing keys read as unknown)."""
-        return cls(**known_fields(cls, data)) if isinstance(data, dict) else cls()
+        """A summary.json as written by this or an earlier version (missing keys read as unknown, and a null
+        `final` or `best` as none)."""
+        if not isinstance(data, dict):
+            return cls()
+        return cls(**{k: v for k, v in known_fields(cls, data).items() if v is not None or k not in ("final", "best")})
 
     @classmethod
     def checked(cls, data: Any, where: str) -> Summary:
@@ -146,9 +149,10 @@ class Summary:
             if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool)
                                                                         and bool not in kinds)):
                 raise ResnetlabError(f"{where}: field {name!r}: expected {words}, got {type(value).__name__}")
-        for name in ("final", "best"):
+        for name in ("final", "best"):  # numbers, but for the name of the split the best was selected on
             for key, value in (data.get(name) or {}).items():
-                if value is not None and not isinstance(value, int | float | str):
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                if value is not None and not number and not (key == "selected_on" and isinstance(value, str)):
                     raise ResnetlabError(f"{where}: field '{name}.{key}': expected a number, got "
                                          f"{type(value).__name__}")
         return cls.from_dict(data)
