@@ -5,7 +5,11 @@ test_monitor.py, issue 32)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
+
+from resnetlab.cli import main
 from resnetlab.runs.records import DivergenceRow, MetricsRow, Summary, best_of, evaluation_rows, row_from_dict
 
 ROW = {"epoch": 1, "step": 44, "lr": 0.1, "train_loss": 0.5, "train_error": 0.1, "test_loss": 0.4,
@@ -44,3 +48,22 @@ def test_old_summaries_read_and_unknown_keys_are_ignored() -> None:
     summary = Summary.from_dict(old)
     assert summary.status == "finished" and summary.final == {"test_error": 0.1} and summary.params is None
     assert list(Summary().to_dict())[:4] == ["model", "data", "recipe", "status"]
+
+
+@pytest.mark.parametrize(("key", "value"), [("step", "x"), ("step", None), ("step", [1]), ("train_error", None),
+                                            ("test_error", None), ("lr", None)])
+def test_a_metrics_row_of_another_shape_is_skipped_by_resume_and_report(tmp_path: Path, key: str,
+                                                                         value: object) -> None:
+    """A row of metrics.jsonl with a step that is not a number, or null where a number is due, is skipped like a
+    line a crash cut: the resumed run rewrites its summary and figure, and the report is written."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--set", "model.depth=8", "--iters", "8", "--set",
+                 "optim.batch_size=512", "--set", "run.progress=false", "--out", str(run)]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows[0][key] = value
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "summary.json").unlink()  # as killed before its summary: the resume writes it from metrics.jsonl
+    assert row_from_dict(rows[0]) is None or key == "step"
+    assert main(["train", "--resume", str(run)]) == 0
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 0

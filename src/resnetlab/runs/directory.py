@@ -156,8 +156,9 @@ class RunDir:
         return rows
 
     def truncate_metrics(self, step: int) -> None:
-        """Drop rows after `step`: a resumed run recomputes them."""
-        rows = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        """Drop rows after `step` (a resumed run recomputes them), and rows whose step is not a number."""
+        rows = [r for r in self.read_metrics()
+                if isinstance(s := r.get("step", 0), int | float) and not isinstance(s, bool) and s <= step]
         text = "".join(json.dumps(r) + "\n" for r in rows)
         replace_with(self.metrics, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

@@ -81,12 +81,16 @@ def row_from_dict(data: dict[str, Any]) -> MetricsRow | DivergenceRow | None:
             return DivergenceRow(**known_fields(DivergenceRow, data))
         if "test_error" in data:
             row = known_fields(MetricsRow, data)
-            if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in row.values()):
-                return None  # a field of another type: skipped like a line cut by a crash
+            if not all((v is None and k in _NULLABLE) or (isinstance(v, int | float) and not isinstance(v, bool))
+                       for k, v in row.items()):
+                return None  # a field of another type (or null where a number is due): skipped like a cut line
             return MetricsRow(**row)
     except TypeError:  # a required key is missing
         return None
     return None
+
+
+_NULLABLE = {f.name for f in dataclasses.fields(MetricsRow) if "None" in str(f.type)}
 
 
 def evaluation_rows(rows: list[dict[str, Any]]) -> list[MetricsRow]:
