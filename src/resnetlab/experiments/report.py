@@ -84,10 +84,7 @@ def _run_section(path: Path) -> str:
 
 
 def _pct(value: Any) -> str:
-    """An error as a percentage; a summary's value of another kind (a note, a hand edit) as it is."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{100 * value:.2f}"
-    return "-" if value is None else str(value)
+    return "-" if value is None else f"{100 * value:.2f}"  # a number: `Summary.checked` refused any other kind
 
 
 def _suite_section(path: Path) -> str:
