@@ -32,7 +32,8 @@ CASES = {"args": 50, "set": 30, "config": 30, "summary": 30, "checkpoint": 30, "
 def _judge(case: Case) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="resnetlab-fuzz-") as tmp:
         outcome = run_case(case, Path(tmp))
-    assert outcome.problem is None, f"{outcome.problem}: argv={outcome.argv} files={case.files!r:.300}"
+    assert outcome.problem is None, (f"{outcome.problem}: argv={outcome.argv} files={case.files!r:.300} "
+                                     f"steps={case.steps!r:.300}")
     return outcome
 
 
@@ -181,3 +182,32 @@ def test_the_reuse_judge_sees_work_reused_by_path(tmp_path: Path, monkeypatch: p
     assert run_case(case, tmp_path / "fixed").problem is None
     monkeypatch.setattr(identity, "source_digest", lambda source, cache: None)  # the path, not what is behind it
     assert run_case(case, tmp_path / "by-path").problem == "reused another training (data_changed , new --out)"
+
+
+def test_the_record_walk_reaches_every_depth(tmp_path: Path) -> None:
+    """The config and summary families' walk changes one field of the real record at the depth it stops at: a
+    whole section, a nested field, a row of metrics.jsonl; or takes it out. A config.json whose `schedule`
+    section is null is a case it draws; resumed, it is refused in one line (before 0e9f02c it read back as the
+    defaults and the run trained on towards 64,000 iterations, past the judge's time bound)."""
+    import json
+
+    from tests.fuzz.args import DELETE, _patch
+    from tests.fuzz.common import template_run
+
+    doc = tmp_path / "doc.json"
+    for walk, value, want in (((1,), None, {"a": 1, "b": None, "d": [3, 4]}),
+                              ((1, 0), "x", {"a": 1, "b": {"c": "x"}, "d": [3, 4]}),
+                              ((2, 1, 7), 5, {"a": 1, "b": {"c": 2}, "d": [3, 5]}),  # stops at a leaf
+                              ((66,), DELETE, {"b": {"c": 2}, "d": [3, 4]})):  # 66 % 3 == 0
+        doc.write_text(json.dumps({"a": 1, "b": {"c": 2}, "d": [3, 4]}))
+        _patch(doc, walk, value)
+        assert json.loads(doc.read_text()) == want, walk
+    rows = tmp_path / "m.jsonl"
+    rows.write_text('{"step": 1}\n{"step": 2, "lr": 0.1}\n')
+    _patch(rows, (1, 1), None)
+    assert rows.read_text() == '{"step": 1}\n{"step": 2, "lr": null}\n'
+
+    section = list(json.loads((template_run() / "config.json").read_text())).index("schedule")
+    case = Case("config", ["train", "--resume", "{root}/run"], steps=(("patch", "config.json", (section,), None),))
+    outcome = _judge(case)
+    assert outcome.rc == 2 and "no longer give the training it started" in outcome.err, outcome.err

@@ -63,7 +63,7 @@ def _family_test(family: str, cases: int, seed: int, tally: dict[str, int],
         tally["findings"] += 1
         found = findings.setdefault(f"{family}: {signature(outcome)}", {
             "family": family, "problem": outcome.problem, "count": 0, "argv": outcome.argv,
-            "files": {k: repr(v)[:300] for k, v in case.files.items()}})
+            "files": {k: repr(v)[:300] for k, v in case.files.items()}, "steps": [repr(s)[:300] for s in case.steps]})
         found["count"] += 1
 
     return one

@@ -1,10 +1,11 @@
 """The first families: hostile argument lists (`args`) and `--set` values (`set`); a finished run whose
-config.json (`config`), summary.json or metrics.jsonl (`summary`) is replaced; checkpoint payloads of generated
-shape (`checkpoint`); generated suite TOML (`suite`)."""
+config.json (`config`), summary.json or metrics.jsonl (`summary`) is replaced, or one field of it at any depth;
+checkpoint payloads of generated shape (`checkpoint`); generated suite TOML (`suite`)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -103,20 +104,53 @@ RUN_COMMANDS = [["eval", "{root}/run"], ["train", "--resume", "{root}/run"], ["r
                 ["predict", "{root}/run", "{root}/dir"]]
 
 
+DELETE = {"__delete__": True}  # as a patch's value: the field is taken out
+
+
+def _walked(name: str, commands: list[list[str]], family: str) -> st.SearchStrategy[Case]:
+    """The run's record `name` with one field, at any depth (a whole section too), given another value or taken
+    out: the walk picks it child by child when the case is set up (`_patch`), so any field of the real record
+    can be drawn, not only those a list names."""
+    walk = st.lists(st.integers(0, 63), min_size=1, max_size=4).map(tuple)
+    return st.builds(lambda w, value, cmd: Case(family, cmd, steps=(("patch", name, w, value),)), walk,
+                     JSON_VALUES | st.just(DELETE), st.sampled_from(commands))
+
+
 def config_cases() -> st.SearchStrategy[Case]:
-    """A finished tiny run whose config.json is replaced by another JSON document (or a field of it)."""
-    patched = st.builds(lambda key, value: ("patch", key, value), st.sampled_from(config_fields()), JSON_VALUES)
-    return st.builds(lambda doc, cmd: Case("config", cmd, steps=(doc,)) if isinstance(doc, tuple)
-                     else Case("config", cmd, {"run/config.json": doc}), JSON_VALUES | patched,
-                     st.sampled_from(RUN_COMMANDS))
+    """A finished tiny run whose config.json is replaced by another JSON document, or one field of it."""
+    whole = st.builds(lambda doc, cmd: Case("config", cmd, {"run/config.json": doc}), JSON_VALUES,
+                      st.sampled_from(RUN_COMMANDS))
+    return whole | _walked("config.json", RUN_COMMANDS, "config")
 
 
 def summary_cases() -> st.SearchStrategy[Case]:
-    """A finished tiny run whose summary.json or metrics.jsonl is replaced; read back by report and eval."""
+    """A finished tiny run whose summary.json or metrics.jsonl is replaced, or one field of it (of one row of
+    metrics.jsonl); read back by report, eval and a resumed run."""
     metrics = st.lists(JSON_VALUES, max_size=3).map(lambda rows: "\n".join(json.dumps(r) for r in rows).encode())
-    return st.builds(lambda name, doc, cmd: Case("summary", cmd, {f"run/{name}": doc}),
-                     st.sampled_from(["summary.json", "metrics.jsonl"]), JSON_VALUES | metrics,
-                     st.sampled_from(RUN_COMMANDS[:3] + [["report", "{root}", "-o", "{root}/r.html"]]))
+    commands = RUN_COMMANDS[:3] + [["report", "{root}", "-o", "{root}/r.html"]]
+    whole = st.builds(lambda name, doc, cmd: Case("summary", cmd, {f"run/{name}": doc}),
+                      st.sampled_from(["summary.json", "metrics.jsonl"]), JSON_VALUES | metrics,
+                      st.sampled_from(commands))
+    return whole | _walked("summary.json", commands, "summary") | _walked("metrics.jsonl", commands, "summary")
+
+
+def _patch(path: Path, walk: tuple[int, ...], value: Any) -> None:
+    """One field of the JSON record at `path` (of a JSON-lines file: of its rows, as a list) set to `value`."""
+    rows = path.suffix == ".jsonl"
+    text = path.read_text()
+    doc = [json.loads(line) for line in text.splitlines() if line.strip()] if rows else json.loads(text)
+    node = doc
+    for depth, pick in enumerate(walk):
+        key = list(node)[pick % len(node)] if isinstance(node, dict) else pick % len(node)
+        child = node[key]
+        if depth == len(walk) - 1 or not isinstance(child, dict | list) or not child:
+            if value == DELETE:
+                del node[key]
+            else:
+                node[key] = value
+            break
+        node = child
+    path.write_text("".join(json.dumps(row) + "\n" for row in doc) if rows else json.dumps(doc))
 
 
 def checkpoint_cases() -> st.SearchStrategy[Case]:
@@ -179,20 +213,17 @@ def _materialise(value: Any) -> Any:
 
 
 def setup(root: Path, step: tuple[Any, ...]) -> None:
-    """`("patch", KEY, VALUE)`: the run's config.json with one field changed; `("torch", NAME, PAYLOAD)`: a
-    torch-saved payload (a dict in resnetlab's checksummed frame, so the reader gets to the content)."""
+    """`("patch", NAME, WALK, VALUE)`: one field of the run's record NAME changed (`_patch`);
+    `("torch", NAME, PAYLOAD)`: a torch-saved payload (a dict in resnetlab's checksummed frame, so the reader
+    gets to the content)."""
     import torch
 
     from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
 
     if step[0] == "patch":
-        _, key, value = step
-        path = root / "run" / "config.json"
-        doc = json.loads(path.read_text())
-        section, _, name = key.partition(".")
-        if isinstance(doc.get(section), dict):
-            doc[section][name] = value
-        path.write_text(json.dumps(doc))
+        if not (root / "run").exists():  # a command over the case's folder (report ROOT) reads the run below it
+            shutil.copytree(template_run(), root / "run", ignore=shutil.ignore_patterns(".lock"))
+        _patch(root / "run" / step[1], step[2], step[3])
         return
     _, name, payload = step
     if isinstance(payload, dict) and "__patch__" in payload:  # a real checkpoint with one field changed
@@ -209,4 +240,5 @@ def setup(root: Path, step: tuple[Any, ...]) -> None:
 
 
 register(Family("args", args_cases), Family("set", set_cases), Family("config", config_cases, setup),
-         Family("summary", summary_cases), Family("checkpoint", checkpoint_cases, setup), Family("suite", suite_cases))
+         Family("summary", summary_cases, setup), Family("checkpoint", checkpoint_cases, setup),
+         Family("suite", suite_cases))
