@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-slow lint bench docs clean
+.PHONY: setup run test test-slow coverage lint bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,14 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
+# the lines of src/ the default test run never executes (child processes included; CUDA and slow tests are not
+# in it): where code that cannot run would show (docs/architecture.md, "Size"); about 11 minutes on 2 cores
+coverage: setup
+	rm -rf .coverage-data
+	$(BIN)/coverage run -m pytest -q -p no:cacheprovider
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report -m --skip-covered --sort=miss
+
 lint: setup
 	$(BIN)/ruff check src tests benchmarks tools
 
@@ -38,4 +46,4 @@ docs: setup
 	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) build site src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .coverage-data
