@@ -67,3 +67,25 @@ def test_a_metrics_row_of_another_shape_is_skipped_by_resume_and_report(tmp_path
     assert main(["train", "--resume", str(run)]) == 0
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 0
+
+
+@pytest.mark.parametrize(("key", "value"), [("test_error", 1e308), ("train_error", -1), ("test_top5_error", 1.5),
+                                            ("test_error", float("nan"))])
+def test_an_error_that_is_not_a_fraction_is_skipped(tmp_path: Path, capsys: pytest.CaptureFixture, key: str,
+                                                     value: float) -> None:
+    """An error in metrics.jsonl outside [0, 1] (or NaN) is a row of another shape: skipped, not reported. Its
+    run's final row with test_error 1e308 made a resume print "test error inf%" and write it to summary.json
+    (found by tools/record_sweep.py)."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--set", "model.depth=8", "--iters", "2", "--set",
+                 "run.progress=false", "--out", str(run)]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows[-1][key] = value
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "summary.json").unlink()  # as killed before its summary: the resume writes it from metrics.jsonl
+    assert row_from_dict(rows[-1]) is None
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    final = json.loads((run / "summary.json").read_text())["final"]
+    assert "inf" not in out and "nan" not in out and key not in final, (out, final)

@@ -119,7 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         final = summary.final.get("test_error")
         verdict = "diverged (fail)" if summary.diverged else (
-            f"test error {final:.2%}" + (" (fail: above 20%)" if summary.fail else "") if final is not None else "")
+            f"test error {final:.2%}" + (" (fail: above 20%)" if summary.fail else "") if final is not None
+            else "no test error in metrics.jsonl")
         print(f"done: {summary.model} on {summary.data}, {verdict}, {summary.wall_time_s:.1f} s")
         print(f"run directory: {run.path}")
         if figure.exists():

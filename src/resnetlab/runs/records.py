@@ -81,9 +81,11 @@ def row_from_dict(data: dict[str, Any]) -> MetricsRow | DivergenceRow | None:
             return DivergenceRow(**known_fields(DivergenceRow, data))
         if "test_error" in data:
             row = known_fields(MetricsRow, data)
-            if not all((v is None and k in _NULLABLE) or (isinstance(v, int | float) and not isinstance(v, bool))
+            if not all((v is None and k in _NULLABLE) or (isinstance(v, int | float) and not isinstance(v, bool)
+                                                          and (0 <= v <= 1 or not k.endswith("_error")))
                        for k, v in row.items()):
-                return None  # a field of another type (or null where a number is due): skipped like a cut line
+                return None  # a field of another type, null where a number is due or an error that is not a
+                # fraction in [0, 1]: skipped like a cut line
             return MetricsRow(**row)
     except TypeError:  # a required key is missing
         return None
