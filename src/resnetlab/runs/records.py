@@ -81,11 +81,8 @@ def row_from_dict(data: dict[str, Any]) -> MetricsRow | DivergenceRow | None:
             return DivergenceRow(**known_fields(DivergenceRow, data))
         if "test_error" in data:
             row = known_fields(MetricsRow, data)
-            if not all((v is None and k in _NULLABLE) or (isinstance(v, int | float) and not isinstance(v, bool)
-                                                          and (0 <= v <= 1 or not k.endswith("_error")))
-                       for k, v in row.items()):
-                return None  # a field of another type, null where a number is due or an error that is not a
-                # fraction in [0, 1]: skipped like a cut line
+            if not all(_fits(k, v) for k, v in row.items()):
+                return None  # a field of another shape: skipped like a cut line
             return MetricsRow(**row)
     except TypeError:  # a required key is missing
         return None
@@ -93,6 +90,16 @@ def row_from_dict(data: dict[str, Any]) -> MetricsRow | DivergenceRow | None:
 
 
 _NULLABLE = {f.name for f in dataclasses.fields(MetricsRow) if "None" in str(f.type)}
+
+
+def _fits(key: str, value: Any) -> bool:
+    """A row's field as resnetlab writes it: a number (null only where the row allows it), the step a whole
+    number, an error a fraction in [0, 1]."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return value is None and key in _NULLABLE
+    if key == "step":
+        return isinstance(value, int) and value >= 0
+    return 0 <= value <= 1 if key.endswith("_error") else True
 
 
 def evaluation_rows(rows: list[dict[str, Any]]) -> list[MetricsRow]:
@@ -161,6 +168,8 @@ class Summary:
                 if value is not None and not number and not (key == "selected_on" and isinstance(value, str)):
                     raise ResnetlabError(f"{where}: field '{name}.{key}': expected a number, got "
                                          f"{type(value).__name__}")
+                if number and key.endswith("_error") and not 0 <= value <= 1:
+                    raise ResnetlabError(f"{where}: field '{name}.{key}': expected an error in [0, 1], got {value}")
         return cls.from_dict(data)
 
 
