@@ -211,3 +211,17 @@ def test_the_record_walk_reaches_every_depth(tmp_path: Path) -> None:
     case = Case("config", ["train", "--resume", "{root}/run"], steps=(("patch", "config.json", (section,), None),))
     outcome = _judge(case)
     assert outcome.rc == 2 and "no longer give the training it started" in outcome.err, outcome.err
+
+
+def test_every_top_level_field_of_a_suites_records_reads_back_in_one_line() -> None:
+    """tools/record_sweep.py in small: each top-level field of a finished suite's `suite.json` and of its
+    member's `summary.json` null or a number, under the rerun, `--collect` and `report`; and each section of a
+    run's `config.json` so under `--resume`. On 551b6a4 this finds `"contents": 5` and `"final": null` (a
+    TypeError and an AttributeError) and the resumed run that trains on past the time bound."""
+    from tools.record_sweep import cases
+
+    chosen = [c for c in cases(["suite/suite.json", "suite/a/seed0/summary.json", "config.json"], depth=1)
+              if c.steps[0][3] in (None, 5) and (c.family == "suite" or c.argv[:2] == ["train", "--resume"])]
+    assert len(chosen) == (10 + 19) * 2 * 3 + 8 * 2  # suite.json 10 fields, summary.json 19, config.json 8
+    for case in chosen:
+        _judge(case)

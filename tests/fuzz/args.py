@@ -11,7 +11,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.fuzz.common import TINY, template_run
+from tests.fuzz.common import SUITE_ARGS, TINY, template_run, template_suite
 from tests.fuzz.core import PATH_ARG, Case, Family, register
 
 NUMBERS = ["0", "-1", "-3", "1", "2", "7", "1e9", "1e400", "-1e400", "nan", "inf", "-inf", "", "1.5", "-0.5",
@@ -188,8 +188,7 @@ def suite_cases() -> st.SearchStrategy[Case]:
                     st.dictionaries(st.sampled_from(["title", "source", "recipe"]), toml_value, max_size=3),
                     st.lists(member, max_size=2))
     text = doc | st.text(max_size=40)
-    return st.builds(lambda t: Case("suite", ["experiment", "{root}/s.toml", "--scale", "small", "--data",
-                                              "synthetic:8", "--iters", "1", "--out", "{root}/suite"],
+    return st.builds(lambda t: Case("suite", ["experiment", "{root}/s.toml", *SUITE_ARGS, "--out", "{root}/suite"],
                                     {"s.toml": t}), text)
 
 
@@ -213,13 +212,18 @@ def _materialise(value: Any) -> Any:
 
 
 def setup(root: Path, step: tuple[Any, ...]) -> None:
-    """`("patch", NAME, WALK, VALUE)`: one field of the run's record NAME changed (`_patch`);
-    `("torch", NAME, PAYLOAD)`: a torch-saved payload (a dict in resnetlab's checksummed frame, so the reader
-    gets to the content)."""
+    """`("patch", NAME, WALK, VALUE)`: one field of the run's record NAME changed (`_patch`); `("suite", NAME,
+    WALK, VALUE)`: the same in a copy of the template suite (NAME relative to its folder); `("torch", NAME,
+    PAYLOAD)`: a torch-saved payload (a dict in resnetlab's checksummed frame, so the reader gets to the
+    content)."""
     import torch
 
     from resnetlab.weights.checkpoint import load_checkpoint, save_checkpoint
 
+    if step[0] == "suite":  # a copy of the template suite, one field of one of its records changed
+        shutil.copytree(template_suite(), root, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.lock", "*.claim"))
+        _patch(root / step[1], step[2], step[3])
+        return
     if step[0] == "patch":
         if not (root / "run").exists():  # a command over the case's folder (report ROOT) reads the run below it
             shutil.copytree(template_run(), root / "run", ignore=shutil.ignore_patterns(".lock"))
@@ -241,4 +245,4 @@ def setup(root: Path, step: tuple[Any, ...]) -> None:
 
 register(Family("args", args_cases), Family("set", set_cases), Family("config", config_cases, setup),
          Family("summary", summary_cases, setup), Family("checkpoint", checkpoint_cases, setup),
-         Family("suite", suite_cases))
+         Family("suite", suite_cases, setup))

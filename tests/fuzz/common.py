@@ -59,6 +59,21 @@ def template_run() -> Path:
     return trained(TINY)
 
 
+SUITE_ARGS = ["--scale", "small", "--data", "synthetic:8", "--iters", "1"]
+
+
+@cache
+def template_suite() -> Path:
+    """A finished one-member suite (made once per process): a folder of its file `s.toml`, its `--out` `suite/`
+    and the trainings index beside it, `.trainings/`."""
+    where = template_dir()
+    (where / "s.toml").write_text('title = "walked"\nmembers = [{ label = "a", model = "resnet20", '
+                                  'small = { depth = 8 } }]\n')
+    rc, err = quiet_main(["experiment", str(where / "s.toml"), *SUITE_ARGS, "--out", str(where / "suite")])
+    assert rc == 0, f"the template suite failed: {err.strip()[-300:]}"
+    return where
+
+
 @cache
 def template_folder_run() -> Path:
     """A finished tiny run trained on a good two-class image folder (cat, dog), for eval/predict cases."""
