@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the repository's top level holds the tests.fuzz package
     sys.path.insert(0, str(ROOT))
 
-from tests.fuzz.args import DELETE, RUN_COMMANDS  # noqa: E402
+from tests.fuzz.args import DELETE, RUN_COMMANDS, read_record  # noqa: E402
 from tests.fuzz.common import SUITE_ARGS, template_run, template_suite  # noqa: E402
 from tests.fuzz.core import Case  # noqa: E402
 from tests.fuzz.running import run_case  # noqa: E402
@@ -51,9 +51,7 @@ def cases(records: list[str], depth: int) -> list[Case]:
         family, commands = RECORDS[name]
         folder, step = (template_run(), "patch") if family == "config" else (template_suite(), "suite")
         path = folder / name if name != ".trainings/KEY.json" else next((folder / ".trainings").glob("*.json"))
-        text = path.read_text()
-        doc = [json.loads(line) for line in text.splitlines() if line.strip()] if name.endswith(".jsonl") \
-            else json.loads(text)
+        doc = read_record(path)
         writable = ("suite", ".trainings", "r.html") if family == "suite" else None
         out += [Case(family, cmd, writable=writable, steps=((step, str(path.relative_to(folder)), walk, shape),))
                 for walk in fields(doc, depth) for shape in SHAPES for cmd in commands]

@@ -134,12 +134,16 @@ def summary_cases() -> st.SearchStrategy[Case]:
     return whole | _walked("summary.json", commands, "summary") | _walked("metrics.jsonl", commands, "summary")
 
 
+def read_record(path: Path) -> Any:
+    """A JSON record as its document; a JSON-lines file as the list of its rows."""
+    text = path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
+        else json.loads(text)
+
+
 def _patch(path: Path, walk: tuple[int, ...], value: Any) -> None:
     """One field of the JSON record at `path` (of a JSON-lines file: of its rows, as a list) set to `value`."""
-    rows = path.suffix == ".jsonl"
-    text = path.read_text()
-    doc = [json.loads(line) for line in text.splitlines() if line.strip()] if rows else json.loads(text)
-    node = doc
+    doc = node = read_record(path)
     for depth, pick in enumerate(walk):
         key = list(node)[pick % len(node)] if isinstance(node, dict) else pick % len(node)
         child = node[key]
@@ -150,7 +154,7 @@ def _patch(path: Path, walk: tuple[int, ...], value: Any) -> None:
                 node[key] = value
             break
         node = child
-    path.write_text("".join(json.dumps(row) + "\n" for row in doc) if rows else json.dumps(doc))
+    path.write_text("".join(json.dumps(row) + "\n" for row in doc) if path.suffix == ".jsonl" else json.dumps(doc))
 
 
 def checkpoint_cases() -> st.SearchStrategy[Case]:

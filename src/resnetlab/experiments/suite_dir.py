@@ -183,8 +183,9 @@ def _compare(before: dict[str, Any], call: dict[str, Any], fields: tuple[str, ..
                        for n in sorted(set(old) | set(new)) if old.get(n, "-") != new.get(n, "-")]
             more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
             return f"holds {before.get('suite')!r} made with other {k} ({'; '.join(changed[:3])}{more})"
-        return f"holds {before.get('suite')!r} with {k} {_shown(old)}, not {_shown(new)}" if k != "suite" else \
-            f"holds suite {_shown(old)}, not {_shown(new)}"
+        if k == "suite":
+            return f"holds suite {_shown(old)}, not {_shown(new)}"
+        return f"holds {before.get('suite')!r} with {k} {_shown(old)}, not {_shown(new)}"
     return None
 
 
